@@ -1,0 +1,459 @@
+# -*- test-case-name: tests.test_coordinator -*-
+"""
+Pair Prometheus' scrapes with clients' polls and pushes.
+
+The coordinator is the proxy's memory: which clients are registered, which polls
+are waiting, which scrapes are queued or waiting for their push.  It owns every
+timeout, on an injected clock, and every entry it keeps has an owner that removes it:
+a scrape ends by its push, its timeout, cancellation or shutdown; a poll ends by a
+scrape, cancellation (the client hung up), its own timeout or shutdown.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from pushprox import wire
+
+#: Time a client needs to pass a scrape to its target and push back, kept out of the
+#: timeout the client is given so that its own error arrives before our 504.
+CLIENT_MARGIN = 0.1
+
+
+class CoordinatorError(Exception):
+    """A scrape, poll or push that cannot go on; ``str()`` is the one-line reason."""
+
+
+class UnknownClient(CoordinatorError):
+    """No client is registered under the scrape's FQDN."""
+
+
+class ScrapeTimeout(CoordinatorError):
+    """The client did not answer within the scrape timeout."""
+
+
+class QueueFull(CoordinatorError):
+    """Too many scrapes are already queued for this client."""
+
+
+class TooManyClients(CoordinatorError):
+    """Registering one more client would exceed the limit."""
+
+
+class TooManyPolls(CoordinatorError):
+    """This FQDN already holds as many polls as allowed."""
+
+
+class UnknownScrape(CoordinatorError):
+    """A push names a scrape id that is unknown, answered or expired."""
+
+
+class ForeignScrape(CoordinatorError):
+    """A push for a scrape that was handed to another client."""
+
+
+class ShuttingDown(CoordinatorError):
+    """The proxy is stopping."""
+
+
+class ScrapeState(enum.Enum):
+    """Where a scrape is in its life."""
+
+    QUEUED = "queued"  # waiting for a poll of its client
+    SENT = "sent"  # handed to a poll, waiting for the push
+    RESPONDING = "responding"  # a push is relaying the response
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Scrape:
+    """One proxied scrape from the moment Prometheus asks until it is answered."""
+
+    scrape_id: str
+    fqdn: str
+    method: bytes
+    url: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    deadline: float
+    deferred: Deferred[Any]
+    state: ScrapeState = ScrapeState.QUEUED
+    #: The identity of the client that received it (its FQDN or authenticated name).
+    sent_to: str | None = None
+    timer: IDelayedCall | None = None
+    #: Called when the timeout strikes while a push is relaying the response.
+    abort_relay: Callable[[], None] | None = None
+
+    def payload(self, now: float) -> bytes:
+        """The poll answer's body: this request in proxy form with the time left."""
+        remaining = max(self.deadline - now - CLIENT_MARGIN, 0.001)
+        return wire.encode_scrape_request(
+            method=self.method,
+            url=self.url,
+            headers=self.headers,
+            scrape_id=self.scrape_id,
+            timeout=remaining,
+        )
+
+
+@dataclass(eq=False)
+class _Poll:
+    fqdn: str
+    identity: str | None
+    deferred: Deferred[Scrape | None]
+    timer: IDelayedCall | None = None
+
+
+@dataclass
+class ClientInfo:
+    """A registered client as listed by ``/clients``."""
+
+    fqdn: str
+    last_seen: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class ICoordinator(Interface):
+    """What the proxy's resources need from a coordinator (in memory or shared)."""
+
+    def scrape(
+        fqdn: str,
+        method: bytes,
+        url: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        timeout: float,
+    ) -> Deferred[Any]:
+        """
+        Ask the client registered as ``fqdn`` to scrape ``url``.
+
+        Fires with what the push passes to ``respond``; fails with a CoordinatorError.
+        Cancel it when Prometheus hangs up.
+        """
+
+    def poll(
+        fqdn: str, identity: str | None, timeout: float | None
+    ) -> Deferred[Scrape | None]:
+        """
+        Register ``fqdn`` and wait for a scrape for it.
+
+        Fires with the scrape, or None after ``timeout`` seconds. Cancel it when the
+        client hangs up.
+        """
+
+    def requeue(scrape: Scrape) -> None:
+        """Put back a scrape whose poll's connection died before it was written."""
+
+    def claim(scrape_id: str, identity: str | None) -> Scrape:
+        """Take the scrape a push answers; raises UnknownScrape or ForeignScrape."""
+
+    def respond(scrape: Scrape, response: object, abort: Callable[[], None]) -> None:
+        """Hand a claimed scrape's response to its Prometheus request."""
+
+    def finish(scrape: Scrape) -> None:
+        """Forget a scrape whose response has been relayed or abandoned."""
+
+    def clients() -> list[ClientInfo]:
+        """The registered clients, oldest registration first."""
+
+    def shutdown() -> None:
+        """Fail every waiting scrape and poll with ShuttingDown."""
+
+
+@implementer(ICoordinator)
+class Coordinator:
+    """The in-memory coordinator of a single proxy process."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        registration_timeout: float = 300.0,
+        max_queued_per_client: int = 100,
+        max_clients: int = 100_000,
+        max_polls_per_client: int = 16,
+    ) -> None:
+        self._clock = clock
+        self.registration_timeout = registration_timeout
+        self.max_queued_per_client = max_queued_per_client
+        self.max_clients = max_clients
+        self.max_polls_per_client = max_polls_per_client
+        self._clients: OrderedDict[str, ClientInfo] = OrderedDict()
+        self._polls: dict[str, deque[_Poll]] = {}
+        self._queues: dict[str, deque[Scrape]] = {}
+        self._scrapes: dict[str, Scrape] = {}
+        self._stopping = False
+
+    # -- counts, for metrics and for tests asserting that nothing is left --
+
+    def client_count(self) -> int:
+        """Number of registered clients (expired ones are dropped first)."""
+        self._expire_clients()
+        return len(self._clients)
+
+    def waiting_poll_count(self) -> int:
+        """Number of polls held open."""
+        return sum(len(polls) for polls in self._polls.values())
+
+    def queued_scrape_count(self) -> int:
+        """Number of scrapes waiting for a poll."""
+        return sum(len(queue) for queue in self._queues.values())
+
+    def scrapes_in_flight(self) -> int:
+        """Number of scrapes not yet answered (queued, sent or relaying)."""
+        return len(self._scrapes)
+
+    def is_idle(self) -> bool:
+        """True when no scrape, poll or queue entry is held (clients may be)."""
+        return not (self._scrapes or self._polls or self._queues)
+
+    # -- scrapes --
+
+    def scrape(
+        self,
+        fqdn: str,
+        method: bytes,
+        url: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        timeout: float,
+    ) -> Deferred[Any]:
+        """See L{ICoordinator.scrape}."""
+        if self._stopping:
+            return fail(ShuttingDown("the proxy is shutting down"))
+        self._expire_clients()
+        if fqdn not in self._clients:
+            return fail(UnknownClient(f"no client is registered as {fqdn}"))
+        queue = self._queues.get(fqdn)
+        polls = self._polls.get(fqdn)
+        if not polls and queue is not None and len(queue) >= self.max_queued_per_client:
+            return fail(
+                QueueFull(f"{len(queue)} scrapes are already queued for {fqdn}")
+            )
+        scrape_id = str(uuid.uuid4())
+        deferred: Deferred[Any] = Deferred(lambda d: self._cancel_scrape(scrape_id))
+        scrape = Scrape(
+            scrape_id=scrape_id,
+            fqdn=fqdn,
+            method=method,
+            url=url,
+            headers=headers,
+            deadline=self._clock.seconds() + timeout,
+            deferred=deferred,
+        )
+        scrape.timer = self._clock.callLater(timeout, self._expire_scrape, scrape)
+        self._scrapes[scrape_id] = scrape
+        self._dispatch(scrape)
+        return deferred
+
+    def _dispatch(self, scrape: Scrape, *, front: bool = False) -> None:
+        polls = self._polls.get(scrape.fqdn)
+        if polls:
+            poll = polls.popleft()
+            if not polls:
+                del self._polls[scrape.fqdn]
+            self._deliver(poll, scrape)
+            return
+        queue = self._queues.setdefault(scrape.fqdn, deque())
+        if front:
+            queue.appendleft(scrape)
+        else:
+            queue.append(scrape)
+
+    def _deliver(self, poll: _Poll, scrape: Scrape) -> None:
+        if poll.timer is not None and poll.timer.active():
+            poll.timer.cancel()
+        scrape.state = ScrapeState.SENT
+        scrape.sent_to = poll.identity
+        self._touch(poll.fqdn)
+        poll.deferred.callback(scrape)
+
+    def _unqueue(self, scrape: Scrape) -> None:
+        queue = self._queues.get(scrape.fqdn)
+        if queue is not None:
+            try:
+                queue.remove(scrape)
+            except ValueError:
+                pass
+            if not queue:
+                del self._queues[scrape.fqdn]
+
+    def _end_scrape(self, scrape: Scrape) -> None:
+        if scrape.state is ScrapeState.QUEUED:
+            self._unqueue(scrape)
+        scrape.state = ScrapeState.DONE
+        self._scrapes.pop(scrape.scrape_id, None)
+        if scrape.timer is not None and scrape.timer.active():
+            scrape.timer.cancel()
+        scrape.timer = None
+        scrape.abort_relay = None
+
+    def _cancel_scrape(self, scrape_id: str) -> None:
+        scrape = self._scrapes.get(scrape_id)
+        if scrape is not None:
+            self._end_scrape(scrape)
+
+    def _expire_scrape(self, scrape: Scrape) -> None:
+        scrape.timer = None
+        state = scrape.state
+        abort = scrape.abort_relay
+        self._end_scrape(scrape)
+        if state is ScrapeState.RESPONDING:
+            if abort is not None:
+                abort()
+            return
+        where = "no poll arrived" if state is ScrapeState.QUEUED else "no push arrived"
+        scrape.deferred.errback(
+            ScrapeTimeout(
+                f"client {scrape.fqdn} did not answer within the scrape timeout ({where})"
+            )
+        )
+
+    def requeue(self, scrape: Scrape) -> None:
+        """See L{ICoordinator.requeue}."""
+        if scrape.state is not ScrapeState.SENT or scrape.scrape_id not in self._scrapes:
+            return
+        self.log.info(
+            "Scrape {scrape_id} for {fqdn} requeued: its poll's connection was gone",
+            scrape_id=scrape.scrape_id,
+            fqdn=scrape.fqdn,
+        )
+        scrape.state = ScrapeState.QUEUED
+        scrape.sent_to = None
+        self._dispatch(scrape, front=True)
+
+    # -- polls --
+
+    def poll(
+        self, fqdn: str, identity: str | None, timeout: float | None
+    ) -> Deferred[Scrape | None]:
+        """See L{ICoordinator.poll}."""
+        if self._stopping:
+            return fail(ShuttingDown("the proxy is shutting down"))
+        try:
+            self._register(fqdn)
+        except TooManyClients as error:
+            return fail(error)
+        queue = self._queues.get(fqdn)
+        if queue:
+            scrape = queue.popleft()
+            if not queue:
+                del self._queues[fqdn]
+            scrape.state = ScrapeState.SENT
+            scrape.sent_to = identity
+            return succeed(scrape)
+        polls = self._polls.setdefault(fqdn, deque())
+        if len(polls) >= self.max_polls_per_client:
+            if not polls:
+                del self._polls[fqdn]
+            return fail(
+                TooManyPolls(f"{fqdn} already holds {len(polls)} polls, the limit")
+            )
+        deferred: Deferred[Scrape | None] = Deferred(lambda d: self._end_poll(poll))
+        poll = _Poll(fqdn=fqdn, identity=identity, deferred=deferred)
+        if timeout is not None:
+            poll.timer = self._clock.callLater(timeout, self._expire_poll, poll)
+        polls.append(poll)
+        return deferred
+
+    def _register(self, fqdn: str) -> None:
+        if fqdn not in self._clients:
+            self._expire_clients()
+            if len(self._clients) >= self.max_clients:
+                raise TooManyClients(f"{len(self._clients)} clients are registered, the limit")
+            self._clients[fqdn] = ClientInfo(fqdn=fqdn, last_seen=self._clock.seconds())
+            self.log.info("Client {fqdn} registered", fqdn=fqdn)
+        else:
+            self._touch(fqdn)
+
+    def _touch(self, fqdn: str) -> None:
+        info = self._clients.get(fqdn)
+        if info is not None:
+            info.last_seen = self._clock.seconds()
+            self._clients.move_to_end(fqdn)
+
+    def _end_poll(self, poll: _Poll) -> None:
+        if poll.timer is not None and poll.timer.active():
+            poll.timer.cancel()
+        poll.timer = None
+        polls = self._polls.get(poll.fqdn)
+        if polls is not None:
+            try:
+                polls.remove(poll)
+            except ValueError:
+                pass
+            if not polls:
+                del self._polls[poll.fqdn]
+        self._touch(poll.fqdn)
+
+    def _expire_poll(self, poll: _Poll) -> None:
+        poll.timer = None
+        self._end_poll(poll)
+        poll.deferred.callback(None)
+
+    def _expire_clients(self) -> None:
+        cutoff = self._clock.seconds() - self.registration_timeout
+        while self._clients:
+            fqdn, info = next(iter(self._clients.items()))
+            if info.last_seen > cutoff:
+                return
+            if fqdn in self._polls:
+                # Holding a poll right now: seen now.
+                self._touch(fqdn)
+                continue
+            del self._clients[fqdn]
+            self.log.info("Client {fqdn} expired: no poll for {seconds}s",
+                          fqdn=fqdn, seconds=self.registration_timeout)
+
+    # -- pushes --
+
+    def claim(self, scrape_id: str, identity: str | None) -> Scrape:
+        """See L{ICoordinator.claim}."""
+        scrape = self._scrapes.get(scrape_id)
+        if scrape is None or scrape.state is not ScrapeState.SENT:
+            raise UnknownScrape(f"no scrape {scrape_id} is waiting for a push")
+        if scrape.sent_to != identity:
+            raise ForeignScrape(f"scrape {scrape_id} was not sent to {identity}")
+        scrape.state = ScrapeState.RESPONDING
+        return scrape
+
+    def respond(self, scrape: Scrape, response: object, abort: Callable[[], None]) -> None:
+        """See L{ICoordinator.respond}."""
+        scrape.abort_relay = abort
+        scrape.deferred.callback(response)
+
+    def finish(self, scrape: Scrape) -> None:
+        """See L{ICoordinator.finish}."""
+        self._end_scrape(scrape)
+
+    # -- the rest --
+
+    def clients(self) -> list[ClientInfo]:
+        """See L{ICoordinator.clients}."""
+        self._expire_clients()
+        return list(self._clients.values())
+
+    def shutdown(self) -> None:
+        """See L{ICoordinator.shutdown}."""
+        self._stopping = True
+        for scrape in list(self._scrapes.values()):
+            state, abort = scrape.state, scrape.abort_relay
+            self._end_scrape(scrape)
+            if state is ScrapeState.RESPONDING:
+                if abort is not None:
+                    abort()
+            else:
+                scrape.deferred.errback(ShuttingDown("the proxy is shutting down"))
+        for polls in list(self._polls.values()):
+            for poll in list(polls):
+                self._end_poll(poll)
+                poll.deferred.errback(ShuttingDown("the proxy is shutting down"))

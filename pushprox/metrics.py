@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Metric definitions of the proxy and the client, and the ``/metrics`` resource.
+
+Each service gets its own ``CollectorRegistry`` (never the global one), so that
+several services in one process, and tests, do not share counters.  Names that the
+upstream Go PushProx exports are kept, so that existing dashboards keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+#: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
+SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                  30, 60, 120, 300)
+
+
+class ProxyMetrics:
+    """The proxy's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "pushprox_http_requests_total",
+            "Requests to the proxy's own endpoints, by status code and path.",
+            ["code", "path"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "pushprox_http_duration_seconds",
+            "Time taken to answer requests to the proxy's own endpoints, by path.",
+            ["path"],
+            registry=r,
+        )
+        self.proxied_requests = Counter(
+            "pushprox_proxied_requests_total",
+            "Scrapes proxied to clients, by the status code given to the scraper.",
+            ["code"],
+            registry=r,
+        )
+        self.scrapes = Counter(
+            "pushprox_scrapes_total",
+            "Scrapes by outcome: success (relayed from the target, any status), "
+            "unknown_client, timeout, client_error, queue_full, cancelled, "
+            "aborted, bad_request, shutdown.",
+            ["outcome"],
+            registry=r,
+        )
+        self.scrape_duration = Histogram(
+            "pushprox_scrape_duration_seconds",
+            "Time from the scraper's request to the end of the relayed response.",
+            buckets=SCRAPE_BUCKETS,
+            registry=r,
+        )
+        self.limit_exceeded = Counter(
+            "pushprox_limit_exceeded_total",
+            "Requests refused because a configured limit was reached, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.clients = Gauge(
+            "pushprox_proxy_clients",
+            "Number of registered clients.",
+            registry=r,
+        )
+        self.polls_waiting = Gauge(
+            "pushprox_polls_waiting",
+            "Number of client polls held open, waiting for a scrape.",
+            registry=r,
+        )
+        self.scrapes_queued = Gauge(
+            "pushprox_scrapes_queued",
+            "Number of scrapes waiting for a poll of their client.",
+            registry=r,
+        )
+        self.scrapes_in_flight = Gauge(
+            "pushprox_scrapes_in_flight",
+            "Number of scrapes not yet answered (queued, sent to a client, or relaying).",
+            registry=r,
+        )
+
+    def watch(
+        self,
+        *,
+        clients: Callable[[], float],
+        polls_waiting: Callable[[], float],
+        scrapes_queued: Callable[[], float],
+        scrapes_in_flight: Callable[[], float],
+    ) -> None:
+        """Read the gauges from the coordinator at collection time."""
+        self.clients.set_function(clients)
+        self.polls_waiting.set_function(polls_waiting)
+        self.scrapes_queued.set_function(scrapes_queued)
+        self.scrapes_in_flight.set_function(scrapes_in_flight)
+
+
+class ClientMetrics:
+    """The client's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.scrape_errors = Counter(
+            "pushprox_client_scrape_errors_total",
+            "Scrapes of targets that failed (refused, unreachable, timed out).",
+            registry=r,
+        )
+        self.push_errors = Counter(
+            "pushprox_client_push_errors_total",
+            "Pushes to the proxy that failed.",
+            registry=r,
+        )
+        self.poll_errors = Counter(
+            "pushprox_client_poll_errors_total",
+            "Polls of the proxy that failed or were answered with something unreadable.",
+            registry=r,
+        )
+        self.scrapes = Counter(
+            "pushprox_client_scrapes_total",
+            "Scrape requests received from the proxy.",
+            registry=r,
+        )
+        self.scrape_duration = Histogram(
+            "pushprox_client_scrape_duration_seconds",
+            "Time from receiving a scrape request to the end of its push.",
+            buckets=SCRAPE_BUCKETS,
+            registry=r,
+        )
+
+
+class MetricsResource(Resource):
+    """Renders one registry in the exposition format the scraper asks for."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        """Encode the registry's current values."""
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return encoder(self._registry)

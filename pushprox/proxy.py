@@ -1,0 +1,797 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy's twisted.web glue: the site, its resources, status codes and limits.
+
+One port serves everything.  A request whose URI is absolute (``GET http://fqdn:9100/metrics``)
+is a scrape from Prometheus using us as its ``proxy_url``; every other request walks
+an ordinary resource tree (``/poll``, ``/push``, ``/clients``, ``/metrics``,
+``/-/healthy``, ``/-/ready``).  Push bodies are relayed to Prometheus while they
+arrive, so the proxy never holds a whole scraped page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from pushprox import wire
+from pushprox.coordinator import (
+    CoordinatorError,
+    ForeignScrape,
+    ICoordinator,
+    QueueFull,
+    Scrape,
+    ScrapeTimeout,
+    ShuttingDown,
+    TooManyClients,
+    TooManyPolls,
+    UnknownClient,
+    UnknownScrape,
+)
+from pushprox.metrics import MetricsResource, ProxyMetrics
+
+SERVER = b"pushprox"
+TEXT = b"text/plain; charset=utf-8"
+#: Our client asks the proxy to answer an idle poll after this many seconds.
+POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+
+# A host name or an IP address literal, as it may appear in a URL or a poll body.
+_FQDN = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_.:\[\]-]*[a-z0-9_\]])?$")
+
+# Headers of a pushed response that Prometheus must not see: ours, upstream's,
+# and those that describe the push's framing rather than the response's.
+_NOT_RELAYED = wire.HOP_BY_HOP | {
+    b"content-length",
+    wire.ID_HEADER.lower(),
+    wire.TIMEOUT_HEADER.lower(),
+    wire.UPSTREAM_TIMEOUT_HEADER.lower(),
+}
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Timeouts and limits of the proxy; the defaults are the documented ones."""
+
+    scrape_default_timeout: float = 15.0
+    scrape_max_timeout: float = 300.0
+    poll_max_timeout: float = 300.0
+    #: Largest push body (the target's whole response), in bytes.
+    max_push_size: int = 64 * 1024 * 1024
+    #: Largest body of any other request (a poll carries an FQDN), in bytes.
+    max_request_size: int = 64 * 1024
+    #: Largest status line plus headers of a pushed response, in bytes.
+    max_push_head_size: int = 64 * 1024
+    #: Largest request line plus headers of any request to the proxy, in bytes.
+    max_header_size: int = 16 * 1024
+    log_scrapes: bool = False
+
+
+def normalize_fqdn(raw: bytes) -> str | None:
+    """The FQDN in ``raw`` lowercased, or None when it is not a host name."""
+    try:
+        text = raw.decode("ascii").strip().lower().rstrip(".")
+    except UnicodeDecodeError:
+        return None
+    return text if _FQDN.match(text) else None
+
+
+def text_response(request: Request, code: int, message: str) -> bytes:
+    """Set ``code`` and return ``message`` as a one-line plain-text body."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", TEXT)
+    request.setHeader(b"server", SERVER)
+    return message.encode("utf-8") + b"\n"
+
+
+def _request_alive(request: Request) -> bool:
+    return not request.finished and not cast(Any, request)._disconnected
+
+
+def finish_with(request: Request, code: int, message: str) -> None:
+    """Answer a request held open with NOT_DONE_YET, unless its peer has gone."""
+    if _request_alive(request):
+        body = text_response(request, code, message)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+def _peer(request: Request) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return f"{host}:{getattr(address, 'port', '')}" if host else str(address)
+
+
+class Relay:
+    """
+    The response to one scrape on its way from a push to Prometheus.
+
+    The push side creates it once the pushed status line and headers are read,
+    feeds it body bytes as they arrive, and finishes or aborts it; the scrape side
+    attaches Prometheus' request to it.  Bytes that arrive before the attachment
+    are held (this only happens within one callback chain).
+    """
+
+    def __init__(self, head: wire.ResponseHead | None, error: tuple[int, str] | None = None):
+        self.head = head
+        self.error = error
+        self._request: Request | None = None
+        self._pending: list[bytes] = []
+        self._discarding = False
+        self.finished = False
+
+    @classmethod
+    def failure(cls, code: int, message: str) -> Relay:
+        """A relay that answers the scrape with an error instead of the push."""
+        return cls(None, (code, message))
+
+    def scrape_error(self) -> str | None:
+        """The reason our client gave for not scraping the target, if it did not."""
+        if self.head is None:
+            return None
+        value = self.head.header(wire.SCRAPE_ERROR_HEADER)
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def attach(self, request: Request) -> int:
+        """Start answering ``request``; returns the status code given to it."""
+        if not _request_alive(request):
+            self._discarding = True
+            return 0
+        error = self.error
+        reason = self.scrape_error()
+        if error is None and reason is not None:
+            error = (502, f"the client could not scrape the target: {reason}")
+        if error is not None or self.head is None:
+            code, message = error or (502, "no response")
+            finish_with(request, code, message)
+            self._discarding = True
+            return code
+        head = self.head
+        request.setResponseCode(head.status, head.reason or None)
+        headers = request.responseHeaders
+        headers.removeHeader(b"server")
+        headers.removeHeader(b"date")
+        for name, value in head.headers:
+            if name.lower() not in _NOT_RELAYED:
+                headers.addRawHeader(name, value)
+        if head.length is not None:
+            headers.setRawHeaders(b"content-length", [b"%d" % head.length])
+        request.defaultContentType = None
+        self._request = request
+        request.notifyFinish().addErrback(self._scraper_gone)
+        for data in self._pending:
+            request.write(data)
+        self._pending.clear()
+        if self.finished:
+            request.finish()
+        return head.status
+
+    def _scraper_gone(self, reason: Failure) -> None:
+        self._discarding = True
+        self._request = None
+
+    def write(self, data: bytes) -> None:
+        """Relay body bytes."""
+        if self._discarding or not data:
+            return
+        if self._request is None:
+            self._pending.append(data)
+        else:
+            self._request.write(data)
+
+    def finish(self) -> None:
+        """The whole body has been relayed."""
+        self.finished = True
+        if self._request is not None and _request_alive(self._request):
+            self._request.finish()
+
+    def abort(self) -> None:
+        """Cut Prometheus off: an incomplete answer must not look like a whole one."""
+        self._discarding = True
+        request, self._request = self._request, None
+        if request is not None and _request_alive(request):
+            request.loseConnection()
+
+
+class PushStream:
+    """
+    Reads a ``POST /push`` body as it arrives and relays it to its scrape.
+
+    Pushes are answered 200 when relayed, 400 when unreadable, 403 when the scrape
+    belongs to another client, 404 for an unknown or expired scrape id, 413 when
+    larger than the limit.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        coordinator: ICoordinator,
+        config: ProxyConfig,
+        identity: str | None,
+        declared_length: int | None,
+    ) -> None:
+        self._coordinator = coordinator
+        self._config = config
+        self._identity = identity
+        self._head_buffer = b""
+        self._received = 0
+        self._scrape: Scrape | None = None
+        self._relay: Relay | None = None
+        self._decoder: wire.ChunkedDecoder | None = None
+        self._body_left: int | None = None
+        #: The answer to the push once it is decided early (an error).
+        self.outcome: tuple[int, str] | None = None
+        if declared_length is not None and declared_length > config.max_push_size:
+            self._reject(
+                413, f"push body of {declared_length} bytes exceeds the limit of "
+                f"{config.max_push_size} bytes"
+            )
+
+    @property
+    def scrape_id(self) -> str | None:
+        """The id of the scrape this push answers, once read."""
+        return self._scrape.scrape_id if self._scrape is not None else None
+
+    def _reject(self, code: int, message: str) -> None:
+        if self.outcome is None:
+            self.outcome = (code, message)
+        if self._relay is not None:
+            self._relay.abort()
+        self._release()
+
+    def _release(self) -> None:
+        scrape, self._scrape = self._scrape, None
+        if scrape is not None:
+            self._coordinator.finish(scrape)
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the push body."""
+        if self.outcome is not None:
+            return
+        self._received += len(data)
+        if self._received > self._config.max_push_size:
+            self._reject(
+                413, f"push body exceeds the limit of {self._config.max_push_size} bytes"
+            )
+            return
+        if self._relay is None:
+            data = self._read_head(data)
+            if self._relay is None or not data:
+                return
+        try:
+            self._relay_body(data)
+        except wire.WireError as error:
+            self._reject(400, f"malformed push body: {error}")
+
+    def _read_head(self, data: bytes) -> bytes:
+        buffer = self._head_buffer + data
+        end, sep = buffer.find(b"\r\n\r\n"), 4
+        if end < 0:
+            end, sep = buffer.find(b"\n\n"), 2
+        if end < 0:
+            if len(buffer) > self._config.max_push_head_size:
+                self._reject(413, "pushed response headers exceed the limit of "
+                             f"{self._config.max_push_head_size} bytes")
+            else:
+                self._head_buffer = buffer
+            return b""
+        self._head_buffer = b""
+        try:
+            head = wire.decode_response_head(buffer[:end])
+            self._scrape = self._coordinator.claim(head.scrape_id, self._identity)
+        except wire.WireError as error:
+            self._reject(400, f"malformed push: {error}")
+            return b""
+        except UnknownScrape as error:
+            self._reject(404, str(error))
+            return b""
+        except ForeignScrape as error:
+            self._reject(403, str(error))
+            return b""
+        relay = Relay(head)
+        if head.length is not None and head.length > self._config.max_push_size:
+            relay = Relay.failure(
+                502, f"the target's response of {head.length} bytes exceeds the "
+                f"limit of {self._config.max_push_size} bytes"
+            )
+            self.outcome = (413, "pushed response exceeds the limit of "
+                            f"{self._config.max_push_size} bytes")
+        self._relay = relay
+        if head.framing is wire.BodyFraming.CHUNKED:
+            self._decoder = wire.ChunkedDecoder()
+        self._body_left = head.length
+        self._coordinator.respond(self._scrape, relay, relay.abort)
+        if self.outcome is not None:
+            self._release()
+        return buffer[end + sep :]
+
+    def _relay_body(self, data: bytes) -> None:
+        assert self._relay is not None
+        if self._decoder is not None:
+            for piece in self._decoder.feed(data):
+                self._relay.write(piece)
+        elif self._body_left is not None:
+            piece = data[: self._body_left]
+            self._body_left -= len(piece)
+            self._relay.write(piece)
+        else:
+            self._relay.write(data)
+
+    def end(self) -> tuple[int, str]:
+        """The push body is complete: finish the relay; returns the push's answer."""
+        if self.outcome is not None:
+            return self.outcome
+        if self._relay is None:
+            self._reject(400, "push body ended inside the response headers")
+        elif self._decoder is not None and not self._decoder.finished:
+            self._reject(400, "push body ended inside a chunked response body")
+        elif self._body_left:
+            self._reject(400, f"push body ended {self._body_left} bytes short of "
+                         "its Content-Length")
+        else:
+            self._relay.finish()
+            self._release()
+            self.outcome = (200, "")
+        assert self.outcome is not None
+        return self.outcome
+
+    def connection_lost(self) -> None:
+        """The pushing client hung up before the end of its body."""
+        if self.outcome is None:
+            self._reject(400, "push connection lost")
+
+
+class PushProxRequest(Request):
+    """A request that enforces body limits while bytes arrive and streams pushes."""
+
+    push_stream: PushStream | None = None
+    #: The answer when the body exceeded its limit, decided while it arrived.
+    body_rejection: tuple[int, str] | None = None
+    _body_limit: int = 0
+    _body_received: int = 0
+
+    def gotLength(self, length: int | None) -> None:
+        """Decide how this request's body is handled once its headers are read."""
+        site = cast(PushProxSite, self.channel.site)
+        channel = cast(Any, self.channel)
+        path = channel._path.split(b"?", 1)[0]
+        if channel._command == b"POST" and path == b"/push":
+            self.push_stream = site.push_stream(self, length)
+            super().gotLength(0)
+            return
+        self._body_limit = site.config.max_request_size
+        if length is not None and length > self._body_limit:
+            self._reject_body(length)
+            super().gotLength(0)
+            return
+        super().gotLength(length)
+
+    def _reject_body(self, size: int) -> None:
+        self.body_rejection = (
+            413, f"request body of {size} bytes exceeds the limit of {self._body_limit} bytes"
+        )
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Stream push bytes to their relay; count other bodies against their limit."""
+        if self.push_stream is not None:
+            self.push_stream.feed(data)
+            return
+        if self.body_rejection is not None:
+            return
+        self._body_received += len(data)
+        if self._body_received > self._body_limit:
+            self._reject_body(self._body_received)
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell a push in progress that its client hung up."""
+        if self.push_stream is not None and not self.finished:
+            self.push_stream.connection_lost()
+        super().connectionLost(reason)
+
+
+class ScrapeResource(Resource):
+    """Hands a proxied scrape from Prometheus to the client of its target's FQDN."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        coordinator: ICoordinator,
+        config: ProxyConfig,
+        metrics: ProxyMetrics,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self._coordinator = coordinator
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+
+    def render(self, request: Request) -> bytes | int:
+        """Validate the proxy request and wait for the client's answer."""
+        started = self._clock.seconds()
+        uri = request.uri
+        if request.method not in (b"GET", b"HEAD"):
+            return self._refuse(request, 405, f"method {request.method!r} is not proxied")
+        try:
+            authority = uri.split(b"/", 3)[2]
+        except IndexError:
+            authority = b""
+        host = authority.rpartition(b"@")[2]
+        if host.startswith(b"["):
+            host = host[: host.find(b"]") + 1]
+        else:
+            host = host.partition(b":")[0]
+        fqdn = normalize_fqdn(host)
+        if fqdn is None:
+            return self._refuse(request, 400, f"no valid host name in {uri[:100]!r}")
+        timeout = self._timeout(request)
+        if timeout is None:
+            return self._refuse(
+                request, 400, "X-Prometheus-Scrape-Timeout-Seconds is not a positive number"
+            )
+        headers = [
+            (name, value)
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        deferred = self._coordinator.scrape(fqdn, request.method, uri, headers, timeout)
+        request.notifyFinish().addErrback(lambda _: deferred.cancel())
+        deferred.addCallbacks(
+            self._relay, self._failed, (request, fqdn, started), None, (request, fqdn, started)
+        )
+        return NOT_DONE_YET
+
+    def _timeout(self, request: Request) -> float | None:
+        raw = request.getHeader(wire.TIMEOUT_HEADER)
+        if raw is None:
+            return min(self._config.scrape_default_timeout, self._config.scrape_max_timeout)
+        try:
+            timeout = float(raw)
+        except ValueError:
+            return None
+        if not 0 < timeout < float("inf"):
+            return None
+        return min(timeout, self._config.scrape_max_timeout)
+
+    def _refuse(self, request: Request, code: int, message: str) -> bytes:
+        self.log.info("Refused proxy request {uri!r} from {peer}: {code} {message}",
+                      uri=request.uri[:200], peer=_peer(request), code=code, message=message)
+        self._count(code, "bad_request")
+        return text_response(request, code, message)
+
+    def _count(self, code: int, outcome: str) -> None:
+        self._metrics.proxied_requests.labels(str(code)).inc()
+        self._metrics.scrapes.labels(outcome).inc()
+
+    def _relay(self, relay: Relay, request: Request, fqdn: str, started: float) -> None:
+        code = relay.attach(request)
+        if code == 0:
+            self._count(499, "cancelled")
+            return
+        outcome = "client_error" if relay.error or relay.scrape_error() else "success"
+        self._count(code, outcome)
+        self._metrics.scrape_duration.observe(self._clock.seconds() - started)
+        if self._config.log_scrapes:
+            self.log.info("Scrape of {url} via {fqdn}: {code}",
+                          url=request.uri.decode("latin-1"), fqdn=fqdn, code=code)
+        if outcome == "client_error":
+            self.log.warn("Scrape of {url} via {fqdn} failed: {reason}",
+                          url=request.uri.decode("latin-1"), fqdn=fqdn,
+                          reason=(relay.error or (0, relay.scrape_error()))[1])
+
+    def _failed(self, reason: Failure, request: Request, fqdn: str, started: float) -> None:
+        error = reason.value
+        if isinstance(error, CancelledError):
+            self._count(499, "cancelled")
+            return
+        if isinstance(error, UnknownClient):
+            code, outcome = 404, "unknown_client"
+        elif isinstance(error, ScrapeTimeout):
+            code, outcome = 504, "timeout"
+        elif isinstance(error, QueueFull):
+            code, outcome = 503, "queue_full"
+            self._metrics.limit_exceeded.labels("scrapes_queued_per_client").inc()
+        elif isinstance(error, ShuttingDown):
+            code, outcome = 503, "shutdown"
+        else:
+            self.log.failure("Scrape via {fqdn} failed unexpectedly", reason, fqdn=fqdn)
+            code, outcome = 500, "error"
+        message = str(error) if isinstance(error, CoordinatorError) else "internal error"
+        self._count(code, outcome)
+        self._metrics.scrape_duration.observe(self._clock.seconds() - started)
+        if code != 404 or self._config.log_scrapes:
+            self.log.info("Scrape of {url} via {fqdn}: {code} {message}",
+                          url=request.uri.decode("latin-1"), fqdn=fqdn, code=code,
+                          message=message)
+        finish_with(request, code, message)
+
+
+class _Instrumented(Resource):
+    """A leaf of the proxy's own endpoints, counted under its path."""
+
+    isLeaf = True
+    path = ""
+
+    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._clock = clock
+
+    def instrument(self, request: Request) -> None:
+        """Count this request by code and path once it ends."""
+        started = self._clock.seconds()
+        request.setHeader(b"server", SERVER)
+
+        def done(_: object) -> None:
+            self._metrics.http_requests.labels(str(request.code), self.path).inc()
+            self._metrics.http_duration.labels(self.path).observe(
+                self._clock.seconds() - started
+            )
+
+        request.notifyFinish().addBoth(done)
+
+
+class PollResource(_Instrumented):
+    """``POST /poll``: a client waits here until a scrape for its FQDN comes."""
+
+    path = "/poll"
+    log = Logger()
+
+    def __init__(
+        self,
+        coordinator: ICoordinator,
+        config: ProxyConfig,
+        metrics: ProxyMetrics,
+        clock: IReactorTime,
+        identify: Callable[[Request], str | None],
+    ) -> None:
+        super().__init__(metrics, clock)
+        self._coordinator = coordinator
+        self._config = config
+        self._identify = identify
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """Register the client and hold the request until a scrape or timeout."""
+        self.instrument(request)
+        rejection = cast(PushProxRequest, request).body_rejection
+        if rejection is not None:
+            return self._refuse(request, *rejection)
+        raw = request.content.read() if request.content is not None else b""
+        fqdn = normalize_fqdn(raw)
+        if fqdn is None:
+            return self._refuse(request, 400, f"poll body is not an FQDN: {raw[:100]!r}")
+        timeout: float | None = None
+        raw_timeout = request.getHeader(POLL_TIMEOUT_HEADER)
+        if raw_timeout is not None:
+            try:
+                timeout = min(max(float(raw_timeout), 0.0), self._config.poll_max_timeout)
+            except ValueError:
+                return self._refuse(request, 400, f"{POLL_TIMEOUT_HEADER.decode()} is "
+                                    "not a number")
+        deferred = self._coordinator.poll(fqdn, self._identify(request), timeout)
+        request.notifyFinish().addErrback(lambda _: deferred.cancel())
+        deferred.addCallbacks(self._answer, self._failed, (request,), None, (request, fqdn))
+        return NOT_DONE_YET
+
+    def _refuse(self, request: Request, code: int, message: str) -> bytes:
+        self.log.info("Refused poll from {peer}: {code} {message}",
+                      peer=_peer(request), code=code, message=message)
+        return text_response(request, code, message)
+
+    def _answer(self, scrape: Scrape | None, request: Request) -> None:
+        if scrape is None:
+            request.setResponseCode(204)
+            request.finish()
+            return
+        if not _request_alive(request):
+            self._coordinator.requeue(scrape)
+            return
+        body = scrape.payload(self._clock.seconds())
+        request.setHeader(b"content-type", TEXT)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def _failed(self, reason: Failure, request: Request, fqdn: str) -> None:
+        error = reason.value
+        if isinstance(error, CancelledError):
+            return
+        if isinstance(error, TooManyPolls):
+            self._metrics.limit_exceeded.labels("polls_per_client").inc()
+            code = 429
+        elif isinstance(error, TooManyClients):
+            self._metrics.limit_exceeded.labels("clients").inc()
+            code = 503
+        elif isinstance(error, ShuttingDown):
+            code = 503
+        else:
+            self.log.failure("Poll of {fqdn} failed unexpectedly", reason, fqdn=fqdn)
+            code = 500
+        message = str(error) if isinstance(error, CoordinatorError) else "internal error"
+        if code != 503:
+            self.log.info("Poll of {fqdn}: {code} {message}", fqdn=fqdn, code=code,
+                          message=message)
+        finish_with(request, code, message)
+
+
+class PushResource(_Instrumented):
+    """``POST /push``: answers the push once its body has been relayed."""
+
+    path = "/push"
+    log = Logger()
+
+    def render_POST(self, request: Request) -> bytes:
+        """Report how the relay of this push ended."""
+        self.instrument(request)
+        stream = cast(PushProxRequest, request).push_stream
+        if stream is None:  # pragma: no cover - PushProxRequest always sets it
+            return text_response(request, 500, "push was not streamed")
+        code, message = stream.end()
+        if code != 200:
+            self.log.info("Refused push from {peer}: {code} {message}",
+                          peer=_peer(request), code=code, message=message)
+            return text_response(request, code, message)
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+
+class ClientsResource(_Instrumented):
+    """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
+
+    path = "/clients"
+
+    def __init__(self, coordinator: ICoordinator, metrics: ProxyMetrics,
+                 clock: IReactorTime) -> None:
+        super().__init__(metrics, clock)
+        self._coordinator = coordinator
+
+    def render_GET(self, request: Request) -> bytes:
+        """List every registered client as one target group."""
+        self.instrument(request)
+        groups = [
+            {"targets": [client.fqdn], "labels": dict(client.labels)}
+            for client in self._coordinator.clients()
+        ]
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(groups).encode("utf-8")
+
+
+class StatusResource(_Instrumented):
+    """``/-/healthy`` and ``/-/ready``: a fixed text while the proxy serves."""
+
+    def __init__(self, path: str, message: str, metrics: ProxyMetrics,
+                 clock: IReactorTime) -> None:
+        super().__init__(metrics, clock)
+        self.path = path
+        self._message = message
+
+    def render_GET(self, request: Request) -> bytes:
+        """Say that the proxy is up."""
+        self.instrument(request)
+        return text_response(request, 200, self._message)
+
+
+class InstrumentedMetricsResource(_Instrumented):
+    """``/metrics`` counted like the other endpoints."""
+
+    path = "/metrics"
+
+    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime) -> None:
+        super().__init__(metrics, clock)
+        self._inner = MetricsResource(metrics.registry)
+
+    def render_GET(self, request: Request) -> bytes:
+        """Render the proxy's metrics."""
+        self.instrument(request)
+        return self._inner.render_GET(request)
+
+
+class NotFound(_Instrumented):
+    """Anything else: 404 with a hint."""
+
+    path = "other"
+
+    def render(self, request: Request) -> bytes:
+        """Say what this port serves."""
+        self.instrument(request)
+        return text_response(
+            request, 404, "not found: this is a PushProx proxy (use it as proxy_url; "
+            "endpoints /poll /push /clients /metrics /-/healthy /-/ready)"
+        )
+
+
+class ConnectRefused(Resource):
+    """``CONNECT``: PushProx relays plain requests only."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        """Explain how to scrape HTTPS targets instead."""
+        return text_response(
+            request, 405, "CONNECT is not supported: scrape HTTPS targets with "
+            "params: {_scheme: [https]} and an http:// proxy_url"
+        )
+
+
+def no_identity(request: Request) -> str | None:
+    """The identity of an unauthenticated client: none."""
+    return None
+
+
+class PushProxSite(Site):
+    """The proxy's one site: scrapes by absolute URI, the rest by path."""
+
+    requestFactory = PushProxRequest
+
+    def __init__(
+        self,
+        coordinator: ICoordinator,
+        *,
+        clock: IReactorTime,
+        config: ProxyConfig | None = None,
+        metrics: ProxyMetrics | None = None,
+        identify: Callable[[Request], str | None] = no_identity,
+    ) -> None:
+        self.config = config or ProxyConfig()
+        self.metrics = metrics or ProxyMetrics()
+        self.coordinator = coordinator
+        self._identify = identify
+        root = Resource()
+        root.putChild(b"", NotFound(self.metrics, clock))
+        root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
+                                            identify))
+        root.putChild(b"push", PushResource(self.metrics, clock))
+        root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock))
+        root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock))
+        status = Resource()
+        status.putChild(b"healthy", StatusResource("/-/healthy", "Healthy", self.metrics, clock))
+        status.putChild(b"ready", StatusResource("/-/ready", "Ready", self.metrics, clock))
+        root.putChild(b"-", status)
+        self._not_found = NotFound(self.metrics, clock)
+        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock)
+        self._connect = ConnectRefused()
+        super().__init__(root)
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel with the configured header size limit."""
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.config.max_header_size
+        return channel
+
+    def push_stream(self, request: Request, length: int | None) -> PushStream:
+        """A stream that relays the body of ``request``, a push."""
+        return PushStream(self.coordinator, self.config, self._identify(request), length)
+
+    def getResourceFor(self, request: Request) -> IResource:
+        """Route absolute-URI requests to the scrape resource, the rest by path."""
+        request.site = self
+        uri = request.uri
+        if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
+            return self._scrape
+        if request.method == b"CONNECT":
+            return self._connect
+        resource = super().getResourceFor(request)
+        return self._not_found if isinstance(resource, Resource) and not isinstance(
+            resource, _Instrumented) else resource
+
+    def log(self, request: Request) -> None:
+        """No access log: scrapes are logged by their resource when asked to."""
