@@ -14,7 +14,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
 SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -150,3 +150,17 @@ class MetricsResource(Resource):
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return encoder(self._registry)
+
+
+class MetricsSite(Site):
+    """A site that serves ``/metrics`` of one registry and logs no access lines."""
+
+    noisy = False
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry))
+        super().__init__(root)
+
+    def log(self, request: Request) -> None:
+        """Scrapes of the client's metrics are not worth a log line each."""

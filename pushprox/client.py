@@ -1,0 +1,539 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The client: poll the proxy, scrape the target it names, push the answer back.
+
+``ClientService`` keeps one long poll open to the proxy.  Each poll answer is a
+scrape request; the client checks it against its allow-list, scrapes the target with
+a plain ``Agent`` (so that compression and headers pass through untouched), and
+streams the target's response into a ``POST /push`` while it arrives.  It polls again
+as soon as a request arrives, so scrapes run concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import treq
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from pushprox import wire
+from pushprox.metrics import ClientMetrics
+
+USER_AGENT = b"pushprox-client/0.1.0"
+#: Asks a pushprox proxy to answer an idle poll after this many seconds (an
+#: upstream proxy ignores it and holds the poll until a scrape comes).
+POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+#: Largest poll answer read; a scrape request is a few hundred bytes.
+MAX_POLL_ANSWER = 256 * 1024
+
+
+class ScrapeRefused(Exception):
+    """A scrape request the client will not carry out; ``str()`` says why."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What the client needs to know; the defaults are the documented ones."""
+
+    proxy_url: str
+    fqdn: str
+    poll_timeout: float = 25.0
+    retry_initial_wait: float = 1.0
+    retry_max_wait: float = 5.0
+    scrape_default_timeout: float = 15.0
+    allow_ports: frozenset[int] = field(default_factory=lambda: frozenset({9100}))
+    allow_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/metrics"}))
+    allow_any: bool = False
+    #: Connect to this address instead of the FQDN (the Host header keeps the FQDN).
+    target_host: str | None = None
+    max_concurrent_scrapes: int = 64
+    shutdown_grace: float = 5.0
+    log_scrapes: bool = False
+
+    def endpoint(self, name: str) -> bytes:
+        """The URL of the proxy's endpoint ``name``, credentials removed."""
+        parts = urlsplit(self.proxy_url)
+        netloc = parts.netloc.rpartition("@")[2]
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        return urlunsplit((parts.scheme, netloc, path + name, "", "")).encode("ascii")
+
+    def proxy_authorization(self) -> bytes | None:
+        """A basic ``Authorization`` value from credentials in the proxy URL."""
+        parts = urlsplit(self.proxy_url)
+        if parts.username is None:
+            return None
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        return b"Basic " + base64.b64encode(userinfo.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a checked scrape request goes."""
+
+    url: bytes
+    host_header: bytes
+    headers: Headers
+
+
+def plan_target(request: wire.ScrapeRequest, config: ClientConfig) -> Target:
+    """
+    Check a scrape request against the allow-list and work out the target URL.
+
+    Raises ScrapeRefused for another host than our FQDN, a port or path that is
+    not allowed (unless ``allow_any``), or a method other than GET.
+    """
+    parts = urlsplit(request.url.decode("latin-1"))
+    host = (parts.hostname or "").lower()
+    if host != config.fqdn.lower():
+        raise ScrapeRefused(f"target host {host} is not this client's FQDN {config.fqdn}")
+    if request.method not in (b"GET", b"HEAD"):
+        raise ScrapeRefused(f"method {request.method.decode('latin-1')} is not scraped")
+    query = [item for item in parts.query.split("&") if item]
+    scheme = parts.scheme
+    schemes = [item.partition("=")[2] for item in query if item.startswith("_scheme=")]
+    if schemes:
+        scheme = schemes[-1]
+        query = [item for item in query if not item.startswith("_scheme=")]
+    if scheme not in ("http", "https"):
+        raise ScrapeRefused(f"scheme {scheme} is not scraped")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ScrapeRefused(f"malformed port in {parts.netloc}") from None
+    path = parts.path or "/"
+    if not config.allow_any:
+        if port not in config.allow_ports:
+            raise ScrapeRefused(
+                f"port {port} is not allowed (allowed: "
+                f"{', '.join(map(str, sorted(config.allow_ports))) or 'none'}; "
+                "see --allow-port)"
+            )
+        if path not in config.allow_paths:
+            raise ScrapeRefused(f"path {path} is not allowed (see --allow-path)")
+    connect_host = config.target_host or parts.hostname or ""
+    if ":" in connect_host:
+        connect_host = f"[{connect_host}]"
+    url = urlunsplit((scheme, f"{connect_host}:{port}", path, "&".join(query), ""))
+    headers = Headers()
+    skip = wire.HOP_BY_HOP | {b"host", wire.ID_HEADER.lower()}
+    for name, value in request.headers:
+        if name.lower() not in skip:
+            headers.addRawHeader(name, value)
+    host_header = parts.netloc.rpartition("@")[2].encode("latin-1")
+    headers.setRawHeaders(b"host", [host_header])
+    return Target(url=url.encode("latin-1"), host_header=host_header, headers=headers)
+
+
+class Backoff:
+    """Exponential backoff with jitter: from ``initial`` to ``maximum`` by 1.5."""
+
+    FACTOR = 1.5
+
+    def __init__(self, initial: float, maximum: float,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._rand = rand
+        self._next = initial
+
+    def reset(self) -> None:
+        """Start again from the initial wait."""
+        self._next = self.initial
+
+    def next(self) -> float:
+        """The next wait: between half and all of the current step."""
+        step = self._next
+        self._next = min(step * self.FACTOR, self.maximum)
+        return step * (0.5 + self._rand() / 2)
+
+
+class _BodyRelay(Protocol):
+    """Writes a target's response body into a push request while it arrives."""
+
+    def __init__(self, consumer: IConsumer, done: Deferred[None]) -> None:
+        self._consumer = consumer
+        self._done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self._consumer.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self._done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(None)
+        else:
+            self._done.errback(reason)
+
+
+@implementer(IBodyProducer)
+class PushBody:
+    """
+    A push body: the serialized response head, then the target's body streamed.
+
+    The push connection's transport pauses and resumes this producer when the
+    proxy reads slowly; that pauses and resumes the target's connection in turn,
+    so the client holds no more than a socket buffer of the page.
+    """
+
+    def __init__(self, head: bytes, response: IResponse) -> None:
+        self._head = head
+        self._response = response
+        self._relay: _BodyRelay | None = None
+        body_length = response.length
+        self.length: int | object = (
+            UNKNOWN_LENGTH if body_length is UNKNOWN_LENGTH else len(head) + int(body_length)
+        )
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Write the head, then relay the body."""
+        consumer.write(self._head)
+        done: Deferred[None] = Deferred()
+        self._relay = _BodyRelay(consumer, done)
+        self._response.deliverBody(self._relay)
+        return done
+
+    def _target(self) -> Any:
+        return None if self._relay is None else self._relay.transport
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the target while the proxy catches up."""
+        target = self._target()
+        if target is not None:
+            target.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the target again."""
+        target = self._target()
+        if target is not None:
+            target.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The push was cancelled: drop the target's connection with it."""
+        target = self._target()
+        if target is not None:
+            target.stopProducing()
+
+
+class ClientService(Service):
+    """Polls the proxy, scrapes targets, pushes their responses; retries with backoff."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        reactor: IReactorTime,
+        proxy_agent: IAgent,
+        target_agent: IAgent,
+        metrics: ClientMetrics | None = None,
+        pools: Iterable[HTTPConnectionPool] = (),
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or ClientMetrics()
+        self._clock = reactor
+        self._http = HTTPClient(proxy_agent)
+        self._target_agent = target_agent
+        self._pools = list(pools)
+        self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
+        self._poll_url = config.endpoint("poll")
+        self._push_url = config.endpoint("push")
+        self._proxy_headers = {b"User-Agent": [USER_AGENT]}
+        auth = config.proxy_authorization()
+        if auth is not None:
+            self._proxy_headers[b"Authorization"] = [auth]
+        self._loop: Deferred[None] | None = None
+        self._waiting: Deferred[Any] | None = None
+        self._scrapes: set[Deferred[None]] = set()
+        self._failing: str | None = None
+        self._failures = 0
+
+    # -- the poll loop --
+
+    def startService(self) -> None:
+        """Start polling."""
+        super().startService()
+        self.log.info("Polling {url} as {fqdn}", url=self._poll_url.decode(),
+                      fqdn=self.config.fqdn)
+        self._loop = Deferred.fromCoroutine(self._poll_loop())
+        self._loop.addErrback(
+            lambda f: self.log.failure("Poll loop stopped unexpectedly", f)
+        )
+
+    async def _poll_loop(self) -> None:
+        while self.running:
+            try:
+                request = await self._wait(self._poll_once())
+            except CancelledError:
+                return
+            except Exception as error:  # noqa: BLE001 - every failure is retried
+                self.metrics.poll_errors.inc()
+                self._note_failure(error)
+                try:
+                    await self._wait(deferLater(self._clock, self._backoff.next(), lambda: None))
+                except CancelledError:
+                    return
+                continue
+            self._note_success()
+            if request is not None:
+                self._start_scrape(request)
+
+    def _wait(self, deferred: Deferred[Any]) -> Deferred[Any]:
+        self._waiting = deferred
+        return deferred
+
+    async def _poll_once(self) -> wire.ScrapeRequest | None:
+        headers = dict(self._proxy_headers)
+        headers[POLL_TIMEOUT_HEADER] = [wire.format_timeout(self.config.poll_timeout)]
+        response = await self._http.post(
+            self._poll_url, data=self.config.fqdn.encode("ascii"), headers=headers
+        )
+        if response.code == 204:
+            await treq.content(response)
+            return None
+        body = await _read_limited(response, MAX_POLL_ANSWER)
+        if response.code != 200:
+            raise PollError(f"poll answered {response.code}: {_snippet(body)}")
+        try:
+            return wire.decode_scrape_request(body)
+        except wire.WireError as error:
+            raise PollError(f"poll answer is not a scrape request ({error}): "
+                            f"{_snippet(body)}") from None
+
+    def _note_failure(self, error: Exception) -> None:
+        self._failures += 1
+        state = f"{type(error).__name__}: {error}"
+        if state != self._failing:
+            self.log.warn("Polling {url} failed, retrying with backoff: {error}",
+                          url=self._poll_url.decode(), error=state)
+            self._failing = state
+
+    def _note_success(self) -> None:
+        self._backoff.reset()
+        if self._failing is not None:
+            self.log.info("Polling {url} works again after {n} failed attempts",
+                          url=self._poll_url.decode(), n=self._failures)
+            self._failing = None
+            self._failures = 0
+
+    # -- scrapes --
+
+    def _start_scrape(self, request: wire.ScrapeRequest) -> None:
+        self.metrics.scrapes.inc()
+        if len(self._scrapes) >= self.config.max_concurrent_scrapes:
+            self.metrics.scrape_errors.inc()
+            self._push_error(request, f"client is already running "
+                             f"{len(self._scrapes)} scrapes, the limit")
+            return
+        started = self._clock.seconds()
+        timeout = request.timeout or self.config.scrape_default_timeout
+        scrape = Deferred.fromCoroutine(self._scrape(request))
+        scrape.addTimeout(timeout, self._clock)
+        self._scrapes.add(scrape)
+
+        def done(result: object) -> None:
+            self._scrapes.discard(scrape)
+            self.metrics.scrape_duration.observe(self._clock.seconds() - started)
+            if isinstance(result, Failure):
+                self._scrape_failed(request, result, timeout)
+
+        scrape.addBoth(done)
+
+    async def _scrape(self, request: wire.ScrapeRequest) -> None:
+        target = plan_target(request, self.config)
+        response = await self._target_agent.request(
+            request.method, target.url, target.headers, None
+        )
+        length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+        head = wire.encode_response_head(
+            status=response.code,
+            reason=response.phrase,
+            headers=[
+                (name, value)
+                for name, values in response.headers.getAllRawHeaders()
+                for value in values
+            ],
+            scrape_id=request.scrape_id,
+            length=length,
+        )
+        await self._push(request, PushBody(head, response))
+        if self.config.log_scrapes:
+            self.log.info("Scraped {url} for scrape {scrape_id}: {code}",
+                          url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
+                          code=response.code)
+
+    def _scrape_failed(self, request: wire.ScrapeRequest, failure: Failure,
+                       timeout: float) -> None:
+        if failure.check(_PushFailed):
+            return
+        self.metrics.scrape_errors.inc()
+        if failure.check(CancelledError) and not self.running:
+            reason = "the client is shutting down"
+        elif failure.check(CancelledError):
+            reason = f"timeout after {timeout:g}s"
+        elif failure.check(ScrapeRefused):
+            reason = f"refused: {failure.value}"
+        else:
+            reason = describe_failure(failure)
+        message = f"failed to scrape {request.url.decode('latin-1')}: {reason}"
+        self.log.warn("Scrape {scrape_id} failed: {message}",
+                      scrape_id=request.scrape_id, message=message)
+        self._push_error(request, message)
+
+    def _push_error(self, request: wire.ScrapeRequest, message: str) -> None:
+        body = wire.encode_error_response(scrape_id=request.scrape_id, reason=message)
+        pushed = Deferred.fromCoroutine(self._push(request, body))
+        pushed.addErrback(lambda f: f.trap(_PushFailed))
+
+    async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
+        try:
+            response = await self._http.post(
+                self._push_url, data=body, headers=self._proxy_headers
+            )
+            answer = await _read_limited(response, MAX_POLL_ANSWER)
+        except CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            self.metrics.push_errors.inc()
+            self.log.warn("Push of scrape {scrape_id} failed: {error}",
+                          scrape_id=request.scrape_id, error=error)
+            raise _PushFailed() from error
+        if response.code != 200:
+            self.metrics.push_errors.inc()
+            self.log.warn("Push of scrape {scrape_id} refused with {code}: {answer}",
+                          scrape_id=request.scrape_id, code=response.code,
+                          answer=_snippet(answer))
+            raise _PushFailed()
+
+    # -- stopping --
+
+    def stopService(self) -> Deferred[None]:
+        """Stop polling, give running scrapes a grace period, then close connections."""
+        super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        in_flight = list(self._scrapes)
+        if in_flight:
+            self.log.info("Waiting up to {grace}s for {n} scrapes to finish",
+                          grace=self.config.shutdown_grace, n=len(in_flight))
+        grace = deferLater(self._clock, self.config.shutdown_grace, lambda: None)
+        everything: Deferred[Any] = (
+            DeferredList(in_flight, consumeErrors=True) if in_flight else succeed(None)
+        )
+
+        def cut_off(_: object) -> None:
+            for scrape in list(self._scrapes):
+                scrape.cancel()
+
+        grace.addCallback(cut_off)
+        first = DeferredList([everything, grace], fireOnOneCallback=True, consumeErrors=True)
+
+        def close(_: object) -> Deferred[Any]:
+            if grace.called is False:
+                grace.cancel()
+            return DeferredList([pool.closeCachedConnections() for pool in self._pools])
+
+        first.addCallback(close)
+        first.addCallback(lambda _: None)
+        return first
+
+
+class PollError(Exception):
+    """The proxy answered a poll with something other than a scrape request."""
+
+
+class _PushFailed(Exception):
+    """A push failed; it has been counted and logged."""
+
+
+def describe_failure(failure: Failure) -> str:
+    """One line naming what went wrong, with the reasons Agent wraps unwrapped."""
+    reasons = getattr(failure.value, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(describe_failure(reason) for reason in reasons
+                         if isinstance(reason, Failure))
+    assert failure.type is not None
+    message = failure.getErrorMessage()
+    return f"{failure.type.__name__}: {message}" if message else failure.type.__name__
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:120].decode("utf-8", "replace")
+    return " ".join(text.split()) or "(empty)"
+
+
+class _LimitedCollector(Protocol):
+    def __init__(self, limit: int, done: Deferred[bytes]) -> None:
+        self._limit = limit
+        self._done = done
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            if not self._done.called:
+                self._done.errback(PollError(f"answer exceeds {self._limit} bytes"))
+            assert self.transport is not None
+            self.transport.stopProducing()
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self._done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._parts))
+        else:
+            self._done.errback(reason)
+
+
+def _read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_LimitedCollector(limit, done))
+    return done
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Without this every pooled connection logs "Starting factory" at info.
+    noisy = False
+
+
+def make_agents(
+    reactor: Any,
+    *,
+    proxy_policy: IPolicyForHTTPS | None = None,
+    target_policy: IPolicyForHTTPS | None = None,
+) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
+    """Agents with persistent pools for the proxy and the targets."""
+    proxy_pool = HTTPConnectionPool(reactor, persistent=True)
+    proxy_pool.maxPersistentPerHost = 16
+    proxy_pool._factory = _QuietClientFactory
+    target_pool = HTTPConnectionPool(reactor, persistent=True)
+    target_pool.maxPersistentPerHost = 16
+    target_pool._factory = _QuietClientFactory
+    proxy_agent = (Agent(reactor, proxy_policy, pool=proxy_pool) if proxy_policy
+                   else Agent(reactor, pool=proxy_pool))
+    target_agent = (Agent(reactor, target_policy, pool=target_pool) if target_policy
+                    else Agent(reactor, pool=target_pool))
+    return proxy_agent, target_agent, [proxy_pool, target_pool]

@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.test_taps -*-
+"""``twistd pushprox-client``: command-line options and the service they make."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from pushprox.client import ClientConfig, ClientService, make_agents
+from pushprox.metrics import ClientMetrics
+from pushprox.proxy_tap import positive_float, positive_int
+
+
+def port_number(value: str) -> int:
+    """Parse a TCP port number."""
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError(f"{value} is not a TCP port")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd pushprox-client``."""
+
+    synopsis = "--proxy-url URL [options]"
+    longdesc = (
+        "Polls a PushProx proxy, scrapes the local targets it asks for and pushes "
+        "their answers back. Only outbound connections are made."
+    )
+    optFlags = [
+        ["allow-any", None, "Scrape any port and path of this FQDN, as upstream PushProx "
+         "does (default: only --allow-port and --allow-path)."],
+        ["log-scrapes", None, "Log one line per scrape (default: only errors)."],
+        ["tls-insecure-skip-verify", None,
+         "Do not verify the proxy's certificate (testing only)."],
+        ["target-tls-insecure-skip-verify", None,
+         "Do not verify HTTPS targets' certificates."],
+    ]
+    optParameters: list[list[Any]] = [
+        ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
+         "a path prefix and user:token@ credentials are allowed."],
+        ["fqdn", None, socket.getfqdn(), "Name this client registers as; Prometheus "
+         "scrapes http://FQDN:PORT/... through the proxy."],
+        ["target-host", None, None, "Address to connect to for scrapes instead of the "
+         "FQDN, e.g. 127.0.0.1 (the Host header keeps the FQDN)."],
+        ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
+        ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy."],
+        ["tls-key", None, None, "Key (PEM) of --tls-cert."],
+        ["target-tls-cacert", None, None, "CA bundle (PEM) to verify HTTPS targets."],
+        ["target-tls-cert", None, None, "Client certificate (PEM) presented to targets."],
+        ["target-tls-key", None, None, "Key (PEM) of --target-tls-cert."],
+        ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics; "
+         "empty to disable."],
+        ["retry-initial-wait", None, 1.0, "First wait in seconds after a failed poll.",
+         positive_float],
+        ["retry-max-wait", None, 5.0, "Longest wait in seconds between failed polls.",
+         positive_float],
+        ["poll-timeout", None, 25.0, "Seconds after which a pushprox proxy answers an idle "
+         "poll so that load balancers and NAT do not cut it.", positive_float],
+        ["scrape-default-timeout", None, 15.0, "Scrape timeout in seconds when the "
+         "request carries none.", positive_float],
+        ["max-concurrent-scrapes", None, 64, "Scrapes run at once; more are refused.",
+         positive_int],
+        ["shutdown-grace", None, 5.0, "Seconds that running scrapes get to finish when "
+         "the client stops.", positive_float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allow-port"] = []
+        self["allow-path"] = []
+
+    def opt_allow_port(self, value: str) -> None:
+        """Target port the client may scrape (repeatable; default 9100)."""
+        try:
+            self["allow-port"].append(port_number(value))
+        except ValueError as error:
+            raise usage.UsageError(f"--allow-port: {error}") from None
+
+    def opt_allow_path(self, value: str) -> None:
+        """Target path the client may scrape (repeatable; default /metrics)."""
+        if not value.startswith("/"):
+            raise usage.UsageError(f"--allow-path: {value} does not start with /")
+        self["allow-path"].append(value)
+
+    def postOptions(self) -> None:
+        """Check the combination of options."""
+        url = self["proxy-url"]
+        if not url:
+            raise usage.UsageError("--proxy-url is required, e.g. --proxy-url http://proxy:8080/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise usage.UsageError(f"--proxy-url {url} is not an http:// or https:// URL")
+        for prefix in ("tls", "target-tls"):
+            if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
+                raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
+        if not self["fqdn"]:
+            raise usage.UsageError("--fqdn is empty")
+        if self["retry-initial-wait"] > self["retry-max-wait"]:
+            raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
+
+    def config(self) -> ClientConfig:
+        """The client configuration these options describe."""
+        return ClientConfig(
+            proxy_url=self["proxy-url"],
+            fqdn=self["fqdn"],
+            poll_timeout=self["poll-timeout"],
+            retry_initial_wait=self["retry-initial-wait"],
+            retry_max_wait=self["retry-max-wait"],
+            scrape_default_timeout=self["scrape-default-timeout"],
+            allow_ports=frozenset(self["allow-port"] or [9100]),
+            allow_paths=frozenset(self["allow-path"] or ["/metrics"]),
+            allow_any=self["allow-any"],
+            target_host=self["target-host"],
+            max_concurrent_scrapes=self["max-concurrent-scrapes"],
+            shutdown_grace=self["shutdown-grace"],
+            log_scrapes=self["log-scrapes"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """The client service, plus its /metrics endpoint when one is configured."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config = options.config()
+    proxy_policy = target_policy = None
+    if any(options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
+        from pushprox import tls
+
+        proxy_policy = tls.client_policy(
+            cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
+            insecure_skip_verify=options["tls-insecure-skip-verify"],
+        )
+    if any(options[k] for k in ("target-tls-cacert", "target-tls-cert",
+                                "target-tls-insecure-skip-verify")):
+        from pushprox import tls
+
+        target_policy = tls.target_policy(
+            cacert=options["target-tls-cacert"], cert=options["target-tls-cert"],
+            key=options["target-tls-key"],
+            insecure_skip_verify=options["target-tls-insecure-skip-verify"],
+        )
+    proxy_agent, target_agent, pools = make_agents(
+        reactor, proxy_policy=proxy_policy, target_policy=target_policy
+    )
+    metrics = ClientMetrics()
+    if config.allow_any:
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").warn(
+            "--allow-any: this client scrapes any port and path of {fqdn} that the "
+            "proxy asks for", fqdn=config.fqdn)
+    service = MultiService()
+    client = ClientService(config, reactor=reactor, proxy_agent=proxy_agent,
+                           target_agent=target_agent, metrics=metrics, pools=pools)
+    client.setServiceParent(service)
+    if options["metrics-listen"]:
+        from pushprox.metrics import MetricsSite
+
+        strports.service(
+            options["metrics-listen"], MetricsSite(metrics.registry), reactor=reactor
+        ).setServiceParent(service)
+    return service
