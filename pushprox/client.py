@@ -283,7 +283,7 @@ class ClientService(Service):
     async def _poll_loop(self) -> None:
         while self.running:
             try:
-                request = await self._wait(self._poll_once())
+                request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
             except CancelledError:
                 return
             except Exception as error:  # noqa: BLE001 - every failure is retried

@@ -167,6 +167,18 @@ class ICoordinator(Interface):
     def shutdown() -> None:
         """Fail every waiting scrape and poll with ShuttingDown."""
 
+    def client_count() -> int:
+        """Number of registered clients."""
+
+    def waiting_poll_count() -> int:
+        """Number of polls held open."""
+
+    def queued_scrape_count() -> int:
+        """Number of scrapes waiting for a poll."""
+
+    def scrapes_in_flight() -> int:
+        """Number of scrapes not yet answered."""
+
 
 @implementer(ICoordinator)
 class Coordinator:

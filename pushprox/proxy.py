@@ -232,11 +232,7 @@ class PushStream:
         self._body_left: int | None = None
         #: The answer to the push once it is decided early (an error).
         self.outcome: tuple[int, str] | None = None
-        if declared_length is not None and declared_length > config.max_push_size:
-            self._reject(
-                413, f"push body of {declared_length} bytes exceeds the limit of "
-                f"{config.max_push_size} bytes"
-            )
+        self._declared_length = declared_length
 
     @property
     def scrape_id(self) -> str | None:
@@ -259,11 +255,19 @@ class PushStream:
         """Take the next bytes of the push body."""
         if self.outcome is not None:
             return
+        allowed = self._config.max_push_size - self._received
         self._received += len(data)
-        if self._received > self._config.max_push_size:
+        if len(data) > allowed:
+            # Relay what fits so that the scrape is found and cut off too.
+            self._take(data[:allowed])
             self._reject(
                 413, f"push body exceeds the limit of {self._config.max_push_size} bytes"
             )
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        if self.outcome is not None:
             return
         if self._relay is None:
             data = self._read_head(data)
@@ -300,13 +304,14 @@ class PushStream:
             self._reject(403, str(error))
             return b""
         relay = Relay(head)
-        if head.length is not None and head.length > self._config.max_push_size:
+        size = max(head.length or 0, self._declared_length or 0)
+        if size > self._config.max_push_size:
+            limit = self._config.max_push_size
             relay = Relay.failure(
-                502, f"the target's response of {head.length} bytes exceeds the "
-                f"limit of {self._config.max_push_size} bytes"
+                502, f"the target's response of {size} bytes exceeds the limit of "
+                f"{limit} bytes (--max-push-size)"
             )
-            self.outcome = (413, "pushed response exceeds the limit of "
-                            f"{self._config.max_push_size} bytes")
+            self.outcome = (413, f"push of {size} bytes exceeds the limit of {limit} bytes")
         self._relay = relay
         if head.framing is wire.BodyFraming.CHUNKED:
             self._decoder = wire.ChunkedDecoder()
@@ -332,7 +337,10 @@ class PushStream:
         """The push body is complete: finish the relay; returns the push's answer."""
         if self.outcome is not None:
             return self.outcome
-        if self._relay is None:
+        if self._relay is None and (self._declared_length or 0) > self._config.max_push_size:
+            self._reject(413, f"push body of {self._declared_length} bytes exceeds the "
+                         f"limit of {self._config.max_push_size} bytes")
+        elif self._relay is None:
             self._reject(400, "push body ended inside the response headers")
         elif self._decoder is not None and not self._decoder.finished:
             self._reject(400, "push body ended inside a chunked response body")
@@ -735,6 +743,18 @@ def no_identity(request: Request) -> str | None:
     return None
 
 
+class _Directory(Resource):
+    """A resource tree node whose unknown children are a helpful 404."""
+
+    def __init__(self, not_found: Resource) -> None:
+        super().__init__()
+        self._not_found = not_found
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """Any child not put here."""
+        return self._not_found
+
+
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, the rest by path."""
 
@@ -748,26 +768,33 @@ class PushProxSite(Site):
         config: ProxyConfig | None = None,
         metrics: ProxyMetrics | None = None,
         identify: Callable[[Request], str | None] = no_identity,
+        reactor: Any = None,
     ) -> None:
         self.config = config or ProxyConfig()
         self.metrics = metrics or ProxyMetrics()
         self.coordinator = coordinator
         self._identify = identify
-        root = Resource()
-        root.putChild(b"", NotFound(self.metrics, clock))
+        self.metrics.watch(
+            clients=coordinator.client_count,
+            polls_waiting=coordinator.waiting_poll_count,
+            scrapes_queued=coordinator.queued_scrape_count,
+            scrapes_in_flight=coordinator.scrapes_in_flight,
+        )
+        not_found = NotFound(self.metrics, clock)
+        root = _Directory(not_found)
+        root.putChild(b"", not_found)
         root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
                                             identify))
         root.putChild(b"push", PushResource(self.metrics, clock))
         root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock))
         root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock))
-        status = Resource()
+        status = _Directory(not_found)
         status.putChild(b"healthy", StatusResource("/-/healthy", "Healthy", self.metrics, clock))
         status.putChild(b"ready", StatusResource("/-/ready", "Ready", self.metrics, clock))
         root.putChild(b"-", status)
-        self._not_found = NotFound(self.metrics, clock)
         self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock)
         self._connect = ConnectRefused()
-        super().__init__(root)
+        super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
         self.noisy = False
 
@@ -789,9 +816,7 @@ class PushProxSite(Site):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
-        resource = super().getResourceFor(request)
-        return self._not_found if isinstance(resource, Resource) and not isinstance(
-            resource, _Instrumented) else resource
+        return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Request) -> None:
         """No access log: scrapes are logged by their resource when asked to."""

@@ -13,7 +13,6 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from pushprox.coordinator import Coordinator
-from pushprox.metrics import ProxyMetrics
 from pushprox.proxy import ProxyConfig, PushProxSite
 
 
@@ -133,14 +132,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_clients=options["max-clients"],
         max_polls_per_client=options["max-polls-per-client"],
     )
-    metrics = ProxyMetrics()
-    metrics.watch(
-        clients=coordinator.client_count,
-        polls_waiting=coordinator.waiting_poll_count,
-        scrapes_queued=coordinator.queued_scrape_count,
-        scrapes_in_flight=coordinator.scrapes_in_flight,
-    )
-    site = PushProxSite(coordinator, clock=reactor, config=options.config(), metrics=metrics)
+    site = PushProxSite(coordinator, clock=reactor, config=options.config())
     service = MultiService()
     # Added first so that it stops last: the ports close before pending answers go.
     CoordinatorService(coordinator, reactor).setServiceParent(service)

@@ -1,0 +1,496 @@
+"""
+Tests for L{pushprox.proxy}: the site's routing, status codes, limits and relays.
+
+Each test drives a real L{PushProxSite} through in-memory connections
+(``buildProtocol`` + ``StringTransport``) on a L{Clock}, so that absolute-URI requests,
+lost connections and timeouts can all be played exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushprox import wire
+from pushprox.coordinator import Coordinator
+from pushprox.proxy import ProxyConfig, PushProxSite
+
+DATA = Path(__file__).parent / "data"
+GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
+
+
+def recorded_body(name: str) -> bytes:
+    """The body of a recorded upstream request or response."""
+    return (DATA / name).read_bytes().split(b"\r\n\r\n", 1)[1]
+
+
+class Response:
+    """An HTTP response read back from a transport."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        self.status = int(status_line.split(b" ")[1])
+        self.headers: dict[bytes, bytes] = {}
+        for line in lines:
+            name, _, value = line.partition(b": ")
+            self.headers[name.lower()] = value
+        if self.headers.get(b"transfer-encoding") == b"chunked":
+            decoder = wire.ChunkedDecoder()
+            self.body = b"".join(decoder.feed(rest))
+            self.complete = decoder.finished
+        else:
+            self.body = rest
+            length = self.headers.get(b"content-length")
+            self.complete = length is not None and int(length) == len(rest)
+
+
+class Connection:
+    """One in-memory client connection to the site."""
+
+    def __init__(self, site: PushProxSite, port: int) -> None:
+        self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        """Deliver bytes from the peer."""
+        self.protocol.dataReceived(data)
+
+    def response(self) -> Response | None:
+        """The response written so far, or None when nothing was written."""
+        value = self.transport.value()
+        return Response(value) if value else None
+
+    def hang_up(self) -> None:
+        """The peer closes the connection."""
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def scrape_request(url: bytes, timeout: bytes | None = b"10", extra: bytes = b"") -> bytes:
+    """A proxy-form GET as Prometheus sends it."""
+    host = url.split(b"/")[2]
+    head = b"GET " + url + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+    head += b"User-Agent: Prometheus/2.42.0\r\nAccept-Encoding: gzip\r\n"
+    if timeout is not None:
+        head += b"X-Prometheus-Scrape-Timeout-Seconds: " + timeout + b"\r\n"
+    return head + extra + b"\r\n"
+
+
+def post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    """A POST with a Content-Length body."""
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n" % len(body)
+            + extra + b"\r\n" + body)
+
+
+class ProxyTestCase(SynchronousTestCase):
+    """A site on a clock, with helpers for the three parties."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.coordinator = Coordinator(self.clock)
+        self.config = ProxyConfig(max_push_size=100_000, max_request_size=1000)
+        # Connection idle timers run on their own clock, out of the way of assertIdle.
+        self.site = PushProxSite(self.coordinator, clock=self.clock, config=self.config,
+                                 reactor=Clock())
+        self.ports = iter(range(40000, 50000))
+
+    def connect(self) -> Connection:
+        """A new connection from a new port."""
+        return Connection(self.site, next(self.ports))
+
+    def poll(self, fqdn: bytes = b"node1.example", extra: bytes = b"") -> Connection:
+        """A client's poll, held open."""
+        connection = self.connect()
+        connection.send(post(b"/poll", fqdn, extra))
+        return connection
+
+    def scrape(self, url: bytes = b"http://node1.example:9100/metrics", **kwargs: bytes) -> Connection:
+        """Prometheus' proxy-form scrape."""
+        connection = self.connect()
+        connection.send(scrape_request(url, **kwargs))
+        return connection
+
+    def handed_out(self, poll: Connection) -> wire.ScrapeRequest:
+        """The scrape request a poll was answered with."""
+        response = poll.response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        return wire.decode_scrape_request(response.body)
+
+    def push(self, body: bytes) -> Response:
+        """Push a body and return the push's answer."""
+        connection = self.connect()
+        connection.send(post(b"/push", body))
+        response = connection.response()
+        assert response is not None
+        return response
+
+    def assertIdle(self) -> None:
+        """Nothing is left in the coordinator, and no timer runs."""
+        self.assertTrue(self.coordinator.is_idle())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ScrapeTests(ProxyTestCase):
+    """Scrapes from Prometheus, relayed to and from a client."""
+
+    def test_unknown_client_gets_404_at_once(self) -> None:
+        """A scrape for an FQDN without a client is answered 404 without waiting."""
+        response = self.scrape(b"http://nobody.example:9100/metrics").response()
+        assert response is not None
+        self.assertEqual(response.status, 404)
+        self.assertEqual(response.body, b"no client is registered as nobody.example\n")
+        self.assertEqual(response.headers[b"content-type"], b"text/plain; charset=utf-8")
+        self.assertIdle()
+
+    def test_scrape_handed_to_waiting_poll_and_push_relayed(self) -> None:
+        """The Go client's recorded push reaches Prometheus without internal headers."""
+        poll = self.poll()
+        scraper = self.scrape(b"http://node1.example:9100/metrics?foo=bar")
+        request = self.handed_out(poll)
+        self.assertEqual(request.url, b"http://node1.example:9100/metrics?foo=bar")
+        self.assertEqual(request.timeout, 9.9)
+        push = recorded_body("go-client-push-request.bin").replace(
+            GO_ID, request.scrape_id.encode())
+        answer = self.push(push)
+        self.assertEqual((answer.status, answer.body), (200, b""))
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"up 1\n" * 200)
+        self.assertEqual(response.headers[b"content-length"], b"1000")
+        self.assertEqual(response.headers[b"server"], b"nginx/1.22.1")
+        self.assertEqual(response.headers[b"etag"], b'"6b094aa9-3e8"')
+        for internal in (b"id", b"x-prometheus-scrape-timeout", b"connection"):
+            self.assertNotIn(internal, response.headers)
+        self.assertIdle()
+
+    def test_scrape_queued_until_poll(self) -> None:
+        """A scrape that arrives first waits for the client's next poll."""
+        self.poll().hang_up()  # registers the client, then goes away
+        scraper = self.scrape()
+        self.assertIsNone(scraper.response())
+        self.clock.advance(2)
+        poll = self.poll()
+        request = self.handed_out(poll)
+        self.assertEqual(request.timeout, 7.9)
+        self.push(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=2
+        ) + b"ok")
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+        self.assertIdle()
+
+    def test_upstream_error_push_relayed_as_500(self) -> None:
+        """The Go client's HTTP/0.0 error push, body to the end, is relayed as a 500."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        push = recorded_body("go-client-push-error.bin").replace(
+            GO_ID, request.scrape_id.encode())
+        self.assertEqual(self.push(push).status, 200)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 500)
+        self.assertTrue(response.complete)
+        self.assertTrue(response.body.startswith(b"failed to scrape http://localhost:9999"))
+        self.assertIdle()
+
+    def test_our_client_error_becomes_502(self) -> None:
+        """A response our client marks as its own scrape failure is answered 502."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        self.push(wire.encode_error_response(scrape_id=request.scrape_id,
+                                             reason="connection refused"))
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 502)
+        self.assertEqual(response.body,
+                         b"the client could not scrape the target: connection refused\n")
+        self.assertIdle()
+
+    def test_chunked_pushed_body_relayed_whole(self) -> None:
+        """A target's chunked response (as a Go client forwards it) is decoded and relayed."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain"
+                b"\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n")
+        self.push(head + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body), (200, b"hello world"))
+        self.assertTrue(response.complete)
+        self.assertIdle()
+
+    def test_gzip_body_relayed_untouched(self) -> None:
+        """Compressed bodies and their Content-Encoding pass through byte for byte."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        body = gzip.compress(b"up 1\n" * 100)
+        self.push(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[(b"Content-Encoding", b"gzip")],
+            scrape_id=request.scrape_id, length=len(body)) + body)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.body, body)
+        self.assertEqual(response.headers[b"content-encoding"], b"gzip")
+
+    def test_timeout_gives_504(self) -> None:
+        """No push within the scrape timeout: 504 with the reason."""
+        poll = self.poll()
+        scraper = self.scrape(timeout=b"3")
+        self.handed_out(poll)
+        self.clock.advance(2.9)
+        self.assertIsNone(scraper.response())
+        self.clock.advance(0.2)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 504)
+        self.assertIn(b"did not answer within the scrape timeout", response.body)
+        self.assertIdle()
+
+    def test_missing_timeout_header_uses_default_and_is_sent_to_client(self) -> None:
+        """Without Prometheus' header (curl) the default applies and the client is told."""
+        poll = self.poll()
+        self.scrape(timeout=None)
+        self.assertEqual(self.handed_out(poll).timeout, 14.9)
+
+    def test_timeout_clamped_to_maximum(self) -> None:
+        """A timeout above --scrape-max-timeout is cut to it."""
+        poll = self.poll()
+        self.scrape(timeout=b"100000")
+        self.assertEqual(self.handed_out(poll).timeout, 299.9)
+
+    def test_bad_timeout_gives_400(self) -> None:
+        """An unreadable timeout header is a malformed request."""
+        self.poll()
+        response = self.scrape(timeout=b"soon").response()
+        assert response is not None
+        self.assertEqual(response.status, 400)
+        self.assertIn(b"X-Prometheus-Scrape-Timeout-Seconds", response.body)
+
+    def test_scraper_hangs_up_while_waiting(self) -> None:
+        """Prometheus giving up removes the scrape; the late push gets 404."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        scraper.hang_up()
+        self.assertIdle()
+        answer = self.push(wire.encode_error_response(scrape_id=request.scrape_id, reason="x"))
+        self.assertEqual(answer.status, 404)
+
+    def test_connect_refused_with_hint(self) -> None:
+        """CONNECT is answered 405 with the way to scrape HTTPS targets."""
+        connection = self.connect()
+        connection.send(b"CONNECT node1.example:443 HTTP/1.1\r\nHost: node1.example:443\r\n\r\n")
+        response = connection.response()
+        assert response is not None
+        self.assertEqual(response.status, 405)
+        self.assertIn(b"_scheme", response.body)
+
+    def test_routing_ignores_port_and_case(self) -> None:
+        """The host name alone, case-insensitively, selects the client."""
+        poll = self.poll(b"Node1.Example")
+        self.scrape(b"http://NODE1.example:9182/metrics")
+        self.assertEqual(self.handed_out(poll).url, b"http://NODE1.example:9182/metrics")
+
+
+class PollTests(ProxyTestCase):
+    """Polls from clients."""
+
+    def test_poll_gone_is_removed_at_once(self) -> None:
+        """A poll whose connection drops leaves nothing waiting."""
+        poll = self.poll()
+        self.assertEqual(self.coordinator.waiting_poll_count(), 1)
+        poll.hang_up()
+        self.assertEqual(self.coordinator.waiting_poll_count(), 0)
+        self.assertIdle()
+
+    def test_poll_body_not_fqdn_gets_400(self) -> None:
+        """A poll body that is no host name is refused."""
+        response = self.poll(b"<html>").response()
+        assert response is not None
+        self.assertEqual(response.status, 400)
+        self.assertIn(b"not an FQDN", response.body)
+        self.assertIdle()
+
+    def test_oversized_poll_body_gets_413(self) -> None:
+        """A body larger than --max-request-size is refused without being kept."""
+        response = self.poll(b"a" * 2000).response()
+        assert response is not None
+        self.assertEqual(response.status, 413)
+
+    def test_bounded_poll_answered_204(self) -> None:
+        """A poll asking for a bound is answered 204 after it when idle."""
+        poll = self.poll(extra=b"X-PushProx-Poll-Timeout: 30\r\n")
+        self.clock.advance(29)
+        self.assertIsNone(poll.response())
+        self.clock.advance(1)
+        response = poll.response()
+        assert response is not None
+        self.assertEqual(response.status, 204)
+        self.assertIdle()
+
+    def test_upstream_go_poll_recording_registers(self) -> None:
+        """The Go client's recorded poll registers the client it names."""
+        connection = self.connect()
+        connection.send((DATA / "go-client-poll-request.bin").read_bytes())
+        self.assertEqual([c.fqdn for c in self.coordinator.clients()], ["localhost"])
+
+
+class PushTests(ProxyTestCase):
+    """Pushes that cannot be relayed."""
+
+    def test_unknown_id_gets_404(self) -> None:
+        """A push for an id the proxy never handed out is refused."""
+        answer = self.push(recorded_body("go-client-push-request.bin"))
+        self.assertEqual(answer.status, 404)
+        self.assertIn(GO_ID, answer.body)
+
+    def test_malformed_push_gets_400(self) -> None:
+        """Garbage in a push is a 400 with the reason, not a crash."""
+        answer = self.push(b"this is not an HTTP response\r\n\r\n")
+        self.assertEqual(answer.status, 400)
+        self.assertIn(b"malformed push", answer.body)
+
+    def test_oversized_streamed_push_cuts_scraper_off(self) -> None:
+        """A chunked push growing past --max-push-size: 413, Prometheus cut off mid-body."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        connection = self.connect()
+        connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n"
+        connection.send(b"%x\r\n%s\r\n" % (len(head), head))
+        piece = b"x" * 30_000
+        for _ in range(4):
+            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.assertTrue(scraper.transport.disconnecting)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertFalse(response.complete)
+        self.assertLess(len(response.body), 100_000)
+        connection.send(b"0\r\n\r\n")
+        answer = connection.response()
+        assert answer is not None
+        self.assertEqual(answer.status, 413)
+        self.assertIdle()
+
+    def test_declared_oversized_push_gives_502_at_once(self) -> None:
+        """A push whose Content-Length is past the limit fails the scrape with 502."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        head = b"HTTP/1.1 200 OK\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n"
+        answer = self.push(head + b"x" * 200_000)
+        self.assertEqual(answer.status, 413)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 502)
+        self.assertIn(b"exceeds the limit of 100000 bytes", response.body)
+        self.assertIdle()
+
+    def test_declared_oversized_response_gives_502(self) -> None:
+        """A pushed Content-Length past the limit: 502 to Prometheus before any body."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        connection = self.connect()
+        connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n")
+        head = (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\nId: "
+                + request.scrape_id.encode() + b"\r\n\r\n")
+        connection.send(b"%x\r\n%s\r\n" % (len(head), head))
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 502)
+        self.assertIn(b"exceeds the limit", response.body)
+        self.assertIdle()
+
+    def test_push_connection_lost_mid_body(self) -> None:
+        """A client dying mid-push cuts Prometheus off; nothing is left behind."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        connection = self.connect()
+        body = wire.encode_response_head(status=200, reason=b"OK", headers=[],
+                                         scrape_id=request.scrape_id, length=100) + b"x" * 10
+        connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 500\r\n\r\n" + body)
+        self.assertFalse(scraper.transport.disconnecting)
+        connection.hang_up()
+        self.assertTrue(scraper.transport.disconnecting)
+        self.assertIdle()
+
+    def test_push_short_of_content_length(self) -> None:
+        """A push that ends before the pushed Content-Length is refused, Prometheus cut off."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        answer = self.push(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=100
+        ) + b"x" * 10)
+        self.assertEqual(answer.status, 400)
+        self.assertIn(b"90 bytes short", answer.body)
+        self.assertTrue(scraper.transport.disconnecting)
+        self.assertIdle()
+
+
+class EndpointTests(ProxyTestCase):
+    """The proxy's own endpoints."""
+
+    def get(self, path: bytes) -> Response:
+        """GET a path."""
+        connection = self.connect()
+        connection.send(b"GET " + path + b" HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        response = connection.response()
+        assert response is not None
+        return response
+
+    def test_clients_lists_registered_as_http_sd(self) -> None:
+        """/clients is http_sd JSON with an object for labels."""
+        self.poll(b"b.example")
+        self.poll(b"a.example")
+        response = self.get(b"/clients")
+        self.assertEqual(response.headers[b"content-type"], b"application/json")
+        self.assertEqual(json.loads(response.body), [
+            {"targets": ["b.example"], "labels": {}},
+            {"targets": ["a.example"], "labels": {}},
+        ])
+
+    def test_metrics_has_upstream_and_own_names(self) -> None:
+        """/metrics exposes upstream's metric names and the operator's gauges."""
+        self.poll()
+        self.scrape(b"http://nobody.example:9100/metrics")
+        self.get(b"/clients")
+        body = self.get(b"/metrics").body.decode()
+        self.assertIn('pushprox_http_requests_total{code="200",path="/clients"} 1.0', body)
+        self.assertIn("pushprox_proxy_clients 1.0", body)
+        self.assertIn("pushprox_polls_waiting 1.0", body)
+        self.assertIn("pushprox_scrapes_in_flight 0.0", body)
+        self.assertIn('pushprox_scrapes_total{outcome="unknown_client"} 1.0', body)
+        self.assertIn('pushprox_proxied_requests_total{code="404"} 1.0', body)
+        self.assertIn("pushprox_http_duration_seconds_bucket", body)
+
+    def test_health_endpoints(self) -> None:
+        """/-/healthy and /-/ready answer 200 in plain text."""
+        self.assertEqual(self.get(b"/-/healthy").body, b"Healthy\n")
+        self.assertEqual(self.get(b"/-/ready").body, b"Ready\n")
+
+    def test_unknown_path_404_with_hint(self) -> None:
+        """Any other path explains what the port serves."""
+        response = self.get(b"/nothing")
+        self.assertEqual(response.status, 404)
+        self.assertIn(b"PushProx proxy", response.body)
