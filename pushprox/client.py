@@ -45,6 +45,9 @@ POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
 MAX_POLL_ANSWER = 256 * 1024
 
 
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
 class ScrapeRefused(Exception):
     """A scrape request the client will not carry out; ``str()`` says why."""
 
@@ -67,6 +70,10 @@ class ClientConfig:
     max_concurrent_scrapes: int = 64
     shutdown_grace: float = 5.0
     log_scrapes: bool = False
+    #: Sent to the proxy as a Bearer token (its --client-tokens).
+    proxy_token: str | None = None
+    #: Sent to targets as a Bearer token, never to the proxy.
+    target_bearer_token: str | None = None
 
     def endpoint(self, name: str) -> bytes:
         """The URL of the proxy's endpoint ``name``, credentials removed."""
@@ -76,7 +83,9 @@ class ClientConfig:
         return urlunsplit((parts.scheme, netloc, path + name, "", "")).encode("ascii")
 
     def proxy_authorization(self) -> bytes | None:
-        """A basic ``Authorization`` value from credentials in the proxy URL."""
+        """The ``Authorization`` value for the proxy: the token, or URL credentials."""
+        if self.proxy_token:
+            return b"Bearer " + self.proxy_token.encode("utf-8")
         parts = urlsplit(self.proxy_url)
         if parts.username is None:
             return None
@@ -139,6 +148,10 @@ def plan_target(request: wire.ScrapeRequest, config: ClientConfig) -> Target:
             headers.addRawHeader(name, value)
     host_header = parts.netloc.rpartition("@")[2].encode("latin-1")
     headers.setRawHeaders(b"host", [host_header])
+    if config.target_bearer_token:
+        headers.setRawHeaders(
+            b"authorization", [b"Bearer " + config.target_bearer_token.encode("utf-8")]
+        )
     return Target(url=url.encode("latin-1"), host_header=host_header, headers=headers)
 
 
@@ -175,7 +188,7 @@ class _BodyRelay(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._consumer.write(data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self._done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -286,7 +299,7 @@ class ClientService(Service):
                 request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
             except CancelledError:
                 return
-            except Exception as error:  # noqa: BLE001 - every failure is retried
+            except Exception as error:
                 self.metrics.poll_errors.inc()
                 self._note_failure(error)
                 try:
@@ -413,7 +426,7 @@ class ClientService(Service):
             answer = await _read_limited(response, MAX_POLL_ANSWER)
         except CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             self.metrics.push_errors.inc()
             self.log.warn("Push of scrape {scrape_id} failed: {error}",
                           scrape_id=request.scrape_id, error=error)
@@ -499,7 +512,7 @@ class _LimitedCollector(Protocol):
             return
         self._parts.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self._done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):

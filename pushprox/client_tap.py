@@ -24,6 +24,20 @@ def port_number(value: str) -> int:
     return number
 
 
+def read_secret(path: str | None, flag: str) -> str | None:
+    """The first line of a secret file, or a usage error naming the flag."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as secret_file:
+            secret = secret_file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise usage.UsageError(f"--{flag}: cannot read {path}: {error}") from None
+    if not secret:
+        raise usage.UsageError(f"--{flag}: {path} is empty")
+    return secret
+
+
 class Options(usage.Options):
     """Options of ``twistd pushprox-client``."""
 
@@ -54,6 +68,10 @@ class Options(usage.Options):
         ["target-tls-cacert", None, None, "CA bundle (PEM) to verify HTTPS targets."],
         ["target-tls-cert", None, None, "Client certificate (PEM) presented to targets."],
         ["target-tls-key", None, None, "Key (PEM) of --target-tls-cert."],
+        ["proxy-token-file", None, None, "File holding the token sent to the proxy as "
+         "'Authorization: Bearer' (its --client-tokens)."],
+        ["target-bearer-token-file", None, None, "File holding a token sent to targets as "
+         "'Authorization: Bearer' (never to the proxy)."],
         ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics; "
          "empty to disable."],
         ["retry-initial-wait", None, 1.0, "First wait in seconds after a failed poll.",
@@ -103,6 +121,8 @@ class Options(usage.Options):
             raise usage.UsageError("--fqdn is empty")
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
+        for name in ("proxy-token-file", "target-bearer-token-file"):
+            self[name.removesuffix("-file")] = read_secret(self[name], name)
 
     def config(self) -> ClientConfig:
         """The client configuration these options describe."""
@@ -120,6 +140,8 @@ class Options(usage.Options):
             max_concurrent_scrapes=self["max-concurrent-scrapes"],
             shutdown_grace=self["shutdown-grace"],
             log_scrapes=self["log-scrapes"],
+            proxy_token=self["proxy-token"],
+            target_bearer_token=self["target-bearer-token"],
         )
 
 
@@ -134,7 +156,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if any(options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
         from pushprox import tls
 
-        proxy_policy = tls.client_policy(
+        proxy_policy = tls.target_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
             insecure_skip_verify=options["tls-insecure-skip-verify"],
         )

@@ -11,6 +11,7 @@ scrape, cancellation (the client hung up), its own timeout or shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from collections import OrderedDict, deque
@@ -292,10 +293,8 @@ class Coordinator:
     def _unqueue(self, scrape: Scrape) -> None:
         queue = self._queues.get(scrape.fqdn)
         if queue is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 queue.remove(scrape)
-            except ValueError:
-                pass
             if not queue:
                 del self._queues[scrape.fqdn]
 
@@ -399,10 +398,8 @@ class Coordinator:
         poll.timer = None
         polls = self._polls.get(poll.fqdn)
         if polls is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 polls.remove(poll)
-            except ValueError:
-                pass
             if not polls:
                 del self._polls[poll.fqdn]
         self._touch(poll.fqdn)

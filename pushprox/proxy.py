@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pushprox import wire
+from pushprox.auth import ClientAuth, Denied, ScraperAuth
 from pushprox.coordinator import (
     CoordinatorError,
     ForeignScrape,
@@ -39,6 +39,7 @@ from pushprox.coordinator import (
     UnknownScrape,
 )
 from pushprox.metrics import MetricsResource, ProxyMetrics
+from pushprox.tls import peer_names
 
 SERVER = b"pushprox"
 TEXT = b"text/plain; charset=utf-8"
@@ -91,6 +92,24 @@ def text_response(request: Request, code: int, message: str) -> bytes:
     request.setHeader(b"content-type", TEXT)
     request.setHeader(b"server", SERVER)
     return message.encode("utf-8") + b"\n"
+
+
+def denied_response(request: Request, denied: Denied) -> bytes:
+    """Answer a request that failed authentication or authorization."""
+    if denied.challenge is not None:
+        request.setHeader(*denied.challenge)
+    return text_response(request, denied.code, denied.message)
+
+
+def peer_host(request: Request) -> str | None:
+    """The IP address of the request's peer, if it has one."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else None
+
+
+def certificate_names(request: Request) -> list[str] | None:
+    """The DNS names of the verified client certificate, or None without one."""
+    return peer_names(request.transport) or None
 
 
 def _request_alive(request: Request) -> bool:
@@ -233,6 +252,16 @@ class PushStream:
         #: The answer to the push once it is decided early (an error).
         self.outcome: tuple[int, str] | None = None
         self._declared_length = declared_length
+        self.denied: Denied | None = None
+
+    @classmethod
+    def refused(cls, coordinator: ICoordinator, config: ProxyConfig,
+                denied: Denied) -> PushStream:
+        """A stream that discards the body of a push that may not be made."""
+        stream = cls(coordinator, config, None, None)
+        stream.outcome = (denied.code, denied.message)
+        stream.denied = denied
+        return stream
 
     @property
     def scrape_id(self) -> str | None:
@@ -424,17 +453,30 @@ class ScrapeResource(Resource):
         config: ProxyConfig,
         metrics: ProxyMetrics,
         clock: IReactorTime,
+        scraper_auth: ScraperAuth | None = None,
     ) -> None:
         super().__init__()
         self._coordinator = coordinator
         self._config = config
         self._metrics = metrics
         self._clock = clock
+        self._scraper_auth = scraper_auth
 
     def render(self, request: Request) -> bytes | int:
         """Validate the proxy request and wait for the client's answer."""
         started = self._clock.seconds()
         uri = request.uri
+        if self._scraper_auth is not None:
+            try:
+                self._scraper_auth.check(
+                    peer_host(request), request.getHeader(b"proxy-authorization"), proxy=True
+                )
+            except Denied as denied:
+                self.log.info("Refused scrape of {uri!r} from {peer}: {code} {message}",
+                              uri=uri[:200], peer=_peer(request), code=denied.code,
+                              message=denied.message)
+                self._count(denied.code, "unauthorized")
+                return denied_response(request, denied)
         if request.method not in (b"GET", b"HEAD"):
             return self._refuse(request, 405, f"method {request.method!r} is not proxied")
         try:
@@ -442,10 +484,8 @@ class ScrapeResource(Resource):
         except IndexError:
             authority = b""
         host = authority.rpartition(b"@")[2]
-        if host.startswith(b"["):
-            host = host[: host.find(b"]") + 1]
-        else:
-            host = host.partition(b":")[0]
+        # An IPv6 literal keeps its brackets; otherwise the port goes.
+        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
         fqdn = normalize_fqdn(host)
         if fqdn is None:
             return self._refuse(request, 400, f"no valid host name in {uri[:100]!r}")
@@ -542,6 +582,16 @@ class _Instrumented(Resource):
         self._metrics = metrics
         self._clock = clock
 
+    def guard(self, request: Request, auth: ScraperAuth | None) -> bytes | None:
+        """A refusal body when ``auth`` does not allow this request, else None."""
+        if auth is None:
+            return None
+        try:
+            auth.check(peer_host(request), request.getHeader(b"authorization"), proxy=False)
+        except Denied as denied:
+            return denied_response(request, denied)
+        return None
+
     def instrument(self, request: Request) -> None:
         """Count this request by code and path once it ends."""
         started = self._clock.seconds()
@@ -568,12 +618,12 @@ class PollResource(_Instrumented):
         config: ProxyConfig,
         metrics: ProxyMetrics,
         clock: IReactorTime,
-        identify: Callable[[Request], str | None],
+        client_auth: ClientAuth | None,
     ) -> None:
         super().__init__(metrics, clock)
         self._coordinator = coordinator
         self._config = config
-        self._identify = identify
+        self._client_auth = client_auth
 
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
@@ -593,7 +643,18 @@ class PollResource(_Instrumented):
             except ValueError:
                 return self._refuse(request, 400, f"{POLL_TIMEOUT_HEADER.decode()} is "
                                     "not a number")
-        deferred = self._coordinator.poll(fqdn, self._identify(request), timeout)
+        principal: str | None = None
+        if self._client_auth is not None:
+            try:
+                principal = self._client_auth.poll_principal(
+                    fqdn, request.getHeader(b"authorization"), certificate_names(request)
+                )
+            except Denied as denied:
+                self.log.info("Refused poll for {fqdn} from {peer}: {code} {message}",
+                              fqdn=fqdn, peer=_peer(request), code=denied.code,
+                              message=denied.message)
+                return denied_response(request, denied)
+        deferred = self._coordinator.poll(fqdn, principal, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), None, (request, fqdn))
         return NOT_DONE_YET
@@ -652,6 +713,10 @@ class PushResource(_Instrumented):
         if stream is None:  # pragma: no cover - PushProxRequest always sets it
             return text_response(request, 500, "push was not streamed")
         code, message = stream.end()
+        if stream.denied is not None:
+            self.log.info("Refused push from {peer}: {code} {message}",
+                          peer=_peer(request), code=code, message=message)
+            return denied_response(request, stream.denied)
         if code != 200:
             self.log.info("Refused push from {peer}: {code} {message}",
                           peer=_peer(request), code=code, message=message)
@@ -666,13 +731,17 @@ class ClientsResource(_Instrumented):
     path = "/clients"
 
     def __init__(self, coordinator: ICoordinator, metrics: ProxyMetrics,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, auth: ScraperAuth | None = None) -> None:
         super().__init__(metrics, clock)
         self._coordinator = coordinator
+        self._auth = auth
 
     def render_GET(self, request: Request) -> bytes:
         """List every registered client as one target group."""
         self.instrument(request)
+        refusal = self.guard(request, self._auth)
+        if refusal is not None:
+            return refusal
         groups = [
             {"targets": [client.fqdn], "labels": dict(client.labels)}
             for client in self._coordinator.clients()
@@ -701,13 +770,18 @@ class InstrumentedMetricsResource(_Instrumented):
 
     path = "/metrics"
 
-    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime) -> None:
+    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime,
+                 auth: ScraperAuth | None = None) -> None:
         super().__init__(metrics, clock)
         self._inner = MetricsResource(metrics.registry)
+        self._auth = auth
 
     def render_GET(self, request: Request) -> bytes:
         """Render the proxy's metrics."""
         self.instrument(request)
+        refusal = self.guard(request, self._auth)
+        if refusal is not None:
+            return refusal
         return self._inner.render_GET(request)
 
 
@@ -738,11 +812,6 @@ class ConnectRefused(Resource):
         )
 
 
-def no_identity(request: Request) -> str | None:
-    """The identity of an unauthenticated client: none."""
-    return None
-
-
 class _Directory(Resource):
     """A resource tree node whose unknown children are a helpful 404."""
 
@@ -767,13 +836,17 @@ class PushProxSite(Site):
         clock: IReactorTime,
         config: ProxyConfig | None = None,
         metrics: ProxyMetrics | None = None,
-        identify: Callable[[Request], str | None] = no_identity,
+        client_auth: ClientAuth | None = None,
+        scraper_auth: ScraperAuth | None = None,
+        clients_endpoint: bool = True,
+        metrics_endpoint: bool = True,
         reactor: Any = None,
     ) -> None:
         self.config = config or ProxyConfig()
         self.metrics = metrics or ProxyMetrics()
         self.coordinator = coordinator
-        self._identify = identify
+        self.client_auth = client_auth if client_auth is not None and client_auth.enabled else None
+        scraper_auth = scraper_auth if scraper_auth is not None and scraper_auth.enabled else None
         self.metrics.watch(
             clients=coordinator.client_count,
             polls_waiting=coordinator.waiting_poll_count,
@@ -784,15 +857,20 @@ class PushProxSite(Site):
         root = _Directory(not_found)
         root.putChild(b"", not_found)
         root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
-                                            identify))
+                                            self.client_auth))
         root.putChild(b"push", PushResource(self.metrics, clock))
-        root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock))
-        root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock))
+        if clients_endpoint:
+            root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock,
+                                                      scraper_auth))
+        if metrics_endpoint:
+            root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock,
+                                                                  scraper_auth))
         status = _Directory(not_found)
         status.putChild(b"healthy", StatusResource("/-/healthy", "Healthy", self.metrics, clock))
         status.putChild(b"ready", StatusResource("/-/ready", "Ready", self.metrics, clock))
         root.putChild(b"-", status)
-        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock)
+        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock,
+                                      scraper_auth)
         self._connect = ConnectRefused()
         super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
@@ -805,8 +883,16 @@ class PushProxSite(Site):
         return channel
 
     def push_stream(self, request: Request, length: int | None) -> PushStream:
-        """A stream that relays the body of ``request``, a push."""
-        return PushStream(self.coordinator, self.config, self._identify(request), length)
+        """A stream that relays the body of ``request``, a push, once it may."""
+        principal: str | None = None
+        if self.client_auth is not None:
+            try:
+                principal = self.client_auth.push_principal(
+                    request.getHeader(b"authorization"), certificate_names(request)
+                )
+            except Denied as denied:
+                return PushStream.refused(self.coordinator, self.config, denied)
+        return PushStream(self.coordinator, self.config, principal, length)
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""

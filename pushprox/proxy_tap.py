@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
+import re
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python import usage
 
+from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
 from pushprox.coordinator import Coordinator
 from pushprox.proxy import ProxyConfig, PushProxSite
+from pushprox.tls import certificate_names_fqdn, load_certificates, server_context_factory
 
 
 def positive_float(value: str) -> float:
@@ -42,6 +49,8 @@ class Options(usage.Options):
     )
     optFlags = [
         ["log-scrapes", None, "Log one line per proxied scrape (default: only errors)."],
+        ["no-clients-endpoint", None, "Do not serve /clients."],
+        ["no-metrics-endpoint", None, "Do not serve /metrics."],
     ]
     defaults = ProxyConfig()
     optParameters: list[list[Any]] = [
@@ -71,11 +80,24 @@ class Options(usage.Options):
         ["max-clients", None, 100_000, "Registered clients.", positive_int],
         ["max-polls-per-client", None, 16,
          "Polls one FQDN may hold open at once.", positive_int],
+        ["client-ca", None, None, "CA bundle (PEM): clients must present a certificate "
+         "signed by it that names the FQDN they poll as (needs an ssl: --listen)."],
+        ["client-tokens", None, None, "File of 'fqdn token' lines ('* token' for a shared "
+         "one): clients must send one as a Bearer token or basic-auth password. "
+         "Re-read on SIGHUP."],
+        ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
+         "Proxy-Authorization (user:password@ in proxy_url); /clients and /metrics then "
+         "want Authorization."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["scrape-allow-cidr"] = []
+
+    def opt_scrape_allow_cidr(self, network: str) -> None:
+        """Network allowed to scrape and read /clients and /metrics (repeatable)."""
+        self["scrape-allow-cidr"].append(network)
 
     def opt_listen(self, endpoint: str) -> None:
         """Endpoint to serve on, in Twisted syntax (repeatable; default tcp:8080)."""
@@ -91,6 +113,23 @@ class Options(usage.Options):
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:
             raise usage.UsageError("--scrape-default-timeout exceeds --scrape-max-timeout")
+        if self["client-ca"] and not any(e.startswith("ssl:") for e in self["listen"]):
+            raise usage.UsageError("--client-ca needs an ssl: endpoint in --listen")
+        try:
+            self["client-auth"] = ClientAuth(
+                token_file=self["client-tokens"],
+                require_certificate=bool(self["client-ca"]),
+                names_fqdn=certificate_names_fqdn,
+            )
+            self["scraper-auth"] = ScraperAuth(
+                networks=parse_networks(self["scrape-allow-cidr"]),
+                passwords=(PasswordChecker(load_htpasswd(self["scrape-auth"]))
+                           if self["scrape-auth"] else None),
+            )
+            if self["client-ca"]:
+                load_certificates(self["client-ca"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
@@ -132,10 +171,89 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_clients=options["max-clients"],
         max_polls_per_client=options["max-polls-per-client"],
     )
-    site = PushProxSite(coordinator, clock=reactor, config=options.config())
+    client_auth: ClientAuth = options["client-auth"]
+    site = PushProxSite(
+        coordinator,
+        clock=reactor,
+        config=options.config(),
+        client_auth=client_auth,
+        scraper_auth=options["scraper-auth"],
+        clients_endpoint=not options["no-clients-endpoint"],
+        metrics_endpoint=not options["no-metrics-endpoint"],
+    )
     service = MultiService()
     # Added first so that it stops last: the ports close before pending answers go.
     CoordinatorService(coordinator, reactor).setServiceParent(service)
     for endpoint in options["listen"]:
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(service)
+        listener: IService
+        if endpoint.startswith("ssl:") and options["client-ca"]:
+            listener = StreamServerEndpointService(
+                mutual_tls_endpoint(reactor, endpoint, options["client-ca"]), site
+            )
+            # Fail loudly on a port in use, as strports.service does.
+            listener._raiseSynchronously = True  # type: ignore[attr-defined]
+        else:
+            listener = strports.service(endpoint, site, reactor=reactor)
+        listener.setServiceParent(service)
+    if options["client-tokens"]:
+        ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
     return service
+
+
+def _split_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """Split a Twisted endpoint description into positional and keyword arguments."""
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    for part in re.split(r"(?<!\\):", description)[1:]:
+        part = part.replace("\\:", ":")
+        key, equals, value = part.partition("=")
+        if equals:
+            keywords[key] = value
+        else:
+            positional.append(part)
+    return positional, keywords
+
+
+def mutual_tls_endpoint(reactor: Any, description: str, client_ca: str) -> SSL4ServerEndpoint:
+    """
+    An ``ssl:`` endpoint that also asks clients for a certificate signed by ``client_ca``.
+
+    Twisted's ``ssl:`` parser cannot ask for client certificates, so the context is
+    built here from the same description (port, privateKey, certKey, interface, backlog).
+    """
+    positional, keywords = _split_description(description)
+    port = int(keywords.pop("port", positional[0] if positional else "8443"))
+    key = keywords.get("privateKey")
+    cert = keywords.get("certKey", key)
+    if not key or not cert:
+        raise usage.UsageError(f"{description}: ssl: needs privateKey= (and certKey=)")
+    try:
+        context = server_context_factory(cert=cert, key=key, client_ca=client_ca)
+    except ValueError as error:
+        raise usage.UsageError(str(error)) from None
+    return SSL4ServerEndpoint(
+        reactor, port, context, backlog=int(keywords.get("backlog", "50")),
+        interface=keywords.get("interface", ""),
+    )
+
+
+class ReloadOnHangup(Service):
+    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
+
+    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
+        self._reload = reload
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        """Install the handler."""
+        super().startService()
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
+        )
+
+    def stopService(self) -> None:
+        """Put the previous handler back."""
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
