@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from pushprox import wire
 from pushprox.auth import ClientAuth, Denied, ScraperAuth
@@ -131,6 +132,37 @@ def _peer(request: Request) -> str:
     return f"{host}:{getattr(address, 'port', '')}" if host else str(address)
 
 
+@implementer(IPushProducer)
+class PushThrottle:
+    """
+    Pauses reading a push while Prometheus' connection is backed up.
+
+    Registered as the producer of Prometheus' request, it is paused and resumed by
+    that request's transport, and pauses and resumes the pushing client's transport
+    in turn: a slow scraper slows the client down instead of filling our memory.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        """Stop reading the push."""
+        if not self.paused and self._transport is not None:
+            self.paused = True
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read the push again."""
+        if self.paused:
+            self.paused = False
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Prometheus went away: let the push run to its end (it is discarded)."""
+        self.resumeProducing()
+
+
 class Relay:
     """
     The response to one scrape on its way from a push to Prometheus.
@@ -141,9 +173,11 @@ class Relay:
     are held (this only happens within one callback chain).
     """
 
-    def __init__(self, head: wire.ResponseHead | None, error: tuple[int, str] | None = None):
+    def __init__(self, head: wire.ResponseHead | None, error: tuple[int, str] | None = None,
+                 throttle: PushThrottle | None = None):
         self.head = head
         self.error = error
+        self._throttle = throttle
         self._request: Request | None = None
         self._pending: list[bytes] = []
         self._discarding = False
@@ -188,6 +222,8 @@ class Relay:
         request.defaultContentType = None
         self._request = request
         request.notifyFinish().addErrback(self._scraper_gone)
+        if self._throttle is not None:
+            request.registerProducer(self._throttle, True)
         for data in self._pending:
             request.write(data)
         self._pending.clear()
@@ -198,6 +234,16 @@ class Relay:
     def _scraper_gone(self, reason: Failure) -> None:
         self._discarding = True
         self._request = None
+        self._release_throttle()
+
+    def _release_throttle(self) -> None:
+        throttle, self._throttle = self._throttle, None
+        if throttle is None:
+            return
+        throttle.resumeProducing()
+        request = self._request
+        if request is not None and _request_alive(request):
+            request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
         """Relay body bytes."""
@@ -211,12 +257,14 @@ class Relay:
     def finish(self) -> None:
         """The whole body has been relayed."""
         self.finished = True
+        self._release_throttle()
         if self._request is not None and _request_alive(self._request):
             self._request.finish()
 
     def abort(self) -> None:
         """Cut Prometheus off: an incomplete answer must not look like a whole one."""
         self._discarding = True
+        self._release_throttle()
         request, self._request = self._request, None
         if request is not None and _request_alive(request):
             request.loseConnection()
@@ -239,7 +287,9 @@ class PushStream:
         config: ProxyConfig,
         identity: str | None,
         declared_length: int | None,
+        transport: Any = None,
     ) -> None:
+        self._transport = transport
         self._coordinator = coordinator
         self._config = config
         self._identity = identity
@@ -332,7 +382,7 @@ class PushStream:
         except ForeignScrape as error:
             self._reject(403, str(error))
             return b""
-        relay = Relay(head)
+        relay = Relay(head, throttle=PushThrottle(self._transport))
         size = max(head.length or 0, self._declared_length or 0)
         if size > self._config.max_push_size:
             limit = self._config.max_push_size
@@ -892,7 +942,7 @@ class PushProxSite(Site):
                 )
             except Denied as denied:
                 return PushStream.refused(self.coordinator, self.config, denied)
-        return PushStream(self.coordinator, self.config, principal, length)
+        return PushStream(self.coordinator, self.config, principal, length, request.transport)
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""

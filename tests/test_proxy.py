@@ -494,3 +494,38 @@ class EndpointTests(ProxyTestCase):
         response = self.get(b"/nothing")
         self.assertEqual(response.status, 404)
         self.assertIn(b"PushProx proxy", response.body)
+
+
+class FlowControlTests(ProxyTestCase):
+    """A slow scraper slows the pushing client down."""
+
+    def test_backed_up_scraper_pauses_push(self) -> None:
+        """Prometheus' full socket pauses reading the push; draining resumes it."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        pusher = self.connect()
+        pusher.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 100000\r\n\r\n")
+        pusher.send(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=1000
+        ))
+        self.assertEqual(pusher.transport.producerState, "producing")
+        # What Prometheus' transport does when its send buffer fills, and drains:
+        scraper.transport.producer.pauseProducing()
+        self.assertEqual(pusher.transport.producerState, "paused")
+        scraper.transport.producer.resumeProducing()
+        self.assertEqual(pusher.transport.producerState, "producing")
+
+    def test_scraper_gone_resumes_push(self) -> None:
+        """A paused push is resumed when Prometheus hangs up, so it can end."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        pusher = self.connect()
+        pusher.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 100000\r\n\r\n")
+        pusher.send(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=1000
+        ))
+        scraper.transport.producer.pauseProducing()
+        scraper.hang_up()
+        self.assertEqual(pusher.transport.producerState, "producing")
