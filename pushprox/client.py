@@ -15,7 +15,7 @@ import base64
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
@@ -271,10 +271,10 @@ class ClientService(Service):
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
-        self._proxy_headers = {b"User-Agent": [USER_AGENT]}
+        self._proxy_headers = Headers({b"User-Agent": [USER_AGENT]})
         auth = config.proxy_authorization()
         if auth is not None:
-            self._proxy_headers[b"Authorization"] = [auth]
+            self._proxy_headers.setRawHeaders(b"Authorization", [auth])
         self._loop: Deferred[None] | None = None
         self._waiting: Deferred[Any] | None = None
         self._scrapes: set[Deferred[None]] = set()
@@ -316,8 +316,8 @@ class ClientService(Service):
         return deferred
 
     async def _poll_once(self) -> wire.ScrapeRequest | None:
-        headers = dict(self._proxy_headers)
-        headers[POLL_TIMEOUT_HEADER] = [wire.format_timeout(self.config.poll_timeout)]
+        headers = self._proxy_headers.copy()
+        headers.setRawHeaders(POLL_TIMEOUT_HEADER, [wire.format_timeout(self.config.poll_timeout)])
         response = await self._http.post(
             self._poll_url, data=self.config.fqdn.encode("ascii"), headers=headers
         )
@@ -467,8 +467,7 @@ class ClientService(Service):
             return DeferredList([pool.closeCachedConnections() for pool in self._pools])
 
         first.addCallback(close)
-        first.addCallback(lambda _: None)
-        return first
+        return first.addCallback(lambda _: None)
 
 
 class PollError(Exception):
@@ -507,8 +506,7 @@ class _LimitedCollector(Protocol):
         if self._size > self._limit:
             if not self._done.called:
                 self._done.errback(PollError(f"answer exceeds {self._limit} bytes"))
-            assert self.transport is not None
-            self.transport.stopProducing()
+            cast(Any, self.transport).stopProducing()
             return
         self._parts.append(data)
 

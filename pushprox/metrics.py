@@ -10,6 +10,7 @@ upstream Go PushProx exports are kept, so that existing dashboards keep working.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -162,5 +163,5 @@ class MetricsSite(Site):
         root.putChild(b"metrics", MetricsResource(registry))
         super().__init__(root)
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         """Scrapes of the client's metrics are not worth a log line each."""

@@ -450,8 +450,8 @@ class PushProxRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         """Decide how this request's body is handled once its headers are read."""
-        site = cast(PushProxSite, self.channel.site)
         channel = cast(Any, self.channel)
+        site = cast(PushProxSite, channel.site)
         path = channel._path.split(b"?", 1)[0]
         if channel._command == b"POST" and path == b"/push":
             self.push_stream = site.push_stream(self, length)
@@ -479,8 +479,9 @@ class PushProxRequest(Request):
         self._body_received += len(data)
         if self._body_received > self._body_limit:
             self._reject_body(self._body_received)
-            self.content.seek(0)
-            self.content.truncate()
+            content = cast(Any, self.content)
+            content.seek(0)
+            content.truncate()
             return
         super().handleContentChunk(data)
 
@@ -552,7 +553,7 @@ class ScrapeResource(Resource):
         deferred = self._coordinator.scrape(fqdn, request.method, uri, headers, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(
-            self._relay, self._failed, (request, fqdn, started), None, (request, fqdn, started)
+            self._relay, self._failed, (request, fqdn, started), {}, (request, fqdn, started)
         )
         return NOT_DONE_YET
 
@@ -706,7 +707,7 @@ class PollResource(_Instrumented):
                 return denied_response(request, denied)
         deferred = self._coordinator.poll(fqdn, principal, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
-        deferred.addCallbacks(self._answer, self._failed, (request,), None, (request, fqdn))
+        deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
 
     def _refuse(self, request: Request, code: int, message: str) -> bytes:
@@ -954,5 +955,5 @@ class PushProxSite(Site):
             return self._connect
         return cast(IResource, super().getResourceFor(request))
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         """No access log: scrapes are logged by their resource when asked to."""

@@ -52,26 +52,26 @@ class Options(usage.Options):
         ["no-clients-endpoint", None, "Do not serve /clients."],
         ["no-metrics-endpoint", None, "Do not serve /metrics."],
     ]
-    defaults = ProxyConfig()
+    _defaults = ProxyConfig()
     optParameters: list[list[Any]] = [
-        ["scrape-default-timeout", None, defaults.scrape_default_timeout,
+        ["scrape-default-timeout", None, _defaults.scrape_default_timeout,
          "Scrape timeout in seconds when Prometheus sends none.",
          positive_float],
-        ["scrape-max-timeout", None, defaults.scrape_max_timeout,
+        ["scrape-max-timeout", None, _defaults.scrape_max_timeout,
          "Largest scrape timeout in seconds; longer ones are cut to it.",
          positive_float],
         ["registration-timeout", None, 300.0,
          "Seconds after its last poll that a client stays registered.",
          positive_float],
-        ["poll-max-timeout", None, defaults.poll_max_timeout,
+        ["poll-max-timeout", None, _defaults.poll_max_timeout,
          "Longest time in seconds that the proxy holds an idle poll when a client "
          "asks for a bounded poll.", positive_float],
-        ["max-push-size", None, defaults.max_push_size,
+        ["max-push-size", None, _defaults.max_push_size,
          "Largest push body (a target's whole response) in bytes.",
          positive_int],
-        ["max-request-size", None, defaults.max_request_size,
+        ["max-request-size", None, _defaults.max_request_size,
          "Largest body of any other request in bytes.", positive_int],
-        ["max-header-size", None, defaults.max_header_size,
+        ["max-header-size", None, _defaults.max_header_size,
          "Largest request line plus headers of a request in bytes.",
          positive_int],
         ["max-queued-scrapes", None, 100,
@@ -191,7 +191,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 mutual_tls_endpoint(reactor, endpoint, options["client-ca"]), site
             )
             # Fail loudly on a port in use, as strports.service does.
-            listener._raiseSynchronously = True  # type: ignore[attr-defined]
+            listener._raiseSynchronously = True
         else:
             listener = strports.service(endpoint, site, reactor=reactor)
         listener.setServiceParent(service)
