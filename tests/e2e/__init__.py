@@ -1,0 +1,1 @@
+"""End-to-end tests: a real Prometheus scrapes real exporters through real pushprox processes."""
