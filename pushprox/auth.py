@@ -190,9 +190,13 @@ class ScraperAuth:
         """
         if self._networks:
             try:
-                ip = ipaddress.ip_address(address or "")
+                ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = (
+                    ipaddress.ip_address(address or ""))
             except ValueError:
                 ip = None
+            # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
             if ip is None or not any(ip in network for network in self._networks):
                 raise Denied(403, f"address {address} is not allowed to scrape")
         if self._passwords is None:

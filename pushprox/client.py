@@ -300,6 +300,8 @@ class ClientService(Service):
             except CancelledError:
                 return
             except Exception as error:
+                if not self.running:
+                    return  # stopService cancelled the poll
                 self.metrics.poll_errors.inc()
                 self._note_failure(error)
                 try:
@@ -356,23 +358,30 @@ class ClientService(Service):
         if len(self._scrapes) >= self.config.max_concurrent_scrapes:
             self.metrics.scrape_errors.inc()
             self._push_error(request, f"client is already running "
-                             f"{len(self._scrapes)} scrapes, the limit")
+                             f"{len(self._scrapes)} scrapes, the limit", "overload")
             return
-        started = self._clock.seconds()
-        timeout = request.timeout or self.config.scrape_default_timeout
-        scrape = Deferred.fromCoroutine(self._scrape(request))
-        scrape.addTimeout(timeout, self._clock)
+        run = _ScrapeRun(request, request.timeout or self.config.scrape_default_timeout,
+                         self._clock.seconds())
+        scrape = Deferred.fromCoroutine(self._scrape(run))
+        timer = self._clock.callLater(run.timeout, self._time_out, run, scrape)
         self._scrapes.add(scrape)
 
         def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
             self._scrapes.discard(scrape)
-            self.metrics.scrape_duration.observe(self._clock.seconds() - started)
+            self.metrics.scrape_duration.observe(self._clock.seconds() - run.started)
             if isinstance(result, Failure):
-                self._scrape_failed(request, result, timeout)
+                self._scrape_failed(run, result)
 
         scrape.addBoth(done)
 
-    async def _scrape(self, request: wire.ScrapeRequest) -> None:
+    def _time_out(self, run: _ScrapeRun, scrape: Deferred[None]) -> None:
+        run.timed_out = True
+        scrape.cancel()
+
+    async def _scrape(self, run: _ScrapeRun) -> None:
+        request = run.request
         target = plan_target(request, self.config)
         response = await self._target_agent.request(
             request.method, target.url, target.headers, None
@@ -389,32 +398,37 @@ class ClientService(Service):
             scrape_id=request.scrape_id,
             length=length,
         )
+        run.pushing = True
         await self._push(request, PushBody(head, response))
         if self.config.log_scrapes:
             self.log.info("Scraped {url} for scrape {scrape_id}: {code}",
                           url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
                           code=response.code)
 
-    def _scrape_failed(self, request: wire.ScrapeRequest, failure: Failure,
-                       timeout: float) -> None:
+    def _scrape_failed(self, run: _ScrapeRun, failure: Failure) -> None:
         if failure.check(_PushFailed):
             return
         self.metrics.scrape_errors.inc()
-        if failure.check(CancelledError) and not self.running:
-            reason = "the client is shutting down"
-        elif failure.check(CancelledError):
-            reason = f"timeout after {timeout:g}s"
+        request = run.request
+        if not self.running:
+            reason, kind = "the client is shutting down", "shutdown"
+        elif run.timed_out:
+            reason, kind = f"timeout after {run.timeout:g}s", "timeout"
         elif failure.check(ScrapeRefused):
-            reason = f"refused: {failure.value}"
+            reason, kind = f"refused: {failure.value}", "refused"
         else:
-            reason = describe_failure(failure)
+            reason, kind = describe_failure(failure), "unreachable"
         message = f"failed to scrape {request.url.decode('latin-1')}: {reason}"
         self.log.warn("Scrape {scrape_id} failed: {message}",
                       scrape_id=request.scrape_id, message=message)
-        self._push_error(request, message)
+        if run.pushing:
+            # The push had begun: the proxy saw it break off and told Prometheus.
+            return
+        self._push_error(request, message, kind)
 
-    def _push_error(self, request: wire.ScrapeRequest, message: str) -> None:
-        body = wire.encode_error_response(scrape_id=request.scrape_id, reason=message)
+    def _push_error(self, request: wire.ScrapeRequest, message: str, kind: str) -> None:
+        body = wire.encode_error_response(scrape_id=request.scrape_id, reason=message,
+                                          kind=kind)
         pushed = Deferred.fromCoroutine(self._push(request, body))
         pushed.addErrback(lambda f: f.trap(_PushFailed))
 
@@ -468,6 +482,18 @@ class ClientService(Service):
 
         first.addCallback(close)
         return first.addCallback(lambda _: None)
+
+
+@dataclass
+class _ScrapeRun:
+    """One scrape in the client, from the poll answer to the end of its push."""
+
+    request: wire.ScrapeRequest
+    timeout: float
+    started: float
+    timed_out: bool = False
+    #: The push of the target's response has begun.
+    pushing: bool = False
 
 
 class PollError(Exception):

@@ -163,7 +163,7 @@ class ICoordinator(Interface):
         """Forget a scrape whose response has been relayed or abandoned."""
 
     def clients() -> list[ClientInfo]:
-        """The registered clients, oldest registration first."""
+        """The registered clients, sorted by FQDN."""
 
     def shutdown() -> None:
         """Fail every waiting scrape and poll with ShuttingDown."""
@@ -248,9 +248,9 @@ class Coordinator:
             return fail(UnknownClient(f"no client is registered as {fqdn}"))
         queue = self._queues.get(fqdn)
         polls = self._polls.get(fqdn)
-        if not polls and queue is not None and len(queue) >= self.max_queued_per_client:
+        if not polls and len(queue or ()) >= self.max_queued_per_client:
             return fail(
-                QueueFull(f"{len(queue)} scrapes are already queued for {fqdn}")
+                QueueFull(f"{len(queue or ())} scrapes are already queued for {fqdn}")
             )
         scrape_id = str(uuid.uuid4())
         deferred: Deferred[Any] = Deferred(lambda d: self._cancel_scrape(scrape_id))
@@ -449,7 +449,7 @@ class Coordinator:
     def clients(self) -> list[ClientInfo]:
         """See L{ICoordinator.clients}."""
         self._expire_clients()
-        return list(self._clients.values())
+        return sorted(self._clients.values(), key=lambda client: client.fqdn)
 
     def shutdown(self) -> None:
         """See L{ICoordinator.shutdown}."""

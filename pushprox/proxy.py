@@ -44,6 +44,9 @@ from pushprox.tls import peer_names
 
 SERVER = b"pushprox"
 TEXT = b"text/plain; charset=utf-8"
+#: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
+#: so that Prometheus reads our 504 and its reason rather than its own timeout.
+SCRAPER_MARGIN = 0.25
 #: Our client asks the proxy to answer an idle poll after this many seconds.
 POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
 
@@ -203,7 +206,10 @@ class Relay:
         error = self.error
         reason = self.scrape_error()
         if error is None and reason is not None:
-            error = (502, f"the client could not scrape the target: {reason}")
+            assert self.head is not None
+            timed_out = self.head.header(wire.SCRAPE_ERROR_KIND_HEADER) == b"timeout"
+            error = ((504, f"the target did not answer in time: {reason}") if timed_out
+                     else (502, f"the client could not scrape the target: {reason}"))
         if error is not None or self.head is None:
             code, message = error or (502, "no response")
             finish_with(request, code, message)
@@ -550,7 +556,8 @@ class ScrapeResource(Resource):
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
-        deferred = self._coordinator.scrape(fqdn, request.method, uri, headers, timeout)
+        deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
+        deferred = self._coordinator.scrape(fqdn, request.method, uri, headers, deadline)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(
             self._relay, self._failed, (request, fqdn, started), {}, (request, fqdn, started)

@@ -25,6 +25,9 @@ UPSTREAM_TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout"
 #: Our client marks a response it synthesized because the target could not be
 #: scraped; the value is the one-line reason.  Upstream proxies ignore it.
 SCRAPE_ERROR_HEADER = b"X-PushProx-Scrape-Error"
+#: What kind of failure that was: ``timeout`` (the proxy answers 504), ``refused``,
+#: ``unreachable``, ``overload`` or ``shutdown`` (502).
+SCRAPE_ERROR_KIND_HEADER = b"X-PushProx-Scrape-Error-Kind"
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and proxy credentials: never forwarded.
 HOP_BY_HOP = frozenset(
@@ -196,8 +199,14 @@ def decode_scrape_request(data: bytes) -> ScrapeRequest:
     method, url, _version = parts
     if not _TOKEN_CHARS.issuperset(method) or not method:
         raise WireError(f"malformed method {method[:20]!r}")
-    split = urlsplit(url)
-    if split.scheme not in (b"http", b"https") or not split.hostname:
+    if not url.isascii():
+        raise WireError(f"request URI is not ASCII: {url[:60]!r}")
+    try:
+        split = urlsplit(url)
+        hostname = split.hostname
+    except ValueError as error:
+        raise WireError(f"malformed request URI {url[:60]!r}: {error}") from None
+    if split.scheme not in (b"http", b"https") or not hostname:
         raise WireError(f"request URI is not absolute: {url[:60]!r}")
     headers = _parse_headers(lines)
     return ScrapeRequest(
@@ -231,10 +240,12 @@ def decode_response_head(head: bytes) -> ResponseHead:
     elif transfer is not None:
         raise WireError(f"unsupported Transfer-Encoding {transfer[:30]!r}")
     elif length_value is not None:
-        if not length_value.strip().isdigit():
+        digits = length_value.strip()
+        # Twenty digits are more than any body; more would be slow to convert.
+        if not digits.isdigit() or not digits.isascii() or len(digits) > 20:
             raise WireError(f"malformed Content-Length {length_value[:30]!r}")
         framing = BodyFraming.LENGTH
-        length = int(length_value)
+        length = int(digits)
     else:
         framing = BodyFraming.TO_END
     return ResponseHead(
@@ -272,7 +283,7 @@ def encode_response_head(
     return b"".join(lines)
 
 
-def encode_error_response(*, scrape_id: str, reason: str) -> bytes:
+def encode_error_response(*, scrape_id: str, reason: str, kind: str = "unreachable") -> bytes:
     """
     A whole push body saying that the target could not be scraped.
 
@@ -286,6 +297,7 @@ def encode_error_response(*, scrape_id: str, reason: str) -> bytes:
         headers=[
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (SCRAPE_ERROR_HEADER, body[:1000]),
+            (SCRAPE_ERROR_KIND_HEADER, kind.encode("ascii")),
         ],
         scrape_id=scrape_id,
         length=len(body),

@@ -158,7 +158,7 @@ class ScrapeTests(ProxyTestCase):
         scraper = self.scrape(b"http://node1.example:9100/metrics?foo=bar")
         request = self.handed_out(poll)
         self.assertEqual(request.url, b"http://node1.example:9100/metrics?foo=bar")
-        self.assertEqual(request.timeout, 9.9)
+        self.assertEqual(request.timeout, 9.65)
         push = recorded_body("go-client-push-request.bin").replace(
             GO_ID, request.scrape_id.encode())
         answer = self.push(push)
@@ -182,7 +182,7 @@ class ScrapeTests(ProxyTestCase):
         self.clock.advance(2)
         poll = self.poll()
         request = self.handed_out(poll)
-        self.assertEqual(request.timeout, 7.9)
+        self.assertEqual(request.timeout, 7.65)
         self.push(wire.encode_response_head(
             status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=2
         ) + b"ok")
@@ -253,9 +253,9 @@ class ScrapeTests(ProxyTestCase):
         poll = self.poll()
         scraper = self.scrape(timeout=b"3")
         self.handed_out(poll)
-        self.clock.advance(2.9)
+        self.clock.advance(2.74)
         self.assertIsNone(scraper.response())
-        self.clock.advance(0.2)
+        self.clock.advance(0.02)
         response = scraper.response()
         assert response is not None
         self.assertEqual(response.status, 504)
@@ -266,13 +266,13 @@ class ScrapeTests(ProxyTestCase):
         """Without Prometheus' header (curl) the default applies and the client is told."""
         poll = self.poll()
         self.scrape(timeout=None)
-        self.assertEqual(self.handed_out(poll).timeout, 14.9)
+        self.assertEqual(self.handed_out(poll).timeout, 14.65)
 
     def test_timeout_clamped_to_maximum(self) -> None:
         """A timeout above --scrape-max-timeout is cut to it."""
         poll = self.poll()
         self.scrape(timeout=b"100000")
-        self.assertEqual(self.handed_out(poll).timeout, 299.9)
+        self.assertEqual(self.handed_out(poll).timeout, 299.65)
 
     def test_bad_timeout_gives_400(self) -> None:
         """An unreadable timeout header is a malformed request."""
