@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
+from OpenSSL.crypto import X509
 from service_identity.exceptions import CertificateError, VerificationError
 from service_identity.hazmat import DNS_ID, DNSPattern, verify_service_identity
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -96,12 +96,15 @@ _SUPPORTED_KEYS = (
 class _Identity:
     """A certificate, the certificates that complete its chain, and its private key."""
 
-    certificate: X509
-    chain: list[X509]
-    private_key: PKey
+    certificate: x509.Certificate
+    chain: list[x509.Certificate]
+    private_key: PrivateKeyTypes
 
     def options(self) -> dict[str, Any]:
         """Return these as L{CertificateOptions} keyword arguments."""
+        # Twisted annotates these as pyOpenSSL objects but hands them straight to
+        # pyOpenSSL's Context, which (pyOpenSSL 26.4 here) emits a DeprecationWarning for
+        # its own X509 and PKey types and wants cryptography's.
         return {
             "privateKey": self.private_key,
             "certificate": self.certificate,
@@ -128,11 +131,7 @@ def _load_identity(cert: str, key: str) -> _Identity:
         raise ValueError(f"private key file {key} holds an unsupported key type")
     if _spki(chain[0].public_key()) != _spki(private_key.public_key()):
         raise ValueError(f"private key file {key} does not match certificate file {cert}")
-    return _Identity(
-        certificate=X509.from_cryptography(chain[0]),
-        chain=[X509.from_cryptography(c) for c in chain[1:]],
-        private_key=PKey.from_cryptography_key(private_key),
-    )
+    return _Identity(certificate=chain[0], chain=chain[1:], private_key=private_key)
 
 
 def _client_identity(cert: str | None, key: str | None) -> _Identity | None:
@@ -246,13 +245,18 @@ def peer_names(transport: object) -> list[str]:
     get_peer_certificate = getattr(transport, "getPeerCertificate", None)
     if get_peer_certificate is None:
         return []
-    certificate = get_peer_certificate()
-    if not isinstance(certificate, X509):
+    try:
+        certificate = get_peer_certificate()
+    except NotImplementedError:
+        # twisted.internet.ssl.Server, the pre-TLSMemoryBIO transport, has the method
+        # only to raise this.
+        return []
+    if isinstance(certificate, X509):
+        certificate = certificate.to_cryptography()
+    if not isinstance(certificate, x509.Certificate):
         return []
     try:
-        alt_names = certificate.to_cryptography().extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        )
+        alt_names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except (x509.ExtensionNotFound, ValueError):
         return []
     return [name.lower() for name in alt_names.value.get_values_for_type(x509.DNSName)]
