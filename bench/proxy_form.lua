@@ -1,0 +1,46 @@
+-- wrk script for the pushprox benchmark (bench/run.py).
+--
+-- Proxied case: PUSHPROX_BENCH_URI=http://FQDN:PORT/1k makes wrk send proxy-form
+-- requests, like Prometheus with proxy_url set:
+--     GET http://FQDN:PORT/1k HTTP/1.1
+--     Host: FQDN:PORT
+-- to the address given on wrk's command line (the proxy).  Direct case: leave
+-- PUSHPROX_BENCH_URI empty and wrk sends its plain origin-form request.
+--
+-- PUSHPROX_BENCH_MAX_REQUESTS=N (per wrk thread; run.py uses -t1) stops after N
+-- responses; 0 = run for -d.
+-- done() prints one machine-readable line "BENCH-JSON {...}" (latencies in microseconds).
+
+local uri = os.getenv("PUSHPROX_BENCH_URI") or ""
+local max_requests = tonumber(os.getenv("PUSHPROX_BENCH_MAX_REQUESTS") or "0") or 0
+
+if uri ~= "" then
+   wrk.path = uri
+   wrk.headers["Host"] = uri:match("^%a+://([^/?#]+)")
+end
+-- What Prometheus sends (same headers for the direct case, so both are alike).
+wrk.headers["Accept"] = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+wrk.headers["User-Agent"] = "Prometheus/bench (wrk)"
+wrk.headers["X-Prometheus-Scrape-Timeout-Seconds"] = "10"
+
+if max_requests > 0 then
+   local seen = 0
+   function response(status, headers, body)
+      seen = seen + 1
+      if seen >= max_requests then
+         wrk.thread:stop()
+      end
+   end
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'BENCH-JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+      '"err_connect":%d,"err_read":%d,"err_write":%d,"err_status":%d,"err_timeout":%d,' ..
+      '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+      summary.requests, summary.duration, summary.bytes,
+      e.connect, e.read, e.write, e.status, e.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency.max, latency.mean))
+end
