@@ -460,14 +460,14 @@ class EndpointTests(ProxyTestCase):
         return response
 
     def test_clients_lists_registered_as_http_sd(self) -> None:
-        """/clients is http_sd JSON with an object for labels."""
+        """/clients is http_sd JSON with an object for labels, sorted by FQDN."""
         self.poll(b"b.example")
         self.poll(b"a.example")
         response = self.get(b"/clients")
         self.assertEqual(response.headers[b"content-type"], b"application/json")
         self.assertEqual(json.loads(response.body), [
-            {"targets": ["b.example"], "labels": {}},
             {"targets": ["a.example"], "labels": {}},
+            {"targets": ["b.example"], "labels": {}},
         ])
 
     def test_metrics_has_upstream_and_own_names(self) -> None:
