@@ -1,0 +1,722 @@
+"""
+Tests for L{pushprox.coordinator}: every way a scrape and a poll can end, on a L{Clock}.
+
+Each test ends by checking that the coordinator holds nothing (no scrape, poll or queue
+entry) and that no timer is left on the clock: nothing outlives its request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyClass, verifyObject
+
+from pushprox import wire
+from pushprox.coordinator import (
+    CLIENT_MARGIN,
+    ClientInfo,
+    Coordinator,
+    ForeignScrape,
+    ICoordinator,
+    QueueFull,
+    Scrape,
+    ScrapeState,
+    ScrapeTimeout,
+    ShuttingDown,
+    TooManyClients,
+    TooManyPolls,
+    UnknownClient,
+    UnknownScrape,
+)
+
+NODE = "node1.example"
+OTHER = "node2.example"
+URL = b"http://node1.example:9100/metrics?foo=bar"
+HEADERS = (
+    (b"Accept", b"text/plain;version=0.0.4"),
+    (b"User-Agent", b"Prometheus/3.0.0"),
+    (b"X-Prometheus-Scrape-Timeout-Seconds", b"10"),
+)
+
+
+class CoordinatorTestCase(SynchronousTestCase):
+    """A coordinator on a fresh clock, with helpers to scrape, poll and check emptiness."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.coordinator = Coordinator(self.clock)
+
+    def scrape(
+        self, fqdn: str = NODE, timeout: float = 10.0, url: bytes = URL
+    ) -> Deferred[Any]:
+        """Start a scrape of ``url`` on ``fqdn``."""
+        return self.coordinator.scrape(fqdn, b"GET", url, HEADERS, timeout)
+
+    def poll(
+        self, fqdn: str = NODE, identity: str | None = None, timeout: float | None = None
+    ) -> Deferred[Scrape | None]:
+        """Start a poll of ``fqdn``."""
+        return self.coordinator.poll(fqdn, identity, timeout)
+
+    def register(self, fqdn: str = NODE) -> None:
+        """Register ``fqdn`` with a poll that times out at once."""
+        poll = self.poll(fqdn, timeout=0)
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(poll))
+
+    def sent_scrape(self, fqdn: str = NODE, identity: str | None = None,
+                    timeout: float = 10.0) -> tuple[Deferred[Any], Scrape]:
+        """A scrape of registered ``fqdn`` handed to a poll: its Deferred and itself."""
+        poll = self.poll(fqdn, identity)
+        scraped = self.scrape(fqdn, timeout)
+        scrape = self.successResultOf(poll)
+        assert scrape is not None
+        return scraped, scrape
+
+    def counts(self) -> tuple[int, int, int]:
+        """Polls waiting, scrapes queued, scrapes in flight."""
+        return (
+            self.coordinator.waiting_poll_count(),
+            self.coordinator.queued_scrape_count(),
+            self.coordinator.scrapes_in_flight(),
+        )
+
+    def assertIdle(self) -> None:
+        """The coordinator holds no scrape, poll or queue, and no timer is pending."""
+        self.assertEqual(self.counts(), (0, 0, 0))
+        self.assertTrue(self.coordinator.is_idle())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class InterfaceTests(CoordinatorTestCase):
+    """Coordinator is an ICoordinator."""
+
+    def test_coordinator_provides_icoordinator(self) -> None:
+        """Coordinator instances and the class match the ICoordinator interface."""
+        self.assertTrue(verifyObject(ICoordinator, self.coordinator))
+        self.assertTrue(verifyClass(ICoordinator, Coordinator))
+        self.assertIdle()
+
+    def test_new_coordinator_is_idle(self) -> None:
+        """A new coordinator holds nothing and knows no client."""
+        self.assertEqual(self.coordinator.client_count(), 0)
+        self.assertEqual(self.coordinator.clients(), [])
+        self.assertIdle()
+
+
+class ScrapeDeliveryTests(CoordinatorTestCase):
+    """Scrapes meet polls in either order and are answered by a push."""
+
+    def test_unknown_client_gets_error_at_once(self) -> None:
+        """A scrape for an FQDN that never polled fails at once with UnknownClient."""
+        failure = self.failureResultOf(self.scrape(), UnknownClient)
+        self.assertEqual(str(failure.value), "no client is registered as node1.example")
+        self.assertIdle()
+
+    def test_queued_scrape_goes_to_next_poll(self) -> None:
+        """A scrape queued for a registered client is the answer of its next poll."""
+        self.register()
+        scraped = self.scrape(timeout=10.0)
+        self.assertNoResult(scraped)
+        self.assertEqual(self.counts(), (0, 1, 1))
+        self.assertFalse(self.coordinator.is_idle())
+        self.clock.advance(3.0)
+        scrape = self.successResultOf(self.poll(identity="client-1"))
+        assert scrape is not None
+        self.assertEqual(
+            (scrape.fqdn, scrape.method, scrape.url, scrape.state, scrape.sent_to),
+            (NODE, b"GET", URL, ScrapeState.SENT, "client-1"),
+        )
+        self.assertEqual(self.counts(), (0, 0, 1))
+        request = wire.decode_scrape_request(scrape.payload(self.clock.seconds()))
+        # 10 s asked, 3 s spent queued, CLIENT_MARGIN kept back: 6.9 s for the client.
+        self.assertEqual(CLIENT_MARGIN, 0.1)
+        self.assertEqual(
+            request,
+            wire.ScrapeRequest(
+                scrape_id=scrape.scrape_id,
+                method=b"GET",
+                url=URL,
+                headers=(
+                    (b"Host", b"node1.example:9100"),
+                    (b"Accept", b"text/plain;version=0.0.4"),
+                    (b"User-Agent", b"Prometheus/3.0.0"),
+                    (b"Id", scrape.scrape_id.encode("ascii")),
+                    (b"X-Prometheus-Scrape-Timeout-Seconds", b"6.9"),
+                ),
+                timeout=6.9,
+            ),
+        )
+        self.assertNoResult(scraped)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_payload_timeout_never_drops_below_a_millisecond(self) -> None:
+        """When less than CLIENT_MARGIN is left, the client is given 0.001 s."""
+        self.register()
+        scraped = self.scrape(timeout=0.05)
+        scrape = self.successResultOf(self.poll())
+        assert scrape is not None
+        request = wire.decode_scrape_request(scrape.payload(self.clock.seconds()))
+        self.assertEqual(request.timeout, 0.001)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_waiting_poll_gets_scrape_at_once(self) -> None:
+        """A scrape for a client holding a poll is delivered at once, poll timer gone."""
+        poll = self.poll(identity="client-1", timeout=30.0)
+        self.assertNoResult(poll)
+        self.assertEqual(self.counts(), (1, 0, 0))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        scraped = self.scrape(timeout=10.0)
+        scrape = self.successResultOf(poll)
+        assert scrape is not None
+        self.assertEqual((scrape.state, scrape.sent_to), (ScrapeState.SENT, "client-1"))
+        self.assertEqual(self.counts(), (0, 0, 1))
+        self.assertEqual(
+            [call.getTime() for call in self.clock.getDelayedCalls()], [10.0]
+        )
+        request = wire.decode_scrape_request(scrape.payload(self.clock.seconds()))
+        self.assertEqual(
+            (request.url, request.scrape_id, request.timeout),
+            (URL, scrape.scrape_id, 10.0 - CLIENT_MARGIN),
+        )
+        self.assertNoResult(scraped)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_claim_and_respond_fire_scrape_with_response(self) -> None:
+        """claim then respond fires the scrape's Deferred with the response object."""
+        scraped, scrape = self.sent_scrape(identity="client-1")
+        claimed = self.coordinator.claim(scrape.scrape_id, "client-1")
+        self.assertIs(claimed, scrape)
+        self.assertEqual(scrape.state, ScrapeState.RESPONDING)
+        self.assertNoResult(scraped)
+        response = object()
+        aborted: list[bool] = []
+        self.coordinator.respond(claimed, response, lambda: aborted.append(True))
+        self.assertIs(self.successResultOf(scraped), response)
+        self.assertEqual(self.counts(), (0, 0, 1))
+        self.coordinator.finish(claimed)
+        self.assertEqual((scrape.state, aborted), (ScrapeState.DONE, []))
+        self.assertIdle()
+
+    def test_finish_forgets_scrape_and_its_timer(self) -> None:
+        """After finish the scrape's timer is gone and its id cannot be claimed again."""
+        scraped, scrape = self.sent_scrape()
+        claimed = self.coordinator.claim(scrape.scrape_id, None)
+        self.coordinator.respond(claimed, "response", lambda: None)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.coordinator.finish(claimed)
+        self.assertEqual(self.successResultOf(scraped), "response")
+        error = self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
+        self.assertEqual(
+            str(error), f"no scrape {scrape.scrape_id} is waiting for a push"
+        )
+        self.clock.advance(60.0)
+        self.assertIdle()
+
+    def test_each_scrape_gets_its_own_id(self) -> None:
+        """Two scrapes of one client carry different ids and go to polls in order."""
+        self.register()
+        first, second = self.scrape(url=b"http://node1.example/a"), self.scrape(
+            url=b"http://node1.example/b"
+        )
+        got = [self.successResultOf(self.poll()), self.successResultOf(self.poll())]
+        self.assertEqual(
+            [scrape.url for scrape in got if scrape is not None],
+            [b"http://node1.example/a", b"http://node1.example/b"],
+        )
+        ids = {scrape.scrape_id for scrape in got if scrape is not None}
+        self.assertEqual(len(ids), 2)
+        for scraped in (first, second):
+            scraped.cancel()
+            self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+
+class ScrapeEndTests(CoordinatorTestCase):
+    """Timeouts, cancellation and pushes that do not belong."""
+
+    def test_timeout_while_queued_fails_with_scrape_timeout(self) -> None:
+        """A scrape no poll picks up fails with ScrapeTimeout at its deadline."""
+        self.register()
+        scraped = self.scrape(timeout=5.0)
+        self.clock.advance(4.999)
+        self.assertNoResult(scraped)
+        self.clock.advance(0.001)
+        failure = self.failureResultOf(scraped, ScrapeTimeout)
+        self.assertEqual(
+            str(failure.value),
+            "client node1.example did not answer within the scrape timeout "
+            "(no poll arrived)",
+        )
+        self.assertIdle()
+        poll = self.poll(timeout=1.0)
+        self.clock.advance(1.0)
+        self.assertIsNone(self.successResultOf(poll))
+        self.assertIdle()
+
+    def test_timeout_while_sent_fails_with_scrape_timeout(self) -> None:
+        """A scrape handed to a poll but never pushed fails with ScrapeTimeout."""
+        scraped, scrape = self.sent_scrape(timeout=5.0)
+        self.clock.advance(5.0)
+        failure = self.failureResultOf(scraped, ScrapeTimeout)
+        self.assertEqual(
+            str(failure.value),
+            "client node1.example did not answer within the scrape timeout "
+            "(no push arrived)",
+        )
+        self.assertEqual(scrape.state, ScrapeState.DONE)
+        self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
+        self.assertIdle()
+
+    def test_timeout_while_responding_aborts_relay(self) -> None:
+        """A scrape still relaying at its deadline has its abort callable called once."""
+        scraped, scrape = self.sent_scrape(timeout=5.0)
+        claimed = self.coordinator.claim(scrape.scrape_id, None)
+        aborted: list[str] = []
+        self.coordinator.respond(claimed, "response", lambda: aborted.append("aborted"))
+        self.assertEqual(self.successResultOf(scraped), "response")
+        self.clock.advance(4.9)
+        self.assertEqual(aborted, [])
+        self.clock.advance(0.1)
+        self.assertEqual(aborted, ["aborted"])
+        self.assertIdle()
+        self.coordinator.finish(claimed)
+        self.assertEqual(aborted, ["aborted"])
+        self.assertIdle()
+
+    def test_cancel_while_queued_removes_scrape(self) -> None:
+        """Prometheus hanging up on a queued scrape removes it: no later poll gets it."""
+        self.register()
+        scraped = self.scrape()
+        self.assertEqual(self.counts(), (0, 1, 1))
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+        poll = self.poll(timeout=1.0)
+        self.assertNoResult(poll)
+        self.clock.advance(1.0)
+        self.assertIsNone(self.successResultOf(poll))
+        self.assertIdle()
+
+    def test_cancel_while_sent_removes_scrape_and_later_claim_fails(self) -> None:
+        """Prometheus hanging up on a sent scrape removes it; its push is UnknownScrape."""
+        scraped, scrape = self.sent_scrape()
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertEqual(scrape.state, ScrapeState.DONE)
+        self.assertIdle()
+        error = self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
+        self.assertEqual(str(error), f"no scrape {scrape.scrape_id} is waiting for a push")
+        self.assertIdle()
+
+    def test_cancel_after_respond_changes_nothing_until_finish(self) -> None:
+        """Once responded, cancelling the fired Deferred neither aborts nor forgets it."""
+        scraped, scrape = self.sent_scrape()
+        claimed = self.coordinator.claim(scrape.scrape_id, None)
+        aborted: list[bool] = []
+        self.coordinator.respond(claimed, "response", lambda: aborted.append(True))
+        scraped.cancel()
+        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertEqual((self.counts(), aborted), ((0, 0, 1), []))
+        self.coordinator.finish(claimed)
+        self.assertIdle()
+
+    def test_claim_by_another_identity_is_foreign(self) -> None:
+        """A push from another identity raises ForeignScrape; the right one still claims."""
+        scraped, scrape = self.sent_scrape(identity="client-1")
+        error = self.assertRaises(
+            ForeignScrape, self.coordinator.claim, scrape.scrape_id, "client-2"
+        )
+        self.assertEqual(
+            str(error), f"scrape {scrape.scrape_id} was not sent to client-2"
+        )
+        self.assertRaises(ForeignScrape, self.coordinator.claim, scrape.scrape_id, None)
+        self.assertEqual(scrape.state, ScrapeState.SENT)
+        claimed = self.coordinator.claim(scrape.scrape_id, "client-1")
+        self.coordinator.respond(claimed, "response", lambda: None)
+        self.coordinator.finish(claimed)
+        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIdle()
+
+    def test_claim_twice_is_unknown(self) -> None:
+        """A second push for a scrape already being answered raises UnknownScrape."""
+        scraped, scrape = self.sent_scrape()
+        claimed = self.coordinator.claim(scrape.scrape_id, None)
+        error = self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
+        self.assertEqual(str(error), f"no scrape {scrape.scrape_id} is waiting for a push")
+        self.assertEqual(scrape.state, ScrapeState.RESPONDING)
+        self.coordinator.respond(claimed, "response", lambda: None)
+        self.coordinator.finish(claimed)
+        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIdle()
+
+    def test_claim_of_unknown_or_queued_scrape_is_unknown(self) -> None:
+        """An id never issued, or one still queued, raises UnknownScrape."""
+        self.assertRaises(UnknownScrape, self.coordinator.claim, "no-such-id", None)
+        self.register()
+        scraped = self.scrape()
+        scrape = self.successResultOf(self.poll())
+        assert scrape is not None
+        self.coordinator.requeue(scrape)
+        self.assertEqual(scrape.state, ScrapeState.QUEUED)
+        self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+
+class RequeueTests(CoordinatorTestCase):
+    """A scrape handed to a dead poll goes back to the front of the queue."""
+
+    def test_requeued_scrape_goes_to_front_and_next_poll_gets_it(self) -> None:
+        """After a dead poll, the requeued scrape precedes scrapes queued since."""
+        scraped_a, scrape_a = self.sent_scrape(identity="dead")
+        self.assertEqual(scrape_a.url, URL)
+        scraped_b = self.scrape(url=b"http://node1.example/b")
+        self.assertEqual(self.counts(), (0, 1, 2))
+        self.coordinator.requeue(scrape_a)
+        self.assertEqual((scrape_a.state, scrape_a.sent_to), (ScrapeState.QUEUED, None))
+        self.assertEqual(self.counts(), (0, 2, 2))
+        self.clock.advance(2.0)
+        again = self.successResultOf(self.poll(identity="alive"))
+        self.assertIs(again, scrape_a)
+        self.assertEqual((scrape_a.state, scrape_a.sent_to), (ScrapeState.SENT, "alive"))
+        request = wire.decode_scrape_request(scrape_a.payload(self.clock.seconds()))
+        self.assertEqual(request.timeout, 10.0 - 2.0 - CLIENT_MARGIN)
+        then = self.successResultOf(self.poll())
+        assert then is not None
+        self.assertEqual(then.url, b"http://node1.example/b")
+        claimed = self.coordinator.claim(scrape_a.scrape_id, "alive")
+        self.coordinator.respond(claimed, "a", lambda: None)
+        self.coordinator.finish(claimed)
+        self.assertEqual(self.successResultOf(scraped_a), "a")
+        scraped_b.cancel()
+        self.failureResultOf(scraped_b, CancelledError)
+        self.assertIdle()
+
+    def test_requeue_with_poll_waiting_delivers_at_once(self) -> None:
+        """A requeued scrape goes straight to a poll already waiting."""
+        scraped, scrape = self.sent_scrape(identity="dead")
+        waiting = self.poll(identity="alive", timeout=30.0)
+        self.coordinator.requeue(scrape)
+        self.assertIs(self.successResultOf(waiting), scrape)
+        self.assertEqual((scrape.state, scrape.sent_to), (ScrapeState.SENT, "alive"))
+        self.assertEqual(self.counts(), (0, 0, 1))
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_requeue_keeps_original_deadline(self) -> None:
+        """A requeued scrape still times out at its first deadline."""
+        scraped, scrape = self.sent_scrape(timeout=5.0)
+        self.clock.advance(4.0)
+        self.coordinator.requeue(scrape)
+        self.clock.advance(1.0)
+        failure = self.failureResultOf(scraped, ScrapeTimeout)
+        self.assertIn("(no poll arrived)", str(failure.value))
+        self.assertIdle()
+
+    def test_requeue_of_ended_scrape_does_nothing(self) -> None:
+        """Requeueing a scrape that was cancelled or is being answered changes nothing."""
+        scraped, scrape = self.sent_scrape()
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.coordinator.requeue(scrape)
+        self.assertEqual(scrape.state, ScrapeState.DONE)
+        self.assertIdle()
+        scraped, scrape = self.sent_scrape()
+        claimed = self.coordinator.claim(scrape.scrape_id, None)
+        self.coordinator.requeue(scrape)
+        self.assertEqual((scrape.state, self.counts()), (ScrapeState.RESPONDING, (0, 0, 1)))
+        self.coordinator.respond(claimed, "response", lambda: None)
+        self.coordinator.finish(claimed)
+        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIdle()
+
+
+class LimitTests(CoordinatorTestCase):
+    """Queues, polls and clients are bounded by configuration."""
+
+    def test_queue_limit_refuses_one_more_scrape(self) -> None:
+        """Beyond max_queued_per_client scrapes queued, a scrape fails with QueueFull."""
+        self.coordinator = Coordinator(self.clock, max_queued_per_client=2)
+        self.register()
+        queued = [self.scrape(), self.scrape()]
+        failure = self.failureResultOf(self.scrape(), QueueFull)
+        self.assertEqual(
+            str(failure.value), "2 scrapes are already queued for node1.example"
+        )
+        self.assertEqual(self.counts(), (0, 2, 2))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        for scraped in queued:
+            scraped.cancel()
+            self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_queue_limit_does_not_apply_when_poll_waits(self) -> None:
+        """With max_queued_per_client 0, a scrape still goes to a poll that waits."""
+        self.coordinator = Coordinator(self.clock, max_queued_per_client=0)
+        poll = self.poll()
+        scraped = self.scrape()
+        scrape = self.successResultOf(poll)
+        assert scrape is not None
+        self.assertEqual(scrape.state, ScrapeState.SENT)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_zero_queue_limit_queues_no_scrape(self) -> None:
+        """With max_queued_per_client 0, a scrape with no poll waiting gets QueueFull."""
+        self.coordinator = Coordinator(self.clock, max_queued_per_client=0)
+        self.register()
+        scraped = self.scrape()
+        self.addCleanup(scraped.addErrback, lambda failure: None)
+        self.addCleanup(scraped.cancel)
+        failure = self.failureResultOf(scraped, QueueFull)
+        self.assertEqual(str(failure.value), "0 scrapes are already queued for node1.example")
+        self.assertIdle()
+
+    def test_poll_limit_refuses_one_more_poll(self) -> None:
+        """Beyond max_polls_per_client polls held, a poll fails with TooManyPolls."""
+        self.coordinator = Coordinator(self.clock, max_polls_per_client=2)
+        held = [self.poll(timeout=30.0), self.poll(timeout=30.0)]
+        failure = self.failureResultOf(self.poll(timeout=30.0), TooManyPolls)
+        self.assertEqual(str(failure.value), "node1.example already holds 2 polls, the limit")
+        self.assertEqual(self.counts(), (2, 0, 0))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        other = self.poll(OTHER, timeout=30.0)
+        self.assertNoResult(other)
+        for poll in [*held, other]:
+            poll.cancel()
+            self.failureResultOf(poll, CancelledError)
+        self.assertIdle()
+
+    def test_zero_poll_limit_leaves_nothing_behind(self) -> None:
+        """With max_polls_per_client 0 every poll fails and no empty entry remains."""
+        self.coordinator = Coordinator(self.clock, max_polls_per_client=0)
+        failure = self.failureResultOf(self.poll(), TooManyPolls)
+        self.assertEqual(str(failure.value), "node1.example already holds 0 polls, the limit")
+        self.assertIdle()
+
+    def test_client_limit_refuses_one_more_client(self) -> None:
+        """Beyond max_clients registered, a new FQDN's poll fails with TooManyClients."""
+        self.coordinator = Coordinator(self.clock, max_clients=1)
+        self.register(NODE)
+        failure = self.failureResultOf(self.poll(OTHER), TooManyClients)
+        self.assertEqual(str(failure.value), "1 clients are registered, the limit")
+        self.assertEqual([info.fqdn for info in self.coordinator.clients()], [NODE])
+        self.failureResultOf(self.scrape(OTHER), UnknownClient)
+        self.register(NODE)
+        self.assertIdle()
+
+    def test_client_limit_frees_up_when_registration_expires(self) -> None:
+        """Once a client's registration expired, another FQDN may register."""
+        self.coordinator = Coordinator(self.clock, max_clients=1, registration_timeout=60.0)
+        self.register(NODE)
+        self.clock.advance(60.0)
+        self.register(OTHER)
+        self.assertEqual(
+            self.coordinator.clients(), [ClientInfo(fqdn=OTHER, last_seen=60.0)]
+        )
+        self.assertIdle()
+
+
+class PollTests(CoordinatorTestCase):
+    """Polls end by a scrape, their timeout, cancellation or shutdown."""
+
+    def test_poll_timeout_fires_none(self) -> None:
+        """A poll no scrape arrives for fires None after its timeout and is forgotten."""
+        poll = self.poll(timeout=30.0)
+        self.clock.advance(29.9)
+        self.assertNoResult(poll)
+        self.assertEqual(self.counts(), (1, 0, 0))
+        self.clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(poll))
+        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=30.0)])
+        self.assertIdle()
+
+    def test_poll_without_timeout_waits_for_ever(self) -> None:
+        """A poll without a timeout sets no timer and waits until cancelled."""
+        poll = self.poll(timeout=None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10_000.0)
+        self.assertNoResult(poll)
+        poll.cancel()
+        self.failureResultOf(poll, CancelledError)
+        self.assertIdle()
+
+    def test_cancelled_poll_is_removed(self) -> None:
+        """A poll whose client hung up is removed; a later scrape queues instead."""
+        poll = self.poll(timeout=30.0)
+        self.clock.advance(5.0)
+        poll.cancel()
+        self.failureResultOf(poll, CancelledError)
+        self.assertIdle()
+        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=5.0)])
+        scraped = self.scrape()
+        self.assertEqual(self.counts(), (0, 1, 1))
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_polls_are_answered_first_come_first_served(self) -> None:
+        """With several polls waiting, the oldest gets the scrape."""
+        first = self.poll(identity="first", timeout=30.0)
+        second = self.poll(identity="second", timeout=30.0)
+        scraped = self.scrape()
+        scrape = self.successResultOf(first)
+        assert scrape is not None
+        self.assertEqual(scrape.sent_to, "first")
+        self.assertNoResult(second)
+        self.assertEqual(self.counts(), (1, 0, 1))
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_scrape_goes_only_to_its_own_fqdn(self) -> None:
+        """A poll of another FQDN does not receive the scrape."""
+        other = self.poll(OTHER, timeout=30.0)
+        self.register(NODE)
+        scraped = self.scrape(NODE)
+        self.assertNoResult(other)
+        self.assertEqual(self.counts(), (1, 1, 1))
+        other.cancel()
+        self.failureResultOf(other, CancelledError)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+
+class RegistrationTests(CoordinatorTestCase):
+    """Clients are registered by polls and forgotten registration_timeout later."""
+
+    def test_registration_expires_without_polls(self) -> None:
+        """registration_timeout after its last poll a client is gone; scrapes get 404."""
+        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        self.register()
+        self.clock.advance(299.0)
+        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=0.0)])
+        self.assertEqual(self.coordinator.client_count(), 1)
+        self.clock.advance(2.0)
+        self.assertEqual(self.coordinator.clients(), [])
+        self.assertEqual(self.coordinator.client_count(), 0)
+        self.failureResultOf(self.scrape(), UnknownClient)
+        self.assertIdle()
+
+    def test_registration_does_not_expire_while_poll_is_held(self) -> None:
+        """A client holding a poll stays registered however long the poll lasts."""
+        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        poll = self.poll(timeout=None)
+        self.clock.advance(1000.0)
+        self.assertEqual(
+            self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=1000.0)]
+        )
+        scraped = self.scrape()
+        scrape = self.successResultOf(poll)
+        assert scrape is not None
+        self.assertEqual(scrape.fqdn, NODE)
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_each_poll_renews_registration(self) -> None:
+        """A client polling every 200 s of a 300 s registration never expires."""
+        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        for _ in range(5):
+            self.register()
+            self.clock.advance(200.0)
+        self.assertEqual(
+            self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=800.0)]
+        )
+        self.assertIdle()
+
+    def test_clients_lists_every_registered_client_with_last_poll(self) -> None:
+        """clients() lists each registered FQDN once, sorted, with its last poll time."""
+        self.register("c.example")
+        self.clock.advance(1.0)
+        self.register("a.example")
+        self.clock.advance(1.0)
+        self.register("b.example")
+        self.clock.advance(1.0)
+        self.register("c.example")
+        self.assertEqual(
+            self.coordinator.clients(),
+            [
+                ClientInfo(fqdn="a.example", last_seen=1.0),
+                ClientInfo(fqdn="b.example", last_seen=2.0),
+                ClientInfo(fqdn="c.example", last_seen=3.0),
+            ],
+        )
+        self.assertEqual(self.coordinator.client_count(), 3)
+        self.assertEqual(self.coordinator.clients()[0].labels, {})
+        self.assertIdle()
+
+    def test_expiry_follows_last_poll_not_registration_order(self) -> None:
+        """A client registered first but polling since outlives one that went silent."""
+        self.coordinator = Coordinator(self.clock, registration_timeout=10.0)
+        self.register("a.example")
+        self.clock.advance(1.0)
+        self.register("b.example")
+        self.clock.advance(5.0)
+        self.register("a.example")
+        self.clock.advance(5.0)
+        self.assertEqual(
+            self.coordinator.clients(), [ClientInfo(fqdn="a.example", last_seen=6.0)]
+        )
+        self.assertIdle()
+
+    def test_expiry_keeps_the_clients_seen_since(self) -> None:
+        """Only clients silent for registration_timeout are dropped, others stay."""
+        self.coordinator = Coordinator(self.clock, registration_timeout=10.0)
+        self.register("a.example")
+        self.clock.advance(5.0)
+        self.register("b.example")
+        self.clock.advance(6.0)
+        self.assertEqual(
+            self.coordinator.clients(), [ClientInfo(fqdn="b.example", last_seen=5.0)]
+        )
+        self.assertIdle()
+
+
+class ShutdownTests(CoordinatorTestCase):
+    """shutdown ends every scrape and poll and refuses new ones."""
+
+    def test_shutdown_fails_scrapes_and_polls_and_aborts_relays(self) -> None:
+        """Queued and sent scrapes and polls fail with ShuttingDown; relays are aborted."""
+        sent, _ = self.sent_scrape()
+        relaying, relaying_scrape = self.sent_scrape()
+        claimed = self.coordinator.claim(relaying_scrape.scrape_id, None)
+        aborted: list[bool] = []
+        self.coordinator.respond(claimed, "response", lambda: aborted.append(True))
+        queued = self.scrape()
+        waiting = self.poll(OTHER, timeout=30.0)
+        self.assertEqual(self.counts(), (1, 1, 3))
+        self.coordinator.shutdown()
+        for deferred in (sent, queued, waiting):
+            failure = self.failureResultOf(deferred, ShuttingDown)
+            self.assertEqual(str(failure.value), "the proxy is shutting down")
+        self.assertEqual(self.successResultOf(relaying), "response")
+        self.assertEqual(aborted, [True])
+        self.assertIdle()
+        self.coordinator.finish(claimed)
+        self.assertIdle()
+
+    def test_scrape_and_poll_after_shutdown_fail(self) -> None:
+        """After shutdown, new scrapes and polls fail at once with ShuttingDown."""
+        self.register()
+        self.coordinator.shutdown()
+        self.failureResultOf(self.scrape(), ShuttingDown)
+        self.failureResultOf(self.poll(timeout=30.0), ShuttingDown)
+        self.failureResultOf(self.poll(OTHER), ShuttingDown)
+        self.assertIdle()
