@@ -67,7 +67,7 @@ def _load_x509(path: str, what: str) -> list[x509.Certificate]:
 def load_certificates(path: str) -> list[Certificate]:
     """Load every certificate of the PEM bundle at C{path}."""
     return [
-        Certificate(X509.from_cryptography(c))  # type: ignore[no-untyped-call]
+        Certificate(X509.from_cryptography(c))
         for c in _load_x509(path, "certificate file")
     ]
 
@@ -150,7 +150,7 @@ class _VerifyingPolicy:
         self._trust_root: IOpenSSLTrustRoot | None = None
         if cacert is not None:
             certificates = load_certificates(cacert)
-            self._trust_root = trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+            self._trust_root = trustRootFromCertificates(certificates)
         self._identity = identity
         self._creators: dict[bytes, IOpenSSLClientConnectionCreator] = {}
 

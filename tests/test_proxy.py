@@ -113,7 +113,8 @@ class ProxyTestCase(SynchronousTestCase):
         connection.send(post(b"/poll", fqdn, extra))
         return connection
 
-    def scrape(self, url: bytes = b"http://node1.example:9100/metrics", **kwargs: bytes) -> Connection:
+    def scrape(self, url: bytes = b"http://node1.example:9100/metrics",
+               **kwargs: bytes) -> Connection:
         """Prometheus' proxy-form scrape."""
         connection = self.connect()
         connection.send(scrape_request(url, **kwargs))
