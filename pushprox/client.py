@@ -15,23 +15,35 @@ import base64
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 from pushprox import wire
@@ -265,7 +277,7 @@ class ClientService(Service):
         self.config = config
         self.metrics = metrics or ClientMetrics()
         self._clock = reactor
-        self._http = HTTPClient(proxy_agent)
+        self._proxy_agent = proxy_agent
         self._target_agent = target_agent
         self._pools = list(pools)
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
@@ -275,6 +287,11 @@ class ClientService(Service):
         auth = config.proxy_authorization()
         if auth is not None:
             self._proxy_headers.setRawHeaders(b"Authorization", [auth])
+        self._poll_headers = self._proxy_headers.copy()
+        self._poll_headers.setRawHeaders(
+            POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
+        )
+        self._fqdn_bytes = config.fqdn.encode("ascii")
         self._loop: Deferred[None] | None = None
         self._waiting: Deferred[Any] | None = None
         self._scrapes: set[Deferred[None]] = set()
@@ -318,15 +335,12 @@ class ClientService(Service):
         return deferred
 
     async def _poll_once(self) -> wire.ScrapeRequest | None:
-        headers = self._proxy_headers.copy()
-        headers.setRawHeaders(POLL_TIMEOUT_HEADER, [wire.format_timeout(self.config.poll_timeout)])
-        response = await self._http.post(
-            self._poll_url, data=self.config.fqdn.encode("ascii"), headers=headers
+        response = await self._proxy_agent.request(
+            b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
         )
+        body = await read_limited(response, MAX_POLL_ANSWER)
         if response.code == 204:
-            await treq.content(response)
             return None
-        body = await _read_limited(response, MAX_POLL_ANSWER)
         if response.code != 200:
             raise PollError(f"poll answered {response.code}: {_snippet(body)}")
         try:
@@ -433,11 +447,12 @@ class ClientService(Service):
         pushed.addErrback(lambda f: f.trap(_PushFailed))
 
     async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
+        producer = BytesProducer(body) if isinstance(body, bytes) else body
         try:
-            response = await self._http.post(
-                self._push_url, data=body, headers=self._proxy_headers
+            response = await self._proxy_agent.request(
+                b"POST", self._push_url, self._proxy_headers, producer
             )
-            answer = await _read_limited(response, MAX_POLL_ANSWER)
+            answer = await read_limited(response, MAX_POLL_ANSWER)
         except CancelledError:
             raise
         except Exception as error:
@@ -520,35 +535,87 @@ def _snippet(body: bytes) -> str:
     return " ".join(text.split()) or "(empty)"
 
 
-class _LimitedCollector(Protocol):
-    def __init__(self, limit: int, done: Deferred[bytes]) -> None:
-        self._limit = limit
-        self._done = done
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self._limit:
-            if not self._done.called:
-                self._done.errback(PollError(f"answer exceeds {self._limit} bytes"))
-            cast(Any, self.transport).stopProducing()
-            return
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        if self._done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(b"".join(self._parts))
-        else:
-            self._done.errback(reason)
+class AnswerTooLarge(Exception):
+    """The proxy's answer is larger than any answer it should give."""
 
 
-def _read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
-    done: Deferred[bytes] = Deferred()
-    response.deliverBody(_LimitedCollector(limit, done))
-    return done
+def read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
+    """The whole body of ``response``; fails with AnswerTooLarge past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise AnswerTooLarge(f"answer exceeds {limit} bytes")
+        parts.append(data)
+
+    return treq.collect(response, collect).addCallback(lambda _: b"".join(parts))
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written at once (no cooperator task)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Write the whole body."""
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing left to pause."""
+
+    def resumeProducing(self) -> None:
+        """Nothing left to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing left to stop."""
+
+
+@implementer(IAgentEndpointFactory)
+class CachedEndpoints:
+    """
+    Endpoints for an Agent, made once per scheme, host and port.
+
+    Agent builds a new endpoint for every request, which IDNA-encodes the host
+    name each time; a client talks to one proxy and a few targets, so the endpoints
+    are kept (a bounded number of them).
+    """
+
+    MAX_ENDPOINTS = 256
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        """The endpoint for ``uri``'s scheme, host and port."""
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            if uri.scheme == b"https":
+                policy = self._policy
+                if policy is None:
+                    from twisted.web.client import BrowserLikePolicyForHTTPS
+
+                    policy = self._policy = BrowserLikePolicyForHTTPS()
+                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                from twisted.web.error import SchemeNotSupported
+
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            if len(self._endpoints) >= self.MAX_ENDPOINTS:
+                self._endpoints.clear()
+            self._endpoints[key] = endpoint
+        return endpoint
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -569,8 +636,10 @@ def make_agents(
     target_pool = HTTPConnectionPool(reactor, persistent=True)
     target_pool.maxPersistentPerHost = 16
     target_pool._factory = _QuietClientFactory
-    proxy_agent = (Agent(reactor, proxy_policy, pool=proxy_pool) if proxy_policy
-                   else Agent(reactor, pool=proxy_pool))
-    target_agent = (Agent(reactor, target_policy, pool=target_pool) if target_policy
-                    else Agent(reactor, pool=target_pool))
+    proxy_agent = Agent.usingEndpointFactory(
+        reactor, CachedEndpoints(reactor, proxy_policy), pool=proxy_pool
+    )
+    target_agent = Agent.usingEndpointFactory(
+        reactor, CachedEndpoints(reactor, target_policy), pool=target_pool
+    )
     return proxy_agent, target_agent, [proxy_pool, target_pool]
