@@ -58,8 +58,8 @@ class Options(usage.Options):
     optParameters: list[list[Any]] = [
         ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
          "a path prefix and user:token@ credentials are allowed."],
-        ["fqdn", None, socket.getfqdn(), "Name this client registers as; Prometheus "
-         "scrapes http://FQDN:PORT/... through the proxy."],
+        ["fqdn", None, None, "Name this client registers as; Prometheus scrapes "
+         "http://FQDN:PORT/... through the proxy (default: this host's FQDN)."],
         ["target-host", None, None, "Address to connect to for scrapes instead of the "
          "FQDN, e.g. 127.0.0.1 (the Host header keeps the FQDN)."],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
@@ -117,6 +117,9 @@ class Options(usage.Options):
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
+        if self["fqdn"] is None:
+            # Looked up only when needed: a slow resolver must not delay --help.
+            self["fqdn"] = socket.getfqdn()
         if not self["fqdn"]:
             raise usage.UsageError("--fqdn is empty")
         if self["retry-initial-wait"] > self["retry-max-wait"]:
