@@ -128,7 +128,7 @@ def _bcrypt_check(password: bytes, hashed: bytes) -> bool:
     import bcrypt
 
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bool(bcrypt.checkpw(password, hashed))
     except ValueError:
         return False
 

@@ -433,8 +433,8 @@ class ClientService(Service):
         else:
             reason, kind = describe_failure(failure), "unreachable"
         message = f"failed to scrape {request.url.decode('latin-1')}: {reason}"
-        self.log.warn("Scrape {scrape_id} failed: {message}",
-                      scrape_id=request.scrape_id, message=message)
+        self.log.warn("Scrape {scrape_id} failed: {reason}",
+                      scrape_id=request.scrape_id, reason=message)
         if run.pushing:
             # The push had begun: the proxy saw it break off and told Prometheus.
             return

@@ -389,14 +389,18 @@ class PushStream:
             self._reject(403, str(error))
             return b""
         relay = Relay(head, throttle=PushThrottle(self._transport))
-        size = max(head.length or 0, self._declared_length or 0)
-        if size > self._config.max_push_size:
-            limit = self._config.max_push_size
+        limit = self._config.max_push_size
+        if (head.length or 0) > limit:
+            what = f"the target's response of {head.length} bytes"
+        elif (self._declared_length or 0) > limit:
+            what = f"the client's push of {self._declared_length} bytes"
+        else:
+            what = None
+        if what is not None:
             relay = Relay.failure(
-                502, f"the target's response of {size} bytes exceeds the limit of "
-                f"{limit} bytes (--max-push-size)"
+                502, f"{what} exceeds the limit of {limit} bytes (--max-push-size)"
             )
-            self.outcome = (413, f"push of {size} bytes exceeds the limit of {limit} bytes")
+            self.outcome = (413, f"{what} exceeds the limit of {limit} bytes")
         self._relay = relay
         if head.framing is wire.BodyFraming.CHUNKED:
             self._decoder = wire.ChunkedDecoder()
@@ -459,7 +463,8 @@ class PushProxRequest(Request):
         channel = cast(Any, self.channel)
         site = cast(PushProxSite, channel.site)
         path = channel._path.split(b"?", 1)[0]
-        if channel._command == b"POST" and path == b"/push":
+        # The resource tree sends /push/anything to the push resource as well.
+        if channel._command == b"POST" and (path == b"/push" or path.startswith(b"/push/")):
             self.push_stream = site.push_stream(self, length)
             super().gotLength(0)
             return
@@ -529,9 +534,9 @@ class ScrapeResource(Resource):
                     peer_host(request), request.getHeader(b"proxy-authorization"), proxy=True
                 )
             except Denied as denied:
-                self.log.info("Refused scrape of {uri!r} from {peer}: {code} {message}",
+                self.log.info("Refused scrape of {uri!r} from {peer}: {code} {reason}",
                               uri=uri[:200], peer=_peer(request), code=denied.code,
-                              message=denied.message)
+                              reason=denied.message)
                 self._count(denied.code, "unauthorized")
                 return denied_response(request, denied)
         if request.method not in (b"GET", b"HEAD"):
@@ -577,8 +582,8 @@ class ScrapeResource(Resource):
         return min(timeout, self._config.scrape_max_timeout)
 
     def _refuse(self, request: Request, code: int, message: str) -> bytes:
-        self.log.info("Refused proxy request {uri!r} from {peer}: {code} {message}",
-                      uri=request.uri[:200], peer=_peer(request), code=code, message=message)
+        self.log.info("Refused proxy request {uri!r} from {peer}: {code} {reason}",
+                      uri=request.uri[:200], peer=_peer(request), code=code, reason=message)
         self._count(code, "bad_request")
         return text_response(request, code, message)
 
@@ -623,9 +628,9 @@ class ScrapeResource(Resource):
         self._count(code, outcome)
         self._metrics.scrape_duration.observe(self._clock.seconds() - started)
         if code != 404 or self._config.log_scrapes:
-            self.log.info("Scrape of {url} via {fqdn}: {code} {message}",
+            self.log.info("Scrape of {url} via {fqdn}: {code} {reason}",
                           url=request.uri.decode("latin-1"), fqdn=fqdn, code=code,
-                          message=message)
+                          reason=message)
         finish_with(request, code, message)
 
 
@@ -708,9 +713,9 @@ class PollResource(_Instrumented):
                     fqdn, request.getHeader(b"authorization"), certificate_names(request)
                 )
             except Denied as denied:
-                self.log.info("Refused poll for {fqdn} from {peer}: {code} {message}",
+                self.log.info("Refused poll for {fqdn} from {peer}: {code} {reason}",
                               fqdn=fqdn, peer=_peer(request), code=denied.code,
-                              message=denied.message)
+                              reason=denied.message)
                 return denied_response(request, denied)
         deferred = self._coordinator.poll(fqdn, principal, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
@@ -718,8 +723,8 @@ class PollResource(_Instrumented):
         return NOT_DONE_YET
 
     def _refuse(self, request: Request, code: int, message: str) -> bytes:
-        self.log.info("Refused poll from {peer}: {code} {message}",
-                      peer=_peer(request), code=code, message=message)
+        self.log.info("Refused poll from {peer}: {code} {reason}",
+                      peer=_peer(request), code=code, reason=message)
         return text_response(request, code, message)
 
     def _answer(self, scrape: Scrape | None, request: Request) -> None:
@@ -753,8 +758,8 @@ class PollResource(_Instrumented):
             code = 500
         message = str(error) if isinstance(error, CoordinatorError) else "internal error"
         if code != 503:
-            self.log.info("Poll of {fqdn}: {code} {message}", fqdn=fqdn, code=code,
-                          message=message)
+            self.log.info("Poll of {fqdn}: {code} {reason}", fqdn=fqdn, code=code,
+                          reason=message)
         finish_with(request, code, message)
 
 
@@ -772,12 +777,12 @@ class PushResource(_Instrumented):
             return text_response(request, 500, "push was not streamed")
         code, message = stream.end()
         if stream.denied is not None:
-            self.log.info("Refused push from {peer}: {code} {message}",
-                          peer=_peer(request), code=code, message=message)
+            self.log.info("Refused push from {peer}: {code} {reason}",
+                          peer=_peer(request), code=code, reason=message)
             return denied_response(request, stream.denied)
         if code != 200:
-            self.log.info("Refused push from {peer}: {code} {message}",
-                          peer=_peer(request), code=code, message=message)
+            self.log.info("Refused push from {peer}: {code} {reason}",
+                          peer=_peer(request), code=code, reason=message)
             return text_response(request, code, message)
         request.setHeader(b"content-length", b"0")
         return b""

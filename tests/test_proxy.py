@@ -361,6 +361,15 @@ class PushTests(ProxyTestCase):
         self.assertEqual(answer.status, 404)
         self.assertIn(GO_ID, answer.body)
 
+    def test_push_with_trailing_slash_is_a_push(self) -> None:
+        """POST /push/ reaches the push resource, so it is streamed like /push."""
+        connection = self.connect()
+        connection.send(post(b"/push/", b"garbage\r\n\r\n"))
+        answer = connection.response()
+        assert answer is not None
+        self.assertEqual(answer.status, 400)
+        self.assertIn(b"malformed push", answer.body)
+
     def test_malformed_push_gets_400(self) -> None:
         """Garbage in a push is a 400 with the reason, not a crash."""
         answer = self.push(b"this is not an HTTP response\r\n\r\n")
