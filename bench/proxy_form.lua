@@ -7,12 +7,9 @@
 -- to the address given on wrk's command line (the proxy).  Direct case: leave
 -- PUSHPROX_BENCH_URI empty and wrk sends its plain origin-form request.
 --
--- PUSHPROX_BENCH_MAX_REQUESTS=N (per wrk thread; run.py uses -t1) stops after N
--- responses; 0 = run for -d.
 -- done() prints one machine-readable line "BENCH-JSON {...}" (latencies in microseconds).
 
 local uri = os.getenv("PUSHPROX_BENCH_URI") or ""
-local max_requests = tonumber(os.getenv("PUSHPROX_BENCH_MAX_REQUESTS") or "0") or 0
 
 if uri ~= "" then
    wrk.path = uri
@@ -23,15 +20,8 @@ wrk.headers["Accept"] = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 wrk.headers["User-Agent"] = "Prometheus/bench (wrk)"
 wrk.headers["X-Prometheus-Scrape-Timeout-Seconds"] = "10"
 
-if max_requests > 0 then
-   local seen = 0
-   function response(status, headers, body)
-      seen = seen + 1
-      if seen >= max_requests then
-         wrk.thread:stop()
-      end
-   end
-end
+-- No stop-after-N-responses here: wrk.thread:stop() only stops the thread's loop,
+-- wrk's main thread still sleeps for the whole -d.  run.py runs wrk in slices instead.
 
 function done(summary, latency, requests)
    local e = summary.errors

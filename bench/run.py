@@ -57,6 +57,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGES = {"1k": 1024, "57k": 57 * 1024, "10m": 10 * 1000 * 1000}
 FQDN = "bench.example"
 HIGH_NOFILE = 65536
+MEMORY_MAX_SECONDS = 1200  # bound on the client memory section's load
 
 # Children get a clean environment: no proxies from the caller's shell.
 ENV = {
@@ -76,6 +77,7 @@ class Mode:
     idle_n: int
     idle_latency_seconds: int
     mem_scrapes: int
+    quiet_wait: float = 15.0
 
     @classmethod
     def make(cls, quick: bool, idle_n: int | None, scrapes: int | None) -> Mode:
@@ -516,6 +518,12 @@ class LoadResult:
             return "-"
         return f"{self.nginx_conns / self.requests:.3f} / {self.nginx_reqs / self.requests:.3f}"
 
+    def busy_text(self) -> str:
+        if not self.seconds or "proxy" not in self.cpu_ms or "client" not in self.cpu_ms:
+            return "-"
+        p, c = (self.cpu_ms[k] / self.seconds / 10 for k in ("proxy", "client"))
+        return f"{p:.0f} / {c:.0f}"
+
     def error_text(self) -> str:
         bad = {k: v for k, v in self.errors.items() if v}
         return ", ".join(f"{k} {v}" for k, v in bad.items()) or "0"
@@ -567,13 +575,12 @@ def run_wrk(
     seconds: int,
     watch: dict[str, list[int]],
     proxy_uri: str = "",
-    max_requests: int = 0,
     path: str = "/",
 ) -> LoadResult:
     """wrk -t1 -cN -dS against http://127.0.0.1:port/path, or in proxy form for proxy_uri.
 
     Also CPU time of the `watch`ed processes around the run."""
-    env = dict(ENV, PUSHPROX_BENCH_URI=proxy_uri, PUSHPROX_BENCH_MAX_REQUESTS=str(max_requests))
+    env = dict(ENV, PUSHPROX_BENCH_URI=proxy_uri)
     argv = [
         wrk_path(), "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
         "-s", LUA, f"http://127.0.0.1:{port}{path}",
@@ -653,7 +660,8 @@ class Report:
         lines += table(
             ["page", "conns", "path", "scrapes/s", "p50 ms", "p99 ms",
              "proxy CPU ms/scrape", "client CPU ms/scrape", "nginx CPU ms/req",
-             "nginx conns / reqs per scrape", "errors", "other load, cores"],
+             "nginx conns / reqs per scrape", "errors", "proxy / client busy, % of a core",
+             "other load, cores"],
             self.throughput,
         )  # fmt: skip
         lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
@@ -778,6 +786,34 @@ def setup_pushprox(w: World) -> None:
         w.report.note(w.proxied_error)
 
 
+def wait_quiet(w: World, what: str) -> None:
+    """Wait (at most --quiet-wait s) until other processes use < 0.25 cores."""
+    deadline = time.monotonic() + w.mode.quiet_wait
+    pids = [p for ps in w.watch().values() for p in ps]
+    load = 0.0
+    while True:
+        b0, o0, c0, t0 = (
+            machine_busy_ticks(),
+            own_cpu_seconds(),
+            sum(map(cpu_ticks, pids)),
+            time.monotonic(),
+        )
+        time.sleep(1.0)
+        b1, o1, c1, t1 = (
+            machine_busy_ticks(),
+            own_cpu_seconds(),
+            sum(map(cpu_ticks, pids)),
+            time.monotonic(),
+        )
+        load = ((b1 - b0) - (c1 - c0)) / CLK_TCK - (o1 - o0)
+        load /= t1 - t0
+        if load < 0.25 or time.monotonic() >= deadline:
+            break
+    if load >= 0.25:
+        print(f"  {what}: other processes still use {load:.2f} cores, measuring anyway",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
 def section_throughput(w: World) -> None:
     m = w.mode
     for page in ("1k", "57k"):
@@ -792,8 +828,9 @@ def section_throughput(w: World) -> None:
             for path in ("direct", "pushprox"):
                 row = [page, str(conns), path]
                 if path == "pushprox" and w.proxied_error:
-                    w.report.throughput.append([*row, "not run", *["-"] * 6, "see notes", "-"])
+                    w.report.throughput.append([*row, "not run", *["-"] * 6, "see notes", "-", "-"])
                     continue
+                wait_quiet(w, f"{page} c{conns} {path}")
                 try:
                     if path == "direct":
                         r = run_wrk(w.nginx_port, conns, m.wrk_seconds, w.watch(), path=f"/{page}")
@@ -803,7 +840,7 @@ def section_throughput(w: World) -> None:
                         w.proxy.check()
                         w.client.check()
                 except (BenchError, OSError) as e:
-                    w.report.throughput.append([*row, "failed", *["-"] * 6, "see notes", "-"])
+                    w.report.throughput.append([*row, "failed", *["-"] * 6, "see notes", "-", "-"])
                     w.report.note(f"{page} c{conns} {path}: {e}")
                     continue
                 direct = path == "direct"
@@ -818,6 +855,7 @@ def section_throughput(w: World) -> None:
                         fmt(r.per_req("nginx"), 3),
                         r.nginx_text(),
                         r.error_text(),
+                        "-" if direct else r.busy_text(),
                         fmt(r.other_cores, 2),
                     ]
                 )
@@ -866,6 +904,7 @@ def section_big(w: World) -> None:
             w.report.note(f"10 MB page through pushprox: {e}")
         finally:
             check.unlink(missing_ok=True)
+    wait_quiet(w, "10 MB page")
     for _ in range(m.big_repeats):
         times["direct"].append(curl_get(f"http://127.0.0.1:{w.nginx_port}/10m", None, size))
         if err:
@@ -929,18 +968,27 @@ def section_client_memory(w: World) -> None:
         done = 0
         rss_at: list[tuple[int, int]] = []
         cpu = {"proxy": 0.0, "client": 0.0}
+        rate = 0.0  # scrapes/s that the last slice achieved; 0: probe with 2 s first
+        deadline = time.monotonic() + MEMORY_MAX_SECONDS
         for target in (m.mem_scrapes // 10, m.mem_scrapes):
-            want = target - done
-            cap = min(900, max(30, want // 50))  # seconds; bounded even if slow
-            r = run_wrk(w.proxy_port, 8, cap, watch, uri, max_requests=want)
-            client.check()
-            done += r.requests
-            for k in cpu:
-                cpu[k] += r.cpu_ms[k]
-            if r.error_text() != "0":
-                w.report.note(f"client memory run: wrk errors {r.error_text()}")
+            # wrk cannot stop after N requests: run it in slices of <= 30 s until N.
+            while done < target and time.monotonic() < deadline:
+                secs = int(min(30, max(1, (target - done) / rate + 0.5))) if rate else 2
+                r = run_wrk(w.proxy_port, 8, secs, watch, uri)
+                client.check()
+                done += r.requests
+                rate = max(1.0, r.rate)
+                for k in cpu:
+                    cpu[k] += r.cpu_ms[k]
+                if r.error_text() != "0":
+                    w.report.note(f"client memory run: wrk errors {r.error_text()}")
             time.sleep(1.0)
             rss_at.append((done, rss_kb(client.pid)))
+        if done < m.mem_scrapes:
+            w.report.note(
+                f"client memory: only {done:,} of {m.mem_scrapes:,} scrapes within "
+                f"{MEMORY_MAX_SECONDS} s"
+            )
         proxy1 = rss_kb(w.proxy.pid)
         hwm = status_kb(client.pid, "VmHWM")
     except (BenchError, OSError) as e:
@@ -1016,6 +1064,7 @@ def section_idle(w: World) -> None:
             wait_scrape_ok(proxy, port, client, fqdn, w.nginx_port)
             watch = {"proxy": [proxy.pid], "client": [client.pid]}
             run_wrk(port, 1, m.warmup_seconds, watch, uri)
+            wait_quiet(w, "scrape latency without idle clients")
             without = run_wrk(port, 1, m.idle_latency_seconds, watch, uri)
         time.sleep(0.5)
         rss0 = wait_rss_stable(proxy.pid, settle=0.5)
@@ -1045,6 +1094,7 @@ def section_idle(w: World) -> None:
         time.sleep(2.0)
         idle_cpu = (cpu_ticks(proxy.pid) - c1) * 1000 / CLK_TCK / 2.0  # ms per s
         if client:
+            wait_quiet(w, "scrape latency with idle clients")
             with_ = run_wrk(port, 1, m.idle_latency_seconds, watch, uri)
         proxy.check()
         assert sim.popen.stdin is not None
@@ -1178,6 +1228,10 @@ def main() -> int:
     ap.add_argument("--scrapes", type=int, help="scrapes for the client memory row")
     ap.add_argument("--output", default=str(BENCH / "results.md"), help="Markdown file")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy the proxy and client")
+    ap.add_argument(
+        "--quiet-wait", type=float, default=15.0, metavar="S",
+        help="before each wrk row, wait up to S s for other processes to calm down",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
     ap.add_argument(
         "--skip", action="append", default=[],
@@ -1185,6 +1239,7 @@ def main() -> int:
     )  # fmt: skip
     args = ap.parse_args()
     mode = Mode.make(args.quick, args.idle, args.scrapes)
+    mode.quiet_wait = args.quiet_wait
     report = Report(mode)
 
     def on_term(signum: int, frame: object) -> None:
@@ -1192,6 +1247,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    busy0, own0, t0 = machine_busy_ticks(), own_cpu_seconds(), time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="pushprox-bench-"))
     tmp.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
     procs = Procs(tmp)
@@ -1240,6 +1296,14 @@ def main() -> int:
         report.note(f"benchmark aborted: {e}")
     finally:
         procs.stop_all()
+        # Every child has been waited for now, so its CPU is in own_cpu_seconds().
+        busy = (machine_busy_ticks() - busy0) / CLK_TCK
+        elapsed = time.monotonic() - t0
+        other = max(0.0, busy - (own_cpu_seconds() - own0)) / elapsed
+        report.header.append(
+            f"Run took {elapsed / 60:.1f} min; processes not started by the benchmark used "
+            f"{other:.2f} cores on average meanwhile (machine has {os.cpu_count()})"
+        )
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
