@@ -50,7 +50,7 @@ class ProxyMetrics:
             "pushprox_scrapes_total",
             "Scrapes by outcome: success (relayed from the target, any status), "
             "unknown_client, timeout, client_error, queue_full, cancelled, "
-            "aborted, bad_request, shutdown.",
+            "bad_request, unauthorized, shutdown, error.",
             ["outcome"],
             registry=r,
         )

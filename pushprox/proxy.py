@@ -596,13 +596,16 @@ class ScrapeResource(Resource):
         if code == 0:
             self._count(499, "cancelled")
             return
-        outcome = "client_error" if relay.error or relay.scrape_error() else "success"
+        if relay.error is None and relay.scrape_error() is None:
+            outcome = "success"
+        else:
+            outcome = "timeout" if code == 504 else "client_error"
         self._count(code, outcome)
         self._metrics.scrape_duration.observe(self._clock.seconds() - started)
         if self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {code}",
                           url=request.uri.decode("latin-1"), fqdn=fqdn, code=code)
-        if outcome == "client_error":
+        if outcome != "success":
             self.log.warn("Scrape of {url} via {fqdn} failed: {reason}",
                           url=request.uri.decode("latin-1"), fqdn=fqdn,
                           reason=(relay.error or (0, relay.scrape_error()))[1])
