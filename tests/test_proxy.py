@@ -221,6 +221,20 @@ class ScrapeTests(ProxyTestCase):
                          b"the client could not scrape the target: connection refused\n")
         self.assertIdle()
 
+    def test_client_reported_timeout_becomes_504(self) -> None:
+        """A target that did not answer in time, as our client reports it, is a 504."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        self.push(wire.encode_error_response(scrape_id=request.scrape_id,
+                                             reason="timeout after 9.65s", kind="timeout"))
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual(response.status, 504)
+        self.assertEqual(response.body,
+                         b"the target did not answer in time: timeout after 9.65s\n")
+        self.assertIdle()
+
     def test_chunked_pushed_body_relayed_whole(self) -> None:
         """A target's chunked response (as a Go client forwards it) is decoded and relayed."""
         poll = self.poll()
