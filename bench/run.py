@@ -678,7 +678,7 @@ class Report:
         if self.notes:
             lines += ["", "### Notes", "", *(f"- {n}" for n in self.notes)]
         if self.profile:
-            lines += ["", "### Profile (py-spy, self time)", "", *self.profile]
+            lines += ["", "### Profile (py-spy)", "", *self.profile]
         return "\n".join(lines) + "\n"
 
 
@@ -1245,6 +1245,7 @@ def main() -> int:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     busy0, own0, t0 = machine_busy_ticks(), own_cpu_seconds(), time.monotonic()
