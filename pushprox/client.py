@@ -53,6 +53,9 @@ USER_AGENT = b"pushprox-client/0.1.0"
 #: Asks a pushprox proxy to answer an idle poll after this many seconds (an
 #: upstream proxy ignores it and holds the poll until a scrape comes).
 POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+#: A pushprox proxy says how many polls one FQDN may hold at once (upstream proxies
+#: send nothing, and then the client holds one poll, as upstream clients do).
+MAX_POLLS_HEADER = b"X-PushProx-Max-Polls"
 #: Largest poll answer read; a scrape request is a few hundred bytes.
 MAX_POLL_ANSWER = 256 * 1024
 
@@ -80,6 +83,8 @@ class ClientConfig:
     #: Connect to this address instead of the FQDN (the Host header keeps the FQDN).
     target_host: str | None = None
     max_concurrent_scrapes: int = 64
+    #: Polls held at once while scrapes overlap, if the proxy allows as many.
+    max_polls: int = 4
     shutdown_grace: float = 5.0
     log_scrapes: bool = False
     #: Sent to the proxy as a Bearer token (its --client-tokens).
@@ -292,8 +297,11 @@ class ClientService(Service):
             POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
         )
         self._fqdn_bytes = config.fqdn.encode("ascii")
-        self._loop: Deferred[None] | None = None
-        self._waiting: Deferred[Any] | None = None
+        #: What each poller awaits right now (a poll or a backoff), cancelled on stop.
+        self._waiting: set[Deferred[Any]] = set()
+        self._pollers = 0
+        #: Polls the proxy lets us hold at once; 1 until it says otherwise.
+        self._allowed_polls = 1
         self._scrapes: set[Deferred[None]] = set()
         self._failing: str | None = None
         self._failures = 0
@@ -305,40 +313,67 @@ class ClientService(Service):
         super().startService()
         self.log.info("Polling {url} as {fqdn}", url=self._poll_url.decode(),
                       fqdn=self.config.fqdn)
-        self._loop = Deferred.fromCoroutine(self._poll_loop())
-        self._loop.addErrback(
-            lambda f: self.log.failure("Poll loop stopped unexpectedly", f)
-        )
+        self._start_poller(primary=True)
 
-    async def _poll_loop(self) -> None:
-        while self.running:
-            try:
-                request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
-            except CancelledError:
-                return
-            except Exception as error:
-                if not self.running:
-                    return  # stopService cancelled the poll
-                self.metrics.poll_errors.inc()
-                self._note_failure(error)
+    def _start_poller(self, *, primary: bool) -> None:
+        self._pollers += 1
+        poller = Deferred.fromCoroutine(self._poller(primary))
+        poller.addErrback(lambda f: self.log.failure("Poll loop stopped unexpectedly", f))
+
+    async def _poller(self, primary: bool) -> None:
+        """
+        Poll, hand each scrape request over, poll again.
+
+        The primary poller runs for the service's life and backs off on errors. A
+        pushprox proxy that advertises room for more polls gets extra pollers while
+        scrapes overlap (so that a burst is not served one poll round trip at a
+        time); an extra poller ends at its first idle or failed poll.
+        """
+        try:
+            while self.running:
                 try:
-                    await self._wait(deferLater(self._clock, self._backoff.next(), lambda: None))
+                    request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
                 except CancelledError:
                     return
-                continue
-            self._note_success()
-            if request is not None:
+                except Exception as error:
+                    if not self.running or not primary:
+                        return  # stopService cancelled it, or an extra poller ends
+                    self.metrics.poll_errors.inc()
+                    self._note_failure(error)
+                    try:
+                        await self._wait(
+                            deferLater(self._clock, self._backoff.next(), lambda: None))
+                    except CancelledError:
+                        return
+                    continue
+                if primary:
+                    self._note_success()
+                if request is None:
+                    if primary:
+                        continue
+                    return
                 self._start_scrape(request)
+                if (self._pollers < self._allowed_polls
+                        and len(self._scrapes) >= self._pollers):
+                    self._start_poller(primary=False)
+        finally:
+            self._pollers -= 1
 
-    def _wait(self, deferred: Deferred[Any]) -> Deferred[Any]:
-        self._waiting = deferred
-        return deferred
+    async def _wait(self, deferred: Deferred[Any]) -> Any:
+        self._waiting.add(deferred)
+        try:
+            return await deferred
+        finally:
+            self._waiting.discard(deferred)
 
     async def _poll_once(self) -> wire.ScrapeRequest | None:
         response = await self._proxy_agent.request(
             b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
         )
         body = await read_limited(response, MAX_POLL_ANSWER)
+        advertised = response.headers.getRawHeaders(MAX_POLLS_HEADER)
+        if advertised and advertised[0].isdigit():
+            self._allowed_polls = max(1, min(self.config.max_polls, int(advertised[0])))
         if response.code == 204:
             return None
         if response.code != 200:
@@ -472,8 +507,8 @@ class ClientService(Service):
     def stopService(self) -> Deferred[None]:
         """Stop polling, give running scrapes a grace period, then close connections."""
         super().stopService()
-        if self._waiting is not None:
-            self._waiting.cancel()
+        for waiting in list(self._waiting):
+            waiting.cancel()
         in_flight = list(self._scrapes)
         if in_flight:
             self.log.info("Waiting up to {grace}s for {n} scrapes to finish",

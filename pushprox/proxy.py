@@ -49,6 +49,8 @@ TEXT = b"text/plain; charset=utf-8"
 SCRAPER_MARGIN = 0.25
 #: Our client asks the proxy to answer an idle poll after this many seconds.
 POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+#: Tells our client how many polls one FQDN may hold at once.
+MAX_POLLS_HEADER = b"X-PushProx-Max-Polls"
 
 # A host name or an IP address literal, as it may appear in a URL or a poll body.
 _FQDN = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_.:\[\]-]*[a-z0-9_\]])?$")
@@ -78,6 +80,8 @@ class ProxyConfig:
     max_push_head_size: int = 64 * 1024
     #: Largest request line plus headers of any request to the proxy, in bytes.
     max_header_size: int = 16 * 1024
+    #: Polls one FQDN may hold at once (the coordinator enforces it; clients are told).
+    max_polls_per_client: int = 16
     log_scrapes: bool = False
 
 
@@ -685,11 +689,13 @@ class PollResource(_Instrumented):
         metrics: ProxyMetrics,
         clock: IReactorTime,
         client_auth: ClientAuth | None,
+        max_polls: int = 16,
     ) -> None:
         super().__init__(metrics, clock)
         self._coordinator = coordinator
         self._config = config
         self._client_auth = client_auth
+        self._max_polls = b"%d" % max_polls
 
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
@@ -720,6 +726,7 @@ class PollResource(_Instrumented):
                               fqdn=fqdn, peer=_peer(request), code=denied.code,
                               reason=denied.message)
                 return denied_response(request, denied)
+        request.setHeader(MAX_POLLS_HEADER, self._max_polls)
         deferred = self._coordinator.poll(fqdn, principal, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
@@ -923,7 +930,7 @@ class PushProxSite(Site):
         root = _Directory(not_found)
         root.putChild(b"", not_found)
         root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
-                                            self.client_auth))
+                                            self.client_auth, self.config.max_polls_per_client))
         root.putChild(b"push", PushResource(self.metrics, clock))
         if clients_endpoint:
             root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock,

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -635,6 +635,43 @@ class ClientServiceTests(TestCase):
         # One after the other they would take 3 s.
         self.assertGreaterEqual(elapsed, 1.5)
         self.assertLess(elapsed, 2.5)
+
+    async def _overlap(self, scrapes: int) -> int:
+        """Run ``scrapes`` slow scrapes at once; the most polls held meanwhile."""
+        self.target.delay = 1.0
+        most = 0
+
+        def sample() -> None:
+            nonlocal most
+            most = max(most, self.coordinator.waiting_poll_count())
+
+        sampler = LoopingCall(sample)
+        sampler.start(0.02)
+        try:
+            results = await DeferredList(
+                [Deferred.fromCoroutine(self.scrape(self.target_url("/slow")))
+                 for _ in range(scrapes)],
+                consumeErrors=True,
+            )
+        finally:
+            sampler.stop()
+        for ok, response in results:
+            self.assertTrue(ok, response)
+            self.assertEqual(response.status, 200)
+        return most
+
+    async def test_overlapping_scrapes_open_extra_polls(self) -> None:
+        """While scrapes overlap, the client holds up to --max-polls polls, not one."""
+        self.start_client(max_polls=3)
+        await self.registered()
+        self.assertEqual(await self._overlap(4), 3)
+
+    async def test_extra_polls_only_as_many_as_the_proxy_allows(self) -> None:
+        """A proxy that allows one poll per FQDN (as upstream's behaviour) gets one."""
+        self.proxy_site.resource.children[b"poll"]._max_polls = b"1"
+        self.start_client(max_polls=3)
+        await self.registered()
+        self.assertEqual(await self._overlap(4), 1)
 
     async def _poll_error_page(self, body: bytes, content_type: bytes) -> tuple[
             FakeProxy, ClientService]:

@@ -359,6 +359,14 @@ class PollTests(ProxyTestCase):
         self.assertEqual(response.status, 204)
         self.assertIdle()
 
+    def test_poll_answers_advertise_max_polls(self) -> None:
+        """Poll answers tell our client how many polls it may hold (upstream ignores it)."""
+        poll = self.poll(extra=b"X-PushProx-Poll-Timeout: 1\r\n")
+        self.clock.advance(1)
+        response = poll.response()
+        assert response is not None
+        self.assertEqual(response.headers[b"x-pushprox-max-polls"], b"16")
+
     def test_upstream_go_poll_recording_registers(self) -> None:
         """The Go client's recorded poll registers the client it names."""
         connection = self.connect()
