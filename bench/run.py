@@ -245,6 +245,8 @@ class Procs:
         return p
 
     def stop(self, p: Proc, timeout: float = 10.0) -> None:
+        if p not in self.procs:
+            return  # stopped already
         if p.alive():
             with contextlib.suppress(ProcessLookupError):
                 p.popen.send_signal(signal.SIGTERM)
@@ -1063,7 +1065,7 @@ def section_idle(w: World) -> None:
             client = start_client(procs, port, w.nginx_port, fqdn)
             wait_scrape_ok(proxy, port, client, fqdn, w.nginx_port)
             watch = {"proxy": [proxy.pid], "client": [client.pid]}
-            run_wrk(port, 1, m.warmup_seconds, watch, uri)
+            run_wrk(port, 1, 2 * m.warmup_seconds, watch, uri)
             wait_quiet(w, "scrape latency without idle clients")
             without = run_wrk(port, 1, m.idle_latency_seconds, watch, uri)
         time.sleep(0.5)
@@ -1101,6 +1103,11 @@ def section_idle(w: World) -> None:
         sim.popen.stdin.close()
         done = read_tagged_line(sim, "DONE", timeout=60)
         held = ready["held"]
+        after = None
+        if client:  # again without them: brackets the "with" figure against drift
+            procs.stop(sim)
+            wait_quiet(w, "scrape latency after the idle clients left")
+            after = run_wrk(port, 1, m.idle_latency_seconds, watch, uri)
         rows = [
             ["idle polls opened / held at READY / still held at the end",
              f"{ready['connected']:,} / {held:,} / {done['held']:,} "
@@ -1125,6 +1132,12 @@ def section_idle(w: World) -> None:
                  f"**{with_.p50_ms:.2f}** / {with_.p99_ms:.2f} ms ({with_.rate:,.0f}/s, "
                  f"proxy CPU {fmt(with_.per_req('proxy'), 3)} ms/scrape)"],
             ]  # fmt: skip
+            if after:
+                rows.append(
+                    ["real scrape p50 / p99 again after they left",
+                     f"{after.p50_ms:.2f} / {after.p99_ms:.2f} ms ({after.rate:,.0f}/s, "
+                     f"proxy CPU {fmt(after.per_req('proxy'), 3)} ms/scrape)"]
+                )  # fmt: skip
             if with_.error_text() != "0" or without.error_text() != "0":
                 w.report.note(
                     f"idle section wrk errors: without {without.error_text()}, "
