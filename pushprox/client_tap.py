@@ -13,15 +13,7 @@ from twisted.python import usage
 
 from pushprox.client import ClientConfig, ClientService, make_agents
 from pushprox.metrics import ClientMetrics
-from pushprox.proxy_tap import positive_float, positive_int
-
-
-def port_number(value: str) -> int:
-    """Parse a TCP port number."""
-    number = int(value)
-    if not 0 < number < 65536:
-        raise ValueError(f"{value} is not a TCP port")
-    return number
+from pushprox.options import port_number, positive_float, positive_int
 
 
 def read_secret(path: str | None, flag: str) -> str | None:
@@ -191,9 +183,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                            target_agent=target_agent, metrics=metrics, pools=pools)
     client.setServiceParent(service)
     if options["metrics-listen"]:
-        from pushprox.metrics import MetricsSite
+        from pushprox.metrics import metrics_site
 
         strports.service(
-            options["metrics-listen"], MetricsSite(metrics.registry), reactor=reactor
+            options["metrics-listen"], metrics_site(metrics.registry), reactor=reactor
         ).setServiceParent(service)
     return service

@@ -10,12 +10,16 @@ upstream Go PushProx exports are kept, so that existing dashboards keep working.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    # The web server is imported only where a site is built: a client without
+    # --metrics-listen does not pay for it.
+    from twisted.web.server import Request, Site
 
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
 SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -153,15 +157,16 @@ class MetricsResource(Resource):
         return encoder(self._registry)
 
 
-class MetricsSite(Site):
+def metrics_site(registry: CollectorRegistry) -> Site:
     """A site that serves ``/metrics`` of one registry and logs no access lines."""
+    from twisted.web.server import Site
 
-    noisy = False
+    class MetricsSite(Site):
+        noisy = False
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry))
-        super().__init__(root)
+        def log(self, request: Any) -> None:
+            """Scrapes of the client's metrics are not worth a log line each."""
 
-    def log(self, request: Any) -> None:
-        """Scrapes of the client's metrics are not worth a log line each."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    return MetricsSite(root)

@@ -19,24 +19,9 @@ from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
 from pushprox.coordinator import Coordinator
+from pushprox.options import positive_float, positive_int
 from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates, server_context_factory
-
-
-def positive_float(value: str) -> float:
-    """Parse a positive number of seconds."""
-    number = float(value)
-    if not 0 < number < float("inf"):
-        raise ValueError(f"{value} is not a positive number")
-    return number
-
-
-def positive_int(value: str) -> int:
-    """Parse a positive integer."""
-    number = int(value)
-    if number <= 0:
-        raise ValueError(f"{value} is not a positive integer")
-    return number
 
 
 class Options(usage.Options):
