@@ -91,6 +91,30 @@ class ProxyMetrics:
             registry=r,
         )
 
+        # Children of labelled metrics, looked up once: labels() costs several
+        # microseconds, and these are counted for every request.
+        self._request_children: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._scrape_children: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+    def count_request(self, code: int, path: str, seconds: float) -> None:
+        """Count one answered request to the proxy's own endpoint ``path``."""
+        children = self._request_children.get((code, path))
+        if children is None:
+            children = (self.http_requests.labels(str(code), path),
+                        self.http_duration.labels(path))
+            self._request_children[(code, path)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_scrape(self, code: int, outcome: str) -> None:
+        """Count one proxied scrape by the code given to the scraper and its outcome."""
+        children = self._scrape_children.get((code, outcome))
+        if children is None:
+            children = (self.proxied_requests.labels(str(code)), self.scrapes.labels(outcome))
+            self._scrape_children[(code, outcome)] = children
+        children[0].inc()
+        children[1].inc()
+
     def watch(
         self,
         *,

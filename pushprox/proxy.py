@@ -592,8 +592,7 @@ class ScrapeResource(Resource):
         return text_response(request, code, message)
 
     def _count(self, code: int, outcome: str) -> None:
-        self._metrics.proxied_requests.labels(str(code)).inc()
-        self._metrics.scrapes.labels(outcome).inc()
+        self._metrics.count_scrape(code, outcome)
 
     def _relay(self, relay: Relay, request: Request, fqdn: str, started: float) -> None:
         code = relay.attach(request)
@@ -668,10 +667,8 @@ class _Instrumented(Resource):
         request.setHeader(b"server", SERVER)
 
         def done(_: object) -> None:
-            self._metrics.http_requests.labels(str(request.code), self.path).inc()
-            self._metrics.http_duration.labels(self.path).observe(
-                self._clock.seconds() - started
-            )
+            self._metrics.count_request(request.code, self.path,
+                                        self._clock.seconds() - started)
 
         request.notifyFinish().addBoth(done)
 
