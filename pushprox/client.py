@@ -53,9 +53,13 @@ USER_AGENT = b"pushprox-client/0.1.0"
 #: Asks a pushprox proxy to answer an idle poll after this many seconds (an
 #: upstream proxy ignores it and holds the poll until a scrape comes).
 POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
-#: A pushprox proxy says how many polls one FQDN may hold at once (upstream proxies
-#: send nothing, and then the client holds one poll, as upstream clients do).
-MAX_POLLS_HEADER = b"X-PushProx-Max-Polls"
+#: A pushprox proxy lists its extensions on poll answers; upstream proxies send
+#: nothing, and then the client behaves exactly as an upstream client.
+EXTENSIONS_HEADER = b"X-PushProx-Extensions"
+#: Asks a pushprox proxy to answer a push with the next scrape queued for us, if any;
+#: such an answer carries NEXT_SCRAPE_HEADER and the scrape request as its body.
+PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
+NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
 #: Largest poll answer read; a scrape request is a few hundred bytes.
 MAX_POLL_ANSWER = 256 * 1024
 
@@ -83,8 +87,6 @@ class ClientConfig:
     #: Connect to this address instead of the FQDN (the Host header keeps the FQDN).
     target_host: str | None = None
     max_concurrent_scrapes: int = 64
-    #: Polls held at once while scrapes overlap, if the proxy allows as many.
-    max_polls: int = 4
     shutdown_grace: float = 5.0
     log_scrapes: bool = False
     #: Sent to the proxy as a Bearer token (its --client-tokens).
@@ -296,12 +298,13 @@ class ClientService(Service):
         self._poll_headers.setRawHeaders(
             POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
         )
+        self._push_poll_headers = self._proxy_headers.copy()
+        self._push_poll_headers.setRawHeaders(PUSH_POLL_HEADER, [b"1"])
+        #: Whether the proxy answers pushes with the next queued scrape (it said so).
+        self._push_poll = False
         self._fqdn_bytes = config.fqdn.encode("ascii")
-        #: What each poller awaits right now (a poll or a backoff), cancelled on stop.
+        #: What the poll loop awaits right now (a poll or a backoff), cancelled on stop.
         self._waiting: set[Deferred[Any]] = set()
-        self._pollers = 0
-        #: Polls the proxy lets us hold at once; 1 until it says otherwise.
-        self._allowed_polls = 1
         self._scrapes: set[Deferred[None]] = set()
         self._failing: str | None = None
         self._failures = 0
@@ -313,51 +316,29 @@ class ClientService(Service):
         super().startService()
         self.log.info("Polling {url} as {fqdn}", url=self._poll_url.decode(),
                       fqdn=self.config.fqdn)
-        self._start_poller(primary=True)
+        loop = Deferred.fromCoroutine(self._poll_loop())
+        loop.addErrback(lambda f: self.log.failure("Poll loop stopped unexpectedly", f))
 
-    def _start_poller(self, *, primary: bool) -> None:
-        self._pollers += 1
-        poller = Deferred.fromCoroutine(self._poller(primary))
-        poller.addErrback(lambda f: self.log.failure("Poll loop stopped unexpectedly", f))
-
-    async def _poller(self, primary: bool) -> None:
-        """
-        Poll, hand each scrape request over, poll again.
-
-        The primary poller runs for the service's life and backs off on errors. A
-        pushprox proxy that advertises room for more polls gets extra pollers while
-        scrapes overlap (so that a burst is not served one poll round trip at a
-        time); an extra poller ends at its first idle or failed poll.
-        """
-        try:
-            while self.running:
+    async def _poll_loop(self) -> None:
+        """Poll, hand each scrape request over, poll again; back off on errors."""
+        while self.running:
+            try:
+                request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
+            except CancelledError:
+                return
+            except Exception as error:
+                if not self.running:
+                    return  # stopService cancelled the poll
+                self.metrics.poll_errors.inc()
+                self._note_failure(error)
                 try:
-                    request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
+                    await self._wait(deferLater(self._clock, self._backoff.next(), lambda: None))
                 except CancelledError:
                     return
-                except Exception as error:
-                    if not self.running or not primary:
-                        return  # stopService cancelled it, or an extra poller ends
-                    self.metrics.poll_errors.inc()
-                    self._note_failure(error)
-                    try:
-                        await self._wait(
-                            deferLater(self._clock, self._backoff.next(), lambda: None))
-                    except CancelledError:
-                        return
-                    continue
-                if primary:
-                    self._note_success()
-                if request is None:
-                    if primary:
-                        continue
-                    return
+                continue
+            self._note_success()
+            if request is not None:
                 self._start_scrape(request)
-                if (self._pollers < self._allowed_polls
-                        and len(self._scrapes) >= self._pollers):
-                    self._start_poller(primary=False)
-        finally:
-            self._pollers -= 1
 
     async def _wait(self, deferred: Deferred[Any]) -> Any:
         self._waiting.add(deferred)
@@ -371,9 +352,8 @@ class ClientService(Service):
             b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
         )
         body = await read_limited(response, MAX_POLL_ANSWER)
-        advertised = response.headers.getRawHeaders(MAX_POLLS_HEADER)
-        if advertised and advertised[0].isdigit():
-            self._allowed_polls = max(1, min(self.config.max_polls, int(advertised[0])))
+        extensions = response.headers.getRawHeaders(EXTENSIONS_HEADER)
+        self._push_poll = bool(extensions) and b"push-poll" in b",".join(extensions)
         if response.code == 204:
             return None
         if response.code != 200:
@@ -483,10 +463,9 @@ class ClientService(Service):
 
     async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
         producer = BytesProducer(body) if isinstance(body, bytes) else body
+        headers = self._push_poll_headers if self._push_poll else self._proxy_headers
         try:
-            response = await self._proxy_agent.request(
-                b"POST", self._push_url, self._proxy_headers, producer
-            )
+            response = await self._proxy_agent.request(b"POST", self._push_url, headers, producer)
             answer = await read_limited(response, MAX_POLL_ANSWER)
         except CancelledError:
             raise
@@ -501,6 +480,22 @@ class ClientService(Service):
                           scrape_id=request.scrape_id, code=response.code,
                           answer=_snippet(answer))
             raise _PushFailed()
+        if answer and response.headers.hasHeader(NEXT_SCRAPE_HEADER):
+            self._take_next(answer)
+
+    def _take_next(self, answer: bytes) -> None:
+        """Start the scrape a push answer handed over, as if a poll had brought it."""
+        try:
+            request = wire.decode_scrape_request(answer)
+        except wire.WireError as error:
+            self.metrics.poll_errors.inc()
+            self.log.warn("Push answer is not a scrape request ({error}): {answer}",
+                          error=str(error), answer=_snippet(answer))
+            return
+        if not self.running:
+            self._push_error(request, "the client is shutting down", "shutdown")
+            return
+        self._start_scrape(request)
 
     # -- stopping --
 

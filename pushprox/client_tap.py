@@ -74,9 +74,6 @@ class Options(usage.Options):
          "poll so that load balancers and NAT do not cut it.", positive_float],
         ["scrape-default-timeout", None, 15.0, "Scrape timeout in seconds when the "
          "request carries none.", positive_float],
-        ["max-polls", None, 4, "Polls held at once while scrapes overlap, when the "
-         "proxy is a pushprox proxy that allows as many (an upstream proxy gets one).",
-         positive_int],
         ["max-concurrent-scrapes", None, 64, "Scrapes run at once; more are refused.",
          positive_int],
         ["shutdown-grace", None, 5.0, "Seconds that running scrapes get to finish when "
@@ -136,7 +133,6 @@ class Options(usage.Options):
             allow_any=self["allow-any"],
             target_host=self["target-host"],
             max_concurrent_scrapes=self["max-concurrent-scrapes"],
-            max_polls=self["max-polls"],
             shutdown_grace=self["shutdown-grace"],
             log_scrapes=self["log-scrapes"],
             proxy_token=self["proxy-token"],

@@ -156,6 +156,9 @@ class ICoordinator(Interface):
     def claim(scrape_id: str, identity: str | None) -> Scrape:
         """Take the scrape a push answers; raises UnknownScrape or ForeignScrape."""
 
+    def take_queued(fqdn: str, identity: str | None) -> Scrape | None:
+        """The next scrape queued for ``fqdn`` at once, or None: a poll that never waits."""
+
     def respond(scrape: Scrape, response: object, abort: Callable[[], None]) -> None:
         """Hand a claimed scrape's response to its Prometheus request."""
 
@@ -422,6 +425,21 @@ class Coordinator:
             del self._clients[fqdn]
             self.log.info("Client {fqdn} expired: no poll for {seconds}s",
                           fqdn=fqdn, seconds=self.registration_timeout)
+
+    def take_queued(self, fqdn: str, identity: str | None) -> Scrape | None:
+        """See L{ICoordinator.take_queued}."""
+        if self._stopping or fqdn not in self._clients:
+            return None
+        self._touch(fqdn)
+        queue = self._queues.get(fqdn)
+        if not queue:
+            return None
+        scrape = queue.popleft()
+        if not queue:
+            del self._queues[fqdn]
+        scrape.state = ScrapeState.SENT
+        scrape.sent_to = identity
+        return scrape
 
     # -- pushes --
 

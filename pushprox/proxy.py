@@ -49,8 +49,13 @@ TEXT = b"text/plain; charset=utf-8"
 SCRAPER_MARGIN = 0.25
 #: Our client asks the proxy to answer an idle poll after this many seconds.
 POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
-#: Tells our client how many polls one FQDN may hold at once.
-MAX_POLLS_HEADER = b"X-PushProx-Max-Polls"
+#: Tells our client, on poll answers, which extensions this proxy speaks.
+EXTENSIONS_HEADER = b"X-PushProx-Extensions"
+EXTENSIONS = b"poll-timeout, push-poll"
+#: Our client asks, on a push, for the next scrape queued for it in the push's answer.
+PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
+#: Marks a push answer whose body is the next scrape request.
+NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
 
 # A host name or an IP address literal, as it may appear in a URL or a poll body.
 _FQDN = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_.:\[\]-]*[a-z0-9_\]])?$")
@@ -80,8 +85,6 @@ class ProxyConfig:
     max_push_head_size: int = 64 * 1024
     #: Largest request line plus headers of any request to the proxy, in bytes.
     max_header_size: int = 16 * 1024
-    #: Polls one FQDN may hold at once (the coordinator enforces it; clients are told).
-    max_polls_per_client: int = 16
     log_scrapes: bool = False
 
 
@@ -323,6 +326,14 @@ class PushStream:
         stream.denied = denied
         return stream
 
+    #: The FQDN and principal of the client whose scrape this push answered.
+    fqdn: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The principal that pushed."""
+        return self._identity
+
     @property
     def scrape_id(self) -> str | None:
         """The id of the scrape this push answers, once read."""
@@ -383,6 +394,7 @@ class PushStream:
         try:
             head = wire.decode_response_head(buffer[:end])
             self._scrape = self._coordinator.claim(head.scrape_id, self._identity)
+            self.fqdn = self._scrape.fqdn
         except wire.WireError as error:
             self._reject(400, f"malformed push: {error}")
             return b""
@@ -686,13 +698,11 @@ class PollResource(_Instrumented):
         metrics: ProxyMetrics,
         clock: IReactorTime,
         client_auth: ClientAuth | None,
-        max_polls: int = 16,
     ) -> None:
         super().__init__(metrics, clock)
         self._coordinator = coordinator
         self._config = config
         self._client_auth = client_auth
-        self._max_polls = b"%d" % max_polls
 
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
@@ -723,7 +733,7 @@ class PollResource(_Instrumented):
                               fqdn=fqdn, peer=_peer(request), code=denied.code,
                               reason=denied.message)
                 return denied_response(request, denied)
-        request.setHeader(MAX_POLLS_HEADER, self._max_polls)
+        request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
         deferred = self._coordinator.poll(fqdn, principal, timeout)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
@@ -771,10 +781,21 @@ class PollResource(_Instrumented):
 
 
 class PushResource(_Instrumented):
-    """``POST /push``: answers the push once its body has been relayed."""
+    """
+    ``POST /push``: answers the push once its body has been relayed.
+
+    When our client asks for it (``X-PushProx-Push-Poll``), the answer carries the
+    next scrape already queued for that client, saving it a poll round trip under
+    load; otherwise (and always for upstream clients) it is empty.
+    """
 
     path = "/push"
     log = Logger()
+
+    def __init__(self, coordinator: ICoordinator, metrics: ProxyMetrics,
+                 clock: IReactorTime) -> None:
+        super().__init__(metrics, clock)
+        self._coordinator = coordinator
 
     def render_POST(self, request: Request) -> bytes:
         """Report how the relay of this push ended."""
@@ -791,6 +812,15 @@ class PushResource(_Instrumented):
             self.log.info("Refused push from {peer}: {code} {reason}",
                           peer=_peer(request), code=code, reason=message)
             return text_response(request, code, message)
+        if stream.fqdn is not None and request.getHeader(PUSH_POLL_HEADER) is not None:
+            scrape = self._coordinator.take_queued(stream.fqdn, stream.identity)
+            if scrape is not None:
+                body = scrape.payload(self._clock.seconds())
+                request.setHeader(NEXT_SCRAPE_HEADER, b"1")
+                request.setHeader(b"content-type", TEXT)
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.notifyFinish().addErrback(lambda _: self._coordinator.requeue(scrape))
+                return body
         request.setHeader(b"content-length", b"0")
         return b""
 
@@ -927,8 +957,8 @@ class PushProxSite(Site):
         root = _Directory(not_found)
         root.putChild(b"", not_found)
         root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
-                                            self.client_auth, self.config.max_polls_per_client))
-        root.putChild(b"push", PushResource(self.metrics, clock))
+                                            self.client_auth))
+        root.putChild(b"push", PushResource(coordinator, self.metrics, clock))
         if clients_endpoint:
             root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock,
                                                       scraper_auth))

@@ -125,7 +125,6 @@ class Options(usage.Options):
             max_push_size=self["max-push-size"],
             max_request_size=self["max-request-size"],
             max_header_size=self["max-header-size"],
-            max_polls_per_client=self["max-polls-per-client"],
             log_scrapes=self["log-scrapes"],
         )
 

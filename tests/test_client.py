@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -393,6 +393,42 @@ class FakeProxy(Resource):
         return self.body
 
 
+class PushPollProxy(Resource):
+    """
+    A proxy stand-in: the first poll brings scrape "a" and says it speaks push-poll;
+    the push of "a" is answered with scrape "b"; later polls are held.
+    """
+
+    isLeaf = True
+
+    def __init__(self, url_a: bytes, url_b: bytes) -> None:
+        super().__init__()
+        self.urls = {"a": url_a, "b": url_b}
+        self.polls = 0
+        self.pushes: list[tuple[bytes | None, bytes]] = []
+        self.held: list[Request] = []
+
+    def _scrape(self, scrape_id: str) -> bytes:
+        return wire.encode_scrape_request(method=b"GET", url=self.urls[scrape_id], headers=[],
+                                          scrape_id=scrape_id, timeout=5)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        assert request.content is not None
+        body = request.content.read()
+        if request.path.endswith(b"/poll"):
+            self.polls += 1
+            request.setHeader(b"X-PushProx-Extensions", b"poll-timeout, push-poll")
+            if self.polls == 1:
+                return self._scrape("a")
+            self.held.append(request)
+            return NOT_DONE_YET
+        self.pushes.append((request.getHeader(b"x-pushprox-push-poll"), body))
+        if len(self.pushes) == 1:
+            request.setHeader(b"X-PushProx-Next-Scrape", b"1")
+            return self._scrape("b")
+        return b""
+
+
 NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
              b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1"
              b"</center>\r\n</body>\r\n</html>\r\n")
@@ -636,43 +672,6 @@ class ClientServiceTests(TestCase):
         self.assertGreaterEqual(elapsed, 1.5)
         self.assertLess(elapsed, 2.5)
 
-    async def _overlap(self, scrapes: int) -> int:
-        """Run ``scrapes`` slow scrapes at once; the most polls held meanwhile."""
-        self.target.delay = 1.0
-        most = 0
-
-        def sample() -> None:
-            nonlocal most
-            most = max(most, self.coordinator.waiting_poll_count())
-
-        sampler = LoopingCall(sample)
-        sampler.start(0.02)
-        try:
-            results = await DeferredList(
-                [Deferred.fromCoroutine(self.scrape(self.target_url("/slow")))
-                 for _ in range(scrapes)],
-                consumeErrors=True,
-            )
-        finally:
-            sampler.stop()
-        for ok, response in results:
-            self.assertTrue(ok, response)
-            self.assertEqual(response.status, 200)
-        return most
-
-    async def test_overlapping_scrapes_open_extra_polls(self) -> None:
-        """While scrapes overlap, the client holds up to --max-polls polls, not one."""
-        self.start_client(max_polls=3)
-        await self.registered()
-        self.assertEqual(await self._overlap(4), 3)
-
-    async def test_extra_polls_only_as_many_as_the_proxy_allows(self) -> None:
-        """A proxy that allows one poll per FQDN (as upstream's behaviour) gets one."""
-        self.proxy_site.resource.children[b"poll"]._max_polls = b"1"
-        self.start_client(max_polls=3)
-        await self.registered()
-        self.assertEqual(await self._overlap(4), 1)
-
     async def _poll_error_page(self, body: bytes, content_type: bytes) -> tuple[
             FakeProxy, ClientService]:
         fake = FakeProxy(reactor, 502, body, content_type)
@@ -715,6 +714,33 @@ class ClientServiceTests(TestCase):
             self.assertEqual(authorization, b"Basic " + base64.b64encode(b"user:token"))
             self.assertEqual(user_agent, b"pushprox-client/0.1.0")
             self.assertEqual(body, FQDN.encode())
+
+    async def test_scrape_handed_over_in_a_push_answer_is_run(self) -> None:
+        """A push answer carrying the next scrape (push-poll) is scraped and pushed too."""
+        fake = PushPollProxy(self.target_url("/metrics").encode(),
+                             self.target_url("/gzip").encode())
+        site = Site(fake)
+        site.noisy = False
+        connections = track_connections(site)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+
+        async def stop() -> None:
+            await wait_until(reactor, lambda: not connections, timeout=5,
+                             what="connections to the fake proxy to close")
+            await port.stopListening()
+
+        self.addCleanup(stop)
+        self.start_client(proxy_url=f"http://127.0.0.1:{port.getHost().port}/")
+        await wait_until(reactor, lambda: len(fake.pushes) >= 2, timeout=10,
+                         what="two pushes")
+        self.assertEqual([asked for asked, _ in fake.pushes], [b"1", b"1"])
+        heads = [wire.decode_response_head(body.split(b"\r\n\r\n", 1)[0])
+                 for _, body in fake.pushes]
+        self.assertEqual([(head.scrape_id, head.status) for head in heads],
+                         [("a", 200), ("b", 200)])
+        self.assertEqual(sorted(uri for uri, _ in self.target.requests),
+                         [b"/gzip", b"/metrics"])
+        self.assertLessEqual(fake.polls, 2)
 
     async def test_error_poll_answer_is_never_parsed_as_a_scrape(self) -> None:
         """A 502 whose body reads like a scrape request is an error, not a scrape."""

@@ -359,13 +359,13 @@ class PollTests(ProxyTestCase):
         self.assertEqual(response.status, 204)
         self.assertIdle()
 
-    def test_poll_answers_advertise_max_polls(self) -> None:
-        """Poll answers tell our client how many polls it may hold (upstream ignores it)."""
+    def test_poll_answers_advertise_extensions(self) -> None:
+        """Poll answers list the proxy's extensions for our client (upstream ignores it)."""
         poll = self.poll(extra=b"X-PushProx-Poll-Timeout: 1\r\n")
         self.clock.advance(1)
         response = poll.response()
         assert response is not None
-        self.assertEqual(response.headers[b"x-pushprox-max-polls"], b"16")
+        self.assertEqual(response.headers[b"x-pushprox-extensions"], b"poll-timeout, push-poll")
 
     def test_upstream_go_poll_recording_registers(self) -> None:
         """The Go client's recorded poll registers the client it names."""
@@ -382,6 +382,44 @@ class PushTests(ProxyTestCase):
         answer = self.push(recorded_body("go-client-push-request.bin"))
         self.assertEqual(answer.status, 404)
         self.assertIn(GO_ID, answer.body)
+
+    def _queued_behind_one(self) -> tuple[Connection, Connection, wire.ScrapeRequest]:
+        """Two scrapes: the first handed to a poll, the second queued."""
+        poll = self.poll()
+        first = self.scrape()
+        second = self.scrape(b"http://node1.example:9100/metrics?second=1")
+        return first, second, self.handed_out(poll)
+
+    def test_push_poll_answer_carries_next_queued_scrape(self) -> None:
+        """A push asking for it is answered with the next scrape queued for its client."""
+        _first, second, request = self._queued_behind_one()
+        connection = self.connect()
+        body = wire.encode_response_head(status=200, reason=b"OK", headers=[],
+                                         scrape_id=request.scrape_id, length=2) + b"ok"
+        connection.send(post(b"/push", body, b"X-PushProx-Push-Poll: 1\r\n"))
+        answer = connection.response()
+        assert answer is not None
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.headers[b"x-pushprox-next-scrape"], b"1")
+        following = wire.decode_scrape_request(answer.body)
+        self.assertEqual(following.url, b"http://node1.example:9100/metrics?second=1")
+        self.assertEqual(self.coordinator.queued_scrape_count(), 0)
+        self.push(wire.encode_response_head(status=200, reason=b"OK", headers=[],
+                                            scrape_id=following.scrape_id, length=3) + b"two")
+        second_response = second.response()
+        assert second_response is not None
+        self.assertEqual(second_response.body, b"two")
+        self.assertIdle()
+
+    def test_push_without_push_poll_leaves_queue_alone(self) -> None:
+        """Upstream clients' pushes get an empty answer; the queued scrape stays queued."""
+        _first, _second, request = self._queued_behind_one()
+        answer = self.push(wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=2
+        ) + b"ok")
+        self.assertEqual((answer.status, answer.body), (200, b""))
+        self.assertNotIn(b"x-pushprox-next-scrape", answer.headers)
+        self.assertEqual(self.coordinator.queued_scrape_count(), 1)
 
     def test_push_with_trailing_slash_is_a_push(self) -> None:
         """POST /push/ reaches the push resource, so it is streamed like /push."""
