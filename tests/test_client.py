@@ -672,10 +672,9 @@ class ClientServiceTests(TestCase):
         self.assertGreaterEqual(elapsed, 1.5)
         self.assertLess(elapsed, 2.5)
 
-    async def _poll_error_page(self, body: bytes, content_type: bytes) -> tuple[
-            FakeProxy, ClientService]:
-        fake = FakeProxy(reactor, 502, body, content_type)
-        site = Site(fake)
+    def serve_fake_proxy(self, resource: Resource) -> int:
+        """Serve a stand-in proxy on 127.0.0.1 until the test ends; its port."""
+        site = Site(resource)
         site.noisy = False
         connections = track_connections(site)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -686,8 +685,14 @@ class ClientServiceTests(TestCase):
             await port.stopListening()
 
         self.addCleanup(stop)
+        return int(port.getHost().port)
+
+    async def _poll_error_page(self, body: bytes, content_type: bytes) -> tuple[
+            FakeProxy, ClientService]:
+        fake = FakeProxy(reactor, 502, body, content_type)
+        port = self.serve_fake_proxy(fake)
         service = self.start_client(
-            proxy_url=f"http://user:token@127.0.0.1:{port.getHost().port}/prefix",
+            proxy_url=f"http://user:token@127.0.0.1:{port}/prefix",
             retry_initial_wait=0.2, retry_max_wait=0.5, rand=lambda: 1.0,
         )
         await wait_until(reactor, lambda: len(fake.polls) >= 4, timeout=10,
@@ -719,18 +724,7 @@ class ClientServiceTests(TestCase):
         """A push answer carrying the next scrape (push-poll) is scraped and pushed too."""
         fake = PushPollProxy(self.target_url("/metrics").encode(),
                              self.target_url("/gzip").encode())
-        site = Site(fake)
-        site.noisy = False
-        connections = track_connections(site)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-
-        async def stop() -> None:
-            await wait_until(reactor, lambda: not connections, timeout=5,
-                             what="connections to the fake proxy to close")
-            await port.stopListening()
-
-        self.addCleanup(stop)
-        self.start_client(proxy_url=f"http://127.0.0.1:{port.getHost().port}/")
+        self.start_client(proxy_url=f"http://127.0.0.1:{self.serve_fake_proxy(fake)}/")
         await wait_until(reactor, lambda: len(fake.pushes) >= 2, timeout=10,
                          what="two pushes")
         self.assertEqual([asked for asked, _ in fake.pushes], [b"1", b"1"])

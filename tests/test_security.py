@@ -47,6 +47,7 @@ from pushprox.coordinator import Coordinator, Scrape
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.proxy_tap import Options, ReloadOnHangup, makeService, mutual_tls_endpoint
+from tests.helpers import track_connections
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
 
 T = TypeVar("T")
@@ -202,27 +203,6 @@ async def wait_until(predicate: Callable[[], T], *, what: str, timeout: float = 
         if reactor.seconds() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await deferLater(reactor, 0.01, lambda: None)
-
-
-def track_connections(factory: Any) -> set[Any]:
-    """The protocols ``factory`` builds that are still connected."""
-    live: set[Any] = set()
-    build = factory.buildProtocol
-
-    def build_tracked(addr: Any) -> Any:
-        protocol = build(addr)
-        live.add(protocol)
-        lost = protocol.connectionLost
-
-        def connection_lost(reason: Any) -> Any:
-            live.discard(protocol)
-            return lost(reason)
-
-        protocol.connectionLost = connection_lost
-        return protocol
-
-    factory.buildProtocol = build_tracked
-    return live
 
 
 # -- what runs: a target, a proxy, clients --
