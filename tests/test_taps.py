@@ -1,0 +1,216 @@
+"""Tests for the twistd plugins' options and services (proxy_tap, client_tap, options)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushprox import client_tap, proxy_tap
+from pushprox.client import ClientConfig, ClientService
+from pushprox.options import port_number, positive_float, positive_int
+from pushprox.proxy import ProxyConfig
+from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, _split_description
+from tests.tlsfixtures import make_pki
+
+
+def parse_proxy(*argv: str) -> proxy_tap.Options:
+    """Parsed proxy options."""
+    options = proxy_tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def parse_client(*argv: str) -> client_tap.Options:
+    """Parsed client options."""
+    options = client_tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class ValueParserTests(SynchronousTestCase):
+    """The option value parsers shared by both plugins."""
+
+    def test_positive_float(self) -> None:
+        """Seconds must be a positive finite number."""
+        self.assertEqual(positive_float("2.5"), 2.5)
+        for bad in ("0", "-1", "inf", "nan", "soon"):
+            self.assertRaises(ValueError, positive_float, bad)
+
+    def test_positive_int(self) -> None:
+        """Counts and sizes must be positive integers."""
+        self.assertEqual(positive_int("16"), 16)
+        for bad in ("0", "-3", "1.5"):
+            self.assertRaises(ValueError, positive_int, bad)
+
+    def test_port_number(self) -> None:
+        """Ports are 1 to 65535."""
+        self.assertEqual(port_number("9100"), 9100)
+        for bad in ("0", "65536", "http"):
+            self.assertRaises(ValueError, port_number, bad)
+
+
+class ProxyOptionsTests(SynchronousTestCase):
+    """``twistd pushprox-proxy`` options."""
+
+    def test_defaults(self) -> None:
+        """Without options: one tcp:8080 listener and the documented limits."""
+        options = parse_proxy()
+        self.assertEqual(options["listen"], ["tcp:8080"])
+        self.assertEqual(options.config(), ProxyConfig())
+        self.assertEqual(
+            (options["registration-timeout"], options["max-queued-scrapes"],
+             options["max-clients"], options["max-polls-per-client"]),
+            (300.0, 100, 100_000, 16),
+        )
+        self.assertFalse(options["client-auth"].enabled)
+        self.assertFalse(options["scraper-auth"].enabled)
+
+    def test_port_is_listen(self) -> None:
+        """``--port tcp:8080`` (the documented form) and repeated ``--listen`` add up."""
+        options = parse_proxy("--port", "tcp:8080", "--listen", "tcp:9090:interface=::1")
+        self.assertEqual(options["listen"], ["tcp:8080", "tcp:9090:interface=::1"])
+
+    def test_limits_are_parsed_in_their_type(self) -> None:
+        """Every limit reaches the configuration, parsed."""
+        options = parse_proxy(
+            "--scrape-default-timeout", "10", "--scrape-max-timeout", "60",
+            "--poll-max-timeout", "30", "--max-push-size", "1000",
+            "--max-request-size", "100", "--max-header-size", "2000", "--log-scrapes",
+        )
+        self.assertEqual(options.config(), ProxyConfig(
+            scrape_default_timeout=10.0, scrape_max_timeout=60.0, poll_max_timeout=30.0,
+            max_push_size=1000, max_request_size=100, max_header_size=2000,
+            log_scrapes=True,
+        ))
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        """Unparsable or inconsistent values stop the program with a usage error."""
+        for argv in (
+            ["--scrape-default-timeout", "0"],
+            ["--max-push-size", "-1"],
+            ["--scrape-default-timeout", "400"],  # beyond the default maximum of 300
+            ["--client-ca", "ca.pem"],  # no ssl: listener
+            ["--scrape-allow-cidr", "nonsense"],
+            ["--client-tokens", "/nonexistent/tokens"],
+        ):
+            self.assertRaises(usage.UsageError, parse_proxy, *argv)
+
+    def test_split_description(self) -> None:
+        """An ssl: endpoint description splits into positional and keyword arguments."""
+        self.assertEqual(
+            _split_description(r"ssl:8443:privateKey=k.pem:certKey=c.pem:interface=\:\:1"),
+            (["8443"], {"privateKey": "k.pem", "certKey": "c.pem", "interface": "::1"}),
+        )
+
+
+class ProxyServiceTests(SynchronousTestCase):
+    """The service ``makeService`` builds for the proxy."""
+
+    def test_one_listener_per_endpoint_and_the_coordinator(self) -> None:
+        """A coordinator service first (it stops last), then a listener per endpoint."""
+        options = parse_proxy("--listen", "tcp:0:interface=127.0.0.1",
+                              "--listen", "tcp:0:interface=127.0.0.1")
+        service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
+        children = list(IServiceCollection(service))
+        self.assertIsInstance(children[0], CoordinatorService)
+        self.assertEqual(len(children), 3)
+        for child in children[1:]:
+            self.assertIsInstance(child, StreamServerEndpointService)
+
+    def test_mutual_tls_listener_and_token_reload(self) -> None:
+        """--client-ca builds the TLS listener itself; --client-tokens adds SIGHUP reload."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        pki = make_pki(directory)
+        tokens = Path(directory, "tokens")
+        tokens.write_text("node1.example 0123456789abcdef0123\n")
+        options = parse_proxy(
+            "--listen", f"ssl:0:privateKey={pki.server.key}:certKey={pki.server.cert}",
+            "--client-ca", pki.ca_cert, "--client-tokens", str(tokens),
+        )
+        service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
+        children = list(IServiceCollection(service))
+        self.assertEqual([type(child) for child in children],
+                         [CoordinatorService, StreamServerEndpointService, ReloadOnHangup])
+        self.assertTrue(options["client-auth"].enabled)
+
+
+class ClientOptionsTests(SynchronousTestCase):
+    """``twistd pushprox-client`` options."""
+
+    def test_documented_defaults(self) -> None:
+        """Only --proxy-url is needed; the rest has the documented defaults."""
+        options = parse_client("--proxy-url", "http://proxy:8080/", "--fqdn", "node1.example")
+        self.assertEqual(options.config(), ClientConfig(
+            proxy_url="http://proxy:8080/", fqdn="node1.example",
+        ))
+        self.assertEqual(options["metrics-listen"], "tcp:9369")
+        self.assertEqual(options.config().allow_ports, frozenset({9100}))
+        self.assertEqual(options.config().allow_paths, frozenset({"/metrics"}))
+
+    def test_allow_lists_repeat(self) -> None:
+        """--allow-port and --allow-path are repeatable and replace the defaults."""
+        config = parse_client(
+            "--proxy-url", "http://proxy/", "--fqdn", "n.example",
+            "--allow-port", "9100", "--allow-port", "9182", "--allow-path", "/probe",
+        ).config()
+        self.assertEqual((config.allow_ports, config.allow_paths),
+                         (frozenset({9100, 9182}), frozenset({"/probe"})))
+
+    def test_fqdn_defaults_to_this_host(self) -> None:
+        """Without --fqdn the client registers as this host's FQDN."""
+        import socket
+
+        options = parse_client("--proxy-url", "http://proxy/")
+        self.assertEqual(options["fqdn"], socket.getfqdn())
+
+    def test_secret_files_are_read(self) -> None:
+        """Token files are read at start, first line, stripped."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        Path(directory, "proxy").write_text("proxy-token-0123456789\nignored\n")
+        Path(directory, "target").write_text("  target-token \n")
+        config = parse_client(
+            "--proxy-url", "http://proxy/", "--fqdn", "n.example",
+            "--proxy-token-file", f"{directory}/proxy",
+            "--target-bearer-token-file", f"{directory}/target",
+        ).config()
+        self.assertEqual((config.proxy_token, config.target_bearer_token),
+                         ("proxy-token-0123456789", "target-token"))
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        """A missing or malformed URL, half a key pair, a bad port: usage errors."""
+        for argv in (
+            [],
+            ["--proxy-url", "proxy:8080"],
+            ["--proxy-url", "http://proxy/", "--tls-cert", "c.pem"],
+            ["--proxy-url", "http://proxy/", "--allow-port", "70000"],
+            ["--proxy-url", "http://proxy/", "--allow-path", "metrics"],
+            ["--proxy-url", "http://proxy/", "--retry-initial-wait", "9"],
+            ["--proxy-url", "http://proxy/", "--proxy-token-file", "/nonexistent"],
+        ):
+            self.assertRaises(usage.UsageError, parse_client, *argv)
+
+
+class ClientServiceMakerTests(SynchronousTestCase):
+    """The service ``makeService`` builds for the client."""
+
+    def test_client_and_metrics_listener(self) -> None:
+        """The client service, and a /metrics listener unless it is turned off."""
+        reactor = MemoryReactorClock()
+        with_metrics = list(IServiceCollection(client_tap.makeService(
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
+            reactor=reactor)))
+        self.assertEqual([type(child) for child in with_metrics],
+                         [ClientService, StreamServerEndpointService])
+        without = list(IServiceCollection(client_tap.makeService(
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
+                         "--metrics-listen", ""), reactor=reactor)))
+        self.assertEqual([type(child) for child in without], [ClientService])
