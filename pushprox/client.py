@@ -93,6 +93,8 @@ class ClientConfig:
     proxy_token: str | None = None
     #: Sent to targets as a Bearer token, never to the proxy.
     target_bearer_token: str | None = None
+    #: Labels the proxy lists this client with in /clients (a pushprox extension).
+    labels: tuple[tuple[str, str], ...] = ()
 
     def endpoint(self, name: str) -> bytes:
         """The URL of the proxy's endpoint ``name``, credentials removed."""
@@ -298,6 +300,9 @@ class ClientService(Service):
         self._poll_headers.setRawHeaders(
             POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
         )
+        # Sent even when empty, so that labels dropped from the command line go away.
+        self._poll_headers.setRawHeaders(wire.LABELS_HEADER,
+                                         [wire.encode_labels(config.labels)])
         self._push_poll_headers = self._proxy_headers.copy()
         self._push_poll_headers.setRawHeaders(PUSH_POLL_HEADER, [b"1"])
         #: Whether the proxy answers pushes with the next queued scrape (it said so).

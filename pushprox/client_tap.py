@@ -11,6 +11,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from pushprox import wire
 from pushprox.client import ClientConfig, ClientService, make_agents
 from pushprox.metrics import ClientMetrics
 from pushprox.options import port_number, positive_float, positive_int
@@ -84,6 +85,18 @@ class Options(usage.Options):
         super().__init__()
         self["allow-port"] = []
         self["allow-path"] = []
+        self["label"] = []
+
+    def opt_label(self, value: str) -> None:
+        """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
+        name, equals, label_value = value.partition("=")
+        if not equals:
+            raise usage.UsageError(f"--label {value}: expected NAME=VALUE")
+        try:
+            wire.check_label(name, label_value)
+        except wire.WireError as error:
+            raise usage.UsageError(f"--label {value}: {error}") from None
+        self["label"].append((name, label_value))
 
     def opt_allow_port(self, value: str) -> None:
         """Target port the client may scrape (repeatable; default 9100)."""
@@ -137,6 +150,7 @@ class Options(usage.Options):
             log_scrapes=self["log-scrapes"],
             proxy_token=self["proxy-token"],
             target_bearer_token=self["target-bearer-token"],
+            labels=tuple(self["label"]),
         )
 
 

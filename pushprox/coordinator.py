@@ -141,10 +141,14 @@ class ICoordinator(Interface):
         """
 
     def poll(
-        fqdn: str, identity: str | None, timeout: float | None
+        fqdn: str,
+        identity: str | None,
+        timeout: float | None,
+        labels: dict[str, str] | None = None,
     ) -> Deferred[Scrape | None]:
         """
-        Register ``fqdn`` and wait for a scrape for it.
+        Register ``fqdn`` (with ``labels`` for ``/clients``, when given) and wait for a
+        scrape for it.
 
         Fires with the scrape, or None after ``timeout`` seconds. Cancel it when the
         client hangs up.
@@ -348,7 +352,11 @@ class Coordinator:
     # -- polls --
 
     def poll(
-        self, fqdn: str, identity: str | None, timeout: float | None
+        self,
+        fqdn: str,
+        identity: str | None,
+        timeout: float | None,
+        labels: dict[str, str] | None = None,
     ) -> Deferred[Scrape | None]:
         """See L{ICoordinator.poll}."""
         if self._stopping:
@@ -357,6 +365,8 @@ class Coordinator:
             self._register(fqdn)
         except TooManyClients as error:
             return fail(error)
+        if labels is not None:
+            self._clients[fqdn].labels = labels
         queue = self._queues.get(fqdn)
         if queue:
             scrape = queue.popleft()

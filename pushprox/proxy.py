@@ -383,7 +383,14 @@ class PollResource(_Instrumented):
                               reason=denied.message)
                 return denied_response(request, denied)
         request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
-        deferred = self._coordinator.poll(fqdn, principal, timeout)
+        labels: dict[str, str] | None = None
+        raw_labels = request.getHeader(wire.LABELS_HEADER)
+        if raw_labels is not None:
+            try:
+                labels = wire.decode_labels(raw_labels)
+            except wire.WireError as error:
+                return self._refuse(request, 400, f"X-PushProx-Labels: {error}")
+        deferred = self._coordinator.poll(fqdn, principal, timeout, labels)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET

@@ -12,9 +12,10 @@ implementation and fuzzed.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -353,3 +354,42 @@ class ChunkedDecoder:
             elif not line:  # the blank line after trailers
                 self.finished = True
         return out
+
+
+#: Labels a client asks ``/clients`` to list it with (our extension).
+LABELS_HEADER = b"X-PushProx-Labels"
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 1024
+
+
+def check_label(name: str, value: str) -> None:
+    """Raise WireError unless ``name=value`` is a label Prometheus accepts from discovery."""
+    if not _LABEL_NAME.match(name) or name.startswith("__"):
+        raise WireError(f"invalid label name {name[:40]!r}")
+    if len(value) > MAX_LABEL_VALUE:
+        raise WireError(f"label {name} is longer than {MAX_LABEL_VALUE} characters")
+
+
+def encode_labels(labels: Iterable[tuple[str, str]]) -> bytes:
+    """``name=value`` pairs, values percent-encoded, joined by commas."""
+    return ",".join(f"{name}={quote(value, safe='')}" for name, value in labels).encode("ascii")
+
+
+def decode_labels(raw: bytes) -> dict[str, str]:
+    """Read an ``X-PushProx-Labels`` value; raises WireError with the reason."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise WireError("labels are not ASCII") from None
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise WireError(f"label {item[:40]!r} is not name=value")
+        value = unquote(value)
+        check_label(name, value)
+        labels[name] = value
+    if len(labels) > MAX_LABELS:
+        raise WireError(f"more than {MAX_LABELS} labels")
+    return labels

@@ -554,6 +554,29 @@ class EndpointTests(ProxyTestCase):
         self.assertIn('pushprox_proxied_requests_total{code="404"} 1.0', body)
         self.assertIn("pushprox_http_duration_seconds_bucket", body)
 
+    def test_clients_lists_labels_a_client_sent(self) -> None:
+        """Labels from X-PushProx-Labels appear in /clients; a later poll replaces them."""
+        self.poll(b"a.example", b"X-PushProx-Labels: site=customer%2C%20a,rack=r1\r\n")
+        self.poll(b"b.example")
+        groups = json.loads(self.get(b"/clients").body)
+        self.assertEqual(groups, [
+            {"targets": ["a.example"], "labels": {"site": "customer, a", "rack": "r1"}},
+            {"targets": ["b.example"], "labels": {}},
+        ])
+        self.poll(b"a.example", b"X-PushProx-Labels: \r\n")
+        self.assertEqual(json.loads(self.get(b"/clients").body)[0]["labels"], {})
+
+    def test_invalid_labels_refused(self) -> None:
+        """A reserved or malformed label name is a 400 with the reason; nothing registers."""
+        for header in (b"__address__=x", b"1abc=x", b"novalue"):
+            connection = self.connect()
+            connection.send(post(b"/poll", b"c.example", b"X-PushProx-Labels: " + header + b"\r\n"))
+            response = connection.response()
+            assert response is not None
+            self.assertEqual(response.status, 400)
+            self.assertIn(b"X-PushProx-Labels", response.body)
+        self.assertEqual(self.coordinator.clients(), [])
+
     def test_health_endpoints(self) -> None:
         """/-/healthy and /-/ready answer 200 in plain text."""
         self.assertEqual(self.get(b"/-/healthy").body, b"Healthy\n")

@@ -249,14 +249,14 @@ class RecordingCoordinator(Coordinator):
         super().__init__(clock)
         self.handed: list[tuple[str | None, Scrape, bytes]] = []
 
-    def poll(self, fqdn: str, identity: str | None,
-             timeout: float | None) -> Deferred[Scrape | None]:
+    def poll(self, fqdn: str, identity: str | None, timeout: float | None,
+             labels: dict[str, str] | None = None) -> Deferred[Scrape | None]:
         def record(scrape: Scrape | None) -> Scrape | None:
             if scrape is not None:
                 self.handed.append((identity, scrape, scrape.payload(reactor.seconds())))
             return scrape
 
-        return super().poll(fqdn, identity, timeout).addCallback(record)
+        return super().poll(fqdn, identity, timeout, labels).addCallback(record)
 
 
 @implementer(IReactorTime)

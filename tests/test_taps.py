@@ -164,6 +164,15 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual((config.allow_ports, config.allow_paths),
                          (frozenset({9100, 9182}), frozenset({"/probe"})))
 
+    def test_labels(self) -> None:
+        """--label NAME=VALUE repeats; reserved or malformed names are usage errors."""
+        config = parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
+                              "--label", "site=customer a", "--label", "rack=r=1").config()
+        self.assertEqual(config.labels, (("site", "customer a"), ("rack", "r=1")))
+        for bad in ("__meta=x", "9x=y", "novalue"):
+            self.assertRaises(usage.UsageError, parse_client, "--proxy-url", "http://proxy/",
+                              "--label", bad)
+
     def test_fqdn_defaults_to_this_host(self) -> None:
         """Without --fqdn the client registers as this host's FQDN."""
         import socket

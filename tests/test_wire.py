@@ -907,3 +907,31 @@ class ChunkedDecoderTests(SynchronousTestCase):
             except wire.WireError:
                 return
             self.assertTrue(all(isinstance(part, bytes) for part in out))
+
+
+class LabelTests(SynchronousTestCase):
+    """The X-PushProx-Labels value our client sends and our proxy reads."""
+
+    def test_round_trip_with_awkward_values(self) -> None:
+        """Commas, equals signs, spaces and non-ASCII survive encoding."""
+        labels = [("site", "customer, a"), ("expr", "a=b"), ("city", "Zürich"), ("empty", "")]
+        encoded = wire.encode_labels(labels)
+        self.assertTrue(encoded.isascii())
+        self.assertEqual(wire.decode_labels(encoded), dict(labels))
+
+    def test_empty_value_means_no_labels(self) -> None:
+        """An empty header (a client without labels) reads as no labels."""
+        self.assertEqual(wire.decode_labels(b""), {})
+
+    def test_invalid_names_and_too_many(self) -> None:
+        """Reserved, malformed and excess labels raise WireError with the reason."""
+        cases = {
+            b"__address__=x": "invalid label name '__address__'",
+            b"a-b=x": "invalid label name 'a-b'",
+            b"x": "label 'x' is not name=value",
+            b",".join(b"l%d=v" % i for i in range(33)): "more than 32 labels",
+        }
+        for raw, message in cases.items():
+            with self.assertRaises(wire.WireError) as caught:
+                wire.decode_labels(raw)
+            self.assertEqual(str(caught.exception), message)
