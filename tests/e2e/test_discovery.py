@@ -15,8 +15,10 @@ def test_prometheus_discovers_and_scrapes_every_registered_client(stack: Stack) 
     exporter = stack.exporter("shared")
     proxy = stack.proxy()
     fqdns = ["node1.example", "node2.example", "node3.example"]
-    for fqdn in fqdns:
-        stack.client(proxy, fqdn, [exporter.port])
+    for number, fqdn in enumerate(fqdns, 1):
+        # Labels a client gives itself reach the targets through /clients.
+        stack.client(proxy, fqdn, [exporter.port],
+                     extra=["--label", f"site=site {number}", "--label", "fleet=edge"])
     prometheus = stack.prometheus(
         [
             {
@@ -40,6 +42,9 @@ def test_prometheus_discovers_and_scrapes_every_registered_client(stack: Stack) 
 
     instances = [f"{fqdn}:{exporter.port}" for fqdn in fqdns]
     prometheus.wait_up("discovered", instances)
+    for number, instance in enumerate(instances, 1):
+        labels = prometheus.target("discovered", instance)["labels"]
+        assert (labels["site"], labels["fleet"]) == (f"site {number}", "edge"), labels
 
     stack.client(proxy, "node4.example", [exporter.port])
     instances.append(f"node4.example:{exporter.port}")
