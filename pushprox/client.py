@@ -78,6 +78,9 @@ class ClientConfig:
     proxy_url: str
     fqdn: str
     poll_timeout: float = 25.0
+    #: How long after poll_timeout a poll of a pushprox proxy may stay unanswered
+    #: before the client takes its connection for dead.
+    poll_grace: float = 10.0
     retry_initial_wait: float = 1.0
     retry_max_wait: float = 5.0
     scrape_default_timeout: float = 15.0
@@ -307,6 +310,8 @@ class ClientService(Service):
         self._push_poll_headers.setRawHeaders(PUSH_POLL_HEADER, [b"1"])
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
+        #: Whether the proxy answers idle polls after poll_timeout (it said so).
+        self._bounded_polls = False
         self._fqdn_bytes = config.fqdn.encode("ascii")
         #: What the poll loop awaits right now (a poll or a backoff), cancelled on stop.
         self._waiting: set[Deferred[Any]] = set()
@@ -328,7 +333,8 @@ class ClientService(Service):
         """Poll, hand each scrape request over, poll again; back off on errors."""
         while self.running:
             try:
-                request = await self._wait(Deferred.fromCoroutine(self._poll_once()))
+                request = await self._wait(self._bounded(Deferred.fromCoroutine(
+                    self._poll_once())))
             except CancelledError:
                 return
             except Exception as error:
@@ -352,13 +358,49 @@ class ClientService(Service):
         finally:
             self._waiting.discard(deferred)
 
+    def _bounded(self, poll: Deferred[Any]) -> Deferred[Any]:
+        """
+        Give up on a poll that a pushprox proxy should have answered by now.
+
+        Such a proxy answers an idle poll after ``poll_timeout``; no answer long after
+        that means the connection died silently (a NAT or firewall dropped its state),
+        and waiting on would leave the client unreachable until TCP notices, if ever.
+        An upstream proxy holds polls without bound, so they get no deadline.
+        """
+        if not self._bounded_polls:
+            return poll
+        timed_out = False
+
+        def give_up() -> None:
+            nonlocal timed_out
+            timed_out = True
+            poll.cancel()
+
+        limit = self.config.poll_timeout + self.config.poll_grace
+        deadline = self._clock.callLater(limit, give_up)
+
+        def settle(result: object) -> object:
+            if deadline.active():
+                deadline.cancel()
+            if timed_out and isinstance(result, Failure):
+                raise PollError(f"no answer to a poll within {limit:g}s: the "
+                                "connection is presumed dead")
+            return result
+
+        return poll.addBoth(settle)
+
     async def _poll_once(self) -> wire.ScrapeRequest | None:
         response = await self._proxy_agent.request(
             b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
         )
         body = await read_limited(response, MAX_POLL_ANSWER)
-        extensions = response.headers.getRawHeaders(EXTENSIONS_HEADER)
-        self._push_poll = bool(extensions) and b"push-poll" in b",".join(extensions)
+        extensions = {
+            token.strip()
+            for value in response.headers.getRawHeaders(EXTENSIONS_HEADER, [])
+            for token in value.split(b",")
+        }
+        self._push_poll = b"push-poll" in extensions
+        self._bounded_polls = b"poll-timeout" in extensions
         if response.code == 204:
             return None
         if response.code != 200:

@@ -429,6 +429,26 @@ class PushPollProxy(Resource):
         return b""
 
 
+class SilentProxy(Resource):
+    """A proxy stand-in that says it bounds polls, then never answers one again."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+        self.held: list[Request] = []
+
+    def render_POST(self, request: Request) -> bytes | int:
+        self.polls += 1
+        request.setHeader(b"X-PushProx-Extensions", b"poll-timeout, push-poll")
+        if self.polls == 1:
+            request.setResponseCode(204)
+            return b""
+        self.held.append(request)
+        return NOT_DONE_YET
+
+
 NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
              b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1"
              b"</center>\r\n</body>\r\n</html>\r\n")
@@ -735,6 +755,22 @@ class ClientServiceTests(TestCase):
         self.assertEqual(sorted(uri for uri, _ in self.target.requests),
                          [b"/gzip", b"/metrics"])
         self.assertLessEqual(fake.polls, 2)
+
+    async def test_silently_dead_poll_is_given_up_and_polled_again(self) -> None:
+        """
+        A pushprox proxy that does not answer a poll long after its bound is taken for
+        a dead connection: counted, dropped, and polled again on a new connection.
+        """
+        fake = SilentProxy()
+        port = self.serve_fake_proxy(fake)
+        service = self.start_client(proxy_url=f"http://127.0.0.1:{port}/", poll_timeout=0.2,
+                                    poll_grace=0.3, retry_initial_wait=0.1,
+                                    retry_max_wait=0.1)
+        await wait_until(reactor, lambda: fake.polls >= 3, timeout=5,
+                         what="a third poll after the silent one was given up")
+        self.assertGreaterEqual(service.metrics.registry.get_sample_value(
+            "pushprox_client_poll_errors_total"), 1)
+        self.assertTrue(all(request._disconnected for request in fake.held[:-1]))
 
     async def test_error_poll_answer_is_never_parsed_as_a_scrape(self) -> None:
         """A 502 whose body reads like a scrape request is an error, not a scrape."""
