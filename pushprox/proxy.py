@@ -358,6 +358,7 @@ class PollResource(_Instrumented):
         self.instrument(request)
         rejection = cast(PushProxRequest, request).body_rejection
         if rejection is not None:
+            self._metrics.limit_exceeded.labels("request_size").inc()
             return self._refuse(request, *rejection)
         raw = request.content.read() if request.content is not None else b""
         fqdn = normalize_fqdn(raw)
@@ -465,6 +466,8 @@ class PushResource(_Instrumented):
                           peer=_peer(request), code=code, reason=message)
             return denied_response(request, stream.denied)
         if code != 200:
+            if code == 413:
+                self._metrics.limit_exceeded.labels("push_size").inc()
             self.log.info("Refused push from {peer}: {code} {reason}",
                           peer=_peer(request), code=code, reason=message)
             return text_response(request, code, message)
@@ -633,9 +636,33 @@ class PushProxSite(Site):
         self.noisy = False
 
     def buildProtocol(self, addr: Any) -> Any:
-        """A channel with the configured header size limit."""
+        """A channel with the configured header size limit, refused with a 431."""
         channel = super().buildProtocol(addr)
-        channel.totalHeadersSize = self.config.max_header_size
+        # Site wraps the HTTPChannel that parses requests; the limit lives on that one.
+        inner = getattr(channel, "_channel", channel)
+        inner.totalHeadersSize = limit = self.config.max_header_size
+        bad_request = inner._respondToBadRequestAndDisconnect
+
+        def too_large(*_: object) -> None:
+            self.metrics.limit_exceeded.labels("header_size").inc()
+            body = b"request headers exceed the limit of %d bytes\n" % limit
+            inner.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: pushprox\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            inner.loseConnection()
+
+        def refuse() -> None:
+            if inner._receivedHeaderSize > limit:
+                too_large()
+            else:
+                bad_request()
+
+        inner._respondToBadRequestAndDisconnect = refuse
+        # One line longer than the whole limit is refused the same way, not just cut off.
+        inner.MAX_LENGTH = limit
+        inner.lineLengthExceeded = too_large
         return channel
 
     def push_stream(self, request: Request, length: int | None) -> PushStream:

@@ -343,10 +343,45 @@ class PollTests(ProxyTestCase):
         self.assertIdle()
 
     def test_oversized_poll_body_gets_413(self) -> None:
-        """A body larger than --max-request-size is refused without being kept."""
+        """A body larger than --max-request-size is refused without being kept, and counted."""
         response = self.poll(b"a" * 2000).response()
         assert response is not None
         self.assertEqual(response.status, 413)
+        self.assertEqual(self.site.metrics.registry.get_sample_value(
+            "pushprox_limit_exceeded_total", {"limit": "request_size"}), 1.0)
+
+    def test_oversized_headers_get_431_and_are_counted(self) -> None:
+        """Headers past --max-header-size: 431 with the limit, and a count in /metrics."""
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"x" * 1000) for i in range(20))
+        for head in (many, b"X-Big: " + b"x" * 17_000 + b"\r\n"):
+            connection = self.connect()
+            connection.send(b"POST /poll HTTP/1.1\r\nHost: p\r\n" + head)
+            response = connection.response()
+            assert response is not None
+            self.assertEqual(response.status, 431)
+            self.assertEqual(response.body,
+                             b"request headers exceed the limit of 16384 bytes\n")
+            self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(self.site.metrics.registry.get_sample_value(
+            "pushprox_limit_exceeded_total", {"limit": "header_size"}), 2.0)
+
+    def test_header_limit_is_configurable(self) -> None:
+        """A smaller --max-header-size applies to the channels the site builds."""
+        site = PushProxSite(self.coordinator, clock=self.clock,
+                            config=ProxyConfig(max_header_size=200), reactor=Clock())
+        connection = Connection(site, 1)
+        connection.send(b"POST /poll HTTP/1.1\r\nHost: p\r\nX-Big: " + b"x" * 300 + b"\r\n")
+        response = connection.response()
+        assert response is not None
+        self.assertEqual(response.status, 431)
+
+    def test_malformed_request_line_still_400(self) -> None:
+        """Other malformed requests keep Twisted's plain 400."""
+        connection = self.connect()
+        connection.send(b"NONSENSE\r\n")
+        response = connection.response()
+        assert response is not None
+        self.assertEqual(response.status, 400)
 
     def test_bounded_poll_answered_204(self) -> None:
         """A poll asking for a bound is answered 204 after it when idle."""
