@@ -56,6 +56,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # it (status line + headers + body) stays under a 10 MiB push-size limit.
 PAGES = {"1k": 1024, "57k": 57 * 1024, "10m": 10 * 1000 * 1000}
 FQDN = "bench.example"
+BASELINE_FQDN = "baseline.example"
 HIGH_NOFILE = 65536
 MEMORY_MAX_SECONDS = 1200  # bound on the client memory section's load
 
@@ -224,6 +225,7 @@ class Procs:
         argv: list[str],
         nofile: int | None = None,
         pipes: bool = False,
+        env: dict[str, str] | None = None,
     ) -> Proc:
         self.count += 1
         wd = self.tmp / f"{self.count:02d}-{name}"
@@ -233,7 +235,7 @@ class Procs:
             popen = subprocess.Popen(
                 argv,
                 cwd=wd,
-                env=ENV,
+                env=ENV if env is None else env,
                 stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipes else logf,
                 stderr=logf if pipes else subprocess.STDOUT,
@@ -402,18 +404,23 @@ def plugin_error(plugin: str) -> str | None:
     return None
 
 
-def start_proxy(procs: Procs, name: str = "proxy") -> tuple[Proc, int]:
+def start_proxy(
+    procs: Procs, name: str = "proxy", env: dict[str, str] | None = None
+) -> tuple[Proc, int]:
     port = free_port()
     p = procs.start(
         name,
         [TWISTD, "--pidfile=", "-n", "pushprox-proxy", "--port", f"tcp:{port}:interface=127.0.0.1"],
         nofile=HIGH_NOFILE,
+        env=env,
     )
     wait_port(port, p, timeout=60)
     return p, port
 
 
-def start_client(procs: Procs, proxy_port: int, nginx_port: int, fqdn: str) -> Proc:
+def start_client(
+    procs: Procs, proxy_port: int, nginx_port: int, fqdn: str, env: dict[str, str] | None = None
+) -> Proc:
     argv = [
         TWISTD, "--pidfile=", "-n", "pushprox-client",
         "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
@@ -424,7 +431,7 @@ def start_client(procs: Procs, proxy_port: int, nginx_port: int, fqdn: str) -> P
     ]  # fmt: skip
     for page in PAGES:
         argv += ["--allow-path", f"/{page}"]
-    return procs.start(f"client-{fqdn}", argv, nofile=HIGH_NOFILE)
+    return procs.start(f"client-{fqdn}", argv, nofile=HIGH_NOFILE, env=env)
 
 
 def scrape_uri(fqdn: str, nginx_port: int, page: str) -> str:
@@ -769,12 +776,19 @@ class World:
     proxy: Proc | None = None
     proxy_port: int = 0
     client: Proc | None = None
+    #: --baseline: the same pair run from another commit's checkout, for before/after rows.
+    baseline_rev: str | None = None
+    baseline_proxy: Proc | None = None
+    baseline_proxy_port: int = 0
+    baseline_client: Proc | None = None
 
-    def watch(self) -> dict[str, list[int]]:
+    def watch(self, baseline: bool = False) -> dict[str, list[int]]:
         w = {"nginx": self.nginx_pids}
-        if self.proxy and self.client:
-            w["proxy"] = [self.proxy.pid]
-            w["client"] = [self.client.pid]
+        proxy, client = ((self.baseline_proxy, self.baseline_client) if baseline
+                         else (self.proxy, self.client))
+        if proxy and client:
+            w["proxy"] = [proxy.pid]
+            w["client"] = [client.pid]
         return w
 
 
@@ -786,6 +800,20 @@ def setup_pushprox(w: World) -> None:
     except BenchError as e:
         w.proxied_error = f"pushprox setup failed: {e}"
         w.report.note(w.proxied_error)
+
+
+def setup_baseline(w: World, checkout: Path) -> None:
+    """Start a second proxy and client that import pushprox from ``checkout``."""
+    env = dict(ENV, PYTHONPATH=str(checkout))
+    try:
+        w.baseline_proxy, w.baseline_proxy_port = start_proxy(w.procs, "baseline-proxy", env)
+        w.baseline_client = start_client(w.procs, w.baseline_proxy_port, w.nginx_port,
+                                         BASELINE_FQDN, env)
+        wait_scrape_ok(w.baseline_proxy, w.baseline_proxy_port, w.baseline_client,
+                       BASELINE_FQDN, w.nginx_port)
+    except BenchError as e:
+        w.report.note(f"baseline {w.baseline_rev} setup failed: {e}")
+        w.baseline_proxy = w.baseline_client = None
 
 
 def wait_quiet(w: World, what: str) -> None:
@@ -826,9 +854,33 @@ def section_throughput(w: World) -> None:
                     run_wrk(w.nginx_port, 8, m.warmup_seconds, {}, path=f"/{page}")
                 elif not w.proxied_error:
                     run_wrk(w.proxy_port, 8, m.warmup_seconds, {}, uri)
+        baseline_uri = scrape_uri(BASELINE_FQDN, w.nginx_port, page)
+        if w.baseline_proxy is not None:
+            with contextlib.suppress(BenchError, OSError):
+                run_wrk(w.baseline_proxy_port, 8, m.warmup_seconds, {}, baseline_uri)
+        paths = ["direct", "pushprox"]
+        if w.baseline_proxy is not None:
+            paths.append(f"baseline {w.baseline_rev}")
         for conns in (1, 8):
-            for path in ("direct", "pushprox"):
+            for path in paths:
                 row = [page, str(conns), path]
+                if path.startswith("baseline"):
+                    wait_quiet(w, f"{page} c{conns} {path}")
+                    try:
+                        r = run_wrk(w.baseline_proxy_port, conns, m.wrk_seconds,
+                                    w.watch(baseline=True), baseline_uri)
+                    except (BenchError, OSError) as e:
+                        w.report.note(f"{page} c{conns} {path}: {e}")
+                        continue
+                    w.report.throughput.append([
+                        *row, fmt(r.rate, 0), fmt(r.p50_ms), fmt(r.p99_ms),
+                        fmt(r.per_req("proxy"), 3), fmt(r.per_req("client"), 3),
+                        fmt(r.per_req("nginx"), 3), r.nginx_text(), r.error_text(),
+                        r.busy_text(), fmt(r.other_cores, 2),
+                    ])  # fmt: skip
+                    print(f"  {page} c{conns} {path}: {r.rate:.0f}/s p50 {r.p50_ms:.2f} ms",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    continue
                 if path == "pushprox" and w.proxied_error:
                     w.report.throughput.append([*row, "not run", *["-"] * 6, "see notes", "-", "-"])
                     continue
@@ -1247,6 +1299,11 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config)")
     ap.add_argument(
+        "--baseline", metavar="REV",
+        help="also measure the proxy and client of git revision REV (a temporary worktree), "
+        "side by side in the throughput table",
+    )  # fmt: skip
+    ap.add_argument(
         "--skip", action="append", default=[],
         choices=["throughput", "big", "idle", "memory"], help="skip a section",
     )  # fmt: skip
@@ -1281,6 +1338,13 @@ def main() -> int:
             report.note(f"proxied measurements not run: {w.proxied_error}")
         else:
             setup_pushprox(w)
+            if args.baseline:
+                w.baseline_rev = args.baseline
+                checkout = tmp / "baseline-checkout"
+                subprocess.run(["git", "-C", str(BENCH.parent), "worktree", "add", "--detach",
+                                str(checkout), args.baseline], check=True,
+                               capture_output=True)  # fmt: skip
+                setup_baseline(w, checkout)
         steps: list[tuple[str, Callable[[], None]]] = [
             ("throughput", lambda: section_throughput(w)),
             ("big", lambda: section_big(w)),
@@ -1310,6 +1374,9 @@ def main() -> int:
         report.note(f"benchmark aborted: {e}")
     finally:
         procs.stop_all()
+        if args.baseline:
+            subprocess.run(["git", "-C", str(BENCH.parent), "worktree", "remove", "--force",
+                            str(tmp / "baseline-checkout")], capture_output=True)  # fmt: skip
         # Every child has been waited for now, so its CPU is in own_cpu_seconds().
         busy = (machine_busy_ticks() - busy0) / CLK_TCK
         elapsed = time.monotonic() - t0
