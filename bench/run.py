@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pushprox benchmark: scrapes through pushprox vs. directly against nginx.
 
-    /work/venv/bin/python bench/run.py [--quick] [--profile DIR] [--keep]
+    python bench/run.py [--quick] [--profile DIR] [--keep] [--baseline REV]
 
 Starts (all on 127.0.0.1, ports chosen free, each process in its own working
 directory under one temp dir, everything stopped at the end, also on Ctrl-C):
