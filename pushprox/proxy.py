@@ -39,11 +39,11 @@ from pushprox.coordinator import (
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import (
     SERVER,
-    TEXT,
     PushStream,
     Relay,
     finish_with,
     request_alive,
+    scrape_answer,
     text_response,
 )
 from pushprox.tls import peer_names
@@ -260,19 +260,16 @@ class ScrapeResource(Resource):
         if code == 0:
             self._count(499, "cancelled")
             return
-        if relay.error is None and relay.scrape_error() is None:
-            outcome = "success"
-        else:
-            outcome = "timeout" if code == 504 else "client_error"
+        outcome = ("success" if relay.error is None
+                   else "timeout" if code == 504 else "client_error")
         self._count(code, outcome)
         self._metrics.scrape_duration.observe(self._clock.seconds() - started)
         if self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {code}",
                           url=request.uri.decode("latin-1"), fqdn=fqdn, code=code)
-        if outcome != "success":
+        if relay.error is not None:
             self.log.warn("Scrape of {url} via {fqdn} failed: {reason}",
-                          url=request.uri.decode("latin-1"), fqdn=fqdn,
-                          reason=(relay.error or (0, relay.scrape_error()))[1])
+                          url=request.uri.decode("latin-1"), fqdn=fqdn, reason=relay.error[1])
 
     def _failed(self, reason: Failure, request: Request, fqdn: str, started: float) -> None:
         error = reason.value
@@ -306,6 +303,7 @@ class _Instrumented(Resource):
 
     isLeaf = True
     path = ""
+    log = Logger()
 
     def __init__(self, metrics: ProxyMetrics, clock: IReactorTime) -> None:
         super().__init__()
@@ -321,6 +319,13 @@ class _Instrumented(Resource):
         except Denied as denied:
             return denied_response(request, denied)
         return None
+
+    def refuse(self, request: Request, denied: Denied, fqdn: str | None = None) -> bytes:
+        """Log why a request to this endpoint is refused, and answer it so."""
+        what = self.path.lstrip("/") + (f" for {fqdn}" if fqdn else "")
+        self.log.info("Refused {what} from {peer}: {code} {reason}", what=what,
+                      peer=_peer(request), code=denied.code, reason=denied.message)
+        return denied_response(request, denied)
 
     def instrument(self, request: Request) -> None:
         """Count this request by code and path once it ends."""
@@ -359,19 +364,19 @@ class PollResource(_Instrumented):
         rejection = cast(PushProxRequest, request).body_rejection
         if rejection is not None:
             self._metrics.limit_exceeded.labels("request_size").inc()
-            return self._refuse(request, *rejection)
+            return self.refuse(request, Denied(*rejection))
         raw = request.content.read() if request.content is not None else b""
         fqdn = normalize_fqdn(raw)
         if fqdn is None:
-            return self._refuse(request, 400, f"poll body is not an FQDN: {raw[:100]!r}")
+            return self.refuse(request, Denied(400, f"poll body is not an FQDN: {raw[:100]!r}"))
         timeout: float | None = None
         raw_timeout = request.getHeader(POLL_TIMEOUT_HEADER)
         if raw_timeout is not None:
             try:
                 timeout = min(max(float(raw_timeout), 0.0), self._config.poll_max_timeout)
             except ValueError:
-                return self._refuse(request, 400, f"{POLL_TIMEOUT_HEADER.decode()} is "
-                                    "not a number")
+                return self.refuse(request, Denied(
+                    400, f"{POLL_TIMEOUT_HEADER.decode()} is not a number"))
         principal: str | None = None
         if self._client_auth is not None:
             try:
@@ -379,10 +384,7 @@ class PollResource(_Instrumented):
                     fqdn, request.getHeader(b"authorization"), certificate_names(request)
                 )
             except Denied as denied:
-                self.log.info("Refused poll for {fqdn} from {peer}: {code} {reason}",
-                              fqdn=fqdn, peer=_peer(request), code=denied.code,
-                              reason=denied.message)
-                return denied_response(request, denied)
+                return self.refuse(request, denied, fqdn)
         request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
         labels: dict[str, str] | None = None
         raw_labels = request.getHeader(wire.LABELS_HEADER)
@@ -390,16 +392,11 @@ class PollResource(_Instrumented):
             try:
                 labels = wire.decode_labels(raw_labels)
             except wire.WireError as error:
-                return self._refuse(request, 400, f"X-PushProx-Labels: {error}")
+                return self.refuse(request, Denied(400, f"X-PushProx-Labels: {error}"))
         deferred = self._coordinator.poll(fqdn, principal, timeout, labels)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
-
-    def _refuse(self, request: Request, code: int, message: str) -> bytes:
-        self.log.info("Refused poll from {peer}: {code} {reason}",
-                      peer=_peer(request), code=code, reason=message)
-        return text_response(request, code, message)
 
     def _answer(self, scrape: Scrape | None, request: Request) -> None:
         if scrape is None:
@@ -409,10 +406,7 @@ class PollResource(_Instrumented):
         if not request_alive(request):
             self._coordinator.requeue(scrape)
             return
-        body = scrape.payload(self._clock.seconds())
-        request.setHeader(b"content-type", TEXT)
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
+        request.write(scrape_answer(request, scrape.payload(self._clock.seconds())))
         request.finish()
 
     def _failed(self, reason: Failure, request: Request, fqdn: str) -> None:
@@ -461,25 +455,16 @@ class PushResource(_Instrumented):
         if stream is None:  # pragma: no cover - PushProxRequest always sets it
             return text_response(request, 500, "push was not streamed")
         code, message = stream.end()
-        if stream.denied is not None:
-            self.log.info("Refused push from {peer}: {code} {reason}",
-                          peer=_peer(request), code=code, reason=message)
-            return denied_response(request, stream.denied)
         if code != 200:
             if code == 413:
                 self._metrics.limit_exceeded.labels("push_size").inc()
-            self.log.info("Refused push from {peer}: {code} {reason}",
-                          peer=_peer(request), code=code, reason=message)
-            return text_response(request, code, message)
+            return self.refuse(request, stream.denied or Denied(code, message))
         if stream.fqdn is not None and request.getHeader(PUSH_POLL_HEADER) is not None:
             scrape = self._coordinator.take_queued(stream.fqdn, stream.identity)
             if scrape is not None:
-                body = scrape.payload(self._clock.seconds())
                 request.setHeader(NEXT_SCRAPE_HEADER, b"1")
-                request.setHeader(b"content-type", TEXT)
-                request.setHeader(b"content-length", b"%d" % len(body))
                 request.notifyFinish().addErrback(lambda _: self._coordinator.requeue(scrape))
-                return body
+                return scrape_answer(request, scrape.payload(self._clock.seconds()))
         request.setHeader(b"content-length", b"0")
         return b""
 

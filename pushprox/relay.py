@@ -104,6 +104,30 @@ class PushThrottle:
         self.resumeProducing()
 
 
+def client_failure(head: wire.ResponseHead | None) -> tuple[int, str] | None:
+    """
+    The answer for a response our client synthesized because it could not scrape.
+
+    504 when it reports a target timeout, 502 otherwise; None for a real response.
+    """
+    if head is None:
+        return None
+    reason = head.header(wire.SCRAPE_ERROR_HEADER)
+    if reason is None:
+        return None
+    text = reason.decode("utf-8", "replace")
+    if head.header(wire.SCRAPE_ERROR_KIND_HEADER) == b"timeout":
+        return 504, f"the target did not answer in time: {text}"
+    return 502, f"the client could not scrape the target: {text}"
+
+
+def scrape_answer(request: Request, body: bytes) -> bytes:
+    """Set the headers of an answer that hands a client a scrape request ``body``."""
+    request.setHeader(b"content-type", TEXT)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
 class Relay:
     """
     The response to one scrape on its way from a push to Prometheus.
@@ -117,7 +141,8 @@ class Relay:
     def __init__(self, head: wire.ResponseHead | None, error: tuple[int, str] | None = None,
                  throttle: PushThrottle | None = None):
         self.head = head
-        self.error = error
+        #: The error Prometheus gets instead of the pushed response, if any.
+        self.error = error if error is not None else client_failure(head)
         self._throttle = throttle
         self._request: Request | None = None
         self._pending: list[bytes] = []
@@ -129,27 +154,13 @@ class Relay:
         """A relay that answers the scrape with an error instead of the push."""
         return cls(None, (code, message))
 
-    def scrape_error(self) -> str | None:
-        """The reason our client gave for not scraping the target, if it did not."""
-        if self.head is None:
-            return None
-        value = self.head.header(wire.SCRAPE_ERROR_HEADER)
-        return None if value is None else value.decode("utf-8", "replace")
-
     def attach(self, request: Request) -> int:
         """Start answering ``request``; returns the status code given to it."""
         if not request_alive(request):
             self._discarding = True
             return 0
-        error = self.error
-        reason = self.scrape_error()
-        if error is None and reason is not None:
-            assert self.head is not None
-            timed_out = self.head.header(wire.SCRAPE_ERROR_KIND_HEADER) == b"timeout"
-            error = ((504, f"the target did not answer in time: {reason}") if timed_out
-                     else (502, f"the client could not scrape the target: {reason}"))
-        if error is not None or self.head is None:
-            code, message = error or (502, "no response")
+        if self.error is not None or self.head is None:
+            code, message = self.error or (502, "no response")
             finish_with(request, code, message)
             self._discarding = True
             return code
