@@ -165,7 +165,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if any(options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
         from pushprox import tls
 
-        proxy_policy = tls.target_policy(
+        proxy_policy = tls.https_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
             insecure_skip_verify=options["tls-insecure-skip-verify"],
         )
@@ -173,7 +173,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                                 "target-tls-insecure-skip-verify")):
         from pushprox import tls
 
-        target_policy = tls.target_policy(
+        target_policy = tls.https_policy(
             cacert=options["target-tls-cacert"], cert=options["target-tls-cert"],
             key=options["target-tls-key"],
             insecure_skip_verify=options["target-tls-insecure-skip-verify"],

@@ -36,11 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "certificate_names_fqdn",
-    "client_policy",
+    "https_policy",
     "load_certificates",
     "peer_names",
     "server_context_factory",
-    "target_policy",
 ]
 
 # Agent asks the policy for a creator on every new connection; building one means a new
@@ -198,15 +197,15 @@ class _InsecurePolicy:
         return _UnverifiedCreator(self._options, hostname)
 
 
-def client_policy(*, cacert: str | None, cert: str | None, key: str | None) -> IPolicyForHTTPS:
-    """Build the HTTPS policy for the client's connections to the proxy."""
-    return _VerifyingPolicy(cacert, _client_identity(cert, key))
-
-
-def target_policy(
-    *, cacert: str | None, cert: str | None, key: str | None, insecure_skip_verify: bool
+def https_policy(
+    *, cacert: str | None, cert: str | None, key: str | None, insecure_skip_verify: bool = False
 ) -> IPolicyForHTTPS:
-    """Build the HTTPS policy for the client's scrapes; insecure ignores C{cacert}."""
+    """
+    Build the HTTPS policy of the client's connections, to the proxy or to targets.
+
+    It trusts C{cacert} (else the platform's trust store) and checks the host name,
+    presents C{cert}/C{key} when given; insecure mode verifies nothing and ignores C{cacert}.
+    """
     identity = _client_identity(cert, key)
     if insecure_skip_verify:
         return _InsecurePolicy(identity)

@@ -188,7 +188,7 @@ def tcp(port: int) -> IStreamClientEndpoint:
 def tls_endpoint(port: int, ca_cert: str,
                  client: IssuedCertificate | None = None) -> IStreamClientEndpoint:
     """A TLS endpoint to 127.0.0.1:port that trusts ``ca_cert`` and may present ``client``."""
-    policy = tls.client_policy(cacert=ca_cert, cert=None if client is None else client.cert,
+    policy = tls.https_policy(cacert=ca_cert, cert=None if client is None else client.cert,
                                key=None if client is None else client.key)
     return wrapClientTLS(policy.creatorForNetloc(b"localhost", port), tcp(port))
 
@@ -434,7 +434,7 @@ class SecurityTestCase(TestCase):
         settings.update(overrides)
         policy = None
         if self.pki is not None:
-            policy = tls.client_policy(
+            policy = tls.https_policy(
                 cacert=self.pki.ca_cert,
                 cert=None if certificate is None else certificate.cert,
                 key=None if certificate is None else certificate.key,

@@ -46,11 +46,10 @@ from zope.interface import implementer
 
 from pushprox.tls import (
     certificate_names_fqdn,
-    client_policy,
+    https_policy,
     load_certificates,
     peer_names,
     server_context_factory,
-    target_policy,
 )
 from tests.tlsfixtures import CertificateAuthority, IssuedCertificate, make_pki
 
@@ -122,15 +121,15 @@ class ConfigurationErrorTests(SynchronousTestCase):
         self.pki = make_pki(_temporary_directory(self))
 
     def test_client_certificate_without_key(self) -> None:
-        """client_policy and target_policy refuse a certificate without a key."""
+        """https_policy refuses a certificate without a key, verifying or not."""
         message = "a client certificate needs both cert and key, not only one of them"
         error = self.assertRaises(
-            ValueError, client_policy, cacert=None, cert=self.pki.client.cert, key=None
+            ValueError, https_policy, cacert=None, cert=self.pki.client.cert, key=None
         )
         self.assertEqual(str(error), message)
         error = self.assertRaises(
             ValueError,
-            target_policy,
+            https_policy,
             cacert=None,
             cert=None,
             key=self.pki.client.key,
@@ -162,7 +161,7 @@ class ConfigurationErrorTests(SynchronousTestCase):
                 )
             )
         error = self.assertRaises(
-            ValueError, client_policy, cacert=None, cert=self.pki.client.cert, key=path
+            ValueError, https_policy, cacert=None, cert=self.pki.client.cert, key=path
         )
         self.assertEqual(
             str(error), f"private key file {path} is encrypted; give an unencrypted key"
@@ -193,7 +192,7 @@ class ConfigurationErrorTests(SynchronousTestCase):
     def test_missing_trust_bundle(self) -> None:
         """A CA bundle that does not exist is refused when the policy is built."""
         path = os.path.join(self.pki.directory, "absent-bundle.crt")
-        error = self.assertRaises(ValueError, client_policy, cacert=path, cert=None, key=None)
+        error = self.assertRaises(ValueError, https_policy, cacert=path, cert=None, key=None)
         self.assertEqual(
             str(error), f"cannot read certificate file {path}: No such file or directory"
         )
@@ -349,7 +348,7 @@ class HTTPSTests(TestCase):
     @defer.inlineCallbacks
     def test_client_policy_trusts_ca_and_presents_certificate(self) -> Any:
         """The server is trusted through the given CA and sees the client's names."""
-        policy = client_policy(
+        policy = https_policy(
             cacert=self.pki.ca_cert, cert=self.pki.client.cert, key=self.pki.client.key
         )
         body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
@@ -358,14 +357,14 @@ class HTTPSTests(TestCase):
     @defer.inlineCallbacks
     def test_client_certificate_not_required(self) -> Any:
         """A client without certificate still connects; the server sees no names."""
-        policy = client_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
         body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
         self.assertEqual(body, b"")
 
     @defer.inlineCallbacks
     def test_client_policy_trusts_every_ca_of_a_bundle(self) -> Any:
         """The CA that signed the server is the second certificate of the bundle."""
-        policy = client_policy(
+        policy = https_policy(
             cacert=self.pki.ca_bundle, cert=self.pki.client.cert, key=self.pki.client.key
         )
         body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
@@ -373,21 +372,21 @@ class HTTPSTests(TestCase):
 
     def test_client_policy_rejects_server_of_other_ca(self) -> Any:
         """A server certificate signed by another CA fails verification."""
-        policy = client_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
         return self.assert_rejected(
             policy, self.pki.rogue_server, None, "certificate verify failed"
         )
 
     def test_client_policy_rejects_expired_server(self) -> Any:
         """An expired server certificate from the trusted CA fails verification."""
-        policy = client_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
         return self.assert_rejected(
             policy, self.pki.expired_server, None, "certificate verify failed"
         )
 
     def test_server_rejects_client_certificate_of_other_ca(self) -> Any:
         """A client certificate is optional, but one from another CA fails the handshake."""
-        policy = client_policy(
+        policy = https_policy(
             cacert=self.pki.ca_cert,
             cert=self.pki.rogue_client.cert,
             key=self.pki.rogue_client.key,
@@ -396,7 +395,7 @@ class HTTPSTests(TestCase):
 
     def test_target_policy_verifies_by_default(self) -> Any:
         """Without insecure_skip_verify, a target signed by another CA is rejected."""
-        policy = target_policy(
+        policy = https_policy(
             cacert=self.pki.ca_cert, cert=None, key=None, insecure_skip_verify=False
         )
         return self.assert_rejected(
@@ -406,7 +405,7 @@ class HTTPSTests(TestCase):
     @defer.inlineCallbacks
     def test_insecure_target_policy_accepts_any_server(self) -> Any:
         """Insecure mode accepts a foreign CA and an expired certificate, with a client cert."""
-        policy = target_policy(
+        policy = https_policy(
             cacert=self.pki.ca_cert,
             cert=self.pki.client.cert,
             key=self.pki.client.key,
@@ -495,7 +494,7 @@ class HandshakeTests(TestCase):
         After a verified handshake the client sees the server's DNS names, the server the
         client's, the server got the SNI name and advertised its client CA.
         """
-        policy = client_policy(
+        policy = https_policy(
             cacert=self.pki.ca_cert, cert=self.pki.client.cert, key=self.pki.client.key
         )
         client, server = yield self.handshake(
@@ -510,7 +509,7 @@ class HandshakeTests(TestCase):
     @defer.inlineCallbacks
     def test_wrong_hostname_rejected(self) -> Any:
         """A trusted certificate that does not name the host fails with a DNS mismatch."""
-        policy = client_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
         client, server = yield self.handshake(
             policy, b"wrong.example", self.pki.server, client_ca=None
         )
@@ -526,7 +525,7 @@ class HandshakeTests(TestCase):
     @defer.inlineCallbacks
     def test_expired_server_reported_as_expired(self) -> Any:
         """The client tells the server why: its certificate expired."""
-        policy = client_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
         client, server = yield self.handshake(
             policy, b"localhost", self.pki.expired_server, client_ca=None
         )
@@ -540,7 +539,7 @@ class HandshakeTests(TestCase):
         Insecure mode completes a handshake with a foreign-CA server under a wrong name,
         still sends that name as SNI and presents the client certificate.
         """
-        policy = target_policy(
+        policy = https_policy(
             cacert=None,
             cert=self.pki.client.cert,
             key=self.pki.client.key,
@@ -558,8 +557,8 @@ class HandshakeTests(TestCase):
     def test_no_sni_for_ip_address(self) -> Any:
         """An IP address is not sent as SNI, verified or not."""
         for policy in (
-            client_policy(cacert=self.pki.ca_cert, cert=None, key=None),
-            target_policy(cacert=None, cert=None, key=None, insecure_skip_verify=True),
+            https_policy(cacert=self.pki.ca_cert, cert=None, key=None),
+            https_policy(cacert=None, cert=None, key=None, insecure_skip_verify=True),
         ):
             self.server_peers.clear()
             client, server = yield self.handshake(
