@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -385,7 +386,6 @@ class PollResource(_Instrumented):
                 )
             except Denied as denied:
                 return self.refuse(request, denied, fqdn)
-        request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
         labels: dict[str, str] | None = None
         raw_labels = request.getHeader(wire.LABELS_HEADER)
         if raw_labels is not None:
@@ -399,6 +399,9 @@ class PollResource(_Instrumented):
         return NOT_DONE_YET
 
     def _answer(self, scrape: Scrape | None, request: Request) -> None:
+        # Set when answering, not while the poll is held: 10,000 idle polls would
+        # each keep a copy in their response headers.
+        request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
         if scrape is None:
             request.setResponseCode(204)
             request.finish()
@@ -556,6 +559,52 @@ class ConnectRefused(Resource):
         )
 
 
+class PushProxChannel(HTTPChannel):
+    """
+    An HTTP channel whose header limit is the site's ``--max-header-size``.
+
+    Headers past it get a 431 naming the limit, and are counted; Twisted's own
+    answer would be a bare 400, and a single line past 16 KiB would only be cut off.
+    """
+
+    site: PushProxSite
+
+    @property
+    def totalHeadersSize(self) -> int:  # type: ignore[override]
+        """The request line plus headers allowed, in bytes."""
+        return self.site.config.max_header_size
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """One header line may use the whole allowance, no more."""
+        return self.site.config.max_header_size
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A header line past the limit."""
+        self._refuse_oversized_headers()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse_oversized_headers()
+        else:
+            super()._respondToBadRequestAndDisconnect()
+
+    def _refuse_oversized_headers(self) -> None:
+        self.site.metrics.limit_exceeded.labels("header_size").inc()
+        body = b"request headers exceed the limit of %d bytes\n" % self.totalHeadersSize
+        cast(Any, self.transport).write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: pushprox\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
+
+
+def _channel_factory(site: Any) -> _GenericHTTPChannelProtocol:
+    # What twisted.web's Site builds by default, with our channel inside.
+    return _GenericHTTPChannelProtocol(PushProxChannel())
+
+
 class _Directory(Resource):
     """A resource tree node whose unknown children are a helpful 404."""
 
@@ -572,6 +621,7 @@ class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, the rest by path."""
 
     requestFactory = PushProxRequest
+    protocol = _channel_factory
 
     def __init__(
         self,
@@ -619,36 +669,6 @@ class PushProxSite(Site):
         super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
         self.noisy = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """A channel with the configured header size limit, refused with a 431."""
-        channel = super().buildProtocol(addr)
-        # Site wraps the HTTPChannel that parses requests; the limit lives on that one.
-        inner = getattr(channel, "_channel", channel)
-        inner.totalHeadersSize = limit = self.config.max_header_size
-        bad_request = inner._respondToBadRequestAndDisconnect
-
-        def too_large(*_: object) -> None:
-            self.metrics.limit_exceeded.labels("header_size").inc()
-            body = b"request headers exceed the limit of %d bytes\n" % limit
-            inner.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: pushprox\r\n"
-                b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            inner.loseConnection()
-
-        def refuse() -> None:
-            if inner._receivedHeaderSize > limit:
-                too_large()
-            else:
-                bad_request()
-
-        inner._respondToBadRequestAndDisconnect = refuse
-        # One line longer than the whole limit is refused the same way, not just cut off.
-        inner.MAX_LENGTH = limit
-        inner.lineLengthExceeded = too_large
-        return channel
 
     def push_stream(self, request: Request, length: int | None) -> PushStream:
         """A stream that relays the body of ``request``, a push, once it may."""
