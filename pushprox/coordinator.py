@@ -15,16 +15,17 @@ import contextlib
 import enum
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from twisted.web.iweb import IRequest
+from zope.interface import Attribute, Interface, implementer
 
 from pushprox import wire
+from pushprox.config import ProxyConfig
 
 #: Time a client needs to pass a scrape to its target and push back, kept out of the
 #: timeout the client is given so that its own error arrives before our 504.
@@ -76,6 +77,24 @@ class ScrapeState(enum.Enum):
     DONE = "done"
 
 
+class IScrapeAnswer(Interface):
+    """
+    A client's answer to a scrape, as the scrape's Deferred hands it to Prometheus' side.
+
+    Either the pushed response, streamed while the push arrives, or an error of the
+    client's or the push's with a status of our own.
+    """
+
+    status = Attribute("The status code Prometheus gets (int).")
+    failure = Attribute("The one-line reason when the answer is an error, else None.")
+
+    def deliver(request: IRequest) -> None:
+        """Answer Prometheus' ``request`` with it; the body may still be on its way."""
+
+    def abort() -> None:
+        """Cut the answer off (the scrape's time ran out, or the proxy stops)."""
+
+
 @dataclass(eq=False)
 class Scrape:
     """One proxied scrape from the moment Prometheus asks until it is answered."""
@@ -86,13 +105,13 @@ class Scrape:
     url: bytes
     headers: Sequence[tuple[bytes, bytes]]
     deadline: float
-    deferred: Deferred[Any]
+    deferred: Deferred[IScrapeAnswer]
     state: ScrapeState = ScrapeState.QUEUED
-    #: The identity of the client that received it (its FQDN or authenticated name).
-    sent_to: str | None = None
+    #: The principal (authenticated name, or None) of the client that received it.
+    principal: str | None = None
     timer: IDelayedCall | None = None
-    #: Called when the timeout strikes while a push is relaying the response.
-    abort_relay: Callable[[], None] | None = None
+    #: The answer being relayed, cut off if the timeout strikes meanwhile.
+    answer: IScrapeAnswer | None = None
 
     def payload(self, now: float) -> bytes:
         """The poll answer's body: this request in proxy form with the time left."""
@@ -109,7 +128,7 @@ class Scrape:
 @dataclass(eq=False)
 class _Poll:
     fqdn: str
-    identity: str | None
+    principal: str | None
     deferred: Deferred[Scrape | None]
     timer: IDelayedCall | None = None
 
@@ -132,17 +151,17 @@ class ICoordinator(Interface):
         url: bytes,
         headers: Sequence[tuple[bytes, bytes]],
         timeout: float,
-    ) -> Deferred[Any]:
+    ) -> Deferred[IScrapeAnswer]:
         """
         Ask the client registered as ``fqdn`` to scrape ``url``.
 
-        Fires with what the push passes to ``respond``; fails with a CoordinatorError.
-        Cancel it when Prometheus hangs up.
+        Fires with the answer the push passes to ``respond``; fails with a
+        CoordinatorError.  Cancel it when Prometheus hangs up.
         """
 
     def poll(
         fqdn: str,
-        identity: str | None,
+        principal: str | None,
         timeout: float | None,
         labels: dict[str, str] | None = None,
     ) -> Deferred[Scrape | None]:
@@ -157,14 +176,14 @@ class ICoordinator(Interface):
     def requeue(scrape: Scrape) -> None:
         """Put back a scrape whose poll's connection died before it was written."""
 
-    def claim(scrape_id: str, identity: str | None) -> Scrape:
+    def claim(scrape_id: str, principal: str | None) -> Scrape:
         """Take the scrape a push answers; raises UnknownScrape or ForeignScrape."""
 
-    def take_queued(fqdn: str, identity: str | None) -> Scrape | None:
+    def take_queued(fqdn: str, principal: str | None) -> Scrape | None:
         """The next scrape queued for ``fqdn`` at once, or None: a poll that never waits."""
 
-    def respond(scrape: Scrape, response: object, abort: Callable[[], None]) -> None:
-        """Hand a claimed scrape's response to its Prometheus request."""
+    def respond(scrape: Scrape, answer: IScrapeAnswer) -> None:
+        """Hand a claimed scrape's answer to its Prometheus request."""
 
     def finish(scrape: Scrape) -> None:
         """Forget a scrape whose response has been relayed or abandoned."""
@@ -194,20 +213,13 @@ class Coordinator:
 
     log = Logger()
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        *,
-        registration_timeout: float = 300.0,
-        max_queued_per_client: int = 100,
-        max_clients: int = 100_000,
-        max_polls_per_client: int = 16,
-    ) -> None:
+    def __init__(self, clock: IReactorTime, config: ProxyConfig | None = None) -> None:
         self._clock = clock
-        self.registration_timeout = registration_timeout
-        self.max_queued_per_client = max_queued_per_client
-        self.max_clients = max_clients
-        self.max_polls_per_client = max_polls_per_client
+        config = config or ProxyConfig()
+        self.registration_timeout = config.registration_timeout
+        self.max_queued_per_client = config.max_queued_per_client
+        self.max_clients = config.max_clients
+        self.max_polls_per_client = config.max_polls_per_client
         self._clients: OrderedDict[str, ClientInfo] = OrderedDict()
         self._polls: dict[str, deque[_Poll]] = {}
         self._queues: dict[str, deque[Scrape]] = {}
@@ -246,7 +258,7 @@ class Coordinator:
         url: bytes,
         headers: Sequence[tuple[bytes, bytes]],
         timeout: float,
-    ) -> Deferred[Any]:
+    ) -> Deferred[IScrapeAnswer]:
         """See L{ICoordinator.scrape}."""
         if self._stopping:
             return fail(ShuttingDown("the proxy is shutting down"))
@@ -260,7 +272,7 @@ class Coordinator:
                 QueueFull(f"{len(queue or ())} scrapes are already queued for {fqdn}")
             )
         scrape_id = str(uuid.uuid4())
-        deferred: Deferred[Any] = Deferred(lambda d: self._cancel_scrape(scrape_id))
+        deferred: Deferred[IScrapeAnswer] = Deferred(lambda d: self._cancel_scrape(scrape_id))
         scrape = Scrape(
             scrape_id=scrape_id,
             fqdn=fqdn,
@@ -293,7 +305,7 @@ class Coordinator:
         if poll.timer is not None and poll.timer.active():
             poll.timer.cancel()
         scrape.state = ScrapeState.SENT
-        scrape.sent_to = poll.identity
+        scrape.principal = poll.principal
         self._touch(poll.fqdn)
         poll.deferred.callback(scrape)
 
@@ -313,7 +325,7 @@ class Coordinator:
         if scrape.timer is not None and scrape.timer.active():
             scrape.timer.cancel()
         scrape.timer = None
-        scrape.abort_relay = None
+        scrape.answer = None
 
     def _cancel_scrape(self, scrape_id: str) -> None:
         scrape = self._scrapes.get(scrape_id)
@@ -322,19 +334,19 @@ class Coordinator:
 
     def _expire_scrape(self, scrape: Scrape) -> None:
         scrape.timer = None
-        state = scrape.state
-        abort = scrape.abort_relay
+        where = "no poll arrived" if scrape.state is ScrapeState.QUEUED else "no push arrived"
+        self._end_with(scrape, ScrapeTimeout(
+            f"client {scrape.fqdn} did not answer within the scrape timeout ({where})"
+        ))
+
+    def _end_with(self, scrape: Scrape, error: CoordinatorError) -> None:
+        """End a scrape: cut off the answer being relayed, or fail it with ``error``."""
+        state, answer = scrape.state, scrape.answer
         self._end_scrape(scrape)
-        if state is ScrapeState.RESPONDING:
-            if abort is not None:
-                abort()
-            return
-        where = "no poll arrived" if state is ScrapeState.QUEUED else "no push arrived"
-        scrape.deferred.errback(
-            ScrapeTimeout(
-                f"client {scrape.fqdn} did not answer within the scrape timeout ({where})"
-            )
-        )
+        if state is not ScrapeState.RESPONDING:
+            scrape.deferred.errback(error)
+        elif answer is not None:
+            answer.abort()
 
     def requeue(self, scrape: Scrape) -> None:
         """See L{ICoordinator.requeue}."""
@@ -346,7 +358,7 @@ class Coordinator:
             fqdn=scrape.fqdn,
         )
         scrape.state = ScrapeState.QUEUED
-        scrape.sent_to = None
+        scrape.principal = None
         self._dispatch(scrape, front=True)
 
     # -- polls --
@@ -354,7 +366,7 @@ class Coordinator:
     def poll(
         self,
         fqdn: str,
-        identity: str | None,
+        principal: str | None,
         timeout: float | None,
         labels: dict[str, str] | None = None,
     ) -> Deferred[Scrape | None]:
@@ -367,13 +379,8 @@ class Coordinator:
             return fail(error)
         if labels is not None:
             self._clients[fqdn].labels = labels
-        queue = self._queues.get(fqdn)
-        if queue:
-            scrape = queue.popleft()
-            if not queue:
-                del self._queues[fqdn]
-            scrape.state = ScrapeState.SENT
-            scrape.sent_to = identity
+        scrape = self._pop_queued(fqdn, principal)
+        if scrape is not None:
             return succeed(scrape)
         polls = self._polls.setdefault(fqdn, deque())
         if len(polls) >= self.max_polls_per_client:
@@ -383,7 +390,7 @@ class Coordinator:
                 TooManyPolls(f"{fqdn} already holds {len(polls)} polls, the limit")
             )
         deferred: Deferred[Scrape | None] = Deferred(lambda d: self._end_poll(poll))
-        poll = _Poll(fqdn=fqdn, identity=identity, deferred=deferred)
+        poll = _Poll(fqdn=fqdn, principal=principal, deferred=deferred)
         if timeout is not None:
             poll.timer = self._clock.callLater(timeout, self._expire_poll, poll)
         polls.append(poll)
@@ -436,11 +443,15 @@ class Coordinator:
             self.log.info("Client {fqdn} expired: no poll for {seconds}s",
                           fqdn=fqdn, seconds=self.registration_timeout)
 
-    def take_queued(self, fqdn: str, identity: str | None) -> Scrape | None:
+    def take_queued(self, fqdn: str, principal: str | None) -> Scrape | None:
         """See L{ICoordinator.take_queued}."""
         if self._stopping or fqdn not in self._clients:
             return None
         self._touch(fqdn)
+        return self._pop_queued(fqdn, principal)
+
+    def _pop_queued(self, fqdn: str, principal: str | None) -> Scrape | None:
+        """Hand the first scrape queued for ``fqdn`` to ``principal``, if there is one."""
         queue = self._queues.get(fqdn)
         if not queue:
             return None
@@ -448,25 +459,25 @@ class Coordinator:
         if not queue:
             del self._queues[fqdn]
         scrape.state = ScrapeState.SENT
-        scrape.sent_to = identity
+        scrape.principal = principal
         return scrape
 
     # -- pushes --
 
-    def claim(self, scrape_id: str, identity: str | None) -> Scrape:
+    def claim(self, scrape_id: str, principal: str | None) -> Scrape:
         """See L{ICoordinator.claim}."""
         scrape = self._scrapes.get(scrape_id)
         if scrape is None or scrape.state is not ScrapeState.SENT:
             raise UnknownScrape(f"no scrape {scrape_id} is waiting for a push")
-        if scrape.sent_to != identity:
-            raise ForeignScrape(f"scrape {scrape_id} was not sent to {identity}")
+        if scrape.principal != principal:
+            raise ForeignScrape(f"scrape {scrape_id} was not sent to {principal}")
         scrape.state = ScrapeState.RESPONDING
         return scrape
 
-    def respond(self, scrape: Scrape, response: object, abort: Callable[[], None]) -> None:
+    def respond(self, scrape: Scrape, answer: IScrapeAnswer) -> None:
         """See L{ICoordinator.respond}."""
-        scrape.abort_relay = abort
-        scrape.deferred.callback(response)
+        scrape.answer = answer
+        scrape.deferred.callback(answer)
 
     def finish(self, scrape: Scrape) -> None:
         """See L{ICoordinator.finish}."""
@@ -483,13 +494,7 @@ class Coordinator:
         """See L{ICoordinator.shutdown}."""
         self._stopping = True
         for scrape in list(self._scrapes.values()):
-            state, abort = scrape.state, scrape.abort_relay
-            self._end_scrape(scrape)
-            if state is ScrapeState.RESPONDING:
-                if abort is not None:
-                    abort()
-            else:
-                scrape.deferred.errback(ShuttingDown("the proxy is shutting down"))
+            self._end_with(scrape, ShuttingDown("the proxy is shutting down"))
         for polls in list(self._polls.values()):
             for poll in list(polls):
                 self._end_poll(poll)

@@ -12,23 +12,22 @@ arrive, so the proxy never holds a whole scraped page.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pushprox import wire
 from pushprox.auth import ClientAuth, Denied, ScraperAuth
+from pushprox.config import ProxyConfig as ProxyConfig
 from pushprox.coordinator import (
     CoordinatorError,
     ICoordinator,
+    IScrapeAnswer,
     QueueFull,
     Scrape,
     ScrapeTimeout,
@@ -38,57 +37,21 @@ from pushprox.coordinator import (
     UnknownClient,
 )
 from pushprox.metrics import MetricsResource, ProxyMetrics
-from pushprox.relay import (
-    SERVER,
-    PushStream,
-    Relay,
-    finish_with,
-    request_alive,
-    scrape_answer,
-    text_response,
-)
+from pushprox.relay import Push
+from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
+from pushprox.twisted_hooks import BodySink, RequestLineChannel, StreamingRequest
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
 SCRAPER_MARGIN = 0.25
-#: Our client asks the proxy to answer an idle poll after this many seconds.
-POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
-#: Tells our client, on poll answers, which extensions this proxy speaks.
-EXTENSIONS_HEADER = b"X-PushProx-Extensions"
-EXTENSIONS = b"poll-timeout, push-poll"
-#: Our client asks, on a push, for the next scrape queued for it in the push's answer.
-PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
-#: Marks a push answer whose body is the next scrape request.
-NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
-
-# A host name or an IP address literal, as it may appear in a URL or a poll body.
-_FQDN = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_.:\[\]-]*[a-z0-9_\]])?$")
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Timeouts and limits of the proxy; the defaults are the documented ones."""
-
-    scrape_default_timeout: float = 15.0
-    scrape_max_timeout: float = 300.0
-    poll_max_timeout: float = 300.0
-    #: Largest push body (the target's whole response), in bytes.
-    max_push_size: int = 64 * 1024 * 1024
-    #: Largest body of any other request (a poll carries an FQDN), in bytes.
-    max_request_size: int = 64 * 1024
-    #: Largest status line plus headers of a pushed response, in bytes.
-    max_push_head_size: int = 64 * 1024
-    #: Largest request line plus headers of any request to the proxy, in bytes.
-    max_header_size: int = 16 * 1024
-    log_scrapes: bool = False
+#: What a pushprox proxy tells clients it speaks, on every poll answer.
+EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
 
-def normalize_fqdn(raw: bytes) -> str | None:
-    """The FQDN in ``raw`` lowercased, or None when it is not a host name."""
-    try:
-        text = raw.decode("ascii").strip().lower().rstrip(".")
-    except UnicodeDecodeError:
-        return None
-    return text if _FQDN.match(text) else None
+def is_push_path(path: bytes) -> bool:
+    """Whether ``path`` is the push endpoint (the only router of ``/push``)."""
+    return path == b"/push" or path.startswith(b"/push/")
 
 
 def denied_response(request: Request, denied: Denied) -> bytes:
@@ -115,58 +78,61 @@ def _peer(request: Request) -> str:
     return f"{host}:{getattr(address, 'port', '')}" if host else str(address)
 
 
-class PushProxRequest(Request):
-    """A request that enforces body limits while bytes arrive and streams pushes."""
+class BoundedBody:
+    """A request body kept in ``request.content`` up to a limit, refused past it."""
 
-    push_stream: PushStream | None = None
-    #: The answer when the body exceeded its limit, decided while it arrived.
-    body_rejection: tuple[int, str] | None = None
-    _body_limit: int = 0
-    _body_received: int = 0
+    def __init__(self, request: Request, limit: int, declared_length: int | None) -> None:
+        self._request = request
+        self._limit = limit
+        self._received = 0
+        #: Why the body is refused (413), decided while it arrives.
+        self.refusal: Denied | None = None
+        if declared_length is not None and declared_length > limit:
+            self._refuse(declared_length)
 
-    def gotLength(self, length: int | None) -> None:
-        """Decide how this request's body is handled once its headers are read."""
-        channel = cast(Any, self.channel)
-        site = cast(PushProxSite, channel.site)
-        path = channel._path.split(b"?", 1)[0]
-        # The resource tree sends /push/anything to the push resource as well.
-        if channel._command == b"POST" and (path == b"/push" or path.startswith(b"/push/")):
-            self.push_stream = site.push_stream(self, length)
-            super().gotLength(0)
-            return
-        self._body_limit = site.config.max_request_size
-        if length is not None and length > self._body_limit:
-            self._reject_body(length)
-            super().gotLength(0)
-            return
-        super().gotLength(length)
-
-    def _reject_body(self, size: int) -> None:
-        self.body_rejection = (
-            413, f"request body of {size} bytes exceeds the limit of {self._body_limit} bytes"
+    def _refuse(self, size: int) -> None:
+        self.refusal = Denied(
+            413, f"request body of {size} bytes exceeds the limit of {self._limit} bytes"
         )
 
-    def handleContentChunk(self, data: bytes) -> None:
-        """Stream push bytes to their relay; count other bodies against their limit."""
-        if self.push_stream is not None:
-            self.push_stream.feed(data)
+    def feed(self, data: bytes) -> None:
+        """Keep ``data`` unless the body has grown past the limit."""
+        if self.refusal is not None:
             return
-        if self.body_rejection is not None:
-            return
-        self._body_received += len(data)
-        if self._body_received > self._body_limit:
-            self._reject_body(self._body_received)
-            content = cast(Any, self.content)
+        self._received += len(data)
+        content = self._request.content
+        assert content is not None
+        if self._received > self._limit:
+            self._refuse(self._received)
             content.seek(0)
             content.truncate()
             return
-        super().handleContentChunk(data)
+        content.write(data)
 
-    def connectionLost(self, reason: Failure) -> None:
-        """Tell a push in progress that its client hung up."""
-        if self.push_stream is not None and not self.finished:
-            self.push_stream.connection_lost()
-        super().connectionLost(reason)
+    def connection_lost(self) -> None:
+        """Nothing is waiting on the body."""
+
+
+class PushProxRequest(StreamingRequest):
+    """A request whose body is relayed while it arrives (a push) or kept under a limit."""
+
+    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink:
+        """A push for ``POST /push``, a size-bounded body for anything else."""
+        site = cast(PushProxChannel, self.channel).site
+        if method == b"POST" and is_push_path(path):
+            return site.start_push(self, length)
+        return BoundedBody(self, site.config.max_request_size, length)
+
+    @property
+    def push(self) -> Push | None:
+        """The push this request carries, if it is one."""
+        return self.body_sink if isinstance(self.body_sink, Push) else None
+
+    @property
+    def body_refusal(self) -> Denied | None:
+        """Why this request's body was refused, if it was."""
+        sink = self.body_sink
+        return sink.refusal if isinstance(sink, BoundedBody) else None
 
 
 class ScrapeResource(Resource):
@@ -193,89 +159,83 @@ class ScrapeResource(Resource):
     def render(self, request: Request) -> bytes | int:
         """Validate the proxy request and wait for the client's answer."""
         started = self._clock.seconds()
-        uri = request.uri
-        if self._scraper_auth is not None:
-            try:
-                self._scraper_auth.check(
-                    peer_host(request), request.getHeader(b"proxy-authorization"), proxy=True
-                )
-            except Denied as denied:
-                self.log.info("Refused scrape of {uri!r} from {peer}: {code} {reason}",
-                              uri=uri[:200], peer=_peer(request), code=denied.code,
-                              reason=denied.message)
-                self._count(denied.code, "unauthorized")
-                return denied_response(request, denied)
-        if request.method not in (b"GET", b"HEAD"):
-            return self._refuse(request, 405, f"method {request.method!r} is not proxied")
         try:
-            authority = uri.split(b"/", 3)[2]
-        except IndexError:
-            authority = b""
-        host = authority.rpartition(b"@")[2]
-        # An IPv6 literal keeps its brackets; otherwise the port goes.
-        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
-        fqdn = normalize_fqdn(host)
-        if fqdn is None:
-            return self._refuse(request, 400, f"no valid host name in {uri[:100]!r}")
-        timeout = self._timeout(request)
-        if timeout is None:
-            return self._refuse(
-                request, 400, "X-Prometheus-Scrape-Timeout-Seconds is not a positive number"
-            )
+            self._authorize(request)
+            fqdn, timeout = self._read_target(request)
+        except Denied as denied:
+            return denied_response(request, denied)
         headers = [
             (name, value)
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
         deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
-        deferred = self._coordinator.scrape(fqdn, request.method, uri, headers, deadline)
-        request.notifyFinish().addErrback(lambda _: deferred.cancel())
-        deferred.addCallbacks(
-            self._relay, self._failed, (request, fqdn, started), {}, (request, fqdn, started)
-        )
+        answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
+        request.notifyFinish().addErrback(lambda _: answer.cancel())
+        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started)
+        answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
-    def _timeout(self, request: Request) -> float | None:
+    def _authorize(self, request: Request) -> None:
+        """Raise Denied unless the scraper may use this proxy."""
+        if self._scraper_auth is None:
+            return
+        try:
+            self._scraper_auth.check(
+                peer_host(request), request.getHeader(b"proxy-authorization"), proxy=True
+            )
+        except Denied as denied:
+            self.log.info("Refused scrape of {uri!r} from {peer}: {code} {reason}",
+                          uri=request.uri[:200], peer=_peer(request), code=denied.code,
+                          reason=denied.message)
+            self._metrics.count_scrape(denied.code, "unauthorized")
+            raise
+
+    def _read_target(self, request: Request) -> tuple[str, float]:
+        """The FQDN and timeout of a proxy request; raises Denied for a bad one."""
+        if request.method not in (b"GET", b"HEAD"):
+            raise self._bad(request, 405, f"method {request.method!r} is not proxied")
+        fqdn = wire.url_fqdn(request.uri)
+        if fqdn is None:
+            raise self._bad(request, 400, f"no valid host name in {request.uri[:100]!r}")
         raw = request.getHeader(wire.TIMEOUT_HEADER)
         if raw is None:
-            return min(self._config.scrape_default_timeout, self._config.scrape_max_timeout)
-        try:
-            timeout = float(raw)
-        except ValueError:
-            return None
-        if not 0 < timeout < float("inf"):
-            return None
-        return min(timeout, self._config.scrape_max_timeout)
+            timeout: float | None = self._config.scrape_default_timeout
+        else:
+            timeout = wire.parse_timeout(raw)
+        if timeout is None:
+            raise self._bad(
+                request, 400, "X-Prometheus-Scrape-Timeout-Seconds is not a positive number"
+            )
+        return fqdn, min(timeout, self._config.scrape_max_timeout)
 
-    def _refuse(self, request: Request, code: int, message: str) -> bytes:
+    def _bad(self, request: Request, code: int, message: str) -> Denied:
         self.log.info("Refused proxy request {uri!r} from {peer}: {code} {reason}",
                       uri=request.uri[:200], peer=_peer(request), code=code, reason=message)
-        self._count(code, "bad_request")
-        return text_response(request, code, message)
+        self._metrics.count_scrape(code, "bad_request")
+        return Denied(code, message)
 
-    def _count(self, code: int, outcome: str) -> None:
-        self._metrics.count_scrape(code, outcome)
-
-    def _relay(self, relay: Relay, request: Request, fqdn: str, started: float) -> None:
-        code = relay.attach(request)
-        if code == 0:
-            self._count(499, "cancelled")
+    def _deliver(self, answer: IScrapeAnswer, scrape: _ProxiedScrape) -> None:
+        request = scrape.request
+        if not request.alive:
+            self._metrics.count_scrape(499, "cancelled")
             return
-        outcome = ("success" if relay.error is None
-                   else "timeout" if code == 504 else "client_error")
-        self._count(code, outcome)
-        self._metrics.scrape_duration.observe(self._clock.seconds() - started)
+        answer.deliver(request)
+        code = answer.status
+        failure: str | None = answer.failure
+        outcome = "success" if failure is None else "timeout" if code == 504 else "client_error"
+        self._done(scrape, code, outcome)
         if self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {code}",
-                          url=request.uri.decode("latin-1"), fqdn=fqdn, code=code)
-        if relay.error is not None:
+                          url=scrape.url, fqdn=scrape.fqdn, code=code)
+        if failure is not None:
             self.log.warn("Scrape of {url} via {fqdn} failed: {reason}",
-                          url=request.uri.decode("latin-1"), fqdn=fqdn, reason=relay.error[1])
+                          url=scrape.url, fqdn=scrape.fqdn, reason=failure)
 
-    def _failed(self, reason: Failure, request: Request, fqdn: str, started: float) -> None:
+    def _failed(self, reason: Failure, scrape: _ProxiedScrape) -> None:
         error = reason.value
         if isinstance(error, CancelledError):
-            self._count(499, "cancelled")
+            self._metrics.count_scrape(499, "cancelled")
             return
         if isinstance(error, UnknownClient):
             code, outcome = 404, "unknown_client"
@@ -287,16 +247,34 @@ class ScrapeResource(Resource):
         elif isinstance(error, ShuttingDown):
             code, outcome = 503, "shutdown"
         else:
-            self.log.failure("Scrape via {fqdn} failed unexpectedly", reason, fqdn=fqdn)
+            self.log.failure("Scrape via {fqdn} failed unexpectedly", reason, fqdn=scrape.fqdn)
             code, outcome = 500, "error"
         message = str(error) if isinstance(error, CoordinatorError) else "internal error"
-        self._count(code, outcome)
-        self._metrics.scrape_duration.observe(self._clock.seconds() - started)
+        self._done(scrape, code, outcome)
         if code != 404 or self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {code} {reason}",
-                          url=request.uri.decode("latin-1"), fqdn=fqdn, code=code,
-                          reason=message)
-        finish_with(request, code, message)
+                          url=scrape.url, fqdn=scrape.fqdn, code=code, reason=message)
+        finish_with(scrape.request, code, message)
+
+    def _done(self, scrape: _ProxiedScrape, code: int, outcome: str) -> None:
+        self._metrics.count_scrape(code, outcome)
+        self._metrics.scrape_duration.observe(self._clock.seconds() - scrape.started)
+
+
+class _ProxiedScrape:
+    """Prometheus' side of one scrape: its request, what it is for, when it began."""
+
+    __slots__ = ("fqdn", "request", "started")
+
+    def __init__(self, request: PushProxRequest, fqdn: str, started: float) -> None:
+        self.request = request
+        self.fqdn = fqdn
+        self.started = started
+
+    @property
+    def url(self) -> str:
+        """The scraped URL, for log lines."""
+        return self.request.uri.decode("latin-1")
 
 
 class _Instrumented(Resource):
@@ -362,51 +340,67 @@ class PollResource(_Instrumented):
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
         self.instrument(request)
-        rejection = cast(PushProxRequest, request).body_rejection
-        if rejection is not None:
-            self._metrics.limit_exceeded.labels("request_size").inc()
-            return self.refuse(request, Denied(*rejection))
-        raw = request.content.read() if request.content is not None else b""
-        fqdn = normalize_fqdn(raw)
-        if fqdn is None:
-            return self.refuse(request, Denied(400, f"poll body is not an FQDN: {raw[:100]!r}"))
-        timeout: float | None = None
-        raw_timeout = request.getHeader(POLL_TIMEOUT_HEADER)
-        if raw_timeout is not None:
-            try:
-                timeout = min(max(float(raw_timeout), 0.0), self._config.poll_max_timeout)
-            except ValueError:
-                return self.refuse(request, Denied(
-                    400, f"{POLL_TIMEOUT_HEADER.decode()} is not a number"))
-        principal: str | None = None
-        if self._client_auth is not None:
-            try:
-                principal = self._client_auth.poll_principal(
-                    fqdn, request.getHeader(b"authorization"), certificate_names(request)
-                )
-            except Denied as denied:
-                return self.refuse(request, denied, fqdn)
-        labels: dict[str, str] | None = None
-        raw_labels = request.getHeader(wire.LABELS_HEADER)
-        if raw_labels is not None:
-            try:
-                labels = wire.decode_labels(raw_labels)
-            except wire.WireError as error:
-                return self.refuse(request, Denied(400, f"X-PushProx-Labels: {error}"))
+        try:
+            fqdn = self._read_fqdn(cast(PushProxRequest, request))
+        except Denied as denied:
+            return self.refuse(request, denied)
+        try:
+            timeout = self._read_timeout(request)
+            principal = self._authenticate(request, fqdn)
+            labels = self._read_labels(request)
+        except Denied as denied:
+            return self.refuse(request, denied, fqdn)
         deferred = self._coordinator.poll(fqdn, principal, timeout, labels)
         request.notifyFinish().addErrback(lambda _: deferred.cancel())
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
 
+    def _read_fqdn(self, request: PushProxRequest) -> str:
+        refusal = request.body_refusal
+        if refusal is not None:
+            self._metrics.limit_exceeded.labels("request_size").inc()
+            raise refusal
+        raw = request.content.read() if request.content is not None else b""
+        fqdn = wire.normalize_fqdn(raw)
+        if fqdn is None:
+            raise Denied(400, f"poll body is not an FQDN: {raw[:100]!r}")
+        return fqdn
+
+    def _read_timeout(self, request: Request) -> float | None:
+        """How long to hold an idle poll: None (until a scrape) unless the client asks."""
+        raw = request.getHeader(wire.POLL_TIMEOUT_HEADER)
+        if raw is None:
+            return None
+        seconds = wire.parse_seconds(raw)
+        if seconds is None:
+            raise Denied(400, f"{wire.POLL_TIMEOUT_HEADER.decode()} is not a number")
+        return min(max(seconds, 0.0), self._config.poll_max_timeout)
+
+    def _authenticate(self, request: Request, fqdn: str) -> str | None:
+        if self._client_auth is None:
+            return None
+        return self._client_auth.poll_principal(
+            fqdn, request.getHeader(b"authorization"), certificate_names(request)
+        )
+
+    def _read_labels(self, request: Request) -> dict[str, str] | None:
+        raw = request.getHeader(wire.LABELS_HEADER)
+        if raw is None:
+            return None
+        try:
+            return wire.decode_labels(raw)
+        except wire.WireError as error:
+            raise Denied(400, f"X-PushProx-Labels: {error}") from None
+
     def _answer(self, scrape: Scrape | None, request: Request) -> None:
         # Set when answering, not while the poll is held: 10,000 idle polls would
         # each keep a copy in their response headers.
-        request.setHeader(EXTENSIONS_HEADER, EXTENSIONS)
+        request.setHeader(wire.EXTENSIONS_HEADER, EXTENSIONS)
         if scrape is None:
             request.setResponseCode(204)
             request.finish()
             return
-        if not request_alive(request):
+        if not cast(PushProxRequest, request).alive:
             self._coordinator.requeue(scrape)
             return
         request.write(scrape_answer(request, scrape.payload(self._clock.seconds())))
@@ -431,7 +425,7 @@ class PollResource(_Instrumented):
         if code != 503:
             self.log.info("Poll of {fqdn}: {code} {reason}", fqdn=fqdn, code=code,
                           reason=message)
-        finish_with(request, code, message)
+        finish_with(cast(PushProxRequest, request), code, message)
 
 
 class PushResource(_Instrumented):
@@ -454,18 +448,18 @@ class PushResource(_Instrumented):
     def render_POST(self, request: Request) -> bytes:
         """Report how the relay of this push ended."""
         self.instrument(request)
-        stream = cast(PushProxRequest, request).push_stream
-        if stream is None:  # pragma: no cover - PushProxRequest always sets it
+        push = cast(PushProxRequest, request).push
+        if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
-        code, message = stream.end()
-        if code != 200:
-            if code == 413:
+        refusal = push.end()
+        if refusal is not None:
+            if refusal.code == 413:
                 self._metrics.limit_exceeded.labels("push_size").inc()
-            return self.refuse(request, stream.denied or Denied(code, message))
-        if stream.fqdn is not None and request.getHeader(PUSH_POLL_HEADER) is not None:
-            scrape = self._coordinator.take_queued(stream.fqdn, stream.identity)
+            return self.refuse(request, refusal)
+        if push.fqdn is not None and request.getHeader(wire.PUSH_POLL_HEADER) is not None:
+            scrape = self._coordinator.take_queued(push.fqdn, push.principal)
             if scrape is not None:
-                request.setHeader(NEXT_SCRAPE_HEADER, b"1")
+                request.setHeader(wire.NEXT_SCRAPE_HEADER, b"1")
                 request.notifyFinish().addErrback(lambda _: self._coordinator.requeue(scrape))
                 return scrape_answer(request, scrape.payload(self._clock.seconds()))
         request.setHeader(b"content-length", b"0")
@@ -559,7 +553,7 @@ class ConnectRefused(Resource):
         )
 
 
-class PushProxChannel(HTTPChannel):
+class PushProxChannel(RequestLineChannel):
     """
     An HTTP channel whose header limit is the site's ``--max-header-size``.
 
@@ -569,40 +563,22 @@ class PushProxChannel(HTTPChannel):
 
     site: PushProxSite
 
-    @property
-    def totalHeadersSize(self) -> int:  # type: ignore[override]
+    def header_limit(self) -> int:
         """The request line plus headers allowed, in bytes."""
         return self.site.config.max_header_size
 
-    @property
-    def MAX_LENGTH(self) -> int:  # type: ignore[override]
-        """One header line may use the whole allowance, no more."""
-        return self.site.config.max_header_size
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """A header line past the limit."""
-        self._refuse_oversized_headers()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self._refuse_oversized_headers()
-        else:
-            super()._respondToBadRequestAndDisconnect()
-
-    def _refuse_oversized_headers(self) -> None:
+    def headers_too_large(self) -> None:
+        """Answer 431 with the limit, and close."""
         self.site.metrics.limit_exceeded.labels("header_size").inc()
-        body = b"request headers exceed the limit of %d bytes\n" % self.totalHeadersSize
-        cast(Any, self.transport).write(
+        body = b"request headers exceed the limit of %d bytes\n" % self.header_limit()
+        transport = self.transport
+        assert transport is not None
+        transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: pushprox\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         self.loseConnection()
-
-
-def _channel_factory(site: Any) -> _GenericHTTPChannelProtocol:
-    # What twisted.web's Site builds by default, with our channel inside.
-    return _GenericHTTPChannelProtocol(PushProxChannel())
 
 
 class _Directory(Resource):
@@ -618,10 +594,10 @@ class _Directory(Resource):
 
 
 class PushProxSite(Site):
-    """The proxy's one site: scrapes by absolute URI, the rest by path."""
+    """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
 
     requestFactory = PushProxRequest
-    protocol = _channel_factory
+    protocol = PushProxChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -647,31 +623,38 @@ class PushProxSite(Site):
             scrapes_queued=coordinator.queued_scrape_count,
             scrapes_in_flight=coordinator.scrapes_in_flight,
         )
+        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock,
+                                      scraper_auth)
+        self._push = PushResource(coordinator, self.metrics, clock)
+        self._connect = ConnectRefused()
+        root = self._tree(clock, scraper_auth, clients=clients_endpoint,
+                          metrics=metrics_endpoint)
+        super().__init__(root, reactor=reactor if reactor is not None else clock)
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def _tree(self, clock: IReactorTime, scraper_auth: ScraperAuth | None, *,
+              clients: bool, metrics: bool) -> Resource:
+        """The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready."""
         not_found = NotFound(self.metrics, clock)
         root = _Directory(not_found)
         root.putChild(b"", not_found)
-        root.putChild(b"poll", PollResource(coordinator, self.config, self.metrics, clock,
+        root.putChild(b"poll", PollResource(self.coordinator, self.config, self.metrics, clock,
                                             self.client_auth))
-        root.putChild(b"push", PushResource(coordinator, self.metrics, clock))
-        if clients_endpoint:
-            root.putChild(b"clients", ClientsResource(coordinator, self.metrics, clock,
+        if clients:
+            root.putChild(b"clients", ClientsResource(self.coordinator, self.metrics, clock,
                                                       scraper_auth))
-        if metrics_endpoint:
+        if metrics:
             root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock,
                                                                   scraper_auth))
         status = _Directory(not_found)
         status.putChild(b"healthy", StatusResource("/-/healthy", "Healthy", self.metrics, clock))
         status.putChild(b"ready", StatusResource("/-/ready", "Ready", self.metrics, clock))
         root.putChild(b"-", status)
-        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock,
-                                      scraper_auth)
-        self._connect = ConnectRefused()
-        super().__init__(root, reactor=reactor if reactor is not None else clock)
-        self.displayTracebacks = False
-        self.noisy = False
+        return root
 
-    def push_stream(self, request: Request, length: int | None) -> PushStream:
-        """A stream that relays the body of ``request``, a push, once it may."""
+    def start_push(self, request: Request, length: int | None) -> Push:
+        """The push that ``request`` carries, authenticated before its body arrives."""
         principal: str | None = None
         if self.client_auth is not None:
             try:
@@ -679,8 +662,10 @@ class PushProxSite(Site):
                     request.getHeader(b"authorization"), certificate_names(request)
                 )
             except Denied as denied:
-                return PushStream.refused(self.coordinator, self.config, denied)
-        return PushStream(self.coordinator, self.config, principal, length, request.transport)
+                return Push.refused(self.coordinator, self.config, denied)
+        # The connection's transport: paused while Prometheus reads slowly.
+        transport = cast(IPushProducer, request.transport)
+        return Push(self.coordinator, self.config, principal, length, transport)
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""
@@ -690,6 +675,8 @@ class PushProxSite(Site):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
+        if is_push_path(request.path):
+            return self._push
         return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Any) -> None:

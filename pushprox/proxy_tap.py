@@ -3,25 +3,24 @@
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
+from pushprox.config import ProxyConfig
 from pushprox.coordinator import Coordinator
+from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import positive_float, positive_int
-from pushprox.proxy import ProxyConfig, PushProxSite
-from pushprox.tls import certificate_names_fqdn, load_certificates, server_context_factory
+from pushprox.proxy import PushProxSite
+from pushprox.tls import certificate_names_fqdn, load_certificates
 
 
 class Options(usage.Options):
@@ -45,7 +44,7 @@ class Options(usage.Options):
         ["scrape-max-timeout", None, _defaults.scrape_max_timeout,
          "Largest scrape timeout in seconds; longer ones are cut to it.",
          positive_float],
-        ["registration-timeout", None, 300.0,
+        ["registration-timeout", None, _defaults.registration_timeout,
          "Seconds after its last poll that a client stays registered.",
          positive_float],
         ["poll-max-timeout", None, _defaults.poll_max_timeout,
@@ -59,11 +58,11 @@ class Options(usage.Options):
         ["max-header-size", None, _defaults.max_header_size,
          "Largest request line plus headers of a request in bytes.",
          positive_int],
-        ["max-queued-scrapes", None, 100,
+        ["max-queued-scrapes", None, _defaults.max_queued_per_client,
          "Scrapes queued per client while it has no poll waiting.",
          positive_int],
-        ["max-clients", None, 100_000, "Registered clients.", positive_int],
-        ["max-polls-per-client", None, 16,
+        ["max-clients", None, _defaults.max_clients, "Registered clients.", positive_int],
+        ["max-polls-per-client", None, _defaults.max_polls_per_client,
          "Polls one FQDN may hold open at once.", positive_int],
         ["client-ca", None, None, "CA bundle (PEM): clients must present a certificate "
          "signed by it that names the FQDN they poll as (needs an ssl: --listen)."],
@@ -122,6 +121,10 @@ class Options(usage.Options):
             scrape_default_timeout=self["scrape-default-timeout"],
             scrape_max_timeout=self["scrape-max-timeout"],
             poll_max_timeout=self["poll-max-timeout"],
+            registration_timeout=self["registration-timeout"],
+            max_queued_per_client=self["max-queued-scrapes"],
+            max_clients=self["max-clients"],
+            max_polls_per_client=self["max-polls-per-client"],
             max_push_size=self["max-push-size"],
             max_request_size=self["max-request-size"],
             max_header_size=self["max-header-size"],
@@ -149,18 +152,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    coordinator = Coordinator(
-        reactor,
-        registration_timeout=options["registration-timeout"],
-        max_queued_per_client=options["max-queued-scrapes"],
-        max_clients=options["max-clients"],
-        max_polls_per_client=options["max-polls-per-client"],
-    )
+    config = options.config()
+    coordinator = Coordinator(reactor, config)
     client_auth: ClientAuth = options["client-auth"]
     site = PushProxSite(
         coordinator,
         clock=reactor,
-        config=options.config(),
+        config=config,
         client_auth=client_auth,
         scraper_auth=options["scraper-auth"],
         clients_endpoint=not options["no-clients-endpoint"],
@@ -170,56 +168,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Added first so that it stops last: the ports close before pending answers go.
     CoordinatorService(coordinator, reactor).setServiceParent(service)
     for endpoint in options["listen"]:
-        listener: IService
-        if endpoint.startswith("ssl:") and options["client-ca"]:
-            listener = StreamServerEndpointService(
-                mutual_tls_endpoint(reactor, endpoint, options["client-ca"]), site
-            )
-            # Fail loudly on a port in use, as strports.service does.
-            listener._raiseSynchronously = True
-        else:
-            listener = strports.service(endpoint, site, reactor=reactor)
+        description = endpoint
+        if options["client-ca"]:
+            description = require_client_certificates(endpoint, options["client-ca"])
+        try:
+            # Raises at once on a port in use or a bad description, unlike a bare
+            # StreamServerEndpointService, which would only log it.
+            listener = strports.service(description, site, reactor=reactor)
+        except ValueError as error:
+            raise usage.UsageError(f"--listen {endpoint}: {error}") from None
         listener.setServiceParent(service)
     if options["client-tokens"]:
         ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
     return service
-
-
-def _split_description(description: str) -> tuple[list[str], dict[str, str]]:
-    """Split a Twisted endpoint description into positional and keyword arguments."""
-    positional: list[str] = []
-    keywords: dict[str, str] = {}
-    for part in re.split(r"(?<!\\):", description)[1:]:
-        part = part.replace("\\:", ":")
-        key, equals, value = part.partition("=")
-        if equals:
-            keywords[key] = value
-        else:
-            positional.append(part)
-    return positional, keywords
-
-
-def mutual_tls_endpoint(reactor: Any, description: str, client_ca: str) -> SSL4ServerEndpoint:
-    """
-    An ``ssl:`` endpoint that also asks clients for a certificate signed by ``client_ca``.
-
-    Twisted's ``ssl:`` parser cannot ask for client certificates, so the context is
-    built here from the same description (port, privateKey, certKey, interface, backlog).
-    """
-    positional, keywords = _split_description(description)
-    port = int(keywords.pop("port", positional[0] if positional else "8443"))
-    key = keywords.get("privateKey")
-    cert = keywords.get("certKey", key)
-    if not key or not cert:
-        raise usage.UsageError(f"{description}: ssl: needs privateKey= (and certKey=)")
-    try:
-        context = server_context_factory(cert=cert, key=key, client_ca=client_ca)
-    except ValueError as error:
-        raise usage.UsageError(str(error)) from None
-    return SSL4ServerEndpoint(
-        reactor, port, context, backlog=int(keywords.get("backlog", "50")),
-        interface=keywords.get("interface", ""),
-    )
 
 
 class ReloadOnHangup(Service):

@@ -1,23 +1,28 @@
 # -*- test-case-name: tests.test_wire -*-
 """
-Encode and decode the two HTTP messages that PushProx embeds in its own requests.
+The PushProx protocol's whole vocabulary: its messages, header names, header rules.
 
 A poll answer carries the scrape request in proxy form (request line with an absolute
 URI, headers, ``Id``); a push body carries the target's whole response (status line,
-headers with ``Id``, body).  These are pure functions on bytes: no I/O, no Twisted, so
-that they can be tested against the byte-exact recordings of the upstream Go
-implementation and fuzzed.
+headers with ``Id``, body).  Beside encoding and decoding those two messages, this
+module holds every header name (upstream's and our extensions'), which headers may
+cross which hop, and the parsers of timeouts, hosts, labels and extensions.  These are
+pure functions on bytes: no I/O, no Twisted, so that they can be tested against the
+byte-exact recordings of the upstream Go implementation and fuzzed.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+# -- header names --
 
 ID_HEADER = b"Id"
 TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
@@ -29,6 +34,24 @@ SCRAPE_ERROR_HEADER = b"X-PushProx-Scrape-Error"
 #: What kind of failure that was: ``timeout`` (the proxy answers 504), ``refused``,
 #: ``unreachable``, ``overload`` or ``shutdown`` (502).
 SCRAPE_ERROR_KIND_HEADER = b"X-PushProx-Scrape-Error-Kind"
+#: Our client asks the proxy to answer an idle poll after this many seconds.
+POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+#: A pushprox proxy lists the extensions it speaks on every poll answer; upstream
+#: proxies send nothing, and then our client behaves exactly as an upstream client.
+EXTENSIONS_HEADER = b"X-PushProx-Extensions"
+#: Our client asks, on a push, for the next scrape queued for it in the push's answer.
+PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
+#: Marks a push answer whose body is the next scrape request.
+NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
+#: Labels a client asks ``/clients`` to list it with.
+LABELS_HEADER = b"X-PushProx-Labels"
+
+#: The extension that bounds idle polls (``POLL_TIMEOUT_HEADER``).
+POLL_TIMEOUT_EXTENSION = b"poll-timeout"
+#: The extension that answers a push with the next queued scrape (``PUSH_POLL_HEADER``).
+PUSH_POLL_EXTENSION = b"push-poll"
+
+# -- which headers cross which hop (all names lower case) --
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) and proxy credentials: never forwarded.
 HOP_BY_HOP = frozenset(
@@ -44,11 +67,26 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+#: The headers the protocol itself writes into the embedded messages.
+PROTOCOL_HEADERS = frozenset(
+    {ID_HEADER.lower(), TIMEOUT_HEADER.lower(), UPSTREAM_TIMEOUT_HEADER.lower()}
+)
+#: Prometheus' headers a poll answer does not copy: they are replaced or hop-by-hop.
+NOT_SENT_TO_CLIENT = HOP_BY_HOP | PROTOCOL_HEADERS | {b"host"}
+#: Scrape request headers the client does not send to its target.
+NOT_SENT_TO_TARGET = HOP_BY_HOP | {b"host", ID_HEADER.lower()}
+#: Target response headers a push does not copy: its framing is the push's own.
+NOT_PUSHED = HOP_BY_HOP | {b"content-length", ID_HEADER.lower()}
+#: Pushed response headers that Prometheus must not see: ours, upstream's, and those
+#: that describe the push's framing rather than the response's.
+NOT_RELAYED = HOP_BY_HOP | PROTOCOL_HEADERS | {b"content-length"}
 
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# A host name or an IP address literal, as it may appear in a URL or a poll body.
+_FQDN = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_.:\[\]-]*[a-z0-9_\]])?$")
 
 
 class WireError(ValueError):
@@ -79,7 +117,6 @@ class ScrapeRequest:
 class ResponseHead:
     """Status line and headers of a target response carried in a push."""
 
-    version: bytes
     status: int
     reason: bytes
     headers: tuple[tuple[bytes, bytes], ...]
@@ -102,6 +139,31 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
     return None
 
 
+def without(
+    headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` minus those named in ``names`` (lower case), order kept."""
+    return [(name, value) for name, value in headers if name.lower() not in names]
+
+
+def parse_seconds(raw: bytes | None) -> float | None:
+    """A finite number of seconds in ``raw``, or None when missing or unreadable."""
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    # Rejects nan and infinities.
+    return seconds if -math.inf < seconds < math.inf else None
+
+
+def parse_timeout(raw: bytes | None) -> float | None:
+    """A positive finite timeout in seconds, or None when missing or unreadable."""
+    seconds = parse_seconds(raw)
+    return seconds if seconds is not None and seconds > 0 else None
+
+
 def format_timeout(seconds: float) -> bytes:
     """A timeout as Prometheus writes it: decimal seconds, no exponent."""
     text = f"{seconds:.6f}".rstrip("0").rstrip(".")
@@ -115,6 +177,35 @@ def _clean_value(value: bytes) -> bytes:
 
 def _header_lines(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return [name + b": " + _clean_value(value) + b"\r\n" for name, value in headers]
+
+
+def url_authority(url: bytes) -> bytes:
+    """The ``host[:port]`` of an absolute URL, without user information."""
+    authority = url.partition(b"//")[2]
+    for end in (b"/", b"?", b"#"):
+        authority = authority.partition(end)[0]
+    return authority.rpartition(b"@")[2]
+
+
+def authority_host(authority: bytes) -> bytes:
+    """The host of a ``host[:port]`` authority; an IPv6 literal keeps its brackets."""
+    if authority.startswith(b"["):
+        return authority[: authority.find(b"]") + 1]
+    return authority.partition(b":")[0]
+
+
+def normalize_fqdn(raw: bytes) -> str | None:
+    """The host name in ``raw`` lowercased, without a trailing dot, or None if it is none."""
+    try:
+        text = raw.decode("ascii").strip().lower().rstrip(".")
+    except UnicodeDecodeError:
+        return None
+    return text if _FQDN.match(text) else None
+
+
+def url_fqdn(url: bytes) -> str | None:
+    """The FQDN a scrape of the absolute ``url`` is for, or None when it names none."""
+    return normalize_fqdn(authority_host(url_authority(url)))
 
 
 def encode_scrape_request(
@@ -132,32 +223,29 @@ def encode_scrape_request(
     hop-by-hop headers among them are replaced, so a client always learns the timeout
     the proxy applies (upstream clients refuse a request without it).
     """
-    host = urlsplit(url).netloc.rpartition(b"@")[2]
-    lines = [method + b" " + url + b" HTTP/1.1\r\n", b"Host: " + host + b"\r\n"]
-    skip = HOP_BY_HOP | {
-        b"host",
-        ID_HEADER.lower(),
-        TIMEOUT_HEADER.lower(),
-        UPSTREAM_TIMEOUT_HEADER.lower(),
-    }
-    lines.extend(_header_lines((k, v) for k, v in headers if k.lower() not in skip))
+    lines = [method + b" " + url + b" HTTP/1.1\r\n", b"Host: " + url_authority(url) + b"\r\n"]
+    lines.extend(_header_lines(without(headers, NOT_SENT_TO_CLIENT)))
     lines.append(ID_HEADER + b": " + scrape_id.encode("ascii") + b"\r\n")
     lines.append(TIMEOUT_HEADER + b": " + format_timeout(timeout) + b"\r\n\r\n")
     return b"".join(lines)
 
 
-def _split_head(data: bytes) -> tuple[bytes, list[bytes], bytes]:
-    """Split a message into its first line, header lines and the rest."""
-    end = data.find(b"\r\n\r\n")
-    sep_len = 4
+def split_head(data: bytes) -> tuple[bytes, bytes] | None:
+    """
+    Split a message after its head: the status or request line and headers (without
+    the blank line), and the rest; None while the blank line has not arrived.
+    """
+    end, sep_len = data.find(b"\r\n\r\n"), 4
     if end < 0:
-        end = data.find(b"\n\n")
-        sep_len = 2
+        end, sep_len = data.find(b"\n\n"), 2
     if end < 0:
-        raise WireError("message has no end of headers")
-    head = data[:end].replace(b"\r\n", b"\n")
-    first, *lines = head.split(b"\n")
-    return first, lines, data[end + sep_len :]
+        return None
+    return data[:end], data[end + sep_len :]
+
+
+def _head_lines(head: bytes) -> tuple[bytes, list[bytes]]:
+    first, *lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    return first, lines
 
 
 def _parse_headers(lines: list[bytes]) -> tuple[tuple[bytes, bytes], ...]:
@@ -168,17 +256,6 @@ def _parse_headers(lines: list[bytes]) -> tuple[tuple[bytes, bytes], ...]:
             raise WireError(f"malformed header line {line[:60]!r}")
         headers.append((name, value.strip(b" \t")))
     return tuple(headers)
-
-
-def _parse_timeout(value: bytes | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        timeout = float(value)
-    except ValueError:
-        return None
-    # Rejects nan and infinities as well as non-positive values.
-    return timeout if 0 < timeout < float("inf") else None
 
 
 def _scrape_id(headers: Headers) -> str:
@@ -193,7 +270,10 @@ def _scrape_id(headers: Headers) -> str:
 
 def decode_scrape_request(data: bytes) -> ScrapeRequest:
     """Read a scrape request from the body of a poll answer."""
-    first, lines, _ = _split_head(data)
+    split = split_head(data)
+    if split is None:
+        raise WireError("message has no end of headers")
+    first, lines = _head_lines(split[0])
     parts = first.split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
         raise WireError(f"malformed request line {first[:60]!r}")
@@ -203,11 +283,11 @@ def decode_scrape_request(data: bytes) -> ScrapeRequest:
     if not url.isascii():
         raise WireError(f"request URI is not ASCII: {url[:60]!r}")
     try:
-        split = urlsplit(url)
-        hostname = split.hostname
+        target = urlsplit(url)
+        hostname = target.hostname
     except ValueError as error:
         raise WireError(f"malformed request URI {url[:60]!r}: {error}") from None
-    if split.scheme not in (b"http", b"https") or not hostname:
+    if target.scheme not in (b"http", b"https") or not hostname:
         raise WireError(f"request URI is not absolute: {url[:60]!r}")
     headers = _parse_headers(lines)
     return ScrapeRequest(
@@ -215,7 +295,7 @@ def decode_scrape_request(data: bytes) -> ScrapeRequest:
         method=method,
         url=url,
         headers=headers,
-        timeout=_parse_timeout(header_value(headers, TIMEOUT_HEADER)),
+        timeout=parse_timeout(header_value(headers, TIMEOUT_HEADER)),
     )
 
 
@@ -227,7 +307,7 @@ def decode_response_head(head: bytes) -> ResponseHead:
     Content-Length or chunked body, and its synthesized ``HTTP/0.0 500`` whose body
     runs to the end of the push.
     """
-    first, *lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    first, lines = _head_lines(head)
     version, _, rest = first.partition(b" ")
     code, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/") or len(code) != 3 or not code.isdigit():
@@ -250,7 +330,6 @@ def decode_response_head(head: bytes) -> ResponseHead:
     else:
         framing = BodyFraming.TO_END
     return ResponseHead(
-        version=version,
         status=int(code),
         reason=reason,
         headers=headers,
@@ -275,9 +354,8 @@ def encode_response_head(
     it the body runs to the end of the push (readable by upstream proxies, which use
     Go's ``http.ReadResponse``).
     """
-    skip = HOP_BY_HOP | {b"content-length", ID_HEADER.lower()}
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, _clean_value(reason))]
-    lines.extend(_header_lines((k, v) for k, v in headers if k.lower() not in skip))
+    lines.extend(_header_lines(without(headers, NOT_PUSHED)))
     if length is not None:
         lines.append(b"Content-Length: %d\r\n" % (length,))
     lines.append(ID_HEADER + b": " + scrape_id.encode("ascii") + b"\r\n\r\n")
@@ -304,6 +382,77 @@ def encode_error_response(*, scrape_id: str, reason: str, kind: str = "unreachab
         length=len(body),
     )
     return head + body
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFailure:
+    """What our client reported instead of a target's response (``SCRAPE_ERROR_HEADER``)."""
+
+    #: ``timeout``, ``refused``, ``unreachable``, ``overload`` or ``shutdown``.
+    kind: str
+    reason: str
+
+
+def client_failure(head: ResponseHead) -> ClientFailure | None:
+    """The failure our client reports in a pushed response, or None for a real response."""
+    reason = head.header(SCRAPE_ERROR_HEADER)
+    if reason is None:
+        return None
+    kind = head.header(SCRAPE_ERROR_KIND_HEADER) or b"unreachable"
+    return ClientFailure(kind=kind.decode("latin-1"), reason=reason.decode("utf-8", "replace"))
+
+
+class HeadTooLarge(WireError):
+    """A message head grew past its limit before its blank line arrived."""
+
+
+class HeadReader:
+    """Collects the head of a message arriving in pieces, up to ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """
+        Take the next bytes: the head and what follows it once the blank line has
+        arrived, else None.  Raises HeadTooLarge past the limit.
+        """
+        buffer = self._buffer + data
+        split = split_head(buffer)
+        if split is not None:
+            self._buffer = b""
+            return split
+        if len(buffer) > self._limit:
+            raise HeadTooLarge(f"pushed response headers exceed the limit of {self._limit} bytes")
+        self._buffer = buffer
+        return None
+
+
+class BodyReader:
+    """Takes a pushed response's body out of the push, by the framing of its head."""
+
+    def __init__(self, head: ResponseHead) -> None:
+        self._decoder = ChunkedDecoder() if head.framing is BodyFraming.CHUNKED else None
+        #: Bytes still expected when the head gave a Content-Length.
+        self._left = head.length
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The body bytes in ``data`` (bytes past a Content-Length are dropped)."""
+        if self._decoder is not None:
+            return self._decoder.feed(data)
+        if self._left is not None:
+            data = data[: self._left]
+            self._left -= len(data)
+        return [data] if data else []
+
+    def missing(self) -> str | None:
+        """Why the body is incomplete if the push ended now, or None when it is whole."""
+        if self._decoder is not None and not self._decoder.finished:
+            return "push body ended inside a chunked response body"
+        if self._left:
+            return f"push body ended {self._left} bytes short of its Content-Length"
+        return None
 
 
 class ChunkedDecoder:
@@ -356,8 +505,6 @@ class ChunkedDecoder:
         return out
 
 
-#: Labels a client asks ``/clients`` to list it with (our extension).
-LABELS_HEADER = b"X-PushProx-Labels"
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 1024
@@ -393,3 +540,15 @@ def decode_labels(raw: bytes) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise WireError(f"more than {MAX_LABELS} labels")
     return labels
+
+
+def encode_extensions(names: Iterable[bytes]) -> bytes:
+    """An ``X-PushProx-Extensions`` value listing ``names``."""
+    return b", ".join(names)
+
+
+def decode_extensions(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The extension names in ``X-PushProx-Extensions`` values."""
+    return frozenset(
+        token.strip() for value in values for token in value.split(b",") if token.strip()
+    )

@@ -12,10 +12,14 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
 from pushprox import wire
+from pushprox.config import ProxyConfig
 from pushprox.coordinator import (
+    IScrapeAnswer,
     CLIENT_MARGIN,
     ClientInfo,
     Coordinator,
@@ -42,6 +46,25 @@ HEADERS = (
 )
 
 
+@implementer(IScrapeAnswer)
+class RecordingAnswer:
+    """A scrape answer that notes in a list when it is aborted."""
+
+    status = 200
+    failure = None
+
+    def __init__(self, aborted: list[Any] | None = None, mark: Any = True) -> None:
+        self._aborted = aborted if aborted is not None else []
+        self._mark = mark
+
+    def deliver(self, request: IRequest) -> None:
+        """Not used by the coordinator."""
+
+    def abort(self) -> None:
+        """Note the abort."""
+        self._aborted.append(self._mark)
+
+
 class CoordinatorTestCase(SynchronousTestCase):
     """A coordinator on a fresh clock, with helpers to scrape, poll and check emptiness."""
 
@@ -56,10 +79,10 @@ class CoordinatorTestCase(SynchronousTestCase):
         return self.coordinator.scrape(fqdn, b"GET", url, HEADERS, timeout)
 
     def poll(
-        self, fqdn: str = NODE, identity: str | None = None, timeout: float | None = None
+        self, fqdn: str = NODE, principal: str | None = None, timeout: float | None = None
     ) -> Deferred[Scrape | None]:
         """Start a poll of ``fqdn``."""
-        return self.coordinator.poll(fqdn, identity, timeout)
+        return self.coordinator.poll(fqdn, principal, timeout)
 
     def register(self, fqdn: str = NODE) -> None:
         """Register ``fqdn`` with a poll that times out at once."""
@@ -67,10 +90,10 @@ class CoordinatorTestCase(SynchronousTestCase):
         self.clock.advance(0)
         self.assertIsNone(self.successResultOf(poll))
 
-    def sent_scrape(self, fqdn: str = NODE, identity: str | None = None,
+    def sent_scrape(self, fqdn: str = NODE, principal: str | None = None,
                     timeout: float = 10.0) -> tuple[Deferred[Any], Scrape]:
         """A scrape of registered ``fqdn`` handed to a poll: its Deferred and itself."""
-        poll = self.poll(fqdn, identity)
+        poll = self.poll(fqdn, principal)
         scraped = self.scrape(fqdn, timeout)
         scrape = self.successResultOf(poll)
         assert scrape is not None
@@ -124,10 +147,10 @@ class ScrapeDeliveryTests(CoordinatorTestCase):
         self.assertEqual(self.counts(), (0, 1, 1))
         self.assertFalse(self.coordinator.is_idle())
         self.clock.advance(3.0)
-        scrape = self.successResultOf(self.poll(identity="client-1"))
+        scrape = self.successResultOf(self.poll(principal="client-1"))
         assert scrape is not None
         self.assertEqual(
-            (scrape.fqdn, scrape.method, scrape.url, scrape.state, scrape.sent_to),
+            (scrape.fqdn, scrape.method, scrape.url, scrape.state, scrape.principal),
             (NODE, b"GET", URL, ScrapeState.SENT, "client-1"),
         )
         self.assertEqual(self.counts(), (0, 0, 1))
@@ -169,14 +192,14 @@ class ScrapeDeliveryTests(CoordinatorTestCase):
 
     def test_waiting_poll_gets_scrape_at_once(self) -> None:
         """A scrape for a client holding a poll is delivered at once, poll timer gone."""
-        poll = self.poll(identity="client-1", timeout=30.0)
+        poll = self.poll(principal="client-1", timeout=30.0)
         self.assertNoResult(poll)
         self.assertEqual(self.counts(), (1, 0, 0))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         scraped = self.scrape(timeout=10.0)
         scrape = self.successResultOf(poll)
         assert scrape is not None
-        self.assertEqual((scrape.state, scrape.sent_to), (ScrapeState.SENT, "client-1"))
+        self.assertEqual((scrape.state, scrape.principal), (ScrapeState.SENT, "client-1"))
         self.assertEqual(self.counts(), (0, 0, 1))
         self.assertEqual(
             [call.getTime() for call in self.clock.getDelayedCalls()], [10.0]
@@ -193,15 +216,15 @@ class ScrapeDeliveryTests(CoordinatorTestCase):
 
     def test_claim_and_respond_fire_scrape_with_response(self) -> None:
         """claim then respond fires the scrape's Deferred with the response object."""
-        scraped, scrape = self.sent_scrape(identity="client-1")
+        scraped, scrape = self.sent_scrape(principal="client-1")
         claimed = self.coordinator.claim(scrape.scrape_id, "client-1")
         self.assertIs(claimed, scrape)
         self.assertEqual(scrape.state, ScrapeState.RESPONDING)
         self.assertNoResult(scraped)
-        response = object()
         aborted: list[bool] = []
-        self.coordinator.respond(claimed, response, lambda: aborted.append(True))
-        self.assertIs(self.successResultOf(scraped), response)
+        answer = RecordingAnswer(aborted, True)
+        self.coordinator.respond(claimed, answer)
+        self.assertIs(self.successResultOf(scraped), answer)
         self.assertEqual(self.counts(), (0, 0, 1))
         self.coordinator.finish(claimed)
         self.assertEqual((scrape.state, aborted), (ScrapeState.DONE, []))
@@ -211,10 +234,11 @@ class ScrapeDeliveryTests(CoordinatorTestCase):
         """After finish the scrape's timer is gone and its id cannot be claimed again."""
         scraped, scrape = self.sent_scrape()
         claimed = self.coordinator.claim(scrape.scrape_id, None)
-        self.coordinator.respond(claimed, "response", lambda: None)
+        answer = RecordingAnswer()
+        self.coordinator.respond(claimed, answer)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.coordinator.finish(claimed)
-        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIs(self.successResultOf(scraped), answer)
         error = self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
         self.assertEqual(
             str(error), f"no scrape {scrape.scrape_id} is waiting for a push"
@@ -282,8 +306,9 @@ class ScrapeEndTests(CoordinatorTestCase):
         scraped, scrape = self.sent_scrape(timeout=5.0)
         claimed = self.coordinator.claim(scrape.scrape_id, None)
         aborted: list[str] = []
-        self.coordinator.respond(claimed, "response", lambda: aborted.append("aborted"))
-        self.assertEqual(self.successResultOf(scraped), "response")
+        answer = RecordingAnswer(aborted, "aborted")
+        self.coordinator.respond(claimed, answer)
+        self.assertIs(self.successResultOf(scraped), answer)
         self.clock.advance(4.9)
         self.assertEqual(aborted, [])
         self.clock.advance(0.1)
@@ -323,16 +348,17 @@ class ScrapeEndTests(CoordinatorTestCase):
         scraped, scrape = self.sent_scrape()
         claimed = self.coordinator.claim(scrape.scrape_id, None)
         aborted: list[bool] = []
-        self.coordinator.respond(claimed, "response", lambda: aborted.append(True))
+        answer = RecordingAnswer(aborted, True)
+        self.coordinator.respond(claimed, answer)
         scraped.cancel()
-        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIs(self.successResultOf(scraped), answer)
         self.assertEqual((self.counts(), aborted), ((0, 0, 1), []))
         self.coordinator.finish(claimed)
         self.assertIdle()
 
-    def test_claim_by_another_identity_is_foreign(self) -> None:
-        """A push from another identity raises ForeignScrape; the right one still claims."""
-        scraped, scrape = self.sent_scrape(identity="client-1")
+    def test_claim_by_another_principal_is_foreign(self) -> None:
+        """A push from another principal raises ForeignScrape; the right one still claims."""
+        scraped, scrape = self.sent_scrape(principal="client-1")
         error = self.assertRaises(
             ForeignScrape, self.coordinator.claim, scrape.scrape_id, "client-2"
         )
@@ -342,9 +368,10 @@ class ScrapeEndTests(CoordinatorTestCase):
         self.assertRaises(ForeignScrape, self.coordinator.claim, scrape.scrape_id, None)
         self.assertEqual(scrape.state, ScrapeState.SENT)
         claimed = self.coordinator.claim(scrape.scrape_id, "client-1")
-        self.coordinator.respond(claimed, "response", lambda: None)
+        answer = RecordingAnswer()
+        self.coordinator.respond(claimed, answer)
         self.coordinator.finish(claimed)
-        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIs(self.successResultOf(scraped), answer)
         self.assertIdle()
 
     def test_claim_twice_is_unknown(self) -> None:
@@ -354,9 +381,10 @@ class ScrapeEndTests(CoordinatorTestCase):
         error = self.assertRaises(UnknownScrape, self.coordinator.claim, scrape.scrape_id, None)
         self.assertEqual(str(error), f"no scrape {scrape.scrape_id} is waiting for a push")
         self.assertEqual(scrape.state, ScrapeState.RESPONDING)
-        self.coordinator.respond(claimed, "response", lambda: None)
+        answer = RecordingAnswer()
+        self.coordinator.respond(claimed, answer)
         self.coordinator.finish(claimed)
-        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIs(self.successResultOf(scraped), answer)
         self.assertIdle()
 
     def test_claim_of_unknown_or_queued_scrape_is_unknown(self) -> None:
@@ -379,37 +407,38 @@ class RequeueTests(CoordinatorTestCase):
 
     def test_requeued_scrape_goes_to_front_and_next_poll_gets_it(self) -> None:
         """After a dead poll, the requeued scrape precedes scrapes queued since."""
-        scraped_a, scrape_a = self.sent_scrape(identity="dead")
+        scraped_a, scrape_a = self.sent_scrape(principal="dead")
         self.assertEqual(scrape_a.url, URL)
         scraped_b = self.scrape(url=b"http://node1.example/b")
         self.assertEqual(self.counts(), (0, 1, 2))
         self.coordinator.requeue(scrape_a)
-        self.assertEqual((scrape_a.state, scrape_a.sent_to), (ScrapeState.QUEUED, None))
+        self.assertEqual((scrape_a.state, scrape_a.principal), (ScrapeState.QUEUED, None))
         self.assertEqual(self.counts(), (0, 2, 2))
         self.clock.advance(2.0)
-        again = self.successResultOf(self.poll(identity="alive"))
+        again = self.successResultOf(self.poll(principal="alive"))
         self.assertIs(again, scrape_a)
-        self.assertEqual((scrape_a.state, scrape_a.sent_to), (ScrapeState.SENT, "alive"))
+        self.assertEqual((scrape_a.state, scrape_a.principal), (ScrapeState.SENT, "alive"))
         request = wire.decode_scrape_request(scrape_a.payload(self.clock.seconds()))
         self.assertEqual(request.timeout, 10.0 - 2.0 - CLIENT_MARGIN)
         then = self.successResultOf(self.poll())
         assert then is not None
         self.assertEqual(then.url, b"http://node1.example/b")
         claimed = self.coordinator.claim(scrape_a.scrape_id, "alive")
-        self.coordinator.respond(claimed, "a", lambda: None)
+        answer = RecordingAnswer()
+        self.coordinator.respond(claimed, answer)
         self.coordinator.finish(claimed)
-        self.assertEqual(self.successResultOf(scraped_a), "a")
+        self.assertIs(self.successResultOf(scraped_a), answer)
         scraped_b.cancel()
         self.failureResultOf(scraped_b, CancelledError)
         self.assertIdle()
 
     def test_requeue_with_poll_waiting_delivers_at_once(self) -> None:
         """A requeued scrape goes straight to a poll already waiting."""
-        scraped, scrape = self.sent_scrape(identity="dead")
-        waiting = self.poll(identity="alive", timeout=30.0)
+        scraped, scrape = self.sent_scrape(principal="dead")
+        waiting = self.poll(principal="alive", timeout=30.0)
         self.coordinator.requeue(scrape)
         self.assertIs(self.successResultOf(waiting), scrape)
-        self.assertEqual((scrape.state, scrape.sent_to), (ScrapeState.SENT, "alive"))
+        self.assertEqual((scrape.state, scrape.principal), (ScrapeState.SENT, "alive"))
         self.assertEqual(self.counts(), (0, 0, 1))
         scraped.cancel()
         self.failureResultOf(scraped, CancelledError)
@@ -437,9 +466,10 @@ class RequeueTests(CoordinatorTestCase):
         claimed = self.coordinator.claim(scrape.scrape_id, None)
         self.coordinator.requeue(scrape)
         self.assertEqual((scrape.state, self.counts()), (ScrapeState.RESPONDING, (0, 0, 1)))
-        self.coordinator.respond(claimed, "response", lambda: None)
+        answer = RecordingAnswer()
+        self.coordinator.respond(claimed, answer)
         self.coordinator.finish(claimed)
-        self.assertEqual(self.successResultOf(scraped), "response")
+        self.assertIs(self.successResultOf(scraped), answer)
         self.assertIdle()
 
 
@@ -448,7 +478,7 @@ class LimitTests(CoordinatorTestCase):
 
     def test_queue_limit_refuses_one_more_scrape(self) -> None:
         """Beyond max_queued_per_client scrapes queued, a scrape fails with QueueFull."""
-        self.coordinator = Coordinator(self.clock, max_queued_per_client=2)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_queued_per_client=2))
         self.register()
         queued = [self.scrape(), self.scrape()]
         failure = self.failureResultOf(self.scrape(), QueueFull)
@@ -464,7 +494,7 @@ class LimitTests(CoordinatorTestCase):
 
     def test_queue_limit_does_not_apply_when_poll_waits(self) -> None:
         """With max_queued_per_client 0, a scrape still goes to a poll that waits."""
-        self.coordinator = Coordinator(self.clock, max_queued_per_client=0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_queued_per_client=0))
         poll = self.poll()
         scraped = self.scrape()
         scrape = self.successResultOf(poll)
@@ -476,7 +506,7 @@ class LimitTests(CoordinatorTestCase):
 
     def test_zero_queue_limit_queues_no_scrape(self) -> None:
         """With max_queued_per_client 0, a scrape with no poll waiting gets QueueFull."""
-        self.coordinator = Coordinator(self.clock, max_queued_per_client=0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_queued_per_client=0))
         self.register()
         scraped = self.scrape()
         self.addCleanup(scraped.addErrback, lambda failure: None)
@@ -487,7 +517,7 @@ class LimitTests(CoordinatorTestCase):
 
     def test_poll_limit_refuses_one_more_poll(self) -> None:
         """Beyond max_polls_per_client polls held, a poll fails with TooManyPolls."""
-        self.coordinator = Coordinator(self.clock, max_polls_per_client=2)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_polls_per_client=2))
         held = [self.poll(timeout=30.0), self.poll(timeout=30.0)]
         failure = self.failureResultOf(self.poll(timeout=30.0), TooManyPolls)
         self.assertEqual(str(failure.value), "node1.example already holds 2 polls, the limit")
@@ -502,14 +532,14 @@ class LimitTests(CoordinatorTestCase):
 
     def test_zero_poll_limit_leaves_nothing_behind(self) -> None:
         """With max_polls_per_client 0 every poll fails and no empty entry remains."""
-        self.coordinator = Coordinator(self.clock, max_polls_per_client=0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_polls_per_client=0))
         failure = self.failureResultOf(self.poll(), TooManyPolls)
         self.assertEqual(str(failure.value), "node1.example already holds 0 polls, the limit")
         self.assertIdle()
 
     def test_client_limit_refuses_one_more_client(self) -> None:
         """Beyond max_clients registered, a new FQDN's poll fails with TooManyClients."""
-        self.coordinator = Coordinator(self.clock, max_clients=1)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_clients=1))
         self.register(NODE)
         failure = self.failureResultOf(self.poll(OTHER), TooManyClients)
         self.assertEqual(str(failure.value), "1 clients are registered, the limit")
@@ -520,7 +550,7 @@ class LimitTests(CoordinatorTestCase):
 
     def test_client_limit_frees_up_when_registration_expires(self) -> None:
         """Once a client's registration expired, another FQDN may register."""
-        self.coordinator = Coordinator(self.clock, max_clients=1, registration_timeout=60.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(max_clients=1, registration_timeout=60.0))
         self.register(NODE)
         self.clock.advance(60.0)
         self.register(OTHER)
@@ -570,12 +600,12 @@ class PollTests(CoordinatorTestCase):
 
     def test_polls_are_answered_first_come_first_served(self) -> None:
         """With several polls waiting, the oldest gets the scrape."""
-        first = self.poll(identity="first", timeout=30.0)
-        second = self.poll(identity="second", timeout=30.0)
+        first = self.poll(principal="first", timeout=30.0)
+        second = self.poll(principal="second", timeout=30.0)
         scraped = self.scrape()
         scrape = self.successResultOf(first)
         assert scrape is not None
-        self.assertEqual(scrape.sent_to, "first")
+        self.assertEqual(scrape.principal, "first")
         self.assertNoResult(second)
         self.assertEqual(self.counts(), (1, 0, 1))
         second.cancel()
@@ -603,7 +633,7 @@ class RegistrationTests(CoordinatorTestCase):
 
     def test_registration_expires_without_polls(self) -> None:
         """registration_timeout after its last poll a client is gone; scrapes get 404."""
-        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
         self.register()
         self.clock.advance(299.0)
         self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=0.0)])
@@ -616,7 +646,7 @@ class RegistrationTests(CoordinatorTestCase):
 
     def test_registration_does_not_expire_while_poll_is_held(self) -> None:
         """A client holding a poll stays registered however long the poll lasts."""
-        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
         poll = self.poll(timeout=None)
         self.clock.advance(1000.0)
         self.assertEqual(
@@ -632,7 +662,7 @@ class RegistrationTests(CoordinatorTestCase):
 
     def test_each_poll_renews_registration(self) -> None:
         """A client polling every 200 s of a 300 s registration never expires."""
-        self.coordinator = Coordinator(self.clock, registration_timeout=300.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
         for _ in range(5):
             self.register()
             self.clock.advance(200.0)
@@ -664,7 +694,7 @@ class RegistrationTests(CoordinatorTestCase):
 
     def test_expiry_follows_last_poll_not_registration_order(self) -> None:
         """A client registered first but polling since outlives one that went silent."""
-        self.coordinator = Coordinator(self.clock, registration_timeout=10.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=10.0))
         self.register("a.example")
         self.clock.advance(1.0)
         self.register("b.example")
@@ -678,7 +708,7 @@ class RegistrationTests(CoordinatorTestCase):
 
     def test_expiry_keeps_the_clients_seen_since(self) -> None:
         """Only clients silent for registration_timeout are dropped, others stay."""
-        self.coordinator = Coordinator(self.clock, registration_timeout=10.0)
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=10.0))
         self.register("a.example")
         self.clock.advance(5.0)
         self.register("b.example")
@@ -698,7 +728,8 @@ class ShutdownTests(CoordinatorTestCase):
         relaying, relaying_scrape = self.sent_scrape()
         claimed = self.coordinator.claim(relaying_scrape.scrape_id, None)
         aborted: list[bool] = []
-        self.coordinator.respond(claimed, "response", lambda: aborted.append(True))
+        answer = RecordingAnswer(aborted, True)
+        self.coordinator.respond(claimed, answer)
         queued = self.scrape()
         waiting = self.poll(OTHER, timeout=30.0)
         self.assertEqual(self.counts(), (1, 1, 3))
@@ -706,7 +737,7 @@ class ShutdownTests(CoordinatorTestCase):
         for deferred in (sent, queued, waiting):
             failure = self.failureResultOf(deferred, ShuttingDown)
             self.assertEqual(str(failure.value), "the proxy is shutting down")
-        self.assertEqual(self.successResultOf(relaying), "response")
+        self.assertIs(self.successResultOf(relaying), answer)
         self.assertEqual(aborted, [True])
         self.assertIdle()
         self.coordinator.finish(claimed)

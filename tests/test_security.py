@@ -26,7 +26,12 @@ import bcrypt
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -46,7 +51,8 @@ from pushprox.client import ClientConfig, ClientService, make_agents
 from pushprox.coordinator import Coordinator, Scrape
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import ProxyConfig, PushProxSite
-from pushprox.proxy_tap import Options, ReloadOnHangup, makeService, mutual_tls_endpoint
+from pushprox.mtls_endpoint import require_client_certificates
+from pushprox.proxy_tap import Options, ReloadOnHangup, makeService
 from tests.helpers import track_connections
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
 
@@ -336,9 +342,9 @@ class SecurityTestCase(TestCase):
             self._ports.append(port)
             self.proxy_port = port.getHost().port
             return None
-        endpoint = mutual_tls_endpoint(
-            reactor, f"ssl:0:privateKey={pki.server.key}:certKey={pki.server.cert}"
-            f":interface={LOCALHOST}", pki.ca_cert)
+        endpoint = serverFromString(reactor, require_client_certificates(
+            f"ssl:0:privateKey={pki.server.key}:certKey={pki.server.cert}"
+            f":interface={LOCALHOST}", pki.ca_cert))
 
         def listening(port: Any) -> None:
             self._ports.append(port)
@@ -1129,8 +1135,8 @@ class ProxyOptionsTests(SynchronousTestCase):
         self.assertEqual(len(reloaders), 1)
 
     def test_mutual_tls_endpoint_needs_a_key(self) -> None:
-        """An ssl: listener without privateKey= is a usage error."""
-        with self.assertRaises(usage.UsageError) as caught:
-            mutual_tls_endpoint(reactor, "ssl:8443", "ca.crt")
+        """An ssl: listener without privateKey= is refused with the reason."""
+        with self.assertRaises(ValueError) as caught:
+            serverFromString(reactor, require_client_certificates("ssl:8443", "ca.crt"))
         self.assertEqual(str(caught.exception),
-                         "ssl:8443: ssl: needs privateKey= (and certKey=)")
+                         "pushprox-mtls: needs privateKey= (and certKey=) and clientCA=")

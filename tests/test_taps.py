@@ -8,6 +8,8 @@ from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,8 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
 from pushprox.options import port_number, positive_float, positive_int
+from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.proxy import ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, _split_description
+from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup
 from tests.tlsfixtures import make_pki
 
 
@@ -102,12 +105,23 @@ class ProxyOptionsTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, parse_proxy, *argv)
 
-    def test_split_description(self) -> None:
-        """An ssl: endpoint description splits into positional and keyword arguments."""
-        self.assertEqual(
-            _split_description(r"ssl:8443:privateKey=k.pem:certKey=c.pem:interface=\:\:1"),
-            (["8443"], {"privateKey": "k.pem", "certKey": "c.pem", "interface": "::1"}),
+    def test_mutual_tls_description_keeps_escapes(self) -> None:
+        """--client-ca turns ssl: into pushprox-mtls:, escapes and all, parsed by Twisted."""
+        directory = tempfile.mkdtemp(prefix="pushprox:taps-")
+        self.addCleanup(shutil.rmtree, directory)
+        pki = make_pki(directory)
+        description = require_client_certificates(
+            rf"ssl:8443:privateKey={pki.server.key.replace(':', chr(92) + ':')}"
+            rf":certKey={pki.server.cert.replace(':', chr(92) + ':')}:interface=\:\:1",
+            pki.ca_cert,
         )
+        self.assertTrue(description.startswith("pushprox-mtls:8443:"))
+        reactor = MemoryReactorClock()
+        endpoint = serverFromString(reactor, description)
+        endpoint.listen(Factory())
+        [(port, _, _, backlog, interface)] = reactor.sslServers
+        self.assertEqual((port, backlog, interface), (8443, 50, "::1"))
+        self.assertEqual(require_client_certificates("tcp:8080", pki.ca_cert), "tcp:8080")
 
 
 class ProxyServiceTests(SynchronousTestCase):

@@ -268,7 +268,6 @@ class RecordedGoMessageTests(SynchronousTestCase):
         self.assertEqual(
             wire.decode_response_head(head),
             wire.ResponseHead(
-                version=b"HTTP/1.1",
                 status=200,
                 reason=b"OK",
                 headers=(
@@ -299,7 +298,6 @@ class RecordedGoMessageTests(SynchronousTestCase):
         self.assertEqual(
             decoded,
             wire.ResponseHead(
-                version=b"HTTP/0.0",
                 status=500,
                 reason=b"Internal Server Error",
                 headers=(
@@ -611,7 +609,6 @@ class ResponseHeadTests(SynchronousTestCase):
         self.assertEqual(
             wire.decode_response_head(encoded[:-4]),
             wire.ResponseHead(
-                version=b"HTTP/1.1",
                 status=404,
                 reason=b"Not Found",
                 headers=(
@@ -673,7 +670,6 @@ class ResponseHeadTests(SynchronousTestCase):
         self.assertEqual(
             decoded,
             wire.ResponseHead(
-                version=b"HTTP/1.1",
                 status=500,
                 reason=b"Internal Server Error",
                 headers=(
@@ -791,7 +787,6 @@ class ResponseHeadTests(SynchronousTestCase):
         self.assertEqual(
             wire.decode_response_head(encoded[:-4]),
             wire.ResponseHead(
-                version=b"HTTP/1.1",
                 status=status,
                 reason=reason,
                 headers=(*headers, *length_header, (b"Id", scrape_id.encode("ascii"))),

@@ -1,6 +1,9 @@
-"""twistd plugins: ``twistd pushprox-proxy`` and ``twistd pushprox-client``."""
+"""twistd plugins (``twistd pushprox-proxy``, ``twistd pushprox-client``) and the
+``pushprox-mtls:`` server endpoint."""
 
 from twisted.application.service import ServiceMaker
+
+from pushprox.mtls_endpoint import MutualTLSServerParser
 
 pushprox_proxy = ServiceMaker(
     "pushprox-proxy",
@@ -14,3 +17,4 @@ pushprox_client = ServiceMaker(
     "PushProx client: polls the proxy and scrapes local targets",
     "pushprox-client",
 )
+pushprox_mtls_endpoint = MutualTLSServerParser()
