@@ -19,12 +19,12 @@ from zope.interface.verify import verifyClass, verifyObject
 from pushprox import wire
 from pushprox.config import ProxyConfig
 from pushprox.coordinator import (
-    IScrapeAnswer,
     CLIENT_MARGIN,
     ClientInfo,
     Coordinator,
     ForeignScrape,
     ICoordinator,
+    IScrapeAnswer,
     QueueFull,
     Scrape,
     ScrapeState,
@@ -550,7 +550,9 @@ class LimitTests(CoordinatorTestCase):
 
     def test_client_limit_frees_up_when_registration_expires(self) -> None:
         """Once a client's registration expired, another FQDN may register."""
-        self.coordinator = Coordinator(self.clock, ProxyConfig(max_clients=1, registration_timeout=60.0))
+        self.coordinator = Coordinator(
+            self.clock, ProxyConfig(max_clients=1, registration_timeout=60.0)
+        )
         self.register(NODE)
         self.clock.advance(60.0)
         self.register(OTHER)

@@ -50,8 +50,8 @@ from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, parse_networ
 from pushprox.client import ClientConfig, ClientService, make_agents
 from pushprox.coordinator import Coordinator, Scrape
 from pushprox.metrics import ClientMetrics
-from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.mtls_endpoint import require_client_certificates
+from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.proxy_tap import Options, ReloadOnHangup, makeService
 from tests.helpers import track_connections
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
-from pushprox.options import port_number, positive_float, positive_int
 from pushprox.mtls_endpoint import require_client_certificates
+from pushprox.options import port_number, positive_float, positive_int
 from pushprox.proxy import ProxyConfig
 from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup
 from tests.tlsfixtures import make_pki
