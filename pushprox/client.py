@@ -11,29 +11,36 @@ as soon as a request arrives, so scrapes run concurrently.
 
 from __future__ import annotations
 
-import base64
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import treq
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
@@ -47,19 +54,10 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from pushprox import wire
+from pushprox.config import ClientConfig as ClientConfig
 from pushprox.metrics import ClientMetrics
 
 USER_AGENT = b"pushprox-client/0.1.0"
-#: Asks a pushprox proxy to answer an idle poll after this many seconds (an
-#: upstream proxy ignores it and holds the poll until a scrape comes).
-POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
-#: A pushprox proxy lists its extensions on poll answers; upstream proxies send
-#: nothing, and then the client behaves exactly as an upstream client.
-EXTENSIONS_HEADER = b"X-PushProx-Extensions"
-#: Asks a pushprox proxy to answer a push with the next scrape queued for us, if any;
-#: such an answer carries NEXT_SCRAPE_HEADER and the scrape request as its body.
-PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
-NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
 #: Largest poll answer read; a scrape request is a few hundred bytes.
 MAX_POLL_ANSWER = 256 * 1024
 
@@ -72,57 +70,10 @@ class ScrapeRefused(Exception):
 
 
 @dataclass(frozen=True)
-class ClientConfig:
-    """What the client needs to know; the defaults are the documented ones."""
-
-    proxy_url: str
-    fqdn: str
-    poll_timeout: float = 25.0
-    #: How long after poll_timeout a poll of a pushprox proxy may stay unanswered
-    #: before the client takes its connection for dead.
-    poll_grace: float = 10.0
-    retry_initial_wait: float = 1.0
-    retry_max_wait: float = 5.0
-    scrape_default_timeout: float = 15.0
-    allow_ports: frozenset[int] = field(default_factory=lambda: frozenset({9100}))
-    allow_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/metrics"}))
-    allow_any: bool = False
-    #: Connect to this address instead of the FQDN (the Host header keeps the FQDN).
-    target_host: str | None = None
-    max_concurrent_scrapes: int = 64
-    shutdown_grace: float = 5.0
-    log_scrapes: bool = False
-    #: Sent to the proxy as a Bearer token (its --client-tokens).
-    proxy_token: str | None = None
-    #: Sent to targets as a Bearer token, never to the proxy.
-    target_bearer_token: str | None = None
-    #: Labels the proxy lists this client with in /clients (a pushprox extension).
-    labels: tuple[tuple[str, str], ...] = ()
-
-    def endpoint(self, name: str) -> bytes:
-        """The URL of the proxy's endpoint ``name``, credentials removed."""
-        parts = urlsplit(self.proxy_url)
-        netloc = parts.netloc.rpartition("@")[2]
-        path = parts.path if parts.path.endswith("/") else parts.path + "/"
-        return urlunsplit((parts.scheme, netloc, path + name, "", "")).encode("ascii")
-
-    def proxy_authorization(self) -> bytes | None:
-        """The ``Authorization`` value for the proxy: the token, or URL credentials."""
-        if self.proxy_token:
-            return b"Bearer " + self.proxy_token.encode("utf-8")
-        parts = urlsplit(self.proxy_url)
-        if parts.username is None:
-            return None
-        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        return b"Basic " + base64.b64encode(userinfo.encode("utf-8"))
-
-
-@dataclass(frozen=True)
 class Target:
-    """Where a checked scrape request goes."""
+    """Where a checked scrape request goes: the URL to connect to, the headers to send."""
 
     url: bytes
-    host_header: bytes
     headers: Headers
 
 
@@ -133,54 +84,77 @@ def plan_target(request: wire.ScrapeRequest, config: ClientConfig) -> Target:
     Raises ScrapeRefused for another host than our FQDN, a port or path that is
     not allowed (unless ``allow_any``), or a method other than GET.
     """
-    parts = urlsplit(request.url.decode("latin-1"))
-    host = (parts.hostname or "").lower()
-    if host != config.fqdn.lower():
-        raise ScrapeRefused(f"target host {host} is not this client's FQDN {config.fqdn}")
+    url = urlsplit(request.url.decode("latin-1"))
+    _check_host(request.url, config)
     if request.method not in (b"GET", b"HEAD"):
         raise ScrapeRefused(f"method {request.method.decode('latin-1')} is not scraped")
-    query = [item for item in parts.query.split("&") if item]
-    scheme = parts.scheme
-    schemes = [item.partition("=")[2] for item in query if item.startswith("_scheme=")]
-    if schemes:
-        scheme = schemes[-1]
-        query = [item for item in query if not item.startswith("_scheme=")]
-    if scheme not in ("http", "https"):
-        raise ScrapeRefused(f"scheme {scheme} is not scraped")
+    scheme, query = _scheme_and_query(url)
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = url.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise ScrapeRefused(f"malformed port in {parts.netloc}") from None
-    path = parts.path or "/"
+        raise ScrapeRefused(f"malformed port in {url.netloc}") from None
+    path = url.path or "/"
     if not config.allow_any:
-        if port not in config.allow_ports:
-            raise ScrapeRefused(
-                f"port {port} is not allowed (allowed: "
-                f"{', '.join(map(str, sorted(config.allow_ports))) or 'none'}; "
-                "see --allow-port)"
-            )
-        if path not in config.allow_paths:
-            raise ScrapeRefused(f"path {path} is not allowed (see --allow-path)")
-    connect_host = config.target_host or parts.hostname or ""
+        _check_allowed(port, path, config)
+    connect_host = config.target_host or url.hostname or ""
     if ":" in connect_host:
         connect_host = f"[{connect_host}]"
-    url = urlunsplit((scheme, f"{connect_host}:{port}", path, "&".join(query), ""))
+    target_url = urlunsplit((scheme, f"{connect_host}:{port}", path, query, ""))
+    return Target(url=target_url.encode("latin-1"), headers=_target_headers(request, config))
+
+
+def _check_host(url: bytes, config: ClientConfig) -> None:
+    """Only our own FQDN is scraped."""
+    host = wire.url_fqdn(url)
+    if host is None or host != wire.normalize_fqdn(config.fqdn.encode("ascii", "replace")):
+        shown = wire.authority_host(wire.url_authority(url)).decode("latin-1").lower()
+        raise ScrapeRefused(f"target host {shown} is not this client's FQDN {config.fqdn}")
+
+
+def _scheme_and_query(url: SplitResult) -> tuple[str, str]:
+    """The scheme to scrape with (Prometheus' ``_scheme`` parameter wins) and the query
+    without that parameter."""
+    query = [item for item in url.query.split("&") if item]
+    schemes = [item.partition("=")[2] for item in query if item.startswith("_scheme=")]
+    scheme = schemes[-1] if schemes else url.scheme
+    if scheme not in ("http", "https"):
+        raise ScrapeRefused(f"scheme {scheme} is not scraped")
+    return scheme, "&".join(item for item in query if not item.startswith("_scheme="))
+
+
+def _check_allowed(port: int, path: str, config: ClientConfig) -> None:
+    """The port and path must be on the allow-list."""
+    if port not in config.allow_ports:
+        raise ScrapeRefused(
+            f"port {port} is not allowed (allowed: "
+            f"{', '.join(map(str, sorted(config.allow_ports))) or 'none'}; "
+            "see --allow-port)"
+        )
+    if path not in config.allow_paths:
+        raise ScrapeRefused(f"path {path} is not allowed (see --allow-path)")
+
+
+def _target_headers(request: wire.ScrapeRequest, config: ClientConfig) -> Headers:
+    """Prometheus' headers for the target: Host as Prometheus meant it, our token."""
     headers = Headers()
-    skip = wire.HOP_BY_HOP | {b"host", wire.ID_HEADER.lower()}
-    for name, value in request.headers:
-        if name.lower() not in skip:
-            headers.addRawHeader(name, value)
-    host_header = parts.netloc.rpartition("@")[2].encode("latin-1")
-    headers.setRawHeaders(b"host", [host_header])
+    for name, value in wire.without(request.headers, wire.NOT_SENT_TO_TARGET):
+        headers.addRawHeader(name, value)
+    headers.setRawHeaders(b"host", [wire.url_authority(request.url)])
     if config.target_bearer_token:
         headers.setRawHeaders(
             b"authorization", [b"Bearer " + config.target_bearer_token.encode("utf-8")]
         )
-    return Target(url=url.encode("latin-1"), host_header=host_header, headers=headers)
+    return headers
 
 
 class Backoff:
-    """Exponential backoff with jitter: from ``initial`` to ``maximum`` by 1.5."""
+    """
+    Exponential backoff from ``initial`` to ``maximum`` by 1.5, with "equal jitter".
+
+    The growth is Twisted's ``backoffPolicy``; its jitter, though, adds up to a whole
+    second at every step, which would stretch a 250 ms retry fivefold and overshoot the
+    maximum.  Each wait here is between half and all of its step instead.
+    """
 
     FACTOR = 1.5
 
@@ -188,17 +162,18 @@ class Backoff:
                  rand: Callable[[], float] = random.random) -> None:
         self.initial = initial
         self.maximum = maximum
+        self._step = backoffPolicy(initial, maximum, self.FACTOR, jitter=lambda: 0.0)
         self._rand = rand
-        self._next = initial
+        self._attempt = 0
 
     def reset(self) -> None:
         """Start again from the initial wait."""
-        self._next = self.initial
+        self._attempt = 0
 
     def next(self) -> float:
         """The next wait: between half and all of the current step."""
-        step = self._next
-        self._next = min(step * self.FACTOR, self.maximum)
+        step = self._step(self._attempt)
+        self._attempt += 1
         return step * (0.5 + self._rand() / 2)
 
 
@@ -301,13 +276,13 @@ class ClientService(Service):
             self._proxy_headers.setRawHeaders(b"Authorization", [auth])
         self._poll_headers = self._proxy_headers.copy()
         self._poll_headers.setRawHeaders(
-            POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
+            wire.POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
         )
         # Sent even when empty, so that labels dropped from the command line go away.
         self._poll_headers.setRawHeaders(wire.LABELS_HEADER,
                                          [wire.encode_labels(config.labels)])
         self._push_poll_headers = self._proxy_headers.copy()
-        self._push_poll_headers.setRawHeaders(PUSH_POLL_HEADER, [b"1"])
+        self._push_poll_headers.setRawHeaders(wire.PUSH_POLL_HEADER, [b"1"])
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -369,38 +344,26 @@ class ClientService(Service):
         """
         if not self._bounded_polls:
             return poll
-        timed_out = False
-
-        def give_up() -> None:
-            nonlocal timed_out
-            timed_out = True
-            poll.cancel()
-
         limit = self.config.poll_timeout + self.config.poll_grace
-        deadline = self._clock.callLater(limit, give_up)
 
-        def settle(result: object) -> object:
-            if deadline.active():
-                deadline.cancel()
-            if timed_out and isinstance(result, Failure):
-                raise PollError(f"no answer to a poll within {limit:g}s: the "
+        def presumed_dead(result: object, timeout: float) -> object:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                raise PollError(f"no answer to a poll within {timeout:g}s: the "
                                 "connection is presumed dead")
             return result
 
-        return poll.addBoth(settle)
+        return poll.addTimeout(limit, self._clock, onTimeoutCancel=presumed_dead)
 
     async def _poll_once(self) -> wire.ScrapeRequest | None:
         response = await self._proxy_agent.request(
             b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
         )
         body = await read_limited(response, MAX_POLL_ANSWER)
-        extensions = {
-            token.strip()
-            for value in response.headers.getRawHeaders(EXTENSIONS_HEADER, [])
-            for token in value.split(b",")
-        }
-        self._push_poll = b"push-poll" in extensions
-        self._bounded_polls = b"poll-timeout" in extensions
+        extensions = wire.decode_extensions(
+            response.headers.getRawHeaders(wire.EXTENSIONS_HEADER, [])
+        )
+        self._push_poll = wire.PUSH_POLL_EXTENSION in extensions
+        self._bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
         if response.code == 204:
             return None
         if response.code != 200:
@@ -439,22 +402,16 @@ class ClientService(Service):
         run = _ScrapeRun(request, request.timeout or self.config.scrape_default_timeout,
                          self._clock.seconds())
         scrape = Deferred.fromCoroutine(self._scrape(run))
-        timer = self._clock.callLater(run.timeout, self._time_out, run, scrape)
+        scrape.addTimeout(run.timeout, self._clock, onTimeoutCancel=_timed_out)
         self._scrapes.add(scrape)
 
         def done(result: object) -> None:
-            if timer.active():
-                timer.cancel()
             self._scrapes.discard(scrape)
             self.metrics.scrape_duration.observe(self._clock.seconds() - run.started)
             if isinstance(result, Failure):
                 self._scrape_failed(run, result)
 
         scrape.addBoth(done)
-
-    def _time_out(self, run: _ScrapeRun, scrape: Deferred[None]) -> None:
-        run.timed_out = True
-        scrape.cancel()
 
     async def _scrape(self, run: _ScrapeRun) -> None:
         request = run.request
@@ -488,7 +445,7 @@ class ClientService(Service):
         request = run.request
         if not self.running:
             reason, kind = "the client is shutting down", "shutdown"
-        elif run.timed_out:
+        elif failure.check(TimeoutError):
             reason, kind = f"timeout after {run.timeout:g}s", "timeout"
         elif failure.check(ScrapeRefused):
             reason, kind = f"refused: {failure.value}", "refused"
@@ -527,7 +484,7 @@ class ClientService(Service):
                           scrape_id=request.scrape_id, code=response.code,
                           answer=_snippet(answer))
             raise _PushFailed()
-        if answer and response.headers.hasHeader(NEXT_SCRAPE_HEADER):
+        if answer and response.headers.hasHeader(wire.NEXT_SCRAPE_HEADER):
             self._take_next(answer)
 
     def _take_next(self, answer: bytes) -> None:
@@ -583,9 +540,15 @@ class _ScrapeRun:
     request: wire.ScrapeRequest
     timeout: float
     started: float
-    timed_out: bool = False
     #: The push of the target's response has begun.
     pushing: bool = False
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    """A scrape cut off by its timeout failed by timing out, whatever the cut raised."""
+    if isinstance(result, Failure) and not result.check(_PushFailed):
+        raise TimeoutError(timeout, "scrape")
+    return result
 
 
 class PollError(Exception):
@@ -691,13 +654,28 @@ class CachedEndpoints:
                 raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
             if len(self._endpoints) >= self.MAX_ENDPOINTS:
                 self._endpoints.clear()
+            endpoint = _QuietEndpoint(endpoint)
             self._endpoints[key] = endpoint
         return endpoint
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Without this every pooled connection logs "Starting factory" at info.
-    noisy = False
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """
+    An endpoint whose connections' factories do not log.
+
+    Every pooled connection's factory would otherwise log "Starting factory" at
+    info; ``noisy`` is the public switch of any ``Factory``.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect with ``protocolFactory`` told to be quiet."""
+        if hasattr(protocolFactory, "noisy"):
+            protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
 
 
 def make_agents(
@@ -707,16 +685,12 @@ def make_agents(
     target_policy: IPolicyForHTTPS | None = None,
 ) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
     """Agents with persistent pools for the proxy and the targets."""
-    proxy_pool = HTTPConnectionPool(reactor, persistent=True)
-    proxy_pool.maxPersistentPerHost = 16
-    proxy_pool._factory = _QuietClientFactory
-    target_pool = HTTPConnectionPool(reactor, persistent=True)
-    target_pool.maxPersistentPerHost = 16
-    target_pool._factory = _QuietClientFactory
-    proxy_agent = Agent.usingEndpointFactory(
-        reactor, CachedEndpoints(reactor, proxy_policy), pool=proxy_pool
-    )
-    target_agent = Agent.usingEndpointFactory(
-        reactor, CachedEndpoints(reactor, target_policy), pool=target_pool
-    )
-    return proxy_agent, target_agent, [proxy_pool, target_pool]
+    pools: list[HTTPConnectionPool] = []
+    agents: list[IAgent] = []
+    for policy in (proxy_policy, target_policy):
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 16
+        pools.append(pool)
+        agents.append(Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor, policy),
+                                                 pool=pool))
+    return agents[0], agents[1], pools

@@ -12,7 +12,8 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from pushprox import wire
-from pushprox.client import ClientConfig, ClientService, make_agents
+from pushprox.client import ClientService, make_agents
+from pushprox.config import ClientConfig, default
 from pushprox.metrics import ClientMetrics
 from pushprox.options import port_number, positive_float, positive_int
 
@@ -67,17 +68,23 @@ class Options(usage.Options):
          "'Authorization: Bearer' (never to the proxy)."],
         ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics; "
          "empty to disable."],
-        ["retry-initial-wait", None, 1.0, "First wait in seconds after a failed poll.",
+        ["retry-initial-wait", None, default(ClientConfig, "retry_initial_wait"),
+         "First wait in seconds after a failed poll.",
          positive_float],
-        ["retry-max-wait", None, 5.0, "Longest wait in seconds between failed polls.",
+        ["retry-max-wait", None, default(ClientConfig, "retry_max_wait"),
+         "Longest wait in seconds between failed polls.",
          positive_float],
-        ["poll-timeout", None, 25.0, "Seconds after which a pushprox proxy answers an idle "
+        ["poll-timeout", None, default(ClientConfig, "poll_timeout"),
+         "Seconds after which a pushprox proxy answers an idle "
          "poll so that load balancers and NAT do not cut it.", positive_float],
-        ["scrape-default-timeout", None, 15.0, "Scrape timeout in seconds when the "
+        ["scrape-default-timeout", None, default(ClientConfig, "scrape_default_timeout"),
+         "Scrape timeout in seconds when the "
          "request carries none.", positive_float],
-        ["max-concurrent-scrapes", None, 64, "Scrapes run at once; more are refused.",
+        ["max-concurrent-scrapes", None, default(ClientConfig, "max_concurrent_scrapes"),
+         "Scrapes run at once; more are refused.",
          positive_int],
-        ["shutdown-grace", None, 5.0, "Seconds that running scrapes get to finish when "
+        ["shutdown-grace", None, default(ClientConfig, "shutdown_grace"),
+         "Seconds that running scrapes get to finish when "
          "the client stops.", positive_float],
     ]
 
@@ -141,8 +148,8 @@ class Options(usage.Options):
             retry_initial_wait=self["retry-initial-wait"],
             retry_max_wait=self["retry-max-wait"],
             scrape_default_timeout=self["scrape-default-timeout"],
-            allow_ports=frozenset(self["allow-port"] or [9100]),
-            allow_paths=frozenset(self["allow-path"] or ["/metrics"]),
+            allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
+            allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
             allow_any=self["allow-any"],
             target_host=self["target-host"],
             max_concurrent_scrapes=self["max-concurrent-scrapes"],

@@ -71,7 +71,7 @@ class PlanTargetTests(SynchronousTestCase):
         """A request for our own FQDN on an allowed port and path keeps its URL."""
         target = plan_target(scrape_request(b"http://node1.example:9100/metrics"), config())
         self.assertEqual(target.url, b"http://node1.example:9100/metrics")
-        self.assertEqual(target.host_header, b"node1.example:9100")
+        self.assertEqual(target.headers.getRawHeaders(b"host"), [b"node1.example:9100"])
 
     def test_fqdn_match_ignores_case(self) -> None:
         """Host names are case-insensitive."""
@@ -169,7 +169,7 @@ class PlanTargetTests(SynchronousTestCase):
         target = plan_target(scrape_request(b"http://node1.example:9100/metrics?a=1"),
                              config(target_host="127.0.0.1"))
         self.assertEqual(target.url, b"http://127.0.0.1:9100/metrics?a=1")
-        self.assertEqual(target.host_header, b"node1.example:9100")
+        self.assertEqual(target.headers.getRawHeaders(b"host"), [b"node1.example:9100"])
         self.assertEqual(target.headers.getRawHeaders(b"host"), [b"node1.example:9100"])
 
     def test_ipv6_target_host_is_bracketed(self) -> None:
