@@ -13,9 +13,15 @@ from twisted.python import usage
 
 from pushprox import wire
 from pushprox.client import ClientService, make_agents
-from pushprox.config import ClientConfig, default
+from pushprox.config import (
+    ClientConfig,
+    default,
+    option_values,
+    twistd_flags,
+    twistd_parameters,
+)
 from pushprox.metrics import ClientMetrics
-from pushprox.options import port_number, positive_float, positive_int
+from pushprox.options import port_number
 
 
 def read_secret(path: str | None, flag: str) -> str | None:
@@ -41,21 +47,18 @@ class Options(usage.Options):
         "their answers back. Only outbound connections are made."
     )
     optFlags = [
-        ["allow-any", None, "Scrape any port and path of this FQDN, as upstream PushProx "
-         "does (default: only --allow-port and --allow-path)."],
-        ["log-scrapes", None, "Log one line per scrape (default: only errors)."],
+        *twistd_flags(ClientConfig),
         ["tls-insecure-skip-verify", None,
          "Do not verify the proxy's certificate (testing only)."],
         ["target-tls-insecure-skip-verify", None,
          "Do not verify HTTPS targets' certificates."],
     ]
     optParameters: list[list[Any]] = [
+        *twistd_parameters(ClientConfig),
         ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
          "a path prefix and user:token@ credentials are allowed."],
         ["fqdn", None, None, "Name this client registers as; Prometheus scrapes "
          "http://FQDN:PORT/... through the proxy (default: this host's FQDN)."],
-        ["target-host", None, None, "Address to connect to for scrapes instead of the "
-         "FQDN, e.g. 127.0.0.1 (the Host header keeps the FQDN)."],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
         ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy."],
         ["tls-key", None, None, "Key (PEM) of --tls-cert."],
@@ -68,24 +71,6 @@ class Options(usage.Options):
          "'Authorization: Bearer' (never to the proxy)."],
         ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics; "
          "empty to disable."],
-        ["retry-initial-wait", None, default(ClientConfig, "retry_initial_wait"),
-         "First wait in seconds after a failed poll.",
-         positive_float],
-        ["retry-max-wait", None, default(ClientConfig, "retry_max_wait"),
-         "Longest wait in seconds between failed polls.",
-         positive_float],
-        ["poll-timeout", None, default(ClientConfig, "poll_timeout"),
-         "Seconds after which a pushprox proxy answers an idle "
-         "poll so that load balancers and NAT do not cut it.", positive_float],
-        ["scrape-default-timeout", None, default(ClientConfig, "scrape_default_timeout"),
-         "Scrape timeout in seconds when the "
-         "request carries none.", positive_float],
-        ["max-concurrent-scrapes", None, default(ClientConfig, "max_concurrent_scrapes"),
-         "Scrapes run at once; more are refused.",
-         positive_int],
-        ["shutdown-grace", None, default(ClientConfig, "shutdown_grace"),
-         "Seconds that running scrapes get to finish when "
-         "the client stops.", positive_float],
     ]
 
     def __init__(self) -> None:
@@ -144,20 +129,12 @@ class Options(usage.Options):
         return ClientConfig(
             proxy_url=self["proxy-url"],
             fqdn=self["fqdn"],
-            poll_timeout=self["poll-timeout"],
-            retry_initial_wait=self["retry-initial-wait"],
-            retry_max_wait=self["retry-max-wait"],
-            scrape_default_timeout=self["scrape-default-timeout"],
             allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
             allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
-            allow_any=self["allow-any"],
-            target_host=self["target-host"],
-            max_concurrent_scrapes=self["max-concurrent-scrapes"],
-            shutdown_grace=self["shutdown-grace"],
-            log_scrapes=self["log-scrapes"],
             proxy_token=self["proxy-token"],
             target_bearer_token=self["target-bearer-token"],
             labels=tuple(self["label"]),
+            **option_values(ClientConfig, self),
         )
 
 

@@ -2,43 +2,65 @@
 """
 The settings of both programs, with their documented defaults, in one place each.
 
-``ProxyConfig`` and ``ClientConfig`` are what the rest of the code reads; the twistd
-options of both programs take their defaults from here.  Standard library only, so
-that the client's import graph stays lean.
+``ProxyConfig`` and ``ClientConfig`` are what the rest of the code reads.  A field
+made with ``option()`` is also a command-line option: its flag (the field's name in
+kebab case unless given), help text, default and parser are all here, and the twistd
+options of both programs are generated from them (``pushprox.options``).  Standard
+library only, so that the client's import graph stays lean.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pushprox.options import positive_float, positive_int
+
+
+def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A config field that is also a command-line option (see the module docstring)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+#: How an option's value is read, by the type of its field: seconds and counts are
+#: positive; a string is taken as it is.
+_PARSERS: dict[str, Callable[[str], Any] | None] = {
+    "float": positive_float,
+    "int": positive_int,
+    "str | None": None,
+}
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
     """Timeouts and limits of the proxy; the defaults are the documented ones."""
 
-    scrape_default_timeout: float = 15.0
-    scrape_max_timeout: float = 300.0
-    poll_max_timeout: float = 300.0
-    #: Seconds after its last poll that a client stays registered.
-    registration_timeout: float = 300.0
-    #: Scrapes queued per client while it has no poll waiting.
-    max_queued_per_client: int = 100
-    max_clients: int = 100_000
-    #: Polls one FQDN may hold open at once.
-    max_polls_per_client: int = 16
-    #: Largest push body (the target's whole response), in bytes.
-    max_push_size: int = 64 * 1024 * 1024
-    #: Largest body of any other request (a poll carries an FQDN), in bytes.
-    max_request_size: int = 64 * 1024
+    scrape_default_timeout: float = option(
+        15.0, "Scrape timeout in seconds when Prometheus sends none.")
+    scrape_max_timeout: float = option(
+        300.0, "Largest scrape timeout in seconds; longer ones are cut to it.")
+    registration_timeout: float = option(
+        300.0, "Seconds after its last poll that a client stays registered.")
+    poll_max_timeout: float = option(
+        300.0, "Longest time in seconds that the proxy holds an idle poll when a client "
+        "asks for a bounded poll.")
+    max_push_size: int = option(
+        64 * 1024 * 1024, "Largest push body (a target's whole response) in bytes.")
+    max_request_size: int = option(64 * 1024, "Largest body of any other request in bytes.")
+    max_header_size: int = option(
+        16 * 1024, "Largest request line plus headers of a request in bytes.")
+    max_queued_per_client: int = option(
+        100, "Scrapes queued per client while it has no poll waiting.",
+        flag="max-queued-scrapes")
+    max_clients: int = option(100_000, "Registered clients.")
+    max_polls_per_client: int = option(16, "Polls one FQDN may hold open at once.")
+    log_scrapes: bool = option(False, "Log one line per proxied scrape (default: only errors).")
     #: Largest status line plus headers of a pushed response, in bytes.
     max_push_head_size: int = 64 * 1024
-    #: Largest request line plus headers of any request to the proxy, in bytes.
-    max_header_size: int = 16 * 1024
-    log_scrapes: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,21 +69,28 @@ class ClientConfig:
 
     proxy_url: str
     fqdn: str
-    poll_timeout: float = 25.0
+    target_host: str | None = option(
+        None, "Address to connect to for scrapes instead of the FQDN, e.g. 127.0.0.1 "
+        "(the Host header keeps the FQDN).")
+    retry_initial_wait: float = option(1.0, "First wait in seconds after a failed poll.")
+    retry_max_wait: float = option(5.0, "Longest wait in seconds between failed polls.")
+    poll_timeout: float = option(
+        25.0, "Seconds after which a pushprox proxy answers an idle poll so that load "
+        "balancers and NAT do not cut it.")
+    scrape_default_timeout: float = option(
+        15.0, "Scrape timeout in seconds when the request carries none.")
+    max_concurrent_scrapes: int = option(64, "Scrapes run at once; more are refused.")
+    shutdown_grace: float = option(
+        5.0, "Seconds that running scrapes get to finish when the client stops.")
+    allow_any: bool = option(
+        False, "Scrape any port and path of this FQDN, as upstream PushProx does "
+        "(default: only --allow-port and --allow-path).")
+    log_scrapes: bool = option(False, "Log one line per scrape (default: only errors).")
     #: How long after poll_timeout a poll of a pushprox proxy may stay unanswered
     #: before the client takes its connection for dead.
     poll_grace: float = 10.0
-    retry_initial_wait: float = 1.0
-    retry_max_wait: float = 5.0
-    scrape_default_timeout: float = 15.0
     allow_ports: frozenset[int] = field(default_factory=lambda: frozenset({9100}))
     allow_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/metrics"}))
-    allow_any: bool = False
-    #: Connect to this address instead of the FQDN (the Host header keeps the FQDN).
-    target_host: str | None = None
-    max_concurrent_scrapes: int = 64
-    shutdown_grace: float = 5.0
-    log_scrapes: bool = False
     #: Sent to the proxy as a Bearer token (its --client-tokens).
     proxy_token: str | None = None
     #: Sent to targets as a Bearer token, never to the proxy.
@@ -97,3 +126,34 @@ def default(config_class: type[Any], name: str) -> Any:
                 return item.default_factory()
             break
     raise KeyError(f"{config_class.__name__}.{name} has no default")
+
+
+def option_fields(config_class: type[Any]) -> list[tuple[str, dataclasses.Field[Any]]]:
+    """The fields of a config class that are options, with their flags."""
+    return [
+        (item.metadata["flag"] or item.name.replace("_", "-"), item)
+        for item in dataclasses.fields(config_class)
+        if "help" in item.metadata
+    ]
+
+
+def twistd_flags(config_class: type[Any]) -> list[list[Any]]:
+    """``usage.Options.optFlags`` rows for the boolean options of a config class."""
+    return [[flag, None, item.metadata["help"]]
+            for flag, item in option_fields(config_class) if item.type in ("bool", bool)]
+
+
+def twistd_parameters(config_class: type[Any]) -> list[list[Any]]:
+    """``usage.Options.optParameters`` rows for the other options of a config class."""
+    return [[flag, None, item.default, item.metadata["help"], _PARSERS[str(item.type)]]
+            for flag, item in option_fields(config_class)
+            if item.type not in ("bool", bool)]
+
+
+def option_values(config_class: type[Any], options: Any) -> dict[str, Any]:
+    """The config fields set by parsed ``options`` (a ``usage.Options``), by field name."""
+    values: dict[str, Any] = {}
+    for flag, item in option_fields(config_class):
+        value = options[flag]
+        values[item.name] = bool(value) if item.type in ("bool", bool) else value
+    return values

@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -207,6 +208,19 @@ class ICoordinator(Interface):
         """Number of scrapes not yet answered."""
 
 
+_Item = TypeVar("_Item")
+
+
+def _discard(table: dict[str, deque[_Item]], fqdn: str, item: _Item) -> None:
+    """Remove ``item`` from the line of ``fqdn``, and the line once it is empty."""
+    line = table.get(fqdn)
+    if line is not None:
+        with contextlib.suppress(ValueError):
+            line.remove(item)
+        if not line:
+            del table[fqdn]
+
+
 @implementer(ICoordinator)
 class Coordinator:
     """The in-memory coordinator of a single proxy process."""
@@ -251,14 +265,9 @@ class Coordinator:
 
     # -- scrapes --
 
-    def scrape(
-        self,
-        fqdn: str,
-        method: bytes,
-        url: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        timeout: float,
-    ) -> Deferred[IScrapeAnswer]:
+    def scrape(self, fqdn: str, method: bytes, url: bytes,
+               headers: Sequence[tuple[bytes, bytes]], timeout: float,
+               ) -> Deferred[IScrapeAnswer]:
         """See L{ICoordinator.scrape}."""
         if self._stopping:
             return fail(ShuttingDown("the proxy is shutting down"))
@@ -309,17 +318,9 @@ class Coordinator:
         self._touch(poll.fqdn)
         poll.deferred.callback(scrape)
 
-    def _unqueue(self, scrape: Scrape) -> None:
-        queue = self._queues.get(scrape.fqdn)
-        if queue is not None:
-            with contextlib.suppress(ValueError):
-                queue.remove(scrape)
-            if not queue:
-                del self._queues[scrape.fqdn]
-
     def _end_scrape(self, scrape: Scrape) -> None:
         if scrape.state is ScrapeState.QUEUED:
-            self._unqueue(scrape)
+            _discard(self._queues, scrape.fqdn, scrape)
         scrape.state = ScrapeState.DONE
         self._scrapes.pop(scrape.scrape_id, None)
         if scrape.timer is not None and scrape.timer.active():
@@ -416,12 +417,7 @@ class Coordinator:
         if poll.timer is not None and poll.timer.active():
             poll.timer.cancel()
         poll.timer = None
-        polls = self._polls.get(poll.fqdn)
-        if polls is not None:
-            with contextlib.suppress(ValueError):
-                polls.remove(poll)
-            if not polls:
-                del self._polls[poll.fqdn]
+        _discard(self._polls, poll.fqdn, poll)
         self._touch(poll.fqdn)
 
     def _expire_poll(self, poll: _Poll) -> None:

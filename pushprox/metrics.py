@@ -30,66 +30,45 @@ class ProxyMetrics:
     """The proxy's metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self.registry = r = registry if registry is not None else CollectorRegistry()
         self.http_requests = Counter(
             "pushprox_http_requests_total",
             "Requests to the proxy's own endpoints, by status code and path.",
-            ["code", "path"],
-            registry=r,
-        )
+            ["code", "path"], registry=r)
         self.http_duration = Histogram(
             "pushprox_http_duration_seconds",
             "Time taken to answer requests to the proxy's own endpoints, by path.",
-            ["path"],
-            registry=r,
-        )
+            ["path"], registry=r)
         self.proxied_requests = Counter(
             "pushprox_proxied_requests_total",
             "Scrapes proxied to clients, by the status code given to the scraper.",
-            ["code"],
-            registry=r,
-        )
+            ["code"], registry=r)
         self.scrapes = Counter(
             "pushprox_scrapes_total",
             "Scrapes by outcome: success (relayed from the target, any status), "
             "unknown_client, timeout, client_error, queue_full, cancelled, "
             "bad_request, unauthorized, shutdown, error.",
-            ["outcome"],
-            registry=r,
-        )
+            ["outcome"], registry=r)
         self.scrape_duration = Histogram(
             "pushprox_scrape_duration_seconds",
             "Time from the scraper's request to the end of the relayed response.",
-            buckets=SCRAPE_BUCKETS,
-            registry=r,
-        )
+            buckets=SCRAPE_BUCKETS, registry=r)
         self.limit_exceeded = Counter(
             "pushprox_limit_exceeded_total",
             "Requests refused because a configured limit was reached, by limit.",
-            ["limit"],
-            registry=r,
-        )
-        self.clients = Gauge(
-            "pushprox_proxy_clients",
-            "Number of registered clients.",
-            registry=r,
-        )
+            ["limit"], registry=r)
+        self.clients = Gauge("pushprox_proxy_clients", "Number of registered clients.",
+                             registry=r)
         self.polls_waiting = Gauge(
             "pushprox_polls_waiting",
-            "Number of client polls held open, waiting for a scrape.",
-            registry=r,
-        )
+            "Number of client polls held open, waiting for a scrape.", registry=r)
         self.scrapes_queued = Gauge(
             "pushprox_scrapes_queued",
-            "Number of scrapes waiting for a poll of their client.",
-            registry=r,
-        )
+            "Number of scrapes waiting for a poll of their client.", registry=r)
         self.scrapes_in_flight = Gauge(
             "pushprox_scrapes_in_flight",
             "Number of scrapes not yet answered (queued, sent to a client, or relaying).",
-            registry=r,
-        )
+            registry=r)
 
         # Children of labelled metrics, looked up once: labels() costs several
         # microseconds, and these are counted for every request.
@@ -130,38 +109,30 @@ class ProxyMetrics:
         self.scrapes_in_flight.set_function(scrapes_in_flight)
 
 
+#: The client's counters: ``pushprox_client_<key>_total``, with their help texts.
+_CLIENT_COUNTERS = {
+    "scrapes": "Scrape requests received from the proxy.",
+    "scrape_errors": "Scrapes of targets that failed (refused, unreachable, timed out).",
+    "push_errors": "Pushes to the proxy that failed.",
+    "poll_errors": "Polls of the proxy that failed or were answered with something unreadable.",
+}
+
+
 class ClientMetrics:
     """The client's metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.scrape_errors = Counter(
-            "pushprox_client_scrape_errors_total",
-            "Scrapes of targets that failed (refused, unreachable, timed out).",
-            registry=r,
-        )
-        self.push_errors = Counter(
-            "pushprox_client_push_errors_total",
-            "Pushes to the proxy that failed.",
-            registry=r,
-        )
-        self.poll_errors = Counter(
-            "pushprox_client_poll_errors_total",
-            "Polls of the proxy that failed or were answered with something unreadable.",
-            registry=r,
-        )
-        self.scrapes = Counter(
-            "pushprox_client_scrapes_total",
-            "Scrape requests received from the proxy.",
-            registry=r,
-        )
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        counters = {key: Counter(f"pushprox_client_{key}_total", text, registry=r)
+                    for key, text in _CLIENT_COUNTERS.items()}
+        self.scrapes = counters["scrapes"]
+        self.scrape_errors = counters["scrape_errors"]
+        self.push_errors = counters["push_errors"]
+        self.poll_errors = counters["poll_errors"]
         self.scrape_duration = Histogram(
             "pushprox_client_scrape_duration_seconds",
             "Time from receiving a scrape request to the end of its push.",
-            buckets=SCRAPE_BUCKETS,
-            registry=r,
-        )
+            buckets=SCRAPE_BUCKETS, registry=r)
 
 
 class MetricsResource(Resource):

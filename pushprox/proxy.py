@@ -12,6 +12,7 @@ arrive, so the proxy never holds a whole scraped page.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError
@@ -47,6 +48,16 @@ from pushprox.twisted_hooks import BodySink, RequestLineChannel, StreamingReques
 SCRAPER_MARGIN = 0.25
 #: What a pushprox proxy tells clients it speaks, on every poll answer.
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
+
+
+@dataclass(frozen=True)
+class ProxyParts:
+    """What every resource of the proxy works with."""
+
+    coordinator: ICoordinator
+    config: ProxyConfig
+    metrics: ProxyMetrics
+    clock: IReactorTime
 
 
 def is_push_path(path: bytes) -> bool:
@@ -141,19 +152,12 @@ class ScrapeResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(
-        self,
-        coordinator: ICoordinator,
-        config: ProxyConfig,
-        metrics: ProxyMetrics,
-        clock: IReactorTime,
-        scraper_auth: ScraperAuth | None = None,
-    ) -> None:
+    def __init__(self, parts: ProxyParts, scraper_auth: ScraperAuth | None = None) -> None:
         super().__init__()
-        self._coordinator = coordinator
-        self._config = config
-        self._metrics = metrics
-        self._clock = clock
+        self._coordinator = parts.coordinator
+        self._config = parts.config
+        self._metrics = parts.metrics
+        self._clock = parts.clock
         self._scraper_auth = scraper_auth
 
     def render(self, request: Request) -> bytes | int:
@@ -284,10 +288,12 @@ class _Instrumented(Resource):
     path = ""
     log = Logger()
 
-    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime) -> None:
+    def __init__(self, parts: ProxyParts) -> None:
         super().__init__()
-        self._metrics = metrics
-        self._clock = clock
+        self._coordinator = parts.coordinator
+        self._config = parts.config
+        self._metrics = parts.metrics
+        self._clock = parts.clock
 
     def guard(self, request: Request, auth: ScraperAuth | None) -> bytes | None:
         """A refusal body when ``auth`` does not allow this request, else None."""
@@ -324,17 +330,8 @@ class PollResource(_Instrumented):
     path = "/poll"
     log = Logger()
 
-    def __init__(
-        self,
-        coordinator: ICoordinator,
-        config: ProxyConfig,
-        metrics: ProxyMetrics,
-        clock: IReactorTime,
-        client_auth: ClientAuth | None,
-    ) -> None:
-        super().__init__(metrics, clock)
-        self._coordinator = coordinator
-        self._config = config
+    def __init__(self, parts: ProxyParts, client_auth: ClientAuth | None) -> None:
+        super().__init__(parts)
         self._client_auth = client_auth
 
     def render_POST(self, request: Request) -> bytes | int:
@@ -440,11 +437,6 @@ class PushResource(_Instrumented):
     path = "/push"
     log = Logger()
 
-    def __init__(self, coordinator: ICoordinator, metrics: ProxyMetrics,
-                 clock: IReactorTime) -> None:
-        super().__init__(metrics, clock)
-        self._coordinator = coordinator
-
     def render_POST(self, request: Request) -> bytes:
         """Report how the relay of this push ended."""
         self.instrument(request)
@@ -466,23 +458,31 @@ class PushResource(_Instrumented):
         return b""
 
 
-class ClientsResource(_Instrumented):
+class _Guarded(_Instrumented):
+    """A ``GET`` endpoint behind the scrapers' checks (``--scrape-auth``, networks)."""
+
+    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts)
+        self._auth = auth
+
+    def render_GET(self, request: Request) -> bytes:
+        """The endpoint's answer, or the refusal."""
+        self.instrument(request)
+        refusal = self.guard(request, self._auth)
+        return refusal if refusal is not None else self.answer(request)
+
+    def answer(self, request: Request) -> bytes:
+        """What an allowed request gets (override)."""
+        raise NotImplementedError
+
+
+class ClientsResource(_Guarded):
     """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
 
     path = "/clients"
 
-    def __init__(self, coordinator: ICoordinator, metrics: ProxyMetrics,
-                 clock: IReactorTime, auth: ScraperAuth | None = None) -> None:
-        super().__init__(metrics, clock)
-        self._coordinator = coordinator
-        self._auth = auth
-
-    def render_GET(self, request: Request) -> bytes:
+    def answer(self, request: Request) -> bytes:
         """List every registered client as one target group."""
-        self.instrument(request)
-        refusal = self.guard(request, self._auth)
-        if refusal is not None:
-            return refusal
         groups = [
             {"targets": [client.fqdn], "labels": dict(client.labels)}
             for client in self._coordinator.clients()
@@ -494,9 +494,8 @@ class ClientsResource(_Instrumented):
 class StatusResource(_Instrumented):
     """``/-/healthy`` and ``/-/ready``: a fixed text while the proxy serves."""
 
-    def __init__(self, path: str, message: str, metrics: ProxyMetrics,
-                 clock: IReactorTime) -> None:
-        super().__init__(metrics, clock)
+    def __init__(self, parts: ProxyParts, path: str, message: str) -> None:
+        super().__init__(parts)
         self.path = path
         self._message = message
 
@@ -506,23 +505,17 @@ class StatusResource(_Instrumented):
         return text_response(request, 200, self._message)
 
 
-class InstrumentedMetricsResource(_Instrumented):
+class InstrumentedMetricsResource(_Guarded):
     """``/metrics`` counted like the other endpoints."""
 
     path = "/metrics"
 
-    def __init__(self, metrics: ProxyMetrics, clock: IReactorTime,
-                 auth: ScraperAuth | None = None) -> None:
-        super().__init__(metrics, clock)
-        self._inner = MetricsResource(metrics.registry)
-        self._auth = auth
+    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts, auth)
+        self._inner = MetricsResource(parts.metrics.registry)
 
-    def render_GET(self, request: Request) -> bytes:
+    def answer(self, request: Request) -> bytes:
         """Render the proxy's metrics."""
-        self.instrument(request)
-        refusal = self.guard(request, self._auth)
-        if refusal is not None:
-            return refusal
         return self._inner.render_GET(request)
 
 
@@ -623,33 +616,30 @@ class PushProxSite(Site):
             scrapes_queued=coordinator.queued_scrape_count,
             scrapes_in_flight=coordinator.scrapes_in_flight,
         )
-        self._scrape = ScrapeResource(coordinator, self.config, self.metrics, clock,
-                                      scraper_auth)
-        self._push = PushResource(coordinator, self.metrics, clock)
+        parts = ProxyParts(coordinator, self.config, self.metrics, clock)
+        self._scrape = ScrapeResource(parts, scraper_auth)
+        self._push = PushResource(parts)
         self._connect = ConnectRefused()
-        root = self._tree(clock, scraper_auth, clients=clients_endpoint,
+        root = self._tree(parts, scraper_auth, clients=clients_endpoint,
                           metrics=metrics_endpoint)
         super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
         self.noisy = False
 
-    def _tree(self, clock: IReactorTime, scraper_auth: ScraperAuth | None, *,
+    def _tree(self, parts: ProxyParts, scraper_auth: ScraperAuth | None, *,
               clients: bool, metrics: bool) -> Resource:
         """The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready."""
-        not_found = NotFound(self.metrics, clock)
+        not_found = NotFound(parts)
         root = _Directory(not_found)
         root.putChild(b"", not_found)
-        root.putChild(b"poll", PollResource(self.coordinator, self.config, self.metrics, clock,
-                                            self.client_auth))
+        root.putChild(b"poll", PollResource(parts, self.client_auth))
         if clients:
-            root.putChild(b"clients", ClientsResource(self.coordinator, self.metrics, clock,
-                                                      scraper_auth))
+            root.putChild(b"clients", ClientsResource(parts, scraper_auth))
         if metrics:
-            root.putChild(b"metrics", InstrumentedMetricsResource(self.metrics, clock,
-                                                                  scraper_auth))
+            root.putChild(b"metrics", InstrumentedMetricsResource(parts, scraper_auth))
         status = _Directory(not_found)
-        status.putChild(b"healthy", StatusResource("/-/healthy", "Healthy", self.metrics, clock))
-        status.putChild(b"ready", StatusResource("/-/ready", "Ready", self.metrics, clock))
+        status.putChild(b"healthy", StatusResource(parts, "/-/healthy", "Healthy"))
+        status.putChild(b"ready", StatusResource(parts, "/-/ready", "Ready"))
         root.putChild(b"-", status)
         return root
 

@@ -15,10 +15,9 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
-from pushprox.config import ProxyConfig
+from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator
 from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.options import positive_float, positive_int
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
 
@@ -32,38 +31,12 @@ class Options(usage.Options):
         "that poll it from behind NAT or firewalls."
     )
     optFlags = [
-        ["log-scrapes", None, "Log one line per proxied scrape (default: only errors)."],
         ["no-clients-endpoint", None, "Do not serve /clients."],
         ["no-metrics-endpoint", None, "Do not serve /metrics."],
+        *twistd_flags(ProxyConfig),
     ]
-    _defaults = ProxyConfig()
     optParameters: list[list[Any]] = [
-        ["scrape-default-timeout", None, _defaults.scrape_default_timeout,
-         "Scrape timeout in seconds when Prometheus sends none.",
-         positive_float],
-        ["scrape-max-timeout", None, _defaults.scrape_max_timeout,
-         "Largest scrape timeout in seconds; longer ones are cut to it.",
-         positive_float],
-        ["registration-timeout", None, _defaults.registration_timeout,
-         "Seconds after its last poll that a client stays registered.",
-         positive_float],
-        ["poll-max-timeout", None, _defaults.poll_max_timeout,
-         "Longest time in seconds that the proxy holds an idle poll when a client "
-         "asks for a bounded poll.", positive_float],
-        ["max-push-size", None, _defaults.max_push_size,
-         "Largest push body (a target's whole response) in bytes.",
-         positive_int],
-        ["max-request-size", None, _defaults.max_request_size,
-         "Largest body of any other request in bytes.", positive_int],
-        ["max-header-size", None, _defaults.max_header_size,
-         "Largest request line plus headers of a request in bytes.",
-         positive_int],
-        ["max-queued-scrapes", None, _defaults.max_queued_per_client,
-         "Scrapes queued per client while it has no poll waiting.",
-         positive_int],
-        ["max-clients", None, _defaults.max_clients, "Registered clients.", positive_int],
-        ["max-polls-per-client", None, _defaults.max_polls_per_client,
-         "Polls one FQDN may hold open at once.", positive_int],
+        *twistd_parameters(ProxyConfig),
         ["client-ca", None, None, "CA bundle (PEM): clients must present a certificate "
          "signed by it that names the FQDN they poll as (needs an ssl: --listen)."],
         ["client-tokens", None, None, "File of 'fqdn token' lines ('* token' for a shared "
@@ -117,19 +90,7 @@ class Options(usage.Options):
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
-        return ProxyConfig(
-            scrape_default_timeout=self["scrape-default-timeout"],
-            scrape_max_timeout=self["scrape-max-timeout"],
-            poll_max_timeout=self["poll-max-timeout"],
-            registration_timeout=self["registration-timeout"],
-            max_queued_per_client=self["max-queued-scrapes"],
-            max_clients=self["max-clients"],
-            max_polls_per_client=self["max-polls-per-client"],
-            max_push_size=self["max-push-size"],
-            max_request_size=self["max-request-size"],
-            max_header_size=self["max-header-size"],
-            log_scrapes=self["log-scrapes"],
-        )
+        return ProxyConfig(**option_values(ProxyConfig, self))
 
 
 class CoordinatorService(Service):

@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 if TYPE_CHECKING:
     # Twisted exports this interface only from its private module.
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from pushprox.twisted_hooks import IOpenSSLTrustRoot
 
 __all__ = [
     "certificate_names_fqdn",

@@ -28,23 +28,25 @@ ID_HEADER = b"Id"
 TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
 #: Upstream's client writes this misspelled header into its pushes.
 UPSTREAM_TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout"
-#: Our client marks a response it synthesized because the target could not be
-#: scraped; the value is the one-line reason.  Upstream proxies ignore it.
-SCRAPE_ERROR_HEADER = b"X-PushProx-Scrape-Error"
-#: What kind of failure that was: ``timeout`` (the proxy answers 504), ``refused``,
-#: ``unreachable``, ``overload`` or ``shutdown`` (502).
-SCRAPE_ERROR_KIND_HEADER = b"X-PushProx-Scrape-Error-Kind"
+# Our extensions' headers; an upstream peer ignores every one of them.
+_EXTENSION = b"X-PushProx-"
 #: Our client asks the proxy to answer an idle poll after this many seconds.
-POLL_TIMEOUT_HEADER = b"X-PushProx-Poll-Timeout"
+POLL_TIMEOUT_HEADER = _EXTENSION + b"Poll-Timeout"
 #: A pushprox proxy lists the extensions it speaks on every poll answer; upstream
 #: proxies send nothing, and then our client behaves exactly as an upstream client.
-EXTENSIONS_HEADER = b"X-PushProx-Extensions"
+EXTENSIONS_HEADER = _EXTENSION + b"Extensions"
 #: Our client asks, on a push, for the next scrape queued for it in the push's answer.
-PUSH_POLL_HEADER = b"X-PushProx-Push-Poll"
+PUSH_POLL_HEADER = _EXTENSION + b"Push-Poll"
 #: Marks a push answer whose body is the next scrape request.
-NEXT_SCRAPE_HEADER = b"X-PushProx-Next-Scrape"
+NEXT_SCRAPE_HEADER = _EXTENSION + b"Next-Scrape"
 #: Labels a client asks ``/clients`` to list it with.
-LABELS_HEADER = b"X-PushProx-Labels"
+LABELS_HEADER = _EXTENSION + b"Labels"
+#: Our client marks a response it synthesized because the target could not be
+#: scraped; the value is the one-line reason.
+SCRAPE_ERROR_HEADER = _EXTENSION + b"Scrape-Error"
+#: What kind of failure that was: ``timeout`` (the proxy answers 504), ``refused``,
+#: ``unreachable``, ``overload`` or ``shutdown`` (502).
+SCRAPE_ERROR_KIND_HEADER = _EXTENSION + b"Scrape-Error-Kind"
 
 #: The extension that bounds idle polls (``POLL_TIMEOUT_HEADER``).
 POLL_TIMEOUT_EXTENSION = b"poll-timeout"
