@@ -1,0 +1,370 @@
+"""What the benchmark measures and how: CPU and memory from /proc, wrk and curl runs.
+
+CPU figures are utime + stime from ``/proc/PID/stat``; other processes' load is the
+machine's busy time from ``/proc/stat`` minus what the benchmark and its children used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from processes import BENCH, ENV, BenchError, http_get, tool_path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LUA = str(BENCH / "proxy_form.lua")
+QUIET_CORES = 0.25  # other processes' load under which a row is measured at once
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (the state is the first)."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    # The command name is in parentheses and may contain spaces and parentheses itself.
+    return data[data.rindex(")") + 2 :].split()
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks."""
+    fields = _stat_fields(pid)
+    return int(fields[11]) + int(fields[12])
+
+
+def ticks_ms(ticks: int) -> float:
+    """Clock ticks in milliseconds."""
+    return ticks * 1000 / CLK_TCK
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A kB figure of /proc/PID/status, e.g. VmRSS or VmHWM."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"no {key} for pid {pid}")
+
+
+def rss_kb(pid: int) -> int:
+    """The resident set size of a process, in kB."""
+    return status_kb(pid, "VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is `pid`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = _stat_fields(d)
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def machine_busy_ticks() -> int:
+    """user + nice + system time of all CPUs, from /proc/stat (in clock ticks)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[0] + v[1] + v[2]
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process and of its children waited for so far (wrk, curl, ...)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """The machine's busy time and ours at one moment: two of them tell others' load."""
+
+    busy_ticks: int
+    own_seconds: float
+    at: float
+
+    @classmethod
+    def now(cls) -> MachineCpu:
+        """A reading taken now."""
+        return cls(machine_busy_ticks(), own_cpu_seconds(), time.monotonic())
+
+    def seconds_since(self, before: MachineCpu) -> float:
+        """Wall-clock seconds from `before` to this reading."""
+        return self.at - before.at
+
+    def other_cores_since(self, before: MachineCpu, watched_ticks: int = 0) -> float:
+        """Cores used since `before` by processes that are neither ours nor watched.
+
+        ``watched_ticks``: the CPU of the running children we watch over that time (our
+        waited-for children are in own_cpu_seconds() already).  Can be slightly below 0.
+        """
+        busy = ((self.busy_ticks - before.busy_ticks) - watched_ticks) / CLK_TCK
+        return (busy - (self.own_seconds - before.own_seconds)) / self.seconds_since(before)
+
+
+def wait_quiet(pids: list[int], max_wait: float, what: str) -> None:
+    """Wait (at most `max_wait` s) until processes other than ours use < 0.25 cores."""
+    deadline = time.monotonic() + max_wait
+    load = 0.0
+    while True:
+        before, ticks0 = MachineCpu.now(), sum(map(cpu_ticks, pids))
+        time.sleep(1.0)
+        after, ticks1 = MachineCpu.now(), sum(map(cpu_ticks, pids))
+        load = after.other_cores_since(before, ticks1 - ticks0)
+        if load < QUIET_CORES or time.monotonic() >= deadline:
+            break
+    if load >= QUIET_CORES:
+        print(f"  {what}: other processes still use {load:.2f} cores, measuring anyway",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+class RssSampler:
+    """Samples VmRSS of some pids every few ms in a thread; keeps the peaks."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.003) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.peak = {k: 0 for k in pids}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for k, pid in self.pids.items():
+                with contextlib.suppress(OSError, BenchError, ValueError):
+                    self.peak[k] = max(self.peak[k], rss_kb(pid))
+            self.samples += 1
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_rss_stable(pid: int, settle: float = 1.0, timeout: float = 30.0) -> int:
+    """RSS once it has changed by < 1 % over `settle` seconds."""
+    deadline = time.monotonic() + timeout
+    prev = rss_kb(pid)
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        cur = rss_kb(pid)
+        if abs(cur - prev) <= max(64, prev // 100):
+            return cur
+        prev = cur
+    return prev
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    """wrk's figures for one run, and the CPU the watched processes used during it."""
+
+    requests: int
+    seconds: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+    cpu_ms: dict[str, float]  # process name -> CPU ms during the run
+    nginx_conns: int | None = None  # connections nginx accepted during the run
+    nginx_reqs: int | None = None  # requests nginx served during the run (incl. status)
+    other_cores: float | None = None  # CPU used meanwhile by processes not ours, in cores
+
+    def per_req(self, name: str) -> float | None:
+        """CPU ms per request of the watched process `name`, None if not watched."""
+        if name not in self.cpu_ms or not self.requests:
+            return None
+        return self.cpu_ms[name] / self.requests
+
+    def nginx_text(self) -> str:
+        """nginx's accepted connections / requests per request wrk made."""
+        if self.nginx_conns is None or self.nginx_reqs is None or not self.requests:
+            return "-"
+        return f"{self.nginx_conns / self.requests:.3f} / {self.nginx_reqs / self.requests:.3f}"
+
+    def busy_text(self) -> str:
+        """The proxy's and the client's CPU per second of the run, in % of a core."""
+        if not self.seconds or "proxy" not in self.cpu_ms or "client" not in self.cpu_ms:
+            return "-"
+        p, c = (self.cpu_ms[k] / self.seconds / 10 for k in ("proxy", "client"))
+        return f"{p:.0f} / {c:.0f}"
+
+    def error_text(self) -> str:
+        """The kinds of errors wrk counted, or "0"."""
+        bad = {k: v for k, v in self.errors.items() if v}
+        return ", ".join(f"{k} {v}" for k, v in bad.items()) or "0"
+
+
+def nginx_counters(status_port: int) -> tuple[int, int] | None:
+    """(accepted connections, requests) from nginx's stub_status."""
+    try:
+        status, body = http_get(status_port, "/nginx_status", timeout=5.0)
+        m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)\s*\n", body)
+        if status != 200 or not m:
+            return None
+        return int(m.group(1)), int(m.group(3))
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def wrk_path() -> str:
+    """Where wrk is."""
+    return tool_path("wrk", "/usr/bin/wrk")
+
+
+def _cpu_ticks_by_name(watch: dict[str, list[int]]) -> dict[str, int]:
+    return {k: sum(cpu_ticks(p) for p in pids) for k, pids in watch.items()}
+
+
+@dataclass(frozen=True)
+class Wrk:
+    """Runs of wrk while nginx serves the pages; its stub_status is read around each run."""
+
+    nginx_port: int
+
+    def run(
+        self,
+        port: int,
+        conns: int,
+        seconds: int,
+        watch: dict[str, list[int]],
+        proxy_uri: str = "",
+        path: str = "/",
+    ) -> LoadResult:
+        """wrk -t1 -cN -dS against http://127.0.0.1:port/path, or in proxy form for proxy_uri.
+
+        Also CPU time of the `watch`ed processes around the run."""
+        env = dict(ENV, PUSHPROX_BENCH_URI=proxy_uri)
+        argv = [
+            wrk_path(), "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+            "-s", LUA, f"http://127.0.0.1:{port}{path}",
+        ]  # fmt: skip
+        ng0 = nginx_counters(self.nginx_port)
+        before = _cpu_ticks_by_name(watch)
+        machine0 = MachineCpu.now()
+        try:
+            r = subprocess.run(
+                argv, env=env, capture_output=True, timeout=seconds + 60, cwd=tempfile.gettempdir()
+            )
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"wrk did not finish within {seconds + 60}s") from e
+        after = _cpu_ticks_by_name(watch)
+        machine1 = MachineCpu.now()
+        ng1 = nginx_counters(self.nginx_port)
+        out = r.stdout.decode(errors="replace")
+        m = re.search(r"^BENCH-JSON (\{.*\})$", out, re.M)
+        if r.returncode != 0 or not m:
+            raise BenchError(
+                f"wrk failed ({r.returncode}): {out[-500:]} {r.stderr.decode()[-500:]}"
+            )
+        d = json.loads(m.group(1))
+        secs = d["duration_us"] / 1e6
+        watched_ticks = sum(after[k] - before[k] for k in watch)
+        return LoadResult(
+            requests=d["requests"],
+            seconds=secs,
+            rate=d["requests"] / secs if secs else 0.0,
+            p50_ms=d["p50_us"] / 1000,
+            p99_ms=d["p99_us"] / 1000,
+            errors={
+                "non-2xx": d["err_status"],
+                "timeout": d["err_timeout"],
+                "connect": d["err_connect"],
+                "read": d["err_read"],
+                "write": d["err_write"],
+            },
+            cpu_ms={k: ticks_ms(after[k] - before[k]) for k in watch},
+            # - 1: the status request of ng0 itself
+            nginx_conns=ng1[0] - ng0[0] - 1 if ng0 and ng1 else None,
+            nginx_reqs=ng1[1] - ng0[1] - 1 if ng0 and ng1 else None,
+            other_cores=max(0.0, machine1.other_cores_since(machine0, watched_ticks)),
+        )
+
+
+def curl_get(url: str, proxy_port: int | None, expect: int, out: str = "/dev/null") -> float:
+    """curl's time_total for one GET of `url` (through the proxy on `proxy_port` if given).
+
+    BenchError unless the answer is 200 with `expect` bytes."""
+    argv = [
+        "curl", "-sS", "-o", out, "--max-time", "120",
+        "-H", "X-Prometheus-Scrape-Timeout-Seconds: 60",
+        "-w", "%{http_code} %{size_download} %{time_total}",
+    ]  # fmt: skip
+    argv += ["-x", f"http://127.0.0.1:{proxy_port}"] if proxy_port else ["--noproxy", "*"]
+    r = subprocess.run([*argv, url], capture_output=True, text=True, timeout=150, env=ENV)
+    try:
+        code, size, secs = r.stdout.split()
+    except ValueError:
+        raise BenchError(f"curl failed ({r.returncode}): {r.stderr.strip()}") from None
+    if code != "200" or int(size) != expect:
+        raise BenchError(f"curl got HTTP {code} with {size} bytes (expected 200, {expect})")
+    return float(secs)
+
+
+# --------------------------------------------------------------------------- py-spy
+
+PYSPY_RATE = 100  # samples per second
+APP_FRAMES = re.compile(r"\((pushprox|treq|twisted/web|hyperlink|prometheus_client)/")
+
+
+def summarize_pyspy(path: Path, seconds: float, top: int = 10) -> list[str]:
+    """Where the time went, from py-spy's raw (collapsed) output.
+
+    Percentages are of one core over the recording (samples / (rate * seconds));
+    py-spy leaves out idle samples (waiting in epoll).  "self" = the innermost frame;
+    "incl." = samples whose stack contains that function (application and web
+    frames only, the reactor loop frames would be on top of every stack).
+    """
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+
+    def short(frame: str) -> str:
+        return re.sub(r"\s*\((?:/[^)]*?/)?((?:site-packages/)?)([^)]*)\)$", r" (\2)", frame)
+
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = [short(f) for f in stack.split(";")]
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + c
+        for f in {re.sub(r":\d+\)$", ")", f) for f in frames if APP_FRAMES.search(f)}:
+            incl[f] = incl.get(f, 0) + c
+    possible = PYSPY_RATE * seconds
+    out = [f"busy: {100 * total / possible:.0f} % of one core ({total} samples)", "self:"]
+    for f, c in sorted(self_t.items(), key=lambda x: -x[1])[:top]:
+        out.append(f"  {100 * c / possible:5.1f} %  {f}")
+    out.append("incl. (pushprox, treq, twisted.web, hyperlink):")
+    for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top]:
+        out.append(f"  {100 * c / possible:5.1f} %  {f}")
+    return out

@@ -1,0 +1,150 @@
+"""The Markdown report: the machine header, one table per section, notes and profile."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from measurement import wrk_path
+from processes import REPO, BenchError
+from services import FQDN, NGINX_FALLBACK, PAGES
+
+if TYPE_CHECKING:
+    from scenarios import Mode
+
+THROUGHPUT_COLUMNS = [
+    "page", "conns", "path", "scrapes/s", "p50 ms", "p99 ms",
+    "proxy CPU ms/scrape", "client CPU ms/scrape", "nginx CPU ms/req",
+    "nginx conns / reqs per scrape", "errors", "proxy / client busy, % of a core",
+    "other load, cores",
+]  # fmt: skip
+BIG_PAGE_COLUMNS = [
+    "path", "median s", "min..max s", "MB/s",
+    "proxy peak RSS growth MB", "client peak RSS growth MB",
+]  # fmt: skip
+MEASURE_COLUMNS = ["measure", "value"]
+
+
+@dataclass
+class Report:
+    """The rows each section has measured so far, and the notes on what went wrong."""
+
+    mode: Mode
+    header: list[str] = field(default_factory=list)
+    throughput: list[list[str]] = field(default_factory=list)
+    big: list[list[str]] = field(default_factory=list)
+    idle: list[list[str]] = field(default_factory=list)
+    client_mem: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def note(self, text: str) -> None:
+        """Add a line to the report's Notes (and show it on stderr at once)."""
+        print(f"NOTE: {text}", file=sys.stderr, flush=True)
+        self.notes.append(text)
+
+    def render(self) -> str:
+        """The whole report in Markdown."""
+        m = self.mode
+        lines = [f"## pushprox benchmark ({'quick' if m.quick else 'full'} run)", ""]
+        if self.interrupted:
+            lines += ["**Interrupted: partial results.**", ""]
+        lines += [f"- {h}" for h in self.header] + [""]
+        lines += [
+            f"### Scrapes through pushprox vs. directly (wrk -t1, {m.wrk_seconds} s per row)",
+            "",
+        ]
+        lines += table(THROUGHPUT_COLUMNS, self.throughput)
+        lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
+                  f"{m.big_repeats})", ""]  # fmt: skip
+        lines += table(BIG_PAGE_COLUMNS, self.big)
+        lines += ["", f"### {m.idle_n:,} idle clients (held long polls)", ""]
+        lines += table(MEASURE_COLUMNS, self.idle)
+        lines += ["", "### Client process memory", ""]
+        lines += table(MEASURE_COLUMNS, self.client_mem)
+        if self.notes:
+            lines += ["", "### Notes", "", *(f"- {n}" for n in self.notes)]
+        if self.profile:
+            lines += ["", "### Profile (py-spy)", "", *self.profile]
+        return "\n".join(lines) + "\n"
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, with a "not measured" row when there are no rows."""
+    if not rows:
+        rows = [["not measured"] + [""] * (len(head) - 1)]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """A figure with thousands separators, "-" for none."""
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def mb(kb: float) -> str:
+    """kB as MB with one decimal."""
+    return f"{kb / 1024:,.1f}"
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an error's message, for a table cell."""
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _command_output(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+
+def machine_header() -> list[str]:
+    """The report's first lines: machine, tool and library versions, commit, date."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nproc = _command_output("nproc")
+    # nginx -v writes to stderr.
+    nginx_v = subprocess.run(
+        [shutil.which("nginx") or NGINX_FALLBACK, "-v"], capture_output=True, text=True
+    ).stderr.strip()
+    try:
+        wrk_v = subprocess.run([wrk_path(), "-v"], capture_output=True, text=True).stdout
+        wrk_v = wrk_v.splitlines()[0].split(" Copyright")[0]
+    except (BenchError, IndexError, OSError):
+        wrk_v = "wrk not found"
+    try:
+        from importlib.metadata import version
+
+        tw = version("twisted")
+        tq = version("treq")
+    except Exception:
+        tw = tq = "?"
+    rev = _command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+    dirty = _command_output(
+        "git", "-C", str(REPO), "status", "--porcelain", "--", "pushprox", "twisted"
+    )
+    sizes = ", ".join(f"/{k} = {v:,} B" for k, v in PAGES.items())
+    return [
+        f"Machine: `nproc` = {nproc}, CPU: {cpu}, Linux {platform.release()}",
+        f"Target: {nginx_v.replace('nginx version: ', '')} (Debian nginx-light), "
+        f"1 worker, keepalive, access_log off, static pages {sizes}",
+        f"Load: {wrk_v}, one thread, keep-alive connections; proxied requests in proxy "
+        f"form (`GET http://{FQDN}:PORT/1k`) via bench/proxy_form.lua",
+        f"pushprox: commit {rev or '?'}{' + uncommitted changes' if dirty else ''}, "
+        f"Python {platform.python_version()}, Twisted {tw}, treq {tq}; "
+        "proxy and client as `twistd -n` processes",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        "CPU ms per scrape = (utime+stime from /proc/PID/stat after - before) / "
+        "requests completed by wrk",
+    ]

@@ -1,0 +1,608 @@
+"""What the benchmark runs: its sizes, the processes of a run and one function per section.
+
+Each section adds its rows to the report and notes what failed; a failed measurement
+ends that row or section, never the run.  The sections share one nginx and one proxy
+and client pair (plus the baseline pair with --baseline); the idle and the client memory
+sections start fresh processes of their own so that earlier load does not blur them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from measurement import (
+    PYSPY_RATE,
+    LoadResult,
+    RssSampler,
+    Wrk,
+    children_of,
+    cpu_ticks,
+    curl_get,
+    open_fds,
+    rss_kb,
+    status_kb,
+    summarize_pyspy,
+    ticks_ms,
+    wait_quiet,
+    wait_rss_stable,
+)
+from processes import BENCH, ENV, REPO, VENV_BIN, BenchError, Proc, Procs, read_tagged_line
+from report import Report, fmt, mb, one_line
+from services import (
+    BASELINE_FQDN,
+    FQDN,
+    PAGES,
+    plugin_error,
+    scrape_uri,
+    start_client,
+    start_nginx,
+    start_proxy,
+    wait_listed,
+    wait_registered,
+    wait_scrape_ok,
+)
+
+PYSPY = str(VENV_BIN / "py-spy")
+IDLE_SIM = str(BENCH / "idle_clients.py")
+MEMORY_MAX_SECONDS = 1200  # bound on the client memory section's load
+NOT_RUN = "not run (see notes)"
+
+
+@dataclass
+class Mode:
+    """How long and how big each section runs (--quick, --idle, --scrapes, --quiet-wait)."""
+
+    quick: bool
+    wrk_seconds: int
+    warmup_seconds: int
+    big_repeats: int
+    idle_n: int
+    idle_latency_seconds: int
+    mem_scrapes: int
+    quiet_wait: float = 15.0
+
+    @classmethod
+    def make(cls, quick: bool, idle_n: int | None, scrapes: int | None) -> Mode:
+        """The quick or the full sizes, with the counts given on the command line."""
+        # wrk s, warm-up s, 10 MB repeats, idle clients, idle latency s, scrapes
+        args = (3, 1, 3, 10000, 3, 10000) if quick else (10, 1, 7, 10000, 5, 100000)
+        m = cls(quick, *args)
+        if idle_n is not None:
+            m.idle_n = idle_n
+        if scrapes is not None:
+            m.mem_scrapes = scrapes
+        return m
+
+
+@dataclass
+class World:
+    """The processes of one run, and why some of them could not be started."""
+
+    procs: Procs
+    report: Report
+    mode: Mode
+    nginx: Proc
+    nginx_port: int
+    nginx_pids: list[int]
+    proxied_error: str | None = None  # why proxied measurements cannot run
+    proxy_error: str | None = None  # why the proxy alone cannot run
+    client_error: str | None = None  # why the client cannot run
+    proxy: Proc | None = None
+    proxy_port: int = 0
+    client: Proc | None = None
+    #: --baseline: the same pair run from another commit's checkout, for before/after rows.
+    baseline_rev: str | None = None
+    baseline_proxy: Proc | None = None
+    baseline_proxy_port: int = 0
+    baseline_client: Proc | None = None
+
+    def watch(self, baseline: bool = False) -> dict[str, list[int]]:
+        """The pids whose CPU a throughput row reports, by column name."""
+        w = {"nginx": self.nginx_pids}
+        proxy, client = (
+            (self.baseline_proxy, self.baseline_client) if baseline else (self.proxy, self.client)
+        )
+        if proxy and client:
+            w["proxy"] = [proxy.pid]
+            w["client"] = [client.pid]
+        return w
+
+    @property
+    def wrk(self) -> Wrk:
+        """wrk runs that also count nginx's connections and requests."""
+        return Wrk(self.nginx_port)
+
+    def wait_quiet(self, what: str) -> None:
+        """Wait (at most --quiet-wait s) until processes not ours use < 0.25 cores."""
+        pids = [p for ps in self.watch().values() for p in ps]
+        wait_quiet(pids, self.mode.quiet_wait, what)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def start_world(
+    procs: Procs, report: Report, mode: Mode, baseline_rev: str | None, baseline_checkout: Path
+) -> World:
+    """nginx, the proxy and client, and with `baseline_rev` the baseline pair too."""
+    nginx, nginx_port = start_nginx(procs, procs.tmp)
+    nginx_pids = [nginx.pid, *children_of(nginx.pid)]
+    w = World(procs, report, mode, nginx, nginx_port, nginx_pids)
+    w.proxy_error = plugin_error("pushprox-proxy")
+    w.client_error = plugin_error("pushprox-client")
+    w.proxied_error = w.proxy_error or w.client_error
+    if w.proxied_error:
+        report.note(f"proxied measurements not run: {w.proxied_error}")
+    else:
+        setup_pushprox(w)
+        if baseline_rev:
+            w.baseline_rev = baseline_rev
+            check_out_baseline(baseline_rev, baseline_checkout)
+            setup_baseline(w, baseline_checkout)
+    return w
+
+
+def setup_pushprox(w: World) -> None:
+    """Start the proxy and client that the throughput, big and profile sections use."""
+    try:
+        w.proxy, w.proxy_port = start_proxy(w.procs)
+        w.client = start_client(w.procs, w.proxy_port, w.nginx_port, FQDN)
+        wait_scrape_ok(w.proxy, w.proxy_port, w.client, FQDN, w.nginx_port)
+    except BenchError as e:
+        w.proxied_error = f"pushprox setup failed: {e}"
+        w.report.note(w.proxied_error)
+
+
+def check_out_baseline(rev: str, checkout: Path) -> None:
+    """A detached worktree of `rev` at `checkout`, for the baseline pair to import."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(checkout), rev],
+        check=True,
+        capture_output=True,
+    )
+
+
+def remove_baseline_checkout(checkout: Path) -> None:
+    """Remove the worktree of check_out_baseline (if there is one)."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)],
+        capture_output=True,
+    )
+
+
+def setup_baseline(w: World, checkout: Path) -> None:
+    """Start a second proxy and client that import pushprox from ``checkout``."""
+    env = dict(ENV, PYTHONPATH=str(checkout))
+    try:
+        w.baseline_proxy, w.baseline_proxy_port = start_proxy(w.procs, "baseline-proxy", env)
+        w.baseline_client = start_client(
+            w.procs, w.baseline_proxy_port, w.nginx_port, BASELINE_FQDN, env
+        )
+        wait_scrape_ok(
+            w.baseline_proxy, w.baseline_proxy_port, w.baseline_client, BASELINE_FQDN, w.nginx_port
+        )
+    except BenchError as e:
+        w.report.note(f"baseline {w.baseline_rev} setup failed: {e}")
+        w.baseline_proxy = w.baseline_client = None
+
+
+def run_section(w: World, name: str, section: Callable[[], None]) -> None:
+    """Run one section; its failure becomes a note, a pushprox death ends proxied rows."""
+    print(f"== {name}", file=sys.stderr, flush=True)
+    try:
+        section()
+    except BenchError as e:
+        w.report.note(f"{name}: {e}")
+    for p in (w.proxy, w.client):
+        if p is not None and not p.alive() and not w.proxied_error:
+            w.proxied_error = f"{p.name} died during {name}"
+            w.report.note(f"{p.name} exited with {p.popen.returncode}; "
+                          f"log tail:\n{p.log_tail()}")  # fmt: skip
+    w.nginx.check()
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+@dataclass(frozen=True)
+class LoadPath:
+    """Where the rows of one "path" send their load: nginx itself, or a proxy."""
+
+    kind: Literal["direct", "pushprox", "baseline"]
+    label: str  # the row's "path" cell
+    port: int
+    proxy_uri: str = ""  # the scrape in proxy form; "" for `page_path` on nginx itself
+    page_path: str = "/"
+
+
+def _load_paths(w: World, page: str) -> list[LoadPath]:
+    paths = [
+        LoadPath("direct", "direct", w.nginx_port, page_path=f"/{page}"),
+        LoadPath("pushprox", "pushprox", w.proxy_port, scrape_uri(FQDN, w.nginx_port, page)),
+    ]
+    if w.baseline_proxy is not None:
+        paths.append(
+            LoadPath(
+                "baseline",
+                f"baseline {w.baseline_rev}",
+                w.baseline_proxy_port,
+                scrape_uri(BASELINE_FQDN, w.nginx_port, page),
+            )
+        )
+    return paths
+
+
+def _unmeasured_row(row: list[str], why: str) -> list[str]:
+    return [*row, why, *["-"] * 6, "see notes", "-", "-"]
+
+
+def _throughput_cells(r: LoadResult, direct: bool) -> list[str]:
+    """The figures of one row; the proxy's and client's are "-" for a direct row."""
+
+    def proxied(text: str) -> str:
+        return "-" if direct else text
+
+    return [
+        fmt(r.rate, 0),
+        fmt(r.p50_ms),
+        fmt(r.p99_ms),
+        proxied(fmt(r.per_req("proxy"), 3)),
+        proxied(fmt(r.per_req("client"), 3)),
+        fmt(r.per_req("nginx"), 3),
+        r.nginx_text(),
+        r.error_text(),
+        proxied(r.busy_text()),
+        fmt(r.other_cores, 2),
+    ]
+
+
+def _throughput_row(w: World, page: str, conns: int, path: LoadPath) -> None:
+    row = [page, str(conns), path.label]
+    what = f"{page} c{conns} {path.label}"
+    if path.kind == "pushprox" and w.proxied_error:
+        w.report.throughput.append(_unmeasured_row(row, "not run"))
+        return
+    w.wait_quiet(what)
+    watch = w.watch(baseline=path.kind == "baseline")
+    try:
+        r = w.wrk.run(path.port, conns, w.mode.wrk_seconds, watch, path.proxy_uri, path.page_path)
+        if path.kind == "pushprox":
+            assert w.proxy and w.client
+            w.proxy.check()
+            w.client.check()
+    except (BenchError, OSError) as e:
+        if path.kind != "baseline":  # the baseline's rows are extra: a note is enough
+            w.report.throughput.append(_unmeasured_row(row, "failed"))
+        w.report.note(f"{what}: {e}")
+        return
+    w.report.throughput.append([*row, *_throughput_cells(r, direct=path.kind == "direct")])
+    cpu = "" if path.kind == "baseline" else f" cpu {r.cpu_ms}"
+    print(f"  {what}: {r.rate:.0f}/s p50 {r.p50_ms:.2f} ms{cpu}", file=sys.stderr, flush=True)
+
+
+def section_throughput(w: World) -> None:
+    """Scrapes/s, latency and CPU per scrape: directly, through pushprox and the baseline."""
+    m = w.mode
+    for page in ("1k", "57k"):
+        paths = _load_paths(w, page)
+        for path in paths:  # warm-up: connections, pools, caches
+            if path.kind == "pushprox" and w.proxied_error:
+                continue
+            with contextlib.suppress(BenchError, OSError):
+                w.wrk.run(path.port, 8, m.warmup_seconds, {}, path.proxy_uri, path.page_path)
+        for conns in (1, 8):
+            for path in paths:
+                _throughput_row(w, page, conns, path)
+
+
+# --------------------------------------------------------------------------- 10 MB page
+
+
+def _pushprox_hwm(w: World) -> dict[str, int]:
+    assert w.proxy and w.client
+    return {"proxy": status_kb(w.proxy.pid, "VmHWM"), "client": status_kb(w.client.pid, "VmHWM")}
+
+
+def _big_page_failed(w: World, e: BenchError) -> str:
+    """Note why the 10 MB page failed through pushprox; the text for its row."""
+    w.report.note(f"10 MB page through pushprox: {e}")
+    return f"failed: {one_line(e)}"
+
+
+def _timing_cells(times: list[float], size: int) -> list[str]:
+    median = statistics.median(times)
+    return [fmt(median, 3), f"{min(times):.3f}..{max(times):.3f}", fmt(size / 1e6 / median, 0)]
+
+
+def _growth_cell(growth: list[int]) -> str:
+    return f"{mb(statistics.median(growth))} (max {mb(max(growth))})"
+
+
+def section_big(w: World) -> None:
+    """curl of the 10 MB page directly and through pushprox, with the peak RSS growth."""
+    m = w.mode
+    size = PAGES["10m"]
+    uri = scrape_uri(FQDN, w.nginx_port, "10m")
+    times: dict[str, list[float]] = {"direct": [], "pushprox": []}
+    growth: dict[str, list[int]] = {"proxy": [], "client": []}
+    err: str | None = w.proxied_error and NOT_RUN
+    hwm0: dict[str, int] = {}
+    if not err:
+        hwm0 = _pushprox_hwm(w)
+    if not err:  # once, untimed: does the body arrive intact?
+        check = w.procs.tmp / "10m.check"
+        try:
+            curl_get(uri, w.proxy_port, size, str(check))
+            if check.read_bytes() != (w.procs.tmp / "nginx" / "html" / "10m").read_bytes():
+                raise BenchError("the body differs from the page nginx served")
+        except BenchError as e:
+            err = _big_page_failed(w, e)
+        finally:
+            check.unlink(missing_ok=True)
+    w.wait_quiet("10 MB page")
+    for _ in range(m.big_repeats):
+        times["direct"].append(curl_get(f"http://127.0.0.1:{w.nginx_port}/10m", None, size))
+        if err:
+            continue
+        assert w.proxy and w.client
+        pids = {"proxy": w.proxy.pid, "client": w.client.pid}
+        base = {k: rss_kb(p) for k, p in pids.items()}
+        try:
+            with RssSampler(pids) as s:
+                t = curl_get(uri, w.proxy_port, size)
+        except BenchError as e:
+            err = _big_page_failed(w, e)
+            continue
+        times["pushprox"].append(t)
+        for k in pids:
+            growth[k].append(s.peak[k] - base[k])
+        print(f"  10m pushprox: {t:.3f} s, {s.samples} RSS samples, before {base} kB, "
+              f"peak {s.peak} kB", file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(0.2)
+    w.report.big.append(["direct", *_timing_cells(times["direct"], size), "-", "-"])
+    p = times["pushprox"]
+    if err or not p:
+        w.report.big.append(["pushprox", err or "failed", "-", "-", "-", "-"])
+        return
+    hwm1 = _pushprox_hwm(w)
+    w.report.big.append(
+        ["pushprox", *_timing_cells(p, size),
+         _growth_cell(growth["proxy"]), _growth_cell(growth["client"])]
+    )  # fmt: skip
+    w.report.note(
+        "10 MB page: peak RSS growth = highest VmRSS sampled every 3 ms during one transfer "
+        "minus VmRSS just before it (median over repeats); VmHWM grew by "
+        f"{mb(hwm1['proxy'] - hwm0['proxy'])} MB (proxy) and "
+        f"{mb(hwm1['client'] - hwm0['client'])} MB (client) over the whole section"
+    )
+
+
+# --------------------------------------------------------------------------- client memory
+
+
+def section_client_memory(w: World) -> None:
+    """A fresh client's RSS idle, after a tenth of --scrapes and after all of them."""
+    m = w.mode
+    if w.proxied_error or not w.proxy:
+        w.report.client_mem.append(["client RSS", NOT_RUN])
+        return
+    fqdn = "mem.example"
+    client = start_client(w.procs, w.proxy_port, w.nginx_port, fqdn)
+    try:
+        if not wait_registered(w.proxy_port, fqdn, client):
+            time.sleep(3)  # no usable /clients: give it time to start and poll
+        idle = wait_rss_stable(client.pid)
+        wait_scrape_ok(w.proxy, w.proxy_port, client, fqdn, w.nginx_port)
+        proxy0 = rss_kb(w.proxy.pid)
+        uri = scrape_uri(fqdn, w.nginx_port, "1k")
+        watch = {"proxy": [w.proxy.pid], "client": [client.pid]}
+        done = 0
+        rss_at: list[tuple[int, int]] = []
+        cpu = {"proxy": 0.0, "client": 0.0}
+        rate = 0.0  # scrapes/s that the last slice achieved; 0: probe with 2 s first
+        deadline = time.monotonic() + MEMORY_MAX_SECONDS
+        for target in (m.mem_scrapes // 10, m.mem_scrapes):
+            # wrk cannot stop after N requests: run it in slices of <= 30 s until N.
+            while done < target and time.monotonic() < deadline:
+                secs = int(min(30, max(1, (target - done) / rate + 0.5))) if rate else 2
+                r = w.wrk.run(w.proxy_port, 8, secs, watch, uri)
+                client.check()
+                done += r.requests
+                rate = max(1.0, r.rate)
+                for k in cpu:
+                    cpu[k] += r.cpu_ms[k]
+                if r.error_text() != "0":
+                    w.report.note(f"client memory run: wrk errors {r.error_text()}")
+            time.sleep(1.0)
+            rss_at.append((done, rss_kb(client.pid)))
+        if done < m.mem_scrapes:
+            w.report.note(
+                f"client memory: only {done:,} of {m.mem_scrapes:,} scrapes within "
+                f"{MEMORY_MAX_SECONDS} s"
+            )
+        proxy1 = rss_kb(w.proxy.pid)
+        hwm = status_kb(client.pid, "VmHWM")
+    except (BenchError, OSError) as e:
+        w.report.client_mem.append(["client RSS", "failed (see notes)"])
+        w.report.note(f"client memory: {e}")
+        return
+    finally:
+        w.procs.stop(client)
+    rows = [
+        ["idle client RSS (registered, before any scrape)", f"{mb(idle)} MB"],
+    ]
+    for n, kb in rss_at:
+        rows.append([f"client RSS after {n:,} scrapes (1k page, 8 conns)", f"{mb(kb)} MB"])
+    n_last, kb_last = rss_at[-1]
+    n_first, kb_first = rss_at[0]
+    rows += [
+        ["client RSS growth, idle → last", f"{mb(kb_last - idle)} MB"],
+        [f"client RSS growth per 1,000 scrapes after the first {n_first:,}",
+         f"{(kb_last - kb_first) / max(1, (n_last - n_first) / 1000):,.2f} KB"],
+        ["client peak RSS (VmHWM)", f"{mb(hwm)} MB"],
+        ["proxy RSS before → after these scrapes", f"{mb(proxy0)} → {mb(proxy1)} MB"],
+        ["CPU ms/scrape over these scrapes: proxy / client",
+         f"{cpu['proxy'] / max(1, done):.3f} / {cpu['client'] / max(1, done):.3f}"],
+    ]  # fmt: skip
+    w.report.client_mem += rows
+
+
+# --------------------------------------------------------------------------- idle clients
+
+
+def _latency_text(r: LoadResult, bold_p50: bool = False) -> str:
+    """p50 / p99 of a real scrape run, with its rate and the proxy's CPU per scrape."""
+    p50 = f"**{r.p50_ms:.2f}**" if bold_p50 else f"{r.p50_ms:.2f}"
+    return (
+        f"{p50} / {r.p99_ms:.2f} ms ({r.rate:,.0f}/s, "
+        f"proxy CPU {fmt(r.per_req('proxy'), 3)} ms/scrape)"
+    )
+
+
+def _idle_latency_rows(
+    w: World, held: int, without: LoadResult, with_: LoadResult, after: LoadResult | None
+) -> list[list[str]]:
+    """Real scrapes' latency without, with and after the idle polls (errors in the notes)."""
+    rows = [
+        ["real scrape p50 / p99 without idle clients (1 conn, 1k)", _latency_text(without)],
+        [f"**real scrape p50 / p99 with {held:,} idle clients held**",
+         _latency_text(with_, bold_p50=True)],
+    ]  # fmt: skip
+    if after:
+        rows.append(["real scrape p50 / p99 again after they left", _latency_text(after)])
+    if with_.error_text() != "0" or without.error_text() != "0":
+        w.report.note(
+            f"idle section wrk errors: without {without.error_text()}, with {with_.error_text()}"
+        )
+    return rows
+
+
+def section_idle(w: World) -> None:
+    """A fresh proxy holding --idle polls: its RSS and fds per poll, and real scrapes' latency."""
+    m = w.mode
+    n = m.idle_n
+    if w.proxy_error:
+        w.report.idle.append(["idle clients", NOT_RUN])
+        return
+    # A fresh proxy (and client) so earlier sections do not blur the RSS figures.
+    procs = w.procs
+    proxy = client = sim = None
+    without = with_ = None
+    rows: list[list[str]] = []
+    try:
+        proxy, port = start_proxy(procs, "proxy-idle")
+        fqdn = "real.example"
+        uri = scrape_uri(fqdn, w.nginx_port, "1k")
+        if not w.client_error:
+            client = start_client(procs, port, w.nginx_port, fqdn)
+            wait_scrape_ok(proxy, port, client, fqdn, w.nginx_port)
+            watch = {"proxy": [proxy.pid], "client": [client.pid]}
+            w.wrk.run(port, 1, 2 * m.warmup_seconds, watch, uri)
+            w.wait_quiet("scrape latency without idle clients")
+            without = w.wrk.run(port, 1, m.idle_latency_seconds, watch, uri)
+        time.sleep(0.5)
+        rss0 = wait_rss_stable(proxy.pid, settle=0.5)
+        fds0 = open_fds(proxy.pid)
+        c0 = cpu_ticks(proxy.pid)
+        sim = procs.start(
+            "idle-clients",
+            [sys.executable, IDLE_SIM, "--port", str(port), "-n", str(n), "--hold", "600"],
+            nofile=n + 1024,
+            pipes=True,
+        )
+        ready = read_tagged_line(sim, "READY", timeout=300)
+        # Wait until the proxy has read them all: /clients lists them, else RSS settles.
+        listed = wait_listed(port, "idle-", ready["held"])
+        rss1 = wait_rss_stable(proxy.pid, settle=1.0)
+        fds1 = open_fds(proxy.pid)
+        c1 = cpu_ticks(proxy.pid)
+        time.sleep(2.0)
+        idle_cpu = ticks_ms(cpu_ticks(proxy.pid) - c1) / 2.0  # ms per s
+        if client:
+            w.wait_quiet("scrape latency with idle clients")
+            with_ = w.wrk.run(port, 1, m.idle_latency_seconds, watch, uri)
+        proxy.check()
+        assert sim.popen.stdin is not None
+        sim.popen.stdin.close()
+        done = read_tagged_line(sim, "DONE", timeout=60)
+        held = ready["held"]
+        after = None
+        if client:  # again without them: brackets the "with" figure against drift
+            procs.stop(sim)
+            w.wait_quiet("scrape latency after the idle clients left")
+            after = w.wrk.run(port, 1, m.idle_latency_seconds, watch, uri)
+        rows = [
+            ["idle polls opened / held at READY / still held at the end",
+             f"{ready['connected']:,} / {held:,} / {done['held']:,} "
+             f"(all opened in {ready['seconds']:.1f} s)"],
+            ["idle clients listed by GET /clients",
+             "GET /clients unusable" if listed is None else f"{listed:,}"],
+            ["poll answers / closed by proxy / connect failures during the hold",
+             f"{done['answers'] or '{}'} / {done['peer_closed']} / {done['connect_failed']}"],
+            ["proxy RSS without → with the idle polls", f"{mb(rss0)} → {mb(rss1)} MB"],
+            ["**proxy RSS per idle client**", f"**{(rss1 - rss0) / max(1, held):.1f} KB**"],
+            ["proxy open fds without → with", f"{fds0:,} → {fds1:,}"],
+            ["proxy CPU to accept and register them",
+             f"{ticks_ms(c1 - c0) / max(1, held):.3f} ms per idle client"],
+            ["proxy CPU while only holding them", f"{idle_cpu / 10:.1f} % of a core"],
+        ]  # fmt: skip
+        if without and with_:
+            rows += _idle_latency_rows(w, held, without, with_, after)
+        else:
+            rows.append(["real scrape latency with/without", "not run (no client, see notes)"])
+    except (BenchError, OSError, KeyError) as e:
+        rows.append(["idle clients", "failed (see notes)"])
+        w.report.note(f"idle clients: {e}")
+    finally:
+        for p in (sim, client, proxy):
+            if p is not None:
+                procs.stop(p)
+    w.report.idle += rows
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def section_profile(w: World, outdir: Path) -> None:
+    """py-spy of the proxy and the client under an extra wrk -c8 run (--profile DIR)."""
+    if w.proxied_error or not (w.proxy and w.client):
+        return
+    outdir.mkdir(parents=True, exist_ok=True)
+    secs = max(5, w.mode.wrk_seconds)
+    recs = []
+    for name, proc in (("proxy", w.proxy), ("client", w.client)):
+        raw = outdir / f"{name}-1k-c8.txt"
+        recs.append((name, raw, subprocess.Popen(
+            [PYSPY, "record", "--nonblocking", "-r", str(PYSPY_RATE), "-d", str(secs + 1),
+             "-f", "raw", "-o", str(raw), "-p", str(proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+        )))  # fmt: skip
+    time.sleep(0.5)
+    r = w.wrk.run(w.proxy_port, 8, secs, w.watch(), scrape_uri(FQDN, w.nginx_port, "1k"))
+    for name, raw, p in recs:
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            err = b"timeout"
+        if not raw.exists():
+            w.report.note(f"py-spy {name}: {err.decode(errors='replace').strip()[-300:]}")
+            continue
+        w.report.profile += [
+            f"{name} during wrk -c8 on /1k ({r.rate:,.0f} scrapes/s under py-spy; "
+            f"collapsed stacks in {raw}):",
+            "",
+            "```",
+            *summarize_pyspy(raw, secs + 1),
+            "```",
+            "",
+        ]
