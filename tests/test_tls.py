@@ -332,75 +332,54 @@ class HTTPSTests(TestCase):
         return body
 
     @defer.inlineCallbacks
-    def assert_rejected(
-        self,
-        policy: IPolicyForHTTPS,
-        server_cert: IssuedCertificate,
-        client_ca: str | None,
-        reason: str,
-    ) -> Any:
-        """The GET fails before any response, with OpenSSL giving C{reason}."""
-        error = yield self.assertFailure(
-            self.get(policy, server_cert, client_ca), ResponseNeverReceived
-        )
-        self.assertEqual([_ssl_reasons(f) for f in error.reasons], [[reason]])
+    def test_client_policies_connect_and_show_the_client_names(self) -> Any:
+        """
+        The server is trusted through the given CA (or the second CA of a bundle) and sees
+        the client's names; a client without certificate still connects and shows none.
+        """
+        pki = self.pki
+        cases = [
+            ("CA", https_policy(cacert=pki.ca_cert, cert=pki.client.cert, key=pki.client.key),
+             b"node1.example"),
+            ("no client certificate", https_policy(cacert=pki.ca_cert, cert=None, key=None),
+             b""),
+            ("bundle", https_policy(cacert=pki.ca_bundle, cert=pki.client.cert,
+                                    key=pki.client.key), b"node1.example"),
+        ]
+        bodies = []
+        for label, policy, _ in cases:
+            body = yield self.get(policy, pki.server, client_ca=pki.ca_cert)
+            bodies.append((label, body))
+        self.assertEqual(bodies, [(label, body) for label, _, body in cases])
 
     @defer.inlineCallbacks
-    def test_client_policy_trusts_ca_and_presents_certificate(self) -> Any:
-        """The server is trusted through the given CA and sees the client's names."""
-        policy = https_policy(
-            cacert=self.pki.ca_cert, cert=self.pki.client.cert, key=self.pki.client.key
-        )
-        body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
-        self.assertEqual(body, b"node1.example")
-
-    @defer.inlineCallbacks
-    def test_client_certificate_not_required(self) -> Any:
-        """A client without certificate still connects; the server sees no names."""
-        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
-        body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
-        self.assertEqual(body, b"")
-
-    @defer.inlineCallbacks
-    def test_client_policy_trusts_every_ca_of_a_bundle(self) -> Any:
-        """The CA that signed the server is the second certificate of the bundle."""
-        policy = https_policy(
-            cacert=self.pki.ca_bundle, cert=self.pki.client.cert, key=self.pki.client.key
-        )
-        body = yield self.get(policy, self.pki.server, client_ca=self.pki.ca_cert)
-        self.assertEqual(body, b"node1.example")
-
-    def test_client_policy_rejects_server_of_other_ca(self) -> Any:
-        """A server certificate signed by another CA fails verification."""
-        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
-        return self.assert_rejected(
-            policy, self.pki.rogue_server, None, "certificate verify failed"
-        )
-
-    def test_client_policy_rejects_expired_server(self) -> Any:
-        """An expired server certificate from the trusted CA fails verification."""
-        policy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
-        return self.assert_rejected(
-            policy, self.pki.expired_server, None, "certificate verify failed"
-        )
-
-    def test_server_rejects_client_certificate_of_other_ca(self) -> Any:
-        """A client certificate is optional, but one from another CA fails the handshake."""
-        policy = https_policy(
-            cacert=self.pki.ca_cert,
-            cert=self.pki.rogue_client.cert,
-            key=self.pki.rogue_client.key,
-        )
-        return self.assert_rejected(policy, self.pki.server, self.pki.ca_cert, "unknown ca")
-
-    def test_target_policy_verifies_by_default(self) -> Any:
-        """Without insecure_skip_verify, a target signed by another CA is rejected."""
-        policy = https_policy(
-            cacert=self.pki.ca_cert, cert=None, key=None, insecure_skip_verify=False
-        )
-        return self.assert_rejected(
-            policy, self.pki.rogue_server, None, "certificate verify failed"
-        )
+    def test_policies_reject_certificates_they_must_not_trust(self) -> Any:
+        """
+        The GET fails before any response, with OpenSSL saying why: a server certificate
+        signed by another CA or expired fails verification (also for a target policy
+        without insecure_skip_verify); a client certificate is optional, but one from
+        another CA fails the handshake.
+        """
+        pki = self.pki
+        verifying = https_policy(cacert=pki.ca_cert, cert=None, key=None)
+        cases = [
+            ("server of another CA", verifying, pki.rogue_server, None,
+             "certificate verify failed"),
+            ("expired server", verifying, pki.expired_server, None, "certificate verify failed"),
+            ("target policy", https_policy(cacert=pki.ca_cert, cert=None, key=None,
+                                           insecure_skip_verify=False),
+             pki.rogue_server, None, "certificate verify failed"),
+            ("client of another CA", https_policy(cacert=pki.ca_cert, cert=pki.rogue_client.cert,
+                                                  key=pki.rogue_client.key),
+             pki.server, pki.ca_cert, "unknown ca"),
+        ]
+        reasons = []
+        for label, policy, server_cert, client_ca, _ in cases:
+            error = yield self.assertFailure(
+                self.get(policy, server_cert, client_ca), ResponseNeverReceived
+            )
+            reasons.append((label, [_ssl_reasons(f) for f in error.reasons]))
+        self.assertEqual(reasons, [(case[0], [[case[-1]]]) for case in cases])
 
     @defer.inlineCallbacks
     def test_insecure_target_policy_accepts_any_server(self) -> Any:
