@@ -2,42 +2,35 @@
 Integration tests: the proxy and the client as real ``twistd`` processes on 127.0.0.1,
 an exporter process served by the test, and recorded upstream Go client requests.
 
-Every process is stopped at the end of its test, pass or fail; a failing test prints
-the logs of all its processes.
+Every process is stopped at the end of its test, pass or fail; a failing test's report
+carries the logs of all its processes (``tests/conftest.py`` reads ``self.processes``).
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import (
+from tests.harness.exporter import Page
+from tests.harness.processes import Daemon, Process
+from tests.harness.rawhttp import (
     DATA,
     HTTPResponse,
-    ManagedProcess,
-    Page,
-    ProcessGroup,
     RawConnection,
-    free_port,
     http_request_bytes,
-    port_open,
     prometheus_headers,
     raw_http,
     scrape_via_proxy,
-    start_exporter,
-    twistd_process,
-    wait_for,
 )
+from tests.harness.stack import Client, Proxy, Stack
+from tests.harness.waiting import port_open, wait_for
 
 FQDN = "exporter.test"
 METRICS = b"".join(b'http_requests_total{code="200",handler="/api/v1/%d"} %d\n' % (i, i * 13)
@@ -74,114 +67,63 @@ class IntegrationTestCase(SynchronousTestCase):
     """Starts processes in a temporary directory and stops them whatever happens."""
 
     def setUp(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="pushprox-integration-"))
-        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-        self.processes = ProcessGroup()
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-integration-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        self.processes = Stack(tmp)
         self.addCleanup(self.processes.stop_all)
-        # Print every process's log when the test fails (the processes still run then).
-        method = getattr(self, self._testMethodName)
 
-        def test_printing_logs_on_failure() -> Any:
-            try:
-                return method()
-            except BaseException:
-                print(self.processes.logs())
-                raise
+    def start_client(self, proxy: Proxy, exporter_port: int, *, cwd: Path | None = None,
+                     daemon: bool = False) -> Client:
+        """A client for FQDN scraping the exporter's pages; returns once the proxy lists it."""
+        allowed = [arg for path in PAGES for arg in ("--allow-path", path)]
+        return self.processes.client(proxy, FQDN, [exporter_port], name="client", cwd=cwd,
+                                     daemon=daemon, extra=allowed)
 
-        setattr(self, self._testMethodName, test_printing_logs_on_failure)
-
-    def directory(self, name: str) -> Path:
-        path = self.tmp / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def start_proxy(self, *, cwd: Path | None = None, daemon: bool = False,
-                    name: str = "proxy", args: Sequence[str] = ()) -> tuple[ManagedProcess, int]:
-        """A proxy on a free port of 127.0.0.1 (a few tries if another process takes it)."""
-        for _ in range(3):
-            port = free_port()
-            process = self.processes.add(twistd_process(
-                name, "pushprox-proxy", ["--port", f"tcp:{port}:interface=127.0.0.1", *args],
-                cwd=cwd or self.directory(name), daemon=daemon,
-            ))
-            process.start()
-            if daemon:
-                process.wait_daemonized()
-            wait_for(lambda p=process, n=port: port_open(n) or not p.alive(),
-                     timeout=20, what=f"{name} to listen on {port}", describe=process.log_text)
-            if process.alive():
-                return process, port
-            if "Address already in use" not in process.log_text():
-                self.fail(f"{name} exited at start:\n{process.log_text()}")
-        self.fail(f"{name}: no free port in three tries")
-
-    def start_client(self, proxy_port: int, exporter_port: int, *, cwd: Path | None = None,
-                     daemon: bool = False, name: str = "client") -> ManagedProcess:
-        """A client for FQDN scraping the exporter; returns once the proxy lists it."""
-        args = ["--proxy-url", f"http://127.0.0.1:{proxy_port}/", "--fqdn", FQDN,
-                "--target-host", "127.0.0.1", "--allow-port", str(exporter_port),
-                "--metrics-listen=", "--retry-initial-wait", "0.2", "--retry-max-wait", "1"]
-        for path in PAGES:
-            args += ["--allow-path", path]
-        process = self.processes.add(twistd_process(
-            name, "pushprox-client", args, cwd=cwd or self.directory(name), daemon=daemon,
-        ))
-        process.start()
-        if daemon:
-            process.wait_daemonized()
-        self.wait_registered(proxy_port, FQDN, process)
-        return process
-
-    def wait_registered(self, proxy_port: int, fqdn: str, process: ManagedProcess | None = None
-                        ) -> None:
-        def listed() -> bool:
-            if process is not None and not process.alive():
-                raise AssertionError(f"{process.name} exited:\n{process.log_text()}")
-            answer = raw_http(proxy_port, http_request_bytes("GET", "/clients"))
-            return any(fqdn in group["targets"] for group in json.loads(answer.body))
-
-        wait_for(listed, timeout=20, what=f"{fqdn} in /clients",
-                 describe=self.processes.logs)
+    def wait_registered(self, proxy: Proxy, fqdn: str) -> None:
+        """Wait until the proxy lists ``fqdn``."""
+        wait_for(lambda: fqdn in proxy.clients(), timeout=20, what=f"{fqdn} in /clients",
+                 watch=[proxy.process])
 
     def start_exporter(self) -> int:
-        _, port = start_exporter(PAGES, self.directory("exporter"), self.processes)
-        return port
+        """The exporter of PAGES; returns its port."""
+        return self.processes.exporter("pages", pages=PAGES).port
 
     def url(self, exporter_port: int, path: str) -> str:
+        """The URL a scraper asks the proxy for, to reach ``path`` of the exporter."""
         return f"http://{FQDN}:{exporter_port}{path}"
 
-    def assert_same_response(self, proxied: HTTPResponse, direct: HTTPResponse) -> None:
+    def assert_same_response(self, proxied: HTTPResponse, direct: HTTPResponse, label: str
+                             ) -> None:
         """Status, body and headers (minus Date, Server and hop-by-hop) are equal."""
         self.assertEqual((proxied.status, proxied.reason), (direct.status, direct.reason),
-                         proxied.text[:300])
-        self.assertEqual(len(proxied.body), len(direct.body))
-        self.assertTrue(proxied.body == direct.body, "bodies differ")
+                         f"{label}: {proxied.text[:300]}")
+        self.assertEqual(len(proxied.body), len(direct.body), label)
+        self.assertTrue(proxied.body == direct.body, f"{label}: bodies differ")
         self.assertEqual(proxied.comparable_headers(NOT_COMPARED),
-                         direct.comparable_headers(NOT_COMPARED))
+                         direct.comparable_headers(NOT_COMPARED), label)
 
     def direct(self, exporter_port: int, path: str, headers: list[tuple[str, str]]
                ) -> HTTPResponse:
+        """GET ``path`` of the exporter directly, with the Host a scrape through us has."""
         request = http_request_bytes("GET", path, headers, host=f"{FQDN}:{exporter_port}")
         return raw_http(exporter_port, request)
 
-    def stop_and_check(self, process: ManagedProcess, *, timeout: float = 15.0,
+    def stop_and_check(self, process: Process | Daemon, *, timeout: float = 15.0,
                        signalled: bool = False) -> None:
         """
         SIGTERM ``process`` (unless already ``signalled``); it must exit in time and,
         as a daemon, remove its pidfile.
         """
         if not signalled:
-            process.signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         self.assertTrue(process.wait_exit(timeout),
                         f"{process.name} still runs {timeout:g}s after SIGTERM")
-        if process.daemon:
-            assert process.pidfile is not None
-            wait_for(lambda: not process.pidfile.exists(), timeout=5,
-                     what=f"{process.pidfile} to be removed")
+        if isinstance(process, Daemon):
+            pidfile = process.pidfile
+            wait_for(lambda: not pidfile.exists(), timeout=5, what=f"{pidfile} to be removed")
         else:
-            assert process.popen is not None
             # After a clean shutdown twistd re-raises the signal that stopped it.
-            self.assertEqual(process.popen.wait(5), -signal.SIGTERM, process.log_text())
+            self.assertEqual(process.returncode, -signal.SIGTERM, process.log_text())
         self.assertIn("Server Shut Down.", process.log_text())
 
 
@@ -191,39 +133,25 @@ class ScrapeThroughProcessesTests(IntegrationTestCase):
     def test_bytes_through_proxy_equal_exporter_bytes(self) -> None:
         """Plain, gzip, chunked, large and error pages arrive as the exporter sent them."""
         exporter = self.start_exporter()
-        _, proxy = self.start_proxy()
+        proxy = self.processes.proxy()
         self.start_client(proxy, exporter)
         for path in PAGES:
             headers = prometheus_headers(10.0)
-            proxied = scrape_via_proxy(proxy, self.url(exporter, path), headers=headers)
+            proxied = scrape_via_proxy(proxy.port, self.url(exporter, path), headers=headers)
             direct = self.direct(exporter, path, headers)
-            with self.subTest_(path):
-                self.assert_same_response(proxied, direct)
-        proxied = scrape_via_proxy(proxy, self.url(exporter, "/gzipped"))
+            self.assert_same_response(proxied, direct, path)
+        proxied = scrape_via_proxy(proxy.port, self.url(exporter, "/gzipped"))
         self.assertEqual(proxied.header(b"content-encoding"), b"gzip")
         self.assertEqual(proxied.body, GZIPPED)
         self.assertEqual(gzip.decompress(proxied.body), METRICS * 20)
-        self.assertEqual(scrape_via_proxy(proxy, self.url(exporter, "/big")).body, BIG)
-
-    def subTest_(self, label: str) -> Any:
-        """Label an assertion failure with ``label`` (trial has no subTest)."""
-        case = self
-
-        class Label:
-            def __enter__(self) -> None:
-                return None
-
-            def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
-                if isinstance(error, case.failureException):
-                    raise case.failureException(f"{label}: {error}") from error
-
-        return Label()
+        self.assertEqual(scrape_via_proxy(proxy.port, self.url(exporter, "/big")).body, BIG)
 
     def test_unknown_fqdn_gets_404_at_once(self) -> None:
         """A scrape of an FQDN no client polls for fails with 404 long before its timeout."""
-        _, proxy = self.start_proxy()
+        proxy = self.processes.proxy()
         started = time.monotonic()
-        response = scrape_via_proxy(proxy, "http://nobody.example:9100/metrics", timeout=10.0)
+        response = scrape_via_proxy(proxy.port, "http://nobody.example:9100/metrics",
+                                    timeout=10.0)
         elapsed = time.monotonic() - started
         self.assertEqual(response.status, 404, response.text)
         self.assertIn("nobody.example", response.text)
@@ -232,12 +160,12 @@ class ScrapeThroughProcessesTests(IntegrationTestCase):
     def test_proxy_and_client_from_the_same_directory(self) -> None:
         """With -n --pidfile= both programs start from one directory and work."""
         exporter = self.start_exporter()
-        shared = self.directory("shared")
-        _, proxy = self.start_proxy(cwd=shared)
+        shared = self.processes.directory("shared")
+        proxy = self.processes.proxy(cwd=shared)
         client = self.start_client(proxy, exporter, cwd=shared)
-        response = scrape_via_proxy(proxy, self.url(exporter, "/metrics"))
+        response = scrape_via_proxy(proxy.port, self.url(exporter, "/metrics"))
         self.assertEqual((response.status, response.body), (200, METRICS))
-        self.assertTrue(client.alive())
+        self.assertTrue(client.process.alive)
         self.assertEqual(sorted(p.name for p in shared.iterdir()),
                          ["client.log", "proxy.log"])
 
@@ -248,31 +176,36 @@ class DaemonTests(IntegrationTestCase):
     def test_daemons_work_and_stop_on_sigterm(self) -> None:
         """Daemonized proxy and client relay scrapes; SIGTERM stops them and removes pidfiles."""
         exporter = self.start_exporter()
-        proxy_process, proxy = self.start_proxy(daemon=True)
+        proxy = self.processes.proxy(daemon=True)
         client = self.start_client(proxy, exporter, daemon=True)
-        for process in (proxy_process, client):
-            assert process.pidfile is not None and process.popen is not None
-            self.assertNotEqual(process.pid, process.popen.pid)  # it really detached
-            self.assertTrue(process.log_path.exists())
-        response = scrape_via_proxy(proxy, self.url(exporter, "/metrics"))
+        daemons = (proxy.process, client.process)
+        for daemon in daemons:
+            assert isinstance(daemon, Daemon), daemon
+            self.assertNotEqual(daemon.pid, daemon.launcher.pid)  # it really detached
+            self.assertTrue(daemon.log_path.exists())
+        response = scrape_via_proxy(proxy.port, self.url(exporter, "/metrics"))
         self.assertEqual((response.status, response.body), (200, METRICS))
-        self.stop_and_check(client)
-        self.stop_and_check(proxy_process)
-        self.assertFalse(port_open(proxy))
+        for daemon in reversed(daemons):
+            self.stop_and_check(daemon)
+        self.assertFalse(port_open(proxy.port))
 
 
 class UpstreamGoClientTests(IntegrationTestCase):
     """Recorded requests of the upstream Go client work against the proxy process."""
 
-    def poll_and_scrape(self, proxy: int) -> tuple[RawConnection, RawConnection, bytes]:
-        """Poll as the Go client, scrape as Prometheus; returns both and the handed-out Id."""
-        host = b"127.0.0.1:%d" % proxy
-        poller = RawConnection(proxy)
+    def push_recorded(self, recording: str) -> tuple[bytes, HTTPResponse]:
+        """
+        Poll as the Go client, scrape as Prometheus, push the recorded ``recording`` with
+        the Id handed out; returns the recording and what the scraper got.
+        """
+        proxy = self.processes.proxy()
+        host = b"127.0.0.1:%d" % proxy.port
+        poller = RawConnection(proxy.port)
         self.addCleanup(poller.close)
         poller.send(replace_host_and_id((DATA / "go-client-poll-request.bin").read_bytes(),
                                         host))
         self.wait_registered(proxy, "localhost")
-        scraper = RawConnection(proxy)
+        scraper = RawConnection(proxy.port)
         self.addCleanup(scraper.close)
         scraper.send(http_request_bytes("GET", "http://localhost:9100/metrics?foo=bar",
                                         prometheus_headers(10.0)))
@@ -282,17 +215,15 @@ class UpstreamGoClientTests(IntegrationTestCase):
         self.assertEqual(request_line, b"GET http://localhost:9100/metrics?foo=bar HTTP/1.1")
         match = re.search(rb"(?m)^Id: ([0-9a-f-]+)\r$", answer.body)
         assert match is not None, answer.body
-        return poller, scraper, match.group(1)
+        recorded = (DATA / recording).read_bytes()
+        poller.send(replace_host_and_id(recorded, host, match.group(1)))
+        pushed = poller.read_response(timeout=10)
+        self.assertEqual((pushed.status, pushed.body), (200, b""))
+        return recorded, scraper.read_response(timeout=10)
 
     def test_recorded_poll_and_push(self) -> None:
         """The scraper gets the body the Go client pushed, with the target's headers."""
-        _, proxy = self.start_proxy()
-        poller, scraper, scrape_id = self.poll_and_scrape(proxy)
-        recorded = (DATA / "go-client-push-request.bin").read_bytes()
-        poller.send(replace_host_and_id(recorded, b"127.0.0.1:%d" % proxy, scrape_id))
-        pushed = poller.read_response(timeout=10)
-        self.assertEqual((pushed.status, pushed.body), (200, b""))
-        response = scraper.read_response(timeout=10)
+        recorded, response = self.push_recorded("go-client-push-request.bin")
         inner = recorded.split(b"\r\n\r\n", 2)[2]
         self.assertEqual(len(inner), 1000)
         self.assertEqual((response.status, response.body), (200, inner))
@@ -304,13 +235,7 @@ class UpstreamGoClientTests(IntegrationTestCase):
 
     def test_recorded_error_push_gives_500(self) -> None:
         """The Go client's synthesized HTTP/0.0 500 reaches the scraper as a 500."""
-        _, proxy = self.start_proxy()
-        poller, scraper, scrape_id = self.poll_and_scrape(proxy)
-        recorded = (DATA / "go-client-push-error.bin").read_bytes()
-        poller.send(replace_host_and_id(recorded, b"127.0.0.1:%d" % proxy, scrape_id))
-        pushed = poller.read_response(timeout=10)
-        self.assertEqual((pushed.status, pushed.body), (200, b""))
-        response = scraper.read_response(timeout=10)
+        recorded, response = self.push_recorded("go-client-push-error.bin")
         self.assertEqual(response.status, 500, response.text)
         self.assertEqual(response.body, recorded.split(b"\r\n\r\n", 2)[2])
         self.assertTrue(response.body.startswith(
@@ -322,33 +247,28 @@ class ProxyShutdownTests(IntegrationTestCase):
 
     def test_sigterm_answers_pending_scrapes_with_503(self) -> None:
         """A scrape handed to a client and one still queued both get 503 when the proxy stops."""
-        proxy_process, proxy = self.start_proxy()
-        poller = RawConnection(proxy)
+        proxy = self.processes.proxy()
+        poller = RawConnection(proxy.port)
         self.addCleanup(poller.close)
         poller.send(http_request_bytes("POST", "/poll", [("Content-Type", "")],
                                        b"pending.test"))
         self.wait_registered(proxy, "pending.test")
-        sent = RawConnection(proxy)
-        self.addCleanup(sent.close)
-        sent.send(http_request_bytes("GET", "http://pending.test:9100/metrics",
-                                     prometheus_headers(60.0)))
+
+        def scrape() -> RawConnection:
+            connection = RawConnection(proxy.port)
+            self.addCleanup(connection.close)
+            connection.send(http_request_bytes("GET", "http://pending.test:9100/metrics",
+                                               prometheus_headers(60.0)))
+            return connection
+
+        handed_out = scrape()
         self.assertEqual(poller.read_response(timeout=10).status, 200)
-        queued = RawConnection(proxy)
-        self.addCleanup(queued.close)
-        queued.send(http_request_bytes("GET", "http://pending.test:9100/metrics",
-                                       prometheus_headers(60.0)))
-        self.wait_metric(proxy, "pushprox_scrapes_queued", 1.0)
-        proxy_process.signal(signal.SIGTERM)
-        for connection in (sent, queued):
+        queued = scrape()
+        wait_for(lambda: proxy.metric("pushprox_scrapes_queued") == 1.0, timeout=10,
+                 what="pushprox_scrapes_queued to be 1", watch=[proxy.process])
+        proxy.process.send_signal(signal.SIGTERM)
+        for label, connection in (("handed out", handed_out), ("queued", queued)):
             response = connection.read_response(timeout=10)
-            self.assertEqual(response.status, 503, response.text)
-            self.assertIn("shutting down", response.text)
-        self.stop_and_check(proxy_process, signalled=True)
-
-    def wait_metric(self, proxy: int, name: str, value: float) -> None:
-        def reached() -> bool:
-            text = raw_http(proxy, http_request_bytes("GET", "/metrics")).text
-            match = re.search(rf"(?m)^{name} (\S+)$", text)
-            return match is not None and float(match.group(1)) == value
-
-        wait_for(reached, timeout=10, what=f"{name} to be {value}")
+            self.assertEqual(response.status, 503, f"{label}: {response.text}")
+            self.assertIn("shutting down", response.text, label)
+        self.stop_and_check(proxy.process, signalled=True)

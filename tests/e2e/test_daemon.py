@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
-from .conftest import Proxy, Stack
-from .harness import Daemon, free_port, pid_alive, proxied_job, wait_until
+from tests.harness.processes import Daemon, pid_alive
+from tests.harness.prometheus import proxied_job
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -18,21 +21,11 @@ def test_daemonized_proxy_and_client_serve_scrapes_log_them_and_stop_by_pidfile(
 ) -> None:
     """Prometheus scrapes through daemons; their logs hold the scrapes; SIGTERM removes pidfiles."""
     exporter = stack.exporter("alpha")
-    port = free_port()
-    proxy_daemon = stack.daemon(
-        "proxy",
-        ["pushprox-proxy", "--port", f"tcp:{port}:interface=127.0.0.1", "--log-scrapes"],
-    )
-    proxy = Proxy(port, proxy_daemon)
-    proxy.wait_ready()
-    client_daemon = stack.daemon(
-        "client",
-        [
-            "pushprox-client",
-            *stack.client_args(proxy, "node1.example", [exporter.port]),
-            "--log-scrapes",
-        ],
-    )
+    proxy = stack.proxy(daemon=True, extra=["--log-scrapes"])
+    client = stack.client(proxy, "node1.example", [exporter.port], name="client",
+                          daemon=True, extra=["--log-scrapes"])
+    proxy_daemon, client_daemon = proxy.process, client.process
+    assert isinstance(proxy_daemon, Daemon) and isinstance(client_daemon, Daemon)
     instance = f"node1.example:{exporter.port}"
     prometheus = stack.prometheus([proxied_job("daemons", [instance], proxy.port)])
 
@@ -42,17 +35,12 @@ def test_daemonized_proxy_and_client_serve_scrapes_log_them_and_stop_by_pidfile(
         # Daemonized: a process of its own, not the launcher we started.
         assert daemon.pid != daemon.launcher.pid
         assert daemon.launcher.returncode == 0
-    wait_until(
-        lambda: instance in client_daemon.log_text(),
-        10,
-        what=f"a scrape of {instance} in {client_daemon.log_path}",
-    )
-    wait_until(
-        lambda: instance in proxy_daemon.log_text(),
-        10,
-        what=f"a scrape of {instance} in {proxy_daemon.log_path}",
-    )
 
+    def logged(daemon: Daemon) -> Callable[[], bool]:
+        return lambda: instance in daemon.log_text()
+
+    for daemon in (client_daemon, proxy_daemon):
+        wait_for(logged(daemon), timeout=10, what=f"a scrape of {instance} in {daemon.log_path}")
     for daemon in (client_daemon, proxy_daemon):
         stop_by_pidfile(daemon)
 
@@ -62,5 +50,5 @@ def stop_by_pidfile(daemon: Daemon) -> None:
     pid = daemon.read_pidfile()
     assert pid is not None and pid == daemon.pid, (pid, daemon.pid)
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not pid_alive(pid), 15, what=f"{daemon.name} (pid {pid}) gone")
-    wait_until(lambda: not daemon.pidfile.exists(), 5, what=f"{daemon.pidfile} removed")
+    wait_for(lambda: not pid_alive(pid), timeout=15, what=f"{daemon.name} (pid {pid}) gone")
+    wait_for(lambda: not daemon.pidfile.exists(), timeout=5, what=f"{daemon.pidfile} removed")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Stack
-from .harness import direct_job, wait_until
+from tests.harness.prometheus import direct_job
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,11 +56,11 @@ def test_prometheus_discovers_and_scrapes_every_registered_client(stack: Stack) 
         for s in prometheus.query('e2e_exporter_info{job="discovered"}')
     }
     assert hosts == {instance: instance for instance in instances}
-    wait_until(
+    wait_for(
         lambda: (
             prometheus.by_instance('pushprox_proxy_clients{job="pushprox"}')
             == {f"127.0.0.1:{proxy.port}": 4.0}
         ),
-        10,
+        timeout=10,
         what="the proxy's own pushprox_proxy_clients 4, scraped by Prometheus",
     )

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from .conftest import Stack
-from .harness import proxied_job, proxy_form_get, wait_until
+from tests.harness.prometheus import proxied_job
+from tests.harness.rawhttp import scrape_via_proxy
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +40,11 @@ def test_fqdn_without_client_fails_fast_with_404(stack: Stack) -> None:
 
     # What a person sees asking the proxy directly: a 404 that says why, at once.
     started = time.monotonic()
-    answer = proxy_form_get(
-        proxy.port,
-        f"http://{unknown}/metrics",
-        headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"},
-    )
+    answer = scrape_via_proxy(proxy.port, f"http://{unknown}/metrics", timeout=5)
     elapsed = time.monotonic() - started
     assert answer.status == 404, answer
     assert elapsed < 1, elapsed
-    assert answer.headers.get("Content-Type", "").startswith("text/plain"), answer.headers
+    assert (answer.header(b"content-type") or b"").startswith(b"text/plain"), answer.headers
     assert answer.text.strip(), answer
 
 
@@ -113,9 +111,9 @@ def test_target_slower_than_the_scrape_timeout(stack: Stack) -> None:
     assert fast_target["lastScrapeDuration"] < 0.5, fast_target
 
     prometheus.process.stop()
-    wait_until(
+    wait_for(
         lambda: proxy.metric("pushprox_scrapes_in_flight") == 0,
-        10,
+        timeout=10,
         what="pushprox_scrapes_in_flight 0 once Prometheus stopped scraping",
         watch=[proxy.process],
     )

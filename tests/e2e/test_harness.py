@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Stack
-from .harness import direct_job, http_get, metric_names_in_exposition
+from tests.harness.prometheus import direct_job, metric_names_in_exposition
+from tests.harness.rawhttp import http_get
+from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 
-def test_prometheus_scrapes_the_test_targets_directly(stack: Stack) -> None:
+def test_prometheus_scrapes_the_test_targets_directly(plain_stack: Stack) -> None:
     """node_exporter, the test exporter over HTTP and over HTTPS (test CA) are all up."""
-    tls = stack.tls_files(["node1.example", "localhost", "127.0.0.1"])
+    stack = plain_stack
+    ca = stack.certificate_authority()
+    tls = ca.issue("server", ["node1.example", "localhost", "127.0.0.1"], client=False)
     node = stack.node_exporter()
     plain = stack.exporter("plain")
     secure = stack.exporter("secure", tls=tls)
@@ -28,7 +31,7 @@ def test_prometheus_scrapes_the_test_targets_directly(stack: Stack) -> None:
                 "secure",
                 [f"127.0.0.1:{secure.port}"],
                 scheme="https",
-                tls_config={"ca_file": str(tls.ca_cert), "server_name": "node1.example"},
+                tls_config={"ca_file": ca.cert_path, "server_name": "node1.example"},
             ),
         ]
     )

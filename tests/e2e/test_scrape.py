@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Stack
-from .harness import direct_job, http_get, metric_names_in_exposition, proxied_job, wait_until
+from tests.harness.prometheus import direct_job, metric_names_in_exposition, proxied_job
+from tests.harness.rawhttp import http_get
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +49,7 @@ def test_node_exporter_through_the_proxy_matches_a_direct_scrape(stack: Stack) -
         )
         return True
 
-    wait_until(same_names, 10, what="the same metric names directly and through the proxy")
+    wait_for(same_names, timeout=10, what="the same metric names directly and through the proxy")
     names = prometheus.metric_names("proxied") - SYNTHETIC
     exposed = metric_names_in_exposition(http_get(f"http://127.0.0.1:{node.port}/metrics").text)
     assert len(names) > 100, sorted(names)
@@ -81,17 +83,18 @@ def test_several_clients_and_exporters_are_never_mixed_up(stack: Stack) -> None:
         assert seen == {(instance, name, instance) for instance, name in expected.items()}, seen
         return True
 
-    wait_until(answered_by_the_right_exporter, 10, what="each exporter under its own instance")
+    wait_for(answered_by_the_right_exporter, timeout=10,
+             what="each exporter under its own instance")
     # Several rounds of scrapes later, still only the right pairs (no late mix-up).
     requests = prometheus.by_instance('e2e_exporter_requests_total{job="multi"}')
-    wait_until(
+    wait_for(
         lambda: all(
             value >= requests[instance] + 3
             for instance, value in prometheus.by_instance(
                 'e2e_exporter_requests_total{job="multi"}'
             ).items()
         ),
-        15,
+        timeout=15,
         what="three more scrapes of every exporter",
     )
     answered_by_the_right_exporter()
@@ -100,11 +103,12 @@ def test_several_clients_and_exporters_are_never_mixed_up(stack: Stack) -> None:
 
 def test_https_target_through_the_client(stack: Stack) -> None:
     """`params: {_scheme: [https]}` makes the client scrape over TLS, trusting the given CA."""
-    tls = stack.tls_files(["node1.example", "localhost", "127.0.0.1"])
+    ca = stack.certificate_authority()
+    tls = ca.issue("server", ["node1.example", "localhost", "127.0.0.1"], client=False)
     secure = stack.exporter("secure", tls=tls)
     proxy = stack.proxy()
     stack.client(
-        proxy, "node1.example", [secure.port], extra=["--target-tls-cacert", str(tls.ca_cert)]
+        proxy, "node1.example", [secure.port], extra=["--target-tls-cacert", ca.cert_path]
     )
     instance = f"node1.example:{secure.port}"
     prometheus = stack.prometheus(

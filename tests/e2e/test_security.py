@@ -13,10 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +22,10 @@ from typing import Any
 import bcrypt
 import pytest
 
-from ..tlsfixtures import CertificateAuthority
-from .conftest import STARTUP_TIMEOUT, Stack
-from .harness import TWISTD, HTTPResult, Process, free_port, wait_until
+from tests.harness.processes import Daemon, Process
+from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
+from tests.harness.waiting import wait_for
+from tests.tlsfixtures import CertificateAuthority
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +43,10 @@ class PKI:
     directory: Path
     server_ca: CertificateAuthority = field(init=False)
     client_ca: CertificateAuthority = field(init=False)
-    server_cert: str = field(init=False)
-    server_key: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.server_ca = CertificateAuthority(str(self.directory), "proxy-ca")
         self.client_ca = CertificateAuthority(str(self.directory), "clients-ca")
-        server = self.server_ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
-        self.server_cert, self.server_key = server.cert, server.key
 
     def client_cert(self, name: str) -> tuple[str, str]:
         """A client certificate (and key) naming ``name``, signed by the client CA."""
@@ -60,111 +54,66 @@ class PKI:
         return issued.cert, issued.key
 
 
-@dataclass
-class TLSProxy:
-    """A running ``twistd pushprox-proxy`` on an ``ssl:`` listener with ``--scrape-auth``."""
-
-    port: int
-    process: Process
-    ca_file: str
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"https://127.0.0.1:{self.port}"
-
-    def get(self, path: str, *, password: str | None = PASSWORD) -> HTTPResult:
-        """GET over TLS (the proxy's CA trusted), with basic auth as the scraper unless None."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
-        request = urllib.request.Request(self.url + path)
-        if password is not None:
-            token = base64.b64encode(f"{SCRAPER}:{password}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with opener.open(request, timeout=5) as response:
-                return HTTPResult(response.status, dict(response.headers), response.read())
-        except urllib.error.HTTPError as error:
-            try:
-                return HTTPResult(error.code, dict(error.headers), error.read())
-            finally:
-                error.close()
-
-    def clients(self) -> set[str]:
-        """FQDNs listed by /clients (read over TLS with the scraper's password)."""
-        result = self.get("/clients")
-        assert result.status == 200, result
-        return {target for group in result.json() for target in group["targets"]}
+def basic_auth(password: str) -> list[tuple[str, str]]:
+    """The Authorization header of the scraper with ``password``."""
+    token = base64.b64encode(f"{SCRAPER}:{password}".encode()).decode()
+    return [("Authorization", f"Basic {token}")]
 
 
-def start_tls_proxy(stack: Stack, pki: PKI, extra: Sequence[str]) -> TLSProxy:
+def start_tls_proxy(stack: Stack, pki: PKI, extra: Sequence[str]) -> Proxy:
     """A proxy on ssl:PORT with the PKI's server certificate, --scrape-auth and ``extra``."""
     htpasswd = stack.directory("auth") / "scrapers.htpasswd"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{SCRAPER}:{hashed}\n")
-    port = free_port()
-    keys = f"privateKey={pki.server_key}:certKey={pki.server_cert}"
-    listen = f"ssl:{port}:{keys}:interface=127.0.0.1"
-    argv = [
-        str(TWISTD), "--pidfile=", "-n", "pushprox-proxy",
-        "--listen", listen, "--scrape-auth", str(htpasswd), *extra,
-    ]  # fmt: skip
-    proxy = TLSProxy(port, stack.start("proxy", argv), pki.server_ca.cert_path)
-    wait_until(
-        lambda: proxy.get("/-/healthy").status == 200,
-        STARTUP_TIMEOUT,
-        what=f"TLS proxy /-/healthy on port {port}",
-        watch=[proxy.process],
+    proxy = stack.proxy(
+        extra=["--scrape-auth", str(htpasswd), *extra],
+        certificate=pki.server_ca.issue("proxy", ["127.0.0.1", "localhost"], client=False),
+        trust=pki.server_ca.cert_path,
+        headers=basic_auth(PASSWORD),
     )
     # The scraper's password is wanted for /clients too, and checked.
-    assert proxy.get("/clients", password=None).status == 401
-    assert proxy.get("/clients", password="wrong").status == 401
+    for headers in ([], basic_auth("wrong")):
+        assert proxy.get("/clients", headers=headers).status == 401, headers
     return proxy
 
 
 def start_client(
     stack: Stack,
     name: str,
-    proxy: TLSProxy,
+    proxy: Proxy,
     fqdn: str,
     port: int,
     *,
     proxy_url: str | None = None,
     extra: Sequence[str] = (),
-) -> Process:
+) -> Process | Daemon:
     """``twistd pushprox-client`` polling ``proxy`` over TLS as ``fqdn``, allowed ``port``."""
-    argv = [
-        str(TWISTD), "--pidfile=", "-n", "pushprox-client",
-        "--proxy-url", proxy_url or proxy.url + "/",
-        "--tls-cacert", proxy.ca_file,
-        "--fqdn", fqdn,
-        "--target-host", "127.0.0.1",
-        "--allow-port", str(port),
-        "--metrics-listen", "",
-        "--retry-initial-wait", "0.5",
-        "--retry-max-wait", "1",
-        *extra,
-    ]  # fmt: skip
-    return stack.start(name, argv)
+    assert proxy.ca_file is not None
+    client = stack.client(
+        proxy, fqdn, [port], name=name, proxy_url=proxy_url, wait=False,
+        extra=["--tls-cacert", proxy.ca_file, *extra],
+    )  # fmt: skip
+    return client.process
 
 
 def mtls_args(pki: PKI, cert_name: str) -> list[str]:
+    """The client options presenting a certificate for ``cert_name``."""
     cert, key = pki.client_cert(cert_name)
     return ["--tls-cert", cert, "--tls-key", key]
 
 
-def wait_registered(proxy: TLSProxy, fqdns: set[str], clients: Sequence[Process]) -> None:
-    wait_until(
+def wait_registered(proxy: Proxy, fqdns: set[str], clients: Sequence[Process | Daemon]) -> None:
+    """Wait until the proxy lists exactly ``fqdns``."""
+    wait_for(
         lambda: proxy.clients() == fqdns,
-        STARTUP_TIMEOUT,
+        timeout=STARTUP_TIMEOUT,
         what=f"exactly {sorted(fqdns)} in the proxy's /clients",
         watch=[proxy.process, *clients],
     )
 
 
 def tls_proxy_job(
-    name: str, targets: Sequence[str], proxy: TLSProxy, *, password: str = PASSWORD
+    name: str, targets: Sequence[str], proxy: Proxy, *, password: str = PASSWORD
 ) -> dict[str, Any]:
     """The Prometheus job of the README: credentials in proxy_url, the proxy's CA in tls_config."""
     quoted = urllib.parse.quote(password, safe="")
@@ -176,19 +125,31 @@ def tls_proxy_job(
     }
 
 
-def log_lines(process: Process, pattern: str) -> list[str]:
+def log_lines(process: Process | Daemon, pattern: str) -> list[str]:
+    """The lines of the program's log that match ``pattern``."""
     return [line for line in process.log_text().splitlines() if re.search(pattern, line)]
 
 
-def own_log(process: Process) -> str:
+def wait_logged(process: Process | Daemon, pattern: str, *, what: str, count: int = 1,
+                watch: Sequence[Process | Daemon] = ()) -> list[str]:
+    """Wait until ``count`` lines of the program's log match ``pattern``; return them."""
+
+    def matching() -> list[str] | None:
+        lines = log_lines(process, pattern)
+        return lines if len(lines) >= count else None
+
+    return wait_for(matching, timeout=STARTUP_TIMEOUT, what=what, watch=[process, *watch])
+
+
+def own_log(process: Process | Daemon) -> str:
     """What the program logged, without the harness' ``=== start: ARGV`` lines."""
     return "\n".join(
         line for line in process.log_text().splitlines() if not line.startswith("=== ")
     )
 
 
-def test_prometheus_scrapes_through_a_tls_proxy_with_its_password(stack: Stack) -> None:
-    """Right password in proxy_url, proxy CA in tls_config, mTLS client: up 1, real series."""
+def mtls_client_of_tls_proxy(stack: Stack) -> tuple[Proxy, Process | Daemon, str]:
+    """A TLS proxy wanting client certificates, node1.example's client and its instance."""
     pki = PKI(stack.directory("pki"))
     exporter = stack.exporter("alpha")
     proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
@@ -197,7 +158,12 @@ def test_prometheus_scrapes_through_a_tls_proxy_with_its_password(stack: Stack) 
         extra=mtls_args(pki, "node1.example"),
     )  # fmt: skip
     wait_registered(proxy, {"node1.example"}, [client])
-    instance = f"node1.example:{exporter.port}"
+    return proxy, client, f"node1.example:{exporter.port}"
+
+
+def test_prometheus_scrapes_through_a_tls_proxy_with_its_password(stack: Stack) -> None:
+    """Right password in proxy_url, proxy CA in tls_config, mTLS client: up 1, real series."""
+    proxy, client, instance = mtls_client_of_tls_proxy(stack)
     prometheus = stack.prometheus([tls_proxy_job("secure", [instance], proxy)])
 
     prometheus.wait_up("secure", [instance])
@@ -213,15 +179,7 @@ def test_prometheus_scrapes_through_a_tls_proxy_with_its_password(stack: Stack) 
 
 def test_wrong_password_in_proxy_url_is_down_with_407(stack: Stack) -> None:
     """A wrong password in proxy_url: up 0 with 407, while the right one beside it is up."""
-    pki = PKI(stack.directory("pki"))
-    exporter = stack.exporter("alpha")
-    proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
-    client = start_client(
-        stack, "client-node1", proxy, "node1.example", exporter.port,
-        extra=mtls_args(pki, "node1.example"),
-    )  # fmt: skip
-    wait_registered(proxy, {"node1.example"}, [client])
-    instance = f"node1.example:{exporter.port}"
+    proxy, _, instance = mtls_client_of_tls_proxy(stack)
     without_ca = tls_proxy_job("no-ca", [instance], proxy)
     del without_ca["tls_config"]
     prometheus = stack.prometheus(
@@ -275,21 +233,11 @@ def test_client_certificate_for_another_fqdn_never_registers(stack: Stack) -> No
         extra=mtls_args(pki, "node2.example"),
     )  # fmt: skip
     wait_registered(proxy, {"node2.example"}, [legit, impostor])
-    refused = wait_until(
-        lambda: log_lines(proxy.process, REFUSED_IMPOSTOR),
-        STARTUP_TIMEOUT,
-        what="the proxy refusing node1.example's poll with 403",
-        watch=[proxy.process, impostor],
-    )
+    refused = wait_logged(proxy.process, REFUSED_IMPOSTOR, watch=[impostor],
+                          what="the proxy refusing node1.example's poll with 403")
     assert "node1.example" in refused[0], refused
-    wait_until(
-        lambda: log_lines(
-            impostor, r"poll answered 403: the client certificate does not name node1\.example"
-        ),
-        STARTUP_TIMEOUT,
-        what="the impostor logging the 403",
-        watch=[impostor],
-    )
+    wait_logged(impostor, r"poll answered 403: the client certificate does not name node1\.example",
+                what="the impostor logging the 403")
 
     impostor_target = f"node1.example:{alpha.port}"
     legit_target = f"node2.example:{beta.port}"
@@ -298,12 +246,8 @@ def test_client_certificate_for_another_fqdn_never_registers(stack: Stack) -> No
     target = prometheus.wait_health("nat", impostor_target, "down")
     assert "404" in target["lastError"], target
     # Several rounds later, still refused and never registered.
-    wait_until(
-        lambda: len(log_lines(proxy.process, REFUSED_IMPOSTOR)) >= 3,
-        STARTUP_TIMEOUT,
-        what="three refused polls",
-        watch=[proxy.process, impostor],
-    )
+    wait_logged(proxy.process, REFUSED_IMPOSTOR, count=3, watch=[impostor],
+                what="three refused polls")
     assert proxy.clients() == {"node2.example"}
     assert log_lines(impostor, r"Scraped ") == []
     prometheus.wait_up("nat", {impostor_target: 0, legit_target: 1}, timeout=1)
@@ -326,14 +270,8 @@ def test_client_token_in_an_upstream_style_proxy_url(stack: Stack) -> None:
         proxy_url=f"https://node2.example:{token}@127.0.0.1:{proxy.port}/",
     )  # fmt: skip
     wait_registered(proxy, {"node1.example"}, [client, intruder])
-    wait_until(
-        lambda: log_lines(
-            intruder, r"poll answered 403: this token is not allowed to poll as node2\.example"
-        ),
-        STARTUP_TIMEOUT,
-        what="the intruder's poll refused",
-        watch=[intruder],
-    )
+    wait_logged(intruder, r"poll answered 403: this token is not allowed to poll as node2\.example",
+                what="the intruder's poll refused")
 
     instance = f"node1.example:{alpha.port}"
     prometheus = stack.prometheus([tls_proxy_job("tokens", [instance], proxy)])
