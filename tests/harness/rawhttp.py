@@ -80,29 +80,21 @@ def parse_response(data: bytes, *, at_eof: bool = False, head_only: bool = False
     Content-Length or chunking runs to the end of the connection (``at_eof``).  A
     malformed message raises ``wire.WireError``.
     """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
+    split = wire.split_head(data)
+    if split is None:
         raise IncompleteMessage()
-    head = wire.decode_response_head(data[:end] + b"\r\n" + _PLACEHOLDER_ID)
-    rest = data[end + 4:]
+    head_bytes, rest = split
+    head = wire.decode_response_head(head_bytes + b"\r\n" + _PLACEHOLDER_ID)
     chunked = False
     if head_only or head.status in (204, 304) or 100 <= head.status < 200:
         body = b""
-    elif head.framing is wire.BodyFraming.CHUNKED:
-        decoder = wire.ChunkedDecoder()
-        body = b"".join(decoder.feed(rest))
-        if not decoder.finished:
-            raise IncompleteMessage()
-        chunked = True
-    elif head.framing is wire.BodyFraming.LENGTH:
-        assert head.length is not None
-        if len(rest) < head.length:
-            raise IncompleteMessage()
-        body = rest[:head.length]
-    elif at_eof:
-        body = rest
     else:
-        raise IncompleteMessage()
+        chunked = head.framing is wire.BodyFraming.CHUNKED
+        reader = wire.BodyReader(head)
+        body = b"".join(reader.feed(rest))
+        if reader.missing() is not None or (head.framing is wire.BodyFraming.TO_END
+                                            and not at_eof):
+            raise IncompleteMessage()
     return HTTPResponse(head.status, head.reason, head.headers[:-1], body, chunked)
 
 
