@@ -11,6 +11,9 @@ connection are C{twisted.test.iosim} C{FakeTransport}s; bytes move between them,
 timers fire, only inside L{MemoryNetwork.flush} and L{MemoryNetwork.advance}.  TLS is
 real (pyOpenSSL in memory): C{listenSSL} wraps the server side in a
 C{TLSMemoryBIOFactory}, and L{MemoryNetwork.endpoint} the client side.
+
+Flow control is not played: a C{FakeTransport} ignores C{pauseProducing}, so every
+byte written arrives (the proxy's flow-control tests drive it on C{StringTransport}).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -325,7 +328,7 @@ class _TLSEndpoints:
 
 
 def client_agents(network: MemoryNetwork, *, proxy_policy: IPolicyForHTTPS | None = None
-                  ) -> tuple[IAgent, IAgent, list[Any]]:
+                  ) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
     """
     The client's agents and pools as C{make_agents} builds them, on ``network``.
 
