@@ -1,24 +1,22 @@
 """
 Tests for L{pushprox.client}: the target allow-list, backoff, configuration, and
-L{ClientService} polling a real in-process proxy over real sockets on 127.0.0.1.
+L{ClientService} polling a real in-process proxy and scraping a real target, connected
+by an in-memory network on one clock (no sockets, no waiting).
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
 
 from pushprox import wire
 from pushprox.client import (
@@ -26,22 +24,13 @@ from pushprox.client import (
     ClientConfig,
     ClientService,
     ScrapeRefused,
-    make_agents,
     plan_target,
 )
 from pushprox.coordinator import Coordinator
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import PushProxSite
-from tests.helpers import (
-    DATA,
-    HTTPResponse,
-    free_port,
-    http_request_bytes,
-    prometheus_headers,
-    raw_http_request,
-    track_connections,
-    wait_until,
-)
+from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
+from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents
 
 FQDN = "node1.example"
 
@@ -303,7 +292,13 @@ class ClientConfigTests(SynchronousTestCase):
         self.assertIsNone(config(proxy_url="http://proxy:8080/").proxy_authorization())
 
 
-# -- ClientService against a real proxy --
+# -- ClientService against a real proxy, in memory --
+
+PROXY_PORT = 8080
+FAKE_PROXY_PORT = 8081
+TARGET_PORT = 9100
+#: A port where nothing listens.
+CLOSED_PORT = 9101
 
 METRICS = b"".join(b"node_cpu_seconds_total{cpu=\"%d\",mode=\"idle\"} %d.5\n" % (i, i * 7)
                    for i in range(200))
@@ -316,11 +311,11 @@ class Target(Resource):
 
     isLeaf = True
 
-    def __init__(self, clock: Any, delay: float = 2.0) -> None:
+    def __init__(self, clock: IReactorTime, delay: float = 2.0) -> None:
         super().__init__()
         self.clock = clock
         self.delay = delay
-        self.requests: list[tuple[bytes, list[tuple[bytes, list[bytes]]]]] = []
+        self.requests: list[tuple[bytes, list[tuple[bytes, Sequence[bytes]]]]] = []
         self.slow_pending: set[Deferred[None]] = set()
 
     def render_GET(self, request: Request) -> bytes | int:
@@ -362,7 +357,7 @@ class Target(Resource):
         request.notifyFinish().addErrback(lambda _: later.cancel())
         return NOT_DONE_YET
 
-    def header(self, index: int, name: bytes) -> list[bytes] | None:
+    def header(self, index: int, name: bytes) -> Sequence[bytes] | None:
         """The values of header ``name`` in the ``index``-th request received."""
         for key, values in self.requests[index][1]:
             if key.lower() == name.lower():
@@ -375,7 +370,8 @@ class FakeProxy(Resource):
 
     isLeaf = True
 
-    def __init__(self, clock: Any, code: int, body: bytes, content_type: bytes) -> None:
+    def __init__(self, clock: IReactorTime, code: int, body: bytes,
+                 content_type: bytes) -> None:
         super().__init__()
         self.clock = clock
         self.code = code
@@ -406,7 +402,6 @@ class PushPollProxy(Resource):
         self.urls = {"a": url_a, "b": url_b}
         self.polls = 0
         self.pushes: list[tuple[bytes | None, bytes]] = []
-        self.held: list[Request] = []
 
     def _scrape(self, scrape_id: str) -> bytes:
         return wire.encode_scrape_request(method=b"GET", url=self.urls[scrape_id], headers=[],
@@ -420,7 +415,6 @@ class PushPollProxy(Resource):
             request.setHeader(b"X-PushProx-Extensions", b"poll-timeout, push-poll")
             if self.polls == 1:
                 return self._scrape("a")
-            self.held.append(request)
             return NOT_DONE_YET
         self.pushes.append((request.getHeader(b"x-pushprox-push-poll"), body))
         if len(self.pushes) == 1:
@@ -436,16 +430,19 @@ class SilentProxy(Resource):
 
     def __init__(self) -> None:
         super().__init__()
-        self.polls = 0
-        self.held: list[Request] = []
+        #: The client port of every poll, in order.
+        self.polls: list[int] = []
+        #: The polls (by index) whose connection the client dropped.
+        self.dropped: list[int] = []
 
     def render_POST(self, request: Request) -> bytes | int:
-        self.polls += 1
+        index = len(self.polls)
+        self.polls.append(request.getClientAddress().port)
         request.setHeader(b"X-PushProx-Extensions", b"poll-timeout, push-poll")
-        if self.polls == 1:
+        if index == 0:
             request.setResponseCode(204)
             return b""
-        self.held.append(request)
+        request.notifyFinish().addErrback(lambda _: self.dropped.append(index))
         return NOT_DONE_YET
 
 
@@ -454,133 +451,90 @@ NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r
              b"</center>\r\n</body>\r\n</html>\r\n")
 
 
-@implementer(IReactorTime)
-class TrackingClock:
-    """The reactor's clock, remembering the delayed calls made through it."""
-
-    def __init__(self, clock: Any) -> None:
-        self._clock = clock
-        self._calls: list[IDelayedCall] = []
-
-    def seconds(self) -> float:
-        return float(self._clock.seconds())
-
-    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any
-                  ) -> IDelayedCall:
-        call = self._clock.callLater(delay, f, *args, **kw)
-        self._calls = [c for c in self._calls if c.active()] + [call]
-        return call
-
-    def getDelayedCalls(self) -> list[IDelayedCall]:
-        return self.pending()
-
-    def pending(self) -> list[IDelayedCall]:
-        """The delayed calls made through this clock that have not run yet."""
-        return [call for call in self._calls if call.active()]
+def target_url(path: str, *, port: int = TARGET_PORT) -> str:
+    """The URL Prometheus asks the proxy for."""
+    return f"http://{FQDN}:{port}{path}"
 
 
-class ClientServiceTests(TestCase):
-    """ClientService relays scrapes between a real proxy and a real target on 127.0.0.1."""
-
-    timeout = 20
+class ClientServiceTests(SynchronousTestCase):
+    """
+    ClientService relays scrapes between a real proxy and a real target, connected by
+    an in-memory network on one clock.
+    """
 
     def setUp(self) -> None:
-        self.coordinator = Coordinator(reactor)
-        self.proxy_site = PushProxSite(self.coordinator, clock=reactor)
-        self.proxy_connections = track_connections(self.proxy_site)
-        self.proxy_port = reactor.listenTCP(0, self.proxy_site, interface="127.0.0.1")
-        self.target = Target(reactor)
-        target_site = Site(self.target)
-        target_site.noisy = False
-        self.target_connections = track_connections(target_site)
-        self.target_port = reactor.listenTCP(0, target_site, interface="127.0.0.1")
-        self.addCleanup(self._shut_down)
+        self.network = MemoryNetwork()
+        self.coordinator = Coordinator(self.network)
+        self.network.listenTCP(PROXY_PORT, PushProxSite(self.coordinator, clock=self.network))
+        self.target = Target(self.network)
+        self.network.listenTCP(TARGET_PORT, quiet_site(self.target, self.network))
+        # Added first, so it runs last: after the client has stopped.
+        self.addCleanup(self.assert_nothing_left)
 
-    async def _shut_down(self) -> None:
-        """Runs after the client has stopped: nothing may be left behind."""
-        try:
-            await wait_until(reactor, self.coordinator.is_idle, timeout=5,
-                             what="the proxy's coordinator to be idle")
-            await wait_until(reactor, lambda: not self.target.slow_pending, timeout=5,
-                             what="abandoned slow target requests to be cancelled")
-            await wait_until(
-                reactor, lambda: not (self.proxy_connections or self.target_connections),
-                timeout=5, what="every connection to the proxy and the target to close",
-            )
-        finally:
-            await DeferredList([self.proxy_port.stopListening(),
-                                self.target_port.stopListening()])
+    def assert_nothing_left(self) -> None:
+        """The proxy holds nothing, the target waits for nothing, every connection is closed."""
+        self.network.flush()
+        self.assertTrue(self.coordinator.is_idle())
+        self.assertEqual(self.target.slow_pending, set())
+        self.assertEqual(self.network.open_connections(), [])
 
     # -- helpers --
-
-    def target_url(self, path: str, *, port: int | None = None) -> str:
-        port = self.target_port.getHost().port if port is None else port
-        return f"http://{FQDN}:{port}{path}"
 
     def start_client(
         self, *, rand: Callable[[], float] | None = None, **overrides: Any
     ) -> ClientService:
-        """A running ClientService for FQDN that scrapes the target on 127.0.0.1."""
+        """A running ClientService for FQDN that scrapes the target; its first poll is made."""
         settings: dict[str, Any] = {
-            "proxy_url": f"http://127.0.0.1:{self.proxy_port.getHost().port}/",
+            "proxy_url": f"http://127.0.0.1:{PROXY_PORT}/",
             "fqdn": FQDN,
             "target_host": "127.0.0.1",
-            "allow_ports": frozenset({self.target_port.getHost().port}),
+            "allow_ports": frozenset({TARGET_PORT}),
             "allow_paths": frozenset({"/metrics", "/gzip", "/chunked", "/slow"}),
         }
         settings.update(overrides)
-        proxy_agent, target_agent, pools = make_agents(reactor)
-        for pool in pools:
-            self.addCleanup(pool.closeCachedConnections)
+        proxy_agent, target_agent, pools = client_agents(self.network)
         extra = {} if rand is None else {"rand": rand}
-        self.clock = TrackingClock(reactor)
+        self.clock = TrackingClock(self.network)
         service = ClientService(ClientConfig(**settings), reactor=self.clock,
                                 proxy_agent=proxy_agent, target_agent=target_agent,
                                 metrics=ClientMetrics(), pools=pools, **extra)
         service.startService()
-        self.addCleanup(self._end_leftover_timers, self.clock)
-        self.addCleanup(self._stop, service)
+        self.addCleanup(self.stop, service, self.clock)
+        self.network.flush()
         return service
 
-    async def _stop(self, service: ClientService) -> None:
+    def stop(self, service: ClientService, clock: TrackingClock) -> None:
+        """Stop ``service`` (within its grace period): it leaves no timer behind."""
         if service.running:
-            await service.stopService()
+            stopped = service.stopService()
+            self.network.flush()
+            if not stopped.called:
+                self.network.advance(service.config.shutdown_grace)
+            self.successResultOf(stopped)
+        self.assertEqual(clock.pending(), [])
 
-    async def _end_leftover_timers(self, clock: TrackingClock) -> None:
-        """
-        Work around the backoff timer that stopService leaves behind (the bug shown by
-        test_stop_while_polling_leaves_no_timer): fire it now so that the poll loop ends
-        instead of dirtying the reactor of every test.
-        """
-        for call in clock.pending():
-            call.reset(0)
-        await wait_until(reactor, lambda: not clock.pending(), timeout=2,
-                         what="the client's leftover timers to fire")
+    def registered(self) -> None:
+        """The client holds exactly one poll on the proxy."""
+        self.assertEqual(self.coordinator.waiting_poll_count(), 1)
 
-    async def registered(self) -> None:
-        """Wait until the client holds a poll on the proxy."""
-        await wait_until(reactor, lambda: self.coordinator.waiting_poll_count() >= 1,
-                         timeout=5, what="the client's poll")
-
-    async def scrape(self, url: str, *, timeout: float = 10.0,
-                     headers: list[tuple[str, str]] | None = None) -> HTTPResponse:
-        """GET ``url`` through the proxy as Prometheus does."""
+    def scrape(self, url: str, *, timeout: float = 10.0,
+               headers: list[tuple[str, str]] | None = None) -> Exchange:
+        """GET ``url`` through the proxy as Prometheus does; the network has settled."""
         request = http_request_bytes(
             "GET", url, prometheus_headers(timeout) if headers is None else headers
         )
-        return await raw_http_request(reactor, self.proxy_port.getHost().port, request)
+        return self.network.exchange(PROXY_PORT, request)
 
-    async def direct(self, path: str, headers: list[tuple[str, str]]) -> HTTPResponse:
+    def direct(self, path: str, headers: list[tuple[str, str]]) -> HTTPResponse:
         """GET ``path`` from the target itself, with the Host header the client sends."""
-        port = self.target_port.getHost().port
-        request = http_request_bytes("GET", path, headers, host=f"{FQDN}:{port}")
-        return await raw_http_request(reactor, port, request)
+        request = http_request_bytes("GET", path, headers, host=f"{FQDN}:{TARGET_PORT}")
+        return self.network.exchange(TARGET_PORT, request).response()
 
-    async def assert_relayed_unchanged(self, path: str, headers: list[tuple[str, str]]
-                                       ) -> HTTPResponse:
+    def assert_relayed_unchanged(self, path: str, headers: list[tuple[str, str]]
+                                 ) -> HTTPResponse:
         """Scrape ``path`` through the proxy and directly; they must be the same."""
-        proxied = await self.scrape(self.target_url(path), headers=headers)
-        direct = await self.direct(path, headers)
+        proxied = self.scrape(target_url(path), headers=headers).response()
+        direct = self.direct(path, headers)
         self.assertEqual((proxied.status, proxied.reason), (direct.status, direct.reason))
         self.assertEqual(proxied.body, direct.body)
         self.assertEqual(proxied.chunked, direct.chunked)
@@ -588,215 +542,221 @@ class ClientServiceTests(TestCase):
                          direct.comparable_headers(ignore=[b"date"]))
         return proxied
 
+    def serve_fake_proxy(self, resource: Resource, port: int = FAKE_PROXY_PORT) -> str:
+        """Serve a stand-in proxy on ``port`` until the test ends; its URL."""
+        listening = self.network.listenTCP(port, quiet_site(resource, self.network))
+        self.addCleanup(listening.stopListening)
+        return f"http://127.0.0.1:{port}/"
+
+    def count(self, service: ClientService, name: str) -> float | None:
+        """One of the client's metrics, e.g. pushprox_client_poll_errors_total."""
+        value: float | None = service.metrics.registry.get_sample_value(name)
+        return value
+
     # -- tests --
 
-    async def test_scrape_relays_body_and_headers_unchanged(self) -> None:
+    def test_scrape_relays_body_and_headers_unchanged(self) -> None:
         """The scraper gets the target's status, headers and body byte for byte."""
         self.start_client()
-        await self.registered()
-        proxied = await self.assert_relayed_unchanged("/metrics", prometheus_headers(gzip=False))
+        self.registered()
+        proxied = self.assert_relayed_unchanged("/metrics", prometheus_headers(gzip=False))
+        self.assertEqual(proxied.status, 200)
         self.assertEqual(proxied.body, METRICS)
         self.assertEqual(proxied.header_values(b"x-target"), [b"one", b"two"])
         self.assertEqual(proxied.header(b"content-length"), b"%d" % len(METRICS))
         self.assertIsNone(proxied.header(b"id"))
 
-    async def test_target_request_carries_fqdn_host_and_prometheus_headers(self) -> None:
+    def test_target_request_carries_fqdn_host_and_prometheus_headers(self) -> None:
         """The target sees Host FQDN:port and Prometheus' headers, never the Id."""
         self.start_client()
-        await self.registered()
-        response = await self.scrape(self.target_url("/metrics?x=1&_scheme=http"))
+        self.registered()
+        response = self.scrape(target_url("/metrics?x=1&_scheme=http")).response()
         self.assertEqual(response.status, 200)
         self.assertEqual(len(self.target.requests), 1)
-        port = self.target_port.getHost().port
         self.assertEqual(self.target.requests[0][0], b"/metrics?x=1")
-        self.assertEqual(self.target.header(0, b"host"), [b"%s:%d" % (FQDN.encode(), port)])
+        self.assertEqual(self.target.header(0, b"host"), [b"%s:%d" % (FQDN.encode(), TARGET_PORT)])
         self.assertEqual(self.target.header(0, b"user-agent"), [b"Prometheus/2.53.0"])
         self.assertEqual(self.target.header(0, b"accept-encoding"), [b"gzip"])
         self.assertIsNone(self.target.header(0, b"id"))
 
-    async def test_gzip_body_passes_through_undecoded(self) -> None:
-        """With Accept-Encoding: gzip the compressed body and Content-Encoding pass as is."""
-        self.start_client()
-        await self.registered()
-        proxied = await self.assert_relayed_unchanged("/gzip", prometheus_headers(gzip=True))
-        self.assertEqual(proxied.header(b"content-encoding"), b"gzip")
-        self.assertEqual(proxied.body, GZIPPED)
-        self.assertEqual(gzip.decompress(proxied.body), METRICS)
+    def test_gzip_passes_through_undecoded_only_when_the_scraper_asks(self) -> None:
+        """
+        With Accept-Encoding: gzip the compressed body and Content-Encoding pass as is;
+        without it the client does not ask the target for gzip either.
+        """
+        for accepts_gzip, encoding, body in ((True, b"gzip", GZIPPED), (False, None, METRICS)):
+            with self.subTest(accepts_gzip=accepts_gzip):
+                self.target.requests.clear()
+                service = self.start_client()
+                self.registered()
+                proxied = self.assert_relayed_unchanged(
+                    "/gzip", prometheus_headers(gzip=accepts_gzip))
+                self.assertEqual(proxied.status, 200)
+                self.assertEqual(proxied.header(b"content-encoding"), encoding)
+                self.assertEqual(proxied.body, body)
+                self.assertEqual(self.target.header(0, b"accept-encoding"),
+                                 [b"gzip"] if accepts_gzip else None)
+                self.stop(service, self.clock)
+        self.assertEqual(gzip.decompress(GZIPPED), METRICS)
 
-    async def test_identity_when_scraper_does_not_ask_for_gzip(self) -> None:
-        """Without Accept-Encoding: gzip the client does not ask the target for it either."""
-        self.start_client()
-        await self.registered()
-        proxied = await self.assert_relayed_unchanged("/gzip", prometheus_headers(gzip=False))
-        self.assertIsNone(proxied.header(b"content-encoding"))
-        self.assertEqual(proxied.body, METRICS)
-        self.assertIsNone(self.target.header(0, b"accept-encoding"))
-
-    async def test_chunked_target_response_is_relayed(self) -> None:
+    def test_chunked_target_response_is_relayed(self) -> None:
         """A chunked response without Content-Length arrives whole and chunked."""
         self.start_client()
-        await self.registered()
-        proxied = await self.assert_relayed_unchanged("/chunked", prometheus_headers())
+        self.registered()
+        proxied = self.assert_relayed_unchanged("/chunked", prometheus_headers())
+        self.assertEqual(proxied.status, 200)
         self.assertTrue(proxied.chunked)
         self.assertEqual(proxied.body, b"".join(CHUNKS))
 
-    async def test_refused_connection_gives_502_with_reason(self) -> None:
+    def test_refused_connection_gives_502_with_reason(self) -> None:
         """A target port where nothing listens comes back as 502 naming the refusal."""
-        closed_port = free_port()
-        self.start_client(allow_ports=frozenset({closed_port}))
-        await self.registered()
-        response = await self.scrape(self.target_url("/metrics", port=closed_port))
-        self.assertEqual(response.status, 502, response.text)
-        self.assertIn("the client could not scrape the target", response.text)
-        self.assertIn(f"failed to scrape {self.target_url('/metrics', port=closed_port)}",
-                      response.text)
-        self.assertIn("ConnectionRefusedError", response.text)
+        self.start_client(allow_ports=frozenset({CLOSED_PORT}))
+        self.registered()
+        url = target_url("/metrics", port=CLOSED_PORT)
+        exchange = self.scrape(url)
+        # HostnameEndpoint reports the failure when its next attempt would be due.
+        self.network.advance(0.3)
+        response = exchange.response()
+        self.assertEqual(
+            (response.status, response.text),
+            (502, f"the client could not scrape the target: failed to scrape {url}: "
+                  "ConnectionRefusedError: Connection was refused by other side: 111: "
+                  "Connection refused.\n"))
 
-    async def test_port_outside_allow_list_gives_502_with_reason(self) -> None:
+    def test_port_outside_allow_list_gives_502_with_reason(self) -> None:
         """A port the client may not scrape comes back as 502 saying so; nothing is fetched."""
         self.start_client()
-        await self.registered()
-        response = await self.scrape(self.target_url("/metrics", port=22))
-        self.assertEqual(response.status, 502, response.text)
-        self.assertIn("refused: port 22 is not allowed", response.text)
+        self.registered()
+        url = target_url("/metrics", port=22)
+        response = self.scrape(url).response()
+        self.assertEqual(
+            (response.status, response.text),
+            (502, f"the client could not scrape the target: failed to scrape {url}: "
+                  f"refused: port 22 is not allowed (allowed: {TARGET_PORT}; see "
+                  "--allow-port)\n"))
         self.assertEqual(self.target.requests, [])
 
-    async def test_slow_target_times_out(self) -> None:
-        """A target slower than the scrape timeout gives 502 or 504 saying timeout, in time."""
+    def test_slow_target_times_out(self) -> None:
+        """
+        A target slower than the scrape timeout gives the client's 504 saying timeout,
+        in time: the client gives up at the timeout the proxy handed it (1 s less the
+        proxy's and the client's margins), before the proxy or Prometheus would.
+        """
         self.target.delay = 5.0
         self.start_client()
-        await self.registered()
-        started = reactor.seconds()
-        response = await self.scrape(self.target_url("/slow"), timeout=1.0)
-        elapsed = reactor.seconds() - started
-        self.assertIn(response.status, (502, 504), response.text)
-        self.assertIn("timeout", response.text)
-        self.assertLess(elapsed, 2.5)
+        self.registered()
+        exchange = self.scrape(target_url("/slow"), timeout=1.0)
+        self.network.advance(0.79)
+        self.assertFalse(exchange.answered, exchange.received)
+        self.network.advance(0.01)
+        response = exchange.response()
+        self.assertEqual(
+            (response.status, response.text),
+            (504, "the target did not answer in time: failed to scrape "
+                  f"{target_url('/slow')}: timeout after 0.8s\n"))
 
-    async def test_slow_scrapes_run_concurrently(self) -> None:
+    def test_slow_scrapes_run_concurrently(self) -> None:
         """The client polls again at once, so two slow scrapes take one delay, not two."""
         self.target.delay = 1.5
         self.start_client()
-        await self.registered()
-        started = reactor.seconds()
-        results = await DeferredList(
-            [Deferred.fromCoroutine(self.scrape(self.target_url("/slow"))) for _ in range(2)],
-            consumeErrors=True,
-        )
-        elapsed = reactor.seconds() - started
-        for ok, response in results:
-            self.assertTrue(ok, response)
-            self.assertEqual((response.status, response.body), (200, b"slow 1\n"))
+        self.registered()
+        exchanges = [self.scrape(target_url("/slow")) for _ in range(2)]
         self.assertEqual(len(self.target.requests), 2)
+        self.network.advance(1.49)
+        self.assertEqual([exchange.answered for exchange in exchanges], [False, False])
         # One after the other they would take 3 s.
-        self.assertGreaterEqual(elapsed, 1.5)
-        self.assertLess(elapsed, 2.5)
+        self.network.advance(0.01)
+        for exchange in exchanges:
+            response = exchange.response()
+            self.assertEqual((response.status, response.body), (200, b"slow 1\n"))
 
-    def serve_fake_proxy(self, resource: Resource) -> int:
-        """Serve a stand-in proxy on 127.0.0.1 until the test ends; its port."""
-        site = Site(resource)
-        site.noisy = False
-        connections = track_connections(site)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-
-        async def stop() -> None:
-            await wait_until(reactor, lambda: not connections, timeout=5,
-                             what="connections to the fake proxy to close")
-            await port.stopListening()
-
-        self.addCleanup(stop)
-        return int(port.getHost().port)
-
-    async def _poll_error_page(self, body: bytes, content_type: bytes) -> tuple[
-            FakeProxy, ClientService]:
-        fake = FakeProxy(reactor, 502, body, content_type)
-        port = self.serve_fake_proxy(fake)
-        service = self.start_client(
-            proxy_url=f"http://user:token@127.0.0.1:{port}/prefix",
-            retry_initial_wait=0.2, retry_max_wait=0.5, rand=lambda: 1.0,
-        )
-        await wait_until(reactor, lambda: len(fake.polls) >= 4, timeout=10,
-                         what="four polls of the fake proxy")
-        return fake, service
-
-    async def test_html_502_poll_answer_is_counted_and_retried_with_backoff(self) -> None:
+    def test_error_poll_answers_are_counted_retried_and_never_scraped(self) -> None:
         """
-        A load balancer's HTML 502 page in answer to a poll counts as a poll error and
+        A 502 in answer to a poll (a load balancer's HTML page, or a text body that reads
+        like a scrape request) counts as a poll error, is never taken for a scrape, and
         the poll is retried after 0.2, 0.3, 0.45 s (jitter fixed at its largest).
         """
-        fake, service = await self._poll_error_page(NGINX_502, b"text/html")
-        errors = service.metrics.registry.get_sample_value("pushprox_client_poll_errors_total")
-        self.assertGreaterEqual(errors, 3)
-        self.assertEqual(service.metrics.registry.get_sample_value(
-            "pushprox_client_scrapes_total"), 0)
-        times = [poll[0] for poll in fake.polls[:4]]
-        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        for gap, wait in zip(gaps, [0.2, 0.3, 0.45], strict=True):
-            self.assertGreaterEqual(gap, wait - 0.01, gaps)
-            self.assertLess(gap, wait + 0.5, gaps)
-        for _, uri, authorization, user_agent, body in fake.polls:
-            self.assertEqual(uri, b"/prefix/poll")
-            self.assertEqual(authorization, b"Basic " + base64.b64encode(b"user:token"))
-            self.assertEqual(user_agent, b"pushprox-client/0.1.0")
-            self.assertEqual(body, FQDN.encode())
+        lookalike = wire.encode_scrape_request(
+            method=b"GET", url=target_url("/metrics").encode(),
+            headers=[(b"Accept", b"*/*")], scrape_id="not-a-scrape", timeout=5.0,
+        )
+        self.assertEqual(wire.decode_scrape_request(lookalike).url,
+                         b"http://%s:%d/metrics" % (FQDN.encode(), TARGET_PORT))
+        rows = ((NGINX_502, b"text/html"), (lookalike, b"text/plain"))
+        for port, (body, content_type) in enumerate(rows, start=FAKE_PROXY_PORT):
+            with self.subTest(content_type=content_type):
+                fake = FakeProxy(self.network, 502, body, content_type)
+                url = self.serve_fake_proxy(fake, port)
+                started = self.network.seconds()
+                service = self.start_client(
+                    proxy_url=url.replace("http://", "http://user:token@") + "prefix",
+                    retry_initial_wait=0.2, retry_max_wait=0.5, rand=lambda: 1.0,
+                )
+                self.network.advance(1.0)
+                times = [round(poll[0] - started, 9) for poll in fake.polls]
+                self.assertEqual(times, [0.0, 0.2, 0.5, 0.95])
+                self.assertEqual(self.count(service, "pushprox_client_poll_errors_total"), 4)
+                self.assertEqual(self.count(service, "pushprox_client_scrapes_total"), 0)
+                for _, uri, authorization, user_agent, poll_body in fake.polls:
+                    self.assertEqual(uri, b"/prefix/poll")
+                    self.assertEqual(authorization, b"Basic " + base64.b64encode(b"user:token"))
+                    self.assertEqual(user_agent, b"pushprox-client/0.1.0")
+                    self.assertEqual(poll_body, FQDN.encode())
+                self.assertEqual(self.target.requests, [])
+                self.stop(service, self.clock)
 
-    async def test_scrape_handed_over_in_a_push_answer_is_run(self) -> None:
+    def test_scrape_handed_over_in_a_push_answer_is_run(self) -> None:
         """A push answer carrying the next scrape (push-poll) is scraped and pushed too."""
-        fake = PushPollProxy(self.target_url("/metrics").encode(),
-                             self.target_url("/gzip").encode())
-        self.start_client(proxy_url=f"http://127.0.0.1:{self.serve_fake_proxy(fake)}/")
-        await wait_until(reactor, lambda: len(fake.pushes) >= 2, timeout=10,
-                         what="two pushes")
+        fake = PushPollProxy(target_url("/metrics").encode(), target_url("/gzip").encode())
+        self.start_client(proxy_url=self.serve_fake_proxy(fake))
         self.assertEqual([asked for asked, _ in fake.pushes], [b"1", b"1"])
         heads = [wire.decode_response_head(body.split(b"\r\n\r\n", 1)[0])
                  for _, body in fake.pushes]
         self.assertEqual([(head.scrape_id, head.status) for head in heads],
                          [("a", 200), ("b", 200)])
-        self.assertEqual(sorted(uri for uri, _ in self.target.requests),
-                         [b"/gzip", b"/metrics"])
-        self.assertLessEqual(fake.polls, 2)
+        self.assertEqual([uri for uri, _ in self.target.requests], [b"/metrics", b"/gzip"])
+        self.assertEqual(fake.polls, 2)
 
-    async def test_silently_dead_poll_is_given_up_and_polled_again(self) -> None:
+    def test_silently_dead_poll_is_given_up_and_polled_again(self) -> None:
         """
         A pushprox proxy that does not answer a poll long after its bound is taken for
         a dead connection: counted, dropped, and polled again on a new connection.
         """
         fake = SilentProxy()
-        port = self.serve_fake_proxy(fake)
-        service = self.start_client(proxy_url=f"http://127.0.0.1:{port}/", poll_timeout=0.2,
+        service = self.start_client(proxy_url=self.serve_fake_proxy(fake), poll_timeout=0.2,
                                     poll_grace=0.3, retry_initial_wait=0.1,
-                                    retry_max_wait=0.1)
-        await wait_until(reactor, lambda: fake.polls >= 3, timeout=5,
-                         what="a third poll after the silent one was given up")
-        self.assertGreaterEqual(service.metrics.registry.get_sample_value(
-            "pushprox_client_poll_errors_total"), 1)
-        self.assertTrue(all(request._disconnected for request in fake.held[:-1]))
+                                    retry_max_wait=0.1, rand=lambda: 1.0)
+        self.assertEqual(len(fake.polls), 2)
+        self.network.advance(0.49)
+        self.assertEqual((len(fake.polls), fake.dropped), (2, []))
+        self.assertEqual(self.count(service, "pushprox_client_poll_errors_total"), 0)
+        self.network.advance(0.01)
+        self.assertEqual((len(fake.polls), fake.dropped), (2, [1]))
+        self.assertEqual(self.count(service, "pushprox_client_poll_errors_total"), 1)
+        self.network.advance(0.1)
+        self.assertEqual(len(fake.polls), 3)
+        self.assertNotEqual(fake.polls[2], fake.polls[1])
+        self.assertEqual(fake.dropped, [1])
 
-    async def test_error_poll_answer_is_never_parsed_as_a_scrape(self) -> None:
-        """A 502 whose body reads like a scrape request is an error, not a scrape."""
-        port = self.target_port.getHost().port
-        lookalike = wire.encode_scrape_request(
-            method=b"GET", url=self.target_url("/metrics").encode(),
-            headers=[(b"Accept", b"*/*")], scrape_id="not-a-scrape", timeout=5.0,
-        )
-        self.assertEqual(wire.decode_scrape_request(lookalike).url,
-                         b"http://%s:%d/metrics" % (FQDN.encode(), port))
-        _, service = await self._poll_error_page(lookalike, b"text/plain")
-        registry = service.metrics.registry
-        self.assertGreaterEqual(registry.get_sample_value("pushprox_client_poll_errors_total"), 3)
-        self.assertEqual(registry.get_sample_value("pushprox_client_scrapes_total"), 0)
-        self.assertEqual(self.target.requests, [])
-
-    async def test_stop_while_polling_leaves_no_timer(self) -> None:
+    def test_stop_while_polling_leaves_no_timer(self) -> None:
         """
         Stopping the client while its poll waits ends the poll loop at once: no backoff
         timer is left running and the cancelled poll is not counted as a poll error.
         """
         service = self.start_client()
-        await self.registered()
-        await service.stopService()
-        registry = service.metrics.registry
+        self.registered()
+        stopped = service.stopService()
+        self.network.flush()
+        self.successResultOf(stopped)
         self.assertEqual(
-            (self.clock.pending(), registry.get_sample_value("pushprox_client_poll_errors_total")),
+            (self.clock.pending(), self.count(service, "pushprox_client_poll_errors_total")),
             ([], 0.0),
         )
+        self.assertTrue(self.coordinator.is_idle())
+
+
+def quiet_site(resource: Resource, network: MemoryNetwork) -> Site:
+    """A Site for ``resource`` on ``network``'s clock that does not log starting."""
+    site = Site(resource, reactor=network)
+    site.noisy = False
+    return site
