@@ -647,7 +647,8 @@ class CachedEndpoints:
                     from twisted.web.client import BrowserLikePolicyForHTTPS
 
                     policy = self._policy = BrowserLikePolicyForHTTPS()
-                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint,
+                                         clock=self._reactor)
             elif uri.scheme != b"http":
                 from twisted.web.error import SchemeNotSupported
 

@@ -44,8 +44,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
 from pushprox.client import make_agents
@@ -314,34 +314,10 @@ class Exchange(Protocol):
 # -- the client's agents --
 
 
-@implementer(IAgentEndpointFactory)
-class _TLSEndpoints:
-    """Endpoints to the network's ports, over TLS with a policy for https."""
-
-    def __init__(self, network: MemoryNetwork, policy: IPolicyForHTTPS) -> None:
-        self._network = network
-        self._policy = policy
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        tls = self._policy.creatorForNetloc(uri.host, uri.port) if uri.scheme == b"https" else None
-        return self._network.endpoint(uri.port, tls=tls)
-
-
 def client_agents(network: MemoryNetwork, *, proxy_policy: IPolicyForHTTPS | None = None
                   ) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
-    """
-    The client's agents and pools as C{make_agents} builds them, on ``network``.
-
-    With ``proxy_policy`` the proxy agent connects through the network's own TLS
-    endpoints (on make_agents' proxy pool): make_agents wraps TLS without a clock, so
-    its TLS writes would wait for the global reactor, which never runs here.
-    """
-    proxy_agent, target_agent, pools = make_agents(network)
-    if proxy_policy is not None:
-        proxy_pool = pools[0]
-        proxy_agent = Agent.usingEndpointFactory(
-            network, _TLSEndpoints(network, proxy_policy), pool=proxy_pool)
-    return proxy_agent, target_agent, pools
+    """The client's agents and pools, built by C{make_agents} on ``network``."""
+    return make_agents(network, proxy_policy=proxy_policy)
 
 
 # -- a clock that knows whose timers are whose --

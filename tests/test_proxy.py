@@ -113,11 +113,11 @@ class ProxyTestCase(SynchronousTestCase):
         connection.send(post(b"/poll", fqdn, extra))
         return connection
 
-    def scrape(self, url: bytes = b"http://node1.example:9100/metrics",
-               **kwargs: bytes) -> Connection:
+    def scrape(self, url: bytes = b"http://node1.example:9100/metrics", *,
+               timeout: bytes | None = b"10", extra: bytes = b"") -> Connection:
         """Prometheus' proxy-form scrape."""
         connection = self.connect()
-        connection.send(scrape_request(url, **kwargs))
+        connection.send(scrape_request(url, timeout, extra))
         return connection
 
     def handed_out(self, poll: Connection) -> wire.ScrapeRequest:
@@ -639,9 +639,11 @@ class FlowControlTests(ProxyTestCase):
         ))
         self.assertEqual(pusher.transport.producerState, "producing")
         # What Prometheus' transport does when its send buffer fills, and drains:
-        scraper.transport.producer.pauseProducing()
+        throttle = scraper.transport.producer
+        assert throttle is not None
+        throttle.pauseProducing()
         self.assertEqual(pusher.transport.producerState, "paused")
-        scraper.transport.producer.resumeProducing()
+        throttle.resumeProducing()
         self.assertEqual(pusher.transport.producerState, "producing")
 
     def test_scraper_gone_resumes_push(self) -> None:
@@ -654,6 +656,8 @@ class FlowControlTests(ProxyTestCase):
         pusher.send(wire.encode_response_head(
             status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=1000
         ))
-        scraper.transport.producer.pauseProducing()
+        throttle = scraper.transport.producer
+        assert throttle is not None
+        throttle.pauseProducing()
         scraper.hang_up()
         self.assertEqual(pusher.transport.producerState, "producing")
