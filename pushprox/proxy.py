@@ -41,7 +41,7 @@ from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
-from pushprox.twisted_hooks import BodySink, RequestLineChannel, StreamingRequest
+from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
@@ -127,11 +127,13 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
-    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink:
-        """A push for ``POST /push``, a size-bounded body for anything else."""
+    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
+        """A push for ``POST /push``, a size-bounded body for anything else with a body."""
         site = cast(PushProxChannel, self.channel).site
         if method == b"POST" and is_push_path(path):
             return site.start_push(self, length)
+        if length == 0:
+            return None  # no body (a scrape's GET): nothing to bound
         return BoundedBody(self, site.config.max_request_size, length)
 
     @property
@@ -546,7 +548,7 @@ class ConnectRefused(Resource):
         )
 
 
-class PushProxChannel(RequestLineChannel):
+class PushProxChannel(HeaderLimitChannel):
     """
     An HTTP channel whose header limit is the site's ``--max-header-size``.
 
@@ -556,14 +558,10 @@ class PushProxChannel(RequestLineChannel):
 
     site: PushProxSite
 
-    def header_limit(self) -> int:
-        """The request line plus headers allowed, in bytes."""
-        return self.site.config.max_header_size
-
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""
         self.site.metrics.limit_exceeded.labels("header_size").inc()
-        body = b"request headers exceed the limit of %d bytes\n" % self.header_limit()
+        body = b"request headers exceed the limit of %d bytes\n" % self.totalHeadersSize
         transport = self.transport
         assert transport is not None
         transport.write(
@@ -606,6 +604,7 @@ class PushProxSite(Site):
         reactor: Any = None,
     ) -> None:
         self.config = config or ProxyConfig()
+        self.protocol = PushProxChannel.with_header_limit(self.config.max_header_size)
         self.metrics = metrics or ProxyMetrics()
         self.coordinator = coordinator
         self.client_auth = client_auth if client_auth is not None and client_auth.enabled else None

@@ -8,11 +8,15 @@ with anything but a bare 400.  The hooks that make those possible live here, and
 here, each with a docstring saying why; ``tests/test_twisted_hooks.py`` checks each one
 against the installed Twisted and fails with a message naming the hook when a release
 changes what it relies on.  Everything else in pushprox uses public API only.
+
+Where a public way exists but costs a Python call per header line (counting head bytes
+or catching the request line in ``lineReceived``), the private attribute is read here
+instead: these hooks are on the path of every scrape, three requests each.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -23,68 +27,67 @@ if TYPE_CHECKING:
     # annotations only, never at run time.
     from twisted.internet._sslverify import IOpenSSLTrustRoot as IOpenSSLTrustRoot
 
-__all__ = ["BodySink", "IOpenSSLTrustRoot", "RequestLineChannel", "StreamingRequest"]
+__all__ = [
+    "BodySink",
+    "HeaderLimitChannel",
+    "IOpenSSLTrustRoot",
+    "StreamingRequest",
+    "request_line",
+]
 
 
-class RequestLineChannel(HTTPChannel):
+_Channel = TypeVar("_Channel", bound="HeaderLimitChannel")
+
+
+class HeaderLimitChannel(HTTPChannel):
     """
-    An HTTP channel that knows each request's line before its body, and limits its head.
+    An HTTP channel that answers an oversized request head itself.
 
-    Hooks: ``HTTPChannel`` is a ``LineReceiver`` that passes the request line and every
-    header line to ``lineReceived`` and calls ``allHeadersReceived`` once the head is
-    complete.  The request line is kept (``request_line``) so that a request can
-    choose where its body goes before the body arrives; Twisted keeps it only in private
-    attributes.  Header bytes are counted here, against ``header_limit()``, so that an
-    oversized head reaches ``headers_too_large()`` (Twisted's own check answers a bare
-    400 from a private method).
+    Hook: twisted.web counts a head's bytes in the private ``_receivedHeaderSize`` and,
+    past ``totalHeadersSize``, calls the private ``_respondToBadRequestAndDisconnect``,
+    which writes a bare 400; that method is also what every other malformed request
+    gets.  The override tells the two apart by the count and sends the oversized head
+    to ``headers_too_large()``.  A single line past ``MAX_LENGTH`` reaches the public
+    ``lineLengthExceeded``.  Counting the bytes here instead would cost a Python call per
+    header line of every request, on the path of every scrape.
 
     Used directly as a Site's ``protocol``: the default factory wraps the channel in a
     private class whose only job is switching to HTTP/2, which pushprox does not serve.
     """
 
-    #: Method and target of the request whose head is being read or was read last.
-    request_line: tuple[bytes, bytes] = (b"", b"")
-    _head_bytes = 0
+    @classmethod
+    def with_header_limit(cls: type[_Channel], limit: int) -> type[_Channel]:
+        """A subclass allowing ``limit`` bytes of request line plus headers.
 
-    def header_limit(self) -> int:
-        """The request line plus headers allowed, in bytes (override)."""
-        return HTTPChannel.totalHeadersSize
-
-    @property
-    def totalHeadersSize(self) -> int:  # type: ignore[override]
-        """Twisted's own limit, kept from striking before ours."""
-        return self.header_limit()
-
-    @property
-    def MAX_LENGTH(self) -> int:  # type: ignore[override]
-        """One line may use the whole allowance, no more."""
-        return self.header_limit()
+        Class attributes, so that neither a connection's memory nor a line's parsing
+        pays for the setting.
+        """
+        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "MAX_LENGTH": limit})
 
     def headers_too_large(self) -> None:
-        """A request's head exceeded ``header_limit()`` (override to answer it)."""
-        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # type: ignore[union-attr]
-        self.loseConnection()
-
-    def lineReceived(self, line: bytes) -> None:
-        """Count the head's bytes, note the request line, then parse as Twisted does."""
-        first = self._head_bytes == 0 and bool(line)
-        self._head_bytes += len(line)
-        if self._head_bytes > self.header_limit():
-            self.headers_too_large()
-            return
-        if first:
-            method, _, rest = line.partition(b" ")
-            self.request_line = (method, rest.partition(b" ")[0])
-        super().lineReceived(line)
+        """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
+        self._respondToBadRequestAndDisconnect()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """One line longer than ``MAX_LENGTH``: the head is too large as well."""
         self.headers_too_large()
 
-    def allHeadersReceived(self) -> None:
-        """The head is complete: the next line starts the next request."""
-        self._head_bytes = 0
-        super().allHeadersReceived()
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.headers_too_large()
+        else:
+            super()._respondToBadRequestAndDisconnect()
+
+
+def request_line(channel: object) -> tuple[bytes, bytes]:
+    """
+    The method and target of the request whose head a channel has just read.
+
+    Hook: twisted.web keeps the request line in the channel's private ``_command`` and
+    ``_path`` until the body has arrived, and only then hands it to the request; a
+    request that must choose where its body goes needs it before.
+    """
+    return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
 
 
 class BodySink(Protocol):
@@ -125,10 +128,7 @@ class StreamingRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         """Choose where the body goes, knowing the request line."""
-        channel = self.channel
-        method, path = (
-            channel.request_line if isinstance(channel, RequestLineChannel) else (b"", b"")
-        )
+        method, path = request_line(self.channel)
         self.body_sink = self.sink_for(method, path.partition(b"?")[0], length)
         super().gotLength(0 if self.body_sink is not None else length)
 

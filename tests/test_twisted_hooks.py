@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pushprox.twisted_hooks import BodySink, RequestLineChannel, StreamingRequest
+from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -55,14 +55,10 @@ class RecordingRequest(StreamingRequest):
         return None
 
 
-class LimitedChannel(RequestLineChannel):
-    """A channel with a 200-byte head limit that notes when it is exceeded."""
+class LimitedChannel(HeaderLimitChannel):
+    """A channel that notes when a head exceeds its limit."""
 
     too_large = 0
-
-    def header_limit(self) -> int:
-        """200 bytes."""
-        return 200
 
     def headers_too_large(self) -> None:
         """Note it, and close."""
@@ -89,11 +85,11 @@ class HookSite(Site):
     """A site built as pushprox builds its own: our channel as the protocol, no wrapper."""
 
     requestFactory = RecordingRequest
-    protocol = LimitedChannel  # type: ignore[assignment]
 
     def __init__(self) -> None:
         self.resource = Held()
         super().__init__(self.resource)
+        self.protocol = LimitedChannel.with_header_limit(200)  # type: ignore[method-assign,assignment]
         self.seen: list[tuple[bytes, bytes, int | None]] = []
         self.sinks: list[RecordingSink] = []
 
@@ -127,8 +123,8 @@ class HookTests(SynchronousTestCase):
         site.resource.requests[0].finish()
         self.assertEqual(
             site.seen, [(b"POST", b"/stream", 3), (b"GET", b"/other", 0)],
-            "twisted_hooks.RequestLineChannel: HTTPChannel no longer passes the request "
-            "line to lineReceived before calling Request.gotLength",
+            "twisted_hooks.request_line: HTTPChannel no longer keeps the request line in "
+            "_command and _path when it calls Request.gotLength",
         )
 
     def test_streamed_body_goes_to_the_sink_not_content(self) -> None:
@@ -178,8 +174,9 @@ class HookTests(SynchronousTestCase):
         channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 190 + b"\r\n\r\n")
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.RequestLineChannel: header lines no longer pass through "
-            "lineReceived, so the header limit is not ours",
+            "twisted_hooks.HeaderLimitChannel: an oversized head no longer reaches "
+            "_respondToBadRequestAndDisconnect with _receivedHeaderSize past "
+            "totalHeadersSize",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
 
@@ -189,10 +186,18 @@ class HookTests(SynchronousTestCase):
         channel.dataReceived(b"GET /" + b"a" * 300)
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.RequestLineChannel: LineReceiver.MAX_LENGTH no longer limits "
+            "twisted_hooks.HeaderLimitChannel: LineReceiver.MAX_LENGTH no longer limits "
             "HTTPChannel's lines",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
+
+    def test_other_bad_requests_keep_twisteds_answer(self) -> None:
+        """A malformed request line that is not too large still gets Twisted's 400."""
+        _, channel, transport = self.connect()
+        channel.dataReceived(b"NONSENSE\r\n\r\n")
+        self.assertEqual(channel.too_large, 0)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"),
+                        transport.value())
 
     def test_limit_counts_every_request_afresh(self) -> None:
         """Each request on a connection gets the whole allowance."""
