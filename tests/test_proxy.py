@@ -127,6 +127,12 @@ class ProxyTestCase(SynchronousTestCase):
         self.assertEqual(response.status, 200)
         return wire.decode_scrape_request(response.body)
 
+    def sent_scrape(self) -> tuple[Connection, wire.ScrapeRequest]:
+        """Prometheus' scrape, handed to a waiting poll: the scraper and the request."""
+        poll = self.poll()
+        scraper = self.scrape()
+        return scraper, self.handed_out(poll)
+
     def push(self, body: bytes) -> Response:
         """Push a body and return the push's answer."""
         connection = self.connect()
@@ -194,9 +200,7 @@ class ScrapeTests(ProxyTestCase):
 
     def test_upstream_error_push_relayed_as_500(self) -> None:
         """The Go client's HTTP/0.0 error push, body to the end, is relayed as a 500."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         push = recorded_body("go-client-push-error.bin").replace(
             GO_ID, request.scrape_id.encode())
         self.assertEqual(self.push(push).status, 200)
@@ -207,39 +211,26 @@ class ScrapeTests(ProxyTestCase):
         self.assertTrue(response.body.startswith(b"failed to scrape http://localhost:9999"))
         self.assertIdle()
 
-    def test_our_client_error_becomes_502(self) -> None:
-        """A response our client marks as its own scrape failure is answered 502."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
-        self.push(wire.encode_error_response(scrape_id=request.scrape_id,
-                                             reason="connection refused"))
-        response = scraper.response()
-        assert response is not None
-        self.assertEqual(response.status, 502)
-        self.assertEqual(response.body,
-                         b"the client could not scrape the target: connection refused\n")
-        self.assertIdle()
-
-    def test_client_reported_timeout_becomes_504(self) -> None:
-        """A target that did not answer in time, as our client reports it, is a 504."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
-        self.push(wire.encode_error_response(scrape_id=request.scrape_id,
-                                             reason="timeout after 9.65s", kind="timeout"))
-        response = scraper.response()
-        assert response is not None
-        self.assertEqual(response.status, 504)
-        self.assertEqual(response.body,
-                         b"the target did not answer in time: timeout after 9.65s\n")
-        self.assertIdle()
+    def test_our_clients_errors_become_502_or_504(self) -> None:
+        """A failure our client reports is a 502, or a 504 when the target timed out."""
+        for kind, reason, status, body in [
+            ("unreachable", "connection refused", 502,
+             b"the client could not scrape the target: connection refused\n"),
+            ("timeout", "timeout after 9.65s", 504,
+             b"the target did not answer in time: timeout after 9.65s\n"),
+        ]:
+            with self.subTest(kind=kind):
+                scraper, request = self.sent_scrape()
+                self.push(wire.encode_error_response(scrape_id=request.scrape_id,
+                                                     reason=reason, kind=kind))
+                response = scraper.response()
+                assert response is not None
+                self.assertEqual((response.status, response.body), (status, body))
+                self.assertIdle()
 
     def test_chunked_pushed_body_relayed_whole(self) -> None:
         """A target's chunked response (as a Go client forwards it) is decoded and relayed."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         head = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain"
                 b"\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n")
         self.push(head + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
@@ -251,9 +242,7 @@ class ScrapeTests(ProxyTestCase):
 
     def test_gzip_body_relayed_untouched(self) -> None:
         """Compressed bodies and their Content-Encoding pass through byte for byte."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         body = gzip.compress(b"up 1\n" * 100)
         self.push(wire.encode_response_head(
             status=200, reason=b"OK", headers=[(b"Content-Encoding", b"gzip")],
@@ -299,9 +288,7 @@ class ScrapeTests(ProxyTestCase):
 
     def test_scraper_hangs_up_while_waiting(self) -> None:
         """Prometheus giving up removes the scrape; the late push gets 404."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         scraper.hang_up()
         self.assertIdle()
         answer = self.push(wire.encode_error_response(scrape_id=request.scrape_id, reason="x"))
@@ -473,9 +460,7 @@ class PushTests(ProxyTestCase):
 
     def test_oversized_streamed_push_cuts_scraper_off(self) -> None:
         """A chunked push growing past --max-push-size: 413, Prometheus cut off mid-body."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         connection = self.connect()
         connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n")
         head = b"HTTP/1.1 200 OK\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n"
@@ -497,9 +482,7 @@ class PushTests(ProxyTestCase):
 
     def test_declared_oversized_push_gives_502_at_once(self) -> None:
         """A push whose Content-Length is past the limit fails the scrape with 502."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         head = b"HTTP/1.1 200 OK\r\nId: " + request.scrape_id.encode() + b"\r\n\r\n"
         answer = self.push(head + b"x" * 200_000)
         self.assertEqual(answer.status, 413)
@@ -511,9 +494,7 @@ class PushTests(ProxyTestCase):
 
     def test_declared_oversized_response_gives_502(self) -> None:
         """A pushed Content-Length past the limit: 502 to Prometheus before any body."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         connection = self.connect()
         connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n")
         head = (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\nId: "
@@ -527,9 +508,7 @@ class PushTests(ProxyTestCase):
 
     def test_push_connection_lost_mid_body(self) -> None:
         """A client dying mid-push cuts Prometheus off; nothing is left behind."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         connection = self.connect()
         body = wire.encode_response_head(status=200, reason=b"OK", headers=[],
                                          scrape_id=request.scrape_id, length=100) + b"x" * 10
@@ -541,9 +520,7 @@ class PushTests(ProxyTestCase):
 
     def test_push_short_of_content_length(self) -> None:
         """A push that ends before the pushed Content-Length is refused, Prometheus cut off."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         answer = self.push(wire.encode_response_head(
             status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id, length=100
         ) + b"x" * 10)
@@ -629,9 +606,7 @@ class FlowControlTests(ProxyTestCase):
 
     def test_backed_up_scraper_pauses_push(self) -> None:
         """Prometheus' full socket pauses reading the push; draining resumes it."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         pusher = self.connect()
         pusher.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 100000\r\n\r\n")
         pusher.send(wire.encode_response_head(
@@ -648,9 +623,7 @@ class FlowControlTests(ProxyTestCase):
 
     def test_scraper_gone_resumes_push(self) -> None:
         """A paused push is resumed when Prometheus hangs up, so it can end."""
-        poll = self.poll()
-        scraper = self.scrape()
-        request = self.handed_out(poll)
+        scraper, request = self.sent_scrape()
         pusher = self.connect()
         pusher.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 100000\r\n\r\n")
         pusher.send(wire.encode_response_head(
