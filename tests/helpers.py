@@ -21,7 +21,7 @@ from tests.harness.rawhttp import (
     scrape_via_proxy,
     track_connections,
 )
-from tests.harness.waiting import LOCALHOST, free_port, port_open, wait_for, wait_until
+from tests.harness.waiting import LOCALHOST, free_port, port_open, wait_for
 
 __all__ = [
     "DATA",
@@ -41,5 +41,4 @@ __all__ = [
     "start_exporter",
     "track_connections",
     "wait_for",
-    "wait_until",
 ]

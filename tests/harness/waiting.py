@@ -8,9 +8,6 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
-
 T = TypeVar("T")
 
 LOCALHOST = "127.0.0.1"
@@ -96,27 +93,3 @@ def wait_for(
                 f"timed out after {timeout:g}s waiting for {what}; {detail}{extra}"
             )
         time.sleep(interval)
-
-
-async def wait_until(
-    clock: IReactorTime,
-    predicate: Callable[[], T],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.01,
-) -> T:
-    """
-    Check ``predicate`` on the reactor every ``interval`` until true; fail after ``timeout``.
-
-    Only for what the kernel does (a socket closing on the other side); what our own code
-    does has a Deferred to await instead.
-    """
-    deadline = clock.seconds() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if clock.seconds() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await deferLater(clock, interval, lambda: None)
