@@ -34,27 +34,44 @@ CLIENT_MARGIN = 0.1
 
 
 class CoordinatorError(Exception):
-    """A scrape, poll or push that cannot go on; ``str()`` is the one-line reason."""
+    """
+    A scrape, poll or push that cannot go on; ``str()`` is the one-line reason.
+
+    ``status`` is what the request gets, ``outcome`` how a scrape is counted.
+    """
+
+    status = 500
+    outcome = "error"
 
 
 class UnknownClient(CoordinatorError):
     """No client is registered under the scrape's FQDN."""
 
+    status, outcome = 404, "unknown_client"
+
 
 class ScrapeTimeout(CoordinatorError):
     """The client did not answer within the scrape timeout."""
+
+    status, outcome = 504, "timeout"
 
 
 class QueueFull(CoordinatorError):
     """Too many scrapes are already queued for this client."""
 
+    status, outcome = 503, "queue_full"
+
 
 class TooManyClients(CoordinatorError):
     """Registering one more client would exceed the limit."""
 
+    status = 503
+
 
 class TooManyPolls(CoordinatorError):
     """This FQDN already holds as many polls as allowed."""
+
+    status = 429
 
 
 class UnknownScrape(CoordinatorError):
@@ -67,6 +84,8 @@ class ForeignScrape(CoordinatorError):
 
 class ShuttingDown(CoordinatorError):
     """The proxy is stopping."""
+
+    status, outcome = 503, "shutdown"
 
 
 class ScrapeState(enum.Enum):
@@ -145,6 +164,8 @@ class ClientInfo:
 
 class ICoordinator(Interface):
     """What the proxy's resources need from a coordinator (in memory or shared)."""
+
+    draining = Attribute("True while the proxy drains: polls are answered at once, empty.")
 
     def scrape(
         fqdn: str,
@@ -227,8 +248,13 @@ class Coordinator:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, config: ProxyConfig | None = None) -> None:
+    def __init__(self, clock: IReactorTime, config: ProxyConfig | None = None, *,
+                 id_prefix: str = "") -> None:
         self._clock = clock
+        #: Starts every scrape id: in a cluster, it names the replica that owns the scrape.
+        self.id_prefix = id_prefix
+        #: Polls are answered at once (with no scrape) while the proxy drains.
+        self.draining = False
         config = config or ProxyConfig()
         self.registration_timeout = config.registration_timeout
         self.max_queued_per_client = config.max_queued_per_client
@@ -259,6 +285,24 @@ class Coordinator:
         """Number of scrapes not yet answered (queued, sent or relaying)."""
         return len(self._scrapes)
 
+    def has_poll(self, fqdn: str) -> bool:
+        """Whether a poll of ``fqdn`` is held here now."""
+        return fqdn in self._polls
+
+    def knows(self, fqdn: str) -> bool:
+        """Whether ``fqdn`` is registered here (expired registrations excluded)."""
+        self._expire_clients()
+        return fqdn in self._clients
+
+    def drain(self) -> None:
+        """Answer every held poll with no scrape, and new polls at once: the proxy is
+        leaving, its clients should poll elsewhere; scrapes already handed out go on."""
+        self.draining = True
+        for polls in list(self._polls.values()):
+            for poll in list(polls):
+                self._end_poll(poll)
+                poll.deferred.callback(None)
+
     def is_idle(self) -> bool:
         """True when no scrape, poll or queue entry is held (clients may be)."""
         return not (self._scrapes or self._polls or self._queues)
@@ -280,7 +324,7 @@ class Coordinator:
             return fail(
                 QueueFull(f"{len(queue or ())} scrapes are already queued for {fqdn}")
             )
-        scrape_id = str(uuid.uuid4())
+        scrape_id = self.id_prefix + str(uuid.uuid4())
         deferred: Deferred[IScrapeAnswer] = Deferred(lambda d: self._cancel_scrape(scrape_id))
         scrape = Scrape(
             scrape_id=scrape_id,
@@ -383,6 +427,8 @@ class Coordinator:
         scrape = self._pop_queued(fqdn, principal)
         if scrape is not None:
             return succeed(scrape)
+        if self.draining:
+            return succeed(None)
         polls = self._polls.setdefault(fqdn, deque())
         if len(polls) >= self.max_polls_per_client:
             if not polls:

@@ -31,11 +31,8 @@ from pushprox.coordinator import (
     IScrapeAnswer,
     QueueFull,
     Scrape,
-    ScrapeTimeout,
-    ShuttingDown,
     TooManyClients,
     TooManyPolls,
-    UnknownClient,
 )
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push
@@ -243,19 +240,13 @@ class ScrapeResource(Resource):
         if isinstance(error, CancelledError):
             self._metrics.count_scrape(499, "cancelled")
             return
-        if isinstance(error, UnknownClient):
-            code, outcome = 404, "unknown_client"
-        elif isinstance(error, ScrapeTimeout):
-            code, outcome = 504, "timeout"
-        elif isinstance(error, QueueFull):
-            code, outcome = 503, "queue_full"
-            self._metrics.limit_exceeded.labels("scrapes_queued_per_client").inc()
-        elif isinstance(error, ShuttingDown):
-            code, outcome = 503, "shutdown"
+        if isinstance(error, CoordinatorError):
+            code, outcome, message = error.status, error.outcome, str(error)
+            if isinstance(error, QueueFull):
+                self._metrics.limit_exceeded.labels("scrapes_queued_per_client").inc()
         else:
             self.log.failure("Scrape via {fqdn} failed unexpectedly", reason, fqdn=scrape.fqdn)
-            code, outcome = 500, "error"
-        message = str(error) if isinstance(error, CoordinatorError) else "internal error"
+            code, outcome, message = 500, "error", "internal error"
         self._done(scrape, code, outcome)
         if code != 404 or self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {code} {reason}",
@@ -397,6 +388,12 @@ class PollResource(_Instrumented):
         request.setHeader(wire.EXTENSIONS_HEADER, EXTENSIONS)
         if scrape is None:
             request.setResponseCode(204)
+            if self._coordinator.draining:
+                # The next poll should reach another proxy: a new connection does.
+                request.setHeader(b"connection", b"close")
+                request.finish()
+                request.loseConnection()
+                return
             request.finish()
             return
         if not cast(PushProxRequest, request).alive:
@@ -409,18 +406,15 @@ class PollResource(_Instrumented):
         error = reason.value
         if isinstance(error, CancelledError):
             return
-        if isinstance(error, TooManyPolls):
-            self._metrics.limit_exceeded.labels("polls_per_client").inc()
-            code = 429
-        elif isinstance(error, TooManyClients):
-            self._metrics.limit_exceeded.labels("clients").inc()
-            code = 503
-        elif isinstance(error, ShuttingDown):
-            code = 503
+        if isinstance(error, CoordinatorError):
+            code, message = error.status, str(error)
+            if isinstance(error, TooManyPolls):
+                self._metrics.limit_exceeded.labels("polls_per_client").inc()
+            elif isinstance(error, TooManyClients):
+                self._metrics.limit_exceeded.labels("clients").inc()
         else:
             self.log.failure("Poll of {fqdn} failed unexpectedly", reason, fqdn=fqdn)
-            code = 500
-        message = str(error) if isinstance(error, CoordinatorError) else "internal error"
+            code, message = 500, "internal error"
         if code != 503:
             self.log.info("Poll of {fqdn}: {code} {reason}", fqdn=fqdn, code=code,
                           reason=message)
