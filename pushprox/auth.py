@@ -286,3 +286,24 @@ class ClientAuth:
         if self._token_file is not None:
             parts.append("token:" + self._token_owner(authorization))
         return "|".join(parts) or None
+
+
+class PeerAuth:
+    """
+    Whether a request comes from another replica of the cluster: the shared peer token.
+
+    A request that carries the peer token header with the wrong token is refused (403);
+    one without it is an ordinary request.  The token is compared in constant time and
+    never logged.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode("utf-8")
+
+    def is_peer(self, presented: bytes | None) -> bool:
+        """True for the right token, False without one; raises Denied for a wrong one."""
+        if presented is None:
+            return False
+        if not hmac.compare_digest(presented, self._token):
+            raise Denied(403, "wrong peer token")
+        return True

@@ -210,8 +210,8 @@ class ICoordinator(Interface):
     def finish(scrape: Scrape) -> None:
         """Forget a scrape whose response has been relayed or abandoned."""
 
-    def clients() -> list[ClientInfo]:
-        """The registered clients, sorted by FQDN."""
+    def clients() -> list[ClientInfo] | Deferred[list[ClientInfo]]:
+        """The registered clients, sorted by FQDN (at once, or when a shared store says)."""
 
     def shutdown() -> None:
         """Fail every waiting scrape and poll with ShuttingDown."""

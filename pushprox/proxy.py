@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,9 +23,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pushprox import wire
-from pushprox.auth import ClientAuth, Denied, ScraperAuth
+from pushprox.auth import ClientAuth, Denied, PeerAuth, ScraperAuth
 from pushprox.config import ProxyConfig as ProxyConfig
 from pushprox.coordinator import (
+    ClientInfo,
     CoordinatorError,
     ICoordinator,
     IScrapeAnswer,
@@ -35,7 +36,7 @@ from pushprox.coordinator import (
     TooManyPolls,
 )
 from pushprox.metrics import MetricsResource, ProxyMetrics
-from pushprox.relay import Push
+from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
 from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
@@ -151,19 +152,21 @@ class ScrapeResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, parts: ProxyParts, scraper_auth: ScraperAuth | None = None) -> None:
+    def __init__(self, parts: ProxyParts, scraper_auth: ScraperAuth | None = None,
+                 peer_auth: PeerAuth | None = None) -> None:
         super().__init__()
         self._coordinator = parts.coordinator
         self._config = parts.config
         self._metrics = parts.metrics
         self._clock = parts.clock
         self._scraper_auth = scraper_auth
+        self._peer_auth = peer_auth
 
     def render(self, request: Request) -> bytes | int:
         """Validate the proxy request and wait for the client's answer."""
         started = self._clock.seconds()
         try:
-            self._authorize(request)
+            from_peer = self._authorize(request)
             fqdn, timeout = self._read_target(request)
         except Denied as denied:
             return denied_response(request, denied)
@@ -172,6 +175,9 @@ class ScrapeResource(Resource):
             for name, values in request.requestHeaders.getAllRawHeaders()
             for value in values
         ]
+        if not from_peer:
+            # Only a peer may say that a scrape was forwarded already.
+            headers = wire.without(headers, wire.PEER_HEADERS)
         deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
         answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
         request.notifyFinish().addErrback(lambda _: answer.cancel())
@@ -179,14 +185,19 @@ class ScrapeResource(Resource):
         answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
-    def _authorize(self, request: Request) -> None:
-        """Raise Denied unless the scraper may use this proxy."""
-        if self._scraper_auth is None:
-            return
+    def _authorize(self, request: Request) -> bool:
+        """Whether a peer replica forwarded this scrape; raise Denied unless it may go on."""
         try:
+            if self._peer_auth is not None and self._peer_auth.is_peer(
+                request.getHeader(wire.PEER_TOKEN_HEADER)
+            ):
+                return True
+            if self._scraper_auth is None:
+                return False
             self._scraper_auth.check(
                 peer_host(request), request.getHeader(b"proxy-authorization"), proxy=True
             )
+            return False
         except Denied as denied:
             self.log.info("Refused scrape of {uri!r} from {peer}: {code} {reason}",
                           uri=request.uri[:200], peer=_peer(request), code=denied.code,
@@ -433,13 +444,17 @@ class PushResource(_Instrumented):
     path = "/push"
     log = Logger()
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
         """Report how the relay of this push ended."""
         self.instrument(request)
         push = cast(PushProxRequest, request).push
         if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
         refusal = push.end()
+        if push.forwarded is not None:
+            push.forwarded.reply.addCallbacks(
+                self._relay_reply, self._owner_unreachable, (request,), {}, (request,))
+            return NOT_DONE_YET
         if refusal is not None:
             if refusal.code == 413:
                 self._metrics.limit_exceeded.labels("push_size").inc()
@@ -453,6 +468,23 @@ class PushResource(_Instrumented):
         request.setHeader(b"content-length", b"0")
         return b""
 
+    def _relay_reply(self, reply: PushReply, request: Request) -> None:
+        """The owner's answer to a forwarded push, as the owner gave it."""
+        if not cast(PushProxRequest, request).alive:
+            return
+        request.setResponseCode(reply.status)
+        for name, value in wire.without(reply.headers, wire.HOP_BY_HOP | {b"content-length"}):
+            request.responseHeaders.setRawHeaders(name, [value])
+        request.setHeader(b"content-length", b"%d" % len(reply.body))
+        request.write(reply.body)
+        request.finish()
+
+    def _owner_unreachable(self, reason: Failure, request: Request) -> None:
+        self.log.warn("Forwarding a push failed: {reason}", reason=reason.getErrorMessage())
+        finish_with(cast(PushProxRequest, request), 502,
+                    f"the proxy that owns this scrape could not be reached: "
+                    f"{reason.getErrorMessage()}")
+
 
 class _Guarded(_Instrumented):
     """A ``GET`` endpoint behind the scrapers' checks (``--scrape-auth``, networks)."""
@@ -461,13 +493,13 @@ class _Guarded(_Instrumented):
         super().__init__(parts)
         self._auth = auth
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         """The endpoint's answer, or the refusal."""
         self.instrument(request)
         refusal = self.guard(request, self._auth)
         return refusal if refusal is not None else self.answer(request)
 
-    def answer(self, request: Request) -> bytes:
+    def answer(self, request: Request) -> bytes | int:
         """What an allowed request gets (override)."""
         raise NotImplementedError
 
@@ -477,14 +509,25 @@ class ClientsResource(_Guarded):
 
     path = "/clients"
 
-    def answer(self, request: Request) -> bytes:
+    def answer(self, request: Request) -> bytes | int:
         """List every registered client as one target group."""
-        groups = [
-            {"targets": [client.fqdn], "labels": dict(client.labels)}
-            for client in self._coordinator.clients()
-        ]
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(groups).encode("utf-8")
+        listed = maybeDeferred(self._coordinator.clients)
+        listed.addCallbacks(self._write, self._failed, (request,), {}, (request,))
+        return NOT_DONE_YET
+
+    def _write(self, clients: list[ClientInfo], request: Request) -> None:
+        groups = [{"targets": [client.fqdn], "labels": dict(client.labels)}
+                  for client in clients]
+        body = json.dumps(groups).encode("utf-8")
+        if cast(PushProxRequest, request).alive:
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+    def _failed(self, reason: Failure, request: Request) -> None:
+        self.log.failure("Listing the clients failed", reason)
+        finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
 
 
 class StatusResource(_Instrumented):
@@ -596,6 +639,8 @@ class PushProxSite(Site):
         clients_endpoint: bool = True,
         metrics_endpoint: bool = True,
         reactor: Any = None,
+        peer_auth: PeerAuth | None = None,
+        push_forwarder: PushForwarder | None = None,
     ) -> None:
         self.config = config or ProxyConfig()
         self.protocol = PushProxChannel.with_header_limit(self.config.max_header_size)
@@ -610,7 +655,9 @@ class PushProxSite(Site):
             scrapes_in_flight=coordinator.scrapes_in_flight,
         )
         parts = ProxyParts(coordinator, self.config, self.metrics, clock)
-        self._scrape = ScrapeResource(parts, scraper_auth)
+        self.peer_auth = peer_auth
+        self.push_forwarder = push_forwarder
+        self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
         self._push = PushResource(parts)
         self._connect = ConnectRefused()
         root = self._tree(parts, scraper_auth, clients=clients_endpoint,
@@ -638,17 +685,28 @@ class PushProxSite(Site):
 
     def start_push(self, request: Request, length: int | None) -> Push:
         """The push that ``request`` carries, authenticated before its body arrives."""
-        principal: str | None = None
-        if self.client_auth is not None:
-            try:
-                principal = self.client_auth.push_principal(
-                    request.getHeader(b"authorization"), certificate_names(request)
-                )
-            except Denied as denied:
-                return Push.refused(self.coordinator, self.config, denied)
+        try:
+            principal = self._push_principal(request)
+        except Denied as denied:
+            return Push.refused(self.coordinator, self.config, denied)
         # The connection's transport: paused while Prometheus reads slowly.
         transport = cast(IPushProducer, request.transport)
-        return Push(self.coordinator, self.config, principal, length, transport)
+        return Push(self.coordinator, self.config, principal, length, transport,
+                    forwarder=self.push_forwarder,
+                    push_poll=request.getHeader(wire.PUSH_POLL_HEADER) is not None)
+
+    def _push_principal(self, request: Request) -> str | None:
+        """Who pushes: a peer says for whom it forwards; a client proves who it is."""
+        if self.peer_auth is not None and self.peer_auth.is_peer(
+            request.getHeader(wire.PEER_TOKEN_HEADER)
+        ):
+            principal = request.getHeader(wire.PRINCIPAL_HEADER)
+            return principal.decode("utf-8") if principal else None
+        if self.client_auth is None:
+            return None
+        return self.client_auth.push_principal(
+            request.getHeader(b"authorization"), certificate_names(request)
+        )
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""

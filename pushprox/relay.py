@@ -13,8 +13,10 @@ Prometheus reads slowly.  Nothing here holds a whole page.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Protocol, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +28,42 @@ from pushprox.auth import Denied
 from pushprox.coordinator import ForeignScrape, ICoordinator, IScrapeAnswer, Scrape, UnknownScrape
 from pushprox.responses import finish_with
 from pushprox.twisted_hooks import StreamingRequest
+
+
+@dataclass(frozen=True)
+class PushReply:
+    """What the proxy that owns a forwarded push answered it: relayed to the client as is."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+class ForwardedPush(Protocol):
+    """A push on its way to the replica that owns its scrape (cluster mode)."""
+
+    #: Fires with the owner's answer, or fails when the owner cannot be reached.
+    reply: Deferred[PushReply]
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the push body."""
+
+    def finish(self) -> None:
+        """The whole body has been fed."""
+
+    def abort(self) -> None:
+        """The client's push broke off: the owner must not take it as whole."""
+
+
+class PushForwarder(Protocol):
+    """Sends a push whose scrape another replica owns to that replica (cluster mode)."""
+
+    def owner(self, scrape_id: str) -> str | None:
+        """The peer URL of the replica that owns ``scrape_id``, when it is not this one."""
+
+    def forward(self, peer: str, principal: str | None, push_poll: bool,
+                transport: IPushProducer | None) -> ForwardedPush:
+        """Start sending a push to ``peer``; ``transport`` is paused while it is slow."""
 
 
 class PushLimits(Protocol):
@@ -204,8 +242,15 @@ class Push:
         principal: str | None,
         declared_length: int | None,
         transport: IPushProducer | None = None,
+        *,
+        forwarder: PushForwarder | None = None,
+        push_poll: bool = False,
     ) -> None:
         self._coordinator = coordinator
+        self._forwarder = forwarder
+        self._push_poll = push_poll
+        #: Set when the push is on its way to the replica that owns its scrape.
+        self.forwarded: ForwardedPush | None = None
         self._limits = limits
         #: The authenticated client that pushes (None without client authentication).
         self.principal = principal
@@ -230,6 +275,9 @@ class Push:
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the push body."""
+        if self.forwarded is not None:
+            self.forwarded.feed(data)
+            return
         if self.refusal is not None:
             return
         limit = self._limits.max_push_size
@@ -246,6 +294,9 @@ class Push:
         """The push body is complete: finish the relay; returns the refusal, if any."""
         if self.refusal is not None:
             return self.refusal
+        if self.forwarded is not None:
+            self.forwarded.finish()
+            return None
         limit = self._limits.max_push_size
         if self._answer is None or self._body is None:
             if (self._declared_length or 0) > limit:
@@ -264,7 +315,9 @@ class Push:
 
     def connection_lost(self) -> None:
         """The pushing client hung up before the end of its body."""
-        if self.refusal is None:
+        if self.forwarded is not None:
+            self.forwarded.abort()
+        elif self.refusal is None:
             self._refuse(400, "push connection lost")
 
     # -- the steps --
@@ -294,6 +347,12 @@ class Push:
             return b""
         except wire.WireError as error:
             self._refuse(400, f"malformed push: {error}")
+            return b""
+        peer = self._forwarder.owner(head.scrape_id) if self._forwarder is not None else None
+        if peer is not None and self._forwarder is not None:
+            self.forwarded = self._forwarder.forward(peer, self.principal, self._push_poll,
+                                                     self._transport)
+            self.forwarded.feed(split[0] + b"\r\n\r\n" + split[1])
             return b""
         scrape = self._claim(head.scrape_id)
         if scrape is None:
@@ -343,6 +402,8 @@ class Push:
     def _refuse(self, code: int, message: str) -> None:
         if self.refusal is None:
             self.refusal = Denied(code, message)
+        if self.forwarded is not None:
+            self.forwarded.abort()
         if self._answer is not None:
             self._answer.abort()
         self._release()

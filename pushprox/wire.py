@@ -48,6 +48,13 @@ SCRAPE_ERROR_HEADER = _EXTENSION + b"Scrape-Error"
 #: ``unreachable``, ``overload`` or ``shutdown`` (502).
 SCRAPE_ERROR_KIND_HEADER = _EXTENSION + b"Scrape-Error-Kind"
 
+#: Between replicas of a cluster only: the shared secret that makes a replica a peer.
+PEER_TOKEN_HEADER = _EXTENSION + b"Peer-Token"
+#: Between replicas: the request was forwarded by a peer and must not be forwarded again.
+HOP_HEADER = _EXTENSION + b"Hop"
+#: Between replicas: the authenticated client a forwarded push comes from.
+PRINCIPAL_HEADER = _EXTENSION + b"Principal"
+
 #: The extension that bounds idle polls (``POLL_TIMEOUT_HEADER``).
 POLL_TIMEOUT_EXTENSION = b"poll-timeout"
 #: The extension that answers a push with the next queued scrape (``PUSH_POLL_HEADER``).
@@ -73,15 +80,19 @@ HOP_BY_HOP = frozenset(
 PROTOCOL_HEADERS = frozenset(
     {ID_HEADER.lower(), TIMEOUT_HEADER.lower(), UPSTREAM_TIMEOUT_HEADER.lower()}
 )
+#: What replicas of a cluster tell each other; never passed on to anyone else.
+PEER_HEADERS = frozenset(
+    {PEER_TOKEN_HEADER.lower(), HOP_HEADER.lower(), PRINCIPAL_HEADER.lower()}
+)
 #: Prometheus' headers a poll answer does not copy: they are replaced or hop-by-hop.
-NOT_SENT_TO_CLIENT = HOP_BY_HOP | PROTOCOL_HEADERS | {b"host"}
+NOT_SENT_TO_CLIENT = HOP_BY_HOP | PROTOCOL_HEADERS | PEER_HEADERS | {b"host"}
 #: Scrape request headers the client does not send to its target.
 NOT_SENT_TO_TARGET = HOP_BY_HOP | {b"host", ID_HEADER.lower()}
 #: Target response headers a push does not copy: its framing is the push's own.
 NOT_PUSHED = HOP_BY_HOP | {b"content-length", ID_HEADER.lower()}
 #: Pushed response headers that Prometheus must not see: ours, upstream's, and those
 #: that describe the push's framing rather than the response's.
-NOT_RELAYED = HOP_BY_HOP | PROTOCOL_HEADERS | {b"content-length"}
+NOT_RELAYED = HOP_BY_HOP | PROTOCOL_HEADERS | PEER_HEADERS | {b"content-length"}
 
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
