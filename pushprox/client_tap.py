@@ -21,21 +21,7 @@ from pushprox.config import (
     twistd_parameters,
 )
 from pushprox.metrics import ClientMetrics
-from pushprox.options import port_number
-
-
-def read_secret(path: str | None, flag: str) -> str | None:
-    """The first line of a secret file, or a usage error naming the flag."""
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as secret_file:
-            secret = secret_file.readline().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise usage.UsageError(f"--{flag}: cannot read {path}: {error}") from None
-    if not secret:
-        raise usage.UsageError(f"--{flag}: {path} is empty")
-    return secret
+from pushprox.options import port_number, read_secret
 
 
 class Options(usage.Options):

@@ -59,6 +59,8 @@ class ProxyConfig:
     max_clients: int = option(100_000, "Registered clients.")
     max_polls_per_client: int = option(16, "Polls one FQDN may hold open at once.")
     log_scrapes: bool = option(False, "Log one line per proxied scrape (default: only errors).")
+    shutdown_grace: float = option(
+        15.0, "Seconds a stopping replica (cluster mode) waits for its scrapes in flight.")
     #: Largest status line plus headers of a pushed response, in bytes.
     max_push_head_size: int = 64 * 1024
 

@@ -265,6 +265,8 @@ class Coordinator:
         self._queues: dict[str, deque[Scrape]] = {}
         self._scrapes: dict[str, Scrape] = {}
         self._stopping = False
+        #: Fired once no scrape is in flight (see ``when_no_scrapes``).
+        self._no_scrapes: list[Deferred[None]] = []
 
     # -- counts, for metrics and for tests asserting that nothing is left --
 
@@ -302,6 +304,14 @@ class Coordinator:
             for poll in list(polls):
                 self._end_poll(poll)
                 poll.deferred.callback(None)
+
+    def when_no_scrapes(self) -> Deferred[None]:
+        """Fires once no scrape is in flight here (at once if none is)."""
+        if not self._scrapes:
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._no_scrapes.append(deferred)
+        return deferred
 
     def is_idle(self) -> bool:
         """True when no scrape, poll or queue entry is held (clients may be)."""
@@ -367,6 +377,10 @@ class Coordinator:
             _discard(self._queues, scrape.fqdn, scrape)
         scrape.state = ScrapeState.DONE
         self._scrapes.pop(scrape.scrape_id, None)
+        if not self._scrapes and self._no_scrapes:
+            waiting, self._no_scrapes = self._no_scrapes, []
+            for deferred in waiting:
+                deferred.callback(None)
         if scrape.timer is not None and scrape.timer.active():
             scrape.timer.cancel()
         scrape.timer = None

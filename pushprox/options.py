@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from twisted.python import usage
+
 
 def positive_float(value: str) -> float:
     """Parse a positive number of seconds."""
@@ -26,3 +28,17 @@ def port_number(value: str) -> int:
     if not 0 < number < 65536:
         raise ValueError(f"{value} is not a TCP port")
     return number
+
+
+def read_secret(path: str | None, flag: str) -> str | None:
+    """The first line of a secret file, or a usage error naming the flag."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as secret_file:
+            secret = secret_file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise usage.UsageError(f"--{flag}: cannot read {path}: {error}") from None
+    if not secret:
+        raise usage.UsageError(f"--{flag}: {path} is empty")
+    return secret

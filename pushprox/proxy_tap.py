@@ -16,8 +16,10 @@ from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
-from pushprox.coordinator import Coordinator
+from pushprox.coordinator import Coordinator, ICoordinator
+from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
+from pushprox.options import read_secret
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
 
@@ -42,6 +44,14 @@ class Options(usage.Options):
         ["client-tokens", None, None, "File of 'fqdn token' lines ('* token' for a shared "
          "one): clients must send one as a Bearer token or basic-auth password. "
          "Re-read on SIGHUP."],
+        ["redis", None, None, "Cluster mode: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// "
+         "for TLS) shared by every replica as the routing table."],
+        ["redis-password-file", None, None, "File holding the Redis password (instead of "
+         "one in the --redis URL)."],
+        ["peer-url", None, None, "Cluster mode: how the other replicas reach this one "
+         "(default: http:// + this host's FQDN + the first tcp: port of --listen)."],
+        ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
+         "the replicas (required with --redis)."],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients and /metrics then "
          "want Authorization."],
@@ -87,6 +97,33 @@ class Options(usage.Options):
                 load_certificates(self["client-ca"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """Cluster mode's options go together: Redis, a peer token, a peer URL."""
+        cluster_flags = ("redis-password-file", "peer-url", "peer-token-file")
+        if not self["redis"]:
+            given = [flag for flag in cluster_flags if self[flag]]
+            if given:
+                raise usage.UsageError(f"--{given[0]} needs --redis")
+            return
+        if not self["peer-token-file"]:
+            raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "
+                                   "each other with it")
+        self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
+        self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
+        if not self["peer-url"]:
+            from pushprox.cluster.service import default_peer_url
+
+            self["peer-url"] = default_peer_url(self["listen"])
+            if self["peer-url"] is None:
+                raise usage.UsageError("--redis needs --peer-url when no tcp: port is listened on")
+        try:
+            from pushprox.cluster.routes import RedisAddress
+
+            RedisAddress.from_url(self["redis"])
+        except ValueError as error:
+            raise usage.UsageError(f"--redis: {error}") from None
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
@@ -114,20 +151,45 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.config()
-    coordinator = Coordinator(reactor, config)
+    metrics = ProxyMetrics()
+    service = MultiService()
+    listeners = MultiService()
+    site_options: dict[str, Any] = {}
+    coordinator: ICoordinator
+    if options["redis"]:
+        # Imported only in cluster mode: nothing of it is loaded without --redis.
+        from pushprox.auth import PeerAuth
+        from pushprox.cluster import service as cluster_service
+
+        cluster = cluster_service.build(
+            reactor, config, metrics, redis_url=options["redis"],
+            redis_password=options["redis-password"], peer_url=options["peer-url"],
+            peer_token=options["peer-token"])
+        coordinator, local = cluster.coordinator, cluster.local
+        site_options.update(peer_auth=PeerAuth(options["peer-token"]),
+                            push_forwarder=cluster.peers)
+        listeners = cluster_service.DrainingListeners(cluster, reactor, config.shutdown_grace)
+    else:
+        coordinator = local = Coordinator(reactor, config)
     client_auth: ClientAuth = options["client-auth"]
     site = PushProxSite(
         coordinator,
         clock=reactor,
         config=config,
+        metrics=metrics,
         client_auth=client_auth,
         scraper_auth=options["scraper-auth"],
         clients_endpoint=not options["no-clients-endpoint"],
         metrics_endpoint=not options["no-metrics-endpoint"],
+        **site_options,
     )
-    service = MultiService()
-    # Added first so that it stops last: the ports close before pending answers go.
-    CoordinatorService(coordinator, reactor).setServiceParent(service)
+    if not options["redis"]:
+        # Added first so that it stops last: the ports close before pending answers go.
+        CoordinatorService(local, reactor).setServiceParent(service)
+    # (A replica's DrainingListeners shut its coordinator down once drained.)
+    listeners.setServiceParent(service)
+    if options["redis"]:
+        cluster_service.HeartbeatService(cluster).setServiceParent(service)
     for endpoint in options["listen"]:
         description = endpoint
         if options["client-ca"]:
@@ -138,7 +200,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             listener = strports.service(description, site, reactor=reactor)
         except ValueError as error:
             raise usage.UsageError(f"--listen {endpoint}: {error}") from None
-        listener.setServiceParent(service)
+        listener.setServiceParent(listeners)
     if options["client-tokens"]:
         ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
     return service

@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+Where each scrape goes in a cluster: here, or to the replica that holds the client's poll.
+
+``ClusterCoordinator`` implements ``ICoordinator`` around the single-process
+``Coordinator``, which keeps this replica's polls, scrapes and timeouts as it always
+did.  A scrape is served here when a poll of its FQDN is held here, when it was
+forwarded by a peer already (one hop at most), or when Redis names no other live
+replica; otherwise it is forwarded.  Every poll is noted in the routing table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pushprox import wire
+from pushprox.cluster.forwarding import Peers
+from pushprox.cluster.routes import RedisUnavailable, RouteTable
+from pushprox.coordinator import (
+    ClientInfo,
+    Coordinator,
+    ICoordinator,
+    IScrapeAnswer,
+    Scrape,
+)
+
+#: While draining, how long to wait for a client to re-poll elsewhere before asking
+#: Redis again where it went.
+DRAIN_RETRY = 0.1
+
+
+@implementer(ICoordinator)
+class ClusterCoordinator:
+    """A replica's coordinator: local polls and scrapes, shared routes, forwarding."""
+
+    log = Logger()
+
+    def __init__(self, local: Coordinator, routes: RouteTable, peers: Peers,
+                 clock: IReactorTime) -> None:
+        self.local = local
+        self._routes = routes
+        self._peers = peers
+        self._clock = clock
+
+    @property
+    def draining(self) -> bool:
+        """See L{ICoordinator.draining}."""
+        return self.local.draining
+
+    # -- scrapes --
+
+    def scrape(self, fqdn: str, method: bytes, url: bytes,
+               headers: Sequence[tuple[bytes, bytes]], timeout: float,
+               ) -> Deferred[IScrapeAnswer]:
+        """See L{ICoordinator.scrape}: here, or forwarded to the replica with the poll."""
+        forwarded = wire.header_value(headers, wire.HOP_HEADER) is not None
+        if forwarded or (self.local.has_poll(fqdn) and not self.local.draining):
+            return self.local.scrape(fqdn, method, url, headers, timeout)
+        return Deferred.fromCoroutine(self._route(fqdn, method, url, list(headers), timeout))
+
+    async def _route(self, fqdn: str, method: bytes, url: bytes,
+                     headers: list[tuple[bytes, bytes]], timeout: float) -> IScrapeAnswer:
+        deadline = self._clock.seconds() + timeout
+        while True:
+            try:
+                peer = await self._routes.route(fqdn)
+            except RedisUnavailable:
+                peer = None
+            if peer is not None and peer != self._routes.peer_url:
+                left = deadline - self._clock.seconds()
+                return await self._peers.forward_scrape(peer, method, url, headers, left)
+            if not self.local.draining or self._clock.seconds() + DRAIN_RETRY >= deadline:
+                left = max(deadline - self._clock.seconds(), 0.001)
+                return await self.local.scrape(fqdn, method, url, headers, left)
+            # Leaving: the client's next poll goes to another replica, which will say so.
+            await deferLater(self._clock, DRAIN_RETRY, lambda: None)
+
+    # -- polls --
+
+    def poll(self, fqdn: str, principal: str | None, timeout: float | None,
+             labels: dict[str, str] | None = None) -> Deferred[Scrape | None]:
+        """See L{ICoordinator.poll}; the poll is noted in the shared routing table."""
+        if not self.local.draining:
+            self._routes.note_poll(fqdn, labels)
+        return self.local.poll(fqdn, principal, timeout, labels)
+
+    def clients(self) -> Deferred[list[ClientInfo]]:
+        """Every client of the cluster; this replica's own when Redis cannot say."""
+        return Deferred.fromCoroutine(self._clients())
+
+    async def _clients(self) -> list[ClientInfo]:
+        local = self.local.clients()
+        try:
+            shared = await self._routes.clients()
+        except RedisUnavailable:
+            return local
+        merged = {client.fqdn: client for client in shared}
+        for client in local:
+            merged[client.fqdn] = client
+        return sorted(merged.values(), key=lambda client: client.fqdn)
+
+    # -- the rest is the local coordinator's --
+
+    def requeue(self, scrape: Scrape) -> None:
+        """See L{ICoordinator.requeue}."""
+        self.local.requeue(scrape)
+
+    def claim(self, scrape_id: str, principal: str | None) -> Scrape:
+        """See L{ICoordinator.claim}."""
+        return self.local.claim(scrape_id, principal)
+
+    def take_queued(self, fqdn: str, principal: str | None) -> Scrape | None:
+        """See L{ICoordinator.take_queued}."""
+        return self.local.take_queued(fqdn, principal)
+
+    def respond(self, scrape: Scrape, answer: IScrapeAnswer) -> None:
+        """See L{ICoordinator.respond}."""
+        self.local.respond(scrape, answer)
+
+    def finish(self, scrape: Scrape) -> None:
+        """See L{ICoordinator.finish}."""
+        self.local.finish(scrape)
+
+    def shutdown(self) -> None:
+        """See L{ICoordinator.shutdown}."""
+        self.local.shutdown()
+
+    def client_count(self) -> int:
+        """Clients registered with this replica."""
+        return self.local.client_count()
+
+    def waiting_poll_count(self) -> int:
+        """See L{ICoordinator.waiting_poll_count}."""
+        return self.local.waiting_poll_count()
+
+    def queued_scrape_count(self) -> int:
+        """See L{ICoordinator.queued_scrape_count}."""
+        return self.local.queued_scrape_count()
+
+    def scrapes_in_flight(self) -> int:
+        """See L{ICoordinator.scrapes_in_flight}."""
+        return self.local.scrapes_in_flight()

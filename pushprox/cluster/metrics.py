@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""The figures a replica adds to its ``/metrics`` in cluster mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Redis calls take well under a millisecond on a local network; seconds mean trouble.
+REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ClusterMetrics:
+    """Forwarded scrapes and pushes, Redis errors and latency, routes held."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.forwarded_scrapes = Counter(
+            "pushprox_cluster_forwarded_scrapes_total",
+            "Scrapes forwarded to the replica that holds the client's poll, by the status "
+            "code that replica answered (0: it could not be reached).", ["code"], registry=r)
+        self.forwarded_pushes = Counter(
+            "pushprox_cluster_forwarded_pushes_total",
+            "Pushes forwarded to the replica that owns their scrape, by the status code "
+            "that replica answered (0: it could not be reached).", ["code"], registry=r)
+        self.redis_errors = Counter(
+            "pushprox_cluster_redis_errors_total",
+            "Redis calls that failed or timed out.", registry=r)
+        self.redis_latency = Histogram(
+            "pushprox_cluster_redis_latency_seconds", "Time Redis took to answer a call.",
+            buckets=REDIS_BUCKETS, registry=r)
+        self.redis_up = Gauge(
+            "pushprox_cluster_redis_up",
+            "1 while Redis answers; 0 while this replica routes only its own clients.",
+            registry=r)
+        self.redis_up.set(1)
+        self.replicas = Gauge(
+            "pushprox_cluster_replicas", "Live replicas seen at the last heartbeat.",
+            registry=r)
+        self.routes = Gauge(
+            "pushprox_cluster_routes",
+            "Clients whose route this replica wrote (it saw their last poll).", registry=r)
+
+    def watch_routes(self, count: Callable[[], float]) -> None:
+        """Read the routes gauge at collection time."""
+        self.routes.set_function(count)

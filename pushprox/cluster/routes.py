@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""
+The cluster's routing table in Redis.
+
+Keys (every one expires by itself once nothing refreshes it):
+
+- ``pushprox:clients``: sorted set, FQDN → time of its last poll seen by any replica;
+- ``pushprox:routes``: hash, FQDN → id of the replica that saw that poll;
+- ``pushprox:labels``: hash, FQDN → its labels as JSON;
+- ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``.
+
+The three client keys expire after the registration timeout and are refreshed by every
+write; entries of clients silent for longer are pruned by the heartbeat.  A poll is
+written only when its route or labels change or the entry is older than a third of
+the registration timeout, so a client that polls every second costs Redis one small
+script every 100 s.  Every Redis call has a timeout; when Redis cannot be reached the
+table says so (``up``), and callers route locally until it is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.coordinator import ClientInfo
+
+CLIENTS = "pushprox:clients"
+ROUTES = "pushprox:routes"
+LABELS = "pushprox:labels"
+REPLICAS = "pushprox:replicas"
+
+# Record a poll: KEYS clients, routes, labels; ARGV fqdn, replica, labels, now, ttl.
+_NOTE_POLL = """
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return 1
+"""
+# Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, record, now, replica ttl,
+# client cutoff.  Returns the replicas hash after dropping replicas and clients gone.
+_HEARTBEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local seen = tonumber(cjson.decode(all[i + 1])['seen'])
+  if seen < tonumber(ARGV[3]) - tonumber(ARGV[4]) then redis.call('HDEL', KEYS[1], all[i]) end
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+for _, fqdn in ipairs(gone) do
+  redis.call('HDEL', KEYS[3], fqdn)
+  redis.call('HDEL', KEYS[4], fqdn)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+return redis.call('HGETALL', KEYS[1])
+"""
+# List the clients: KEYS clients, labels; ARGV cutoff.  Returns fqdn, seen, labels, ...
+_CLIENTS = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = live[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
+end
+return out
+"""
+# Withdraw a replica: KEYS routes, replicas; ARGV id.  Drops the routes that name it.
+_WITHDRAW = """
+local all = redis.call('HGETALL', KEYS[1])
+local dropped = 0
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], all[i]); dropped = dropped + 1 end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return dropped
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time or refused the call."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is, from a ``redis://`` or ``rediss://`` URL."""
+
+    host: str
+    port: int
+    db: int
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str, password: str | None = None) -> RedisAddress:
+        """Parse ``redis://[:PASSWORD@]HOST[:PORT][/DB]``; ``password`` wins over the URL's."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"{url} is not a redis:// or rediss:// URL")
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"{url}: the database must be a number")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{url}: malformed port") from None
+        url_password = unquote(parts.password) if parts.password else None
+        return cls(host=parts.hostname, port=port, db=int(path or 0),
+                   password=password or url_password, tls=parts.scheme == "rediss")
+
+
+def connect(address: RedisAddress, timeout: float) -> Any:
+    """A lazily connecting, reconnecting Redis connection pool."""
+    import txredisapi
+
+    context: Any = False
+    if address.tls:
+        from twisted.internet.ssl import CertificateOptions, platformTrust
+
+        context = CertificateOptions(trustRoot=platformTrust())
+    return txredisapi.lazyConnectionPool(
+        host=address.host, port=address.port, dbid=address.db, poolsize=2,
+        reconnect=True, password=address.password, ssl_context_factory=context,
+        connectTimeout=timeout, replyTimeout=timeout,
+    )
+
+
+class RouteTable:
+    """The cluster's shared routing table, as this replica reads and writes it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        replica_id: str,
+        peer_url: str,
+        clock: IReactorTime,
+        registration_timeout: float,
+        metrics: ClusterMetrics,
+        heartbeat_interval: float = 2.0,
+        timeout: float = 0.5,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self._redis = redis
+        self.replica_id = replica_id
+        self.peer_url = peer_url
+        self._clock = clock
+        self._ttl = registration_timeout
+        self._metrics = metrics
+        self.heartbeat_interval = heartbeat_interval
+        self._timeout = timeout
+        # Times in Redis are shared by replicas on other machines: wall clock, not the
+        # reactor's (which may be monotonic, or a test's Clock).
+        self._now = wall_clock or time.time
+        #: FQDN → (labels as JSON, when written): what this replica last wrote.
+        self._written: dict[str, tuple[str, float]] = {}
+        #: Live replicas: id → peer URL, as of the last heartbeat.
+        self.replicas: dict[str, str] = {}
+        self.up = True
+        metrics.watch_routes(lambda: len(self._written))
+
+    # -- calls, with a timeout, counted --
+
+    async def _call(self, what: str, call: Callable[[], Deferred[Any]]) -> Any:
+        started = self._clock.seconds()
+        try:
+            deferred = call()
+            deferred.addTimeout(self._timeout, self._clock)
+            result = await deferred
+        except Exception as error:
+            self._metrics.redis_errors.inc()
+            self._set_up(False, f"{what}: {type(error).__name__}: {error}")
+            raise RedisUnavailable(str(error)) from error
+        self._metrics.redis_latency.observe(self._clock.seconds() - started)
+        self._set_up(True, what)
+        return result
+
+    def _set_up(self, up: bool, what: str) -> None:
+        if up == self.up:
+            return
+        self.up = up
+        self._metrics.redis_up.set(1 if up else 0)
+        if up:
+            self.log.info("Redis answers again: cluster routing resumes")
+        else:
+            self.log.warn("Redis cannot be reached ({what}): serving the clients that poll "
+                          "this replica only, until it is back", what=what)
+
+    # -- polls and scrapes --
+
+    def note_poll(self, fqdn: str, labels: dict[str, str] | None) -> None:
+        """Record that ``fqdn`` polls this replica, unless Redis knows it already."""
+        now = self._now()
+        previous = self._written.get(fqdn)
+        encoded = json.dumps(labels or {}, sort_keys=True) if labels is not None else (
+            previous[0] if previous is not None else "{}")
+        if previous is not None and previous[0] == encoded and now - previous[1] < self._ttl / 3:
+            return
+        self._written[fqdn] = (encoded, now)
+        done = Deferred.fromCoroutine(self._call("note poll", lambda: self._redis.eval(
+            _NOTE_POLL, [CLIENTS, ROUTES, LABELS],
+            [fqdn, self.replica_id, encoded, now, int(self._ttl) + 1])))
+        # Written again at the next poll; the failure is counted and logged already.
+        done.addErrback(lambda failure: self._written.pop(fqdn, None) and None)
+
+    def forget_local(self, fqdn: str) -> None:
+        """This replica no longer holds ``fqdn``'s polls (its registration expired)."""
+        self._written.pop(fqdn, None)
+
+    async def route(self, fqdn: str) -> str | None:
+        """The peer URL of the live replica that last saw a poll of ``fqdn``, else None."""
+        replica = await self._call("route", lambda: self._redis.hget(ROUTES, fqdn))
+        if not replica:
+            return None
+        return self.replicas.get(str(replica))
+
+    async def clients(self) -> list[ClientInfo]:
+        """Every client of the cluster, sorted by FQDN."""
+        cutoff = self._now() - self._ttl
+        raw = await self._call("clients", lambda: self._redis.eval(
+            _CLIENTS, [CLIENTS, LABELS], [cutoff]))
+        clients = []
+        for index in range(0, len(raw), 3):
+            try:
+                labels = json.loads(raw[index + 2])
+            except ValueError:
+                labels = {}
+            clients.append(ClientInfo(fqdn=str(raw[index]), last_seen=float(raw[index + 1]),
+                                      labels=labels if isinstance(labels, dict) else {}))
+        return sorted(clients, key=lambda client: client.fqdn)
+
+    # -- replicas --
+
+    async def heartbeat(self) -> None:
+        """Say this replica is alive; learn the others; prune clients gone silent."""
+        now = self._now()
+        record = json.dumps({"url": self.peer_url, "seen": now})
+        ttl = int(self.heartbeat_interval * 3) + 1
+        raw = await self._call("heartbeat", lambda: self._redis.eval(
+            _HEARTBEAT, [REPLICAS, CLIENTS, ROUTES, LABELS],
+            [self.replica_id, record, now, ttl, now - self._ttl]))
+        replicas: dict[str, str] = {}
+        for index in range(0, len(raw), 2):
+            try:
+                replicas[str(raw[index])] = str(json.loads(raw[index + 1])["url"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        self.replicas = replicas
+        cutoff = now - self._ttl
+        for fqdn in [name for name, (_, when) in self._written.items() if when < cutoff]:
+            del self._written[fqdn]
+
+    async def withdraw(self) -> int:
+        """Drop this replica and the routes that name it; returns how many routes went."""
+        dropped = await self._call("withdraw", lambda: self._redis.eval(
+            _WITHDRAW, [ROUTES, REPLICAS], [self.replica_id]))
+        self._written.clear()
+        return int(dropped)
+
+    def replica_of(self, scrape_id: str) -> str | None:
+        """The peer URL of the replica a scrape id names, when it is another live one."""
+        replica, dot, _ = scrape_id.partition(".")
+        if not dot or replica == self.replica_id:
+            return None
+        return self.replicas.get(replica)
