@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IServiceCollection
+from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
@@ -133,10 +133,11 @@ class ProxyServiceTests(SynchronousTestCase):
                               "--listen", "tcp:0:interface=127.0.0.1")
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
-        self.assertIsInstance(children[0], CoordinatorService)
-        self.assertEqual(len(children), 3)
-        for child in children[1:]:
-            self.assertIsInstance(child, StreamServerEndpointService)
+        self.assertEqual([type(child) for child in children],
+                         [CoordinatorService, MultiService])
+        listeners = list(IServiceCollection(children[1]))
+        self.assertEqual([type(child) for child in listeners],
+                         [StreamServerEndpointService, StreamServerEndpointService])
 
     def test_mutual_tls_listener_and_token_reload(self) -> None:
         """--client-ca builds the TLS listener itself; --client-tokens adds SIGHUP reload."""
@@ -152,7 +153,9 @@ class ProxyServiceTests(SynchronousTestCase):
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, StreamServerEndpointService, ReloadOnHangup])
+                         [CoordinatorService, MultiService, ReloadOnHangup])
+        [listener] = list(IServiceCollection(children[1]))
+        self.assertIsInstance(listener, StreamServerEndpointService)
         self.assertTrue(options["client-auth"].enabled)
 
 
