@@ -239,8 +239,8 @@ class ClientAuth:
         try:
             self._tokens = load_tokens(self._token_file)
         except ValueError as error:
-            self.log.error("Token file not reloaded, the old tokens stay in force: {error}",
-                           error=str(error))
+            self.log.error("Token file not reloaded, the old tokens stay in force: {reason}",
+                           reason=str(error))
             return
         self.log.info("Reloaded {n} client tokens from {path}", n=len(self._tokens),
                       path=self._token_file)

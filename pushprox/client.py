@@ -378,8 +378,8 @@ class ClientService(Service):
         self._failures += 1
         state = f"{type(error).__name__}: {error}"
         if state != self._failing:
-            self.log.warn("Polling {url} failed, retrying with backoff: {error}",
-                          url=self._poll_url.decode(), error=state)
+            self.log.warn("Polling {url} failed, retrying with backoff: {reason}",
+                          url=self._poll_url.decode(), reason=state, fqdn=self.config.fqdn)
             self._failing = state
 
     def _note_success(self) -> None:
@@ -434,9 +434,9 @@ class ClientService(Service):
         run.pushing = True
         await self._push(request, PushBody(head, response))
         if self.config.log_scrapes:
-            self.log.info("Scraped {url} for scrape {scrape_id}: {code}",
+            self.log.info("Scraped {url} for scrape {scrape_id}: {status}",
                           url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
-                          code=response.code)
+                          status=response.code, fqdn=self.config.fqdn)
 
     def _scrape_failed(self, run: _ScrapeRun, failure: Failure) -> None:
         if failure.check(_PushFailed):
@@ -453,7 +453,8 @@ class ClientService(Service):
             reason, kind = describe_failure(failure), "unreachable"
         message = f"failed to scrape {request.url.decode('latin-1')}: {reason}"
         self.log.warn("Scrape {scrape_id} failed: {reason}",
-                      scrape_id=request.scrape_id, reason=message)
+                      scrape_id=request.scrape_id, reason=message, fqdn=self.config.fqdn,
+                      url=request.url.decode("latin-1"))
         if run.pushing:
             # The push had begun: the proxy saw it break off and told Prometheus.
             return
@@ -475,13 +476,13 @@ class ClientService(Service):
             raise
         except Exception as error:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} failed: {error}",
-                          scrape_id=request.scrape_id, error=error)
+            self.log.warn("Push of scrape {scrape_id} failed: {reason}",
+                          scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
             raise _PushFailed() from error
         if response.code != 200:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} refused with {code}: {answer}",
-                          scrape_id=request.scrape_id, code=response.code,
+            self.log.warn("Push of scrape {scrape_id} refused with {status}: {answer}",
+                          scrape_id=request.scrape_id, status=response.code,
                           answer=_snippet(answer))
             raise _PushFailed()
         if answer and response.headers.hasHeader(wire.NEXT_SCRAPE_HEADER):
@@ -493,8 +494,8 @@ class ClientService(Service):
             request = wire.decode_scrape_request(answer)
         except wire.WireError as error:
             self.metrics.poll_errors.inc()
-            self.log.warn("Push answer is not a scrape request ({error}): {answer}",
-                          error=str(error), answer=_snippet(answer))
+            self.log.warn("Push answer is not a scrape request ({reason}): {answer}",
+                          reason=str(error), answer=_snippet(answer))
             return
         if not self.running:
             self._push_error(request, "the client is shutting down", "shutdown")

@@ -7,8 +7,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.python import usage
 
 from pushprox import wire
@@ -21,12 +20,25 @@ from pushprox.config import (
     twistd_parameters,
 )
 from pushprox.metrics import ClientMetrics
-from pushprox.options import port_number, read_secret
+from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
+from pushprox.program import UPSTREAM_LOG_FLAGS, ProgramOptions, add_listener, program_service
 
 
-class Options(usage.Options):
-    """Options of ``twistd pushprox-client``."""
+class Options(ProgramOptions):
+    """Options of ``twistd pushprox-client`` and of the ``pushprox-client`` command."""
 
+    program = "pushprox-client"
+    upstream_flags = {
+        **UPSTREAM_LOG_FLAGS,
+        "tls.cacert": "tls-cacert",
+        "tls.cert": "tls-cert",
+        "tls.key": "tls-key",
+        "metrics-addr": "metrics-listen",
+        "proxy.retry.initial-wait": "retry-initial-wait",
+        "proxy.retry.max-wait": "retry-max-wait",
+    }
+    #: The variables upstream's client images read.
+    environment_aliases = {"FQDN": "fqdn", "PROXY_URL": "proxy-url"}
     synopsis = "--proxy-url URL [options]"
     longdesc = (
         "Polls a PushProx proxy, scrapes the local targets it asks for and pushes "
@@ -55,8 +67,9 @@ class Options(usage.Options):
          "'Authorization: Bearer' (its --client-tokens)."],
         ["target-bearer-token-file", None, None, "File holding a token sent to targets as "
          "'Authorization: Bearer' (never to the proxy)."],
-        ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics; "
-         "empty to disable."],
+        ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics: "
+         "a Twisted endpoint, a port number or [HOST]:PORT as upstream's --metrics-addr; "
+         "empty to disable.", naming("metrics-listen", optional_listen_endpoint)],
     ]
 
     def __init__(self) -> None:
@@ -158,14 +171,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
             "proxy asks for", fqdn=config.fqdn)
-    service = MultiService()
+    service = program_service(options)
     client = ClientService(config, reactor=reactor, proxy_agent=proxy_agent,
                            target_agent=target_agent, metrics=metrics, pools=pools)
     client.setServiceParent(service)
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 
-        strports.service(
-            options["metrics-listen"], metrics_site(metrics.registry), reactor=reactor
-        ).setServiceParent(service)
+        add_listener(service, "metrics-listen", options["metrics-listen"],
+                     metrics_site(metrics.registry), reactor)
     return service

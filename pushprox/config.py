@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pushprox.options import positive_float, positive_int
+from pushprox.options import naming, positive_int, seconds
 
 
 def option(default: Any, help: str, *, flag: str | None = None) -> Any:
@@ -26,10 +26,10 @@ def option(default: Any, help: str, *, flag: str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "flag": flag})
 
 
-#: How an option's value is read, by the type of its field: seconds and counts are
-#: positive; a string is taken as it is.
+#: How an option's value is read, by the type of its field: durations (a number of
+#: seconds or Go's ``1m30s``) and counts are positive; a string is taken as it is.
 _PARSERS: dict[str, Callable[[str], Any] | None] = {
-    "float": positive_float,
+    "float": seconds,
     "int": positive_int,
     "str | None": None,
 }
@@ -147,9 +147,14 @@ def twistd_flags(config_class: type[Any]) -> list[list[Any]]:
 
 def twistd_parameters(config_class: type[Any]) -> list[list[Any]]:
     """``usage.Options.optParameters`` rows for the other options of a config class."""
-    return [[flag, None, item.default, item.metadata["help"], _PARSERS[str(item.type)]]
-            for flag, item in option_fields(config_class)
-            if item.type not in ("bool", bool)]
+    rows: list[list[Any]] = []
+    for flag, item in option_fields(config_class):
+        if item.type in ("bool", bool):
+            continue
+        parser = _PARSERS[str(item.type)]
+        rows.append([flag, None, item.default, item.metadata["help"],
+                     parser and naming(flag, parser)])
+    return rows
 
 
 def option_values(config_class: type[Any], options: Any) -> dict[str, Any]:

@@ -199,8 +199,8 @@ class ScrapeResource(Resource):
             )
             return False
         except Denied as denied:
-            self.log.info("Refused scrape of {uri!r} from {peer}: {code} {reason}",
-                          uri=request.uri[:200], peer=_peer(request), code=denied.code,
+            self.log.info("Refused scrape of {uri!r} from {peer}: {status} {reason}",
+                          uri=request.uri[:200], peer=_peer(request), status=denied.code,
                           reason=denied.message)
             self._metrics.count_scrape(denied.code, "unauthorized")
             raise
@@ -224,8 +224,8 @@ class ScrapeResource(Resource):
         return fqdn, min(timeout, self._config.scrape_max_timeout)
 
     def _bad(self, request: Request, code: int, message: str) -> Denied:
-        self.log.info("Refused proxy request {uri!r} from {peer}: {code} {reason}",
-                      uri=request.uri[:200], peer=_peer(request), code=code, reason=message)
+        self.log.info("Refused proxy request {uri!r} from {peer}: {status} {reason}",
+                      uri=request.uri[:200], peer=_peer(request), status=code, reason=message)
         self._metrics.count_scrape(code, "bad_request")
         return Denied(code, message)
 
@@ -240,8 +240,8 @@ class ScrapeResource(Resource):
         outcome = "success" if failure is None else "timeout" if code == 504 else "client_error"
         self._done(scrape, code, outcome)
         if self._config.log_scrapes:
-            self.log.info("Scrape of {url} via {fqdn}: {code}",
-                          url=scrape.url, fqdn=scrape.fqdn, code=code)
+            self.log.info("Scrape of {url} via {fqdn}: {status}",
+                          url=scrape.url, fqdn=scrape.fqdn, status=code)
         if failure is not None:
             self.log.warn("Scrape of {url} via {fqdn} failed: {reason}",
                           url=scrape.url, fqdn=scrape.fqdn, reason=failure)
@@ -260,8 +260,8 @@ class ScrapeResource(Resource):
             code, outcome, message = 500, "error", "internal error"
         self._done(scrape, code, outcome)
         if code != 404 or self._config.log_scrapes:
-            self.log.info("Scrape of {url} via {fqdn}: {code} {reason}",
-                          url=scrape.url, fqdn=scrape.fqdn, code=code, reason=message)
+            self.log.info("Scrape of {url} via {fqdn}: {status} {reason}",
+                          url=scrape.url, fqdn=scrape.fqdn, status=code, reason=message)
         finish_with(scrape.request, code, message)
 
     def _done(self, scrape: _ProxiedScrape, code: int, outcome: str) -> None:
@@ -312,8 +312,8 @@ class _Instrumented(Resource):
     def refuse(self, request: Request, denied: Denied, fqdn: str | None = None) -> bytes:
         """Log why a request to this endpoint is refused, and answer it so."""
         what = self.path.lstrip("/") + (f" for {fqdn}" if fqdn else "")
-        self.log.info("Refused {what} from {peer}: {code} {reason}", what=what,
-                      peer=_peer(request), code=denied.code, reason=denied.message)
+        self.log.info("Refused {what} from {peer}: {status} {reason}", what=what,
+                      peer=_peer(request), status=denied.code, reason=denied.message)
         return denied_response(request, denied)
 
     def instrument(self, request: Request) -> None:
@@ -427,7 +427,7 @@ class PollResource(_Instrumented):
             self.log.failure("Poll of {fqdn} failed unexpectedly", reason, fqdn=fqdn)
             code, message = 500, "internal error"
         if code != 503:
-            self.log.info("Poll of {fqdn}: {code} {reason}", fqdn=fqdn, code=code,
+            self.log.info("Poll of {fqdn}: {status} {reason}", fqdn=fqdn, status=code,
                           reason=message)
         finish_with(cast(PushProxRequest, request), code, message)
 

@@ -7,7 +7,6 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -19,14 +18,23 @@ from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_par
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.options import read_secret
+from pushprox.options import listen_endpoint, naming, read_secret
+from pushprox.program import UPSTREAM_LOG_FLAGS, ProgramOptions, add_listener, program_service
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
 
 
-class Options(usage.Options):
-    """Options of ``twistd pushprox-proxy``."""
+class Options(ProgramOptions):
+    """Options of ``twistd pushprox-proxy`` and of the ``pushprox-proxy`` command."""
 
+    program = "pushprox-proxy"
+    upstream_flags = {
+        **UPSTREAM_LOG_FLAGS,
+        "web.listen-address": "listen",
+        "scrape.max-timeout": "scrape-max-timeout",
+        "scrape.default-timeout": "scrape-default-timeout",
+        "registration.timeout": "registration-timeout",
+    }
     synopsis = "[options]"
     longdesc = (
         "Relays Prometheus scrapes (use this proxy as proxy_url) to PushProx clients "
@@ -67,12 +75,11 @@ class Options(usage.Options):
         self["scrape-allow-cidr"].append(network)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Endpoint to serve on, in Twisted syntax (repeatable; default tcp:8080)."""
-        self["listen"].append(endpoint)
+        """Where to serve: a Twisted endpoint (tcp:8080, ssl:8443:...), a port number or
+        [HOST]:PORT as upstream's --web.listen-address (repeatable; default tcp:8080)."""
+        self["listen"].append(naming("listen", listen_endpoint)(endpoint))
 
-    def opt_port(self, endpoint: str) -> None:
-        """The same as --listen (repeatable)."""
-        self.opt_listen(endpoint)
+    opt_port = opt_listen
 
     def postOptions(self) -> None:
         """Fill in the default endpoint."""
@@ -152,7 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     config = options.config()
     metrics = ProxyMetrics()
-    service = MultiService()
+    service = program_service(options)
     listeners = MultiService()
     site_options: dict[str, Any] = {}
     coordinator: ICoordinator
@@ -194,13 +201,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         description = endpoint
         if options["client-ca"]:
             description = require_client_certificates(endpoint, options["client-ca"])
-        try:
-            # Raises at once on a port in use or a bad description, unlike a bare
-            # StreamServerEndpointService, which would only log it.
-            listener = strports.service(description, site, reactor=reactor)
-        except ValueError as error:
-            raise usage.UsageError(f"--listen {endpoint}: {error}") from None
-        listener.setServiceParent(listeners)
+        add_listener(listeners, "listen", description, site, reactor)
     if options["client-tokens"]:
         ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
     return service

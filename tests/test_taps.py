@@ -6,7 +6,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
@@ -18,6 +17,7 @@ from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
+from pushprox.program import FlagListener
 from pushprox.proxy import ProxyConfig
 from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup
 from tests.tlsfixtures import make_pki
@@ -137,7 +137,7 @@ class ProxyServiceTests(SynchronousTestCase):
                          [CoordinatorService, MultiService])
         listeners = list(IServiceCollection(children[1]))
         self.assertEqual([type(child) for child in listeners],
-                         [StreamServerEndpointService, StreamServerEndpointService])
+                         [FlagListener, FlagListener])
 
     def test_mutual_tls_listener_and_token_reload(self) -> None:
         """--client-ca builds the TLS listener itself; --client-tokens adds SIGHUP reload."""
@@ -155,7 +155,7 @@ class ProxyServiceTests(SynchronousTestCase):
         self.assertEqual([type(child) for child in children],
                          [CoordinatorService, MultiService, ReloadOnHangup])
         [listener] = list(IServiceCollection(children[1]))
-        self.assertIsInstance(listener, StreamServerEndpointService)
+        self.assertIsInstance(listener, FlagListener)
         self.assertTrue(options["client-auth"].enabled)
 
 
@@ -235,7 +235,7 @@ class ClientServiceMakerTests(SynchronousTestCase):
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
             reactor=reactor)))
         self.assertEqual([type(child) for child in with_metrics],
-                         [ClientService, StreamServerEndpointService])
+                         [ClientService, FlagListener])
         without = list(IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
                          "--metrics-listen", ""), reactor=reactor)))
