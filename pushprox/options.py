@@ -46,7 +46,8 @@ def go_duration(value: str) -> float:
     """Seconds in a Go duration (``5m``, ``1m30s``, ``250ms``, ``1.5h``; ``0``)."""
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
+    if text[:1] in ("-", "+"):
+        text = text[1:]
     if text == "0":
         return 0.0
     position, total = 0, 0.0

@@ -149,7 +149,9 @@ class ProgramService(MultiService):
         except StartupError as error:
             if not self._exit_on_startup_error:
                 raise
-            sys.stderr.write(f"{error}\n")
+            # twistd has replaced sys.stderr with its log by now; say it on the terminal.
+            stderr = sys.__stderr__ or sys.stderr
+            stderr.write(f"twistd: {error}\n")
             raise SystemExit(1) from None
 
 
