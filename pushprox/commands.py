@@ -46,8 +46,8 @@ def run(options: ProgramOptions, make_service: Callable[[Any, Any], IService],
     except (StartupError, usage.UsageError) as error:
         sys.stderr.write(f"{program}: {error}\n")
         raise SystemExit(1) from None
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
 
 
 def proxy() -> None:
