@@ -68,18 +68,22 @@ def environment_options(options: usage.Options) -> list[EnvironmentOption]:
     return sorted(found.values(), key=lambda option: option.flag)
 
 
-def flags_on_command_line(options: usage.Options, argv: list[str]) -> set[str]:
-    """The options ``argv`` gives, by the name ``options`` files them under."""
+def _canonical(options: usage.Options, flag: str, same_as: Mapping[str, str]) -> str:
+    flag = same_as.get(flag, flag)
+    return str(options.synonyms.get(flag, options.synonyms.get(flag.replace("-", "_"), flag)))
+
+
+def flags_on_command_line(options: usage.Options, argv: list[str], *,
+                          same_as: Mapping[str, str] | None = None) -> set[str]:
+    """The options ``argv`` gives, by the name ``options`` files them under.
+
+    ``same_as`` maps a flag to the one it is another name of (``port`` to ``listen``).
+    """
     try:
         given, _ = getopt.getopt(argv, options.shortOpt, options.longOpt)
     except getopt.GetoptError:
         return set()  # parseOptions will report it
-    names = set()
-    for name, _value in given:
-        name = name.lstrip("-")
-        name = options.synonyms.get(name, options.synonyms.get(name.replace("-", "_"), name))
-        names.add(name)
-    return names
+    return {_canonical(options, name.lstrip("-"), same_as or {}) for name, _value in given}
 
 
 def apply_environment(
@@ -88,29 +92,35 @@ def apply_environment(
     *,
     skip: Iterable[str] = (),
     aliases: Mapping[str, str] | None = None,
+    same_as: Mapping[str, str] | None = None,
 ) -> None:
     """
     Set the options that variables of ``environ`` give, except those in ``skip``.
 
     ``aliases`` maps further variable names to flags (``FQDN`` to ``fqdn``); a
-    ``PUSHPROX_`` variable wins over its alias.
+    ``PUSHPROX_`` variable wins over its alias. ``same_as`` is as for
+    ``flags_on_command_line``.
     """
-    skipped = {options.synonyms.get(name, name) for name in skip}
+    same_as = same_as or {}
+    skipped = {_canonical(options, name, same_as) for name in skip}
     by_flag = {option.flag: option for option in environment_options(options)}
     for option in by_flag.values():
         variable = option.variable
         if variable not in environ:
             variable = next((alias for alias, flag in (aliases or {}).items()
                              if flag == option.flag and alias in environ), "")
-        if not variable or options.synonyms.get(option.flag, option.flag) in skipped:
+        canonical = _canonical(options, option.flag, same_as)
+        if not variable or canonical in skipped:
             continue
         try:
-            _apply(options, option, environ[variable])
+            _apply(options, option, environ[variable], repeatable=isinstance(
+                options.opts.get(canonical), list))
         except (usage.UsageError, OptionValueError, ValueError) as error:
             raise usage.UsageError(f"{variable}={environ[variable]!r}: {error}") from None
 
 
-def _apply(options: usage.Options, option: EnvironmentOption, value: str) -> None:
+def _apply(options: usage.Options, option: EnvironmentOption, value: str, *,
+           repeatable: bool) -> None:
     if option.kind == "flag":
         if value.strip().lower() in _TRUE:
             method = getattr(options, "opt_" + option.flag.replace("-", "_"), None)
@@ -129,8 +139,7 @@ def _apply(options: usage.Options, option: EnvironmentOption, value: str) -> Non
         options[option.flag] = coerce(value) if coerce else value
         return
     method = getattr(options, "opt_" + option.flag.replace("-", "_"))
-    canonical = options.synonyms.get(option.flag, option.flag)
-    if isinstance(options.opts.get(canonical), list):
+    if repeatable:
         for item in (part.strip() for part in value.split(",")):
             if item:
                 method(item)

@@ -61,6 +61,8 @@ class ProgramOptions(usage.Options):
     upstream_flags: ClassVar[Mapping[str, str]] = UPSTREAM_LOG_FLAGS
     #: Variables read beside the PUSHPROX_ ones, and the flag each sets.
     environment_aliases: ClassVar[Mapping[str, str]] = {}
+    #: Flags that are another name of a flag (usage.Options' own synonyms are one letter).
+    same_as: ClassVar[Mapping[str, str]] = {}
 
     optParameters: list[list[Any]] = [
         ["log-level", None, None, "Log events of this level and above: debug, info, warn "
@@ -76,8 +78,9 @@ class ProgramOptions(usage.Options):
         argv = upstream_names_to_ours(
             list(sys.argv[1:] if options is None else options), self.upstream_flags)
         try:
-            apply_environment(self, os.environ, skip=flags_on_command_line(self, argv),
-                              aliases=self.environment_aliases)
+            given = flags_on_command_line(self, argv, same_as=self.same_as)
+            apply_environment(self, os.environ, skip=given, aliases=self.environment_aliases,
+                              same_as=self.same_as)
             super().parseOptions(argv)
             self._check_twistd_logging()
         except (usage.UsageError, OptionValueError) as error:

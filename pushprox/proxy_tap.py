@@ -35,6 +35,7 @@ class Options(ProgramOptions):
         "scrape.default-timeout": "scrape-default-timeout",
         "registration.timeout": "registration-timeout",
     }
+    same_as = {"port": "listen"}
     synopsis = "[options]"
     longdesc = (
         "Relays Prometheus scrapes (use this proxy as proxy_url) to PushProx clients "
@@ -79,7 +80,9 @@ class Options(ProgramOptions):
         [HOST]:PORT as upstream's --web.listen-address (repeatable; default tcp:8080)."""
         self["listen"].append(naming("listen", listen_endpoint)(endpoint))
 
-    opt_port = opt_listen
+    def opt_port(self, endpoint: str) -> None:
+        """The same as --listen (repeatable)."""
+        self.opt_listen(endpoint)
 
     def postOptions(self) -> None:
         """Fill in the default endpoint."""

@@ -15,25 +15,20 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import (
-    ManagedProcess,
-    Page,
-    ProcessGroup,
+from tests.harness.exporter import Page, start_exporter
+from tests.harness.processes import Process, ProcessGroup, subprocess_env, twistd_command
+from tests.harness.rawhttp import (
     RawConnection,
-    free_port,
     http_request_bytes,
     prometheus_headers,
     raw_http,
     scrape_via_proxy,
-    start_exporter,
-    subprocess_env,
-    twistd_command,
-    wait_for,
-    wait_for_port,
 )
+from tests.harness.waiting import free_port, port_open, wait_for
 
 METRICS = b"commands_test_up 1\n"
 
@@ -57,15 +52,22 @@ class CommandTestCase(SynchronousTestCase):
     """Processes in a temporary directory, stopped whatever happens."""
 
     def setUp(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="pushprox-commands-"))
-        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-        self.processes = ProcessGroup()
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-commands-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        self.processes = ProcessGroup(tmp)
         self.addCleanup(self.processes.stop_all)
 
-    def start(self, name: str, argv: list[str]) -> ManagedProcess:
-        process = self.processes.add(ManagedProcess(name, argv, self.tmp / name,
-                                                    self.tmp / f"{name}.log"))
-        return process.start()
+    def start(self, name: str, argv: list[str], port: int) -> Process:
+        """Start a program and wait until it accepts connections on ``port``."""
+        process = self.processes.start(name, argv)
+        wait_for(lambda: port_open(port), timeout=30, what=f"{name} on port {port}",
+                 watch=[process])
+        return process
+
+    def json_lines(self, process: Process) -> list[dict[str, Any]]:
+        """The program's log lines, each parsed as JSON (the harness's start line aside)."""
+        return [json.loads(line) for line in process.log_text().splitlines()
+                if not line.startswith("=== ")]
 
 
 class ForegroundCommandTests(CommandTestCase):
@@ -73,31 +75,30 @@ class ForegroundCommandTests(CommandTestCase):
 
     def test_upstream_flags_json_logs_and_sigterm(self) -> None:
         """A scrape through both commands; every log line is JSON; SIGTERM exits 0."""
-        _, exporter_port = start_exporter({"/metrics": Page(METRICS)}, self.tmp / "exporter",
-                                          self.processes)
+        _, exporter_port = start_exporter(self.processes, "pages",
+                                          pages={"/metrics": Page(METRICS)})
         proxy_port, metrics_port = free_port(), free_port()
         proxy = self.start("proxy", [
             command("pushprox-proxy"), f"--web.listen-address=127.0.0.1:{proxy_port}",
-            "--scrape.max-timeout", "1m", "--log.level=debug", "--log.format=json"])
-        wait_for_port(proxy_port, describe=proxy.log_text)
+            "--scrape.max-timeout", "1m", "--log.level=debug", "--log.format=json"], proxy_port)
         client = self.start("client", [
             command("pushprox-client"), "--fqdn=127.0.0.1",
             f"--proxy-url=http://127.0.0.1:{proxy_port}",
             f"--metrics-addr=127.0.0.1:{metrics_port}", "--proxy.retry.initial-wait=100ms",
-            "--log.level", "debug", "--log.format", "json", "--allow-port", str(exporter_port)])
+            "--log.level", "debug", "--log.format", "json", "--allow-port", str(exporter_port)],
+            metrics_port)
         wait_for(lambda: b"127.0.0.1" in raw_http(
             proxy_port, http_request_bytes("GET", "/clients", [])).body,
-            timeout=20, what="the client registered", describe=self.processes.logs)
+            timeout=20, what="the client registered", watch=[proxy, client])
         answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
-        self.assertEqual((answer.status, answer.body), (200, METRICS), self.processes.logs())
-        self.assertEqual((proxy.stop(), client.stop()), (0, 0), self.processes.logs())
+        self.assertEqual((answer.status, answer.body), (200, METRICS))
+        self.assertEqual((proxy.stop(), client.stop()), (0, 0))
         for process in (proxy, client):
-            lines = [json.loads(line) for line in process.log_text().splitlines()]
+            lines = self.json_lines(process)
             self.assertTrue(lines)
             for line in lines:
                 self.assertEqual(list(line)[:4], ["time", "level", "logger", "message"])
-        scraped = [line for line in (json.loads(text) for text in
-                                     client.log_text().splitlines())
+        scraped = [line for line in self.json_lines(client)
                    if line["message"].startswith("Scraped")]
         self.assertEqual([(line["status"], line["fqdn"]) for line in scraped],
                          [(200, "127.0.0.1")])
@@ -105,8 +106,7 @@ class ForegroundCommandTests(CommandTestCase):
     def test_sigterm_answers_a_waiting_scrape_with_503(self) -> None:
         """As under twistd: the pending scrape gets 503, then the proxy exits 0."""
         port = free_port()
-        proxy = self.start("proxy", [command("pushprox-proxy"), "--port", str(port)])
-        wait_for_port(port, describe=proxy.log_text)
+        proxy = self.start("proxy", [command("pushprox-proxy"), "--port", str(port)], port)
         # A client registers with one poll, answered 204 at once, and polls no more.
         with RawConnection(port) as poll:
             poll.send(http_request_bytes("POST", "/poll", [("X-PushProx-Poll-Timeout", "0.01")],
@@ -118,17 +118,17 @@ class ForegroundCommandTests(CommandTestCase):
             wait_for(lambda: b"\npushprox_scrapes_queued 1.0" in raw_http(
                 port, http_request_bytes("GET", "/metrics", [])).body,
                 timeout=10, what="the scrape queued")
-            proxy.signal(signal.SIGTERM)
+            proxy.send_signal(signal.SIGTERM)
             self.assertEqual(scrape.read_response().status, 503)
-        self.assertEqual(proxy.stop(), 0, proxy.log_text())
+        self.assertTrue(proxy.wait_exit(10), proxy.log_text())
+        self.assertEqual(proxy.returncode, 0, proxy.log_text())
 
     def test_environment_configures_the_command(self) -> None:
         """PUSHPROX_LISTEN and PUSHPROX_LOG_FORMAT alone choose the port and the format."""
         port = free_port()
         self.patch(os, "environ", {**os.environ, "PUSHPROX_LOG_FORMAT": "logfmt",
                                    "PUSHPROX_LISTEN": f"tcp:{port}:interface=127.0.0.1"})
-        process = self.start("proxy", [command("pushprox-proxy")])
-        wait_for_port(port, describe=process.log_text)
+        process = self.start("proxy", [command("pushprox-proxy")], port)
         self.assertEqual(process.stop(), 0)
         self.assertIn(f'level=info logger=log_legacy message="PushProxSite starting on {port}"',
                       process.log_text())

@@ -96,6 +96,18 @@ class UpstreamFlagTests(SynchronousTestCase):
         options = parse(client_tap.Options, [*CLIENT, "--metrics-listen", "9369"])
         self.assertEqual(options["metrics-listen"], "tcp:9369")
 
+    def test_help_lists_upstream_names(self) -> None:
+        """--help of both programs renders, and names upstream's flags and the variables."""
+        proxy = proxy_tap.Options().getUsage(width=200)
+        self.assertIn("--web.listen-address (--listen)", proxy)
+        self.assertIn("PUSHPROX_LOG_LEVEL=debug", proxy)
+        self.assertIn("--metrics-addr (--metrics-listen)", client_tap.Options().getUsage())
+
+    def test_port_variable_is_repeatable_like_listen(self) -> None:
+        """PUSHPROX_PORT, --listen's other name, takes a list too."""
+        self.patch(os, "environ", {"PUSHPROX_PORT": "8081,8082"})
+        self.assertEqual(parse(proxy_tap.Options, [])["listen"], ["tcp:8081", "tcp:8082"])
+
     def test_renaming_stops_at_double_dash(self) -> None:
         """Only flags are renamed; a value that looks like a flag is left alone."""
         self.assertEqual(

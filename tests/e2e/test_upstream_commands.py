@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import STARTUP_TIMEOUT, Stack
-from .harness import NODE_EXPORTER, NODE_EXPORTER_DISABLED, http_get, port_open, wait_until
+from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
+from tests.harness.rawhttp import http_get
+from tests.harness.stack import STARTUP_TIMEOUT, Stack
+from tests.harness.waiting import port_open, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,25 +54,25 @@ def test_upstream_end_to_end_check_with_our_commands(stack: Stack) -> None:
     node = stack.start("node_exporter", [
         str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
         *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
-    wait_until(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
-               STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
+    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
+             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
 
     # Exactly upstream's command lines, --fqdn added (upstream's CI uses the host name).
     proxy = stack.start("proxy", [_command("pushprox-proxy"), "--log.level=debug",
                                   "--log.format=json"])
-    wait_until(lambda: http_get("http://127.0.0.1:8080/clients").status == 200,
-               STARTUP_TIMEOUT, what="pushprox-proxy on 8080", watch=[proxy])
+    wait_for(lambda: http_get("http://127.0.0.1:8080/clients").status == 200,
+             timeout=STARTUP_TIMEOUT, what="pushprox-proxy on 8080", watch=[proxy])
     client = stack.start("client", [_command("pushprox-client"), "--log.level=debug",
                                     "--fqdn=localhost", "--proxy-url=http://localhost:8080"])
-    wait_until(lambda: len(http_get("http://127.0.0.1:8080/clients").json()) == 1,
-               STARTUP_TIMEOUT, what="the client in /clients", watch=[proxy, client])
+    wait_for(lambda: len(http_get("http://127.0.0.1:8080/clients").json()) == 1,
+             timeout=STARTUP_TIMEOUT, what="the client in /clients", watch=[proxy, client])
 
     prometheus = stack.prometheus([{
         "job_name": "pushprox",
         "proxy_url": "http://127.0.0.1:8080",
         "static_configs": [{"targets": ["localhost:9100"]}],
     }])
-    result = wait_until(lambda: prometheus.query("node_exporter_build_info"), 60,
+    result = wait_for(lambda: prometheus.query("node_exporter_build_info"), timeout=60,
                         what="node_exporter_build_info in Prometheus",
                         watch=[prometheus.process, proxy, client, node])
     assert [sample["metric"]["instance"] for sample in result] == ["localhost:9100"]
@@ -79,11 +81,11 @@ def test_upstream_end_to_end_check_with_our_commands(stack: Stack) -> None:
     def scrape_logged() -> list[dict[str, object]]:
         # The harness writes its own start line into the log; the rest is the proxy's.
         lines = [json.loads(line) for line in proxy.log_path.read_text().splitlines()
-                 if line.startswith("{")]
+                 if not line.startswith("=== ")]
         return [line for line in lines
                 if line.get("status") == 200 and line.get("fqdn") == "localhost"]
 
-    [first, *_] = wait_until(scrape_logged, 10, what="a scrape in the proxy's JSON log",
+    [first, *_] = wait_for(scrape_logged, timeout=10, what="a scrape in the proxy's JSON log",
                              watch=[proxy])
     assert first["url"] == "http://localhost:9100/metrics"
     assert "level=info" in client.log_path.read_text()  # logfmt, upstream's default
