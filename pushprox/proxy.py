@@ -681,6 +681,10 @@ class _Directory(Resource):
         """Any child not put here."""
         return self._not_found
 
+    def render(self, request: Request) -> bytes | int:
+        """The node itself (``/api``, ``/-``) is not an endpoint either."""
+        return cast(bytes, self._not_found.render(request))
+
 
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
