@@ -153,11 +153,12 @@ table{border-collapse:collapse;width:100%}
 th,td{text-align:left;vertical-align:top;padding:.45rem .5rem;border-bottom:1px solid #e5e5e5}
 th{font-size:.8rem;color:#555;font-weight:600}
 tr.failing td:first-child{border-left:4px solid #c62828}
-.fqdn{font-weight:600;overflow-wrap:anywhere}
+.fqdn{font-weight:600;overflow-wrap:break-word}
 .label{display:inline-block;background:#f1f1f4;border-radius:4px;padding:0 .3rem;
- margin:0 .2rem .2rem 0;font-size:.85rem;overflow-wrap:anywhere}
+ margin:0 .2rem .2rem 0;font-size:.85rem;overflow-wrap:break-word}
 .ok{color:#1b5e20}.bad{color:#c62828;font-weight:600}.muted{color:#777}
-.error{color:#c62828;font-size:.85rem;overflow-wrap:anywhere}
+time,.ok,.bad{white-space:nowrap}
+.error{color:#c62828;font-size:.85rem;overflow-wrap:break-word}
 @media (max-width:44rem){
  thead{display:none}table,tbody,tr,td{display:block;width:auto}
  tr{border:1px solid #ddd;border-radius:6px;margin:0 0 .7rem;padding:.2rem 0}
@@ -245,8 +246,9 @@ def _counts_cell(record: ScrapeRecord | None) -> str:
         return "0"
     text = f"{record.scrapes}"
     if record.errors:
-        text += (f'<br><span class="bad">{_plural(record.errors, "error")}</span>'
-                 f" ({_plural(record.timeouts, 'timeout')})")
+        text += f'<br><span class="bad">{_plural(record.errors, "error")}</span>'
+    if record.timeouts:
+        text += f" ({_plural(record.timeouts, 'timeout')})"
     return text
 
 

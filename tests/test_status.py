@@ -222,7 +222,7 @@ class PageTests(StatusTestCase):
             '<time datetime="2023-11-14T22:13:30Z" title="2023-11-14 22:13:30 UTC">'
             '3.2 s ago</time><div class="error">the client could not scrape the target: '
             "connection refused</div></td>"
-            '<td data-label="Scrapes">1<br><span class="bad">1 error</span> (0 timeouts)</td>'
+            '<td data-label="Scrapes">1<br><span class="bad">1 error</span></td>'
             "</tr>",
             '<tr class="failing">'
             '<td data-label="Client"><span class="fqdn">node3.example</span></td>'
