@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Stack
-from .harness import free_port, http_get, proxied_job, wait_until
+from tests.harness.prometheus import proxied_job
+from tests.harness.stack import Stack
+from tests.harness.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -110,13 +111,14 @@ def test_status_page_shows_healthy_and_failing_clients(
     prometheus.wait_up("nat", {healthy: 1, failing: 0})
 
     def last_statuses() -> dict[str, int] | None:
-        view = http_get(proxy.url + "/api/v1/clients").json()
+        view = proxy.get("/api/v1/clients").json()
         statuses = {client["fqdn"]: (client["last_scrape"] or {}).get("status")
                     for client in view["clients"]}
         wanted = {"healthy.example": 200, "failing.example": 502}
         return statuses if statuses == wanted else None
 
-    wait_until(last_statuses, 20, what="both clients' last scrapes in /api/v1/clients")
+    wait_for(last_statuses, timeout=20, what="both clients' last scrapes in /api/v1/clients",
+             watch=[proxy.process])
 
     browser.set_window_size(*DESKTOP)
     browser.get(proxy.url + "/")
