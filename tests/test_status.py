@@ -11,13 +11,15 @@ import base64
 import json
 from html.parser import HTMLParser
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from pushprox import status, wire
 from pushprox.auth import PasswordChecker, ScraperAuth, parse_networks
+from pushprox.cluster.coordinator import ClusterCoordinator
 from pushprox.coordinator import ClientStatus, Coordinator, ScrapeRecord
 from pushprox.proxy import PushProxSite
 from tests.test_proxy import ProxyTestCase, Response, post
@@ -417,3 +419,63 @@ class RecordTests(StatusTestCase):
         self.assertEqual(after.scrapes, ScrapeRecord(
             last_at=T0, last_status=502, last_seconds=0.25, last_error="refused",
             scrapes=2, errors=1))
+
+    def test_cluster_replica_lists_and_records_its_own_clients(self) -> None:
+        """A replica's coordinator keeps the figures where the client polls: locally."""
+        local = Coordinator(self.clock)
+        # Listing and recording use neither the routing table nor the peers.
+        cluster = ClusterCoordinator(local, cast(Any, None), cast(Any, None), self.clock)
+        local.poll("node1.example", None, None)
+        cluster.record_scrape("node1.example", 504, 2.5, "too slow")
+        cluster.record_scrape("elsewhere.example", 200, 0.1, None)
+        self.assertEqual(cluster.client_statuses(), local.client_statuses())
+        [client] = cluster.client_statuses()
+        self.assertEqual((client.fqdn, client.polls_held), ("node1.example", 1))
+        self.assertEqual(client.scrapes, ScrapeRecord(
+            last_at=T0, last_status=504, last_seconds=2.5, last_error="too slow",
+            scrapes=1, errors=1, timeouts=1))
+
+
+class SlowCoordinator(Coordinator):
+    """A coordinator whose client list arrives later, as a shared store's would."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.listed: Deferred[list[ClientStatus]] = Deferred()
+
+    def client_statuses(self) -> Deferred[list[ClientStatus]]:  # type: ignore[override]
+        """The list, once the test fires it."""
+        return self.listed
+
+
+class SharedStoreTests(StatusTestCase):
+    """A coordinator that lists its clients asynchronously (cluster mode)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.slow = SlowCoordinator(self.clock)
+        self.coordinator = self.slow
+        self.site = self.make_site()
+
+    def test_page_waits_for_the_list(self) -> None:
+        """The page is written once the list arrives."""
+        connection = self.connect()
+        connection.send(b"GET /api/v1/clients HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        self.assertIsNone(connection.response())
+        self.slow.listed.callback([])
+        response = connection.response()
+        assert response is not None
+        self.assertEqual(response.status, 200)
+        self.assertEqual(json.loads(response.body)["clients"], [])
+
+    def test_failed_list_is_503(self) -> None:
+        """A store that cannot list its clients gives a 503 with the reason, logged."""
+        connection = self.connect()
+        connection.send(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        self.slow.listed.errback(ConnectionError("store down"))
+        response = connection.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body),
+                         (503, b"the clients could not be listed\n"))
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
