@@ -2,8 +2,9 @@
 """
 Pair Prometheus' scrapes with clients' polls and pushes.
 
-The coordinator is the proxy's memory: which clients are registered, which polls
-are waiting, which scrapes are queued or waiting for their push.  It owns every
+The coordinator is the proxy's memory: which clients are registered (and how their
+scrapes ended, for the status page), which polls are waiting, which scrapes are queued
+or waiting for their push.  It owns every
 timeout, on an injected clock, and every entry it keeps has an owner that removes it:
 a scrape ends by its push, its timeout, cancellation or shutdown; a poll ends by a
 scrape, cancellation (the client hung up), its own timeout or shutdown.
@@ -12,6 +13,7 @@ scrape, cancellation (the client hung up), its own timeout or shutdown.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import uuid
 from collections import OrderedDict, deque
@@ -153,13 +155,67 @@ class _Poll:
     timer: IDelayedCall | None = None
 
 
-@dataclass
+@dataclass(slots=True)
+class ScrapeRecord:
+    """
+    How a client's scrapes have ended: the last one, and counts since it registered.
+
+    Kept up to date by ``record_scrape`` once per scrape, so it is a handful of plain
+    fields; a client that was never scraped has none.
+    """
+
+    #: When the last scrape ended or its answer began to be relayed (clock seconds).
+    last_at: float = 0.0
+    #: The status Prometheus got (499 when it hung up first).
+    last_status: int = 0
+    #: From Prometheus' request to the answer (or failure), in seconds.
+    last_seconds: float = 0.0
+    #: The one-line reason when the proxy or the client made the answer an error.
+    last_error: str | None = None
+    #: Scrapes that ended, whatever their outcome.
+    scrapes: int = 0
+    #: Scrapes that did not give Prometheus a 2xx (``up`` was 0).
+    errors: int = 0
+    #: Scrapes answered 504: no answer in time.
+    timeouts: int = 0
+
+    def add(self, at: float, status: int, seconds: float, error: str | None) -> None:
+        """Count one ended scrape and remember it as the last."""
+        self.last_at = at
+        self.last_status = status
+        self.last_seconds = seconds
+        self.last_error = error
+        self.scrapes += 1
+        if not 200 <= status < 300:
+            self.errors += 1
+            if status == 504:
+                self.timeouts += 1
+
+
+@dataclass(slots=True)
 class ClientInfo:
     """A registered client as listed by ``/clients``."""
 
     fqdn: str
     last_seen: float
     labels: dict[str, str] = field(default_factory=dict)
+    #: None until the client's first scrape ends.
+    scrapes: ScrapeRecord | None = None
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """A registered client as the status page shows it: a copy, taken at one moment."""
+
+    fqdn: str
+    labels: dict[str, str]
+    #: The last time the client polled or pushed (clock seconds).
+    last_seen: float
+    #: Polls of this client the proxy holds right now.
+    polls_held: int
+    #: Scrapes waiting for a poll of this client.
+    scrapes_queued: int
+    scrapes: ScrapeRecord | None
 
 
 class ICoordinator(Interface):
@@ -212,6 +268,17 @@ class ICoordinator(Interface):
 
     def clients() -> list[ClientInfo] | Deferred[list[ClientInfo]]:
         """The registered clients, sorted by FQDN (at once, or when a shared store says)."""
+
+    def client_statuses() -> list[ClientStatus] | Deferred[list[ClientStatus]]:
+        """The registered clients with their polls and scrapes now, sorted by FQDN."""
+
+    def record_scrape(fqdn: str, status: int, seconds: float, error: str | None) -> None:
+        """
+        Remember how a scrape of ``fqdn`` ended: the ``status`` Prometheus got after
+        ``seconds``, and the one-line ``error`` when it was ours or the client's.
+
+        Called once per scrape: keep it to a few field updates.
+        """
 
     def shutdown() -> None:
         """Fail every waiting scrape and poll with ShuttingDown."""
@@ -545,6 +612,31 @@ class Coordinator:
         """See L{ICoordinator.clients}."""
         self._expire_clients()
         return sorted(self._clients.values(), key=lambda client: client.fqdn)
+
+    def client_statuses(self) -> list[ClientStatus]:
+        """See L{ICoordinator.client_statuses}."""
+        return [
+            ClientStatus(
+                fqdn=client.fqdn,
+                labels=dict(client.labels),
+                last_seen=client.last_seen,
+                polls_held=len(self._polls.get(client.fqdn, ())),
+                scrapes_queued=len(self._queues.get(client.fqdn, ())),
+                scrapes=copy.copy(client.scrapes),
+            )
+            for client in self.clients()
+        ]
+
+    def record_scrape(self, fqdn: str, status: int, seconds: float,
+                      error: str | None) -> None:
+        """See L{ICoordinator.record_scrape}."""
+        client = self._clients.get(fqdn)
+        if client is None:
+            return
+        record = client.scrapes
+        if record is None:
+            record = client.scrapes = ScrapeRecord()
+        record.add(self._clock.seconds(), status, seconds, error)
 
     def shutdown(self) -> None:
         """See L{ICoordinator.shutdown}."""

@@ -94,6 +94,15 @@ class ProxyMetrics:
         children[0].inc()
         children[1].inc()
 
+    def scrape_totals(self) -> dict[str, int]:
+        """Scrapes proxied since the start, by outcome (for the status page)."""
+        return {
+            sample.labels["outcome"]: int(sample.value)
+            for family in self.scrapes.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
     def watch(
         self,
         *,

@@ -5,8 +5,9 @@ The proxy's twisted.web glue: the site, its resources, status codes and limits.
 One port serves everything.  A request whose URI is absolute (``GET http://fqdn:9100/metrics``)
 is a scrape from Prometheus using us as its ``proxy_url``; every other request walks
 an ordinary resource tree (``/poll``, ``/push``, ``/clients``, ``/metrics``,
-``/-/healthy``, ``/-/ready``).  Push bodies are relayed to Prometheus while they
-arrive, so the proxy never holds a whole scraped page.
+``/-/healthy``, ``/-/ready``, the status page ``/`` and its JSON ``/api/v1/clients``).
+Push bodies are relayed to Prometheus while they arrive, so the proxy never holds a
+whole scraped page.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pushprox import wire
+from pushprox import status, wire
 from pushprox.auth import ClientAuth, Denied, PeerAuth, ScraperAuth
 from pushprox.config import ProxyConfig as ProxyConfig
 from pushprox.coordinator import (
     ClientInfo,
+    ClientStatus,
     CoordinatorError,
     ICoordinator,
     IScrapeAnswer,
@@ -44,6 +46,8 @@ from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingReques
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
 SCRAPER_MARGIN = 0.25
+#: Why a scrape ended without an answer when Prometheus hung up first.
+SCRAPER_GONE = "the scraper hung up before the answer"
 #: What a pushprox proxy tells clients it speaks, on every poll answer.
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
@@ -232,13 +236,13 @@ class ScrapeResource(Resource):
     def _deliver(self, answer: IScrapeAnswer, scrape: _ProxiedScrape) -> None:
         request = scrape.request
         if not request.alive:
-            self._metrics.count_scrape(499, "cancelled")
+            self._done(scrape, 499, "cancelled", SCRAPER_GONE)
             return
         answer.deliver(request)
         code = answer.status
         failure: str | None = answer.failure
         outcome = "success" if failure is None else "timeout" if code == 504 else "client_error"
-        self._done(scrape, code, outcome)
+        self._done(scrape, code, outcome, failure)
         if self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {status}",
                           url=scrape.url, fqdn=scrape.fqdn, status=code)
@@ -249,7 +253,7 @@ class ScrapeResource(Resource):
     def _failed(self, reason: Failure, scrape: _ProxiedScrape) -> None:
         error = reason.value
         if isinstance(error, CancelledError):
-            self._metrics.count_scrape(499, "cancelled")
+            self._done(scrape, 499, "cancelled", SCRAPER_GONE)
             return
         if isinstance(error, CoordinatorError):
             code, outcome, message = error.status, error.outcome, str(error)
@@ -258,15 +262,20 @@ class ScrapeResource(Resource):
         else:
             self.log.failure("Scrape via {fqdn} failed unexpectedly", reason, fqdn=scrape.fqdn)
             code, outcome, message = 500, "error", "internal error"
-        self._done(scrape, code, outcome)
+        self._done(scrape, code, outcome, message)
         if code != 404 or self._config.log_scrapes:
             self.log.info("Scrape of {url} via {fqdn}: {status} {reason}",
                           url=scrape.url, fqdn=scrape.fqdn, status=code, reason=message)
         finish_with(scrape.request, code, message)
 
-    def _done(self, scrape: _ProxiedScrape, code: int, outcome: str) -> None:
+    def _done(self, scrape: _ProxiedScrape, code: int, outcome: str,
+              error: str | None) -> None:
+        """Count a scrape's end, and remember it as its client's last (status page)."""
         self._metrics.count_scrape(code, outcome)
-        self._metrics.scrape_duration.observe(self._clock.seconds() - scrape.started)
+        seconds = self._clock.seconds() - scrape.started
+        if outcome != "cancelled":  # the histogram counts answered scrapes only
+            self._metrics.scrape_duration.observe(seconds)
+        self._coordinator.record_scrape(scrape.fqdn, code, seconds, error)
 
 
 class _ProxiedScrape:
@@ -530,6 +539,58 @@ class ClientsResource(_Guarded):
         finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
 
 
+class StatusPageResource(_Guarded):
+    """``GET /``: the status page, for people (``pushprox.status``)."""
+
+    path = "/"
+    log = Logger()
+
+    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None, started: float) -> None:
+        super().__init__(parts, auth)
+        self._started = started
+        self._version = status.package_version()
+
+    def answer(self, request: Request) -> int:
+        """Ask the coordinator for its clients (a shared one may take a moment)."""
+        listed = maybeDeferred(self._coordinator.client_statuses)
+        listed.addCallbacks(self._write, self._failed, (request,), {}, (request,))
+        return NOT_DONE_YET
+
+    def body(self, request: Request, snapshot: status.ProxyStatus) -> bytes:
+        """Render the page; nothing on it may load or run anything."""
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", status.CONTENT_SECURITY_POLICY)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return status.render_page(snapshot)
+
+    def _write(self, clients: list[ClientStatus], request: Request) -> None:
+        if not cast(PushProxRequest, request).alive:
+            return
+        snapshot = status.proxy_status(
+            self._coordinator, self._metrics, clients=clients, started=self._started,
+            now=self._clock.seconds(), version=self._version)
+        body = self.body(request, snapshot)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def _failed(self, reason: Failure, request: Request) -> None:
+        self.log.failure("Listing the clients for {path} failed", reason, path=self.path)
+        finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
+
+
+class ClientsApiResource(StatusPageResource):
+    """``GET /api/v1/clients``: what the status page shows, as JSON for tools."""
+
+    path = "/api/v1/clients"
+
+    def body(self, request: Request, snapshot: status.ProxyStatus) -> bytes:
+        """Render the JSON view."""
+        request.setHeader(b"content-type", b"application/json")
+        return status.render_json(snapshot)
+
+
 class StatusResource(_Instrumented):
     """``/-/healthy`` and ``/-/ready``: a fixed text while the proxy serves."""
 
@@ -568,7 +629,7 @@ class NotFound(_Instrumented):
         self.instrument(request)
         return text_response(
             request, 404, "not found: this is a PushProx proxy (use it as proxy_url; "
-            "endpoints /poll /push /clients /metrics /-/healthy /-/ready)"
+            "endpoints / /poll /push /clients /api/v1/clients /metrics /-/healthy /-/ready)"
         )
 
 
@@ -620,6 +681,10 @@ class _Directory(Resource):
         """Any child not put here."""
         return self._not_found
 
+    def render(self, request: Request) -> bytes | int:
+        """The node itself (``/api``, ``/-``) is not an endpoint either."""
+        return cast(bytes, self._not_found.render(request))
+
 
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
@@ -668,13 +733,22 @@ class PushProxSite(Site):
 
     def _tree(self, parts: ProxyParts, scraper_auth: ScraperAuth | None, *,
               clients: bool, metrics: bool) -> Resource:
-        """The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready."""
+        """
+        The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready,
+        and the status page / with its JSON view /api/v1/clients (which go with /clients).
+        """
         not_found = NotFound(parts)
         root = _Directory(not_found)
-        root.putChild(b"", not_found)
         root.putChild(b"poll", PollResource(parts, self.client_auth))
         if clients:
             root.putChild(b"clients", ClientsResource(parts, scraper_auth))
+            started = parts.clock.seconds()
+            root.putChild(b"", StatusPageResource(parts, scraper_auth, started))
+            api = _Directory(not_found)
+            version_1 = _Directory(not_found)
+            version_1.putChild(b"clients", ClientsApiResource(parts, scraper_auth, started))
+            api.putChild(b"v1", version_1)
+            root.putChild(b"api", api)
         if metrics:
             root.putChild(b"metrics", InstrumentedMetricsResource(parts, scraper_auth))
         status = _Directory(not_found)

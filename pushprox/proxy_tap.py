@@ -42,7 +42,8 @@ class Options(ProgramOptions):
         "that poll it from behind NAT or firewalls."
     )
     optFlags = [
-        ["no-clients-endpoint", None, "Do not serve /clients."],
+        ["no-clients-endpoint", None,
+         "Do not serve /clients, nor the status page / and /api/v1/clients."],
         ["no-metrics-endpoint", None, "Do not serve /metrics."],
         *twistd_flags(ProxyConfig),
     ]
@@ -62,8 +63,8 @@ class Options(ProgramOptions):
         ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
          "the replicas (required with --redis)."],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
-         "Proxy-Authorization (user:password@ in proxy_url); /clients and /metrics then "
-         "want Authorization."],
+         "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
+         "status page then want Authorization."],
     ]
 
     def __init__(self) -> None:
@@ -72,7 +73,8 @@ class Options(ProgramOptions):
         self["scrape-allow-cidr"] = []
 
     def opt_scrape_allow_cidr(self, network: str) -> None:
-        """Network allowed to scrape and read /clients and /metrics (repeatable)."""
+        """Network allowed to scrape and read /clients, /metrics and the status page
+        (repeatable)."""
         self["scrape-allow-cidr"].append(network)
 
     def opt_listen(self, endpoint: str) -> None:

@@ -644,7 +644,7 @@ class ScraperAuthTests(SecurityTestCase):
         self.assertEqual((response.status, response.body),
                          (403, b"address 127.0.0.1 is not allowed to scrape\n"))
         self.assertEqual(response.header_values(b"proxy-authenticate"), [])
-        for path in ("/clients", "/metrics"):
+        for path in ("/clients", "/metrics", "/", "/api/v1/clients"):
             answer = self.get(path)
             self.assertEqual((answer.status, answer.body),
                              (403, b"address 127.0.0.1 is not allowed to scrape\n"))
@@ -658,9 +658,9 @@ class ScraperAuthTests(SecurityTestCase):
         self.assertEqual((response.status, response.body), (200, PAGE))
 
     def test_clients_and_metrics_want_authorization(self) -> None:
-        """/clients and /metrics get 401 without Authorization, and serve with it."""
+        """/clients, /metrics and the status page get 401 without Authorization."""
         self.scraping_client(scraper_auth=ScraperAuth(passwords=password_checker()))
-        for path in ("/clients", "/metrics"):
+        for path in ("/clients", "/metrics", "/", "/api/v1/clients"):
             for headers in ([], [("Proxy-Authorization", basic(SCRAPER, PASSWORD))]):
                 refused = self.get(path, headers)
                 self.assertEqual((refused.status, refused.body),
@@ -674,6 +674,12 @@ class ScraperAuthTests(SecurityTestCase):
         metrics = self.get("/metrics", [("Authorization", basic(SCRAPER, PASSWORD))])
         self.assertEqual(metrics.status, 200)
         self.assertIn(b"pushprox_http_requests_total", metrics.body)
+        page = self.get("/", [("Authorization", basic(SCRAPER, PASSWORD))])
+        self.assertEqual(page.status, 200)
+        self.assertIn(f'<span class="fqdn">{FQDN}</span>'.encode(), page.body)
+        view = self.get("/api/v1/clients", [("Authorization", basic(SCRAPER, PASSWORD))])
+        self.assertEqual(view.status, 200)
+        self.assertEqual([c["fqdn"] for c in json.loads(view.body)["clients"]], [FQDN])
 
     def test_health_stays_open(self) -> None:
         """/-/healthy needs no credentials (load balancers probe it)."""
@@ -754,17 +760,18 @@ class ClientAllowListTests(SecurityTestCase):
                   "(--max-push-size)\n"))
 
     def test_no_clients_endpoint_404(self) -> None:
-        """With --no-clients-endpoint, /clients is 404 (and /metrics still served)."""
+        """With --no-clients-endpoint, /clients and the status page are 404 (/metrics stays)."""
         options = Options()
         options.parseOptions(["--no-clients-endpoint",
                               "--listen", f"tcp:{PROXY_PORT}:interface={LOCALHOST}"])
         service = makeService(options, self.network)
         service.startService()
         self.addCleanup(self.stop_service, service)
-        clients = self.get("/clients")
-        self.assertEqual(clients.status, 404)
-        self.assertTrue(clients.body.startswith(b"not found: this is a PushProx proxy"),
-                        clients.body)
+        for path in ("/clients", "/", "/api/v1/clients"):
+            clients = self.get(path)
+            self.assertEqual(clients.status, 404)
+            self.assertTrue(clients.body.startswith(b"not found: this is a PushProx proxy"),
+                            clients.body)
         metrics = self.get("/metrics")
         self.assertEqual(metrics.status, 200)
 

@@ -24,6 +24,7 @@ from pushprox.cluster.forwarding import Peers
 from pushprox.cluster.routes import RedisUnavailable, RouteTable
 from pushprox.coordinator import (
     ClientInfo,
+    ClientStatus,
     Coordinator,
     ICoordinator,
     IScrapeAnswer,
@@ -106,6 +107,18 @@ class ClusterCoordinator:
         return sorted(merged.values(), key=lambda client: client.fqdn)
 
     # -- the rest is the local coordinator's --
+
+    def client_statuses(self) -> list[ClientStatus]:
+        """
+        The clients polling this replica, with their polls and scrapes: a scrape is
+        recorded where its client's poll is, so each replica's page shows its own clients.
+        """
+        return self.local.client_statuses()
+
+    def record_scrape(self, fqdn: str, status: int, seconds: float,
+                      error: str | None) -> None:
+        """See L{ICoordinator.record_scrape}: kept only where the client polls."""
+        self.local.record_scrape(fqdn, status, seconds, error)
 
     def requeue(self, scrape: Scrape) -> None:
         """See L{ICoordinator.requeue}."""
