@@ -35,6 +35,7 @@ from pushprox.coordinator import (
     TooManyClients,
     TooManyPolls,
 )
+from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
@@ -587,13 +588,19 @@ class ConnectRefused(Resource):
 
 class PushProxChannel(HeaderLimitChannel):
     """
-    An HTTP channel whose header limit is the site's ``--max-header-size``.
+    An HTTP channel whose header limit is the site's ``--max-header-size``, watched by
+    TCP keepalive with the configured timing.
 
     Headers past it get a 431 naming the limit, and are counted; Twisted's own
     answer would be a bare 400, and a single line past 16 KiB would only be cut off.
     """
 
     site: PushProxSite
+
+    def connectionMade(self) -> None:
+        """Watch the connection with TCP keepalive (a client's link may die silently)."""
+        super().connectionMade()
+        enable_keepalive(self.transport, self.site.config)
 
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""

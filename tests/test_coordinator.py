@@ -638,7 +638,8 @@ class RegistrationTests(CoordinatorTestCase):
         self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
         self.register()
         self.clock.advance(299.0)
-        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=0.0)])
+        self.assertEqual(self.coordinator.clients(),
+                         [ClientInfo(fqdn=NODE, last_seen=0.0, silent_since=0.0)])
         self.assertEqual(self.coordinator.client_count(), 1)
         self.clock.advance(2.0)
         self.assertEqual(self.coordinator.clients(), [])
@@ -669,7 +670,8 @@ class RegistrationTests(CoordinatorTestCase):
             self.register()
             self.clock.advance(200.0)
         self.assertEqual(
-            self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=800.0)]
+            self.coordinator.clients(),
+            [ClientInfo(fqdn=NODE, last_seen=800.0, silent_since=800.0)],
         )
         self.assertIdle()
 
