@@ -94,6 +94,8 @@ class ForeignScrape(CoordinatorError):
 class ClientSilent(CoordinatorError):
     """The client has held no poll for longer than the silence timeout."""
 
+    status, outcome = 503, "client_silent"
+
 
 class ShuttingDown(CoordinatorError):
     """The proxy is stopping."""
@@ -234,6 +236,9 @@ class ICoordinator(Interface):
 
     def client_count() -> int:
         """Number of registered clients."""
+
+    def silent_client_count() -> int:
+        """Number of registered clients that hold no poll past the silence timeout."""
 
     def waiting_poll_count() -> int:
         """Number of polls held open."""

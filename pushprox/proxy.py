@@ -11,6 +11,7 @@ arrive, so the proxy never holds a whole scraped page.
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass
 from typing import Any, cast
@@ -134,6 +135,14 @@ class PushProxRequest(StreamingRequest):
         if length == 0:
             return None  # no body (a scrape's GET): nothing to bound
         return BoundedBody(self, site.config.max_request_size, length)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Count a push whose connection ended in the middle of its relay."""
+        channel = cast("PushProxChannel | None", self.channel)
+        super().connectionLost(reason)
+        push = self.push
+        if push is not None and push.broken_off and channel is not None:
+            channel.site.metrics.pushes_broken.inc()
 
     @property
     def push(self) -> Push | None:
@@ -505,6 +514,22 @@ class _Guarded(_Instrumented):
         raise NotImplementedError
 
 
+#: The meta label (dropped by Prometheus after relabelling) of a silent client.
+SILENT_SINCE_LABEL = "__meta_pushprox_silent_since"
+
+
+def discovery_labels(client: ClientInfo) -> dict[str, str]:
+    """
+    The labels ``/clients`` lists a client with: its own, and for a silent one the
+    time (RFC 3339, UTC) of its last poll, as a meta label that relabelling can use.
+    """
+    labels = dict(client.labels)
+    if client.silent_since is not None:
+        stamp = datetime.datetime.fromtimestamp(client.silent_since, datetime.timezone.utc)
+        labels[SILENT_SINCE_LABEL] = stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return labels
+
+
 class ClientsResource(_Guarded):
     """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
 
@@ -517,7 +542,7 @@ class ClientsResource(_Guarded):
         return NOT_DONE_YET
 
     def _write(self, clients: list[ClientInfo], request: Request) -> None:
-        groups = [{"targets": [client.fqdn], "labels": dict(client.labels)}
+        groups = [{"targets": [client.fqdn], "labels": discovery_labels(client)}
                   for client in clients]
         body = json.dumps(groups).encode("utf-8")
         if cast(PushProxRequest, request).alive:
@@ -660,6 +685,7 @@ class PushProxSite(Site):
             polls_waiting=coordinator.waiting_poll_count,
             scrapes_queued=coordinator.queued_scrape_count,
             scrapes_in_flight=coordinator.scrapes_in_flight,
+            clients_silent=coordinator.silent_client_count,
         )
         parts = ProxyParts(coordinator, self.config, self.metrics, clock)
         self.peer_auth = peer_auth
