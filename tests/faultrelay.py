@@ -27,7 +27,10 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.harness.processes import ProcessGroup
 
 DIRECTIONS = ("up", "down")
 
@@ -50,12 +53,17 @@ def _serve(target_port: int, ports_file: str) -> None:
     class Half:
         """One direction of one relayed connection."""
 
+        dead: bool
+        budget: float | None
+        queue: deque[bytes]
+        dripping: bool
+
         def __init__(self, direction: str, pair: Relayed) -> None:
             self.direction = direction
             self.pair = pair
             self.dead = False
-            self.budget: float | None = None
-            self.queue: deque[bytes] = deque()
+            self.budget = None
+            self.queue = deque()
             self.dripping = False
 
         def forward(self, data: bytes, source: Any, sink: Any) -> None:
@@ -119,6 +127,8 @@ def _serve(target_port: int, ports_file: str) -> None:
                         side.transport.loseConnection()
 
     class Outbound(protocol.Protocol):
+        transport: Any
+
         def __init__(self, pair: Relayed) -> None:
             self.pair = pair
 
@@ -136,6 +146,7 @@ def _serve(target_port: int, ports_file: str) -> None:
                 self.pair.client.transport.loseConnection()
 
     class Inbound(protocol.Protocol):
+        transport: Any
         pair: Relayed
 
         def connectionMade(self) -> None:
@@ -144,7 +155,10 @@ def _serve(target_port: int, ports_file: str) -> None:
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", target_port)
             connecting = endpoint.connect(protocol.Factory.forProtocol(
                 lambda: Outbound(self.pair)))
-            connecting.addErrback(lambda _: self.transport.loseConnection())
+            connecting.addErrback(self.target_unreachable)
+
+        def target_unreachable(self, reason: Any) -> None:
+            self.transport.loseConnection()
 
         def dataReceived(self, data: bytes) -> None:
             if self.pair.target is None:
@@ -199,30 +213,29 @@ def _serve(target_port: int, ports_file: str) -> None:
     relay.listen(protocol.Factory.forProtocol(Inbound)).addCallback(listening)
     control = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     control.listen(protocol.Factory.forProtocol(Control)).addCallback(listening)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 class FaultRelay:
     """The relay process seen from a synchronous test: start it, send it faults."""
 
-    def __init__(self, target_port: int, directory: Path, group: Any) -> None:
-        from tests.helpers import ManagedProcess, wait_for
+    port: int
+    control_port: int
 
-        directory.mkdir(parents=True, exist_ok=True)
-        ports_file = directory / "relay-ports"
-        self.process = group.add(ManagedProcess(
-            "faultrelay", [sys.executable, str(Path(__file__).resolve()), str(target_port),
-                           str(ports_file)],
-            directory, directory / "faultrelay.log"))
-        self.process.start()
+    def __init__(self, target_port: int, group: ProcessGroup) -> None:
+        from tests.harness.waiting import wait_for
+
+        ports_file = group.directory("faultrelay") / "relay-ports"
+        self.process = group.start(
+            "faultrelay",
+            [sys.executable, str(Path(__file__).resolve()), str(target_port), str(ports_file)])
 
         def ports() -> list[int] | None:
-            if not self.process.alive():
-                raise AssertionError(f"relay exited:\n{self.process.log_text()}")
             text = ports_file.read_text() if ports_file.exists() else ""
             return [int(p) for p in text.split()] if text.endswith("\n") else None
 
-        self.port, self.control_port = wait_for(ports, timeout=15, what="the relay's ports")
+        self.port, self.control_port = wait_for(ports, timeout=15, what="the relay's ports",
+                                                watch=[self.process])
 
     def command(self, line: str) -> str:
         """Send one control command; its answer."""

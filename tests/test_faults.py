@@ -16,24 +16,19 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.faultrelay import FaultRelay
-from tests.helpers import (
-    Page,
-    ProcessGroup,
-    free_port,
+from tests.harness.exporter import Page
+from tests.harness.rawhttp import (
     http_request_bytes,
-    port_open,
     prometheus_headers,
     raw_http,
     scrape_via_proxy,
-    start_exporter,
-    twistd_process,
-    wait_for,
 )
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
 
 FQDN = "faulty.example"
 #: About 1.9 MB: far more than socket buffers hold, so a push of it takes many writes.
@@ -66,42 +61,25 @@ class FaultTestCase(SynchronousTestCase):
     """An exporter, a proxy, the relay in front of the proxy, a client through the relay."""
 
     def setUp(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="pushprox-faults-"))
-        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-        self.processes = ProcessGroup()
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-faults-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        self.processes = Stack(tmp)
         self.addCleanup(self.processes.stop_all)
-        method = getattr(self, self._testMethodName)
-
-        def printing_logs_on_failure() -> Any:
-            try:
-                return method()
-            except BaseException:
-                print(self.processes.logs())
-                raise
-
-        setattr(self, self._testMethodName, printing_logs_on_failure)
-        _, self.exporter_port = start_exporter(PAGES, self.tmp / "exporter", self.processes)
-        self.proxy_port = free_port()
-        self.proxy = self.processes.add(twistd_process(
-            "proxy", "pushprox-proxy",
-            ["--port", f"tcp:{self.proxy_port}:interface=127.0.0.1",
-             "--client-silence-timeout", str(SILENCE)],
-            cwd=self.tmp / "proxy"))
-        self.proxy.start()
-        wait_for(lambda: port_open(self.proxy_port) or not self.proxy.alive(), timeout=20,
-                 what="the proxy to listen", describe=self.proxy.log_text)
-        self.assertTrue(self.proxy.alive(), self.proxy.log_text())
-        self.relay = FaultRelay(self.proxy_port, self.tmp / "relay", self.processes)
-        self.client = self.processes.add(twistd_process(
-            "client", "pushprox-client",
-            ["--proxy-url", f"http://127.0.0.1:{self.relay.port}/", "--fqdn", FQDN,
-             "--target-host", "127.0.0.1", "--allow-port", str(self.exporter_port),
-             "--allow-path", "/metrics", "--allow-path", "/big", "--metrics-listen=",
-             "--poll-timeout", str(POLL_TIMEOUT), "--retry-initial-wait", "0.2",
-             "--retry-max-wait", "1"],
-            cwd=self.tmp / "client"))
-        self.client.start()
+        self.exporter_port = self.processes.exporter("pages", pages=PAGES).port
+        self.proxy = self.processes.proxy(
+            extra=["--client-silence-timeout", str(SILENCE)])
+        self.proxy_port = self.proxy.port
+        self.relay = FaultRelay(self.proxy_port, self.processes)
+        self.client = self.processes.client(
+            self.proxy, FQDN, [self.exporter_port], wait=False,
+            proxy_url=f"http://127.0.0.1:{self.relay.port}/",
+            extra=["--allow-path", "/metrics", "--allow-path", "/big",
+                   "--poll-timeout", str(POLL_TIMEOUT)])
         self.wait_scrapes_work("the client to register")
+
+    def proxy_log(self) -> str:
+        """What the proxy has logged so far."""
+        return self.proxy.process.log_text()
 
     def url(self, path: str = "/metrics") -> str:
         return f"http://{FQDN}:{self.exporter_port}{path}"
@@ -116,7 +94,7 @@ class FaultTestCase(SynchronousTestCase):
         """Scrape until one succeeds; returns how long that took."""
         started = time.monotonic()
         wait_for(lambda: self.scrape(timeout=2.0)[0] == 200, timeout=timeout, what=what,
-                 interval=0.2, describe=self.processes.logs)
+                 interval=0.2, watch=[self.proxy.process, self.client.process])
         return time.monotonic() - started
 
     def metric(self, name: str, labels: str = "") -> float:
@@ -128,7 +106,7 @@ class FaultTestCase(SynchronousTestCase):
     def assert_proxy_holds_nothing(self) -> None:
         """No scrape queued or in flight, whatever the fault left behind."""
         wait_for(lambda: self.metric("pushprox_scrapes_in_flight") == 0, timeout=20,
-                 what="no scrape in flight", describe=self.proxy.log_text)
+                 what="no scrape in flight", watch=[self.proxy.process])
         self.assertEqual(self.metric("pushprox_scrapes_queued"), 0)
 
 
@@ -146,7 +124,7 @@ class SilentLinkTests(FaultTestCase):
         blackholed = time.monotonic()
         wait_for(lambda: self.metric("pushprox_clients_silent") == 1,
                  timeout=POLL_TIMEOUT + SILENCE + 10, what="the client taken for silent",
-                 describe=self.proxy.log_text)
+                 watch=[self.proxy.process])
         noticed = time.monotonic() - blackholed
         status, body, took = self.scrape(timeout=10.0)
         self.assertEqual(status, 503, body)
@@ -155,12 +133,12 @@ class SilentLinkTests(FaultTestCase):
         clients = json.loads(raw_http(self.proxy_port,
                                       http_request_bytes("GET", "/clients")).body)
         self.assertIn("__meta_pushprox_silent_since", clients[0]["labels"])
-        self.assertIn(f"Client {FQDN} has held no poll for", self.proxy.log_text())
+        self.assertIn(f"Client {FQDN} has held no poll for", self.proxy_log())
 
         self.relay.command("pass both")
         recovered = self.wait_scrapes_work("scrapes to work after the link returned",
                                            timeout=60)
-        self.assertIn(f"Client {FQDN} polls again after", self.proxy.log_text())
+        self.assertIn(f"Client {FQDN} polls again after", self.proxy_log())
         self.assertEqual(self.metric("pushprox_clients_silent"), 0)
         self.assert_proxy_holds_nothing()
         print(f"silent link: proxy noticed after {noticed:.1f}s, 503 in {took:.3f}s, "
@@ -190,11 +168,13 @@ class BrokenPushTests(FaultTestCase):
             http_request_bytes("GET", self.url("/big"), prometheus_headers(10.0)), 20)
         self.relay.command("pass both")
         self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-        length = int(re.search(rb"(?im)^content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        declared = re.search(rb"(?im)^content-length: (\d+)", head)
+        assert declared is not None, head
+        length = int(declared.group(1))
         self.assertEqual(length, len(BIG))
         self.assertLess(len(body), length)
         self.assertEqual(self.metric("pushprox_pushes_broken_total"), 1)
-        self.assertRegex(self.proxy.log_text(), f"Push of scrape .* for {FQDN} broke off")
+        self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
         self.wait_scrapes_work("scrapes to work after the cut")
         self.assert_proxy_holds_nothing()
 

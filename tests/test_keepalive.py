@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.interfaces import ITCPTransport
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import alsoProvides
 
 from pushprox.config import ClientConfig, ProxyConfig
 from pushprox.keepalive import enable_keepalive, keepalive_options, tcp_transport
@@ -25,11 +25,12 @@ class RecordingSocket:
         self.options[(level, option)] = value
 
 
-@implementer(ITCPTransport)
 class FakeTCPTransport:
     """Just enough of a TCP transport: keepalive switch and handle."""
 
     def __init__(self) -> None:
+        # Declared on the instance: it implements only what keepalive uses.
+        alsoProvides(self, ITCPTransport)
         self.keepalive: bool | None = None
         self.handle = RecordingSocket()
 
@@ -42,11 +43,11 @@ class FakeTCPTransport:
         return self.handle
 
 
-@implementer(ITCPTransport)
 class FakeTLSTransport:
     """A TLS layer that says it is TCP too, over a real TCP transport."""
 
     def __init__(self, transport: Any) -> None:
+        alsoProvides(self, ITCPTransport)
         self.transport = transport
 
     def getHandle(self) -> object:
