@@ -12,8 +12,9 @@ options (Linux has all four; others keep what they lack at the kernel's default)
 from __future__ import annotations
 
 import socket
+from typing import cast
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ISystemHandle, ITCPTransport
 from twisted.logger import Logger
 
 from pushprox.config import KeepAliveConfig
@@ -58,7 +59,9 @@ def enable_keepalive(transport: object, config: KeepAliveConfig) -> bool:
         return False
     try:
         tcp.setTcpKeepAlive(True)
-        handle = tcp.getHandle()  # type: ignore[attr-defined]
+        if not ISystemHandle.providedBy(tcp):
+            return False  # an in-memory transport: no socket to time
+        handle = cast(socket.socket, ISystemHandle(tcp).getHandle())
         for option, value in keepalive_options(config):
             handle.setsockopt(socket.IPPROTO_TCP, option, value)
     except OSError as error:

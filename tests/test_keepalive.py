@@ -6,7 +6,7 @@ import socket
 import sys
 from typing import Any
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ISystemHandle, ITCPTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
@@ -30,7 +30,7 @@ class FakeTCPTransport:
 
     def __init__(self) -> None:
         # Declared on the instance: it implements only what keepalive uses.
-        alsoProvides(self, ITCPTransport)
+        alsoProvides(self, ITCPTransport, ISystemHandle)
         self.keepalive: bool | None = None
         self.handle = RecordingSocket()
 
@@ -86,6 +86,14 @@ class KeepAliveTests(SynchronousTestCase):
         tcp = FakeTCPTransport()
         self.assertIs(tcp_transport(FakeTLSTransport(tcp)), tcp)
         self.assertTrue(enable_keepalive(FakeTLSTransport(tcp), ProxyConfig()))
+        self.assertIs(tcp.keepalive, True)
+
+    def test_transport_without_a_socket_gets_only_the_switch(self) -> None:
+        """An in-memory TCP transport (no system handle) is switched on, not timed."""
+        tcp = FakeTCPTransport()
+        transport = FakeTLSTransport(None)
+        transport.setTcpKeepAlive = tcp.setTcpKeepAlive  # type: ignore[attr-defined]
+        self.assertFalse(enable_keepalive(transport, ProxyConfig()))
         self.assertIs(tcp.keepalive, True)
 
     def test_no_tcp_no_keepalive(self) -> None:
