@@ -731,6 +731,14 @@ class SilenceTests(CoordinatorTestCase):
         super().setUp()
         self.coordinator = Coordinator(self.clock, ProxyConfig(client_silence_timeout=10.0))
 
+    def assert_scrape_goes_to(self, poll: Deferred[Scrape | None]) -> None:
+        """A scrape goes to ``poll`` at once; cancelled, it leaves nothing behind."""
+        scraped = self.scrape()
+        self.assertIsNotNone(self.successResultOf(poll))
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
     def test_scrape_of_a_silent_client_fails_at_once(self) -> None:
         """Ten seconds after its last poll ended, a scrape of the client fails at once."""
         self.register()
@@ -783,22 +791,14 @@ class SilenceTests(CoordinatorTestCase):
         poll = self.poll()
         self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=60.0)])
         self.assertEqual(self.coordinator.silent_client_count(), 0)
-        scraped = self.scrape()
-        self.assertIsNotNone(self.successResultOf(poll))
-        scraped.cancel()
-        self.failureResultOf(scraped, CancelledError)
-        self.assertIdle()
+        self.assert_scrape_goes_to(poll)
 
     def test_a_client_holding_a_poll_is_never_silent(self) -> None:
         """However long a poll is held, its client is not silent."""
         poll = self.poll(timeout=None)
         self.clock.advance(1000.0)
         self.assertEqual(self.coordinator.silent_client_count(), 0)
-        scraped = self.scrape()
-        self.assertIsNotNone(self.successResultOf(poll))
-        scraped.cancel()
-        self.failureResultOf(scraped, CancelledError)
-        self.assertIdle()
+        self.assert_scrape_goes_to(poll)
 
 
 class ClockJumpTests(CoordinatorTestCase):
