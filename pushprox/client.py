@@ -55,6 +55,8 @@ from zope.interface import implementer
 
 from pushprox import wire
 from pushprox.config import ClientConfig as ClientConfig
+from pushprox.config import KeepAliveConfig
+from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 
 USER_AGENT = b"pushprox-client/0.1.0"
@@ -630,9 +632,11 @@ class CachedEndpoints:
 
     MAX_ENDPOINTS = 256
 
-    def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None) -> None:
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None,
+                 keepalive: KeepAliveConfig | None = None) -> None:
         self._reactor = reactor
         self._policy = policy
+        self._keepalive = keepalive
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -656,7 +660,7 @@ class CachedEndpoints:
                 raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
             if len(self._endpoints) >= self.MAX_ENDPOINTS:
                 self._endpoints.clear()
-            endpoint = _QuietEndpoint(endpoint)
+            endpoint = _QuietEndpoint(endpoint, self._keepalive)
             self._endpoints[key] = endpoint
         return endpoint
 
@@ -664,20 +668,31 @@ class CachedEndpoints:
 @implementer(IStreamClientEndpoint)
 class _QuietEndpoint:
     """
-    An endpoint whose connections' factories do not log.
+    An endpoint whose connections' factories do not log, with TCP keepalive if asked.
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint,
+                 keepalive: KeepAliveConfig | None = None) -> None:
         self._endpoint = endpoint
+        self._keepalive = keepalive
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """Connect with ``protocolFactory`` told to be quiet."""
         if hasattr(protocolFactory, "noisy"):
             protocolFactory.noisy = False
-        return self._endpoint.connect(protocolFactory)
+        connecting = self._endpoint.connect(protocolFactory)
+        keepalive = self._keepalive
+        if keepalive is not None:
+
+            def watch(protocol: IProtocol) -> IProtocol:
+                enable_keepalive(getattr(protocol, "transport", None), keepalive)
+                return protocol
+
+            connecting.addCallback(watch)
+        return connecting
 
 
 def make_agents(
@@ -685,14 +700,15 @@ def make_agents(
     *,
     proxy_policy: IPolicyForHTTPS | None = None,
     target_policy: IPolicyForHTTPS | None = None,
+    keepalive: KeepAliveConfig | None = None,
 ) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
-    """Agents with persistent pools for the proxy and the targets."""
+    """Agents with persistent pools for the proxy (with ``keepalive``) and the targets."""
     pools: list[HTTPConnectionPool] = []
     agents: list[IAgent] = []
-    for policy in (proxy_policy, target_policy):
+    for policy, watched in ((proxy_policy, keepalive), (target_policy, None)):
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 16
         pools.append(pool)
-        agents.append(Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor, policy),
-                                                 pool=pool))
+        endpoints = CachedEndpoints(reactor, policy, watched)
+        agents.append(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
     return agents[0], agents[1], pools

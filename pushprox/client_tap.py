@@ -162,7 +162,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             insecure_skip_verify=options["target-tls-insecure-skip-verify"],
         )
     proxy_agent, target_agent, pools = make_agents(
-        reactor, proxy_policy=proxy_policy, target_policy=target_policy
+        reactor, proxy_policy=proxy_policy, target_policy=target_policy, keepalive=config
     )
     metrics = ClientMetrics()
     if config.allow_any:

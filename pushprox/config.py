@@ -35,8 +35,27 @@ _PARSERS: dict[str, Callable[[str], Any] | None] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class KeepAliveConfig:
+    """
+    TCP keepalive on the connections between clients and the proxy, set on both sides.
+
+    It is how a silently dead connection (a NAT or firewall that forgot it, a peer
+    that vanished) is noticed while nothing is being sent: after ``tcp_keepalive_idle``
+    seconds of quiet, a probe every ``tcp_keepalive_interval`` seconds, and the
+    connection is dropped after ``tcp_keepalive_count`` unanswered ones.
+    """
+
+    tcp_keepalive_idle: float = option(
+        15.0, "Seconds a connection between client and proxy may be idle before TCP "
+        "keepalive probes start.")
+    tcp_keepalive_interval: float = option(5.0, "Seconds between TCP keepalive probes.")
+    tcp_keepalive_count: int = option(
+        3, "Unanswered TCP keepalive probes after which a connection is dropped.")
+
+
 @dataclass(frozen=True)
-class ProxyConfig:
+class ProxyConfig(KeepAliveConfig):
     """Timeouts and limits of the proxy; the defaults are the documented ones."""
 
     scrape_default_timeout: float = option(
@@ -45,6 +64,10 @@ class ProxyConfig:
         300.0, "Largest scrape timeout in seconds; longer ones are cut to it.")
     registration_timeout: float = option(
         300.0, "Seconds after its last poll that a client stays registered.")
+    client_silence_timeout: float = option(
+        10.0, "Seconds a registered client may hold no poll before it is taken for "
+        "unreachable: scrapes of it then fail at once with 503 instead of waiting for "
+        "their timeout.")
     poll_max_timeout: float = option(
         300.0, "Longest time in seconds that the proxy holds an idle poll when a client "
         "asks for a bounded poll.")
@@ -66,7 +89,7 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(KeepAliveConfig):
     """What the client needs to know; the defaults are the documented ones."""
 
     proxy_url: str

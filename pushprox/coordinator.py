@@ -8,6 +8,13 @@ or waiting for their push.  It owns every
 timeout, on an injected clock, and every entry it keeps has an owner that removes it:
 a scrape ends by its push, its timeout, cancellation or shutdown; a poll ends by a
 scrape, cancellation (the client hung up), its own timeout or shutdown.
+
+A registered client that holds no poll for ``client_silence_timeout`` seconds is
+*silent*: a healthy client polls again as soon as a poll is answered, so its link is
+presumed lost (a NAT or firewall forgot it, a mobile link stalled).  Scrapes of a
+silent client fail at once with ``ClientSilent`` instead of waiting for their timeout,
+and a scrape queued for a client that goes silent fails at that moment.  Silence is
+worked out from ``ClientInfo.last_seen`` when asked, so it costs no timer per client.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from zope.interface import Attribute, Interface, implementer
 from pushprox import wire
 from pushprox.config import ProxyConfig
 
+#: A timer firing this much before a deadline is early, not at it (float rounding).
+_EARLY = 1e-6
 #: Time a client needs to pass a scrape to its target and push back, kept out of the
 #: timeout the client is given so that its own error arrives before our 504.
 CLIENT_MARGIN = 0.1
@@ -82,6 +91,12 @@ class UnknownScrape(CoordinatorError):
 
 class ForeignScrape(CoordinatorError):
     """A push for a scrape that was handed to another client."""
+
+
+class ClientSilent(CoordinatorError):
+    """The client has held no poll for longer than the silence timeout."""
+
+    status, outcome = 503, "client_silent"
 
 
 class ShuttingDown(CoordinatorError):
@@ -197,10 +212,13 @@ class ClientInfo:
     """A registered client as listed by ``/clients``."""
 
     fqdn: str
+    #: When the client last held or ended a poll (the coordinator's clock).
     last_seen: float
     labels: dict[str, str] = field(default_factory=dict)
     #: None until the client's first scrape ends.
     scrapes: ScrapeRecord | None = None
+    #: When a silent client was last seen (see the module docstring), else None.
+    silent_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +304,9 @@ class ICoordinator(Interface):
     def client_count() -> int:
         """Number of registered clients."""
 
+    def silent_client_count() -> int:
+        """Number of registered clients that hold no poll past the silence timeout."""
+
     def waiting_poll_count() -> int:
         """Number of polls held open."""
 
@@ -327,6 +348,7 @@ class Coordinator:
         self.max_queued_per_client = config.max_queued_per_client
         self.max_clients = config.max_clients
         self.max_polls_per_client = config.max_polls_per_client
+        self.client_silence_timeout = config.client_silence_timeout
         self._clients: OrderedDict[str, ClientInfo] = OrderedDict()
         self._polls: dict[str, deque[_Poll]] = {}
         self._queues: dict[str, deque[Scrape]] = {}
@@ -380,6 +402,11 @@ class Coordinator:
         self._no_scrapes.append(deferred)
         return deferred
 
+    def silent_client_count(self) -> int:
+        """Number of registered clients that are silent (see the module docstring)."""
+        now = self._clock.seconds()
+        return sum(1 for fqdn in self._clients if self._silent_since(fqdn, now) is not None)
+
     def is_idle(self) -> bool:
         """True when no scrape, poll or queue entry is held (clients may be)."""
         return not (self._scrapes or self._polls or self._queues)
@@ -395,6 +422,9 @@ class Coordinator:
         self._expire_clients()
         if fqdn not in self._clients:
             return fail(UnknownClient(f"no client is registered as {fqdn}"))
+        silence = self._silence(fqdn)
+        if silence is not None:
+            return fail(silence)
         queue = self._queues.get(fqdn)
         polls = self._polls.get(fqdn)
         if not polls and len(queue or ()) >= self.max_queued_per_client:
@@ -412,9 +442,9 @@ class Coordinator:
             deadline=self._clock.seconds() + timeout,
             deferred=deferred,
         )
-        scrape.timer = self._clock.callLater(timeout, self._expire_scrape, scrape)
         self._scrapes[scrape_id] = scrape
         self._dispatch(scrape)
+        self._arm(scrape)
         return deferred
 
     def _dispatch(self, scrape: Scrape, *, front: bool = False) -> None:
@@ -458,6 +488,61 @@ class Coordinator:
         if scrape is not None:
             self._end_scrape(scrape)
 
+    def _arm(self, scrape: Scrape) -> None:
+        """
+        Set the scrape's timer: at its deadline, or earlier, when its client would
+        become silent, while it waits in the queue.
+        """
+        if scrape.timer is not None and scrape.timer.active():
+            scrape.timer.cancel()
+        due = scrape.deadline
+        info = self._clients.get(scrape.fqdn)
+        if scrape.state is ScrapeState.QUEUED and info is not None:
+            due = min(due, info.last_seen + self.client_silence_timeout)
+        delay = max(due - self._clock.seconds(), 0.0)
+        scrape.timer = self._clock.callLater(delay, self._scrape_due, scrape)
+
+    def _scrape_due(self, scrape: Scrape) -> None:
+        """The scrape's timer: its client went silent, its time is up, or neither yet."""
+        scrape.timer = None
+        if scrape.state is ScrapeState.QUEUED:
+            silence = self._silence(scrape.fqdn)
+            if silence is not None:
+                self._end_with(scrape, silence)
+                return
+        # An early check (the client polled meanwhile): wait on for the deadline.
+        if scrape.deadline - self._clock.seconds() > _EARLY:
+            self._arm(scrape)
+            return
+        self._expire_scrape(scrape)
+
+    def _silent_since(self, fqdn: str, now: float) -> float | None:
+        """When a silent client was last seen, or None if it is not silent."""
+        info = self._clients.get(fqdn)
+        if info is None or fqdn in self._polls:
+            return None
+        if now - info.last_seen < self.client_silence_timeout:
+            return None
+        return info.last_seen
+
+    def _silence(self, fqdn: str) -> ClientSilent | None:
+        """The error for scrapes of ``fqdn`` if it is silent (logged once per silence)."""
+        now = self._clock.seconds()
+        since = self._silent_since(fqdn, now)
+        if since is None:
+            return None
+        info = self._clients[fqdn]
+        if info.silent_since != since:
+            info.silent_since = since
+            self.log.warn(
+                "Client {fqdn} has held no poll for {seconds:.1f}s: its connection is "
+                "presumed lost, scrapes of it fail at once until it polls again",
+                fqdn=fqdn, seconds=now - since)
+        return ClientSilent(
+            f"client {fqdn} has not polled for {now - since:.1f}s (its connection is "
+            f"presumed lost; the limit is {self.client_silence_timeout:g}s)"
+        )
+
     def _expire_scrape(self, scrape: Scrape) -> None:
         scrape.timer = None
         where = "no poll arrived" if scrape.state is ScrapeState.QUEUED else "no push arrived"
@@ -486,6 +571,7 @@ class Coordinator:
         scrape.state = ScrapeState.QUEUED
         scrape.principal = None
         self._dispatch(scrape, front=True)
+        self._arm(scrape)
 
     # -- polls --
 
@@ -532,6 +618,11 @@ class Coordinator:
             self._clients[fqdn] = ClientInfo(fqdn=fqdn, last_seen=self._clock.seconds())
             self.log.info("Client {fqdn} registered", fqdn=fqdn)
         else:
+            info = self._clients[fqdn]
+            if info.silent_since is not None:
+                self.log.info("Client {fqdn} polls again after {seconds:.1f}s of silence",
+                              fqdn=fqdn, seconds=self._clock.seconds() - info.silent_since)
+                info.silent_since = None
             self._touch(fqdn)
 
     def _touch(self, fqdn: str) -> None:
@@ -611,6 +702,9 @@ class Coordinator:
     def clients(self) -> list[ClientInfo]:
         """See L{ICoordinator.clients}."""
         self._expire_clients()
+        for fqdn, info in self._clients.items():
+            if self._silence(fqdn) is None:
+                info.silent_since = None
         return sorted(self._clients.values(), key=lambda client: client.fqdn)
 
     def client_statuses(self) -> list[ClientStatus]:

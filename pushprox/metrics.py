@@ -46,7 +46,7 @@ class ProxyMetrics:
         self.scrapes = Counter(
             "pushprox_scrapes_total",
             "Scrapes by outcome: success (relayed from the target, any status), "
-            "unknown_client, timeout, client_error, queue_full, cancelled, "
+            "unknown_client, client_silent, timeout, client_error, queue_full, cancelled, "
             "bad_request, unauthorized, shutdown, error.",
             ["outcome"], registry=r)
         self.scrape_duration = Histogram(
@@ -59,6 +59,14 @@ class ProxyMetrics:
             ["limit"], registry=r)
         self.clients = Gauge("pushprox_proxy_clients", "Number of registered clients.",
                              registry=r)
+        self.clients_silent = Gauge(
+            "pushprox_clients_silent",
+            "Registered clients that have held no poll for --client-silence-timeout.",
+            registry=r)
+        self.pushes_broken = Counter(
+            "pushprox_pushes_broken_total",
+            "Pushes whose connection ended before their body did: the scraper got an "
+            "incomplete answer.", registry=r)
         self.polls_waiting = Gauge(
             "pushprox_polls_waiting",
             "Number of client polls held open, waiting for a scrape.", registry=r)
@@ -110,12 +118,14 @@ class ProxyMetrics:
         polls_waiting: Callable[[], float],
         scrapes_queued: Callable[[], float],
         scrapes_in_flight: Callable[[], float],
+        clients_silent: Callable[[], float],
     ) -> None:
         """Read the gauges from the coordinator at collection time."""
         self.clients.set_function(clients)
         self.polls_waiting.set_function(polls_waiting)
         self.scrapes_queued.set_function(scrapes_queued)
         self.scrapes_in_flight.set_function(scrapes_in_flight)
+        self.clients_silent.set_function(clients_silent)
 
 
 #: The client's counters: ``pushprox_client_<key>_total``, with their help texts.

@@ -12,6 +12,7 @@ whole scraped page.
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,6 +38,7 @@ from pushprox.coordinator import (
     TooManyClients,
     TooManyPolls,
 )
+from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
@@ -137,6 +139,14 @@ class PushProxRequest(StreamingRequest):
         if length == 0:
             return None  # no body (a scrape's GET): nothing to bound
         return BoundedBody(self, site.config.max_request_size, length)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Count a push whose connection ended in the middle of its relay."""
+        channel = cast("PushProxChannel | None", self.channel)
+        super().connectionLost(reason)
+        push = self.push
+        if push is not None and push.broken_off and channel is not None:
+            channel.site.metrics.pushes_broken.inc()
 
     @property
     def push(self) -> Push | None:
@@ -513,6 +523,22 @@ class _Guarded(_Instrumented):
         raise NotImplementedError
 
 
+#: The meta label (dropped by Prometheus after relabelling) of a silent client.
+SILENT_SINCE_LABEL = "__meta_pushprox_silent_since"
+
+
+def discovery_labels(client: ClientInfo) -> dict[str, str]:
+    """
+    The labels ``/clients`` lists a client with: its own, and for a silent one the
+    time (RFC 3339, UTC) of its last poll, as a meta label that relabelling can use.
+    """
+    labels = dict(client.labels)
+    if client.silent_since is not None:
+        stamp = datetime.datetime.fromtimestamp(client.silent_since, datetime.timezone.utc)
+        labels[SILENT_SINCE_LABEL] = stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return labels
+
+
 class ClientsResource(_Guarded):
     """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
 
@@ -525,7 +551,7 @@ class ClientsResource(_Guarded):
         return NOT_DONE_YET
 
     def _write(self, clients: list[ClientInfo], request: Request) -> None:
-        groups = [{"targets": [client.fqdn], "labels": dict(client.labels)}
+        groups = [{"targets": [client.fqdn], "labels": discovery_labels(client)}
                   for client in clients]
         body = json.dumps(groups).encode("utf-8")
         if cast(PushProxRequest, request).alive:
@@ -648,13 +674,19 @@ class ConnectRefused(Resource):
 
 class PushProxChannel(HeaderLimitChannel):
     """
-    An HTTP channel whose header limit is the site's ``--max-header-size``.
+    An HTTP channel whose header limit is the site's ``--max-header-size``, watched by
+    TCP keepalive with the configured timing.
 
     Headers past it get a 431 naming the limit, and are counted; Twisted's own
     answer would be a bare 400, and a single line past 16 KiB would only be cut off.
     """
 
     site: PushProxSite
+
+    def connectionMade(self) -> None:
+        """Watch the connection with TCP keepalive (a client's link may die silently)."""
+        super().connectionMade()
+        enable_keepalive(self.transport, self.site.config)
 
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""
@@ -718,6 +750,7 @@ class PushProxSite(Site):
             polls_waiting=coordinator.waiting_poll_count,
             scrapes_queued=coordinator.queued_scrape_count,
             scrapes_in_flight=coordinator.scrapes_in_flight,
+            clients_silent=coordinator.silent_client_count,
         )
         parts = ProxyParts(coordinator, self.config, self.metrics, clock)
         self.peer_auth = peer_auth

@@ -265,6 +265,8 @@ class Push:
         self.fqdn: str | None = None
         #: Why the push is refused, once that is decided.
         self.refusal: Denied | None = None
+        #: The connection ended in the middle of a relay (see ``connection_lost``).
+        self.broken_off = False
 
     @classmethod
     def refused(cls, coordinator: ICoordinator, limits: PushLimits, denied: Denied) -> Push:
@@ -314,11 +316,26 @@ class Push:
         return None
 
     def connection_lost(self) -> None:
-        """The pushing client hung up before the end of its body."""
+        """
+        The pushing client's connection ended before the end of its body.
+
+        A relay under way is cut off (Prometheus' connection is closed, so that a
+        Content-Length comes up short or the final chunk is missing: never a
+        complete-looking answer); ``broken_off`` says so, for the proxy to count.  A
+        push being forwarded to another replica is aborted there.
+        """
         if self.forwarded is not None:
             self.forwarded.abort()
-        elif self.refusal is None:
-            self._refuse(400, "push connection lost")
+            return
+        if self.refusal is not None:
+            return
+        if self._scrape is not None and isinstance(self._answer, StreamedAnswer):
+            self.broken_off = True
+            self.log.warn(
+                "Push of scrape {scrape_id} for {fqdn} broke off after {size} bytes: "
+                "the scraper gets an incomplete answer",
+                scrape_id=self._scrape.scrape_id, fqdn=self.fqdn, size=self._received)
+        self._refuse(400, "push connection lost")
 
     # -- the steps --
 

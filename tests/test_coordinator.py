@@ -21,6 +21,7 @@ from pushprox.config import ProxyConfig
 from pushprox.coordinator import (
     CLIENT_MARGIN,
     ClientInfo,
+    ClientSilent,
     Coordinator,
     ForeignScrape,
     ICoordinator,
@@ -638,7 +639,8 @@ class RegistrationTests(CoordinatorTestCase):
         self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
         self.register()
         self.clock.advance(299.0)
-        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=0.0)])
+        self.assertEqual(self.coordinator.clients(),
+                         [ClientInfo(fqdn=NODE, last_seen=0.0, silent_since=0.0)])
         self.assertEqual(self.coordinator.client_count(), 1)
         self.clock.advance(2.0)
         self.assertEqual(self.coordinator.clients(), [])
@@ -669,7 +671,8 @@ class RegistrationTests(CoordinatorTestCase):
             self.register()
             self.clock.advance(200.0)
         self.assertEqual(
-            self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=800.0)]
+            self.coordinator.clients(),
+            [ClientInfo(fqdn=NODE, last_seen=800.0, silent_since=800.0)],
         )
         self.assertIdle()
 
@@ -718,6 +721,112 @@ class RegistrationTests(CoordinatorTestCase):
         self.assertEqual(
             self.coordinator.clients(), [ClientInfo(fqdn="b.example", last_seen=5.0)]
         )
+        self.assertIdle()
+
+
+class SilenceTests(CoordinatorTestCase):
+    """A client that holds no poll for client_silence_timeout is silent: no more waiting."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.coordinator = Coordinator(self.clock, ProxyConfig(client_silence_timeout=10.0))
+
+    def assert_scrape_goes_to(self, poll: Deferred[Scrape | None]) -> None:
+        """A scrape goes to ``poll`` at once; cancelled, it leaves nothing behind."""
+        scraped = self.scrape()
+        self.assertIsNotNone(self.successResultOf(poll))
+        scraped.cancel()
+        self.failureResultOf(scraped, CancelledError)
+        self.assertIdle()
+
+    def test_scrape_of_a_silent_client_fails_at_once(self) -> None:
+        """Ten seconds after its last poll ended, a scrape of the client fails at once."""
+        self.register()
+        self.clock.advance(9.9)
+        waiting = self.scrape(timeout=30.0)
+        self.assertNoResult(waiting)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(self.scrape(timeout=30.0), ClientSilent)
+        self.assertEqual(
+            str(failure.value),
+            "client node1.example has not polled for 10.0s (its connection is presumed "
+            "lost; the limit is 10s)",
+        )
+        self.assertEqual(self.coordinator.silent_client_count(), 1)
+        self.assertEqual(self.coordinator.clients(),
+                         [ClientInfo(fqdn=NODE, last_seen=0.0, silent_since=0.0)])
+        self.assertIdle()
+
+    def test_queued_scrape_fails_when_its_client_goes_silent(self) -> None:
+        """A scrape queued 4 s after the last poll fails 6 s later, not at its timeout."""
+        self.register()
+        self.clock.advance(4.0)
+        scraped = self.scrape(timeout=30.0)
+        self.clock.advance(5.9)
+        self.assertNoResult(scraped)
+        self.clock.advance(0.1)
+        self.failureResultOf(scraped, ClientSilent)
+        self.assertIdle()
+
+    def test_queued_scrape_taken_by_a_poll_keeps_its_deadline(self) -> None:
+        """The early silence check of a queued scrape that a poll took ends nothing."""
+        self.register()
+        scraped = self.scrape(timeout=30.0)
+        self.clock.advance(5.0)
+        self.assertIsNotNone(self.successResultOf(self.poll()))
+        self.clock.advance(24.9)
+        self.assertNoResult(scraped)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(scraped, ScrapeTimeout)
+        self.assertIn("no push arrived", str(failure.value))
+        self.assertIdle()
+
+    def test_a_poll_ends_the_silence(self) -> None:
+        """A silent client that polls again is scraped again and listed as not silent."""
+        self.register()
+        self.clock.advance(60.0)
+        self.failureResultOf(self.scrape(), ClientSilent)
+        poll = self.poll()
+        self.assertEqual(self.coordinator.clients(), [ClientInfo(fqdn=NODE, last_seen=60.0)])
+        self.assertEqual(self.coordinator.silent_client_count(), 0)
+        self.assert_scrape_goes_to(poll)
+
+    def test_a_client_holding_a_poll_is_never_silent(self) -> None:
+        """However long a poll is held, its client is not silent."""
+        poll = self.poll(timeout=None)
+        self.clock.advance(1000.0)
+        self.assertEqual(self.coordinator.silent_client_count(), 0)
+        self.assert_scrape_goes_to(poll)
+
+
+class ClockJumpTests(CoordinatorTestCase):
+    """The wall clock the reactor uses jumps forward (an NTP step, a resumed VM)."""
+
+    def test_a_jump_forward_expires_only_clients_without_a_poll(self) -> None:
+        """
+        Clients holding bounded polls through a one-hour jump stay registered and are
+        not silent: their polls are answered at the jump and they poll again.  Only a
+        client that held no poll at the jump is forgotten.
+        """
+        self.coordinator = Coordinator(self.clock, ProxyConfig(registration_timeout=300.0))
+        fqdns = [f"node{i}.example" for i in range(3)]
+        polls = [self.poll(fqdn, timeout=25.0) for fqdn in fqdns]
+        self.register("gone.example")
+        self.clock.advance(3600.0)
+        for poll in polls:
+            self.assertIsNone(self.successResultOf(poll))
+        self.assertEqual([client.fqdn for client in self.coordinator.clients()], fqdns)
+        self.assertEqual(self.coordinator.silent_client_count(), 0)
+        scrapes = [self.scrape(fqdn, url=f"http://{fqdn}:9100/metrics".encode())
+                   for fqdn in fqdns]
+        self.assertEqual(self.counts(), (0, 3, 3))
+        for fqdn, scraped in zip(fqdns, scrapes, strict=True):
+            self.assertIsNotNone(self.successResultOf(self.poll(fqdn)))
+            scraped.cancel()
+            self.failureResultOf(scraped, CancelledError)
+        self.failureResultOf(self.scrape("gone.example"), UnknownClient)
         self.assertIdle()
 
 

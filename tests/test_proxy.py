@@ -514,8 +514,55 @@ class PushTests(ProxyTestCase):
                                          scrape_id=request.scrape_id, length=100) + b"x" * 10
         connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 500\r\n\r\n" + body)
         self.assertFalse(scraper.transport.disconnecting)
+        self.assertEqual(self.broken_pushes(), 0)
         connection.hang_up()
         self.assertTrue(scraper.transport.disconnecting)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual((response.status, response.complete), (200, False))
+        self.assertEqual(self.broken_pushes(), 1)
+        self.assertIdle()
+
+    def test_push_connection_lost_mid_chunked_body_sends_no_last_chunk(self) -> None:
+        """A chunked relay cut off ends without its last chunk: Prometheus sees it short."""
+        poll = self.poll()
+        scraper = self.scrape()
+        request = self.handed_out(poll)
+        connection = self.connect()
+        # Without a length the pushed body runs to the end of the push.
+        body = wire.encode_response_head(
+            status=200, reason=b"OK", headers=[], scrape_id=request.scrape_id,
+            length=None) + b"hello"
+        connection.send(b"POST /push HTTP/1.1\r\nHost: p\r\nContent-Length: 500\r\n\r\n"
+                        + body)
+        connection.hang_up()
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body, response.complete),
+                         (200, b"hello", False))
+        self.assertTrue(scraper.transport.disconnecting)
+        self.assertEqual(self.broken_pushes(), 1)
+        self.assertIdle()
+
+    def broken_pushes(self) -> float:
+        """The value of pushprox_pushes_broken_total."""
+        value = self.site.metrics.registry.get_sample_value("pushprox_pushes_broken_total")
+        assert value is not None
+        return value
+
+    def test_silent_client_gets_503_at_once(self) -> None:
+        """A client that has held no poll past the silence timeout: 503 with the reason."""
+        self.poll().hang_up()
+        self.clock.advance(self.config.client_silence_timeout)
+        response = self.scrape().response()
+        assert response is not None
+        self.assertEqual(response.status, 503)
+        self.assertEqual(response.body, b"client node1.example has not polled for 10.0s "
+                         b"(its connection is presumed lost; the limit is 10s)\n")
+        self.assertEqual(self.site.metrics.registry.get_sample_value(
+            "pushprox_scrapes_total", {"outcome": "client_silent"}), 1.0)
+        self.assertEqual(self.site.metrics.registry.get_sample_value(
+            "pushprox_clients_silent"), 1.0)
         self.assertIdle()
 
     def test_push_short_of_content_length(self) -> None:
@@ -565,6 +612,18 @@ class EndpointTests(ProxyTestCase):
         self.assertIn('pushprox_scrapes_total{outcome="unknown_client"} 1.0', body)
         self.assertIn('pushprox_proxied_requests_total{code="404"} 1.0', body)
         self.assertIn("pushprox_http_duration_seconds_bucket", body)
+
+    def test_clients_marks_a_silent_client_with_a_meta_label(self) -> None:
+        """A silent client stays listed, with the time of its last poll in a meta label."""
+        self.clock.advance(1_700_000_000.0)
+        self.poll(b"a.example", b"X-PushProx-Labels: site=a\r\n").hang_up()
+        self.poll(b"b.example")
+        self.clock.advance(self.config.client_silence_timeout)
+        self.assertEqual(json.loads(self.get(b"/clients").body), [
+            {"targets": ["a.example"],
+             "labels": {"site": "a", "__meta_pushprox_silent_since": "2023-11-14T22:13:20Z"}},
+            {"targets": ["b.example"], "labels": {}},
+        ])
 
     def test_clients_lists_labels_a_client_sent(self) -> None:
         """Labels from X-PushProx-Labels appear in /clients; a later poll replaces them."""

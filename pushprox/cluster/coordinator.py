@@ -148,6 +148,10 @@ class ClusterCoordinator:
         """Clients registered with this replica."""
         return self.local.client_count()
 
+    def silent_client_count(self) -> int:
+        """Clients registered with this replica that are silent."""
+        return self.local.silent_client_count()
+
     def waiting_poll_count(self) -> int:
         """See L{ICoordinator.waiting_poll_count}."""
         return self.local.waiting_poll_count()

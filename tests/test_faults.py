@@ -1,0 +1,197 @@
+"""
+Faults between the client and the proxy, played by a fault-injecting relay
+(``tests/faultrelay.py``, a userspace TCP relay in its own process) between a real
+``twistd`` client and a real ``twistd`` proxy: a link that goes silent, a push cut off
+in the middle of its body, a push stalled on a slow link.  Each test asserts what the
+scraper sees, that the client recovers by itself, and that the proxy holds nothing
+afterwards.  Durations are printed, not asserted, beyond "within the scrape timeout".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.faultrelay import FaultRelay
+from tests.harness.exporter import Page
+from tests.harness.rawhttp import (
+    http_request_bytes,
+    prometheus_headers,
+    raw_http,
+    scrape_via_proxy,
+)
+from tests.harness.stack import Stack
+from tests.harness.waiting import wait_for
+
+FQDN = "faulty.example"
+#: About 1.9 MB: far more than socket buffers hold, so a push of it takes many writes.
+BIG = b"".join(b'big_series{instance="%07d"} %d\n' % (i, i) for i in range(60000))
+PAGES = {
+    "/metrics": Page(b"up 1\n" * 100, [("Content-Type", "text/plain")]),
+    "/big": Page(BIG, [("Content-Type", "text/plain")]),
+}
+#: The proxy takes a client that holds no poll this long for unreachable.
+SILENCE = 2.0
+#: The client's bounded poll: a pushprox proxy answers an idle one this fast.
+POLL_TIMEOUT = 2.0
+
+
+def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes]:
+    """Send ``request`` and read until the proxy closes: the head and the body bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+class FaultTestCase(SynchronousTestCase):
+    """An exporter, a proxy, the relay in front of the proxy, a client through the relay."""
+
+    def setUp(self) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-faults-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        self.processes = Stack(tmp)
+        self.addCleanup(self.processes.stop_all)
+        self.exporter_port = self.processes.exporter("pages", pages=PAGES).port
+        self.proxy = self.processes.proxy(
+            extra=["--client-silence-timeout", str(SILENCE)])
+        self.proxy_port = self.proxy.port
+        self.relay = FaultRelay(self.proxy_port, self.processes)
+        self.client = self.processes.client(
+            self.proxy, FQDN, [self.exporter_port], wait=False,
+            proxy_url=f"http://127.0.0.1:{self.relay.port}/",
+            extra=["--allow-path", "/metrics", "--allow-path", "/big",
+                   "--poll-timeout", str(POLL_TIMEOUT)])
+        self.wait_scrapes_work("the client to register")
+
+    def proxy_log(self) -> str:
+        """What the proxy has logged so far."""
+        return self.proxy.process.log_text()
+
+    def url(self, path: str = "/metrics") -> str:
+        return f"http://{FQDN}:{self.exporter_port}{path}"
+
+    def scrape(self, path: str = "/metrics", timeout: float = 5.0) -> tuple[int, bytes, float]:
+        """A scrape through the proxy: status, body and seconds taken."""
+        started = time.monotonic()
+        answer = scrape_via_proxy(self.proxy_port, self.url(path), timeout=timeout)
+        return answer.status, answer.body, time.monotonic() - started
+
+    def wait_scrapes_work(self, what: str, timeout: float = 30.0) -> float:
+        """Scrape until one succeeds; returns how long that took."""
+        started = time.monotonic()
+        wait_for(lambda: self.scrape(timeout=2.0)[0] == 200, timeout=timeout, what=what,
+                 interval=0.2, watch=[self.proxy.process, self.client.process])
+        return time.monotonic() - started
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of the proxy's /metrics."""
+        text = raw_http(self.proxy_port, http_request_bytes("GET", "/metrics")).text
+        match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def assert_proxy_holds_nothing(self) -> None:
+        """No scrape queued or in flight, whatever the fault left behind."""
+        wait_for(lambda: self.metric("pushprox_scrapes_in_flight") == 0, timeout=20,
+                 what="no scrape in flight", watch=[self.proxy.process])
+        self.assertEqual(self.metric("pushprox_scrapes_queued"), 0)
+
+
+class SilentLinkTests(FaultTestCase):
+    """The link goes silent (no FIN, no RST, both sockets open), then comes back."""
+
+    def test_blackholed_client_gets_fast_503_and_scrapes_work_after_the_link_returns(
+            self) -> None:
+        """
+        Once the client has held no poll for the silence timeout, a scrape of it gets a
+        503 that says why, at once; when the link returns, the client replaces its dead
+        connection by itself and scrapes succeed again.
+        """
+        self.relay.command("blackhole both")
+        blackholed = time.monotonic()
+        wait_for(lambda: self.metric("pushprox_clients_silent") == 1,
+                 timeout=POLL_TIMEOUT + SILENCE + 10, what="the client taken for silent",
+                 watch=[self.proxy.process])
+        noticed = time.monotonic() - blackholed
+        status, body, took = self.scrape(timeout=10.0)
+        self.assertEqual(status, 503, body)
+        self.assertIn(f"client {FQDN} has not polled for".encode(), body)
+        self.assertLess(took, 10.0)
+        clients = json.loads(raw_http(self.proxy_port,
+                                      http_request_bytes("GET", "/clients")).body)
+        self.assertIn("__meta_pushprox_silent_since", clients[0]["labels"])
+        self.assertIn(f"Client {FQDN} has held no poll for", self.proxy_log())
+
+        self.relay.command("pass both")
+        recovered = self.wait_scrapes_work("scrapes to work after the link returned",
+                                           timeout=60)
+        self.assertIn(f"Client {FQDN} polls again after", self.proxy_log())
+        self.assertEqual(self.metric("pushprox_clients_silent"), 0)
+        self.assert_proxy_holds_nothing()
+        print(f"silent link: proxy noticed after {noticed:.1f}s, 503 in {took:.3f}s, "
+              f"scrapes work {recovered:.1f}s after the link returned")
+
+    def test_scrape_handed_over_just_before_the_link_died_ends_within_its_timeout(
+            self) -> None:
+        """A scrape whose poll answer vanished gets the proxy's 504 within its timeout."""
+        self.relay.command("blackhole down")
+        status, body, took = self.scrape(timeout=4.0)
+        self.assertIn(status, (503, 504), body)
+        self.assertLess(took, 4.0)
+        self.relay.command("pass both")
+        self.wait_scrapes_work("scrapes to work after the link returned", timeout=60)
+        self.assert_proxy_holds_nothing()
+        print(f"poll answer lost: {status} in {took:.2f}s")
+
+
+class BrokenPushTests(FaultTestCase):
+    """The push's connection ends or stalls in the middle of its body."""
+
+    def test_push_cut_mid_body_reaches_the_scraper_short(self) -> None:
+        """The scraper reads fewer bytes than Content-Length says; the cut is counted."""
+        self.relay.command("cut up 300000")
+        head, body = read_to_end(
+            self.proxy_port,
+            http_request_bytes("GET", self.url("/big"), prometheus_headers(10.0)), 20)
+        self.relay.command("pass both")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        declared = re.search(rb"(?im)^content-length: (\d+)", head)
+        assert declared is not None, head
+        length = int(declared.group(1))
+        self.assertEqual(length, len(BIG))
+        self.assertLess(len(body), length)
+        self.assertEqual(self.metric("pushprox_pushes_broken_total"), 1)
+        self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
+        self.wait_scrapes_work("scrapes to work after the cut")
+        self.assert_proxy_holds_nothing()
+
+    def test_push_stalled_on_a_slow_link_fails_at_the_scrape_timeout(self) -> None:
+        """A page that cannot cross a 20 KB/s link in time is cut off at the timeout."""
+        self.relay.command("throttle up 20000")
+        started = time.monotonic()
+        head, body = read_to_end(
+            self.proxy_port,
+            http_request_bytes("GET", self.url("/big"), prometheus_headers(3.0)), 20)
+        took = time.monotonic() - started
+        self.relay.command("pass both")
+        if head.startswith(b"HTTP/1.1 200"):
+            self.assertLess(len(body), len(BIG))
+        else:
+            self.assertRegex(head, rb"^HTTP/1.1 50[24]")
+        self.assertLess(took, 10.0)
+        self.wait_scrapes_work("scrapes to work after the slow link")
+        self.assert_proxy_holds_nothing()
+        print(f"stalled push: ended after {took:.2f}s with {len(body)} bytes")
