@@ -15,12 +15,14 @@ from typing import Any
 
 from twisted.application.service import Application, IServiceCollection
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
 from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
+
 from pushprox.config import ClientConfig, ProxyConfig
 from pushprox.environment import environment_options
 from pushprox.logs import LEVELS
@@ -31,6 +33,14 @@ from pushprox.program import (
     program_service,
     upstream_names_to_ours,
 )
+
+class _RaisingReactorClock(RaisingMemoryReactor, Clock):
+    """A reactor whose listens fail, with a clock (the proxy's site reads the time)."""
+
+    def __init__(self, listenException: Exception) -> None:
+        RaisingMemoryReactor.__init__(self, listenException=listenException)
+        Clock.__init__(self)
+
 
 CLIENT = ["--proxy-url", "http://proxy:8080/", "--fqdn", "node1.example"]
 
@@ -270,7 +280,7 @@ class StartupErrorTests(SynchronousTestCase):
 
     def reactor(self) -> RaisingMemoryReactor:
         error = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
-        return RaisingMemoryReactor(listenException=error)
+        return _RaisingReactorClock(listenException=error)
 
     def test_port_in_use_names_the_flag(self) -> None:
         """The StartupError says --listen, the endpoint, the address and the reason."""

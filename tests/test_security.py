@@ -325,7 +325,7 @@ class SecurityTestCase(SynchronousTestCase):
     def registered(self, fqdn: str = FQDN) -> None:
         """``fqdn`` is registered, and one poll waits."""
         assert self.site is not None
-        self.assertIn(fqdn, [c.fqdn for c in self.site.coordinator.clients()])
+        self.assertIn(fqdn, [c.fqdn for c in self.coordinator.clients()])
         self.assertEqual(self.site.coordinator.waiting_poll_count(), 1)
 
     def held_scrape(self) -> tuple[Exchange, str]:
