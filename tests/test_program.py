@@ -22,7 +22,6 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
-
 from pushprox.config import ClientConfig, ProxyConfig
 from pushprox.environment import environment_options
 from pushprox.logs import LEVELS
@@ -33,6 +32,7 @@ from pushprox.program import (
     program_service,
     upstream_names_to_ours,
 )
+
 
 class _RaisingReactorClock(RaisingMemoryReactor, Clock):
     """A reactor whose listens fail, with a clock (the proxy's site reads the time)."""
