@@ -380,6 +380,10 @@ class Coordinator:
         """Whether a poll of ``fqdn`` is held here now."""
         return fqdn in self._polls
 
+    def holding(self) -> list[ClientInfo]:
+        """The registered clients that hold a poll here now."""
+        return [self._clients[fqdn] for fqdn in self._polls if fqdn in self._clients]
+
     def knows(self, fqdn: str) -> bool:
         """Whether ``fqdn`` is registered here (expired registrations excluded)."""
         self._expire_clients()

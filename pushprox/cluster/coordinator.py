@@ -26,14 +26,21 @@ from pushprox.coordinator import (
     ClientInfo,
     ClientStatus,
     Coordinator,
+    CoordinatorError,
     ICoordinator,
     IScrapeAnswer,
     Scrape,
 )
 
-#: While draining, how long to wait for a client to re-poll elsewhere before asking
-#: Redis again where it went.
-DRAIN_RETRY = 0.1
+#: How long to wait for a client between replicas to poll again before asking Redis
+#: again where it went.
+RETRY = 0.1
+
+
+class RoutingUnavailable(CoordinatorError):
+    """Redis cannot say which replica a client polls, and it does not poll this one."""
+
+    status, outcome = 503, "routing_unavailable"
 
 
 @implementer(ICoordinator)
@@ -46,6 +53,7 @@ class ClusterCoordinator:
                  clock: IReactorTime) -> None:
         self.local = local
         self._routes = routes
+        routes.on_lost = self._write_routes_again
         self._peers = peers
         self._clock = clock
 
@@ -67,29 +75,57 @@ class ClusterCoordinator:
 
     async def _route(self, fqdn: str, method: bytes, url: bytes,
                      headers: list[tuple[bytes, bytes]], timeout: float) -> IScrapeAnswer:
+        """
+        Forward to the replica Redis names; serve here when that is this one, when the
+        client is registered here, or when nobody knows it (404 at once).  A client the
+        cluster knows but that has no live route is between replicas (the one it polled
+        left or died): wait for its next poll to say where it went.
+        """
         deadline = self._clock.seconds() + timeout
         while True:
+            left = deadline - self._clock.seconds()
+            if self.local.has_poll(fqdn) and not self.local.draining:
+                return await self.local.scrape(fqdn, method, url, headers, left)
             try:
-                peer = await self._routes.route(fqdn)
+                route = await self._routes.route(fqdn)
             except RedisUnavailable:
-                peer = None
-            if peer is not None and peer != self._routes.peer_url:
+                if self.local.knows(fqdn):
+                    return await self.local.scrape(fqdn, method, url, headers, left)
+                raise RoutingUnavailable(
+                    f"{fqdn} does not poll this replica, and Redis, which knows where it "
+                    "polls, cannot be reached") from None
+            if route.peer is not None and route.peer != self._routes.peer_url:
                 left = deadline - self._clock.seconds()
-                return await self._peers.forward_scrape(peer, method, url, headers, left)
-            if not self.local.draining or self._clock.seconds() + DRAIN_RETRY >= deadline:
+                return await self._peers.forward_scrape(peer=route.peer, method=method,
+                                                        url=url, headers=headers,
+                                                        timeout=left)
+            between_replicas = self.local.draining or (
+                route.peer is None and route.known and not self.local.knows(fqdn))
+            if not between_replicas or self._clock.seconds() + RETRY >= deadline:
                 left = max(deadline - self._clock.seconds(), 0.001)
                 return await self.local.scrape(fqdn, method, url, headers, left)
-            # Leaving: the client's next poll goes to another replica, which will say so.
-            await deferLater(self._clock, DRAIN_RETRY, lambda: None)
+            await deferLater(self._clock, RETRY, lambda: None)
+
+    def _write_routes_again(self) -> None:
+        """Note in Redis every client that holds a poll here now."""
+        for client in self.local.holding():
+            self._routes.note_poll(client.fqdn, client.labels)
 
     # -- polls --
 
     def poll(self, fqdn: str, principal: str | None, timeout: float | None,
              labels: dict[str, str] | None = None) -> Deferred[Scrape | None]:
         """See L{ICoordinator.poll}; the poll is noted in the shared routing table."""
-        if not self.local.draining:
-            self._routes.note_poll(fqdn, labels)
-        return self.local.poll(fqdn, principal, timeout, labels)
+        if self.local.draining:
+            return self.local.poll(fqdn, principal, timeout, labels)
+        self._routes.note_poll(fqdn, labels)
+        polled = self.local.poll(fqdn, principal, timeout, labels)
+
+        def ended(result: Scrape | None) -> Scrape | None:
+            self._routes.poll_ended(fqdn)
+            return result
+
+        return polled.addBoth(ended)
 
     def clients(self) -> Deferred[list[ClientInfo]]:
         """Every client of the cluster; this replica's own when Redis cannot say."""

@@ -46,8 +46,10 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return 1
 """
 # Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, record, now, replica ttl,
-# client cutoff.  Returns the replicas hash after dropping replicas and clients gone.
+# client cutoff.  Returns whether this replica was known, and the replicas hash after
+# dropping replicas and clients gone.
 _HEARTBEAT = """
+local known = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local all = redis.call('HGETALL', KEYS[1])
@@ -61,7 +63,11 @@ for _, fqdn in ipairs(gone) do
   redis.call('HDEL', KEYS[4], fqdn)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
-return redis.call('HGETALL', KEYS[1])
+return {known, redis.call('HGETALL', KEYS[1])}
+"""
+# Where a client polls: KEYS routes, clients; ARGV fqdn.  Returns {replica, last poll}.
+_ROUTE = """
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('ZSCORE', KEYS[2], ARGV[1])}
 """
 # List the clients: KEYS clients, labels; ARGV cutoff.  Returns fqdn, seen, labels, ...
 _CLIENTS = """
@@ -88,6 +94,30 @@ return dropped
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time or refused the call."""
+
+
+#: A client that polls again within this many seconds of its last poll here has not
+#: gone to another replica meanwhile: its route need not be written again.
+STAYED = 2.0
+
+
+@dataclass
+class _Written:
+    """What this replica last wrote to Redis about a client, and when it last polled here."""
+
+    labels: str
+    written: float
+    polled: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the cluster says a client polls."""
+
+    #: The peer URL of the live replica that saw its last poll, if there is one.
+    peer: str | None
+    #: Whether any replica saw the client poll within the registration timeout.
+    known: bool
 
 
 @dataclass(frozen=True)
@@ -165,11 +195,15 @@ class RouteTable:
         # Times in Redis are shared by replicas on other machines: wall clock, not the
         # reactor's (which may be monotonic, or a test's Clock).
         self._now = wall_clock or time.time
-        #: FQDN → (labels as JSON, when written): what this replica last wrote.
-        self._written: dict[str, tuple[str, float]] = {}
+        #: What this replica last wrote about each client it saw poll.
+        self._written: dict[str, _Written] = {}
         #: Live replicas: id → peer URL, as of the last heartbeat.
         self.replicas: dict[str, str] = {}
         self.up = True
+        self._beaten = False
+        #: Called when what this replica wrote may be gone (Redis back, or restarted
+        #: empty): the clients polling here now should be written again at once.
+        self.on_lost: Callable[[], None] | None = None
         metrics.watch_routes(lambda: len(self._written))
 
     # -- calls, with a timeout, counted --
@@ -195,37 +229,55 @@ class RouteTable:
         self._metrics.redis_up.set(1 if up else 0)
         if up:
             self.log.info("Redis answers again: cluster routing resumes")
+            # What was written before may be gone with Redis: write it again.
+            self._lost()
         else:
             self.log.warn("Redis cannot be reached ({what}): serving the clients that poll "
                           "this replica only, until it is back", what=what)
 
+    def _lost(self) -> None:
+        self._written.clear()
+        if self.on_lost is not None:
+            self.on_lost()
+
     # -- polls and scrapes --
 
     def note_poll(self, fqdn: str, labels: dict[str, str] | None) -> None:
-        """Record that ``fqdn`` polls this replica, unless Redis knows it already."""
+        """
+        Record that ``fqdn`` polls this replica.
+
+        Written to Redis unless nothing changed: same labels, written less than a third
+        of the registration timeout ago, and the client's previous poll was here (it
+        polled here within ``STAYED`` seconds, so no other replica took its route).
+        """
         now = self._now()
         previous = self._written.get(fqdn)
         encoded = json.dumps(labels or {}, sort_keys=True) if labels is not None else (
-            previous[0] if previous is not None else "{}")
-        if previous is not None and previous[0] == encoded and now - previous[1] < self._ttl / 3:
+            previous.labels if previous is not None else "{}")
+        if (previous is not None and previous.labels == encoded
+                and now - previous.polled < STAYED and now - previous.written < self._ttl / 3):
+            previous.polled = now
             return
-        self._written[fqdn] = (encoded, now)
+        self._written[fqdn] = _Written(labels=encoded, written=now, polled=now)
         done = Deferred.fromCoroutine(self._call("note poll", lambda: self._redis.eval(
             _NOTE_POLL, [CLIENTS, ROUTES, LABELS],
             [fqdn, self.replica_id, encoded, now, int(self._ttl) + 1])))
         # Written again at the next poll; the failure is counted and logged already.
         done.addErrback(lambda failure: self._written.pop(fqdn, None) and None)
 
-    def forget_local(self, fqdn: str) -> None:
-        """This replica no longer holds ``fqdn``'s polls (its registration expired)."""
-        self._written.pop(fqdn, None)
+    def poll_ended(self, fqdn: str) -> None:
+        """A poll of ``fqdn`` held here has ended: its next one follows at once."""
+        entry = self._written.get(fqdn)
+        if entry is not None:
+            entry.polled = self._now()
 
-    async def route(self, fqdn: str) -> str | None:
-        """The peer URL of the live replica that last saw a poll of ``fqdn``, else None."""
-        replica = await self._call("route", lambda: self._redis.hget(ROUTES, fqdn))
-        if not replica:
-            return None
-        return self.replicas.get(str(replica))
+    async def route(self, fqdn: str) -> Route:
+        """Where ``fqdn`` polls, as the cluster knows it."""
+        replica, seen = await self._call("route", lambda: self._redis.eval(
+            _ROUTE, [ROUTES, CLIENTS], [fqdn]))
+        known = bool(seen) and float(seen) >= self._now() - self._ttl
+        peer = self.replicas.get(str(replica)) if replica else None
+        return Route(peer=peer, known=known)
 
     async def clients(self) -> list[ClientInfo]:
         """Every client of the cluster, sorted by FQDN."""
@@ -249,9 +301,15 @@ class RouteTable:
         now = self._now()
         record = json.dumps({"url": self.peer_url, "seen": now})
         ttl = int(self.heartbeat_interval * 3) + 1
-        raw = await self._call("heartbeat", lambda: self._redis.eval(
+        known, raw = await self._call("heartbeat", lambda: self._redis.eval(
             _HEARTBEAT, [REPLICAS, CLIENTS, ROUTES, LABELS],
             [self.replica_id, record, now, ttl, now - self._ttl]))
+        if not known and self._beaten:
+            # Redis lost what it knew (restarted empty, or failed over): write every route
+            # again at its client's next poll.
+            self.log.warn("Redis no longer knew this replica: its routes are written again")
+            self._lost()
+        self._beaten = True
         replicas: dict[str, str] = {}
         for index in range(0, len(raw), 2):
             try:
@@ -260,7 +318,7 @@ class RouteTable:
                 continue
         self.replicas = replicas
         cutoff = now - self._ttl
-        for fqdn in [name for name, (_, when) in self._written.items() if when < cutoff]:
+        for fqdn in [name for name, entry in self._written.items() if entry.polled < cutoff]:
             del self._written[fqdn]
 
     async def withdraw(self) -> int:
