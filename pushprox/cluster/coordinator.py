@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushprox import wire
-from pushprox.cluster.forwarding import Peers
+from pushprox.cluster.forwarding import Peers, PeerUnreachable
 from pushprox.cluster.routes import RedisUnavailable, RouteTable
 from pushprox.coordinator import (
     ClientInfo,
@@ -35,6 +35,9 @@ from pushprox.coordinator import (
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
 RETRY = 0.1
+#: How long a replica that could not be reached is skipped: by then its clients have
+#: polled another one, or its heartbeat has expired.
+PEER_DOWN = 5.0
 
 
 class RoutingUnavailable(CoordinatorError):
@@ -54,6 +57,8 @@ class ClusterCoordinator:
         self.local = local
         self._routes = routes
         routes.on_lost = self._write_routes_again
+        #: Peer URL → until when it is taken for down (it refused a forwarded scrape).
+        self._down: dict[str, float] = {}
         self._peers = peers
         self._clock = clock
 
@@ -94,17 +99,33 @@ class ClusterCoordinator:
                 raise RoutingUnavailable(
                     f"{fqdn} does not poll this replica, and Redis, which knows where it "
                     "polls, cannot be reached") from None
-            if route.peer is not None and route.peer != self._routes.peer_url:
+            peer = route.peer if route.peer not in self._unreachable() else None
+            if peer is not None and peer != self._routes.peer_url:
                 left = deadline - self._clock.seconds()
-                return await self._peers.forward_scrape(peer=route.peer, method=method,
-                                                        url=url, headers=headers,
-                                                        timeout=left)
+                try:
+                    return await self._peers.forward_scrape(peer=peer, method=method,
+                                                            url=url, headers=headers,
+                                                            timeout=left)
+                except PeerUnreachable:
+                    # Died or left: its clients poll another replica within their retry.
+                    self._down[peer] = self._clock.seconds() + PEER_DOWN
+                    if self._clock.seconds() + RETRY >= deadline:
+                        raise
+                    await deferLater(self._clock, RETRY, lambda: None)
+                    continue
             between_replicas = self.local.draining or (
-                route.peer is None and route.known and not self.local.knows(fqdn))
+                peer is None and route.known and not self.local.knows(fqdn))
             if not between_replicas or self._clock.seconds() + RETRY >= deadline:
                 left = max(deadline - self._clock.seconds(), 0.001)
                 return await self.local.scrape(fqdn, method, url, headers, left)
             await deferLater(self._clock, RETRY, lambda: None)
+
+    def _unreachable(self) -> set[str]:
+        """Peers that could not be reached a moment ago (forgotten after PEER_DOWN)."""
+        now = self._clock.seconds()
+        for peer in [peer for peer, until in self._down.items() if until <= now]:
+            del self._down[peer]
+        return set(self._down)
 
     def _write_routes_again(self) -> None:
         """Note in Redis every client that holds a poll here now."""

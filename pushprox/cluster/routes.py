@@ -164,6 +164,20 @@ def connect(address: RedisAddress, timeout: float) -> Any:
     )
 
 
+def _newest_per_url(records: dict[str, tuple[str, float]]) -> dict[str, str]:
+    """
+    Replica id → peer URL, keeping only the newest replica of each URL.
+
+    A replica restarted at the same URL is a new replica: routes naming the old one
+    lead nowhere, and must not lead to the new one, which does not hold their polls.
+    """
+    newest: dict[str, tuple[float, str]] = {}
+    for replica, (url, started) in records.items():
+        if url not in newest or started > newest[url][0]:
+            newest[url] = (started, replica)
+    return {replica: url for url, (_, replica) in newest.items()}
+
+
 class RouteTable:
     """The cluster's shared routing table, as this replica reads and writes it."""
 
@@ -201,6 +215,7 @@ class RouteTable:
         self.replicas: dict[str, str] = {}
         self.up = True
         self._beaten = False
+        self._started = self._now()
         #: Called when what this replica wrote may be gone (Redis back, or restarted
         #: empty): the clients polling here now should be written again at once.
         self.on_lost: Callable[[], None] | None = None
@@ -299,7 +314,7 @@ class RouteTable:
     async def heartbeat(self) -> None:
         """Say this replica is alive; learn the others; prune clients gone silent."""
         now = self._now()
-        record = json.dumps({"url": self.peer_url, "seen": now})
+        record = json.dumps({"url": self.peer_url, "seen": now, "started": self._started})
         ttl = int(self.heartbeat_interval * 3) + 1
         known, raw = await self._call("heartbeat", lambda: self._redis.eval(
             _HEARTBEAT, [REPLICAS, CLIENTS, ROUTES, LABELS],
@@ -310,13 +325,15 @@ class RouteTable:
             self.log.warn("Redis no longer knew this replica: its routes are written again")
             self._lost()
         self._beaten = True
-        replicas: dict[str, str] = {}
+        records: dict[str, tuple[str, float]] = {}
         for index in range(0, len(raw), 2):
             try:
-                replicas[str(raw[index])] = str(json.loads(raw[index + 1])["url"])
-            except (ValueError, KeyError, TypeError):
+                record_of = json.loads(raw[index + 1])
+                records[str(raw[index])] = (str(record_of["url"]),
+                                            float(record_of.get("started", 0)))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-        self.replicas = replicas
+        self.replicas = _newest_per_url(records)
         cutoff = now - self._ttl
         for fqdn in [name for name, entry in self._written.items() if entry.polled < cutoff]:
             del self._written[fqdn]
