@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -34,10 +34,16 @@ from pushprox.coordinator import (
 
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
-RETRY = 0.1
+RETRY = 0.05
 #: How long a replica that could not be reached is skipped: by then its clients have
 #: polled another one, or its heartbeat has expired.
 PEER_DOWN = 5.0
+
+
+class StartingUp(CoordinatorError):
+    """A replica that has just started takes no polls until every peer knows it."""
+
+    status = 503
 
 
 class RoutingUnavailable(CoordinatorError):
@@ -57,6 +63,9 @@ class ClusterCoordinator:
         self.local = local
         self._routes = routes
         routes.on_lost = self._write_routes_again
+        # The other replicas learn of this one at their next heartbeat: until they all
+        # have, a push for a scrape handed out here would find no owner elsewhere.
+        self._warm_from = clock.seconds() + 2 * routes.heartbeat_interval
         #: Peer URL → until when it is taken for down (it refused a forwarded scrape).
         self._down: dict[str, float] = {}
         self._peers = peers
@@ -81,8 +90,8 @@ class ClusterCoordinator:
     async def _route(self, fqdn: str, method: bytes, url: bytes,
                      headers: list[tuple[bytes, bytes]], timeout: float) -> IScrapeAnswer:
         """
-        Forward to the replica Redis names; serve here when that is this one, when the
-        client is registered here, or when nobody knows it (404 at once).  A client the
+        Forward to the replica Redis names; serve here when that is this one, or when the
+        cluster does not know the client (404 at once, unless it polls here).  A client the
         cluster knows but that has no live route is between replicas (the one it polled
         left or died): wait for its next poll to say where it went.
         """
@@ -113,8 +122,11 @@ class ClusterCoordinator:
                         raise
                     await deferLater(self._clock, RETRY, lambda: None)
                     continue
-            between_replicas = self.local.draining or (
-                peer is None and route.known and not self.local.knows(fqdn))
+            # Known to the cluster but routed nowhere (its last replica left or died), or
+            # routed here but holding no poll here (its next poll may come through another
+            # connection, to another replica): its next poll will say where it went.
+            between_replicas = self.local.draining or (peer is None and route.known) or (
+                peer == self._routes.peer_url)
             if not between_replicas or self._clock.seconds() + RETRY >= deadline:
                 left = max(deadline - self._clock.seconds(), 0.001)
                 return await self.local.scrape(fqdn, method, url, headers, left)
@@ -139,6 +151,9 @@ class ClusterCoordinator:
         """See L{ICoordinator.poll}; the poll is noted in the shared routing table."""
         if self.local.draining:
             return self.local.poll(fqdn, principal, timeout, labels)
+        if self._clock.seconds() < self._warm_from:
+            return fail(StartingUp("this replica has just started and takes no polls yet: "
+                                   "poll again (another replica, through the balancer)"))
         self._routes.note_poll(fqdn, labels)
         polled = self.local.poll(fqdn, principal, timeout, labels)
 

@@ -10,11 +10,12 @@ Keys (every one expires by itself once nothing refreshes it):
 - ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``.
 
 The three client keys expire after the registration timeout and are refreshed by every
-write; entries of clients silent for longer are pruned by the heartbeat.  A poll is
-written only when its route or labels change or the entry is older than a third of
-the registration timeout, so a client that polls every second costs Redis one small
-script every 100 s.  Every Redis call has a timeout; when Redis cannot be reached the
-table says so (``up``), and callers route locally until it is back.
+write; entries of clients silent for longer are pruned by the heartbeat.  Every poll
+runs one small script, which writes only when the client's route or labels changed or
+its entry is older than a third of the registration timeout: a client's next poll may
+come through another connection, to another replica, so a replica cannot tell on its
+own that its route is still current.  Every Redis call has a timeout; when Redis cannot
+be reached the table says so (``up``), and callers route locally until it is back.
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ ROUTES = "pushprox:routes"
 LABELS = "pushprox:labels"
 REPLICAS = "pushprox:replicas"
 
-# Record a poll: KEYS clients, routes, labels; ARGV fqdn, replica, labels, now, ttl.
+# Record a poll: KEYS clients, routes, labels; ARGV fqdn, replica, labels, now, ttl,
+# refresh.  Writes only when the route or labels changed or the entry is older than
+# ``refresh`` seconds; returns 1 when it wrote.
 _NOTE_POLL = """
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if seen and tonumber(seen) > tonumber(ARGV[4]) - tonumber(ARGV[6])
+   and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2]
+   and redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[3] then
+  return 0
+end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
@@ -94,20 +103,6 @@ return dropped
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time or refused the call."""
-
-
-#: A client that polls again within this many seconds of its last poll here has not
-#: gone to another replica meanwhile: its route need not be written again.
-STAYED = 2.0
-
-
-@dataclass
-class _Written:
-    """What this replica last wrote to Redis about a client, and when it last polled here."""
-
-    labels: str
-    written: float
-    polled: float
 
 
 @dataclass(frozen=True)
@@ -209,8 +204,9 @@ class RouteTable:
         # Times in Redis are shared by replicas on other machines: wall clock, not the
         # reactor's (which may be monotonic, or a test's Clock).
         self._now = wall_clock or time.time
-        #: What this replica last wrote about each client it saw poll.
-        self._written: dict[str, _Written] = {}
+        #: The labels (as JSON) of each client seen polling here, and when it last did.
+        self._written: dict[str, str] = {}
+        self._polled: dict[str, float] = {}
         #: Live replicas: id → peer URL, as of the last heartbeat.
         self.replicas: dict[str, str] = {}
         self.up = True
@@ -251,40 +247,29 @@ class RouteTable:
                           "this replica only, until it is back", what=what)
 
     def _lost(self) -> None:
-        self._written.clear()
         if self.on_lost is not None:
             self.on_lost()
 
     # -- polls and scrapes --
 
     def note_poll(self, fqdn: str, labels: dict[str, str] | None) -> None:
-        """
-        Record that ``fqdn`` polls this replica.
-
-        Written to Redis unless nothing changed: same labels, written less than a third
-        of the registration timeout ago, and the client's previous poll was here (it
-        polled here within ``STAYED`` seconds, so no other replica took its route).
-        """
+        """Record in Redis that ``fqdn`` polls this replica (a write only if it moved)."""
         now = self._now()
         previous = self._written.get(fqdn)
         encoded = json.dumps(labels or {}, sort_keys=True) if labels is not None else (
-            previous.labels if previous is not None else "{}")
-        if (previous is not None and previous.labels == encoded
-                and now - previous.polled < STAYED and now - previous.written < self._ttl / 3):
-            previous.polled = now
-            return
-        self._written[fqdn] = _Written(labels=encoded, written=now, polled=now)
+            previous if previous is not None else "{}")
+        self._written[fqdn] = encoded
+        self._polled[fqdn] = now
         done = Deferred.fromCoroutine(self._call("note poll", lambda: self._redis.eval(
             _NOTE_POLL, [CLIENTS, ROUTES, LABELS],
-            [fqdn, self.replica_id, encoded, now, int(self._ttl) + 1])))
-        # Written again at the next poll; the failure is counted and logged already.
-        done.addErrback(lambda failure: self._written.pop(fqdn, None) and None)
+            [fqdn, self.replica_id, encoded, now, int(self._ttl) + 1, self._ttl / 3])))
+        # The next poll tries again; the failure is counted and logged already.
+        done.addErrback(lambda failure: None)
 
     def poll_ended(self, fqdn: str) -> None:
-        """A poll of ``fqdn`` held here has ended: its next one follows at once."""
-        entry = self._written.get(fqdn)
-        if entry is not None:
-            entry.polled = self._now()
+        """A poll of ``fqdn`` held here has ended."""
+        if fqdn in self._polled:
+            self._polled[fqdn] = self._now()
 
     async def route(self, fqdn: str) -> Route:
         """Where ``fqdn`` polls, as the cluster knows it."""
@@ -335,14 +320,13 @@ class RouteTable:
                 continue
         self.replicas = _newest_per_url(records)
         cutoff = now - self._ttl
-        for fqdn in [name for name, entry in self._written.items() if entry.polled < cutoff]:
-            del self._written[fqdn]
+        for fqdn in [name for name, when in self._polled.items() if when < cutoff]:
+            del self._written[fqdn], self._polled[fqdn]
 
     async def withdraw(self) -> int:
         """Drop this replica and the routes that name it; returns how many routes went."""
         dropped = await self._call("withdraw", lambda: self._redis.eval(
             _WITHDRAW, [ROUTES, REPLICAS], [self.replica_id]))
-        self._written.clear()
         return int(dropped)
 
     def replica_of(self, scrape_id: str) -> str | None:

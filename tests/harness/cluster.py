@@ -1,0 +1,148 @@
+"""
+A cluster of proxy replicas for the tests: a real redis-server, replicas as real
+``twistd pushprox-proxy`` processes sharing it, and a real nginx balancing TCP in front.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.processes import Process, twistd_argv
+from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
+from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
+from tests.harness.waiting import free_port, port_open, wait_for
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+REDIS_CLI = Path("/usr/bin/redis-cli")
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+PEER_TOKEN = "peer-token-for-the-tests-0123456789"
+
+
+def missing() -> list[str]:
+    """What cluster tests need and this machine lacks, with the Debian package."""
+    needed = [(REDIS_SERVER, "redis-server"), (REDIS_CLI, "redis-tools"),
+              (NGINX_STREAM_MODULE, "libnginx-mod-stream")]
+    gone = [f"{path} (Debian package {package})" for path, package in needed
+            if not path.exists()]
+    if shutil.which("nginx") is None:
+        gone.append("nginx (Debian package nginx-light)")
+    return gone
+
+
+def nginx_stream_config(directory: Path, listen: int, upstreams: Sequence[int]) -> str:
+    """nginx balancing TCP round robin over ``upstreams``, as the README shows."""
+    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=1s;"
+                        for port in upstreams)
+    return f"""load_module {NGINX_STREAM_MODULE};
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log;
+events {{ worker_connections 1024; }}
+stream {{
+  upstream replicas {{
+{servers}
+  }}
+  server {{ listen 127.0.0.1:{listen}; proxy_pass replicas; }}
+}}
+"""
+
+
+@dataclass
+class Cluster:
+    """Redis, the replicas and the balancer of one test."""
+
+    stack: Stack
+    redis: Process
+    redis_port: int
+    token_file: Path
+    replicas: list[Proxy] = field(default_factory=list)
+    balancer: Process | None = None
+    balancer_port: int = 0
+
+    @property
+    def redis_url(self) -> str:
+        """Where the replicas find Redis."""
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def url(self) -> str:
+        """The balancer, where Prometheus and the clients go."""
+        return f"http://127.0.0.1:{self.balancer_port}"
+
+    def redis_cli(self, *args: str) -> str:
+        """Run one redis-cli command against the test's Redis; its output."""
+        done = subprocess.run([str(REDIS_CLI), "-p", str(self.redis_port), *args],
+                              capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout
+
+    def keys(self) -> list[str]:
+        """The keys in Redis."""
+        return sorted(filter(None, self.redis_cli("--raw", "KEYS", "*").splitlines()))
+
+    def replica(self, index: int, extra: Sequence[str] = ()) -> Proxy:
+        """Start replica ``index`` (on a new port) and wait until it serves."""
+        port = free_port()
+        args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", self.redis_url,
+                "--peer-token-file", str(self.token_file),
+                "--peer-url", f"http://127.0.0.1:{port}", *extra]
+        process = self.stack.start(f"replica{index}", twistd_argv("pushprox-proxy", args))
+        proxy = Proxy(port, process)
+        proxy.wait_ready()
+        return proxy
+
+    def restart(self, replica: Proxy) -> None:
+        """Start a stopped replica again, on its port, and wait until it serves."""
+        process = replica.process
+        assert isinstance(process, Process)
+        process.start()
+        replica.wait_ready()
+
+    def start_balancer(self) -> None:
+        """nginx in front of every replica."""
+        self.balancer_port = free_port()
+        directory = self.stack.directory("nginx")
+        config = directory / "nginx.conf"
+        config.write_text(nginx_stream_config(directory, self.balancer_port,
+                                              [replica.port for replica in self.replicas]))
+        self.balancer = self.stack.start("nginx", ["nginx", "-c", str(config),
+                                                   "-p", str(directory)])
+        wait_for(lambda: port_open(self.balancer_port), timeout=STARTUP_TIMEOUT,
+                 what="nginx", watch=[self.balancer])
+
+    def scrape(self, fqdn: str, port: int, *, via: int | None = None,
+               timeout: float = 5.0) -> HTTPResponse:
+        """Prometheus' proxied scrape of ``fqdn:port``, through ``via`` or the balancer."""
+        request = http_request_bytes("GET", f"http://{fqdn}:{port}/metrics",
+                                     prometheus_headers(timeout))
+        return raw_http(via or self.balancer_port, request, timeout=timeout + 5)
+
+
+def start_redis(stack: Stack) -> tuple[Process, int]:
+    """redis-server on a free port, nothing saved to disk."""
+    port = free_port()
+    directory = stack.directory("redis")
+    process = stack.start("redis", [str(REDIS_SERVER), "--port", str(port),
+                                    "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(directory)])
+    wait_for(lambda: port_open(port), timeout=STARTUP_TIMEOUT, what="redis-server",
+             watch=[process])
+    return process, port
+
+
+def start_cluster(stack: Stack, replicas: int = 3, extra: Sequence[str] = ()) -> Cluster:
+    """Redis, ``replicas`` replicas and nginx in front of them."""
+    redis, redis_port = start_redis(stack)
+    token_file = stack.directory("secrets") / "peer-token"
+    token_file.write_text(PEER_TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    cluster = Cluster(stack, redis, redis_port, token_file)
+    for index in range(replicas):
+        cluster.replicas.append(cluster.replica(index + 1, extra))
+    cluster.start_balancer()
+    return cluster
