@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -754,6 +754,7 @@ class PushProxSite(Site):
         )
         parts = ProxyParts(coordinator, self.config, self.metrics, clock)
         self.peer_auth = peer_auth
+        self._quiet: list[Deferred[None]] = []
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
         self._push = PushResource(parts)
@@ -815,9 +816,29 @@ class PushProxSite(Site):
             request.getHeader(b"authorization"), certificate_names(request)
         )
 
+    #: Requests being answered now.
+    in_progress = 0
+
+    def when_quiet(self) -> Deferred[None]:
+        """Fires once no request is being answered (at once if none is)."""
+        if not self.in_progress:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._quiet.append(waiting)
+        return waiting
+
+    def _request_done(self, result: object) -> None:
+        self.in_progress -= 1
+        if not self.in_progress and self._quiet:
+            waiting, self._quiet = self._quiet, []
+            for deferred in waiting:
+                deferred.callback(None)
+
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""
         request.site = self
+        self.in_progress += 1
+        request.notifyFinish().addBoth(self._request_done)
         uri = request.uri
         if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
             return self._scrape

@@ -180,7 +180,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         coordinator, local = cluster.coordinator, cluster.local
         site_options.update(peer_auth=PeerAuth(options["peer-token"]),
                             push_forwarder=cluster.peers)
-        listeners = cluster_service.DrainingListeners(cluster, reactor, config.shutdown_grace)
+        draining = cluster_service.DrainingListeners(cluster, reactor, config.shutdown_grace)
+        listeners = draining
     else:
         coordinator = local = Coordinator(reactor, config)
     client_auth: ClientAuth = options["client-auth"]
@@ -195,6 +196,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics_endpoint=not options["no-metrics-endpoint"],
         **site_options,
     )
+    if options["redis"]:
+        draining.site = site
     if not options["redis"]:
         # Added first so that it stops last: the ports close before pending answers go.
         CoordinatorService(local, reactor).setServiceParent(service)

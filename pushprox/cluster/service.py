@@ -30,6 +30,7 @@ from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, 
 from pushprox.config import ProxyConfig
 from pushprox.coordinator import Coordinator
 from pushprox.metrics import ProxyMetrics
+from pushprox.proxy import PushProxSite
 
 
 @dataclass
@@ -112,10 +113,32 @@ class DrainingListeners(MultiService):
         self._cluster = cluster
         self._clock = clock
         self._grace = grace
+        #: The site on these ports: its requests are answered before the process ends.
+        self.site: PushProxSite | None = None
 
     def stopService(self) -> Deferred[None]:
         """Withdraw, answer held polls, wait for scrapes in flight; then close the ports."""
         return Deferred.fromCoroutine(self._drain())
+
+    async def _quiet(self, deadline: float) -> None:
+        """Wait until every request accepted before the ports closed has its answer."""
+        site = self.site
+        if site is None:
+            return
+        while self._clock.seconds() < deadline:
+            waiting = site.when_quiet()
+            waiting.addTimeout(max(deadline - self._clock.seconds(), 0.001), self._clock)
+            try:
+                await waiting
+            except Exception:
+                self.log.warn("{n} requests still unanswered after the grace period",
+                              n=site.in_progress)
+                return
+            # A connection accepted just before the ports closed may send its request
+            # a moment later.
+            await deferLater(self._clock, 0.2, lambda: None)
+            if not site.in_progress:
+                return
 
     async def _drain(self) -> None:
         cluster = self._cluster
@@ -138,6 +161,7 @@ class DrainingListeners(MultiService):
                 self.log.warn("{n} scrapes still in flight after {grace}s",
                               n=cluster.local.scrapes_in_flight(), grace=self._grace)
         await super().stopService()
+        await self._quiet(deadline=self._clock.seconds() + self._grace)
         # What is left (queued scrapes, late polls) is answered 503 as a single proxy does.
         cluster.local.shutdown()
         await deferLater(self._clock, 0.2, lambda: None)
