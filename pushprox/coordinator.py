@@ -587,6 +587,8 @@ class Coordinator:
         labels: dict[str, str] | None = None,
     ) -> Deferred[Scrape | None]:
         """See L{ICoordinator.poll}."""
+        if self.draining:
+            return succeed(None)
         if self._stopping:
             return fail(ShuttingDown("the proxy is shutting down"))
         try:

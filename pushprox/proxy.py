@@ -469,6 +469,20 @@ class PushResource(_Instrumented):
         push = cast(PushProxRequest, request).push
         if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
+        if push.settled is not None and not push.settled.called:
+            # Cluster mode: where the push goes is still being asked of Redis.
+            push.settled.addCallback(lambda _: self._answer_later(request, push))
+            return NOT_DONE_YET
+        return self._answer(request, push)
+
+    def _answer_later(self, request: Request, push: Push) -> None:
+        body = self._answer(request, push)
+        if isinstance(body, bytes) and cast(PushProxRequest, request).alive:
+            request.write(body)
+            request.finish()
+
+    def _answer(self, request: Request, push: Push) -> bytes | int:
+        """The push's answer: its refusal, the owner's answer, or 200 (and push-poll)."""
         refusal = push.end()
         if push.forwarded is not None:
             push.forwarded.reply.addCallbacks(

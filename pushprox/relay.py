@@ -58,8 +58,11 @@ class ForwardedPush(Protocol):
 class PushForwarder(Protocol):
     """Sends a push whose scrape another replica owns to that replica (cluster mode)."""
 
-    def owner(self, scrape_id: str) -> str | None:
-        """The peer URL of the replica that owns ``scrape_id``, when it is not this one."""
+    def owner(self, scrape_id: str) -> Deferred[str | None] | str | None:
+        """
+        The peer URL of the replica that owns ``scrape_id``, when it is not this one;
+        a Deferred when that must be asked of the shared store first.
+        """
 
     def forward(self, peer: str, principal: str | None, push_poll: bool,
                 transport: IPushProducer | None) -> ForwardedPush:
@@ -251,6 +254,12 @@ class Push:
         self._push_poll = push_poll
         #: Set when the push is on its way to the replica that owns its scrape.
         self.forwarded: ForwardedPush | None = None
+        #: While its owner is looked up: the bytes received, held (the client is paused).
+        self._held: list[bytes] | None = None
+        #: Fires once the owner is known (only set when it had to be looked up).
+        self.settled: Deferred[None] | None = None
+        self._owner_known = False
+        self._lost = False
         self._limits = limits
         #: The authenticated client that pushes (None without client authentication).
         self.principal = principal
@@ -277,6 +286,9 @@ class Push:
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the push body."""
+        if self._held is not None:
+            self._held.append(data)
+            return
         if self.forwarded is not None:
             self.forwarded.feed(data)
             return
@@ -324,6 +336,9 @@ class Push:
         complete-looking answer); ``broken_off`` says so, for the proxy to count.  A
         push being forwarded to another replica is aborted there.
         """
+        if self._held is not None:
+            self._lost = True
+            return
         if self.forwarded is not None:
             self.forwarded.abort()
             return
@@ -365,12 +380,15 @@ class Push:
         except wire.WireError as error:
             self._refuse(400, f"malformed push: {error}")
             return b""
-        peer = self._forwarder.owner(head.scrape_id) if self._forwarder is not None else None
-        if peer is not None and self._forwarder is not None:
-            self.forwarded = self._forwarder.forward(peer, self.principal, self._push_poll,
-                                                     self._transport)
-            self.forwarded.feed(split[0] + b"\r\n\r\n" + split[1])
-            return b""
+        if self._forwarder is not None and not self._owner_known:
+            whole = split[0] + b"\r\n\r\n" + split[1]
+            owner = self._forwarder.owner(head.scrape_id)
+            if isinstance(owner, Deferred):
+                self._hold(whole, owner)
+                return b""
+            if owner is not None:
+                self._forward(owner, whole)
+                return b""
         scrape = self._claim(head.scrape_id)
         if scrape is None:
             return b""
@@ -381,6 +399,38 @@ class Push:
         if self.refusal is not None:
             self._release()
         return split[1]
+
+    def _forward(self, peer: str, data: bytes) -> None:
+        assert self._forwarder is not None
+        self.forwarded = self._forwarder.forward(peer, self.principal, self._push_poll,
+                                                 self._transport)
+        self.forwarded.feed(data)
+
+    def _hold(self, data: bytes, owner: Deferred[str | None]) -> None:
+        """Hold the push, the client paused, until its owner is known."""
+        self._held = [data]
+        self.settled = Deferred()
+        if self._transport is not None:
+            self._transport.pauseProducing()
+        owner.addErrback(lambda _: None)  # not found: claimed here, refused 404
+        owner.addCallback(self._owner_found)
+
+    def _owner_found(self, peer: str | None) -> None:
+        held, self._held = self._held or [], None
+        self._owner_known = True
+        if self._transport is not None and not self._lost:
+            self._transport.resumeProducing()
+        data = b"".join(held)
+        if peer is not None:
+            self._forward(peer, data)
+        else:
+            # The head is read again, this time to be claimed here.
+            self._head = wire.HeadReader(self._limits.max_push_head_size)
+            self._take(data)
+        if self._lost:
+            self.connection_lost()
+        assert self.settled is not None
+        self.settled.callback(None)
 
     def _claim(self, scrape_id: str) -> Scrape | None:
         try:

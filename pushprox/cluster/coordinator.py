@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -35,15 +35,21 @@ from pushprox.coordinator import (
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
 RETRY = 0.05
+#: A scrape is forwarded at most twice: once to the replica Redis names, and once more
+#: if the client's next poll went elsewhere meanwhile.  Never in a loop.
+MAX_HOPS = 2
+
+
+def _hops(value: bytes | None) -> int:
+    """How many times a scrape was forwarded already (from the hop header)."""
+    if value is None:
+        return 0
+    return int(value) if value.isdigit() else MAX_HOPS
+
+
 #: How long a replica that could not be reached is skipped: by then its clients have
 #: polled another one, or its heartbeat has expired.
 PEER_DOWN = 5.0
-
-
-class StartingUp(CoordinatorError):
-    """A replica that has just started takes no polls until every peer knows it."""
-
-    status = 503
 
 
 class RoutingUnavailable(CoordinatorError):
@@ -63,9 +69,6 @@ class ClusterCoordinator:
         self.local = local
         self._routes = routes
         routes.on_lost = self._write_routes_again
-        # The other replicas learn of this one at their next heartbeat: until they all
-        # have, a push for a scrape handed out here would find no owner elsewhere.
-        self._warm_from = clock.seconds() + 2 * routes.heartbeat_interval
         #: Peer URL → until when it is taken for down (it refused a forwarded scrape).
         self._down: dict[str, float] = {}
         self._peers = peers
@@ -82,13 +85,15 @@ class ClusterCoordinator:
                headers: Sequence[tuple[bytes, bytes]], timeout: float,
                ) -> Deferred[IScrapeAnswer]:
         """See L{ICoordinator.scrape}: here, or forwarded to the replica with the poll."""
-        forwarded = wire.header_value(headers, wire.HOP_HEADER) is not None
-        if forwarded or (self.local.has_poll(fqdn) and not self.local.draining):
+        hops = _hops(wire.header_value(headers, wire.HOP_HEADER))
+        if hops >= MAX_HOPS or (self.local.has_poll(fqdn) and not self.local.draining):
             return self.local.scrape(fqdn, method, url, headers, timeout)
-        return Deferred.fromCoroutine(self._route(fqdn, method, url, list(headers), timeout))
+        return Deferred.fromCoroutine(
+            self._route(fqdn, method, url, list(headers), timeout, hops))
 
     async def _route(self, fqdn: str, method: bytes, url: bytes,
-                     headers: list[tuple[bytes, bytes]], timeout: float) -> IScrapeAnswer:
+                     headers: list[tuple[bytes, bytes]], timeout: float,
+                     hops: int) -> IScrapeAnswer:
         """
         Forward to the replica Redis names; serve here when that is this one, or when the
         cluster does not know the client (404 at once, unless it polls here).  A client the
@@ -114,7 +119,7 @@ class ClusterCoordinator:
                 try:
                     return await self._peers.forward_scrape(peer=peer, method=method,
                                                             url=url, headers=headers,
-                                                            timeout=left)
+                                                            timeout=left, hops=hops + 1)
                 except PeerUnreachable:
                     # Died or left: its clients poll another replica within their retry.
                     self._down[peer] = self._clock.seconds() + PEER_DOWN
@@ -151,9 +156,6 @@ class ClusterCoordinator:
         """See L{ICoordinator.poll}; the poll is noted in the shared routing table."""
         if self.local.draining:
             return self.local.poll(fqdn, principal, timeout, labels)
-        if self._clock.seconds() < self._warm_from:
-            return fail(StartingUp("this replica has just started and takes no polls yet: "
-                                   "poll again (another replica, through the balancer)"))
         self._routes.note_poll(fqdn, labels)
         polled = self.local.poll(fqdn, principal, timeout, labels)
 

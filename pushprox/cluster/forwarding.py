@@ -248,7 +248,7 @@ class Peers:
         return agent
 
     def forward_scrape(self, peer: str, method: bytes, url: bytes,
-                       headers: list[tuple[bytes, bytes]], timeout: float,
+                       headers: list[tuple[bytes, bytes]], timeout: float, hops: int = 1,
                        ) -> Deferred[IScrapeAnswer]:
         """Send a scrape to ``peer`` and answer with what it answers, or fail in time."""
         sent = Headers()
@@ -257,7 +257,7 @@ class Peers:
             sent.addRawHeader(name, value)
         sent.setRawHeaders(wire.TIMEOUT_HEADER, [wire.format_timeout(timeout)])
         sent.setRawHeaders(wire.PEER_TOKEN_HEADER, [self._token])
-        sent.setRawHeaders(wire.HOP_HEADER, [b"1"])
+        sent.setRawHeaders(wire.HOP_HEADER, [b"%d" % hops])
         request = self._scrape_agent(peer).request(method, url, sent)
 
         def timed_out(result: object, seconds: float) -> object:
@@ -282,7 +282,7 @@ class Peers:
         forwarded: Deferred[IScrapeAnswer] = request.addCallbacks(answered, unreachable)
         return forwarded
 
-    def owner(self, scrape_id: str) -> str | None:
+    def owner(self, scrape_id: str) -> Deferred[str | None] | str | None:
         """The peer URL of the live replica that owns ``scrape_id``, when another."""
         return self._routes.replica_of(scrape_id)
 

@@ -329,9 +329,24 @@ class RouteTable:
             _WITHDRAW, [ROUTES, REPLICAS], [self.replica_id]))
         return int(dropped)
 
-    def replica_of(self, scrape_id: str) -> str | None:
-        """The peer URL of the replica a scrape id names, when it is another live one."""
+    def replica_of(self, scrape_id: str) -> Deferred[str | None] | str | None:
+        """
+        The peer URL of the replica a scrape id names, when it is another one; a Deferred
+        when that replica started after this one's last heartbeat and Redis must say.
+        """
         replica, dot, _ = scrape_id.partition(".")
         if not dot or replica == self.replica_id:
             return None
-        return self.replicas.get(replica)
+        url = self.replicas.get(replica)
+        if url is not None:
+            return url
+        return Deferred.fromCoroutine(self._lookup_replica(replica))
+
+    async def _lookup_replica(self, replica: str) -> str | None:
+        raw = await self._call("replica", lambda: self._redis.hget(REPLICAS, replica))
+        if not raw:
+            return None
+        try:
+            return str(json.loads(raw)["url"])
+        except (ValueError, KeyError, TypeError):
+            return None
