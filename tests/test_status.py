@@ -11,6 +11,7 @@ import base64
 import json
 from html.parser import HTMLParser
 from importlib.metadata import version
+from types import SimpleNamespace
 from typing import Any, cast
 
 import bcrypt
@@ -423,8 +424,10 @@ class RecordTests(StatusTestCase):
     def test_cluster_replica_lists_and_records_its_own_clients(self) -> None:
         """A replica's coordinator keeps the figures where the client polls: locally."""
         local = Coordinator(self.clock)
-        # Listing and recording use neither the routing table nor the peers.
-        cluster = ClusterCoordinator(local, cast(Any, None), cast(Any, None), self.clock)
+        # Listing and recording use neither the routing table nor the peers (the
+        # coordinator only gives the table its callback for a Redis that lost its data).
+        routes = SimpleNamespace(on_lost=None)
+        cluster = ClusterCoordinator(local, cast(Any, routes), cast(Any, None), self.clock)
         local.poll("node1.example", None, None)
         cluster.record_scrape("node1.example", 504, 2.5, "too slow")
         cluster.record_scrape("elsewhere.example", 200, 0.1, None)
