@@ -99,8 +99,8 @@ class Podman:
         """The image's configuration (user, entry point, healthcheck, environment...)."""
         inspected = json.loads(self.run("image", "inspect", image).stdout)
         config: dict[str, object] = inspected[0]["Config"]
-        healthcheck = inspected[0].get("HealthCheck") or config.get("Healthcheck")
-        return {**config, "Healthcheck": healthcheck}
+        # podman keeps the healthcheck beside the OCI configuration, which has none.
+        return {**config, "Healthcheck": inspected[0].get("Healthcheck")}
 
     def ensure_base_image(self) -> str:
         """The Python base image: ``BASE_IMAGE``, made with debootstrap if needed."""
