@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushprox.cluster.metrics import ClusterMetrics
 from pushprox.metrics import ClientMetrics, ProxyMetrics
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "pushprox-dashboard.json"
+DASHBOARD = (Path(__file__).resolve().parent.parent
+             / "deploy" / "grafana" / "pushprox-dashboard.json")
 #: Series names a family of each type exposes, by the suffixes Prometheus stores.
 SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
             "histogram": ("_bucket", "_count", "_sum", "_created")}
