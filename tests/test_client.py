@@ -478,14 +478,15 @@ class _UnknownName:
 
     def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str,
                         portNumber: int = 0, addressTypes: Any = None,
-                        transportSemantics: str = "TCP") -> IResolutionReceiver:
+                        transportSemantics: str = "TCP") -> IHostResolution:
         """No address for the unknown name."""
         if hostName != self._name:
             return self._others.resolveHostName(resolutionReceiver, hostName, portNumber,
                                                 addressTypes, transportSemantics)
-        resolutionReceiver.resolutionBegan(_Resolution(hostName))
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
         resolutionReceiver.resolutionComplete()
-        return resolutionReceiver
+        return resolution
 
 
 def target_url(path: str, *, port: int = TARGET_PORT) -> str:

@@ -28,7 +28,7 @@ METRIC_NAME = re.compile(r"\bpushprox_[a-zA-Z0-9_:]*")
 
 def exported_names(exposition: str) -> set[str]:
     """Series names an exposition's ``# TYPE`` lines promise (labelled families included)."""
-    names = set()
+    names: set[str] = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
         base = family.removesuffix("_total") if kind == "counter" else family
         names.update(base + suffix for suffix in SUFFIXES[kind])
