@@ -12,12 +12,12 @@ another base instead. Without them the tests skip, and fail under
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.e2e import skip_or_fail
 from tests.harness.containers import Container, Podman, missing_tools
 from tests.harness.prometheus import proxied_job
 from tests.harness.rawhttp import http_get
@@ -44,9 +44,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     missing = missing_tools()
     if missing:
         reason = "the container tests need " + "; ".join(missing)
-        if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
-            pytest.fail(reason + " and PUSHPROX_REQUIRE_E2E=1", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     podman = Podman(tmp_path_factory.mktemp("podman"))
     base = podman.ensure_base_image()
     podman.build(PROXY_IMAGE, base=base)  # no --target: the proxy is the default

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import skip_or_fail
 from tests.harness.processes import SOURCE_ROOT
 from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
 from tests.harness.rawhttp import http_get
@@ -43,9 +44,7 @@ def test_readme_quick_start_works_as_pasted(stack: Stack, tmp_path: Path) -> Non
     taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
     if taken:
         reason = "the quick start uses fixed ports, taken here: " + ", ".join(taken)
-        if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
-            pytest.fail(reason + " (PUSHPROX_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     checkout = tmp_path / "checkout"
     for name in CHECKOUT:
         source, target = SOURCE_ROOT / name, checkout / name
