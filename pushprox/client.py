@@ -28,7 +28,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, DNSLookupError
 from twisted.internet.interfaces import (
     IConsumer,
     IProtocol,
@@ -453,6 +453,10 @@ class ClientService(Service):
             reason, kind = f"refused: {failure.value}", "refused"
         else:
             reason, kind = describe_failure(failure), "unreachable"
+            if failure.check(DNSLookupError) and self.config.target_host is None:
+                reason += (f" (the client connects to {self.config.fqdn} itself; "
+                           "--target-host 127.0.0.1, or the target's address, connects "
+                           "there while Prometheus keeps the name)")
         message = f"failed to scrape {request.url.decode('latin-1')}: {reason}"
         self.log.warn("Scrape {scrape_id} failed: {reason}",
                       scrape_id=request.scrape_id, reason=message, fqdn=self.config.fqdn,

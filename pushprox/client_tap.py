@@ -77,6 +77,8 @@ class Options(ProgramOptions):
         self["allow-port"] = []
         self["allow-path"] = []
         self["label"] = []
+        #: Whether --fqdn was left to this host's name (a warning if it is localhost).
+        self.fqdn_guessed = False
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -113,11 +115,16 @@ class Options(ProgramOptions):
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
+        self.fqdn_guessed = self["fqdn"] is None
         if self["fqdn"] is None:
             # Looked up only when needed: a slow resolver must not delay --help.
             self["fqdn"] = socket.getfqdn()
         if not self["fqdn"]:
             raise usage.UsageError("--fqdn is empty")
+        if wire.normalize_fqdn(self["fqdn"].encode("utf-8")) is None:
+            raise usage.UsageError(
+                f"--fqdn {self['fqdn']}: not a host name (letters, digits, '-', '_' "
+                "and dots)")
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
         for name in ("proxy-token-file", "target-bearer-token-file"):
@@ -171,6 +178,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
             "proxy asks for", fqdn=config.fqdn)
+    if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").warn(
+            "This host's FQDN is {fqdn}: Prometheus must scrape it as {fqdn}, and two "
+            "such clients would take each other's scrapes; give the name Prometheus uses "
+            "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
     client = ClientService(config, reactor=reactor, proxy_agent=proxy_agent,
                            target_agent=target_agent, metrics=metrics, pools=pools)

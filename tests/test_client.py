@@ -12,11 +12,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from pushprox import wire
 from pushprox.client import (
@@ -451,6 +457,38 @@ NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r
              b"</center>\r\n</body>\r\n</html>\r\n")
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    """One name being resolved."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        """Nothing to stop: it ends at once."""
+
+
+@implementer(IHostnameResolver)
+class _UnknownName:
+    """Resolves nothing for ``name`` (as when DNS does not know it), the rest as before."""
+
+    def __init__(self, name: str, others: IHostnameResolver) -> None:
+        self._name = name
+        self._others = others
+
+    def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str,
+                        portNumber: int = 0, addressTypes: Any = None,
+                        transportSemantics: str = "TCP") -> IHostResolution:
+        """No address for the unknown name."""
+        if hostName != self._name:
+            return self._others.resolveHostName(resolutionReceiver, hostName, portNumber,
+                                                addressTypes, transportSemantics)
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
 def target_url(path: str, *, port: int = TARGET_PORT) -> str:
     """The URL Prometheus asks the proxy for."""
     return f"http://{FQDN}:{port}{path}"
@@ -622,6 +660,20 @@ class ClientServiceTests(SynchronousTestCase):
             (502, f"the client could not scrape the target: failed to scrape {url}: "
                   "ConnectionRefusedError: Connection was refused by other side: 111: "
                   "Connection refused.\n"))
+
+    def test_unresolvable_fqdn_suggests_target_host(self) -> None:
+        """Without --target-host the FQDN itself is looked up; its failure says what helps."""
+        self.network.installNameResolver(_UnknownName(FQDN, self.network.nameResolver))
+        self.start_client(target_host=None)
+        self.registered()
+        url = target_url("/metrics")
+        response = self.scrape(url).response()
+        self.assertEqual(response.status, 502)
+        self.assertIn(f"failed to scrape {url}: DNSLookupError: ", response.text)
+        self.assertTrue(response.text.endswith(
+            f"(the client connects to {FQDN} itself; --target-host 127.0.0.1, or the "
+            "target's address, connects there while Prometheus keeps the name)\n"),
+            response.text)
 
     def test_port_outside_allow_list_gives_502_with_reason(self) -> None:
         """A port the client may not scrape comes back as 502 saying so; nothing is fetched."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -196,6 +198,37 @@ class ClientOptionsTests(SynchronousTestCase):
 
         options = parse_client("--proxy-url", "http://proxy/")
         self.assertEqual(options["fqdn"], socket.getfqdn())
+
+    def test_fqdn_must_be_a_host_name(self) -> None:
+        """A name with a space, a slash or a leading dash stops the client naming --fqdn."""
+        for bad in ("node 1", "node1/metrics", "-node1", "http://node1"):
+            with self.assertRaises(usage.UsageError) as raised:
+                parse_client("--proxy-url", "http://proxy/", "--fqdn", bad)
+            self.assertEqual(str(raised.exception),
+                             f"--fqdn {bad}: not a host name (letters, digits, '-', '_' "
+                             "and dots)")
+
+    def test_localhost_as_this_host_name_is_warned_about(self) -> None:
+        """A host whose FQDN is localhost gets a warning suggesting --fqdn; a chosen one not."""
+        import socket
+
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.patch(socket, "getfqdn", lambda: "localhost.localdomain")
+        client_tap.makeService(parse_client("--proxy-url", "http://proxy/",
+                                            "--metrics-listen", ""),
+                               reactor=MemoryReactorClock())
+        client_tap.makeService(parse_client("--proxy-url", "http://proxy/", "--fqdn",
+                                            "localhost", "--metrics-listen", ""),
+                               reactor=MemoryReactorClock())
+        warnings = [formatEvent(event) for event in events
+                    if event.get("log_level") == LogLevel.warn]
+        self.assertEqual(warnings, [
+            "This host's FQDN is localhost.localdomain: Prometheus must scrape it as "
+            "localhost.localdomain, and two such clients would take each other's scrapes; "
+            "give the name Prometheus uses with --fqdn"])
 
     def test_secret_files_are_read(self) -> None:
         """Token files are read at start, first line, stripped."""

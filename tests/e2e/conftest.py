@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROCESS_GROUP
+from tests.e2e import skip_or_fail
 from tests.harness.processes import subprocess_env, twistd_argv
 from tests.harness.prometheus import NODE_EXPORTER, PROMETHEUS
 from tests.harness.stack import Stack
@@ -46,9 +47,7 @@ def _require_e2e_binaries() -> None:
     if not missing:
         return
     reason = "end-to-end tests need " + "; ".join(missing)
-    if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
-        pytest.fail(reason + " and PUSHPROX_REQUIRE_E2E=1", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(reason)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import skip_or_fail
 from tests.harness.prometheus import proxied_job
 from tests.harness.stack import Stack
 from tests.harness.waiting import free_port, wait_for
@@ -51,9 +52,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     missing = _browser_missing()
     if missing:
         reason = "the browser test needs " + "; ".join(missing)
-        if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
-            pytest.fail(reason + " and PUSHPROX_REQUIRE_E2E=1", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

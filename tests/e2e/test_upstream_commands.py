@@ -12,12 +12,12 @@ PUSHPROX_REQUIRE_E2E=1, so CI never passes without having run it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e import skip_or_fail
 from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
 from tests.harness.rawhttp import http_get
 from tests.harness.stack import STARTUP_TIMEOUT, Stack
@@ -43,9 +43,7 @@ def _require_upstream_ports() -> None:
         return
     reason = ("upstream's end-to-end check uses fixed ports, and these are taken on "
               "127.0.0.1: " + ", ".join(taken))
-    if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
-        pytest.fail(reason + " (PUSHPROX_REQUIRE_E2E=1)", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(reason)
 
 
 def test_upstream_end_to_end_check_with_our_commands(stack: Stack) -> None:

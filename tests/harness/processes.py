@@ -290,11 +290,12 @@ class ProcessGroup:
         if any(p.name == name for p in self.processes):
             raise ValueError(f"process name {name!r} already used in this test")
 
-    def start(self, name: str, argv: Sequence[str | Path], *, cwd: Path | None = None
-              ) -> Process:
-        """Start a program in ``cwd`` (``root/name`` by default)."""
+    def start(self, name: str, argv: Sequence[str | Path], *, cwd: Path | None = None,
+              env: Mapping[str, str] | None = None) -> Process:
+        """Start a program in ``cwd`` (``root/name`` by default), ``env`` added to ours."""
         self._claim(name)
-        process = Process(name, argv, cwd or self.root / name)
+        process = Process(name, argv, cwd or self.root / name,
+                          env=None if env is None else {**subprocess_env(), **env})
         self.processes.append(process)
         return process.start()
 

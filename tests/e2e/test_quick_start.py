@@ -1,0 +1,73 @@
+"""
+The README's quick start, run as written: its shell block, pasted into bash in a fresh
+copy of the checkout, installs pushprox into a new virtualenv, starts the proxy and a
+client, and a scrape of node_exporter through the proxy prints its metrics.
+
+The block uses the ports of a first run (8080, 9100, and the client's 9369); when one is
+taken on this machine the test skips naming it, and fails under PUSHPROX_REQUIRE_E2E=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import skip_or_fail
+from tests.harness.processes import SOURCE_ROOT
+from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
+from tests.harness.rawhttp import http_get
+from tests.harness.stack import STARTUP_TIMEOUT, Stack
+from tests.harness.waiting import port_open, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MARKER = "<!-- quick start: tests/e2e/test_quick_start.py runs this block as written -->"
+PORTS = {8080: "the proxy", 9100: "the exporter", 9369: "the client's /metrics"}
+#: What a user's checkout holds that the install reads.
+CHECKOUT = ("pyproject.toml", "README.md", "pushprox", "twisted/plugins/pushprox_plugins.py")
+
+
+def quick_start_block() -> str:
+    """The shell block after the marker in the README."""
+    readme = (SOURCE_ROOT / "README.md").read_text()
+    found = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```", readme, re.DOTALL)
+    assert found is not None, "the README's quick start block is gone"
+    return found.group(1)
+
+
+def test_readme_quick_start_works_as_pasted(stack: Stack, tmp_path: Path) -> None:
+    """Installed, started, scraped through the proxy: node_exporter's metrics print."""
+    taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
+    if taken:
+        reason = "the quick start uses fixed ports, taken here: " + ", ".join(taken)
+        skip_or_fail(reason)
+    checkout = tmp_path / "checkout"
+    for name in CHECKOUT:
+        source, target = SOURCE_ROOT / name, checkout / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    node = stack.start("node_exporter", [
+        str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
+        *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
+    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
+             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
+
+    block = quick_start_block()
+    # A fresh shell: nothing of the tests' virtualenv on its path.
+    path = os.pathsep.join(part for part in os.environ["PATH"].split(os.pathsep)
+                           if not Path(part, "pytest").exists())
+    shell = stack.start("quick-start", ["bash", "-c", block], cwd=checkout,
+                        env={"PATH": path, "PYTHONPATH": ""})
+    assert shell.wait_exit(600), shell.log_tail()
+    output = shell.log_text()
+    assert shell.returncode == 0, output
+    # curl's output: the first lines of node_exporter's page, through the proxy.
+    assert re.search(r"^# (HELP|TYPE) \w+", output, re.MULTILINE), output
+    assert "404" not in output and "no client" not in output, output
