@@ -21,22 +21,16 @@ from pushprox.config import (
 )
 from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
-from pushprox.program import UPSTREAM_LOG_FLAGS, ProgramOptions, add_listener, program_service
+from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
 
 
 class Options(ProgramOptions):
     """Options of ``twistd pushprox-client`` and of the ``pushprox-client`` command."""
 
     program = "pushprox-client"
-    upstream_flags = {
-        **UPSTREAM_LOG_FLAGS,
-        "tls.cacert": "tls-cacert",
-        "tls.cert": "tls-cert",
-        "tls.key": "tls-key",
-        "metrics-addr": "metrics-listen",
-        "proxy.retry.initial-wait": "retry-initial-wait",
-        "proxy.retry.max-wait": "retry-max-wait",
-    }
+    upstream_flags = upstream_names("tls.cacert", "tls.cert", "tls.key", renamed={
+        "metrics-addr": "metrics-listen", "proxy.retry.initial-wait": "retry-initial-wait",
+        "proxy.retry.max-wait": "retry-max-wait"})
     #: The variables upstream's client images read.
     environment_aliases = {"FQDN": "fqdn", "PROXY_URL": "proxy-url"}
     synopsis = "--proxy-url URL [options]"

@@ -317,6 +317,27 @@ class ICoordinator(Interface):
         """Number of scrapes not yet answered."""
 
 
+class Waiters:
+    """Deferreds waiting for a moment (no scrape in flight, no request unanswered)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[None]] = []
+
+    def wait(self, *, ready: bool) -> Deferred[None]:
+        """Fires when ``fire`` is next called, or at once when the moment is ``ready``."""
+        if ready:
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._waiting.append(deferred)
+        return deferred
+
+    def fire(self) -> None:
+        """The moment has come: fire every waiter."""
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+
+
 _Item = TypeVar("_Item")
 
 
@@ -355,7 +376,7 @@ class Coordinator:
         self._scrapes: dict[str, Scrape] = {}
         self._stopping = False
         #: Fired once no scrape is in flight (see ``when_no_scrapes``).
-        self._no_scrapes: list[Deferred[None]] = []
+        self._no_scrapes = Waiters()
 
     # -- counts, for metrics and for tests asserting that nothing is left --
 
@@ -400,11 +421,7 @@ class Coordinator:
 
     def when_no_scrapes(self) -> Deferred[None]:
         """Fires once no scrape is in flight here (at once if none is)."""
-        if not self._scrapes:
-            return succeed(None)
-        deferred: Deferred[None] = Deferred()
-        self._no_scrapes.append(deferred)
-        return deferred
+        return self._no_scrapes.wait(ready=not self._scrapes)
 
     def silent_client_count(self) -> int:
         """Number of registered clients that are silent (see the module docstring)."""
@@ -478,10 +495,8 @@ class Coordinator:
             _discard(self._queues, scrape.fqdn, scrape)
         scrape.state = ScrapeState.DONE
         self._scrapes.pop(scrape.scrape_id, None)
-        if not self._scrapes and self._no_scrapes:
-            waiting, self._no_scrapes = self._no_scrapes, []
-            for deferred in waiting:
-                deferred.callback(None)
+        if not self._scrapes:
+            self._no_scrapes.fire()
         if scrape.timer is not None and scrape.timer.active():
             scrape.timer.cancel()
         scrape.timer = None

@@ -28,6 +28,15 @@ from pushprox.options import OptionValueError, naming
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
 
 
+def upstream_names(*names: str, renamed: Mapping[str, str]) -> dict[str, str]:
+    """
+    Upstream flag names → ours: each of ``names`` is ours with dots as dashes
+    (``scrape.max-timeout`` is ``scrape-max-timeout``); ``renamed`` maps the others.
+    """
+    return {**UPSTREAM_LOG_FLAGS, **{name: name.replace(".", "-") for name in names},
+            **renamed}
+
+
 class StartupError(Exception):
     """The program cannot start; the message is one line that names the flag at fault."""
 

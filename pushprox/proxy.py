@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +37,7 @@ from pushprox.coordinator import (
     Scrape,
     TooManyClients,
     TooManyPolls,
+    Waiters,
 )
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import MetricsResource, ProxyMetrics
@@ -768,7 +769,7 @@ class PushProxSite(Site):
         )
         parts = ProxyParts(coordinator, self.config, self.metrics, clock)
         self.peer_auth = peer_auth
-        self._quiet: list[Deferred[None]] = []
+        self._quiet = Waiters()
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
         self._push = PushResource(parts)
@@ -835,18 +836,12 @@ class PushProxSite(Site):
 
     def when_quiet(self) -> Deferred[None]:
         """Fires once no request is being answered (at once if none is)."""
-        if not self.in_progress:
-            return succeed(None)
-        waiting: Deferred[None] = Deferred()
-        self._quiet.append(waiting)
-        return waiting
+        return self._quiet.wait(ready=not self.in_progress)
 
     def _request_done(self, result: object) -> None:
         self.in_progress -= 1
-        if not self.in_progress and self._quiet:
-            waiting, self._quiet = self._quiet, []
-            for deferred in waiting:
-                deferred.callback(None)
+        if not self.in_progress:
+            self._quiet.fire()
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""

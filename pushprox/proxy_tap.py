@@ -19,7 +19,7 @@ from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import listen_endpoint, naming, read_secret
-from pushprox.program import UPSTREAM_LOG_FLAGS, ProgramOptions, add_listener, program_service
+from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
 
@@ -28,13 +28,9 @@ class Options(ProgramOptions):
     """Options of ``twistd pushprox-proxy`` and of the ``pushprox-proxy`` command."""
 
     program = "pushprox-proxy"
-    upstream_flags = {
-        **UPSTREAM_LOG_FLAGS,
-        "web.listen-address": "listen",
-        "scrape.max-timeout": "scrape-max-timeout",
-        "scrape.default-timeout": "scrape-default-timeout",
-        "registration.timeout": "registration-timeout",
-    }
+    upstream_flags = upstream_names(
+        "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
+        renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
     synopsis = "[options]"
     longdesc = (

@@ -193,12 +193,10 @@ class RouteTable:
     ) -> None:
         import time
 
-        self._redis = redis
-        self.replica_id = replica_id
-        self.peer_url = peer_url
-        self._clock = clock
+        self._redis, self._clock, self._metrics = redis, clock, metrics
+        #: This replica: its id (in every scrape id it hands out) and URL for its peers.
+        self.replica_id, self.peer_url = replica_id, peer_url
         self._ttl = registration_timeout
-        self._metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self._timeout = timeout
         # Times in Redis are shared by replicas on other machines: wall clock, not the
