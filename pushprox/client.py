@@ -60,6 +60,9 @@ from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 
 USER_AGENT = b"pushprox-client/0.1.0"
+#: A poll still held after this many seconds was accepted: the client is registered
+#: (the proxy answers a refused poll at once).
+REGISTERED_AFTER = 1.0
 #: Largest poll answer read; a scrape request is a few hundred bytes.
 MAX_POLL_ANSWER = 256 * 1024
 
@@ -294,6 +297,8 @@ class ClientService(Service):
         self._waiting: set[Deferred[Any]] = set()
         self._scrapes: set[Deferred[None]] = set()
         self._failing: str | None = None
+        #: A poll was held or answered since the last failure (and that was logged).
+        self._registered = False
         self._failures = 0
 
     # -- the poll loop --
@@ -309,12 +314,16 @@ class ClientService(Service):
     async def _poll_loop(self) -> None:
         """Poll, hand each scrape request over, poll again; back off on errors."""
         while self.running:
+            held = None
+            if not self._registered:
+                held = self._clock.callLater(REGISTERED_AFTER, self._note_registered)
             try:
                 request = await self._wait(self._bounded(Deferred.fromCoroutine(
                     self._poll_once())))
             except CancelledError:
                 return
             except Exception as error:
+                self._registered = False
                 if not self.running:
                     return  # stopService cancelled the poll
                 self.metrics.poll_errors.inc()
@@ -324,7 +333,12 @@ class ClientService(Service):
                 except CancelledError:
                     return
                 continue
+            finally:
+                if held is not None and held.active():
+                    held.cancel()
             self._note_success()
+            if not self._registered:
+                self._note_registered()
             if request is not None:
                 self._start_scrape(request)
 
@@ -378,11 +392,20 @@ class ClientService(Service):
 
     def _note_failure(self, error: Exception) -> None:
         self._failures += 1
-        state = f"{type(error).__name__}: {error}"
+        state = describe_failure(Failure(error))
+        if "SSL" in state and self._poll_url.startswith(b"https:"):
+            state = (f"the TLS handshake with the proxy failed ({state}): does it serve "
+                     "HTTPS at this URL? (a plain-HTTP proxy wants http:// in --proxy-url)")
         if state != self._failing:
             self.log.warn("Polling {url} failed, retrying with backoff: {reason}",
                           url=self._poll_url.decode(), reason=state, fqdn=self.config.fqdn)
             self._failing = state
+
+    def _note_registered(self) -> None:
+        """A poll is held (or answered): the proxy took this client's registration."""
+        self._registered = True
+        self.log.info("Registered with the proxy at {url} as {fqdn}",
+                      url=self._poll_url.decode(), fqdn=self.config.fqdn)
 
     def _note_success(self) -> None:
         self._backoff.reset()

@@ -687,6 +687,10 @@ class ConnectRefused(Resource):
         )
 
 
+#: The first byte of a TLS connection (a handshake record); no HTTP request starts so.
+TLS_HANDSHAKE_RECORD = b"\x16"
+
+
 class PushProxChannel(HeaderLimitChannel):
     """
     An HTTP channel whose header limit is the site's ``--max-header-size``, watched by
@@ -694,25 +698,44 @@ class PushProxChannel(HeaderLimitChannel):
 
     Headers past it get a 431 naming the limit, and are counted; Twisted's own
     answer would be a bare 400, and a single line past 16 KiB would only be cut off.
+    A client that starts a TLS handshake on this plain port is answered at once.
     """
 
     site: PushProxSite
+    log = Logger()
 
     def connectionMade(self) -> None:
         """Watch the connection with TCP keepalive (a client's link may die silently)."""
         super().connectionMade()
         enable_keepalive(self.transport, self.site.config)
+        self.dataReceived = self._first_bytes  # type: ignore[method-assign]
+
+    def _first_bytes(self, data: bytes) -> None:
+        del self.dataReceived  # the channel's own from now on
+        if data[:1] == TLS_HANDSHAKE_RECORD:
+            # A client speaking TLS to this plain-HTTP port would otherwise wait for a
+            # request line that never comes; a plain answer makes its handshake fail now.
+            self.log.info("Refused a TLS handshake on a plain-HTTP port from {peer}",
+                          peer=str(self.getPeer()))
+            self._answer_and_close(
+                400, b"Bad Request",
+                b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n")
+            return
+        self.dataReceived(data)
 
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""
         self.site.metrics.limit_exceeded.labels("header_size").inc()
         body = b"request headers exceed the limit of %d bytes\n" % self.totalHeadersSize
+        self._answer_and_close(431, b"Request Header Fields Too Large", body)
+
+    def _answer_and_close(self, code: int, phrase: bytes, body: bytes) -> None:
         transport = self.transport
         assert transport is not None
         transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: pushprox\r\n"
+            b"HTTP/1.1 %d %s\r\nServer: pushprox\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"Content-Length: %d\r\n\r\n%s" % (code, phrase, len(body), body)
         )
         self.loseConnection()
 

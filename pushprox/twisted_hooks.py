@@ -62,7 +62,8 @@ class HeaderLimitChannel(HTTPChannel):
         Class attributes, so that neither a connection's memory nor a line's parsing
         pays for the setting.
         """
-        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "MAX_LENGTH": limit})
+        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "MAX_LENGTH": limit,
+                                           "__module__": cls.__module__})
 
     def headers_too_large(self) -> None:
         """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import gzip
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -19,6 +19,7 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
 )
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -26,6 +27,7 @@ from zope.interface import implementer
 
 from pushprox import wire
 from pushprox.client import (
+    REGISTERED_AFTER,
     Backoff,
     ClientConfig,
     ClientService,
@@ -592,6 +594,26 @@ class ClientServiceTests(SynchronousTestCase):
         return value
 
     # -- tests --
+
+    def test_registered_is_logged_once_a_poll_is_held(self) -> None:
+        """"Registered" is logged a second into a held poll, once, and again after a failure."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        def registered() -> list[str]:
+            return [formatEvent(event) for event in events
+                    if event.get("log_format", "").startswith("Registered with the proxy")]
+
+        self.start_client()
+        self.registered()
+        self.assertEqual(registered(), [])
+        self.network.advance(REGISTERED_AFTER)
+        self.assertEqual(registered(), [
+            f"Registered with the proxy at http://127.0.0.1:{PROXY_PORT}/poll as {FQDN}"])
+        self.network.advance(60)  # idle polls answered and renewed: nothing more
+        self.assertEqual(len(registered()), 1)
 
     def test_scrape_relays_body_and_headers_unchanged(self) -> None:
         """The scraper gets the target's status, headers and body byte for byte."""

@@ -272,3 +272,21 @@ class ProxyShutdownTests(IntegrationTestCase):
             self.assertEqual(response.status, 503, f"{label}: {response.text}")
             self.assertIn("shutting down", response.text, label)
         self.stop_and_check(proxy.process, signalled=True)
+
+
+class WrongSchemeTests(IntegrationTestCase):
+    """A client given https:// for a plain-HTTP proxy is told so within seconds."""
+
+    def test_https_to_a_plain_proxy_fails_fast_naming_tls(self) -> None:
+        """The proxy answers the handshake in plain HTTP; the client's log says why."""
+        proxy = self.processes.proxy()
+        client = self.processes.client(proxy, "node1.example", [9100], wait=False,
+                                       proxy_url=f"https://127.0.0.1:{proxy.port}/")
+        started = time.monotonic()
+        wait_for(lambda: "the TLS handshake with the proxy failed" in client.process.log_text(),
+                 timeout=10, what="the client naming the failed TLS handshake",
+                 watch=[client.process])
+        print(f"told after {time.monotonic() - started:.2f}s")
+        self.assertIn("a plain-HTTP proxy wants http:// in --proxy-url",
+                      client.process.log_text())
+        self.assertIn("Refused a TLS handshake on a plain-HTTP port", proxy.process.log_text())

@@ -362,6 +362,22 @@ class PollTests(ProxyTestCase):
         assert response is not None
         self.assertEqual(response.status, 431)
 
+    def test_tls_handshake_on_the_plain_port_is_answered_at_once(self) -> None:
+        """A client given https:// for this plain port gets a plain 400 and is cut off."""
+        connection = self.connect()
+        connection.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40)
+        response = connection.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body), (
+            400, b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n"))
+        self.assertTrue(connection.transport.disconnecting)
+        # Later bytes of a connection are the channel's own: a request still works.
+        other = self.connect()
+        other.send(b"GET /-/healthy HTTP/1.1\r\nHost: p\r\n\r\n")
+        healthy = other.response()
+        assert healthy is not None
+        self.assertEqual(healthy.status, 200)
+
     def test_malformed_request_line_still_400(self) -> None:
         """Other malformed requests keep Twisted's plain 400."""
         connection = self.connect()
