@@ -368,3 +368,90 @@ def summarize_pyspy(path: Path, seconds: float, top: int = 10) -> list[str]:
     for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top]:
         out.append(f"  {100 * c / possible:5.1f} %  {f}")
     return out
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def redis_info(port: int, section: str) -> dict[str, str]:
+    """One section of `redis-cli INFO` of the Redis on 127.0.0.1:port, as fields."""
+    r = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "INFO", section],
+        capture_output=True, text=True, timeout=30, env=ENV,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise BenchError(f"redis-cli INFO {section} failed: {r.stderr.strip()}")
+    fields = {}
+    for line in r.stdout.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and not key.startswith("#"):
+            fields[key] = value
+    return fields
+
+
+def redis_calls(port: int) -> dict[str, int]:
+    """Calls so far by command (lower case), from INFO commandstats; scripts' commands too."""
+    calls = {}
+    for key, value in redis_info(port, "commandstats").items():
+        if key.startswith("cmdstat_"):
+            m = re.search(r"(?:^|,)calls=(\d+)", value)
+            if m:
+                calls[key.removeprefix("cmdstat_")] = int(m.group(1))
+    return calls
+
+
+@dataclass(frozen=True)
+class RedisCounts:
+    """What the replicas asked Redis between two readings of INFO commandstats.
+
+    Each script of the routing table is known by a command only it runs: ZADD (a route
+    written), ZSCORE (a route looked up), HEXISTS (a heartbeat).  Script calls are
+    EVALSHA/EVAL round trips; commands are those plus the commands the scripts ran,
+    heartbeats and INFO itself left out.
+    """
+
+    writes: int
+    lookups: int
+    heartbeats: int
+    script_calls: int  # round trips, heartbeats left out
+    commands: int  # round trips and the commands inside scripts, heartbeats left out
+
+    @classmethod
+    def between(cls, before: dict[str, int], after: dict[str, int]) -> RedisCounts:
+        """The counts from two redis_calls() readings."""
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        beats = d.get("hexists", 0)
+        # A heartbeat: its EVALSHA and HEXISTS, HSET, EXPIRE, HGETALL, ZRANGEBYSCORE,
+        # ZREMRANGEBYSCORE (HDELs only when something expired).
+        beat_commands = {
+            "evalsha": beats,
+            "hexists": beats,
+            "hset": beats,
+            "expire": beats,
+            "hgetall": beats,
+            "zrangebyscore": beats,
+            "zremrangebyscore": beats,
+        }
+        calls = d.get("evalsha", 0) + d.get("eval", 0) - beats
+        commands = sum(
+            max(0, v - beat_commands.get(k, 0)) for k, v in d.items()
+            if k not in ("info", "script|load", "script")
+        )  # fmt: skip
+        return cls(d.get("zadd", 0), d.get("zscore", 0), beats, calls, commands)
+
+
+def metric_total(port: int, name: str, label: str = "") -> float:
+    """The sum of a metric's samples on a proxy's /metrics, those containing `label` only."""
+    try:
+        status, body = http_get(port, "/metrics", timeout=10.0)
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"GET /metrics on port {port}: {e}") from e
+    if status != 200:
+        raise BenchError(f"GET /metrics on port {port}: HTTP {status}")
+    total = 0.0
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith(name) and label in line:
+            series, _, value = line.rpartition(" ")
+            if series == name or series.startswith(name + "{"):
+                total += float(value)
+    return total

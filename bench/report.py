@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from measurement import wrk_path
 from processes import REPO, BenchError
-from services import FQDN, NGINX_FALLBACK, PAGES
+from services import FQDN, LB_CLIENTS, NGINX_FALLBACK, PAGES
 
 if TYPE_CHECKING:
     from scenarios import Mode
@@ -29,6 +29,19 @@ BIG_PAGE_COLUMNS = [
     "proxy peak RSS growth MB", "client peak RSS growth MB",
 ]  # fmt: skip
 MEASURE_COLUMNS = ["measure", "value"]
+CLUSTER_COLUMNS = [
+    "path", "conns", "scrapes/s", "p50 ms", "p99 ms",
+    "replica A CPU ms/scrape", "replica B CPU ms/scrape", "replicas together CPU ms/scrape",
+    "client CPU ms/scrape", "polls per scrape", "Redis calls per scrape",
+    "Redis commands per scrape", "route writes per poll", "errors", "other load, cores",
+]  # fmt: skip
+BALANCER_COLUMNS = [
+    "behind nginx", "conns", "scrapes/s", "p50 ms", "p99 ms",
+    "replica A / B CPU ms/scrape", "replicas together CPU ms/scrape",
+    "clients CPU ms/scrape", "nginx LB CPU ms/scrape", "Redis CPU ms/scrape",
+    "forwarded", "Redis calls per scrape", "errors",
+    "replica A / B / clients busy, % of a core", "other load, cores",
+]  # fmt: skip
 
 
 @dataclass
@@ -41,6 +54,9 @@ class Report:
     big: list[list[str]] = field(default_factory=list)
     idle: list[list[str]] = field(default_factory=list)
     client_mem: list[list[str]] = field(default_factory=list)
+    cluster: list[list[str]] = field(default_factory=list)
+    cluster_lb: list[list[str]] = field(default_factory=list)
+    cluster_redis: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
     interrupted: bool = False
@@ -69,6 +85,15 @@ class Report:
         lines += table(MEASURE_COLUMNS, self.idle)
         lines += ["", "### Client process memory", ""]
         lines += table(MEASURE_COLUMNS, self.client_mem)
+        lines += ["", "### Cluster mode (--redis): a forwarded scrape against a local one "
+                  f"(1k page, wrk -t1, {m.wrk_seconds} s per row)", ""]  # fmt: skip
+        lines += table(CLUSTER_COLUMNS, self.cluster)
+        lines += ["", "### Cluster mode: one replica against two behind nginx (stream, round "
+                  f"robin; {LB_CLIENTS} clients polling through it, 1k page, "
+                  f"{m.wrk_seconds} s per row)", ""]  # fmt: skip
+        lines += table(BALANCER_COLUMNS, self.cluster_lb)
+        lines += ["", "### Cluster mode: Redis", ""]
+        lines += table(MEASURE_COLUMNS, self.cluster_redis)
         if self.notes:
             lines += ["", "### Notes", "", *(f"- {n}" for n in self.notes)]
         if self.profile:

@@ -43,13 +43,14 @@ from scenarios import (
     run_section,
     section_big,
     section_client_memory,
+    section_cluster,
     section_idle,
     section_profile,
     section_throughput,
     start_world,
 )
 
-SECTIONS = ["throughput", "big", "idle", "memory"]
+SECTIONS = ["throughput", "big", "idle", "memory", "cluster"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,6 +84,7 @@ def sections(w: World, profile: str | None) -> list[tuple[str, Callable[[], None
         ("throughput", lambda: section_throughput(w)),
         ("big", lambda: section_big(w)),
         ("memory", lambda: section_client_memory(w)),
+        ("cluster", lambda: section_cluster(w)),
     ]
     if profile:
         steps.append(("profile", lambda: section_profile(w, Path(profile))))

@@ -21,12 +21,16 @@ from typing import Literal
 from measurement import (
     PYSPY_RATE,
     LoadResult,
+    RedisCounts,
     RssSampler,
     Wrk,
     children_of,
     cpu_ticks,
     curl_get,
+    metric_total,
     open_fds,
+    redis_calls,
+    redis_info,
     rss_kb,
     status_kb,
     summarize_pyspy,
@@ -34,17 +38,33 @@ from measurement import (
     wait_quiet,
     wait_rss_stable,
 )
-from processes import BENCH, ENV, REPO, VENV_BIN, BenchError, Proc, Procs, read_tagged_line
+from processes import (
+    BENCH,
+    ENV,
+    REPO,
+    VENV_BIN,
+    BenchError,
+    Proc,
+    Procs,
+    http_get,
+    read_tagged_line,
+)
 from report import Report, fmt, mb, one_line
 from services import (
     BASELINE_FQDN,
     FQDN,
+    LB_CLIENTS,
     PAGES,
+    cluster_tools_error,
+    peer_token_file,
     plugin_error,
     scrape_uri,
+    start_balancer,
     start_client,
     start_nginx,
     start_proxy,
+    start_redis,
+    start_replica,
     wait_listed,
     wait_registered,
     wait_scrape_ok,
@@ -606,3 +626,301 @@ def section_profile(w: World, outdir: Path) -> None:
             "```",
             "",
         ]
+
+
+# --------------------------------------------------------------------------- cluster
+
+CLUSTER_FQDN = "cluster.example"
+
+
+@dataclass
+class Replicas:
+    """Redis and two proxies in cluster mode (--redis), for the cluster section."""
+
+    redis: Proc
+    redis_port: int
+    a: Proc
+    a_port: int
+    b: Proc
+    b_port: int
+
+    def check(self) -> None:
+        """BenchError if one of them has exited."""
+        for p in (self.redis, self.a, self.b):
+            p.check()
+
+    def polls(self) -> float:
+        """Polls both replicas have answered so far."""
+        return sum(metric_total(port, "pushprox_http_requests_total", 'path="/poll"')
+                   for port in (self.a_port, self.b_port))  # fmt: skip
+
+    def forwarded(self) -> float:
+        """Scrapes both replicas have forwarded to the other so far."""
+        return sum(metric_total(port, "pushprox_cluster_forwarded_scrapes_total")
+                   for port in (self.a_port, self.b_port))  # fmt: skip
+
+    def timeouts_after_drain(self) -> float:
+        """Scrapes both replicas have answered 504 so far, once none is in flight (at most
+        the scrape timeout that wrk sends, 10 s, plus a margin): a scrape that wrk left
+        waiting at the end of its run is counted too."""
+        deadline = time.monotonic() + 12.0
+        while time.monotonic() < deadline and sum(
+            metric_total(port, "pushprox_scrapes_in_flight") for port in (self.a_port, self.b_port)
+        ):
+            time.sleep(0.2)
+        return sum(metric_total(port, "pushprox_scrapes_total", 'outcome="timeout"')
+                   for port in (self.a_port, self.b_port))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClusterRun:
+    """One wrk run against the cluster, with what Redis and the replicas counted meanwhile."""
+
+    load: LoadResult
+    redis: RedisCounts | None
+    polls: float
+    forwarded: float
+    timeouts: float  # scrapes the replicas answered 504 (the run's stragglers included)
+
+    def per_scrape(self, n: float) -> str:
+        """A count per scrape of this run."""
+        return fmt(n / self.load.requests, 3) if self.load.requests else "-"
+
+    def error_text(self) -> str:
+        """wrk's errors, and the 504s of scrapes still waiting when wrk stopped."""
+        text = self.load.error_text()
+        if not self.timeouts:
+            return text
+        late = f"{self.timeouts:.0f} answered 504 by the replicas"
+        return late if text == "0" else f"{text}; {late}"
+
+    def writes_per_poll(self) -> str:
+        """Routes written to Redis per poll answered."""
+        if self.redis is None or not self.polls:
+            return "-"
+        return fmt(self.redis.writes / self.polls, 3)
+
+
+def _cluster_run(
+    w: World,
+    rs: Replicas | None,
+    port: int,
+    conns: int,
+    watch: dict[str, list[int]],
+    uri: str,
+    poll_port: int | None = None,
+) -> ClusterRun:
+    """wrk against `port`, reading Redis' commandstats and the replicas' counters around it.
+
+    Without `rs` (the single proxy) polls are read from `poll_port` and Redis is not asked."""
+
+    def polls() -> float:
+        if rs is not None:
+            return rs.polls()
+        assert poll_port is not None
+        return metric_total(poll_port, "pushprox_http_requests_total", 'path="/poll"')
+
+    calls0 = redis_calls(rs.redis_port) if rs else {}
+    polls0, fwd0 = polls(), rs.forwarded() if rs else 0.0
+    timeouts0 = rs.timeouts_after_drain() if rs else 0.0
+    load = w.wrk.run(port, conns, w.mode.wrk_seconds, watch, uri)
+    polls1, fwd1 = polls(), rs.forwarded() if rs else 0.0
+    counts = RedisCounts.between(calls0, redis_calls(rs.redis_port)) if rs else None
+    timeouts1 = rs.timeouts_after_drain() if rs else 0.0
+    if rs:
+        rs.check()
+    return ClusterRun(load, counts, polls1 - polls0, fwd1 - fwd0, timeouts1 - timeouts0)
+
+
+def _start_replicas(w: World) -> Replicas:
+    redis, redis_port = start_redis(w.procs)
+    token = peer_token_file(w.procs.tmp)
+    a, a_port = start_replica(w.procs, "replica-a", redis_port, token)
+    b, b_port = start_replica(w.procs, "replica-b", redis_port, token)
+    return Replicas(redis, redis_port, a, a_port, b, b_port)
+
+
+def _cluster_scrape_rows(w: World, rs: Replicas) -> None:
+    """A forwarded scrape (wrk → B, the client polls A) against a local one (wrk → A) and
+    against a single proxy without --redis, at 1 and 8 connections."""
+    client = start_client(w.procs, rs.a_port, w.nginx_port, CLUSTER_FQDN)
+    try:
+        wait_scrape_ok(rs.a, rs.a_port, client, CLUSTER_FQDN, w.nginx_port)
+        # B learns A from the heartbeat, and where the client polls from Redis.
+        wait_scrape_ok(rs.b, rs.b_port, client, CLUSTER_FQDN, w.nginx_port)
+        uri = scrape_uri(CLUSTER_FQDN, w.nginx_port, "1k")
+        cluster_watch = {"A": [rs.a.pid], "B": [rs.b.pid], "client": [client.pid]}
+        paths: list[tuple[str, int, str, dict[str, list[int]], Replicas | None]] = [
+            ("replica A, the client polls A (local)", rs.a_port, uri, cluster_watch, rs),
+            ("replica B → A (forwarded)", rs.b_port, uri, cluster_watch, rs),
+        ]
+        if w.proxy and w.client and not w.proxied_error:
+            paths.insert(0, ("single proxy, no --redis", w.proxy_port,
+                             scrape_uri(FQDN, w.nginx_port, "1k"),
+                             {"A": [w.proxy.pid], "client": [w.client.pid]}, None))  # fmt: skip
+        for _, port, u, _, _ in paths:
+            w.wrk.run(port, 8, w.mode.warmup_seconds, {}, u)
+        for conns in (1, 8):
+            for label, port, u, watch, replicas in paths:
+                w.wait_quiet(f"cluster {label} c{conns}")
+                run = _cluster_run(w, replicas, port, conns, watch, u, poll_port=port)
+                client.check()
+                w.report.cluster.append([label, str(conns), *_cluster_cells(run)])
+                print(f"  cluster {label} c{conns}: {run.load.rate:.0f}/s p50 "
+                      f"{run.load.p50_ms:.2f} ms cpu {run.load.cpu_ms}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        w.procs.stop(client)
+
+
+def _cluster_cells(run: ClusterRun) -> list[str]:
+    r = run.load
+    a, b = r.per_req("A"), r.per_req("B")
+    both = None if a is None else a + (b or 0.0)
+    return [
+        fmt(r.rate, 0), fmt(r.p50_ms), fmt(r.p99_ms),
+        fmt(a, 3), fmt(b, 3), fmt(both, 3), fmt(r.per_req("client"), 3),
+        run.per_scrape(run.polls),
+        "-" if run.redis is None else run.per_scrape(run.redis.script_calls),
+        "-" if run.redis is None else run.per_scrape(run.redis.commands),
+        run.writes_per_poll(),
+        run.error_text(), fmt(r.other_cores, 2),
+    ]  # fmt: skip
+
+
+def _balancer_rows(w: World, rs: Replicas) -> None:
+    """Scrapes/s of one replica against two behind nginx (stream, round robin): clients poll
+    through the balancer, wrk scrapes them in turn through it."""
+    lb, port_one, port_two = start_balancer(w.procs, rs.a_port, (rs.a_port, rs.b_port))
+    lb_pids = [lb.pid, *children_of(lb.pid)]
+    try:
+        for label, port, prefix in (("one replica (A)", port_one, "one"),
+                                    ("two replicas (A, B)", port_two, "two")):  # fmt: skip
+            fqdns = [f"{prefix}-{i}.example" for i in range(LB_CLIENTS)]
+            clients = [start_client(w.procs, port, w.nginx_port, f) for f in fqdns]
+            try:
+                for c, f in zip(clients, fqdns, strict=True):
+                    wait_scrape_ok(lb, port, c, f, w.nginx_port)
+                uris = " ".join(scrape_uri(f, w.nginx_port, "1k") for f in fqdns)
+                watch = {"A": [rs.a.pid], "B": [rs.b.pid], "clients": [c.pid for c in clients],
+                         "lb": lb_pids, "redis": [rs.redis.pid]}  # fmt: skip
+                w.wrk.run(port, 8, w.mode.warmup_seconds, {}, uris)
+                for conns in (8, 32):
+                    w.wait_quiet(f"cluster {label} c{conns}")
+                    run = _cluster_run(w, rs, port, conns, watch, uris)
+                    for c in clients:
+                        c.check()
+                    w.report.cluster_lb.append([label, str(conns), *_balancer_cells(run)])
+                    print(f"  cluster {label} c{conns}: {run.load.rate:.0f}/s p50 "
+                          f"{run.load.p50_ms:.2f} ms cpu {run.load.cpu_ms}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                for c in clients:
+                    w.procs.stop(c)
+    finally:
+        w.procs.stop(lb)
+
+
+def _balancer_cells(run: ClusterRun) -> list[str]:
+    r = run.load
+    a, b = r.per_req("A") or 0.0, r.per_req("B") or 0.0
+    busy = " / ".join(f"{r.cpu_ms[k] / r.seconds / 10:.0f}" for k in ("A", "B", "clients"))
+    return [
+        fmt(r.rate, 0), fmt(r.p50_ms), fmt(r.p99_ms),
+        f"{a:.3f} / {b:.3f}", fmt(a + b, 3), fmt(r.per_req("clients"), 3),
+        fmt(r.per_req("lb"), 3), fmt(r.per_req("redis"), 3),
+        f"{100 * run.forwarded / max(1, r.requests):.0f} %",
+        "-" if run.redis is None else run.per_scrape(run.redis.script_calls),
+        run.error_text(), busy, fmt(r.other_cores, 2),
+    ]  # fmt: skip
+
+
+def _cluster_idle_rows(w: World, rs: Replicas) -> None:
+    """Idle clients polling replica A: Redis memory and calls per client, A's RSS per
+    client, and how long GET /clients takes on B (which lists them from Redis)."""
+    n = w.mode.idle_n
+    sim = None
+    try:
+        time.sleep(1.0)
+        mem0 = int(redis_info(rs.redis_port, "memory")["used_memory"])
+        calls0 = redis_calls(rs.redis_port)
+        rss0 = wait_rss_stable(rs.a.pid, settle=0.5)
+        sim = w.procs.start(
+            "cluster-idle-clients",
+            [sys.executable, IDLE_SIM, "--port", str(rs.a_port), "-n", str(n), "--hold", "600"],
+            nofile=n + 1024,
+            pipes=True,
+        )
+        ready = read_tagged_line(sim, "READY", timeout=300)
+        held = ready["held"]
+        listed = wait_listed(rs.b_port, "idle-", held)
+        rss1 = wait_rss_stable(rs.a.pid, settle=1.0)
+        time.sleep(1.0)
+        counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
+        mem1 = int(redis_info(rs.redis_port, "memory")["used_memory"])
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, body = http_get(rs.b_port, "/clients", timeout=60.0)
+            times.append(time.monotonic() - t0)
+            if status != 200:
+                raise BenchError(f"GET /clients on replica B: HTTP {status}")
+        rs.check()
+        w.report.cluster_redis += [
+            ["idle clients polling replica A (held / listed by GET /clients on B)",
+             f"{held:,} / {'unusable' if listed is None else f'{listed:,}'}"],
+            ["routes written for them (Redis script calls; commands incl. the scripts')",
+             f"{counts.writes:,} ({counts.script_calls:,}; {counts.commands:,})"],
+            ["**Redis memory per client** (INFO memory used_memory)",
+             f"**{(mem1 - mem0) / max(1, held):,.0f} bytes** "
+             f"({mb(mem0 / 1024)} → {mb(mem1 / 1024)} MB)"],
+            ["replica A RSS per idle client (cluster mode)",
+             f"{(rss1 - rss0) / max(1, held):.1f} KB ({mb(rss0)} → {mb(rss1)} MB)"],
+            [f"GET /clients on replica B with {held:,} clients (from Redis), median of 5",
+             f"{statistics.median(times) * 1000:,.0f} ms ({len(body):,} bytes)"],
+        ]  # fmt: skip
+    except (BenchError, OSError, KeyError, ValueError) as e:
+        w.report.cluster_redis.append(["idle clients in the cluster", "failed (see notes)"])
+        w.report.note(f"cluster idle clients: {e}")
+    finally:
+        if sim is not None:
+            w.procs.stop(sim)
+
+
+def _heartbeat_rows(w: World, rs: Replicas) -> None:
+    """Redis calls while nothing happens: the two replicas' heartbeats."""
+    calls0, t0 = redis_calls(rs.redis_port), time.monotonic()
+    time.sleep(5.0)
+    counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
+    secs = time.monotonic() - t0
+    w.report.cluster_redis.append(
+        ["heartbeats (one script call each), per replica and second, while idle",
+         f"{counts.heartbeats / secs / 2:.2f}"]
+    )  # fmt: skip
+
+
+def section_cluster(w: World) -> None:
+    """Cluster mode: a forwarded scrape against a local one, one replica against two behind
+    nginx, and what Redis does and holds per poll, scrape and client."""
+    why = w.proxy_error or w.client_error or cluster_tools_error()
+    if why:
+        w.report.cluster.append(["cluster", NOT_RUN])
+        w.report.note(f"cluster section not run: {why}")
+        return
+    rs = _start_replicas(w)
+    try:
+        parts: list[tuple[str, Callable[[World, Replicas], None]]] = [
+            ("heartbeats", _heartbeat_rows),
+            ("forwarded against local scrapes", _cluster_scrape_rows),
+            ("one replica against two behind nginx", _balancer_rows),
+            ("idle clients", _cluster_idle_rows),
+        ]
+        for name, part in parts:
+            try:
+                part(w, rs)
+            except (BenchError, OSError) as e:
+                w.report.note(f"cluster, {name}: {e}")
+            rs.check()
+    finally:
+        for p in (rs.b, rs.a, rs.redis):
+            w.procs.stop(p)

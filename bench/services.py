@@ -10,9 +10,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from processes import (
@@ -123,16 +126,22 @@ def plugin_error(plugin: str) -> str | None:
 
 
 def start_proxy(
-    procs: Procs, name: str = "proxy", env: dict[str, str] | None = None
+    procs: Procs,
+    name: str = "proxy",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    args: Sequence[str] = (),
 ) -> tuple[Proc, int]:
-    """A pushprox proxy on a free port, and that port, once it listens."""
-    port = free_port()
+    """A pushprox proxy on `port` (a free one if None) with `args`, and its port, once it
+    listens."""
+    port = port or free_port()
     p = procs.start(
         name,
-        [TWISTD, "--pidfile=", "-n", "pushprox-proxy", "--port", f"tcp:{port}:interface=127.0.0.1"],
+        [TWISTD, "--pidfile=", "-n", "pushprox-proxy", "--port", f"tcp:{port}:interface=127.0.0.1",
+         *args],
         nofile=HIGH_NOFILE,
         env=env,
-    )
+    )  # fmt: skip
     wait_port(port, p, timeout=60)
     return p, port
 
@@ -225,3 +234,83 @@ def wait_listed(proxy_port: int, prefix: str, count: int, timeout: float = 60.0)
             break
         time.sleep(0.5)
     return listed
+
+
+# --------------------------------------------------------------------------- cluster
+
+REDIS_FALLBACK = "/usr/bin/redis-server"
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+LB_TEMPLATE = BENCH / "nginx-lb.conf.template"
+LB_CLIENTS = 4  # clients of the cluster section polling through nginx, scraped in turn
+CLUSTER_HINT = "apt-get install -y --no-install-recommends redis-server libnginx-mod-stream"
+
+
+def cluster_tools_error() -> str | None:
+    """None when redis-server and nginx's stream module are here, else what is missing."""
+    missing = []
+    if not os.path.exists(shutil.which("redis-server") or REDIS_FALLBACK):
+        missing.append("redis-server")
+    if not STREAM_MODULE.exists():
+        missing.append(str(STREAM_MODULE))
+    if missing:
+        return f"{' and '.join(missing)} not found: {CLUSTER_HINT}"
+    return None
+
+
+def start_redis(procs: Procs) -> tuple[Proc, int]:
+    """Debian's redis-server on a free port, nothing saved, its files in the temp dir."""
+    port = free_port()
+    data = procs.tmp / "redis-data"
+    data.mkdir()
+    argv = [
+        shutil.which("redis-server") or REDIS_FALLBACK,
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--dir", str(data),
+    ]  # fmt: skip
+    p = procs.start("redis", argv)
+    wait_port(port, p)
+    return p, port
+
+
+def peer_token_file(tmp: Path) -> Path:
+    """A file holding a fresh peer token, readable by its owner only."""
+    path = tmp / "peer-token"
+    path.write_text(secrets.token_hex(16) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def start_replica(procs: Procs, name: str, redis_port: int, token: Path) -> tuple[Proc, int]:
+    """A proxy in cluster mode on a free port, its peer URL on 127.0.0.1."""
+    port = free_port()
+    args = [
+        "--redis", f"redis://127.0.0.1:{redis_port}/0",
+        "--peer-url", f"http://127.0.0.1:{port}",
+        "--peer-token-file", str(token),
+    ]  # fmt: skip
+    return start_proxy(procs, name, port=port, args=args)
+
+
+def start_balancer(procs: Procs, one: int, two: tuple[int, int]) -> tuple[Proc, int, int]:
+    """nginx's stream module: one port in front of replica `one` alone, one in front of both
+    replicas of `two` (round robin); the nginx process and the two ports."""
+    prefix = procs.tmp / "nginx-lb"
+    prefix.mkdir()
+    port_one, port_two = free_port(), free_port()
+    conf = (
+        LB_TEMPLATE.read_text()
+        .replace("@MODULE@", str(STREAM_MODULE))
+        .replace("@PREFIX@", str(prefix))
+        .replace("@PORT_ONE@", str(port_one))
+        .replace("@PORT_TWO@", str(port_two))
+        .replace("@ONE@", str(one))
+        .replace("@TWO_A@", str(two[0]))
+        .replace("@TWO_B@", str(two[1]))
+    )
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(conf)
+    nginx = tool_path("nginx", NGINX_FALLBACK)
+    p = procs.start("nginx-lb", [nginx, "-c", str(conf_path), "-p", str(prefix)], nofile=16384)
+    wait_port(port_one, p)
+    wait_port(port_two, p)
+    return p, port_one, port_two
