@@ -389,12 +389,14 @@ def redis_info(port: int, section: str) -> dict[str, str]:
     return fields
 
 
-def redis_calls(port: int) -> dict[str, int]:
-    """Calls so far by command (lower case), from INFO commandstats; scripts' commands too."""
+def redis_calls(port: int, field: str = "calls") -> dict[str, int]:
+    """Calls so far by command (lower case), from INFO commandstats; scripts' commands too.
+
+    ``field="usec"``: the microseconds Redis spent in each command instead."""
     calls = {}
     for key, value in redis_info(port, "commandstats").items():
         if key.startswith("cmdstat_"):
-            m = re.search(r"(?:^|,)calls=(\d+)", value)
+            m = re.search(rf"(?:^|,){field}=(\d+)", value)
             if m:
                 calls[key.removeprefix("cmdstat_")] = int(m.group(1))
     return calls

@@ -631,6 +631,11 @@ def section_profile(w: World, outdir: Path) -> None:
 # --------------------------------------------------------------------------- cluster
 
 CLUSTER_FQDN = "cluster.example"
+#: pushprox_scrapes_total outcomes other than success that a cluster row reports.
+FAILED_OUTCOMES = (
+    "cancelled", "timeout", "client_silent", "unknown_client", "client_error", "queue_full",
+    "shutdown", "error", "peer_unreachable", "routing_unavailable",
+)  # fmt: skip
 
 
 @dataclass
@@ -659,17 +664,19 @@ class Replicas:
         return sum(metric_total(port, "pushprox_cluster_forwarded_scrapes_total")
                    for port in (self.a_port, self.b_port))  # fmt: skip
 
-    def timeouts_after_drain(self) -> float:
-        """Scrapes both replicas have answered 504 so far, once none is in flight (at most
-        the scrape timeout that wrk sends, 10 s, plus a margin): a scrape that wrk left
-        waiting at the end of its run is counted too."""
+    def outcomes_after_drain(self) -> dict[str, float]:
+        """Scrapes both replicas have ended so far, by outcome other than success, once none
+        is in flight (at most the scrape timeout wrk sends, 10 s, plus a margin)."""
         deadline = time.monotonic() + 12.0
-        while time.monotonic() < deadline and sum(
+        while time.monotonic() < deadline and any(
             metric_total(port, "pushprox_scrapes_in_flight") for port in (self.a_port, self.b_port)
         ):
             time.sleep(0.2)
-        return sum(metric_total(port, "pushprox_scrapes_total", 'outcome="timeout"')
-                   for port in (self.a_port, self.b_port))  # fmt: skip
+        return {
+            outcome: sum(metric_total(port, "pushprox_scrapes_total", f'outcome="{outcome}"')
+                         for port in (self.a_port, self.b_port))
+            for outcome in FAILED_OUTCOMES
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -680,19 +687,21 @@ class ClusterRun:
     redis: RedisCounts | None
     polls: float
     forwarded: float
-    timeouts: float  # scrapes the replicas answered 504 (the run's stragglers included)
+    #: Scrapes that the replicas ended otherwise than with success, by outcome; "cancelled"
+    #: is wrk hanging up at the end of its run (up to one per connection when all is well).
+    failed: dict[str, float]
 
     def per_scrape(self, n: float) -> str:
         """A count per scrape of this run."""
         return fmt(n / self.load.requests, 3) if self.load.requests else "-"
 
     def error_text(self) -> str:
-        """wrk's errors, and the 504s of scrapes still waiting when wrk stopped."""
+        """wrk's errors, and how the replicas ended scrapes that did not succeed."""
         text = self.load.error_text()
-        if not self.timeouts:
+        ended = ", ".join(f"{k} {v:.0f}" for k, v in self.failed.items() if v)
+        if not ended:
             return text
-        late = f"{self.timeouts:.0f} answered 504 by the replicas"
-        return late if text == "0" else f"{text}; {late}"
+        return f"{text}; replicas: {ended}"
 
     def writes_per_poll(self) -> str:
         """Routes written to Redis per poll answered."""
@@ -722,14 +731,14 @@ def _cluster_run(
 
     calls0 = redis_calls(rs.redis_port) if rs else {}
     polls0, fwd0 = polls(), rs.forwarded() if rs else 0.0
-    timeouts0 = rs.timeouts_after_drain() if rs else 0.0
+    failed0 = rs.outcomes_after_drain() if rs else {}
     load = w.wrk.run(port, conns, w.mode.wrk_seconds, watch, uri)
     polls1, fwd1 = polls(), rs.forwarded() if rs else 0.0
     counts = RedisCounts.between(calls0, redis_calls(rs.redis_port)) if rs else None
-    timeouts1 = rs.timeouts_after_drain() if rs else 0.0
+    failed = {k: v - failed0[k] for k, v in rs.outcomes_after_drain().items()} if rs else {}
     if rs:
         rs.check()
-    return ClusterRun(load, counts, polls1 - polls0, fwd1 - fwd0, timeouts1 - timeouts0)
+    return ClusterRun(load, counts, polls1 - polls0, fwd1 - fwd0, failed)
 
 
 def _start_replicas(w: World) -> Replicas:
@@ -859,12 +868,17 @@ def _cluster_idle_rows(w: World, rs: Replicas) -> None:
         counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
         mem1 = int(redis_info(rs.redis_port, "memory")["used_memory"])
         times = []
+        usec0 = redis_calls(rs.redis_port, "usec")
         for _ in range(5):
             t0 = time.monotonic()
             status, body = http_get(rs.b_port, "/clients", timeout=60.0)
             times.append(time.monotonic() - t0)
             if status != 200:
                 raise BenchError(f"GET /clients on replica B: HTTP {status}")
+        usec1 = redis_calls(rs.redis_port, "usec")
+        # The listing script's time (EVALSHA includes the commands it runs); the heartbeats
+        # meanwhile add a few microseconds each.
+        script_ms = sum(usec1.get(k, 0) - usec0.get(k, 0) for k in ("evalsha", "eval")) / 5000
         rs.check()
         w.report.cluster_redis += [
             ["idle clients polling replica A (held / listed by GET /clients on B)",
@@ -877,7 +891,8 @@ def _cluster_idle_rows(w: World, rs: Replicas) -> None:
             ["replica A RSS per idle client (cluster mode)",
              f"{(rss1 - rss0) / max(1, held):.1f} KB ({mb(rss0)} → {mb(rss1)} MB)"],
             [f"GET /clients on replica B with {held:,} clients (from Redis), median of 5",
-             f"{statistics.median(times) * 1000:,.0f} ms ({len(body):,} bytes)"],
+             f"{statistics.median(times) * 1000:,.0f} ms ({len(body):,} bytes), of which "
+             f"Redis ran the listing script {script_ms:,.0f} ms"],
         ]  # fmt: skip
     except (BenchError, OSError, KeyError, ValueError) as e:
         w.report.cluster_redis.append(["idle clients in the cluster", "failed (see notes)"])
