@@ -37,6 +37,9 @@ ENV = {
     if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 }
 ENV["PYTHONUNBUFFERED"] = "1"
+# twistd imports pushprox from this checkout (the header names its commit), whichever
+# checkout the interpreter's editable install points to.
+ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light wrk"
 
