@@ -862,11 +862,15 @@ def _cluster_idle_rows(w: World, rs: Replicas) -> None:
         )
         ready = read_tagged_line(sim, "READY", timeout=300)
         held = ready["held"]
+        # Until every route is written (before any GET /clients, whose script is counted too).
+        deadline = time.monotonic() + 60.0
+        counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
+        while counts.writes < held and time.monotonic() < deadline:
+            time.sleep(0.5)
+            counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
+        mem1 = int(redis_info(rs.redis_port, "memory")["used_memory"])
         listed = wait_listed(rs.b_port, "idle-", held)
         rss1 = wait_rss_stable(rs.a.pid, settle=1.0)
-        time.sleep(1.0)
-        counts = RedisCounts.between(calls0, redis_calls(rs.redis_port))
-        mem1 = int(redis_info(rs.redis_port, "memory")["used_memory"])
         times = []
         usec0 = redis_calls(rs.redis_port, "usec")
         for _ in range(5):
