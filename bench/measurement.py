@@ -406,14 +406,13 @@ def redis_calls(port: int, field: str = "calls") -> dict[str, int]:
 class RedisCounts:
     """What the replicas asked Redis between two readings of INFO commandstats.
 
-    Each script of the routing table is known by a command only it runs: ZADD (a route
-    written), ZSCORE (a route looked up), HEXISTS (a heartbeat).  Script calls are
-    EVALSHA/EVAL round trips; commands are those plus the commands the scripts ran,
-    heartbeats and INFO itself left out.
+    Two scripts of the routing table are known by a command only they run: ZADD (a route
+    written), HEXISTS (a heartbeat).  Script calls are EVALSHA/EVAL round trips (a poll's
+    check, a route looked up, a route written); commands are those plus the commands the
+    scripts ran; heartbeats and INFO itself are left out of both.
     """
 
     writes: int
-    lookups: int
     heartbeats: int
     script_calls: int  # round trips, heartbeats left out
     commands: int  # round trips and the commands inside scripts, heartbeats left out
@@ -439,7 +438,7 @@ class RedisCounts:
             max(0, v - beat_commands.get(k, 0)) for k, v in d.items()
             if k not in ("info", "script|load", "script")
         )  # fmt: skip
-        return cls(d.get("zadd", 0), d.get("zscore", 0), beats, calls, commands)
+        return cls(d.get("zadd", 0), beats, calls, commands)
 
 
 def metric_total(port: int, name: str, label: str = "") -> float:
