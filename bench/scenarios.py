@@ -741,6 +741,26 @@ def _cluster_run(
     return ClusterRun(load, counts, polls1 - polls0, fwd1 - fwd0, failed)
 
 
+def _cluster_row(
+    w: World,
+    rs: Replicas | None,
+    what: str,
+    port: int,
+    conns: int,
+    watch: dict[str, list[int]],
+    uri: str,
+    clients: list[Proc],
+) -> ClusterRun:
+    """One measured row once the machine is quiet; BenchError if a client died meanwhile."""
+    w.wait_quiet(f"cluster {what}")
+    run = _cluster_run(w, rs, port, conns, watch, uri, poll_port=port)
+    for c in clients:
+        c.check()
+    print(f"  cluster {what}: {run.load.rate:.0f}/s p50 {run.load.p50_ms:.2f} ms "
+          f"cpu {run.load.cpu_ms}", file=sys.stderr, flush=True)  # fmt: skip
+    return run
+
+
 def _start_replicas(w: World) -> Replicas:
     redis, redis_port = start_redis(w.procs)
     token = peer_token_file(w.procs.tmp)
@@ -771,13 +791,9 @@ def _cluster_scrape_rows(w: World, rs: Replicas) -> None:
             w.wrk.run(port, 8, w.mode.warmup_seconds, {}, u)
         for conns in (1, 8):
             for label, port, u, watch, replicas in paths:
-                w.wait_quiet(f"cluster {label} c{conns}")
-                run = _cluster_run(w, replicas, port, conns, watch, u, poll_port=port)
-                client.check()
+                run = _cluster_row(w, replicas, f"{label} c{conns}", port, conns, watch, u,
+                                   [client])  # fmt: skip
                 w.report.cluster.append([label, str(conns), *_cluster_cells(run)])
-                print(f"  cluster {label} c{conns}: {run.load.rate:.0f}/s p50 "
-                      f"{run.load.p50_ms:.2f} ms cpu {run.load.cpu_ms}",
-                      file=sys.stderr, flush=True)  # fmt: skip
     finally:
         w.procs.stop(client)
 
@@ -815,14 +831,9 @@ def _balancer_rows(w: World, rs: Replicas) -> None:
                          "lb": lb_pids, "redis": [rs.redis.pid]}  # fmt: skip
                 w.wrk.run(port, 8, w.mode.warmup_seconds, {}, uris)
                 for conns in (8, 32):
-                    w.wait_quiet(f"cluster {label} c{conns}")
-                    run = _cluster_run(w, rs, port, conns, watch, uris)
-                    for c in clients:
-                        c.check()
+                    run = _cluster_row(w, rs, f"{label} c{conns}", port, conns, watch, uris,
+                                       clients)  # fmt: skip
                     w.report.cluster_lb.append([label, str(conns), *_balancer_cells(run)])
-                    print(f"  cluster {label} c{conns}: {run.load.rate:.0f}/s p50 "
-                          f"{run.load.p50_ms:.2f} ms cpu {run.load.cpu_ms}",
-                          file=sys.stderr, flush=True)  # fmt: skip
             finally:
                 for c in clients:
                     w.procs.stop(c)
