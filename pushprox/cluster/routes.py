@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pushprox.cluster.metrics import ClusterMetrics
@@ -38,21 +38,27 @@ ROUTES = "pushprox:routes"
 LABELS = "pushprox:labels"
 REPLICAS = "pushprox:replicas"
 
-# Record a poll: KEYS clients, routes, labels; ARGV fqdn, replica, labels, now, ttl,
-# refresh.  Writes only when the route or labels changed or the entry is older than
-# ``refresh`` seconds; returns 1 when it wrote.
-_NOTE_POLL = """
-local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if seen and tonumber(seen) > tonumber(ARGV[4]) - tonumber(ARGV[6])
-   and redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2]
-   and redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[3] then
-  return 0
+# Record polls: KEYS clients, routes, labels; ARGV replica, now, ttl, refresh, then
+# fqdn, labels for each poll.  Writes a client only when its route or labels changed or
+# its entry is older than ``refresh`` seconds; returns how many it wrote.
+_NOTE_POLLS = """
+local written = 0
+for i = 5, #ARGV, 2 do
+  local fqdn, labels = ARGV[i], ARGV[i + 1]
+  local seen = redis.call('ZSCORE', KEYS[1], fqdn)
+  if not (seen and tonumber(seen) > tonumber(ARGV[2]) - tonumber(ARGV[4])
+          and redis.call('HGET', KEYS[2], fqdn) == ARGV[1]
+          and redis.call('HGET', KEYS[3], fqdn) == labels) then
+    redis.call('ZADD', KEYS[1], ARGV[2], fqdn)
+    redis.call('HSET', KEYS[2], fqdn, ARGV[1])
+    redis.call('HSET', KEYS[3], fqdn, labels)
+    written = written + 1
+  end
 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-return 1
+if written > 0 then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+end
+return written
 """
 # Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, record, now, replica ttl,
 # client cutoff.  Returns whether this replica was known, and the replicas hash after
@@ -99,6 +105,10 @@ end
 redis.call('HDEL', KEYS[2], ARGV[1])
 return dropped
 """
+
+
+#: Polls are gathered this long before they are checked in Redis together.
+NOTE_DELAY = 0.005
 
 
 class RedisUnavailable(Exception):
@@ -204,6 +214,9 @@ class RouteTable:
         self._now = wall_clock or time.time
         #: The labels (as JSON) of each client seen polling here, and when it last did.
         self._written: dict[str, str] = {}
+        #: Polls not yet checked in Redis (fqdn → labels), sent together shortly.
+        self._unnoted: dict[str, str] = {}
+        self._flush: IDelayedCall | None = None
         self._polled: dict[str, float] = {}
         #: Live replicas: id → peer URL, as of the last heartbeat.
         self.replicas: dict[str, str] = {}
@@ -258,10 +271,22 @@ class RouteTable:
             previous if previous is not None else "{}")
         self._written[fqdn] = encoded
         self._polled[fqdn] = now
-        done = Deferred.fromCoroutine(self._call("note poll", lambda: self._redis.eval(
-            _NOTE_POLL, [CLIENTS, ROUTES, LABELS],
-            [fqdn, self.replica_id, encoded, now, int(self._ttl) + 1, self._ttl / 3])))
-        # The next poll tries again; the failure is counted and logged already.
+        # Polls arriving together are checked in one call: a burst of thousands of
+        # polls (clients coming back after a restart) is a few calls, not a queue.
+        self._unnoted[fqdn] = encoded
+        if self._flush is None:
+            self._flush = self._clock.callLater(NOTE_DELAY, self._note_polls)
+
+    def _note_polls(self) -> None:
+        self._flush = None
+        polls, self._unnoted = self._unnoted, {}
+        arguments: list[object] = [self.replica_id, self._now(), int(self._ttl) + 1,
+                                   self._ttl / 3]
+        for fqdn, labels in polls.items():
+            arguments += [fqdn, labels]
+        done = Deferred.fromCoroutine(self._call("note polls", lambda: self._redis.eval(
+            _NOTE_POLLS, [CLIENTS, ROUTES, LABELS], arguments)))
+        # The next poll of each tries again; the failure is counted and logged already.
         done.addErrback(lambda failure: None)
 
     def poll_ended(self, fqdn: str) -> None:
@@ -323,6 +348,10 @@ class RouteTable:
 
     async def withdraw(self) -> int:
         """Drop this replica and the routes that name it; returns how many routes went."""
+        # Polls not yet noted must not name this replica again once it has left.
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush, self._unnoted = None, {}
         dropped = await self._call("withdraw", lambda: self._redis.eval(
             _WITHDRAW, [ROUTES, REPLICAS], [self.replica_id]))
         return int(dropped)
