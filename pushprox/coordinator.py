@@ -419,6 +419,16 @@ class Coordinator:
                 self._end_poll(poll)
                 poll.deferred.callback(None)
 
+    def recall(self, deferred: Deferred[IScrapeAnswer]) -> bool:
+        """Take back a scrape still queued (its Deferred never fires); False if it went."""
+        for scrape in self._scrapes.values():
+            if scrape.deferred is deferred:
+                if scrape.state is not ScrapeState.QUEUED:
+                    return False
+                self._end_scrape(scrape)
+                return True
+        return False
+
     def when_no_scrapes(self) -> Deferred[None]:
         """Fires once no scrape is in flight here (at once if none is)."""
         return self._no_scrapes.wait(ready=not self._scrapes)

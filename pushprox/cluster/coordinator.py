@@ -35,6 +35,9 @@ from pushprox.coordinator import (
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
 RETRY = 0.05
+#: How often a scrape queued here checks whether its client went to another replica.
+RECALL_AFTER = 0.25
+
 #: A scrape is forwarded at most twice: once to the replica Redis names, and once more
 #: if the client's next poll went elsewhere meanwhile.  Never in a loop.
 MAX_HOPS = 2
@@ -127,15 +130,39 @@ class ClusterCoordinator:
                         raise
                     await deferLater(self._clock, RETRY, lambda: None)
                     continue
-            # Known to the cluster but routed nowhere (its last replica left or died), or
-            # routed here but holding no poll here (its next poll may come through another
-            # connection, to another replica): its next poll will say where it went.
-            between_replicas = self.local.draining or (peer is None and route.known) or (
-                peer == self._routes.peer_url)
+            if peer == self._routes.peer_url and not self.local.draining:
+                # Routed here, between two polls: queued for the next one, unless that
+                # goes to another replica (through another of the client's connections).
+                left = deadline - self._clock.seconds()
+                queued = self.local.scrape(fqdn, method, url, headers, left)
+                return await self._watch(queued, fqdn, method, url, headers, deadline, hops)
+            # Known to the cluster but routed nowhere: its last replica left or died, and
+            # its next poll, wherever it lands, will say where it went.
+            between_replicas = self.local.draining or (peer is None and route.known)
             if not between_replicas or self._clock.seconds() + RETRY >= deadline:
                 left = max(deadline - self._clock.seconds(), 0.001)
                 return await self.local.scrape(fqdn, method, url, headers, left)
             await deferLater(self._clock, RETRY, lambda: None)
+
+    async def _watch(self, queued: Deferred[IScrapeAnswer], fqdn: str, method: bytes,
+                     url: bytes, headers: list[tuple[bytes, bytes]], deadline: float,
+                     hops: int) -> IScrapeAnswer:
+        """A scrape queued here: taken back and forwarded if its client polls elsewhere."""
+        while not queued.called and self._clock.seconds() + RECALL_AFTER < deadline:
+            await deferLater(self._clock, RECALL_AFTER, lambda: None)
+            if queued.called:
+                break
+            try:
+                route = await self._routes.route(fqdn)
+            except RedisUnavailable:
+                continue
+            peer = route.peer
+            if (peer is not None and peer != self._routes.peer_url
+                    and peer not in self._unreachable() and self.local.recall(queued)):
+                return await self._peers.forward_scrape(
+                    peer=peer, method=method, url=url, headers=headers,
+                    timeout=deadline - self._clock.seconds(), hops=hops + 1)
+        return await queued
 
     def _unreachable(self) -> set[str]:
         """Peers that could not be reached a moment ago (forgotten after PEER_DOWN)."""
