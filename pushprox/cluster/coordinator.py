@@ -148,21 +148,40 @@ class ClusterCoordinator:
                      url: bytes, headers: list[tuple[bytes, bytes]], deadline: float,
                      hops: int) -> IScrapeAnswer:
         """A scrape queued here: taken back and forwarded if its client polls elsewhere."""
-        while not queued.called and self._clock.seconds() + RECALL_AFTER < deadline:
+        outcome: Deferred[IScrapeAnswer] = Deferred(lambda _: queued.cancel())
+
+        def settle(result: object) -> None:
+            if not outcome.called:
+                outcome.callback(result)  # type: ignore[arg-type]
+
+        queued.addBoth(settle)
+        watching = Deferred.fromCoroutine(self._recall_if_moved(
+            queued, outcome, fqdn, method, url, headers, deadline, hops))
+        watching.addErrback(lambda failure: self.log.failure(
+            "Watching a queued scrape of {fqdn} failed", failure, fqdn=fqdn))
+        return await outcome
+
+    async def _recall_if_moved(self, queued: Deferred[IScrapeAnswer],
+                               outcome: Deferred[IScrapeAnswer], fqdn: str, method: bytes,
+                               url: bytes, headers: list[tuple[bytes, bytes]],
+                               deadline: float, hops: int) -> None:
+        while self._clock.seconds() + RECALL_AFTER < deadline:
             await deferLater(self._clock, RECALL_AFTER, lambda: None)
-            if queued.called:
-                break
+            if outcome.called:
+                return
             try:
                 route = await self._routes.route(fqdn)
             except RedisUnavailable:
                 continue
             peer = route.peer
-            if (peer is not None and peer != self._routes.peer_url
-                    and peer not in self._unreachable() and self.local.recall(queued)):
-                return await self._peers.forward_scrape(
-                    peer=peer, method=method, url=url, headers=headers,
-                    timeout=deadline - self._clock.seconds(), hops=hops + 1)
-        return await queued
+            if (outcome.called or peer is None or peer == self._routes.peer_url
+                    or peer in self._unreachable() or not self.local.recall(queued)):
+                continue
+            forwarded = self._peers.forward_scrape(
+                peer=peer, method=method, url=url, headers=headers,
+                timeout=deadline - self._clock.seconds(), hops=hops + 1)
+            forwarded.chainDeferred(outcome)
+            return
 
     def _unreachable(self) -> set[str]:
         """Peers that could not be reached a moment ago (forgotten after PEER_DOWN)."""
