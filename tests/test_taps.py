@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
+from pushprox.config import default
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
 from pushprox.program import FlagListener
@@ -173,6 +174,15 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(options["metrics-listen"], "tcp:9369")
         self.assertEqual(options.config().allow_ports, frozenset({9100}))
         self.assertEqual(options.config().allow_paths, frozenset({"/metrics"}))
+
+    def test_poll_timeout_and_grace(self) -> None:
+        """--poll-timeout and --poll-grace bound how long a silent poll is waited for."""
+        self.assertEqual(default(ClientConfig, "poll_grace"), 10.0)
+        config = parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
+                              "--poll-timeout", "20s", "--poll-grace", "2.5").config()
+        self.assertEqual((config.poll_timeout, config.poll_grace), (20.0, 2.5))
+        self.assertRaises(usage.UsageError, parse_client, "--proxy-url", "http://proxy/",
+                          "--poll-grace", "0")
 
     def test_allow_lists_repeat(self) -> None:
         """--allow-port and --allow-path are repeatable and replace the defaults."""
