@@ -9,8 +9,10 @@ afterwards.  Durations are printed, not asserted, beyond "within the scrape time
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import select
 import shutil
 import socket
 import tempfile
@@ -19,9 +21,11 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pushprox import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
+    RawConnection,
     http_request_bytes,
     prometheus_headers,
     raw_http,
@@ -195,3 +199,138 @@ class BrokenPushTests(FaultTestCase):
         self.wait_scrapes_work("scrapes to work after the slow link")
         self.assert_proxy_holds_nothing()
         print(f"stalled push: ended after {took:.2f}s with {len(body)} bytes")
+
+
+#: The proxy's ``ulimit -n`` in the exhaustion test: about 12 descriptors are its own.
+NOFILE = 64
+#: Polls opened against it: far more than it has descriptors for.
+FLOOD = 100
+
+
+def poll_bytes(fqdn: str) -> bytes:
+    """An unbounded poll (as an upstream client sends it): held until a scrape comes."""
+    return http_request_bytes("POST", "/poll", body=fqdn.encode())
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the proxy has closed ``sock`` (EOF or reset); False while it holds it."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    """Close every socket of the list."""
+    for sock in sockets:
+        sock.close()
+
+
+def new_connection_refused(port: int) -> bool:
+    """Whether a new connection to the proxy is closed without an answer."""
+    try:
+        raw_http(port, http_request_bytes("GET", "/-/healthy"), timeout=5)
+    except (OSError, AssertionError):
+        return True
+    return False
+
+
+class DescriptorExhaustionTests(SynchronousTestCase):
+    """A proxy under a low ``ulimit -n`` with more connections than it may open."""
+
+    def test_out_of_descriptors_serves_open_connections_refuses_new_ones_and_recovers(
+            self) -> None:
+        """
+        Connections already open keep being served (a scrape through a kept-alive
+        scraper connection reaches a held poll and its push comes back); each new
+        connection is closed at once, counted in ``pushprox_connections_refused_total``
+        and logged once, without a traceback; once descriptors are free again, new
+        connections are accepted and a client refused meanwhile registers by itself.
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-nofile-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        stack = Stack(tmp)
+        self.addCleanup(stack.stop_all)
+        exporter = stack.exporter("pages", pages=PAGES)
+        proxy = stack.proxy(nofile=NOFILE)
+        flood: list[socket.socket] = []
+        self.addCleanup(close_all, flood)
+        # Opened while descriptors are free: a scraper's kept-alive connection, a held
+        # poll of an upstream-style client, and that client's connection for its push.
+        scraper = RawConnection(proxy.port)
+        self.addCleanup(scraper.close)
+        held = RawConnection(proxy.port)
+        self.addCleanup(held.close)
+        pusher = RawConnection(proxy.port)
+        self.addCleanup(pusher.close)
+        held.send(poll_bytes("held.example"))
+        pusher.send(http_request_bytes("GET", "/-/healthy"))
+        self.assertEqual(pusher.read_response().status, 200)
+        wait_for(lambda: "held.example" in proxy.clients(), timeout=10,
+                 what="the held poll registered", watch=[proxy.process])
+
+        for index in range(FLOOD):
+            try:
+                sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            except OSError:
+                continue
+            flood.append(sock)
+            with contextlib.suppress(OSError):
+                sock.sendall(poll_bytes(f"flood-{index}.example"))
+
+        def refused_total() -> float:
+            scraper.send(http_request_bytes("GET", "/metrics"))
+            text = scraper.read_response().text
+            match = re.search(r"^pushprox_connections_refused_total (\S+)$", text, re.M)
+            return float(match.group(1)) if match else 0.0
+
+        def counted() -> tuple[float, int] | None:
+            closed = sum(map(closed_by_peer, flood))
+            refused = refused_total()
+            return (refused, closed) if closed and refused >= closed else None
+
+        # Every connection closed at once is counted (the counter may run ahead of the
+        # closes this side has read).
+        refused, closed = wait_for(counted, timeout=20, what="refused connections counted",
+                                   watch=[proxy.process])
+        self.assertLess(closed, FLOOD)
+        self.assertTrue(wait_for(lambda: new_connection_refused(proxy.port), timeout=20,
+                                 what="a new connection refused", watch=[proxy.process]))
+        # A client that arrives now is refused, and retries.
+        late = stack.client(proxy, "late.example", [exporter.port], wait=False)
+        wait_for(lambda: refused_total() > refused, timeout=30,
+                 what="the late client's connection refused", watch=[late.process])
+
+        # Serving what is open: the scrape reaches the held poll, the push comes back.
+        target = f"http://held.example:{exporter.port}/metrics"
+        scraper.send(http_request_bytes("GET", target, prometheus_headers(10.0)))
+        handed = wire.decode_scrape_request(held.read_response().body)
+        self.assertEqual(handed.url, target.encode())
+        page = b"served 1\n"
+        pusher.send(http_request_bytes("POST", "/push", body=wire.encode_response_head(
+            status=200, reason=b"OK", headers=[(b"Content-Type", b"text/plain")],
+            scrape_id=handed.scrape_id, length=len(page)) + page))
+        self.assertEqual(pusher.read_response().status, 200)
+        answer = scraper.read_response()
+        self.assertEqual((answer.status, answer.body), (200, page))
+
+        log = proxy.process.log_text()
+        self.assertEqual(log.count("Out of file descriptors: closing new connections"), 1,
+                         log[-3000:])
+        self.assertNotIn("Traceback", log)
+
+        # Descriptors come free: new connections are accepted, the late client gets in.
+        for sock in flood[: FLOOD // 2]:
+            sock.close()
+        wait_for(proxy.healthy, timeout=20, what="a new connection accepted again",
+                 watch=[proxy.process])
+        wait_for(lambda: "late.example" in proxy.clients(), timeout=30,
+                 what="the refused client registered", watch=[proxy.process, late.process])
+        answer = scrape_via_proxy(proxy.port, f"http://late.example:{exporter.port}/metrics")
+        self.assertEqual((answer.status, answer.body), (200, PAGES["/metrics"].body))
+        self.assertIn("Accepting new connections again after", proxy.process.log_text())
+        print(f"out of descriptors: {closed} of {FLOOD} new polls closed at once, "
+              f"{refused:g} refusals counted")
