@@ -64,12 +64,15 @@ def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes
 class FaultTestCase(SynchronousTestCase):
     """An exporter, a proxy, the relay in front of the proxy, a client through the relay."""
 
+    #: What the exporter serves.
+    pages = PAGES
+
     def setUp(self) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="pushprox-faults-"))
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         self.processes = Stack(tmp)
         self.addCleanup(self.processes.stop_all)
-        self.exporter_port = self.processes.exporter("pages", pages=PAGES).port
+        self.exporter_port = self.processes.exporter("pages", pages=self.pages).port
         self.proxy = self.processes.proxy(
             extra=["--client-silence-timeout", str(SILENCE)])
         self.proxy_port = self.proxy.port
@@ -77,7 +80,7 @@ class FaultTestCase(SynchronousTestCase):
         self.client = self.processes.client(
             self.proxy, FQDN, [self.exporter_port], wait=False,
             proxy_url=f"http://127.0.0.1:{self.relay.port}/",
-            extra=["--allow-path", "/metrics", "--allow-path", "/big",
+            extra=[*(arg for path in self.pages for arg in ("--allow-path", path)),
                    "--poll-timeout", str(POLL_TIMEOUT)])
         self.wait_scrapes_work("the client to register")
 
@@ -199,6 +202,148 @@ class BrokenPushTests(FaultTestCase):
         self.wait_scrapes_work("scrapes to work after the slow link")
         self.assert_proxy_holds_nothing()
         print(f"stalled push: ended after {took:.2f}s with {len(body)} bytes")
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read from ``sock`` until a response head is complete: the head and what followed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
+    """Read until the peer closes: the bytes, and whether it ended with a reset."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, False
+        data += chunk
+
+
+class DelayAndResetTests(FaultTestCase):
+    """The link delays every byte, or resets every connection at once."""
+
+    def test_delayed_link_still_serves_scrapes_within_their_timeout(self) -> None:
+        """With 0.3 s more each way, scrapes succeed, whole, just later."""
+        self.relay.command("delay both 0.3")
+        status, body, took = self.scrape(timeout=10.0)
+        self.assertEqual((status, body), (200, PAGES["/metrics"].body))
+        head, rest = read_to_end(
+            self.proxy_port,
+            http_request_bytes("GET", self.url("/big"), prometheus_headers(20.0),
+                               ) .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+            30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(rest, BIG)
+        self.relay.command("pass both")
+        self.assert_proxy_holds_nothing()
+        print(f"delayed link: a scrape took {took:.2f}s")
+
+    def test_link_slower_than_the_scrape_timeout_gets_504_in_time(self) -> None:
+        """
+        A push that arrives after the scrape timeout: the scraper has had its 504 by then,
+        the late push is refused, and nothing is left once the link is fast again.
+        """
+        self.relay.command("delay up 3")
+        status, body, took = self.scrape(timeout=2.0)
+        self.assertEqual(status, 504, body)
+        self.assertLess(took, 2.0)
+        self.relay.command("pass both")
+        self.wait_scrapes_work("scrapes to work after the delay ended", timeout=60)
+        self.assert_proxy_holds_nothing()
+        print(f"link slower than the timeout: 504 after {took:.2f}s")
+
+    def test_reset_of_every_connection_while_idle_is_recovered_from_at_once(self) -> None:
+        """The client sees its poll reset, polls again, and scrapes work within seconds."""
+        self.relay.command("reset")
+        recovered = self.wait_scrapes_work("scrapes to work after the reset", timeout=30)
+        self.assertEqual(self.metric("pushprox_clients_silent"), 0)
+        self.assert_proxy_holds_nothing()
+        print(f"reset while idle: scrapes work again after {recovered:.2f}s")
+
+    def test_reset_in_the_middle_of_a_push_reaches_the_scraper_short(self) -> None:
+        """
+        A push reset (RST) mid-body: the scraper's answer ends short of its
+        Content-Length, the broken push is counted and logged, and the client recovers.
+        """
+        # Slow enough that the push is still running when the reset comes.
+        self.relay.command("throttle up 200000")
+        with socket.create_connection(("127.0.0.1", self.proxy_port), timeout=20) as sock:
+            sock.sendall(http_request_bytes("GET", self.url("/big"), prometheus_headers(15.0)))
+            head, first = read_head(sock)
+            self.relay.command("reset")
+            rest, _ = read_rest(sock)
+        self.relay.command("pass both")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        declared = re.search(rb"(?im)^content-length: (\d+)", head)
+        assert declared is not None, head
+        self.assertEqual(int(declared.group(1)), len(BIG))
+        self.assertLess(len(first) + len(rest), len(BIG))
+        wait_for(lambda: self.metric("pushprox_pushes_broken_total") == 1, timeout=20,
+                 what="the broken push counted", watch=[self.proxy.process])
+        self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
+        self.wait_scrapes_work("scrapes to work after the reset")
+        self.assert_proxy_holds_nothing()
+
+
+#: About 25 MB: more than every socket buffer on the way from the client to the scraper.
+HUGE = BIG * 13
+
+
+class SlowScraperTests(FaultTestCase):
+    """A scraper that stops reading, on a link with faults, pauses the pushing client."""
+
+    pages = {**PAGES, "/huge": Page(HUGE, [("Content-Type", "text/plain")])}
+
+    def relayed_up(self) -> int:
+        """Bytes the relay has passed from the client to the proxy so far."""
+        return int(self.relay.command("bytes up"))
+
+    def test_scraper_that_stops_reading_pauses_the_push_through_a_delayed_link(
+            self) -> None:
+        """
+        While the scraper reads nothing, the client's push stops well short of the page
+        (flow control reaches it through the proxy and the delayed link); once the scraper
+        reads, the whole page arrives.
+        """
+        self.relay.command("delay both 0.05")
+        before = self.relayed_up()
+        with socket.socket() as sock:
+            # A modest receive window, as a scraper that reads slowly offers.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", self.proxy_port))
+            sock.sendall(http_request_bytes("GET", self.url("/huge"), prometheus_headers(60.0))
+                         .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            samples: list[int] = []
+
+            def stalled() -> int | None:
+                samples.append(self.relayed_up() - before)
+                recent = samples[-4:]
+                return recent[0] if len(recent) == 4 and len(set(recent)) == 1 else None
+
+            pushed = wait_for(stalled, timeout=40, interval=0.5,
+                              what="the push to stall while the scraper reads nothing",
+                              watch=[self.proxy.process, self.client.process])
+            # Socket buffers on the way hold a few MB (6.4 MB here): far from the page.
+            self.assertLess(pushed, len(HUGE) * 3 // 4, samples)
+            self.relay.command("pass both")
+            head, first = read_head(sock)
+            rest, reset = read_rest(sock)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(first + rest, HUGE)
+        self.assertFalse(reset)
+        self.assert_proxy_holds_nothing()
+        print(f"slow scraper: the push stalled after {pushed} of {len(HUGE)} bytes")
 
 
 #: The proxy's ``ulimit -n`` in the exhaustion test: about 12 descriptors are its own.
