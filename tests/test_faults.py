@@ -47,18 +47,38 @@ SILENCE = 2.0
 POLL_TIMEOUT = 2.0
 
 
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read from ``sock`` until a response head is complete: the head and what followed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
+    """Read until the peer closes: the bytes, and whether it ended with a reset."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, False
+        data += chunk
+
+
 def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes]:
     """Send ``request`` and read until the proxy closes: the head and the body bytes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head, body
+        head, first = read_head(sock)
+        rest, _ = read_rest(sock)
+    return head, first + rest
 
 
 class FaultTestCase(SynchronousTestCase):
@@ -204,31 +224,6 @@ class BrokenPushTests(FaultTestCase):
         print(f"stalled push: ended after {took:.2f}s with {len(body)} bytes")
 
 
-def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """Read from ``sock`` until a response head is complete: the head and what followed."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head, body
-
-
-def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
-    """Read until the peer closes: the bytes, and whether it ended with a reset."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, True
-        if not chunk:
-            return data, False
-        data += chunk
-
-
 class DelayAndResetTests(FaultTestCase):
     """The link delays every byte, or resets every connection at once."""
 
@@ -239,8 +234,8 @@ class DelayAndResetTests(FaultTestCase):
         self.assertEqual((status, body), (200, PAGES["/metrics"].body))
         head, rest = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"), prometheus_headers(20.0),
-                               ) .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+            http_request_bytes("GET", self.url("/big"),
+                               [*prometheus_headers(20.0), ("Connection", "close")]),
             30)
         self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
         self.assertEqual(rest, BIG)
@@ -322,8 +317,8 @@ class SlowScraperTests(FaultTestCase):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
             sock.settimeout(30)
             sock.connect(("127.0.0.1", self.proxy_port))
-            sock.sendall(http_request_bytes("GET", self.url("/huge"), prometheus_headers(60.0))
-                         .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            sock.sendall(http_request_bytes(
+                "GET", self.url("/huge"), [*prometheus_headers(60.0), ("Connection", "close")]))
             samples: list[int] = []
 
             def stalled() -> int | None:
