@@ -50,12 +50,17 @@ STEADY = "steady.example"
 CHURN = "churn.example"
 
 
+def status_kb(pid: int, key: str) -> int:
+    """A kB figure of ``/proc/PID/status``: ``VmRSS``, ``VmHWM``…"""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} for {pid}")
+
+
 def rss_kb(pid: int) -> int:
     """The resident set size of process ``pid`` in kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    return status_kb(pid, "VmRSS")
 
 
 def open_fds(pid: int) -> int:
