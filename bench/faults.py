@@ -197,6 +197,7 @@ def section_soak(w: World) -> None:
         )
         try:
             result = read_tagged_line(soak, "SOAK", timeout=seconds + 600)
+            soak.popen.wait(120)  # it stops its own processes after the SOAK line
         finally:
             w.procs.stop(soak)
     except (BenchError, OSError, subprocess.SubprocessError) as e:

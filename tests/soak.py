@@ -22,6 +22,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -220,6 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1800.0)
     args = parser.parse_args()
+    # SIGTERM ends the soak through ``finally``, so that its processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     tmp = Path(tempfile.mkdtemp(prefix="pushprox-soak-"))
     stack = Stack(tmp)
     try:
