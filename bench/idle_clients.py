@@ -19,6 +19,12 @@ client polls again on a new connection, as a real one would (at most ``--max-rep
 times in all).  Any other answer, or a connection the proxy closes, is counted and not
 retried: the counts in READY/DONE tell whether the proxy really held N polls.
 
+With ``--reconnect`` each simulated client behaves as a real one whose proxy goes
+away: a connection that fails or ends without an answer is tried again after a
+jittered exponential backoff (``--retry-initial-wait`` to ``--retry-max-wait``, x1.5,
+each wait between half and all of its step, as pushprox's client does), without end;
+READY still waits for every first connection.
+
 Raises its own RLIMIT_NOFILE to fit N.  Only connects to the host given (127.0.0.1).
 """
 
@@ -29,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import random
 import resource
 import sys
 import time
@@ -56,6 +63,8 @@ class Sim:
         self.status: collections.Counter[str] = collections.Counter()
         self.peer_closed = 0  # closed by the proxy without an answer
         self.repolls = 0
+        self.reconnects = 0  # connections tried again after a failure or loss (--reconnect)
+        self.attempts: dict[int, int] = {}  # failed attempts in a row, by client
         self.stopping = False
         self.conns: set[PollProtocol] = set()
         self.sem = asyncio.Semaphore(args.concurrency)
@@ -83,7 +92,45 @@ class Sim:
             "answers": dict(self.status),
             "peer_closed": self.peer_closed,
             "repolls": self.repolls,
+            "reconnects": self.reconnects,
         }
+
+    def backoff(self, i: int) -> float:
+        """The next wait of client i: its step, between half and all of it."""
+        attempt = self.attempts.get(i, 0)
+        self.attempts[i] = attempt + 1
+        step = min(self.args.retry_initial_wait * 1.5**attempt, self.args.retry_max_wait)
+        return step * (0.5 + random.random() / 2)
+
+    def reconnect_later(self, i: int) -> None:
+        """--reconnect: try client i again after its backoff."""
+        if self.stopping:
+            return
+        self.reconnects += 1
+
+        async def again() -> None:
+            await asyncio.sleep(self.backoff(i))
+            await self.connect_once(i)
+
+        t = asyncio.get_running_loop().create_task(again())
+        self.pending.add(t)
+        t.add_done_callback(self.pending.discard)
+
+    async def connect_once(self, i: int) -> None:
+        """--reconnect: one attempt; a failure schedules the next."""
+        if self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with self.sem:
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: PollProtocol(self, i), self.args.host, self.args.port
+                    ),
+                    self.args.connect_timeout,
+                )
+        except (OSError, asyncio.TimeoutError):
+            self.reconnect_later(i)
 
     async def connect(self, i: int) -> None:
         loop = asyncio.get_running_loop()
@@ -130,6 +177,7 @@ class PollProtocol(asyncio.Protocol):
         self.sim.open += 1
         self.sim.held += 1
         self.sim.connected += 1
+        self.sim.attempts.pop(self.i, None)
         transport.write(self.sim.request(self.i))
 
     def data_received(self, data: bytes) -> None:
@@ -150,6 +198,8 @@ class PollProtocol(asyncio.Protocol):
         self.transport.close()
         if code.startswith("2"):
             self.sim.repoll(self.i)
+        elif self.sim.args.reconnect:
+            self.sim.reconnect_later(self.i)  # e.g. the 503 of a proxy shutting down
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sim.conns.discard(self)
@@ -158,6 +208,8 @@ class PollProtocol(asyncio.Protocol):
             self.sim.held -= 1
             if not self.sim.stopping:
                 self.sim.peer_closed += 1
+                if self.sim.args.reconnect:
+                    self.sim.reconnect_later(self.i)
 
 
 async def wait_for_stop(hold: float) -> None:
@@ -197,6 +249,10 @@ def main() -> None:
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--retries", type=int, default=5)
     p.add_argument("--max-repolls", type=int, default=100000)
+    p.add_argument("--reconnect", action="store_true",
+                   help="try lost connections again with backoff, without end")
+    p.add_argument("--retry-initial-wait", type=float, default=1.0)
+    p.add_argument("--retry-max-wait", type=float, default=5.0)
     args = p.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         p.error("this benchmark only talks to the loopback interface")

@@ -167,6 +167,44 @@ class RssSampler:
         self._thread.join()
 
 
+class CpuSampler:
+    """Reads a process's CPU time every `interval` s in a thread; keeps the busiest window."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_percent = 0.0  # of one core, over the busiest window
+        self.start_ticks = 0
+        self.end_ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last, at = self.start_ticks, time.monotonic()
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                now, now_at = cpu_ticks(self.pid), time.monotonic()
+                busy = ticks_ms(now - last) / 10 / max(now_at - at, 1e-3)
+                self.peak_percent = max(self.peak_percent, busy)
+                last, at = now, now_at
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds between entering and leaving."""
+        return ticks_ms(self.end_ticks - self.start_ticks) / 1000
+
+    def __enter__(self) -> CpuSampler:
+        self.start_ticks = cpu_ticks(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self.end_ticks = cpu_ticks(self.pid)
+
+
 def wait_rss_stable(pid: int, settle: float = 1.0, timeout: float = 30.0) -> int:
     """RSS once it has changed by < 1 % over `settle` seconds."""
     deadline = time.monotonic() + timeout

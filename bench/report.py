@@ -57,6 +57,8 @@ class Report:
     cluster: list[list[str]] = field(default_factory=list)
     cluster_lb: list[list[str]] = field(default_factory=list)
     cluster_redis: list[list[str]] = field(default_factory=list)
+    storm: list[list[str]] = field(default_factory=list)
+    soak: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
     interrupted: bool = False
@@ -94,6 +96,12 @@ class Report:
         lines += table(BALANCER_COLUMNS, self.cluster_lb)
         lines += ["", "### Cluster mode: Redis", ""]
         lines += table(MEASURE_COLUMNS, self.cluster_redis)
+        lines += ["", f"### Reconnect storm: proxy restarted under {m.storm_n:,} simulated "
+                  "and 20 real clients", ""]
+        lines += table(MEASURE_COLUMNS, self.storm)
+        lines += ["", f"### Soak ({m.soak_seconds / 60:.1f} min of scrapes, churn, bad "
+                  "inputs and faults)", ""]
+        lines += table(MEASURE_COLUMNS, self.soak)
         if self.notes:
             lines += ["", "### Notes", "", *(f"- {n}" for n in self.notes)]
         if self.profile:

@@ -9,7 +9,9 @@ directory under one temp dir, everything stopped at the end, also on Ctrl-C):
 - nginx (Debian's), its own generated config, serving static exposition-like pages
   /1k, /57k and /10m: the target, fast enough not to be the bottleneck;
 - `twistd -n pushprox-proxy` and `twistd -n pushprox-client` as real processes;
-- wrk (load), curl (10 MB page), bench/idle_clients.py (10,000 idle polls).
+- wrk (load), curl (10 MB page), bench/idle_clients.py (10,000 idle polls, and
+  5,000 clients that reconnect after a proxy restart);
+- tests/soak.py (scrapes, churn, bad inputs and faults for 30 minutes).
 
 Prints one Markdown report and writes it to bench/results.md (see bench/README.md
 for what each row means).  The proxied rows need the pushprox twistd plugins; when
@@ -33,6 +35,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from faults import section_soak, section_storm
 from measurement import MachineCpu
 from processes import BENCH, BenchError, Procs
 from report import Report, machine_header
@@ -50,7 +53,7 @@ from scenarios import (
     start_world,
 )
 
-SECTIONS = ["throughput", "big", "idle", "memory", "cluster"]
+SECTIONS = ["throughput", "big", "idle", "memory", "cluster", "storm", "soak"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,6 +62,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="shorter runs, 10,000 scrapes")
     ap.add_argument("--idle", type=int, help="number of idle clients (default 10,000)")
     ap.add_argument("--scrapes", type=int, help="scrapes for the client memory row")
+    ap.add_argument("--storm", type=int, help="simulated clients in the reconnect storm "
+                    "(default 5,000)")
+    ap.add_argument("--soak-seconds", type=float,
+                    help="length of the soak (default 1800; 120 with --quick)")
     ap.add_argument("--output", default=str(BENCH / "results.md"), help="Markdown file")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy the proxy and client")
     ap.add_argument(
@@ -89,6 +96,8 @@ def sections(w: World, profile: str | None) -> list[tuple[str, Callable[[], None
     if profile:
         steps.append(("profile", lambda: section_profile(w, Path(profile))))
     steps.append(("idle", lambda: section_idle(w)))
+    steps.append(("storm", lambda: section_storm(w)))
+    steps.append(("soak", lambda: section_soak(w)))
     return steps
 
 
@@ -106,7 +115,7 @@ def stop_on_signals() -> None:
 def main() -> int:
     """Run the sections, print the report and write it; 1 if aborted or interrupted."""
     args = parse_args()
-    mode = Mode.make(args.quick, args.idle, args.scrapes)
+    mode = Mode.make(args.quick, args.idle, args.scrapes, args.storm, args.soak_seconds)
     mode.quiet_wait = args.quiet_wait
     report = Report(mode)
     stop_on_signals()

@@ -87,18 +87,25 @@ class Mode:
     idle_n: int
     idle_latency_seconds: int
     mem_scrapes: int
+    storm_n: int = 5000
+    soak_seconds: float = 1800.0
     quiet_wait: float = 15.0
 
     @classmethod
-    def make(cls, quick: bool, idle_n: int | None, scrapes: int | None) -> Mode:
+    def make(cls, quick: bool, idle_n: int | None, scrapes: int | None,
+             storm_n: int | None = None, soak_seconds: float | None = None) -> Mode:
         """The quick or the full sizes, with the counts given on the command line."""
         # wrk s, warm-up s, 10 MB repeats, idle clients, idle latency s, scrapes
         args = (3, 1, 3, 10000, 3, 10000) if quick else (10, 1, 7, 10000, 5, 100000)
-        m = cls(quick, *args)
+        m = cls(quick, *args, soak_seconds=120.0 if quick else 1800.0)
         if idle_n is not None:
             m.idle_n = idle_n
         if scrapes is not None:
             m.mem_scrapes = scrapes
+        if storm_n is not None:
+            m.storm_n = storm_n
+        if soak_seconds is not None:
+            m.soak_seconds = soak_seconds
         return m
 
 

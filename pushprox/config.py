@@ -102,6 +102,10 @@ class ClientConfig(KeepAliveConfig):
     poll_timeout: float = option(
         25.0, "Seconds after which a pushprox proxy answers an idle poll so that load "
         "balancers and NAT do not cut it.")
+    poll_grace: float = option(
+        10.0, "Seconds past --poll-timeout that a poll of a pushprox proxy may stay "
+        "unanswered before the client takes its connection for dead (a NAT or firewall "
+        "forgot it) and polls on a new one.")
     scrape_default_timeout: float = option(
         15.0, "Scrape timeout in seconds when the request carries none.")
     max_concurrent_scrapes: int = option(64, "Scrapes run at once; more are refused.")
@@ -111,9 +115,6 @@ class ClientConfig(KeepAliveConfig):
         False, "Scrape any port and path of this FQDN, as upstream PushProx does "
         "(default: only --allow-port and --allow-path).")
     log_scrapes: bool = option(False, "Log one line per scrape (default: only errors).")
-    #: How long after poll_timeout a poll of a pushprox proxy may stay unanswered
-    #: before the client takes its connection for dead.
-    poll_grace: float = 10.0
     allow_ports: frozenset[int] = field(default_factory=lambda: frozenset({9100}))
     allow_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/metrics"}))
     #: Sent to the proxy as a Bearer token (its --client-tokens).

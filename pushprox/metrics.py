@@ -67,6 +67,15 @@ class ProxyMetrics:
             "pushprox_pushes_broken_total",
             "Pushes whose connection ended before their body did: the scraper got an "
             "incomplete answer.", registry=r)
+        self.connections_refused = Counter(
+            "pushprox_connections_refused_total",
+            "New connections closed at once because the proxy had no file descriptor "
+            "left (ulimit -n).", registry=r)
+        self.accept_errors = Counter(
+            "pushprox_accept_errors_total",
+            "Failures to accept a new connection that left it waiting, by error "
+            "(ENFILE: the system is out of file descriptors; ENOBUFS, ENOMEM).",
+            ["error"], registry=r)
         self.polls_waiting = Gauge(
             "pushprox_polls_waiting",
             "Number of client polls held open, waiting for a scrape.", registry=r)

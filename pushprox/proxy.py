@@ -756,6 +756,50 @@ class _Directory(Resource):
         return cast(bytes, self._not_found.render(request))
 
 
+class ConnectionRefusals:
+    """
+    Connections the proxy's ports could not take for lack of file descriptors: counted,
+    logged once when refusing starts and once when connections are accepted again.
+
+    Twisted's ports close such a connection at once (the peer sees a reset and, if it is
+    a client, retries with backoff) and log a line of their own, without a traceback;
+    ``twisted_hooks.AcceptFailureObserver`` passes those reports here.
+    """
+
+    log = Logger()
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+        #: Connections refused or left waiting since the last one accepted.
+        self.refusing = 0
+
+    def refused(self, peer: str) -> None:
+        """A new connection from ``peer`` was closed at once."""
+        self._metrics.connections_refused.inc()
+        self._starts_refusing(f"closing new connections at once (the first from {peer})")
+
+    def accept_failed(self, error: str) -> None:
+        """``accept()`` failed with ``error``; the connection waits in the backlog."""
+        self._metrics.accept_errors.labels(error).inc()
+        self._starts_refusing(f"accept() fails with {error}, new connections wait")
+
+    def _starts_refusing(self, what: str) -> None:
+        if not self.refusing:
+            self.log.warn(
+                "Out of file descriptors: {what}; connections already open are served "
+                "(raise ulimit -n, or lower --max-clients)",
+                what=what, reason="out of file descriptors")
+        self.refusing += 1
+
+    def accepted(self) -> None:
+        """A new connection was accepted: say so if some were refused before it."""
+        if self.refusing:
+            self.log.info(
+                "Accepting new connections again after {count} refused or delayed for "
+                "lack of file descriptors", count=self.refusing)
+            self.refusing = 0
+
+
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
 
@@ -781,6 +825,8 @@ class PushProxSite(Site):
         self.protocol = PushProxChannel.with_header_limit(self.config.max_header_size)
         self.metrics = metrics or ProxyMetrics()
         self.coordinator = coordinator
+        #: Connections refused for lack of file descriptors (told by the ports' logs).
+        self.refusals = ConnectionRefusals(self.metrics)
         self.client_auth = client_auth if client_auth is not None and client_auth.enabled else None
         scraper_auth = scraper_auth if scraper_auth is not None and scraper_auth.enabled else None
         self.metrics.watch(
@@ -865,6 +911,12 @@ class PushProxSite(Site):
         self.in_progress -= 1
         if not self.in_progress:
             self._quiet.fire()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel for a new connection; after refusals, the sign that they are over."""
+        if self.refusals.refusing:
+            self.refusals.accepted()
+        return super().buildProtocol(addr)
 
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""

@@ -11,6 +11,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
@@ -22,6 +23,7 @@ from pushprox.options import listen_endpoint, naming, read_secret
 from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
+from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
 
 
 class Options(ProgramOptions):
@@ -206,9 +208,29 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if options["client-ca"]:
             description = require_client_certificates(endpoint, options["client-ca"])
         add_listener(listeners, "listen", description, site, reactor)
+    WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
         ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
     return service
+
+
+class WatchAcceptFailures(Service):
+    """While running, tells ``failures`` of connections the listening ports refused."""
+
+    def __init__(self, failures: AcceptFailures,
+                 publisher: LogPublisher = globalLogPublisher) -> None:
+        self._observer = AcceptFailureObserver(failures)
+        self._publisher = publisher
+
+    def startService(self) -> None:
+        """Watch the log events of the listening ports."""
+        super().startService()
+        self._publisher.addObserver(self._observer)
+
+    def stopService(self) -> None:
+        """Stop watching."""
+        super().stopService()
+        self._publisher.removeObserver(self._observer)
 
 
 class ReloadOnHangup(Service):

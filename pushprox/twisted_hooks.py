@@ -1,13 +1,15 @@
 # -*- test-case-name: tests.test_twisted_hooks -*-
 """
-Every place where pushprox relies on twisted.web beyond its documented interfaces.
+Every place where pushprox relies on Twisted beyond its documented interfaces.
 
 Twisted offers no public way to stream a request body to its handler while it
-arrives, to know a request's line before its body, or to answer oversized headers
-with anything but a bare 400.  The hooks that make those possible live here, and only
-here, each with a docstring saying why; ``tests/test_twisted_hooks.py`` checks each one
-against the installed Twisted and fails with a message naming the hook when a release
-changes what it relies on.  Everything else in pushprox uses public API only.
+arrives, to know a request's line before its body, to answer oversized headers
+with anything but a bare 400, or to learn that a listening port closed a new
+connection at once because the process had no file descriptor left.  The hooks that
+make those possible live here, and only here, each with a docstring saying why;
+``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and fails
+with a message naming the hook when a release changes what it relies on.  Everything
+else in pushprox uses public API only.
 
 Where a public way exists but costs a Python call per header line (counting head bytes
 or catching the request line in ``lineReceived``), the private attribute is read here
@@ -16,11 +18,13 @@ instead: these hooks are on the path of every scrape, three requests each.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     # Twisted exports this interface only from its private module; it is used in type
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot as IOpenSSLTrustRoot
 
 __all__ = [
+    "AcceptFailureObserver",
+    "AcceptFailures",
     "BodySink",
     "HeaderLimitChannel",
     "IOpenSSLTrustRoot",
@@ -146,3 +152,58 @@ class StreamingRequest(Request):
         if self.body_sink is not None and not self.finished:
             self.body_sink.connection_lost()
         super().connectionLost(reason)
+
+
+class AcceptFailures(Protocol):
+    """What is told of the connections that Twisted's listening ports could not take."""
+
+    def refused(self, peer: str) -> None:
+        """A new connection from ``peer`` was closed at once: no file descriptor was left."""
+
+    def accept_failed(self, error: str) -> None:
+        """``accept()`` failed with ``error`` (``ENFILE``…): connections wait in the backlog."""
+
+
+#: How Twisted's ports (``twisted.internet.tcp.Port.doRead``) report each connection
+#: they close at once when ``accept()`` fails with EMFILE, and other ``accept()`` errors.
+_REFUSED_FORMAT = "EMFILE recovery: Closed socket from {address}"
+_ACCEPT_ERROR_FORMAT = "Could not accept new connection ({acceptError})"
+#: The loggers of Twisted's listening ports (tcp, and unix, which inherits its doRead).
+_PORT_NAMESPACE = "twisted.internet."
+
+
+@implementer(ILogObserver)
+class AcceptFailureObserver:
+    """
+    A log observer that tells ``AcceptFailures`` what Twisted's listening ports refused.
+
+    Hook: when ``accept()`` fails with EMFILE, a Twisted port frees a descriptor it keeps
+    in reserve, accepts every pending connection and closes it at once (the peer sees a
+    reset, not a hang), and re-reserves the descriptor; other ``accept()`` errors leave
+    the connections in the backlog.  Neither calls anything of the factory: the only
+    trace is one log event per connection, whose format string and the port logger's
+    namespace are Twisted's implementation, not an interface.  Add it to the global log
+    publisher (where ports log); it must not open a file descriptor, and does not.
+    """
+
+    def __init__(self, failures: AcceptFailures) -> None:
+        self._failures = failures
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """Pass on a port's report of a refused connection or a failed ``accept()``."""
+        format = event.get("log_format")
+        if format != _REFUSED_FORMAT and format != _ACCEPT_ERROR_FORMAT:
+            return
+        if not str(event.get("log_namespace", "")).startswith(_PORT_NAMESPACE):
+            return
+        if format == _REFUSED_FORMAT:
+            self._failures.refused(_peer(event.get("address")))
+        else:
+            self._failures.accept_failed(str(event.get("acceptError", "unknown")))
+
+
+def _peer(address: object) -> str:
+    """``host:port`` of a socket address as ``accept()`` returns it."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)

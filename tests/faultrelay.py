@@ -14,7 +14,12 @@ to TARGET_PORT; CONTROL takes one command per line and answers ``ok`` (or ``erro
   paused while it waits (TCP flow control, as a slow link gives);
 - ``cut DIR BYTES``: after BYTES more bytes in DIR, close both sides (FIN);
 - ``reset``: abort every open connection at once (RST);
-- ``connections``: answers the number of open relayed connections.
+- ``connections``: answers the number of open relayed connections;
+- ``bytes DIR``: answers how many bytes have been relayed in DIR (``up`` or ``down``).
+
+Bytes keep their order whatever the faults (bytes passed after a delay wait for the
+delayed ones), and the relay passes flow control on: a side that does not read pauses
+the other side's sender, as a direct connection would.
 
 DIR is ``up`` (client to proxy), ``down`` (proxy to client) or ``both``.  Tests drive
 it with ``FaultRelay`` (below), from a synchronous test.
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from tests.harness.processes import ProcessGroup
 
 DIRECTIONS = ("up", "down")
+#: Bytes a direction holds back (delayed) before it stops reading its sender.
+HELD_BACK = 64 * 1024
 
 
 class Rules:
@@ -41,6 +48,7 @@ class Rules:
     def __init__(self) -> None:
         self.mode: dict[str, tuple[str, float]] = {d: ("pass", 0.0) for d in DIRECTIONS}
         self.connections: set[Any] = set()
+        self.relayed: dict[str, int] = {d: 0 for d in DIRECTIONS}
 
 
 def _serve(target_port: int, ports_file: str) -> None:
@@ -57,6 +65,9 @@ def _serve(target_port: int, ports_file: str) -> None:
         budget: float | None
         queue: deque[bytes]
         dripping: bool
+        due: float
+        held_back: int
+        held_paused: bool
 
         def __init__(self, direction: str, pair: Relayed) -> None:
             self.direction = direction
@@ -65,6 +76,11 @@ def _serve(target_port: int, ports_file: str) -> None:
             self.budget = None
             self.queue = deque()
             self.dripping = False
+            #: When the last delayed bytes are due: later bytes must not overtake them.
+            self.due = 0.0
+            #: Delayed bytes not written yet, and whether they paused the sender.
+            self.held_back = 0
+            self.held_paused = False
 
         def forward(self, data: bytes, source: Any, sink: Any) -> None:
             if self.dead:
@@ -77,12 +93,18 @@ def _serve(target_port: int, ports_file: str) -> None:
                 if self.budget is None:
                     self.budget = value
                 if len(data) >= self.budget:
-                    sink.write(data[:int(self.budget)])
+                    self._write(sink, data[:int(self.budget)])
                     self.pair.close()
                     return
                 self.budget -= len(data)
-            if mode == "delay":
-                reactor.callLater(value, self._write, sink, data)
+            now = reactor.seconds()
+            if mode == "delay" or self.due > now:
+                self.due = max(now + (value if mode == "delay" else 0.0), self.due)
+                self.held_back += len(data)
+                reactor.callLater(self.due - now, self._write_held, source, sink, data)
+                if self.held_back > HELD_BACK and not self.held_paused:
+                    self.held_paused = True
+                    source.pauseProducing()
             elif mode == "throttle":
                 self.queue.append(data)
                 source.pauseProducing()
@@ -90,10 +112,18 @@ def _serve(target_port: int, ports_file: str) -> None:
                     self.dripping = True
                     self._drip(source, sink, value)
             else:
-                sink.write(data)
+                self._write(sink, data)
+
+        def _write_held(self, source: Any, sink: Any, data: bytes) -> None:
+            self.held_back -= len(data)
+            self._write(sink, data)
+            if self.held_paused and self.held_back <= HELD_BACK:
+                self.held_paused = False
+                source.resumeProducing()
 
         def _write(self, sink: Any, data: bytes) -> None:
             if not self.dead:
+                rules.relayed[self.direction] += len(data)
                 sink.write(data)
 
         def _drip(self, source: Any, sink: Any, rate: float) -> None:
@@ -121,6 +151,8 @@ def _serve(target_port: int, ports_file: str) -> None:
         def close(self, abort: bool = False) -> None:
             for side in (self.client, self.target):
                 if side is not None and side.transport is not None:
+                    # A paused sender registered as producer would hold the close back.
+                    side.transport.unregisterProducer()
                     if abort:
                         side.transport.abortConnection()
                     else:
@@ -134,6 +166,9 @@ def _serve(target_port: int, ports_file: str) -> None:
 
         def connectionMade(self) -> None:
             self.pair.target = self
+            # Flow control: a side whose peer does not read stops reading the other.
+            self.transport.registerProducer(self.pair.client.transport, True)
+            self.pair.client.transport.registerProducer(self.transport, True)
             for data in self.pair.pending:
                 self.pair.up.forward(data, self.pair.client.transport, self.transport)
             self.pair.pending = []
@@ -143,6 +178,7 @@ def _serve(target_port: int, ports_file: str) -> None:
 
         def connectionLost(self, reason: Any = None) -> None:
             if not (self.pair.down.dead or self.pair.up.dead):
+                self.pair.client.transport.unregisterProducer()
                 self.pair.client.transport.loseConnection()
 
     class Inbound(protocol.Protocol):
@@ -170,6 +206,7 @@ def _serve(target_port: int, ports_file: str) -> None:
             rules.connections.discard(self.pair)
             target = self.pair.target
             if target is not None and not (self.pair.down.dead or self.pair.up.dead):
+                target.transport.unregisterProducer()
                 target.transport.loseConnection()
 
     class Control(LineReceiver):
@@ -189,6 +226,8 @@ def _serve(target_port: int, ports_file: str) -> None:
                 return "ok"
             if words == ["connections"]:
                 return str(len(rules.connections))
+            if words[0] == "bytes":
+                return str(rules.relayed[words[1]])
             mode, where, *rest = words
             if mode not in ("pass", "blackhole", "delay", "throttle", "cut"):
                 raise ValueError(f"unknown fault {mode}")

@@ -9,8 +9,10 @@ afterwards.  Durations are printed, not asserted, beyond "within the scrape time
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import select
 import shutil
 import socket
 import tempfile
@@ -19,9 +21,11 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pushprox import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
+    RawConnection,
     http_request_bytes,
     prometheus_headers,
     raw_http,
@@ -29,6 +33,7 @@ from tests.harness.rawhttp import (
 )
 from tests.harness.stack import Stack
 from tests.harness.waiting import wait_for
+from tests.soak import status_kb
 
 FQDN = "faulty.example"
 #: About 1.9 MB: far more than socket buffers hold, so a push of it takes many writes.
@@ -43,29 +48,52 @@ SILENCE = 2.0
 POLL_TIMEOUT = 2.0
 
 
-def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes]:
-    """Send ``request`` and read until the proxy closes: the head and the body bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read from ``sock`` until a response head is complete: the head and what followed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
 
 
+def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
+    """Read until the peer closes: the bytes, and whether it ended with a reset."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, False
+        data += chunk
+
+
+def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes]:
+    """Send ``request`` and read until the proxy closes: the head and the body bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        head, first = read_head(sock)
+        rest, _ = read_rest(sock)
+    return head, first + rest
+
+
 class FaultTestCase(SynchronousTestCase):
     """An exporter, a proxy, the relay in front of the proxy, a client through the relay."""
+
+    #: What the exporter serves.
+    pages = PAGES
 
     def setUp(self) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="pushprox-faults-"))
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         self.processes = Stack(tmp)
         self.addCleanup(self.processes.stop_all)
-        self.exporter_port = self.processes.exporter("pages", pages=PAGES).port
+        self.exporter_port = self.processes.exporter("pages", pages=self.pages).port
         self.proxy = self.processes.proxy(
             extra=["--client-silence-timeout", str(SILENCE)])
         self.proxy_port = self.proxy.port
@@ -73,7 +101,7 @@ class FaultTestCase(SynchronousTestCase):
         self.client = self.processes.client(
             self.proxy, FQDN, [self.exporter_port], wait=False,
             proxy_url=f"http://127.0.0.1:{self.relay.port}/",
-            extra=["--allow-path", "/metrics", "--allow-path", "/big",
+            extra=[*(arg for path in self.pages for arg in ("--allow-path", path)),
                    "--poll-timeout", str(POLL_TIMEOUT)])
         self.wait_scrapes_work("the client to register")
 
@@ -195,3 +223,263 @@ class BrokenPushTests(FaultTestCase):
         self.wait_scrapes_work("scrapes to work after the slow link")
         self.assert_proxy_holds_nothing()
         print(f"stalled push: ended after {took:.2f}s with {len(body)} bytes")
+
+
+class DelayAndResetTests(FaultTestCase):
+    """The link delays every byte, or resets every connection at once."""
+
+    def test_delayed_link_still_serves_scrapes_within_their_timeout(self) -> None:
+        """With 0.3 s more each way, scrapes succeed, whole, just later."""
+        self.relay.command("delay both 0.3")
+        status, body, took = self.scrape(timeout=10.0)
+        self.assertEqual((status, body), (200, PAGES["/metrics"].body))
+        head, rest = read_to_end(
+            self.proxy_port,
+            http_request_bytes("GET", self.url("/big"),
+                               [*prometheus_headers(20.0), ("Connection", "close")]),
+            30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(rest, BIG)
+        self.relay.command("pass both")
+        self.assert_proxy_holds_nothing()
+        print(f"delayed link: a scrape took {took:.2f}s")
+
+    def test_link_slower_than_the_scrape_timeout_gets_504_in_time(self) -> None:
+        """
+        A push that arrives after the scrape timeout: the scraper has had its 504 by then,
+        the late push is refused, and nothing is left once the link is fast again.
+        """
+        self.relay.command("delay up 3")
+        status, body, took = self.scrape(timeout=2.0)
+        self.assertEqual(status, 504, body)
+        self.assertLess(took, 2.0)
+        self.relay.command("pass both")
+        self.wait_scrapes_work("scrapes to work after the delay ended", timeout=60)
+        self.assert_proxy_holds_nothing()
+        print(f"link slower than the timeout: 504 after {took:.2f}s")
+
+    def test_reset_of_every_connection_while_idle_is_recovered_from_at_once(self) -> None:
+        """The client sees its poll reset, polls again, and scrapes work within seconds."""
+        self.relay.command("reset")
+        recovered = self.wait_scrapes_work("scrapes to work after the reset", timeout=30)
+        self.assertEqual(self.metric("pushprox_clients_silent"), 0)
+        self.assert_proxy_holds_nothing()
+        print(f"reset while idle: scrapes work again after {recovered:.2f}s")
+
+    def test_reset_in_the_middle_of_a_push_reaches_the_scraper_short(self) -> None:
+        """
+        A push reset (RST) mid-body: the scraper's answer ends short of its
+        Content-Length, the broken push is counted and logged, and the client recovers.
+        """
+        # Slow enough that the push is still running when the reset comes.
+        self.relay.command("throttle up 200000")
+        with socket.create_connection(("127.0.0.1", self.proxy_port), timeout=20) as sock:
+            sock.sendall(http_request_bytes("GET", self.url("/big"), prometheus_headers(15.0)))
+            head, first = read_head(sock)
+            self.relay.command("reset")
+            rest, _ = read_rest(sock)
+        self.relay.command("pass both")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        declared = re.search(rb"(?im)^content-length: (\d+)", head)
+        assert declared is not None, head
+        self.assertEqual(int(declared.group(1)), len(BIG))
+        self.assertLess(len(first) + len(rest), len(BIG))
+        wait_for(lambda: self.metric("pushprox_pushes_broken_total") == 1, timeout=20,
+                 what="the broken push counted", watch=[self.proxy.process])
+        self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
+        self.wait_scrapes_work("scrapes to work after the reset")
+        self.assert_proxy_holds_nothing()
+
+
+#: About 25 MB: more than every socket buffer on the way from the client to the scraper.
+HUGE = BIG * 13
+
+
+class SlowScraperTests(FaultTestCase):
+    """A scraper that stops reading, on a link with faults, pauses the pushing client."""
+
+    pages = {**PAGES, "/huge": Page(HUGE, [("Content-Type", "text/plain")])}
+
+    def relayed_up(self) -> int:
+        """Bytes the relay has passed from the client to the proxy so far."""
+        return int(self.relay.command("bytes up"))
+
+    def test_scraper_that_stops_reading_pauses_the_push_through_a_delayed_link(
+            self) -> None:
+        """
+        While the scraper reads nothing, the client's push stops short of the page (flow
+        control reaches it through the proxy and the delayed link) and the proxy's memory
+        does not grow by anything like the page; once the scraper reads, the whole page
+        arrives.
+        """
+        proxy_pid = self.proxy.process.pid
+        assert proxy_pid is not None
+        peak_before = status_kb(proxy_pid, "VmHWM")
+        self.relay.command("delay both 0.05")
+        before = self.relayed_up()
+        with socket.socket() as sock:
+            # A modest receive window, as a scraper that reads slowly offers.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", self.proxy_port))
+            sock.sendall(http_request_bytes(
+                "GET", self.url("/huge"), [*prometheus_headers(60.0), ("Connection", "close")]))
+            samples: list[int] = []
+
+            def stalled() -> int | None:
+                samples.append(self.relayed_up() - before)
+                recent = samples[-4:]
+                return recent[0] if len(recent) == 4 and len(set(recent)) == 1 else None
+
+            pushed = wait_for(stalled, timeout=40, interval=0.5,
+                              what="the push to stall while the scraper reads nothing",
+                              watch=[self.proxy.process, self.client.process])
+            # What crossed sits in socket buffers on the way (6 to 15 MB here, as the
+            # kernel tunes them), not in the proxy, which buffering would grow by the page.
+            self.assertLess(pushed, len(HUGE), samples)
+            grown_kb = status_kb(proxy_pid, "VmHWM") - peak_before
+            self.assertLess(grown_kb * 1024, len(HUGE) // 2, f"the proxy grew by {grown_kb} kB")
+            self.relay.command("pass both")
+            head, first = read_head(sock)
+            rest, reset = read_rest(sock)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(first + rest, HUGE)
+        self.assertFalse(reset)
+        self.assert_proxy_holds_nothing()
+        print(f"slow scraper: the push stalled after {pushed} of {len(HUGE)} bytes, "
+              f"the proxy's peak memory grew by {grown_kb} kB")
+
+
+#: The proxy's ``ulimit -n`` in the exhaustion test: about 12 descriptors are its own.
+NOFILE = 64
+#: Polls opened against it: far more than it has descriptors for.
+FLOOD = 100
+
+
+def poll_bytes(fqdn: str) -> bytes:
+    """An unbounded poll (as an upstream client sends it): held until a scrape comes."""
+    return http_request_bytes("POST", "/poll", body=fqdn.encode())
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the proxy has closed ``sock`` (EOF or reset); False while it holds it."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    """Close every socket of the list."""
+    for sock in sockets:
+        sock.close()
+
+
+def new_connection_refused(port: int) -> bool:
+    """Whether a new connection to the proxy is closed without an answer."""
+    try:
+        raw_http(port, http_request_bytes("GET", "/-/healthy"), timeout=5)
+    except (OSError, AssertionError):
+        return True
+    return False
+
+
+class DescriptorExhaustionTests(SynchronousTestCase):
+    """A proxy under a low ``ulimit -n`` with more connections than it may open."""
+
+    def test_out_of_descriptors_serves_open_connections_refuses_new_ones_and_recovers(
+            self) -> None:
+        """
+        Connections already open keep being served (a scrape through a kept-alive
+        scraper connection reaches a held poll and its push comes back); each new
+        connection is closed at once, counted in ``pushprox_connections_refused_total``
+        and logged once, without a traceback; once descriptors are free again, new
+        connections are accepted and a client refused meanwhile registers by itself.
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-nofile-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        stack = Stack(tmp)
+        self.addCleanup(stack.stop_all)
+        exporter = stack.exporter("pages", pages=PAGES)
+        proxy = stack.proxy(nofile=NOFILE)
+        flood: list[socket.socket] = []
+        self.addCleanup(close_all, flood)
+        # Opened while descriptors are free: a scraper's kept-alive connection, a held
+        # poll of an upstream-style client, and that client's connection for its push.
+        scraper = RawConnection(proxy.port)
+        self.addCleanup(scraper.close)
+        held = RawConnection(proxy.port)
+        self.addCleanup(held.close)
+        pusher = RawConnection(proxy.port)
+        self.addCleanup(pusher.close)
+        held.send(poll_bytes("held.example"))
+        pusher.send(http_request_bytes("GET", "/-/healthy"))
+        self.assertEqual(pusher.read_response().status, 200)
+        wait_for(lambda: "held.example" in proxy.clients(), timeout=10,
+                 what="the held poll registered", watch=[proxy.process])
+
+        for index in range(FLOOD):
+            try:
+                sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            except OSError:
+                continue
+            flood.append(sock)
+            with contextlib.suppress(OSError):
+                sock.sendall(poll_bytes(f"flood-{index}.example"))
+
+        def refused_total() -> float:
+            scraper.send(http_request_bytes("GET", "/metrics"))
+            text = scraper.read_response().text
+            match = re.search(r"^pushprox_connections_refused_total (\S+)$", text, re.M)
+            return float(match.group(1)) if match else 0.0
+
+        def counted() -> tuple[float, int] | None:
+            closed = sum(map(closed_by_peer, flood))
+            refused = refused_total()
+            return (refused, closed) if closed and refused >= closed else None
+
+        # Every connection closed at once is counted (the counter may run ahead of the
+        # closes this side has read).
+        refused, closed = wait_for(counted, timeout=20, what="refused connections counted",
+                                   watch=[proxy.process])
+        self.assertLess(closed, FLOOD)
+        self.assertTrue(wait_for(lambda: new_connection_refused(proxy.port), timeout=20,
+                                 what="a new connection refused", watch=[proxy.process]))
+        # A client that arrives now is refused, and retries.
+        late = stack.client(proxy, "late.example", [exporter.port], wait=False)
+        wait_for(lambda: refused_total() > refused, timeout=30,
+                 what="the late client's connection refused", watch=[late.process])
+
+        # Serving what is open: the scrape reaches the held poll, the push comes back.
+        target = f"http://held.example:{exporter.port}/metrics"
+        scraper.send(http_request_bytes("GET", target, prometheus_headers(10.0)))
+        handed = wire.decode_scrape_request(held.read_response().body)
+        self.assertEqual(handed.url, target.encode())
+        page = b"served 1\n"
+        pusher.send(http_request_bytes("POST", "/push", body=wire.encode_response_head(
+            status=200, reason=b"OK", headers=[(b"Content-Type", b"text/plain")],
+            scrape_id=handed.scrape_id, length=len(page)) + page))
+        self.assertEqual(pusher.read_response().status, 200)
+        answer = scraper.read_response()
+        self.assertEqual((answer.status, answer.body), (200, page))
+
+        log = proxy.process.log_text()
+        self.assertEqual(log.count("Out of file descriptors: closing new connections"), 1,
+                         log[-3000:])
+        self.assertNotIn("Traceback", log)
+
+        # Descriptors come free: new connections are accepted, the late client gets in.
+        for sock in flood[: FLOOD // 2]:
+            sock.close()
+        wait_for(proxy.healthy, timeout=20, what="a new connection accepted again",
+                 watch=[proxy.process])
+        wait_for(lambda: "late.example" in proxy.clients(), timeout=30,
+                 what="the refused client registered", watch=[proxy.process, late.process])
+        answer = scrape_via_proxy(proxy.port, f"http://late.example:{exporter.port}/metrics")
+        self.assertEqual((answer.status, answer.body), (200, PAGES["/metrics"].body))
+        self.assertIn("Accepting new connections again after", proxy.process.log_text())
+        print(f"out of descriptors: {closed} of {FLOOD} new polls closed at once, "
+              f"{refused:g} refusals counted")

@@ -16,6 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -709,3 +710,34 @@ class FlowControlTests(ProxyTestCase):
         throttle.pauseProducing()
         scraper.hang_up()
         self.assertEqual(pusher.transport.producerState, "producing")
+
+
+class ConnectionRefusalTests(ProxyTestCase):
+    """Connections the ports refused for lack of file descriptors: counted and logged."""
+
+    def test_refusals_are_counted_logged_once_and_their_end_too(self) -> None:
+        """
+        Each refused connection is counted; one warning when refusing starts, one line
+        when the next connection is accepted, none for a connection in between.
+        """
+        registry = self.site.metrics.registry
+        with capturedLogs() as events:
+            self.site.refusals.refused("127.0.0.1:40001")
+            self.site.refusals.refused("127.0.0.1:40002")
+            self.site.refusals.accept_failed("ENFILE")
+        self.assertEqual(registry.get_sample_value("pushprox_connections_refused_total"), 2.0)
+        self.assertEqual(registry.get_sample_value(
+            "pushprox_accept_errors_total", {"error": "ENFILE"}), 1.0)
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
+            (LogLevel.warn, "Out of file descriptors: closing new connections at once (the "
+             "first from 127.0.0.1:40001); connections already open are served (raise "
+             "ulimit -n, or lower --max-clients)"),
+        ])
+        with capturedLogs() as events:
+            self.connect()
+            self.connect()
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
+            (LogLevel.info, "Accepting new connections again after 3 refused or delayed "
+             "for lack of file descriptors"),
+        ])
+        self.assertEqual(self.site.refusals.refusing, 0)

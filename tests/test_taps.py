@@ -11,17 +11,25 @@ from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
+from pushprox.config import default
+from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
 from pushprox.program import FlagListener
-from pushprox.proxy import ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup
+from pushprox.proxy import ConnectionRefusals, ProxyConfig
+from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, WatchAcceptFailures
 from tests.tlsfixtures import make_pki
 
 
@@ -136,10 +144,26 @@ class ProxyServiceTests(SynchronousTestCase):
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService])
+                         [CoordinatorService, MultiService, WatchAcceptFailures])
         listeners = list(IServiceCollection(children[1]))
         self.assertEqual([type(child) for child in listeners],
                          [FlagListener, FlagListener])
+
+    def test_accept_failures_are_watched_while_running(self) -> None:
+        """The ports' reports of refused connections reach the site only while it runs."""
+        publisher = LogPublisher()
+        site_refusals = ConnectionRefusals(ProxyMetrics())
+        watch = WatchAcceptFailures(site_refusals, publisher)
+        refused = {"log_format": "EMFILE recovery: Closed socket from {address}",
+                   "log_namespace": "twisted.internet.tcp.Port",
+                   "address": ("127.0.0.1", 40000)}
+        publisher(refused)
+        watch.startService()
+        publisher(refused)
+        publisher(dict(refused, log_namespace="elsewhere"))
+        watch.stopService()
+        publisher(refused)
+        self.assertEqual(site_refusals.refusing, 1)
 
     def test_mutual_tls_listener_and_token_reload(self) -> None:
         """--client-ca builds the TLS listener itself; --client-tokens adds SIGHUP reload."""
@@ -155,7 +179,8 @@ class ProxyServiceTests(SynchronousTestCase):
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService, ReloadOnHangup])
+                         [CoordinatorService, MultiService, WatchAcceptFailures,
+                          ReloadOnHangup])
         [listener] = list(IServiceCollection(children[1]))
         self.assertIsInstance(listener, FlagListener)
         self.assertTrue(options["client-auth"].enabled)
@@ -173,6 +198,15 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(options["metrics-listen"], "tcp:9369")
         self.assertEqual(options.config().allow_ports, frozenset({9100}))
         self.assertEqual(options.config().allow_paths, frozenset({"/metrics"}))
+
+    def test_poll_timeout_and_grace(self) -> None:
+        """--poll-timeout and --poll-grace bound how long a silent poll is waited for."""
+        self.assertEqual(default(ClientConfig, "poll_grace"), 10.0)
+        config = parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
+                              "--poll-timeout", "20s", "--poll-grace", "2.5").config()
+        self.assertEqual((config.poll_timeout, config.poll_grace), (20.0, 2.5))
+        self.assertRaises(usage.UsageError, parse_client, "--proxy-url", "http://proxy/",
+                          "--poll-grace", "0")
 
     def test_allow_lists_repeat(self) -> None:
         """--allow-port and --allow-path are repeatable and replace the defaults."""

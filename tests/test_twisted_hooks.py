@@ -7,18 +7,27 @@ hook relies on, the message says which part of pushprox needs a new way.
 
 from __future__ import annotations
 
+import errno
 import importlib
 from typing import Any, cast
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
+from pushprox.twisted_hooks import (
+    AcceptFailureObserver,
+    BodySink,
+    HeaderLimitChannel,
+    StreamingRequest,
+)
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -215,4 +224,95 @@ class HookTests(SynchronousTestCase):
             hasattr(module, "IOpenSSLTrustRoot"),
             "twisted_hooks.IOpenSSLTrustRoot: twisted.internet._sslverify no longer "
             "defines IOpenSSLTrustRoot; import it from its new home",
+        )
+
+
+class RecordingFailures:
+    """Keeps what an ``AcceptFailureObserver`` tells."""
+
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+        self.errors: list[str] = []
+
+    def refused(self, peer: str) -> None:
+        """Keep the peer."""
+        self.peers.append(peer)
+
+    def accept_failed(self, error: str) -> None:
+        """Keep the error."""
+        self.errors.append(error)
+
+
+class _ClosedSocket:
+    """An accepted socket that only knows how to be closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        """Note it."""
+        self.closed = True
+
+
+class FailingListener:
+    """A listening socket whose ``accept()`` raises, returns and raises as scripted."""
+
+    def __init__(self, script: list[OSError | tuple[_ClosedSocket, tuple[str, int]]]) -> None:
+        self.script = script
+
+    def accept(self) -> tuple[_ClosedSocket, tuple[str, int]]:
+        """The next step of the script; EAGAIN once it is done."""
+        step = self.script.pop(0) if self.script else OSError(errno.EAGAIN, "again")
+        if isinstance(step, OSError):
+            raise step
+        return step
+
+
+class AcceptFailureTests(SynchronousTestCase):
+    """What AcceptFailureObserver reads from a real Twisted port whose accept() fails."""
+
+    def read_port(self, script: list[OSError | tuple[_ClosedSocket, tuple[str, int]]]
+                  ) -> RecordingFailures:
+        """Run a real ``tcp.Port.doRead`` over a listener following ``script``."""
+        record = RecordingFailures()
+        observer = AcceptFailureObserver(record)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        reactor = MemoryReactorClock()
+        factory = Factory.forProtocol(Protocol)
+        factory.noisy = False
+        port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
+        port.startListening()
+        real_socket = port.socket
+        port.socket = FailingListener(script)
+
+        def stop() -> None:
+            port.socket = real_socket
+            port.stopListening()
+            reactor.advance(0)
+
+        self.addCleanup(stop)
+        port.doRead()
+        return record
+
+    def test_connection_closed_for_lack_of_descriptors_is_reported(self) -> None:
+        """EMFILE: the port closes the pending connection at once and its peer is told."""
+        pending = _ClosedSocket()
+        record = self.read_port([OSError(errno.EMFILE, "too many open files"),
+                                 (pending, ("127.0.0.1", 40123))])
+        self.assertTrue(pending.closed, "Twisted no longer closes a connection on EMFILE")
+        self.assertEqual(
+            (record.peers, record.errors), (["127.0.0.1:40123"], []),
+            "twisted_hooks.AcceptFailureObserver: a Twisted port no longer logs "
+            "'EMFILE recovery: Closed socket from {address}' for each connection it "
+            "closes on EMFILE; pushprox_connections_refused_total needs another way in",
+        )
+
+    def test_other_accept_errors_are_reported(self) -> None:
+        """ENFILE and the like leave the connection waiting; the error is told."""
+        record = self.read_port([OSError(errno.ENFILE, "file table overflow")])
+        self.assertEqual(
+            (record.peers, record.errors), ([], ["ENFILE"]),
+            "twisted_hooks.AcceptFailureObserver: a Twisted port no longer logs "
+            "'Could not accept new connection ({acceptError})'; "
+            "pushprox_accept_errors_total needs another way in",
         )

@@ -5,6 +5,7 @@ a free port of 127.0.0.1 in a directory of its own, and waited for until it serv
 
 from __future__ import annotations
 
+import shutil
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,14 @@ class Client:
     proxy: Proxy
 
 
+def prlimit() -> str:
+    """util-linux's ``prlimit`` (Essential in Debian), which runs a command under limits."""
+    found = shutil.which("prlimit")
+    if found is None:
+        raise AssertionError("prlimit not found: it comes with util-linux")
+    return found
+
+
 class Stack(ProcessGroup):
     """Starts the processes of one test; ``stop_all`` stops them all."""
 
@@ -149,11 +158,13 @@ class Stack(ProcessGroup):
         certificate: IssuedCertificate | None = None,
         trust: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
+        nofile: int | None = None,
     ) -> Proxy:
         """
         Start a proxy on a free port, in the foreground (``twistd -n``) or as a daemon;
         wait until it is healthy.  With ``certificate`` it serves HTTPS, and requests to
-        it trust the CA certificate ``trust``.
+        it trust the CA certificate ``trust``.  With ``nofile`` it may open that many file
+        descriptors (``ulimit -n``, set by util-linux's ``prlimit``; foreground only).
         """
         for _ in range(3):  # another program may take the free port before the proxy
             port = free_port()
@@ -167,7 +178,10 @@ class Stack(ProcessGroup):
             if daemon:
                 process = self.daemon(name, "pushprox-proxy", args, cwd=cwd)
             else:
-                process = self.start(name, twistd_argv("pushprox-proxy", args), cwd=cwd)
+                argv = twistd_argv("pushprox-proxy", args)
+                if nofile is not None:
+                    argv = [prlimit(), f"--nofile={nofile}", "--", *argv]
+                process = self.start(name, argv, cwd=cwd)
             proxy = Proxy(port, process, certificate is not None, trust, headers)
             try:
                 proxy.wait_ready()
