@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import CannotListenError, getConnectError
 from twisted.internet.interfaces import (
@@ -48,7 +49,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
-from pushprox.client import make_agents
+from pushprox.client import ClientService, make_agents
 from tests.helpers import HTTPResponse, IncompleteMessage, parse_response
 
 #: Where every connection comes from and goes to.
@@ -347,3 +348,11 @@ class TrackingClock:
         """The delayed calls made through this clock that have not run yet."""
         return [call for call in self._calls if call.active()]
 
+
+def stop_client(network: MemoryNetwork, service: ClientService) -> Deferred[None]:
+    """Stop ``service``, driving ``network`` through its grace period; the stop's Deferred."""
+    stopped: Deferred[None] = service.stopService()
+    network.flush()
+    if not stopped.called:
+        network.advance(service.config.shutdown_grace)
+    return stopped

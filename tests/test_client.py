@@ -38,7 +38,7 @@ from pushprox.coordinator import Coordinator
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import PushProxSite
 from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
-from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents
+from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents, stop_client
 
 FQDN = "node1.example"
 
@@ -546,11 +546,7 @@ class ClientServiceTests(SynchronousTestCase):
     def stop(self, service: ClientService, clock: TrackingClock) -> None:
         """Stop ``service`` (within its grace period): it leaves no timer behind."""
         if service.running:
-            stopped = service.stopService()
-            self.network.flush()
-            if not stopped.called:
-                self.network.advance(service.config.shutdown_grace)
-            self.successResultOf(stopped)
+            self.successResultOf(stop_client(self.network, service))
         self.assertEqual(clock.pending(), [])
 
     def registered(self) -> None:

@@ -48,7 +48,7 @@ from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.proxy_tap import Options, ReloadOnHangup, makeService
 from tests.helpers import HTTPResponse, http_request_bytes
-from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents
+from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
 
 LOCALHOST = "127.0.0.1"
@@ -309,11 +309,7 @@ class SecurityTestCase(SynchronousTestCase):
         """Stop ``service`` within its grace period; it leaves no timer behind."""
         self.target.release()
         if service.running:
-            stopped = service.stopService()
-            self.network.flush()
-            if not stopped.called:
-                self.network.advance(service.config.shutdown_grace)
-            self.successResultOf(stopped)
+            self.successResultOf(stop_client(self.network, service))
         self.assertEqual(clock.pending(), [])
 
     @staticmethod
