@@ -900,8 +900,10 @@ class PushProxSite(Site):
             request.getHeader(b"authorization"), certificate_names(request)
         )
 
-    #: Requests being answered now.
+    #: Requests being answered now, counted when ``count_requests`` (a replica that
+    #: drains waits for them; a single proxy need not pay for counting).
     in_progress = 0
+    count_requests = False
 
     def when_quiet(self) -> Deferred[None]:
         """Fires once no request is being answered (at once if none is)."""
@@ -921,8 +923,9 @@ class PushProxSite(Site):
     def getResourceFor(self, request: Request) -> IResource:
         """Route absolute-URI requests to the scrape resource, the rest by path."""
         request.site = self
-        self.in_progress += 1
-        request.notifyFinish().addBoth(self._request_done)
+        if self.count_requests:
+            self.in_progress += 1
+            request.notifyFinish().addBoth(self._request_done)
         uri = request.uri
         if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
             return self._scrape

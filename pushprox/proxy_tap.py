@@ -195,6 +195,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         **site_options,
     )
     if options["redis"]:
+        site.count_requests = True
         draining.site = site
     if not options["redis"]:
         # Added first so that it stops last: the ports close before pending answers go.
