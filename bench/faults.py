@@ -18,12 +18,11 @@ import http.client
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from measurement import CpuSampler, RssSampler, rss_kb, status_kb
+from measurement import Background, CpuSampler, RssSampler, rss_kb, status_kb
 from processes import ENV, REPO, BenchError, Proc, http_get, read_tagged_line
 from report import fmt, mb
 from services import scrape_uri, start_client, start_proxy, wait_listed
@@ -50,7 +49,7 @@ class ScrapeRecord:
 
 
 @dataclass
-class StormScraper:
+class StormScraper(Background):
     """Scrapes the real clients one after another in a thread, as Prometheus would."""
 
     port: int
@@ -59,8 +58,7 @@ class StormScraper:
     records: list[ScrapeRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._prepare()
 
     def _run(self) -> None:
         index = 0
@@ -76,14 +74,6 @@ class StormScraper:
                 self._stop.wait(0.05)  # the proxy is not listening: do not spin
             self.records.append(ScrapeRecord(started, fqdn, status,
                                              time.monotonic() - started))
-
-    def __enter__(self) -> StormScraper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def summary(self) -> dict[str, Any]:
         """Scrapes before and after each client was back, and the latency once back."""

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from processes import BENCH, ENV, BenchError, http_get, tool_path
 
@@ -139,7 +140,31 @@ def wait_quiet(pids: list[int], max_wait: float, what: str) -> None:
               file=sys.stderr, flush=True)  # fmt: skip
 
 
-class RssSampler:
+_Loop = TypeVar("_Loop", bound="Background")
+
+
+class Background:
+    """Runs ``_run`` in a thread from entering the ``with`` block until leaving it."""
+
+    def _prepare(self) -> None:
+        """Make the thread and its stop flag (call from ``__init__``)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        """The loop; it ends once ``self._stop`` is set (override)."""
+        raise NotImplementedError
+
+    def __enter__(self: _Loop) -> _Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class RssSampler(Background):
     """Samples VmRSS of some pids every few ms in a thread; keeps the peaks."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.003) -> None:
@@ -147,8 +172,7 @@ class RssSampler:
         self.interval = interval
         self.peak = {k: 0 for k in pids}
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._prepare()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -158,16 +182,8 @@ class RssSampler:
             self.samples += 1
             time.sleep(self.interval)
 
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class CpuSampler:
+class CpuSampler(Background):
     """Reads a process's CPU time every `interval` s in a thread; keeps the busiest window."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
@@ -176,8 +192,7 @@ class CpuSampler:
         self.peak_percent = 0.0  # of one core, over the busiest window
         self.start_ticks = 0
         self.end_ticks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._prepare()
 
     def _run(self) -> None:
         last, at = self.start_ticks, time.monotonic()
@@ -195,12 +210,10 @@ class CpuSampler:
 
     def __enter__(self) -> CpuSampler:
         self.start_ticks = cpu_ticks(self.pid)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         with contextlib.suppress(OSError):
             self.end_ticks = cpu_ticks(self.pid)
 
