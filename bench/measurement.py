@@ -270,8 +270,16 @@ class LoadResult:
 
     def error_text(self) -> str:
         """The kinds of errors wrk counted, or "0"."""
-        bad = {k: v for k, v in self.errors.items() if v}
-        return ", ".join(f"{k} {v}" for k, v in bad.items()) or "0"
+        return errors_text([self])
+
+
+def errors_text(runs: list[LoadResult]) -> str:
+    """The kinds of errors wrk counted over some runs, added up, or "0"."""
+    total: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.errors.items():
+            total[k] = total.get(k, 0) + v
+    return ", ".join(f"{k} {v}" for k, v in total.items() if v) or "0"
 
 
 def nginx_counters(status_port: int) -> tuple[int, int] | None:

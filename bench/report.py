@@ -24,6 +24,9 @@ THROUGHPUT_COLUMNS = [
     "nginx conns / reqs per scrape", "errors", "proxy / client busy, % of a core",
     "other load, cores",
 ]  # fmt: skip
+ONE_CONNECTION_COLUMNS = [
+    "page", "measure", "direct to nginx", "baseline", "this tree", "this tree / baseline",
+]  # fmt: skip
 BIG_PAGE_COLUMNS = [
     "path", "median s", "min..max s", "MB/s",
     "proxy peak RSS growth MB", "client peak RSS growth MB",
@@ -49,8 +52,10 @@ class Report:
     """The rows each section has measured so far, and the notes on what went wrong."""
 
     mode: Mode
+    baseline: str | None = None  # the --baseline revision
     header: list[str] = field(default_factory=list)
     throughput: list[list[str]] = field(default_factory=list)
+    one_connection: list[list[str]] = field(default_factory=list)
     big: list[list[str]] = field(default_factory=list)
     idle: list[list[str]] = field(default_factory=list)
     client_mem: list[list[str]] = field(default_factory=list)
@@ -80,6 +85,11 @@ class Report:
             "",
         ]
         lines += table(THROUGHPUT_COLUMNS, self.throughput)
+        baseline = f"baseline = {self.baseline}" if self.baseline else "no --baseline"
+        lines += ["", f"### One scrape at a time (wrk -t1 -c1, {m.wrk_seconds} s per run; "
+                  f"median of {m.one_rounds} alternating rounds, then each round; {baseline})",
+                  ""]  # fmt: skip
+        lines += table(ONE_CONNECTION_COLUMNS, self.one_connection)
         lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
                   f"{m.big_repeats})", ""]  # fmt: skip
         lines += table(BIG_PAGE_COLUMNS, self.big)

@@ -48,12 +48,13 @@ from scenarios import (
     section_client_memory,
     section_cluster,
     section_idle,
+    section_one_connection,
     section_profile,
     section_throughput,
     start_world,
 )
 
-SECTIONS = ["throughput", "big", "idle", "memory", "cluster", "storm", "soak"]
+SECTIONS = ["throughput", "one", "big", "idle", "memory", "cluster", "storm", "soak"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +67,8 @@ def parse_args() -> argparse.Namespace:
                     "(default 5,000)")
     ap.add_argument("--soak-seconds", type=float,
                     help="length of the soak (default 1800; 120 with --quick)")
+    ap.add_argument("--one-rounds", type=int, default=3, metavar="N",
+                    help="alternating rounds of the one-connection section (default 3)")
     ap.add_argument("--output", default=str(BENCH / "results.md"), help="Markdown file")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy the proxy and client")
     ap.add_argument(
@@ -89,6 +92,7 @@ def sections(w: World, profile: str | None) -> list[tuple[str, Callable[[], None
     """The sections in the order they run: the shared pair's first, the fresh processes' last."""
     steps: list[tuple[str, Callable[[], None]]] = [
         ("throughput", lambda: section_throughput(w)),
+        ("one", lambda: section_one_connection(w)),
         ("big", lambda: section_big(w)),
         ("memory", lambda: section_client_memory(w)),
         ("cluster", lambda: section_cluster(w)),
@@ -117,7 +121,8 @@ def main() -> int:
     args = parse_args()
     mode = Mode.make(args.quick, args.idle, args.scrapes, args.storm, args.soak_seconds)
     mode.quiet_wait = args.quiet_wait
-    report = Report(mode)
+    mode.one_rounds = args.one_rounds
+    report = Report(mode, baseline=args.baseline)
     stop_on_signals()
     start = MachineCpu.now()
     tmp = Path(tempfile.mkdtemp(prefix="pushprox-bench-"))

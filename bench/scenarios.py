@@ -27,6 +27,7 @@ from measurement import (
     children_of,
     cpu_ticks,
     curl_get,
+    errors_text,
     metric_total,
     open_fds,
     redis_calls,
@@ -90,6 +91,7 @@ class Mode:
     storm_n: int = 5000
     soak_seconds: float = 1800.0
     quiet_wait: float = 15.0
+    one_rounds: int = 3  # alternating rounds of the one-connection section
 
     @classmethod
     def make(cls, quick: bool, idle_n: int | None, scrapes: int | None,
@@ -131,12 +133,16 @@ class World:
     baseline_proxy_port: int = 0
     baseline_client: Proc | None = None
 
+    def pair(self, baseline: bool = False) -> tuple[Proc | None, Proc | None]:
+        """The proxy and client of this tree, or of the baseline."""
+        if baseline:
+            return self.baseline_proxy, self.baseline_client
+        return self.proxy, self.client
+
     def watch(self, baseline: bool = False) -> dict[str, list[int]]:
         """The pids whose CPU a throughput row reports, by column name."""
         w = {"nginx": self.nginx_pids}
-        proxy, client = (
-            (self.baseline_proxy, self.baseline_client) if baseline else (self.proxy, self.client)
-        )
+        proxy, client = self.pair(baseline)
         if proxy and client:
             w["proxy"] = [proxy.pid]
             w["client"] = [client.pid]
@@ -315,19 +321,147 @@ def _throughput_row(w: World, page: str, conns: int, path: LoadPath) -> None:
     print(f"  {what}: {r.rate:.0f}/s p50 {r.p50_ms:.2f} ms{cpu}", file=sys.stderr, flush=True)
 
 
+def _warm_up(w: World, paths: list[LoadPath]) -> None:
+    """A short unmeasured wrk run on each path: connections, pools, caches."""
+    for path in paths:
+        if path.kind == "pushprox" and w.proxied_error:
+            continue
+        with contextlib.suppress(BenchError, OSError):
+            w.wrk.run(path.port, 8, w.mode.warmup_seconds, {}, path.proxy_uri, path.page_path)
+
+
 def section_throughput(w: World) -> None:
     """Scrapes/s, latency and CPU per scrape: directly, through pushprox and the baseline."""
-    m = w.mode
     for page in ("1k", "57k"):
         paths = _load_paths(w, page)
-        for path in paths:  # warm-up: connections, pools, caches
-            if path.kind == "pushprox" and w.proxied_error:
-                continue
-            with contextlib.suppress(BenchError, OSError):
-                w.wrk.run(path.port, 8, m.warmup_seconds, {}, path.proxy_uri, path.page_path)
+        _warm_up(w, paths)
         for conns in (1, 8):
             for path in paths:
                 _throughput_row(w, page, conns, path)
+
+
+# --------------------------------------------------------------------------- one connection
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A row of the one-connection table: a figure of one wrk run."""
+
+    label: str
+    #: The figure from one run and the direct run of the same round (None if that failed).
+    figure: Callable[[LoadResult, LoadResult | None], float | None]
+    digits: int
+    #: "-" in the direct column: there the proxy's and client's CPU is only their idle time.
+    proxied_only: bool = False
+
+
+def _us(ms: float | None) -> float | None:
+    return None if ms is None else ms * 1000
+
+
+def _added_p50(r: LoadResult, direct: LoadResult | None) -> float | None:
+    return None if direct is None else r.p50_ms - direct.p50_ms
+
+
+ONE_CONNECTION_MEASURES = [
+    Measure("p50 ms", lambda r, d: r.p50_ms, 3),
+    Measure("p99 ms", lambda r, d: r.p99_ms, 3),
+    Measure("added p50 ms (minus direct)", _added_p50, 3, proxied_only=True),
+    Measure("scrapes/s", lambda r, d: r.rate, 0),
+    Measure("proxy CPU µs/scrape", lambda r, d: _us(r.per_req("proxy")), 0, proxied_only=True),
+    Measure("client CPU µs/scrape", lambda r, d: _us(r.per_req("client")), 0, proxied_only=True),
+    Measure("other load, cores", lambda r, d: r.other_cores, 2),
+]
+
+#: A path's runs, one per round; None where the run failed or was not made.
+Runs = list[LoadResult | None]
+
+
+def _one_connection_run(w: World, path: LoadPath, what: str) -> LoadResult:
+    """One measured wrk -c1 run on `path` once the machine is quiet; BenchError if its proxy
+    or client died meanwhile."""
+    w.wait_quiet(what)
+    baseline = path.kind == "baseline"
+    r = w.wrk.run(path.port, 1, w.mode.wrk_seconds, w.watch(baseline), path.proxy_uri,
+                  path.page_path)  # fmt: skip
+    if path.kind != "direct":
+        for p in w.pair(baseline):
+            if p is not None:
+                p.check()
+    cpu = ", ".join(f"{k} {v / max(1, r.requests) * 1000:.0f} µs" for k, v in r.cpu_ms.items())
+    print(f"  {what}: {r.rate:.0f}/s p50 {r.p50_ms:.3f} ms, per scrape {cpu}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return r
+
+
+def _one_connection_rounds(w: World, page: str, paths: list[LoadPath]) -> dict[str, Runs]:
+    """--one-rounds rounds of each path, direct first; this tree and the baseline take
+    turns at going first, so that neither always runs right after the direct row."""
+    runs: dict[str, Runs] = {path.kind: [] for path in paths}
+    stopped = {"pushprox"} if w.proxied_error else set()
+    direct, *proxied = paths
+    for i in range(w.mode.one_rounds):
+        for path in [direct, *(proxied if i % 2 == 0 else reversed(proxied))]:
+            what = f"one connection {page} round {i + 1} {path.label}"
+            r = None
+            if path.kind not in stopped:
+                try:
+                    r = _one_connection_run(w, path, what)
+                except (BenchError, OSError) as e:
+                    stopped.add(path.kind)  # its later rounds would fail alike
+                    w.report.note(f"{what}: {e}")
+            runs[path.kind].append(r)
+    return runs
+
+
+def _rounds_cell(values: list[float | None], digits: int) -> str:
+    """The median of the rounds' values, then each round's value in parentheses."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return "-"
+    each = ", ".join(fmt(v, digits) for v in values)
+    return f"{fmt(statistics.median(got), digits)} ({each})"
+
+
+def _ratio_cell(this: list[float | None], baseline: list[float | None]) -> str:
+    """Median of this tree over median of the baseline."""
+    a, b = ([v for v in vs if v is not None] for vs in (this, baseline))
+    if not a or not b or not statistics.median(b):
+        return "-"
+    return f"{statistics.median(a) / statistics.median(b):.2f}"
+
+
+def _one_connection_rows(page: str, runs: dict[str, Runs]) -> list[list[str]]:
+    """One row per measure: direct, baseline, this tree (medians and rounds), and the ratio."""
+    direct = runs["direct"]
+    rows = []
+    for m in ONE_CONNECTION_MEASURES:
+        values = {
+            kind: [None if r is None else m.figure(r, d) for r, d in zip(rs, direct, strict=True)]
+            for kind, rs in runs.items()
+        }
+        base, this = values.get("baseline", []), values["pushprox"]
+        rows.append([
+            "", m.label,
+            "-" if m.proxied_only else _rounds_cell(values["direct"], m.digits),
+            _rounds_cell(base, m.digits), _rounds_cell(this, m.digits),
+            "-" if m.label.startswith("other") else _ratio_cell(this, base),
+        ])  # fmt: skip
+    errors = {kind: errors_text([r for r in rs if r is not None]) for kind, rs in runs.items()}
+    rows.append(["", "wrk errors, all rounds", errors["direct"], errors.get("baseline", "-"),
+                 errors["pushprox"], "-"])  # fmt: skip
+    rows[0][0] = f"{page} ({PAGES[page]:,} B)"
+    return rows
+
+
+def section_one_connection(w: World) -> None:
+    """One scrape at a time, as fleets scrape: wrk -c1 directly, through pushprox and the
+    baseline, in alternating rounds; medians with each round's figure."""
+    for page in ("1k", "57k"):
+        paths = _load_paths(w, page)
+        _warm_up(w, paths)
+        runs = _one_connection_rounds(w, page, paths)
+        w.report.one_connection += _one_connection_rows(page, runs)
 
 
 # --------------------------------------------------------------------------- 10 MB page
