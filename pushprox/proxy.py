@@ -44,7 +44,7 @@ from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
-from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
+from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
@@ -691,7 +691,7 @@ class ConnectRefused(Resource):
 TLS_HANDSHAKE_RECORD = b"\x16"
 
 
-class PushProxChannel(HeaderLimitChannel):
+class PushProxChannel(LlhttpChannel):
     """
     An HTTP channel whose header limit is the site's ``--max-header-size``, watched by
     TCP keepalive with the configured timing.

@@ -18,8 +18,11 @@ instead: these hooks are on the path of every scrape, three requests each.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import httptools
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -35,55 +38,286 @@ __all__ = [
     "AcceptFailureObserver",
     "AcceptFailures",
     "BodySink",
-    "HeaderLimitChannel",
     "IOpenSSLTrustRoot",
+    "LlhttpChannel",
     "StreamingRequest",
     "request_line",
 ]
 
 
-_Channel = TypeVar("_Channel", bound="HeaderLimitChannel")
+_Channel = TypeVar("_Channel", bound="LlhttpChannel")
+
+#: The request-line spelling of each HTTP version served (HTTP/0.9 is not).
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
-class HeaderLimitChannel(HTTPChannel):
+class _Message:
+    """One request as llhttp parses it, before and while twisted.web handles it."""
+
+    __slots__ = ("body", "complete", "headers", "method", "request", "url", "version")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = b"HTTP/1.1"
+        #: Body bytes that arrived before the message's turn (pipelining).
+        self.body: list[bytes] = []
+        self.complete = False
+        #: The twisted.web request, once the message's turn has come.
+        self.request: Request | None = None
+
+
+class LlhttpChannel(HTTPChannel):
     """
-    An HTTP channel that answers an oversized request head itself.
+    A twisted.web channel that parses requests with llhttp (httptools), in C.
 
-    Hook: twisted.web counts a head's bytes in the private ``_receivedHeaderSize`` and,
-    past ``totalHeadersSize``, calls the private ``_respondToBadRequestAndDisconnect``,
-    which writes a bare 400; that method is also what every other malformed request
-    gets.  The override tells the two apart by the count and sends the oversized head
-    to ``headers_too_large()``.  A single line past ``MAX_LENGTH`` reaches the public
-    ``lineLengthExceeded``.  Counting the bytes here instead would cost a Python call per
-    header line of every request, on the path of every scrape.
+    ``HTTPChannel`` parses a request line by line in Python (``LineReceiver``, then
+    ``lineReceived`` and ``headerReceived`` per header line); on the proxy's hot path,
+    three requests per scrape, that parsing was the largest single cost of a scrape.
+    This channel hands every byte to llhttp, which calls back once per request line,
+    header, body piece and message end, and creates the same ``Request`` objects,
+    so that resources, responses, keep-alive, timeouts and producers stay twisted.web's.
+    llhttp is also strict where it matters on the internet: conflicting
+    ``Content-Length``/``Transfer-Encoding``, bad chunk framing, bare CR or LF and
+    invalid header characters are refused (400), which closes request smuggling.
 
-    Used directly as a Site's ``protocol``: the default factory wraps the channel in a
-    private class whose only job is switching to HTTP/2, which pushprox does not serve.
+    Hooks: it fills in what ``HTTPChannel.lineReceived``, ``headerReceived``,
+    ``allHeadersReceived``, ``allContentReceived`` and ``requestDone`` would, through
+    the channel's private state (``requests``, ``_command``/``_path``/``_version``,
+    ``_handlingRequest``, ``_networkProducer``, ``_waitingForTransport``,
+    ``_savedTimeOut``, ``_respondToBadRequestAndDisconnect``); Twisted's responses,
+    producers and timeouts read the same state.
+
+    Pipelining: a request is handed to twisted.web only once the one before it is
+    answered (head-of-line, as ``HTTPChannel`` does).  A request parsed while another
+    is handled waits with its body bytes, and the transport is paused meanwhile, so no
+    more than one read of the socket waits in memory.
+
+    The head is limited to ``totalHeadersSize`` bytes (request line plus header lines
+    without their line ends, as ``HTTPChannel`` counts; bytes held by llhttp inside an unfinished head are
+    bounded by the same limit plus one read) and ``maxHeaders`` lines; past either,
+    ``headers_too_large()`` answers.  Used directly as a Site's ``protocol``: the
+    default factory wraps the channel in a private class whose only job is switching
+    to HTTP/2, which pushprox does not serve.
     """
 
     @classmethod
     def with_header_limit(cls: type[_Channel], limit: int) -> type[_Channel]:
         """A subclass allowing ``limit`` bytes of request line plus headers.
 
-        Class attributes, so that neither a connection's memory nor a line's parsing
-        pays for the setting.
+        A class attribute, so that neither a connection's memory nor a request's
+        parsing pays for the setting.
         """
-        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "MAX_LENGTH": limit,
+        return type(cls.__name__, (cls,), {"totalHeadersSize": limit,
                                            "__module__": cls.__module__})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpRequestParser(self)
+        #: The message llhttp is parsing, from its first byte to its end.
+        self._parsing: _Message | None = None
+        #: Messages parsed (or being parsed) while an earlier one is handled.
+        self._waiting: deque[_Message] = deque()
+        self._head_size = 0
+        #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
+        self._head_fed = 0
+        self._in_head = False
+        self._paused_for_turn = False
+        #: Nothing more is read: the connection closes after what is being answered.
+        self._closing = False
+        #: An answer to bad input that waits for the requests before it to be answered.
+        self._refusal: Callable[[], None] | None = None
 
     def headers_too_large(self) -> None:
         """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
         self._respondToBadRequestAndDisconnect()
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """One line longer than ``MAX_LENGTH``: the head is too large as well."""
-        self.headers_too_large()
+    def dataReceived(self, data: bytes) -> None:
+        """Parse ``data``; llhttp calls the ``on_*`` methods back."""
+        if self._closing:
+            return
+        self.resetTimeout()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade and CONNECT are not served: the request is answered as any other
+            # and the connection closes after it; what followed its head is dropped.
+            self._stop_reading()
+            if self.requests:
+                self.persistent = False
+            else:
+                self.loseConnection()
+            return
+        except httptools.HttpParserCallbackError as error:
+            # An exception of twisted.web or of a resource, not bad input: let it reach
+            # the reactor as if HTTPChannel had raised it (logged, connection closed).
+            raise (error.__cause__ or error.__context__ or error) from None
+        except httptools.HttpParserError:
+            self._refuse(self._respondToBadRequestAndDisconnect)
+            return
+        if self._in_head and not self._closing:
+            self._head_fed += len(data)
+            if self._head_fed > self.totalHeadersSize:
+                self._refuse(self.headers_too_large)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self.headers_too_large()
+    def timeoutConnection(self) -> None:
+        """The idle timeout: it does not apply while a request is being handled."""
+        if self._handlingRequest:
+            self.setTimeout(self.timeOut)
         else:
-            super()._respondToBadRequestAndDisconnect()
+            super().timeoutConnection()
+
+    # -- llhttp's callbacks --
+
+    def on_message_begin(self) -> None:
+        """A new request starts."""
+        self._parsing = _Message()
+        # As HTTPChannel counts: each line without its CRLF; the request line's method
+        # is added once llhttp names it, its spaces and version now.
+        self._head_size = len(b"  HTTP/1.1")
+        self._head_fed = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        """(Part of) the request target."""
+        message = self._parsing
+        assert message is not None
+        message.url += url
+        self._head_size += len(url)
+        if self._head_size > self.totalHeadersSize:
+            self._refuse(self.headers_too_large)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header line, name and value whole."""
+        message = self._parsing
+        assert message is not None
+        message.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 2
+        if self._head_size > self.totalHeadersSize or len(message.headers) > self.maxHeaders:
+            self._refuse(self.headers_too_large)
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: the request may start, if it is its turn."""
+        message = self._parsing
+        assert message is not None
+        self._in_head = False
+        if self._closing:
+            return
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:  # HTTP/0.9: no headers, no status line; not served
+            self._refuse(self._respondToBadRequestAndDisconnect)
+            return
+        message.method = parser.get_method()
+        message.version = version
+        self._head_size += len(message.method)
+        if self._head_size > self.totalHeadersSize:
+            self._refuse(self.headers_too_large)
+            return
+        if self._handlingRequest or self._waiting:
+            self._waiting.append(message)
+            self._pause_for_turn()
+        else:
+            self._start(message)
+
+    def on_body(self, data: bytes) -> None:
+        """A piece of the body (chunk framing already removed)."""
+        message = self._parsing
+        assert message is not None
+        if message.request is not None:
+            message.request.handleContentChunk(data)
+        elif not self._closing:
+            message.body.append(data)
+
+    def on_message_complete(self) -> None:
+        """The request is complete: hand it over if it has started."""
+        message = self._parsing
+        assert message is not None
+        self._parsing = None
+        message.complete = True
+        if message.request is not None and not self._closing:
+            self._hand_over(message)
+
+    # -- a request's turn --
+
+    def _start(self, message: _Message) -> None:
+        """Make the twisted.web request of ``message`` and give it its head."""
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        message.request = request
+        headers = request.requestHeaders
+        length: int | None = 0
+        expect_continue = False
+        for name, value in message.headers:
+            headers.addRawHeader(name, value)
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = int(value)
+            elif lowered == b"transfer-encoding":
+                length = None
+            elif lowered == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+        self._command = message.method
+        self._path = message.url
+        self._version = message.version
+        self.persistent = self.checkPersistence(request, message.version)
+        request.gotLength(length)
+        if expect_continue and message.version == b"HTTP/1.1":
+            self._send100Continue()
+        for piece in message.body:
+            request.handleContentChunk(piece)
+        message.body = []
+        if message.complete:
+            self._hand_over(message)
+
+    def _hand_over(self, message: _Message) -> None:
+        """All of the request has arrived: twisted.web renders it."""
+        request = message.request
+        assert request is not None
+        self._handlingRequest = True
+        del self._command, self._path, self._version
+        request.requestReceived(message.method, message.url, message.version)
+
+    def requestDone(self, request: Request) -> None:
+        """The first request is answered: the next waiting one gets its turn."""
+        if request != self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        self._handlingRequest = False
+        if not self.persistent:
+            self._stop_reading()
+            self.loseConnection()
+            return
+        self.resetTimeout()
+        if self._waiting:
+            self._start(self._waiting.popleft())
+        elif self._refusal is not None:
+            self._refusal()
+            return
+        if not self._waiting and self._paused_for_turn:
+            self._paused_for_turn = False
+            if not self._waitingForTransport:
+                self._networkProducer.resumeProducing()
+
+    def _pause_for_turn(self) -> None:
+        if not self._paused_for_turn:
+            self._paused_for_turn = True
+            self._networkProducer.pauseProducing()
+
+    def _stop_reading(self) -> None:
+        self._closing = True
+        self._in_head = False
+
+    def _refuse(self, answer: Callable[[], None]) -> None:
+        """Answer bad input now, or once the requests before it are answered."""
+        if self._closing:
+            return
+        self._stop_reading()
+        if self._handlingRequest:  # the bad input came pipelined behind it
+            self._refusal = answer
+        else:
+            answer()
 
 
 def request_line(channel: object) -> tuple[bytes, bytes]:
