@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import httptools
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -65,7 +66,7 @@ class _Message:
         self.body: list[bytes] = []
         self.complete = False
         #: The twisted.web request, once the message's turn has come.
-        self.request: Request | None = None
+        self.request: http.Request | None = None
 
 
 class LlhttpChannel(HTTPChannel):
@@ -95,11 +96,11 @@ class LlhttpChannel(HTTPChannel):
     more than one read of the socket waits in memory.
 
     The head is limited to ``totalHeadersSize`` bytes (request line plus header lines
-    without their line ends, as ``HTTPChannel`` counts; bytes held by llhttp inside an unfinished head are
-    bounded by the same limit plus one read) and ``maxHeaders`` lines; past either,
-    ``headers_too_large()`` answers.  Used directly as a Site's ``protocol``: the
-    default factory wraps the channel in a private class whose only job is switching
-    to HTTP/2, which pushprox does not serve.
+    without their line ends, as ``HTTPChannel`` counts; bytes held by llhttp inside an
+    unfinished head are bounded by the same limit plus one read) and ``maxHeaders``
+    lines; past either, ``headers_too_large()`` answers.  Used directly as a Site's
+    ``protocol``: the default factory wraps the channel in a private class whose only
+    job is switching to HTTP/2, which pushprox does not serve.
     """
 
     @classmethod
@@ -279,7 +280,7 @@ class LlhttpChannel(HTTPChannel):
         del self._command, self._path, self._version
         request.requestReceived(message.method, message.url, message.version)
 
-    def requestDone(self, request: Request) -> None:
+    def requestDone(self, request: http.Request) -> None:
         """The first request is answered: the next waiting one gets its turn."""
         if request != self.requests[0]:
             raise TypeError

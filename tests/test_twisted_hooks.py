@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import itertools
 from typing import Any, cast
 
 from hypothesis import given, settings
@@ -397,7 +398,7 @@ class LlhttpChannelTests(SynchronousTestCase):
         site.timeOut = 10
         channel = site.buildProtocol(CLIENT)
         assert isinstance(channel, LimitedChannel)
-        channel.callLater = clock.callLater  # type: ignore[method-assign]
+        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
         transport = StringTransport(peerAddress=CLIENT)
         channel.makeConnection(transport)
         channel.dataReceived(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -411,7 +412,7 @@ class LlhttpChannelTests(SynchronousTestCase):
 
     def test_exception_of_a_handler_is_not_taken_for_bad_input(self) -> None:
         """An error raised by twisted.web or a resource goes up, not out as a 400."""
-        site, channel, transport = self.connect()
+        _, channel, transport = self.connect()
 
         def broken(method: bytes, path: bytes, length: int | None) -> None:
             raise ZeroDivisionError("a bug")
@@ -429,7 +430,7 @@ class LlhttpChannelTests(SynchronousTestCase):
         channel, transport = echo_connection()
         data = b"".join(request for request, _ in PIPELINE)
         points = [0, *sorted(cuts), len(data)]
-        for start, end in zip(points, points[1:]):
+        for start, end in itertools.pairwise(points):
             channel.dataReceived(data[start:end])
         self.assertEqual(answers(transport.value()),
                          [(200, answer) for _, answer in PIPELINE])
