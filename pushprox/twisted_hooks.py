@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httptools
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -129,6 +130,22 @@ class LlhttpChannel(HTTPChannel):
         self._closing = False
         #: An answer to bad input that waits for the requests before it to be answered.
         self._refusal: Callable[[], None] | None = None
+        self._peer: IAddress | None = None
+        self._host: IAddress | None = None
+
+    def getPeer(self) -> IAddress:
+        """The peer's address, asked of the transport once (every request reads it)."""
+        if self._peer is None:
+            assert self.transport is not None
+            self._peer = self.transport.getPeer()
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        """Our address, asked of the transport once (a ``getsockname`` call each time)."""
+        if self._host is None:
+            assert self.transport is not None
+            self._host = self.transport.getHost()
+        return self._host
 
     def headers_too_large(self) -> None:
         """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
