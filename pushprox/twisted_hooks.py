@@ -389,7 +389,9 @@ class StreamingRequest(Request):
         """Choose where the body goes, knowing the request line."""
         method, path = request_line(self.channel)
         self.body_sink = self.sink_for(method, path.partition(b"?")[0], length)
-        super().gotLength(0 if self.body_sink is not None else length)
+        # http.Request's, not server.Request's: that one looks for an optional
+        # ``site.getContentFile`` through an AttributeError raised on every request.
+        http.Request.gotLength(self, 0 if self.body_sink is not None else length)
 
     def handleContentChunk(self, data: bytes) -> None:
         """Hand body bytes to the sink, if there is one."""
