@@ -730,9 +730,7 @@ class PushProxChannel(LlhttpChannel):
         self._answer_and_close(431, b"Request Header Fields Too Large", body)
 
     def _answer_and_close(self, code: int, phrase: bytes, body: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        transport.write(
+        self.write(
             b"HTTP/1.1 %d %s\r\nServer: pushprox\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (code, phrase, len(body), body)

@@ -19,15 +19,17 @@ instead: these hooks are on the path of every scrape, three requests each.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -70,6 +72,45 @@ class _Message:
         self.request: http.Request | None = None
 
 
+class _Outbox:
+    """
+    The channels of one site that hold response bytes until the input being handled is.
+
+    A response written while a channel handles a read (the poll answered when a scrape
+    arrives, the scrape answered when the push arrives, the push's own answer) is held,
+    and sent when the outermost ``dataReceived`` returns: all its pieces in one
+    ``send()``, straight to the socket when Twisted holds nothing of that connection.
+    Twisted's own ``write`` would add the connection to the reactor's writers and send
+    one loop later: two ``epoll_ctl`` calls and a reactor turn per response.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.holding: list[LlhttpChannel] = []
+
+    def send(self) -> None:
+        """Send what every channel holds."""
+        while self.holding:
+            self.holding.pop()._send_held()
+
+
+def _idle_tcp(transport: object) -> bool:
+    """
+    Whether ``transport`` is a plain TCP connection with nothing of its own to send.
+
+    Hook: ``tcp.Connection`` keeps what it has not sent in ``dataBuffer`` (from
+    ``offset``) and the private ``_tempDataLen``; only when both are empty may bytes go
+    to ``writeSomeData`` (its public way to send at once) without overtaking them.  TLS
+    connections (``startTLS``, or a TLS endpoint's wrapper) go through ``write``.
+    """
+    # getattr with defaults: should a Twisted release rename them, responses take
+    # Twisted's way (the hook's test says so) instead of failing.
+    return bool(isinstance(transport, tcp.Connection) and transport.connected
+                and not transport.disconnecting and not getattr(transport, "TLS", True)
+                and getattr(transport, "offset", None) == len(transport.dataBuffer)
+                and getattr(transport, "_tempDataLen", None) == 0)
+
+
 class LlhttpChannel(HTTPChannel):
     """
     A twisted.web channel that parses requests with llhttp (httptools), in C.
@@ -104,6 +145,8 @@ class LlhttpChannel(HTTPChannel):
     job is switching to HTTP/2, which pushprox does not serve.
     """
 
+    _outbox = _Outbox()
+
     @classmethod
     def with_header_limit(cls: type[_Channel], limit: int) -> type[_Channel]:
         """A subclass allowing ``limit`` bytes of request line plus headers.
@@ -111,7 +154,7 @@ class LlhttpChannel(HTTPChannel):
         A class attribute, so that neither a connection's memory nor a request's
         parsing pays for the setting.
         """
-        return type(cls.__name__, (cls,), {"totalHeadersSize": limit,
+        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "_outbox": _Outbox(),
                                            "__module__": cls.__module__})
 
     def __init__(self) -> None:
@@ -132,6 +175,8 @@ class LlhttpChannel(HTTPChannel):
         self._refusal: Callable[[], None] | None = None
         self._peer: IAddress | None = None
         self._host: IAddress | None = None
+        #: Response bytes written while input is handled, not yet sent.
+        self._held: list[bytes] | None = None
 
     def getPeer(self) -> IAddress:
         """The peer's address, asked of the transport once (every request reads it)."""
@@ -152,10 +197,20 @@ class LlhttpChannel(HTTPChannel):
         self._respondToBadRequestAndDisconnect()
 
     def dataReceived(self, data: bytes) -> None:
-        """Parse ``data``; llhttp calls the ``on_*`` methods back."""
+        """Parse ``data``; llhttp calls the ``on_*`` methods back; then send the answers."""
         if self._closing:
             return
         self.resetTimeout()
+        outbox = self._outbox
+        outbox.depth += 1
+        try:
+            self._parse(data)
+        finally:
+            outbox.depth -= 1
+            if not outbox.depth:
+                outbox.send()
+
+    def _parse(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -178,6 +233,67 @@ class LlhttpChannel(HTTPChannel):
             self._head_fed += len(data)
             if self._head_fed > self.totalHeadersSize:
                 self._refuse(self.headers_too_large)
+
+    # -- writing: coalesced while input is handled, then sent at once --
+
+    def write(self, data: bytes) -> None:
+        """Response bytes of a request (``Request`` writes through its channel)."""
+        if self._outbox.depth:
+            self._hold((data,))
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """Several pieces of response, in order."""
+        if self._outbox.depth:
+            self._hold(iovec)
+        else:
+            self.transport.writeSequence(iovec)  # type: ignore[union-attr]
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
+                     headers: Headers) -> None:
+        """A response's status line and headers (as ``HTTPChannel`` writes them)."""
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self.writeSequence(head)
+
+    def _send100Continue(self) -> None:
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent."""
+        self._send_held()
+        super().loseConnection()
+
+    def _hold(self, pieces: Iterable[bytes]) -> None:
+        if self._held is None:
+            self._held = []
+            self._outbox.holding.append(self)
+        self._held.extend(pieces)
+
+    def _send_held(self) -> None:
+        """Send what was held: straight to the socket when nothing waits before it."""
+        held = self._held
+        if not held:
+            return
+        self._held = None
+        data = b"".join(held)
+        transport = self.transport
+        if _idle_tcp(transport):
+            sent = transport.writeSomeData(data)  # type: ignore[union-attr]
+            if isinstance(sent, int) and sent > 0:
+                data = data[sent:]
+        if data:
+            # Not sent (or not all): Twisted buffers it, sends it when the socket takes
+            # it and pauses producers meanwhile, or finds the connection lost.
+            transport.write(data)  # type: ignore[union-attr]
 
     def timeoutConnection(self) -> None:
         """The idle timeout: it does not apply while a request is being handled."""
