@@ -2,18 +2,18 @@
 """
 Every place where pushprox relies on Twisted beyond its documented interfaces.
 
-Twisted offers no public way to stream a request body to its handler while it
-arrives, to know a request's line before its body, to answer oversized headers
-with anything but a bare 400, or to learn that a listening port closed a new
-connection at once because the process had no file descriptor left.  The hooks that
-make those possible live here, and only here, each with a docstring saying why;
-``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and fails
-with a message naming the hook when a release changes what it relies on.  Everything
-else in pushprox uses public API only.
+Twisted offers no public way to parse requests with another parser, to send an answer
+before the reactor's next turn, to stream a request body to its handler while it
+arrives, to know a request's line before its body, or to learn that a listening port
+closed a new connection at once because the process had no file descriptor left.  The
+hooks that make those possible live here, and only here, each with a docstring saying
+why; ``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and
+fails with a message naming the hook when a release changes what it relies on.
+Everything else in pushprox uses public API only.
 
-Where a public way exists but costs a Python call per header line (counting head bytes
-or catching the request line in ``lineReceived``), the private attribute is read here
-instead: these hooks are on the path of every scrape, three requests each.
+They are on the path of every scrape, three requests each: the proxy's channel
+(``LlhttpChannel``) parses in C and sends each answer with one system call, where
+twisted.web parses a line at a time in Python and sends a reactor turn later.
 """
 
 from __future__ import annotations
