@@ -44,7 +44,7 @@ from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
-from pushprox.twisted_hooks import BodySink, HeaderLimitChannel, StreamingRequest
+from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
@@ -691,7 +691,7 @@ class ConnectRefused(Resource):
 TLS_HANDSHAKE_RECORD = b"\x16"
 
 
-class PushProxChannel(HeaderLimitChannel):
+class PushProxChannel(LlhttpChannel):
     """
     An HTTP channel whose header limit is the site's ``--max-header-size``, watched by
     TCP keepalive with the configured timing.
@@ -730,9 +730,7 @@ class PushProxChannel(HeaderLimitChannel):
         self._answer_and_close(431, b"Request Header Fields Too Large", body)
 
     def _answer_and_close(self, code: int, phrase: bytes, body: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        transport.write(
+        self.write(
             b"HTTP/1.1 %d %s\r\nServer: pushprox\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (code, phrase, len(body), body)

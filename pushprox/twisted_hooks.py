@@ -2,27 +2,34 @@
 """
 Every place where pushprox relies on Twisted beyond its documented interfaces.
 
-Twisted offers no public way to stream a request body to its handler while it
-arrives, to know a request's line before its body, to answer oversized headers
-with anything but a bare 400, or to learn that a listening port closed a new
-connection at once because the process had no file descriptor left.  The hooks that
-make those possible live here, and only here, each with a docstring saying why;
-``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and fails
-with a message naming the hook when a release changes what it relies on.  Everything
-else in pushprox uses public API only.
+Twisted offers no public way to parse requests with another parser, to send an answer
+before the reactor's next turn, to stream a request body to its handler while it
+arrives, to know a request's line before its body, or to learn that a listening port
+closed a new connection at once because the process had no file descriptor left.  The
+hooks that make those possible live here, and only here, each with a docstring saying
+why; ``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and
+fails with a message naming the hook when a release changes what it relies on.
+Everything else in pushprox uses public API only.
 
-Where a public way exists but costs a Python call per header line (counting head bytes
-or catching the request line in ``lineReceived``), the private attribute is read here
-instead: these hooks are on the path of every scrape, three requests each.
+They are on the path of every scrape, three requests each: the proxy's channel
+(``LlhttpChannel``) parses in C and sends each answer with one system call, where
+twisted.web parses a line at a time in Python and sends a reactor turn later.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import httptools
+from twisted.internet import tcp
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -35,55 +42,416 @@ __all__ = [
     "AcceptFailureObserver",
     "AcceptFailures",
     "BodySink",
-    "HeaderLimitChannel",
     "IOpenSSLTrustRoot",
+    "LlhttpChannel",
     "StreamingRequest",
     "request_line",
 ]
 
 
-_Channel = TypeVar("_Channel", bound="HeaderLimitChannel")
+_Channel = TypeVar("_Channel", bound="LlhttpChannel")
+
+#: The request-line spelling of each HTTP version served (HTTP/0.9 is not).
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
-class HeaderLimitChannel(HTTPChannel):
+class _Message:
+    """One request as llhttp parses it, before and while twisted.web handles it."""
+
+    __slots__ = ("body", "complete", "headers", "method", "request", "url", "version")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = b"HTTP/1.1"
+        #: Body bytes that arrived before the message's turn (pipelining).
+        self.body: list[bytes] = []
+        self.complete = False
+        #: The twisted.web request, once the message's turn has come.
+        self.request: http.Request | None = None
+
+
+class _Outbox:
     """
-    An HTTP channel that answers an oversized request head itself.
+    The channels of one site that hold response bytes until the input being handled is.
 
-    Hook: twisted.web counts a head's bytes in the private ``_receivedHeaderSize`` and,
-    past ``totalHeadersSize``, calls the private ``_respondToBadRequestAndDisconnect``,
-    which writes a bare 400; that method is also what every other malformed request
-    gets.  The override tells the two apart by the count and sends the oversized head
-    to ``headers_too_large()``.  A single line past ``MAX_LENGTH`` reaches the public
-    ``lineLengthExceeded``.  Counting the bytes here instead would cost a Python call per
-    header line of every request, on the path of every scrape.
-
-    Used directly as a Site's ``protocol``: the default factory wraps the channel in a
-    private class whose only job is switching to HTTP/2, which pushprox does not serve.
+    A response written while a channel handles a read (the poll answered when a scrape
+    arrives, the scrape answered when the push arrives, the push's own answer) is held,
+    and sent when the outermost ``dataReceived`` returns: all its pieces in one
+    ``send()``, straight to the socket when Twisted holds nothing of that connection.
+    Twisted's own ``write`` would add the connection to the reactor's writers and send
+    one loop later: two ``epoll_ctl`` calls and a reactor turn per response.
     """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.holding: list[LlhttpChannel] = []
+
+    def send(self) -> None:
+        """Send what every channel holds."""
+        while self.holding:
+            self.holding.pop()._send_held()
+
+
+def _idle_tcp(transport: object) -> bool:
+    """
+    Whether ``transport`` is a plain TCP connection with nothing of its own to send.
+
+    Hook: ``tcp.Connection`` keeps what it has not sent in ``dataBuffer`` (from
+    ``offset``) and the private ``_tempDataLen``; only when both are empty may bytes go
+    to ``writeSomeData`` (its public way to send at once) without overtaking them.  TLS
+    connections (``startTLS``, or a TLS endpoint's wrapper) go through ``write``.
+    """
+    # getattr with defaults: should a Twisted release rename them, responses take
+    # Twisted's way (the hook's test says so) instead of failing.
+    return bool(isinstance(transport, tcp.Connection) and transport.connected
+                and not transport.disconnecting and not getattr(transport, "TLS", True)
+                and getattr(transport, "offset", None) == len(transport.dataBuffer)
+                and getattr(transport, "_tempDataLen", None) == 0)
+
+
+class LlhttpChannel(HTTPChannel):
+    """
+    A twisted.web channel that parses requests with llhttp (httptools), in C.
+
+    ``HTTPChannel`` parses a request line by line in Python (``LineReceiver``, then
+    ``lineReceived`` and ``headerReceived`` per header line); on the proxy's hot path,
+    three requests per scrape, that parsing was the largest single cost of a scrape.
+    This channel hands every byte to llhttp, which calls back once per request line,
+    header, body piece and message end, and creates the same ``Request`` objects,
+    so that resources, responses, keep-alive, timeouts and producers stay twisted.web's.
+    llhttp is also strict where it matters on the internet: conflicting
+    ``Content-Length``/``Transfer-Encoding``, bad chunk framing, bare CR or LF and
+    invalid header characters are refused (400), which closes request smuggling.
+
+    Hooks: it fills in what ``HTTPChannel.lineReceived``, ``headerReceived``,
+    ``allHeadersReceived``, ``allContentReceived`` and ``requestDone`` would, through
+    the channel's private state (``requests``, ``_command``/``_path``/``_version``,
+    ``_handlingRequest``, ``_networkProducer``, ``_waitingForTransport``,
+    ``_savedTimeOut``, ``_respondToBadRequestAndDisconnect``); Twisted's responses,
+    producers and timeouts read the same state.
+
+    Pipelining: a request is handed to twisted.web only once the one before it is
+    answered (head-of-line, as ``HTTPChannel`` does).  A request parsed while another
+    is handled waits with its body bytes, and the transport is paused meanwhile, so no
+    more than one read of the socket waits in memory.
+
+    The head is limited to ``totalHeadersSize`` bytes (request line plus header lines
+    without their line ends, as ``HTTPChannel`` counts; bytes held by llhttp inside an
+    unfinished head are bounded by the same limit plus one read) and ``maxHeaders``
+    lines; past either, ``headers_too_large()`` answers.  Used directly as a Site's
+    ``protocol``: the default factory wraps the channel in a private class whose only
+    job is switching to HTTP/2, which pushprox does not serve.
+    """
+
+    _outbox = _Outbox()
 
     @classmethod
     def with_header_limit(cls: type[_Channel], limit: int) -> type[_Channel]:
         """A subclass allowing ``limit`` bytes of request line plus headers.
 
-        Class attributes, so that neither a connection's memory nor a line's parsing
-        pays for the setting.
+        A class attribute, so that neither a connection's memory nor a request's
+        parsing pays for the setting.
         """
-        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "MAX_LENGTH": limit,
+        return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "_outbox": _Outbox(),
                                            "__module__": cls.__module__})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpRequestParser(self)
+        #: The message llhttp is parsing, from its first byte to its end.
+        self._parsing: _Message | None = None
+        #: Messages parsed (or being parsed) while an earlier one is handled.
+        self._waiting: deque[_Message] = deque()
+        self._head_size = 0
+        #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
+        self._head_fed = 0
+        self._in_head = False
+        self._paused_for_turn = False
+        #: Nothing more is read: the connection closes after what is being answered.
+        self._closing = False
+        #: An answer to bad input that waits for the requests before it to be answered.
+        self._refusal: Callable[[], None] | None = None
+        self._peer: IAddress | None = None
+        self._host: IAddress | None = None
+        #: Response bytes written while input is handled, not yet sent.
+        self._held: list[bytes] | None = None
+
+    def getPeer(self) -> IAddress:
+        """The peer's address, asked of the transport once (every request reads it)."""
+        if self._peer is None:
+            assert self.transport is not None
+            self._peer = self.transport.getPeer()
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        """Our address, asked of the transport once (a ``getsockname`` call each time)."""
+        if self._host is None:
+            assert self.transport is not None
+            self._host = self.transport.getHost()
+        return self._host
 
     def headers_too_large(self) -> None:
         """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
         self._respondToBadRequestAndDisconnect()
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """One line longer than ``MAX_LENGTH``: the head is too large as well."""
-        self.headers_too_large()
+    def dataReceived(self, data: bytes) -> None:
+        """Parse ``data``; llhttp calls the ``on_*`` methods back; then send the answers."""
+        if self._closing:
+            return
+        self.resetTimeout()
+        outbox = self._outbox
+        outbox.depth += 1
+        try:
+            self._parse(data)
+        finally:
+            outbox.depth -= 1
+            if not outbox.depth:
+                outbox.send()
+
+    def _parse(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade and CONNECT are not served: the request is answered as any other
+            # and the connection closes after it; what followed its head is dropped.
+            self._stop_reading()
+            if self.requests:
+                self.persistent = False
+            else:
+                self.loseConnection()
+            return
+        except httptools.HttpParserCallbackError as error:
+            # An exception of twisted.web or of a resource, not bad input: let it reach
+            # the reactor as if HTTPChannel had raised it (logged, connection closed).
+            raise (error.__cause__ or error.__context__ or error) from None
+        except httptools.HttpParserError:
+            self._refuse(self._respondToBadRequestAndDisconnect)
+            return
+        if self._in_head and not self._closing:
+            self._head_fed += len(data)
+            if self._head_fed > self.totalHeadersSize:
+                self._refuse(self.headers_too_large)
+
+    # -- writing: coalesced while input is handled, then sent at once --
+
+    def write(self, data: bytes) -> None:
+        """Response bytes of a request (``Request`` writes through its channel)."""
+        if self._outbox.depth:
+            self._hold((data,))
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """Several pieces of response, in order."""
+        if self._outbox.depth:
+            self._hold(iovec)
+        else:
+            self.transport.writeSequence(iovec)  # type: ignore[union-attr]
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
+                     headers: Headers) -> None:
+        """A response's status line and headers (as ``HTTPChannel`` writes them)."""
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self.writeSequence(head)
+
+    def _send100Continue(self) -> None:
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self.headers_too_large()
+        self.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent."""
+        self._send_held()
+        super().loseConnection()
+
+    def _hold(self, pieces: Iterable[bytes]) -> None:
+        if self._held is None:
+            self._held = []
+            self._outbox.holding.append(self)
+        self._held.extend(pieces)
+
+    def _send_held(self) -> None:
+        """Send what was held: straight to the socket when nothing waits before it."""
+        held = self._held
+        if not held:
+            return
+        self._held = None
+        data = b"".join(held)
+        transport = self.transport
+        if _idle_tcp(transport):
+            sent = transport.writeSomeData(data)  # type: ignore[union-attr]
+            if isinstance(sent, int) and sent > 0:
+                data = data[sent:]
+        if data:
+            # Not sent (or not all): Twisted buffers it, sends it when the socket takes
+            # it and pauses producers meanwhile, or finds the connection lost.
+            transport.write(data)  # type: ignore[union-attr]
+
+    def timeoutConnection(self) -> None:
+        """The idle timeout: it does not apply while a request is being handled."""
+        if self._handlingRequest:
+            self.setTimeout(self.timeOut)
         else:
-            super()._respondToBadRequestAndDisconnect()
+            super().timeoutConnection()
+
+    # -- llhttp's callbacks --
+
+    def on_message_begin(self) -> None:
+        """A new request starts."""
+        self._parsing = _Message()
+        # As HTTPChannel counts: each line without its CRLF; the request line's method
+        # is added once llhttp names it, its spaces and version now.
+        self._head_size = len(b"  HTTP/1.1")
+        self._head_fed = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        """(Part of) the request target."""
+        message = self._parsing
+        assert message is not None
+        message.url += url
+        self._head_size += len(url)
+        if self._head_size > self.totalHeadersSize:
+            self._refuse(self.headers_too_large)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header line, name and value whole."""
+        message = self._parsing
+        assert message is not None
+        message.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 2
+        if self._head_size > self.totalHeadersSize or len(message.headers) > self.maxHeaders:
+            self._refuse(self.headers_too_large)
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: the request may start, if it is its turn."""
+        message = self._parsing
+        assert message is not None
+        self._in_head = False
+        if self._closing:
+            return
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:  # HTTP/0.9: no headers, no status line; not served
+            self._refuse(self._respondToBadRequestAndDisconnect)
+            return
+        message.method = parser.get_method()
+        message.version = version
+        self._head_size += len(message.method)
+        if self._head_size > self.totalHeadersSize:
+            self._refuse(self.headers_too_large)
+            return
+        if self._handlingRequest or self._waiting:
+            self._waiting.append(message)
+            self._pause_for_turn()
+        else:
+            self._start(message)
+
+    def on_body(self, data: bytes) -> None:
+        """A piece of the body (chunk framing already removed)."""
+        message = self._parsing
+        assert message is not None
+        if message.request is not None:
+            message.request.handleContentChunk(data)
+        elif not self._closing:
+            message.body.append(data)
+
+    def on_message_complete(self) -> None:
+        """The request is complete: hand it over if it has started."""
+        message = self._parsing
+        assert message is not None
+        self._parsing = None
+        message.complete = True
+        if message.request is not None and not self._closing:
+            self._hand_over(message)
+
+    # -- a request's turn --
+
+    def _start(self, message: _Message) -> None:
+        """Make the twisted.web request of ``message`` and give it its head."""
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        message.request = request
+        headers = request.requestHeaders
+        length: int | None = 0
+        expect_continue = False
+        for name, value in message.headers:
+            headers.addRawHeader(name, value)
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = int(value)
+            elif lowered == b"transfer-encoding":
+                length = None
+            elif lowered == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+        self._command = message.method
+        self._path = message.url
+        self._version = message.version
+        self.persistent = self.checkPersistence(request, message.version)
+        request.gotLength(length)
+        if expect_continue and message.version == b"HTTP/1.1":
+            self._send100Continue()
+        for piece in message.body:
+            request.handleContentChunk(piece)
+        message.body = []
+        if message.complete:
+            self._hand_over(message)
+
+    def _hand_over(self, message: _Message) -> None:
+        """All of the request has arrived: twisted.web renders it."""
+        request = message.request
+        assert request is not None
+        self._handlingRequest = True
+        del self._command, self._path, self._version
+        request.requestReceived(message.method, message.url, message.version)
+
+    def requestDone(self, request: http.Request) -> None:
+        """The first request is answered: the next waiting one gets its turn."""
+        if request != self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        self._handlingRequest = False
+        if not self.persistent:
+            self._stop_reading()
+            self.loseConnection()
+            return
+        self.resetTimeout()
+        if self._waiting:
+            self._start(self._waiting.popleft())
+        elif self._refusal is not None:
+            self._refusal()
+            return
+        if not self._waiting and self._paused_for_turn:
+            self._paused_for_turn = False
+            if not self._waitingForTransport:
+                self._networkProducer.resumeProducing()
+
+    def _pause_for_turn(self) -> None:
+        if not self._paused_for_turn:
+            self._paused_for_turn = True
+            self._networkProducer.pauseProducing()
+
+    def _stop_reading(self) -> None:
+        self._closing = True
+        self._in_head = False
+
+    def _refuse(self, answer: Callable[[], None]) -> None:
+        """Answer bad input now, or once the requests before it are answered."""
+        if self._closing:
+            return
+        self._stop_reading()
+        if self._handlingRequest:  # the bad input came pipelined behind it
+            self._refusal = answer
+        else:
+            answer()
 
 
 def request_line(channel: object) -> tuple[bytes, bytes]:
@@ -137,7 +505,9 @@ class StreamingRequest(Request):
         """Choose where the body goes, knowing the request line."""
         method, path = request_line(self.channel)
         self.body_sink = self.sink_for(method, path.partition(b"?")[0], length)
-        super().gotLength(0 if self.body_sink is not None else length)
+        # http.Request's, not server.Request's: that one looks for an optional
+        # ``site.getContentFile`` through an AttributeError raised on every request.
+        http.Request.gotLength(self, 0 if self.body_sink is not None else length)
 
     def handleContentChunk(self, data: bytes) -> None:
         """Hand body bytes to the sink, if there is one."""

@@ -9,27 +9,38 @@ from __future__ import annotations
 
 import errno
 import importlib
+import itertools
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor as global_reactor
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pushprox.twisted_hooks import (
     AcceptFailureObserver,
     BodySink,
-    HeaderLimitChannel,
+    LlhttpChannel,
     StreamingRequest,
+    _idle_tcp,
 )
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
+#: The real reactor, for the tests that need loopback sockets (untyped in Twisted).
+reactor: Any = global_reactor
+BOUNDED = settings(max_examples=200, deadline=None, database=None)
 
 
 class RecordingSink:
@@ -64,7 +75,7 @@ class RecordingRequest(StreamingRequest):
         return None
 
 
-class LimitedChannel(HeaderLimitChannel):
+class LimitedChannel(LlhttpChannel):
     """A channel that notes when a head exceeds its limit."""
 
     too_large = 0
@@ -97,7 +108,7 @@ class HookSite(Site):
 
     def __init__(self) -> None:
         self.resource = Held()
-        super().__init__(self.resource)
+        super().__init__(self.resource, timeout=None)
         self.protocol = LimitedChannel.with_header_limit(200)  # type: ignore[method-assign,assignment]
         self.seen: list[tuple[bytes, bytes, int | None]] = []
         self.sinks: list[RecordingSink] = []
@@ -132,7 +143,7 @@ class HookTests(SynchronousTestCase):
         site.resource.requests[0].finish()
         self.assertEqual(
             site.seen, [(b"POST", b"/stream", 3), (b"GET", b"/other", 0)],
-            "twisted_hooks.request_line: HTTPChannel no longer keeps the request line in "
+            "twisted_hooks.request_line: the channel no longer keeps the request line in "
             "_command and _path when it calls Request.gotLength",
         )
 
@@ -183,9 +194,8 @@ class HookTests(SynchronousTestCase):
         channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 190 + b"\r\n\r\n")
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.HeaderLimitChannel: an oversized head no longer reaches "
-            "_respondToBadRequestAndDisconnect with _receivedHeaderSize past "
-            "totalHeadersSize",
+            "twisted_hooks.LlhttpChannel: an oversized head no longer reaches "
+            "headers_too_large",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
 
@@ -195,13 +205,13 @@ class HookTests(SynchronousTestCase):
         channel.dataReceived(b"GET /" + b"a" * 300)
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.HeaderLimitChannel: LineReceiver.MAX_LENGTH no longer limits "
-            "HTTPChannel's lines",
+            "twisted_hooks.LlhttpChannel: an unfinished head past the limit is no "
+            "longer refused",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
 
-    def test_other_bad_requests_keep_twisteds_answer(self) -> None:
-        """A malformed request line that is not too large still gets Twisted's 400."""
+    def test_other_bad_requests_get_a_400(self) -> None:
+        """A malformed request line that is not too large gets a 400."""
         _, channel, transport = self.connect()
         channel.dataReceived(b"NONSENSE\r\n\r\n")
         self.assertEqual(channel.too_large, 0)
@@ -225,6 +235,350 @@ class HookTests(SynchronousTestCase):
             "twisted_hooks.IOpenSSLTrustRoot: twisted.internet._sslverify no longer "
             "defines IOpenSSLTrustRoot; import it from its new home",
         )
+
+
+class Echo(Resource):
+    """Answers every request at once with its method, path and body."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        """``METHOD PATH BODY``."""
+        assert request.content is not None
+        return b"%s %s %s" % (request.method, request.path, request.content.read())
+
+
+class EchoSite(Site):
+    """Our channel in front of ``Echo``, on a clock."""
+
+    def __init__(self) -> None:
+        super().__init__(Echo(), timeout=None)
+        self.protocol = LlhttpChannel.with_header_limit(400)  # type: ignore[method-assign,assignment]
+
+
+def echo_connection() -> tuple[LlhttpChannel, StringTransport]:
+    """One connection to an ``EchoSite``."""
+    channel = EchoSite().buildProtocol(CLIENT)
+    assert isinstance(channel, LlhttpChannel)
+    transport = StringTransport(peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def answers(output: bytes) -> list[tuple[int, bytes]]:
+    """The status and body of each response in ``output`` (Content-Length framed)."""
+    found: list[tuple[int, bytes]] = []
+    while output:
+        head, _, rest = output.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        found.append((status, rest[:length]))
+        output = rest[length:]
+    return found
+
+
+#: Requests of every framing, and what Echo answers to each.
+PIPELINE = [
+    (b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n", b"GET /a "),
+    (b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", b"POST /b hello"),
+    (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nTrailer: t\r\n\r\n", b"POST /c abcdefg"),
+    (b"GET /d?q=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /d "),
+]
+
+
+class LlhttpChannelTests(SynchronousTestCase):
+    """The channel that parses with llhttp: framing, pipelining, limits and bad input."""
+
+    def connect(self) -> tuple[HookSite, LimitedChannel, StringTransport]:
+        """A site whose resource holds every request, and one connection to it."""
+        site = HookSite()
+        channel = site.buildProtocol(CLIENT)
+        assert isinstance(channel, LimitedChannel)
+        transport = StringTransport(peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        return site, channel, transport
+
+    def test_pipelined_requests_wait_their_turn(self) -> None:
+        """A request behind one being handled starts once it is answered; reading pauses."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz"
+        )
+        self.assertEqual(len(site.resource.requests), 1)
+        self.assertEqual(transport.producerState, "paused")
+        site.resource.requests[0].write(b"first")
+        site.resource.requests[0].finish()
+        self.assertEqual(len(site.resource.requests), 2)
+        second = site.resource.requests[1]
+        assert second.content is not None
+        self.assertEqual((second.path, second.content.read()), (b"/other", b"xyz"))
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_pipelined_bad_request_is_answered_in_order(self) -> None:
+        """Bad input behind a request being handled gets its 400 after that answer."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nNONSENSE\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+        site.resource.requests[0].write(b"first")
+        site.resource.requests[0].finish()
+        output = transport.value()
+        self.assertTrue(output.startswith(b"HTTP/1.1 200 OK"), output)
+        self.assertIn(b"\r\n\r\n5\r\nfirst\r\n0\r\n\r\nHTTP/1.1 400 Bad Request", output)
+        self.assertTrue(transport.disconnecting)
+
+    def test_smuggling_and_malformed_heads_get_a_400(self) -> None:
+        """Both framings at once, folded or NUL-bearing headers and HTTP/0.9 are refused."""
+        for head in (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: bare-lf\r\n\r\n",
+            b"GET /\r\n\r\n",
+        ):
+            site, channel, transport = self.connect()
+            channel.dataReceived(head)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"), head)
+            self.assertTrue(transport.disconnecting, head)
+            self.assertEqual(site.resource.requests, [], head)
+
+    def test_bad_chunk_framing_mid_body_gets_a_400(self) -> None:
+        """A chunk size that is not hex ends the request being received."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"POST /stream HTTP/1.1\r\nHost: a\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request"))
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(site.sinks[0].lost)
+
+    def test_upgrade_is_answered_then_the_connection_closes(self) -> None:
+        """Upgrade and CONNECT are not served: answered as any request, then closed."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\n\r\n\x81\x05hello")
+        [request] = site.resource.requests
+        self.assertFalse(transport.disconnecting)
+        request.finish()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_http_1_0_closes_after_its_answer(self) -> None:
+        """HTTP/1.0 is answered, then the connection closes (as HTTPChannel does)."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /old HTTP/1.0\r\n\r\nGET /more HTTP/1.0\r\n\r\n")
+        site.resource.requests[0].finish()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 OK"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(site.resource.requests), 1)
+
+    def test_expect_continue_is_answered_before_the_body(self) -> None:
+        """``Expect: 100-continue`` gets its interim answer once the head is in."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n"
+                             b"Expect: 100-continue\r\n\r\n")
+        self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        channel.dataReceived(b"ok")
+        [request] = site.resource.requests
+        assert request.content is not None
+        self.assertEqual(request.content.read(), b"ok")
+
+    def test_too_many_headers_are_refused(self) -> None:
+        """More header lines than ``maxHeaders`` reach ``headers_too_large``."""
+        _, channel, _ = self.connect()
+        channel.maxHeaders = 3
+        channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 4 + b"\r\n")
+        self.assertEqual(channel.too_large, 1)
+
+    def test_idle_timeout_waits_for_the_answer(self) -> None:
+        """A request held past the idle timeout keeps its connection; idleness ends it."""
+        clock = Clock()
+        site = HookSite()
+        site.timeOut = 10
+        channel = site.buildProtocol(CLIENT)
+        assert isinstance(channel, LimitedChannel)
+        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        transport = StringTransport(peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
+        clock.advance(25)
+        self.assertFalse(transport.disconnecting)
+        site.resource.requests[0].finish()
+        clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_exception_of_a_handler_is_not_taken_for_bad_input(self) -> None:
+        """An error raised by twisted.web or a resource goes up, not out as a 400."""
+        _, channel, transport = self.connect()
+
+        def broken(method: bytes, path: bytes, length: int | None) -> None:
+            raise ZeroDivisionError("a bug")
+
+        channel.requestFactory = lambda *a: _broken_request(broken, *a)  # type: ignore
+        with self.assertRaises(ZeroDivisionError):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+
+    @BOUNDED
+    @given(st.lists(st.integers(min_value=0, max_value=sum(len(r) for r, _ in PIPELINE)),
+                    max_size=12))
+    def test_any_split_gives_the_same_requests(self, cuts: list[int]) -> None:
+        """Pipelined requests of every framing, cut anywhere, are each answered whole."""
+        channel, transport = echo_connection()
+        data = b"".join(request for request, _ in PIPELINE)
+        points = [0, *sorted(cuts), len(data)]
+        for start, end in itertools.pairwise(points):
+            channel.dataReceived(data[start:end])
+        self.assertEqual(answers(transport.value()),
+                         [(200, answer) for _, answer in PIPELINE])
+        self.assertFalse(transport.disconnecting)
+
+    @BOUNDED
+    @given(st.one_of(st.binary(max_size=600),
+                     st.lists(st.sampled_from([r for r, _ in PIPELINE] + [
+                         b"\r\n", b"X: y\r\n", b"0\r\n", b"GET ", b"HTTP/1.1", b"\x00",
+                         b"Content-Length: 99999999999999999999\r\n"]),
+                              max_size=8).map(b"".join)))
+    def test_any_bytes_are_answered_or_refused(self, data: bytes) -> None:
+        """Whatever arrives, nothing escapes the channel: answers, or a 4xx and close."""
+        channel, transport = echo_connection()
+        channel.dataReceived(data)
+        for status, _ in answers(transport.value()):
+            self.assertIn(status, (200, 400, 431))
+
+
+class HeldWritesTests(SynchronousTestCase):
+    """Responses written while input is handled are held and sent in order, at once."""
+
+    def test_answers_written_during_a_read_leave_in_one_write(self) -> None:
+        """Every piece of an answer made within dataReceived reaches the transport once."""
+        channel, transport = echo_connection()
+        writes: list[bytes] = []
+        original = transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        transport.write = counted  # type: ignore[method-assign]
+        channel.dataReceived(PIPELINE[1][0])
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(answers(writes[0]), [(200, PIPELINE[1][1])])
+
+    def test_refusal_after_held_answers_keeps_the_order(self) -> None:
+        """A 400 of a pipelined bad request leaves after the answers held before it."""
+        channel, transport = echo_connection()
+        channel.dataReceived(PIPELINE[0][0] + PIPELINE[3][0] + b"NONSENSE\r\n\r\n")
+        output = transport.value()
+        self.assertEqual([status for status, _ in answers(output.split(b"HTTP/1.1 400")[0])],
+                         [200, 200])
+        self.assertTrue(output.endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+
+class SmallAnswer(Resource):
+    """A few bytes naming the path."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        """``small PATH``."""
+        return b"small " + request.path
+
+
+class HeldWritesOverTCPTests(TestCase):
+    """The held answers over a real loopback connection, where they go to the socket."""
+
+    def setUp(self) -> None:
+        site = Site(SmallAnswer(), timeout=None)
+        site.protocol = LlhttpChannel.with_header_limit(1000)  # type: ignore[method-assign,assignment]
+        self.channels: list[LlhttpChannel] = []
+        build = site.buildProtocol
+
+        def keep(address: IAddress) -> Any:
+            channel = build(address)
+            self.channels.append(channel)
+            return channel
+
+        site.buildProtocol = keep  # type: ignore[method-assign]
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.port_number: int = self.port.getHost().port
+
+    def test_idle_connection_takes_bytes_at_once(self) -> Deferred[None]:
+        """A fresh TCP connection of Twisted's shows nothing unsent: the fast way is open."""
+        connected: Deferred[Protocol] = ClientCreator(reactor, Protocol).connectTCP(
+            "127.0.0.1", self.port_number)
+
+        def check(client: Protocol) -> Deferred[None]:
+            waited: Deferred[None] = Deferred()
+            reactor.callLater(0.05, waited.callback, None)
+
+            def look(_: None) -> None:
+                [channel] = self.channels
+                self.assertTrue(
+                    _idle_tcp(channel.transport),
+                    "twisted_hooks._idle_tcp: tcp.Connection no longer keeps its unsent "
+                    "bytes in dataBuffer/offset/_tempDataLen; answers now take Twisted's "
+                    "write (one reactor turn and two epoll_ctl calls more each)",
+                )
+                assert client.transport is not None
+                client.transport.loseConnection()
+
+            return waited.addCallback(look)
+
+        return connected.addCallback(check)
+
+    def test_answer_goes_behind_bytes_twisted_still_holds(self) -> Deferred[None]:
+        """Bytes Twisted has not sent yet leave first; a held answer never overtakes them."""
+        received = Deferred[bytes]()
+
+        class Reader(Protocol):
+            data = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+                if b"EARLIER" in self.data and b"small /a" in self.data:
+                    assert self.transport is not None
+                    self.transport.loseConnection()
+                    received.callback(self.data)
+
+        def answer(client: Reader) -> Deferred[bytes]:
+            waited: Deferred[None] = Deferred()
+            reactor.callLater(0.05, waited.callback, None)
+
+            def now(_: None) -> Deferred[bytes]:
+                [channel] = self.channels
+                assert channel.transport is not None
+                # Twisted buffers this until the reactor's next turn...
+                channel.transport.write(b"EARLIER ")
+                # ...and this answer is made and flushed before that turn.
+                channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                return received
+
+            return waited.addCallback(now)
+
+        def check(data: bytes) -> None:
+            self.assertTrue(data.startswith(b"EARLIER HTTP/1.1 200 OK"), data[:40])
+
+        connected: Deferred[Reader] = ClientCreator(reactor, Reader).connectTCP(
+            "127.0.0.1", self.port_number)
+        return connected.addCallback(answer).addCallback(check)
+
+
+def _broken_request(sink_for: Any, channel: Any, queued: int) -> StreamingRequest:
+    request = StreamingRequest(channel, queued)
+    request.sink_for = sink_for  # type: ignore[method-assign]
+    return request
 
 
 class RecordingFailures:
