@@ -322,6 +322,8 @@ class _Connection(Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._parts: list[bytes] = []
         self._size = 0
+        #: Bytes received while the head was not complete.
+        self._head_size = 0
         self._code = 0
         self._answering = False
         self._headers_done = False
@@ -363,8 +365,8 @@ class _Connection(Protocol):
             errbackArgs=(exchange,))
 
     def _body_written(self, _: object, exchange: _Exchange) -> None:
-        if exchange.connection is not self or exchange.body_done:
-            return
+        if exchange.connection is not self or self._writer is None:
+            return  # abandoned: the request is over, failed or cancelled
         writer = self._writer
         assert writer is not None and self.transport is not None
         self._stop_body(stop_producer=False)
@@ -379,8 +381,8 @@ class _Connection(Protocol):
             self._deliver()
 
     def _body_failed(self, failure: Failure, exchange: _Exchange) -> None:
-        if exchange.connection is not self or exchange.body_done:
-            return
+        if exchange.connection is not self or self._writer is None:
+            return  # abandoned: the request is over, failed or cancelled
         self._stop_body(stop_producer=False)
         self.fail(Failure(RequestGenerationFailed([failure])))
 
@@ -443,6 +445,8 @@ class _Connection(Protocol):
             # Nothing was asked: a server that talks out of turn is not trusted again.
             self.abort()
             return
+        if not self._headers_done:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as error:
@@ -450,6 +454,10 @@ class _Connection(Protocol):
                 self._stray = True
             elif self._error is None:
                 self._error = BadAnswer(f"malformed answer from the proxy: {error}")
+        if not self._headers_done and self._head_size > exchange.limit:
+            # Header lines without end: the limit holds for them too.
+            self._error = self._error or AnswerTooLarge(
+                f"answer exceeds {exchange.limit} bytes")
         if self._complete:
             if exchange.body_done:
                 self._deliver()
