@@ -35,7 +35,6 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     RequestGenerationFailed,
@@ -134,8 +133,6 @@ class ProxyLink:
     it has not started.  Cancelling a request's ``Deferred`` drops its connection.
     """
 
-    log = Logger()
-
     def __init__(self, endpoint: IStreamClientEndpoint, *, max_idle: int = 16) -> None:
         self._endpoint = endpoint
         self._max_idle = max_idle
@@ -189,7 +186,11 @@ class ProxyLink:
         def connected(protocol: IProtocol) -> None:
             exchange.connecting = None
             assert isinstance(protocol, _Connection)
-            if exchange.deferred.called:
+            if protocol.lost_reason is not None:
+                # Lost before this callback ran (a TLS handshake refused at once).
+                if not exchange.deferred.called:
+                    exchange.deferred.errback(ResponseNeverReceived([protocol.lost_reason]))
+            elif exchange.deferred.called:
                 self._give_back(protocol)
             else:
                 protocol.send(exchange, reused=False)
@@ -314,6 +315,8 @@ class _Connection(Protocol):
         #: Has served a request before this one.
         self._reused = False
         self._lost = False
+        #: Why the connection ended, once it has.
+        self.lost_reason: Failure | None = None
         self._when_lost: list[Deferred[None]] = []
         self._reset()
 
@@ -500,6 +503,7 @@ class _Connection(Protocol):
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._lost = True
+        self.lost_reason = reason
         self._link._lost(self)
         for waiting in self._when_lost:
             waiting.callback(None)

@@ -228,6 +228,20 @@ class RequestTests(LinkTestCase):
         self.assertIn("ConnectionRefusedError: Connection was refused",
                       describe_failure(failure))
 
+    def test_connection_lost_before_it_is_handed_over_fails_with_its_reason(self) -> None:
+        """An endpoint whose connection ended before its Deferred fired (a TLS handshake
+        refused at once): the request fails with that reason rather than waiting."""
+        self.endpoint.hold = True
+        answering = self.request()
+        waiting, factory = self.endpoint.held.pop()
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        assert protocol is not None
+        Server(protocol).close(ConnectionLost("handshake refused"))
+        waiting.callback(protocol)
+        failure = self.failureResultOf(answering, ResponseNeverReceived)
+        self.assertIn("handshake refused", describe_failure(failure))
+        self.assertEqual(self.link.open_connections(), 0)
+
     def test_malformed_answer_fails_and_drops_the_connection(self) -> None:
         """Bytes that are not HTTP fail the request with a readable reason."""
         answering = self.request()
