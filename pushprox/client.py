@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-import treq
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -40,7 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
@@ -58,6 +57,7 @@ from pushprox.config import ClientConfig as ClientConfig
 from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
+from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
 
 USER_AGENT = b"pushprox-client/0.1.0"
 #: A poll still held after this many seconds was accepted: the client is registered
@@ -260,7 +260,7 @@ class ClientService(Service):
         config: ClientConfig,
         *,
         reactor: IReactorTime,
-        proxy_agent: IAgent,
+        proxy_link: ProxyLink,
         target_agent: IAgent,
         metrics: ClientMetrics | None = None,
         pools: Iterable[HTTPConnectionPool] = (),
@@ -269,25 +269,25 @@ class ClientService(Service):
         self.config = config
         self.metrics = metrics or ClientMetrics()
         self._clock = reactor
-        self._proxy_agent = proxy_agent
+        self._proxy = proxy_link
         self._target_agent = target_agent
         self._pools = list(pools)
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
-        self._proxy_headers = Headers({b"User-Agent": [USER_AGENT]})
+        headers = [(b"User-Agent", USER_AGENT)]
         auth = config.proxy_authorization()
         if auth is not None:
-            self._proxy_headers.setRawHeaders(b"Authorization", [auth])
-        self._poll_headers = self._proxy_headers.copy()
-        self._poll_headers.setRawHeaders(
-            wire.POLL_TIMEOUT_HEADER, [wire.format_timeout(config.poll_timeout)]
-        )
-        # Sent even when empty, so that labels dropped from the command line go away.
-        self._poll_headers.setRawHeaders(wire.LABELS_HEADER,
-                                         [wire.encode_labels(config.labels)])
-        self._push_poll_headers = self._proxy_headers.copy()
-        self._push_poll_headers.setRawHeaders(wire.PUSH_POLL_HEADER, [b"1"])
+            headers.append((b"Authorization", auth))
+        self._poll_head = _proxy_head(self._poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self._push_head = _proxy_head(self._push_url, headers)
+        self._push_poll_head = _proxy_head(self._push_url,
+                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -371,19 +371,16 @@ class ClientService(Service):
         return poll.addTimeout(limit, self._clock, onTimeoutCancel=presumed_dead)
 
     async def _poll_once(self) -> wire.ScrapeRequest | None:
-        response = await self._proxy_agent.request(
-            b"POST", self._poll_url, self._poll_headers, BytesProducer(self._fqdn_bytes)
-        )
-        body = await read_limited(response, MAX_POLL_ANSWER)
-        extensions = wire.decode_extensions(
-            response.headers.getRawHeaders(wire.EXTENSIONS_HEADER, [])
-        )
+        answer = await self._proxy.request(self._poll_head, self._fqdn_bytes,
+                                           limit=MAX_POLL_ANSWER)
+        body = answer.body
+        extensions = wire.decode_extensions(answer.values(wire.EXTENSIONS_HEADER))
         self._push_poll = wire.PUSH_POLL_EXTENSION in extensions
         self._bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
-        if response.code == 204:
+        if answer.code == 204:
             return None
-        if response.code != 200:
-            raise PollError(f"poll answered {response.code}: {_snippet(body)}")
+        if answer.code != 200:
+            raise PollError(f"poll answered {answer.code}: {_snippet(body)}")
         try:
             return wire.decode_scrape_request(body)
         except wire.WireError as error:
@@ -496,11 +493,9 @@ class ClientService(Service):
         pushed.addErrback(lambda f: f.trap(_PushFailed))
 
     async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
-        producer = BytesProducer(body) if isinstance(body, bytes) else body
-        headers = self._push_poll_headers if self._push_poll else self._proxy_headers
+        head = self._push_poll_head if self._push_poll else self._push_head
         try:
-            response = await self._proxy_agent.request(b"POST", self._push_url, headers, producer)
-            answer = await read_limited(response, MAX_POLL_ANSWER)
+            answer = await self._proxy.request(head, body, limit=MAX_POLL_ANSWER)
         except CancelledError:
             raise
         except Exception as error:
@@ -508,14 +503,14 @@ class ClientService(Service):
             self.log.warn("Push of scrape {scrape_id} failed: {reason}",
                           scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
             raise _PushFailed() from error
-        if response.code != 200:
+        if answer.code != 200:
             self.metrics.push_errors.inc()
             self.log.warn("Push of scrape {scrape_id} refused with {status}: {answer}",
-                          scrape_id=request.scrape_id, status=response.code,
-                          answer=_snippet(answer))
+                          scrape_id=request.scrape_id, status=answer.code,
+                          answer=_snippet(answer.body))
             raise _PushFailed()
-        if answer and response.headers.hasHeader(wire.NEXT_SCRAPE_HEADER):
-            self._take_next(answer)
+        if answer.body and answer.has(wire.NEXT_SCRAPE_HEADER):
+            self._take_next(answer.body)
 
     def _take_next(self, answer: bytes) -> None:
         """Start the scrape a push answer handed over, as if a poll had brought it."""
@@ -557,7 +552,8 @@ class ClientService(Service):
         def close(_: object) -> Deferred[Any]:
             if grace.called is False:
                 grace.cancel()
-            return DeferredList([pool.closeCachedConnections() for pool in self._pools])
+            return DeferredList([self._proxy.close(),
+                                 *(pool.closeCachedConnections() for pool in self._pools)])
 
         first.addCallback(close)
         return first.addCallback(lambda _: None)
@@ -603,48 +599,6 @@ def describe_failure(failure: Failure) -> str:
 def _snippet(body: bytes) -> str:
     text = body[:120].decode("utf-8", "replace")
     return " ".join(text.split()) or "(empty)"
-
-
-class AnswerTooLarge(Exception):
-    """The proxy's answer is larger than any answer it should give."""
-
-
-def read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
-    """The whole body of ``response``; fails with AnswerTooLarge past ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > limit:
-            raise AnswerTooLarge(f"answer exceeds {limit} bytes")
-        parts.append(data)
-
-    return treq.collect(response, collect).addCallback(lambda _: b"".join(parts))
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written at once (no cooperator task)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """Write the whole body."""
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Nothing left to pause."""
-
-    def resumeProducing(self) -> None:
-        """Nothing left to resume."""
-
-    def stopProducing(self) -> None:
-        """Nothing left to stop."""
 
 
 @implementer(IAgentEndpointFactory)
@@ -722,20 +676,32 @@ class _QuietEndpoint:
         return connecting
 
 
-def make_agents(
+def make_connections(
     reactor: Any,
+    proxy_url: bytes,
     *,
     proxy_policy: IPolicyForHTTPS | None = None,
     target_policy: IPolicyForHTTPS | None = None,
     keepalive: KeepAliveConfig | None = None,
-) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
-    """Agents with persistent pools for the proxy (with ``keepalive``) and the targets."""
-    pools: list[HTTPConnectionPool] = []
-    agents: list[IAgent] = []
-    for policy, watched in ((proxy_policy, keepalive), (target_policy, None)):
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 16
-        pools.append(pool)
-        endpoints = CachedEndpoints(reactor, policy, watched)
-        agents.append(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
-    return agents[0], agents[1], pools
+) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
+    """
+    The link to the proxy at ``proxy_url`` (with ``keepalive``), an Agent with a
+    persistent pool for the targets, and that pool.
+
+    The link connects through the endpoint Agent would use for that URL: the same
+    TLS policy, certificate and name checks, and TCP keepalive.
+    """
+    uri = URI.fromBytes(proxy_url)
+    endpoint = CachedEndpoints(reactor, proxy_policy, keepalive).endpointForURI(uri)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    target_agent = Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor, target_policy),
+                                              pool=pool)
+    return ProxyLink(endpoint), target_agent, [pool]
+
+
+def _proxy_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    """The head of a ``POST`` to the proxy's ``url``, with ``Host`` as Agent writes it."""
+    uri = URI.fromBytes(url)
+    return request_head(b"POST", uri.originForm, host_value(uri.scheme, uri.host, uri.port),
+                        headers)

@@ -11,7 +11,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from pushprox import wire
-from pushprox.client import ClientService, make_agents
+from pushprox.client import ClientService, make_connections
 from pushprox.config import (
     ClientConfig,
     default,
@@ -162,8 +162,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             key=options["target-tls-key"],
             insecure_skip_verify=options["target-tls-insecure-skip-verify"],
         )
-    proxy_agent, target_agent, pools = make_agents(
-        reactor, proxy_policy=proxy_policy, target_policy=target_policy, keepalive=config
+    proxy_link, target_agent, pools = make_connections(
+        reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
+        target_policy=target_policy, keepalive=config
     )
     metrics = ClientMetrics()
     if config.allow_any:
@@ -180,7 +181,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
-    client = ClientService(config, reactor=reactor, proxy_agent=proxy_agent,
+    client = ClientService(config, reactor=reactor, proxy_link=proxy_link,
                            target_agent=target_agent, metrics=metrics, pools=pools)
     client.setServiceParent(service)
     if options["metrics-listen"]:

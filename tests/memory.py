@@ -49,7 +49,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
-from pushprox.client import ClientService, make_agents
+from pushprox.client import ClientConfig, ClientService, make_connections
+from pushprox.proxy_link import ProxyLink
 from tests.helpers import HTTPResponse, IncompleteMessage, parse_response
 
 #: Where every connection comes from and goes to.
@@ -312,13 +313,15 @@ class Exchange(Protocol):
         return response
 
 
-# -- the client's agents --
+# -- the client's connections --
 
 
-def client_agents(network: MemoryNetwork, *, proxy_policy: IPolicyForHTTPS | None = None
-                  ) -> tuple[IAgent, IAgent, list[HTTPConnectionPool]]:
-    """The client's agents and pools, built by C{make_agents} on ``network``."""
-    return make_agents(network, proxy_policy=proxy_policy)
+def client_connections(network: MemoryNetwork, config: ClientConfig, *,
+                       proxy_policy: IPolicyForHTTPS | None = None
+                       ) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
+    """The link to ``config``'s proxy, the target agent and its pool, built by
+    C{make_connections} on ``network``."""
+    return make_connections(network, config.endpoint("poll"), proxy_policy=proxy_policy)
 
 
 # -- a clock that knows whose timers are whose --

@@ -38,7 +38,7 @@ from pushprox.coordinator import Coordinator
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import PushProxSite
 from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
-from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents, stop_client
+from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 
 FQDN = "node1.example"
 
@@ -532,11 +532,12 @@ class ClientServiceTests(SynchronousTestCase):
             "allow_paths": frozenset({"/metrics", "/gzip", "/chunked", "/slow"}),
         }
         settings.update(overrides)
-        proxy_agent, target_agent, pools = client_agents(self.network)
+        config = ClientConfig(**settings)
+        proxy_link, target_agent, pools = client_connections(self.network, config)
         extra = {} if rand is None else {"rand": rand}
         self.clock = TrackingClock(self.network)
-        service = ClientService(ClientConfig(**settings), reactor=self.clock,
-                                proxy_agent=proxy_agent, target_agent=target_agent,
+        service = ClientService(config, reactor=self.clock,
+                                proxy_link=proxy_link, target_agent=target_agent,
                                 metrics=ClientMetrics(), pools=pools, **extra)
         service.startService()
         self.addCleanup(self.stop, service, self.clock)

@@ -48,7 +48,7 @@ from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.proxy_tap import Options, ReloadOnHangup, makeService
 from tests.helpers import HTTPResponse, http_request_bytes
-from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_agents, stop_client
+from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
 
 LOCALHOST = "127.0.0.1"
@@ -287,6 +287,7 @@ class SecurityTestCase(SynchronousTestCase):
             "shutdown_grace": 0.5,
         }
         settings.update(overrides)
+        config = ClientConfig(**settings)
         policy = None
         if self.pki is not None:
             policy = tls.https_policy(
@@ -294,11 +295,12 @@ class SecurityTestCase(SynchronousTestCase):
                 cert=None if certificate is None else certificate.cert,
                 key=None if certificate is None else certificate.key,
             )
-        proxy_agent, target_agent, pools = client_agents(self.network, proxy_policy=policy)
+        proxy_link, target_agent, pools = client_connections(self.network, config,
+                                                            proxy_policy=policy)
         #: The timers of the client started last.
         self.clock = clock = TrackingClock(self.network)
-        service = ClientService(ClientConfig(**settings), reactor=clock,
-                                proxy_agent=proxy_agent, target_agent=target_agent,
+        service = ClientService(config, reactor=clock,
+                                proxy_link=proxy_link, target_agent=target_agent,
                                 metrics=ClientMetrics(), pools=pools, rand=lambda: 1.0)
         service.startService()
         self.addCleanup(self.stop_client, service, clock)

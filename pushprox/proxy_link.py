@@ -1,0 +1,570 @@
+# -*- test-case-name: tests.test_proxy_link -*-
+"""
+The client's link to the proxy: keep-alive HTTP/1.1 connections, one request at a time
+on each.
+
+The client sends the proxy two kinds of request, ``POST /poll`` and ``POST /push``, and
+reads each answer whole (a few hundred bytes, under a limit).  ``Agent`` would do, but it
+costs more CPU per request than the rest of the client: it wraps every request and
+response in several objects, parses headers in Python and hides the framing headers.
+``ProxyLink`` does only what those two requests need, with llhttp (``httptools``) as the
+parser, so that the proxy, ours or upstream's Go one, sees the same requests as before.
+
+Ownership: ``ProxyLink`` owns its idle connections (``_idle``, a connection leaves it when
+taken for a request or when it is lost) and every connection it opened (``_open``, until
+it is lost).  A ``_Connection`` owns at most one ``_Exchange`` at a time, from the moment
+the request is written until its answer is delivered or it fails; the exchange's
+``Deferred`` is fired exactly once, by the connection or by its canceller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IProtocol,
+    IStreamClientEndpoint,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestGenerationFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+#: Status codes whose answers never have a body (RFC 9110 6.4.1).
+_NO_BODY = frozenset({204, 304})
+
+
+class AnswerTooLarge(Exception):
+    """The proxy's answer is larger than any answer it should give."""
+
+
+class BadAnswer(Exception):
+    """The proxy's answer is not HTTP/1.1 that can be read; ``str()`` says why."""
+
+
+class BodyLengthMismatch(Exception):
+    """A request body producer wrote more or fewer bytes than its ``length`` said."""
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """A request's line and its fixed headers (Host first), serialized once for many requests."""
+
+    method: bytes
+    #: The request line and header lines, without the framing header and the blank line.
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ProxyAnswer:
+    """The proxy's whole answer to one request."""
+
+    code: int
+    phrase: bytes
+    #: Every header as received, names in lower case, in order.
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of header ``name`` (any case), in order."""
+        wanted = name.lower()
+        return [value for key, value in self.headers if key == wanted]
+
+    def has(self, name: bytes) -> bool:
+        """Whether header ``name`` (any case) is present."""
+        wanted = name.lower()
+        return any(key == wanted for key, _ in self.headers)
+
+
+def host_value(scheme: bytes, host: bytes, port: int) -> bytes:
+    """The ``Host`` header for a URL's parts: the port only where it is not the default."""
+    if (scheme, port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%s:%d" % (host, port)
+
+
+def request_head(method: bytes, path: bytes, host: bytes,
+                 headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
+    """
+    Serialize a request line with ``Host`` and ``headers``.
+
+    A line break in a header value becomes a space, as Twisted's ``Headers`` makes it
+    (a value from a URL's credentials could hold one); names, method, path and host
+    are ours and are refused if malformed.
+    """
+    for part in (method, path, host, *(name for name, _ in headers)):
+        if not part or any(c in part for c in (b" ", b"\r", b"\n", b"\0")):
+            raise ValueError(f"{part!r} is empty or holds a space or a line break")
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, path), b"Host: %s\r\n" % (host,)]
+    lines += [b"%s: %s\r\n" % (name, _one_line(value)) for name, value in headers]
+    return RequestHead(method=method, data=b"".join(lines))
+
+
+def _one_line(value: bytes) -> bytes:
+    return value.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+class ProxyLink:
+    """
+    Keep-alive HTTP/1.1 connections to one server, and requests sent on them one at a time.
+
+    A request takes an idle connection (the one used last) or opens one through the
+    endpoint (TCP or TLS, whatever it was built with); when its whole answer has come,
+    the connection goes back to the idle ones unless the server said ``Connection:
+    close``, answered in HTTP/1.0 or delimited the body by closing.  A request on a
+    reused connection that the server closes before any byte of the answer (it closed
+    the idle connection as the request went out) is sent once more on a new connection,
+    as ``Agent`` does, when its body can be sent again: bytes always, a producer only if
+    it has not started.  Cancelling a request's ``Deferred`` drops its connection.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, *, max_idle: int = 16) -> None:
+        self._endpoint = endpoint
+        self._max_idle = max_idle
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+        self._closing = False
+
+    def request(self, head: RequestHead, body: bytes | IBodyProducer, *,
+                limit: int) -> Deferred[ProxyAnswer]:
+        """
+        Send ``head`` with ``body`` (bytes with ``Content-Length``; a producer with its
+        ``length``, chunked when unknown); the whole answer, failing with
+        ``AnswerTooLarge`` as soon as its body exceeds ``limit`` bytes.
+        """
+        exchange = _Exchange(head, body, limit)
+        exchange.deferred = Deferred(exchange.cancel)
+        self._send(exchange)
+        return exchange.deferred
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the idle connections, and each busy one once its request is over; fires
+        when the idle ones are closed.  Requests made later still work, each on a
+        connection of its own that is closed after its answer.
+        """
+        self._closing = True
+        closing = list(self._idle)
+        self._idle.clear()
+        waits = [connection.close() for connection in closing]
+        if not waits:
+            return succeed(None)
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    def idle_connections(self) -> int:
+        """How many connections wait for a request."""
+        return len(self._idle)
+
+    def open_connections(self) -> int:
+        """How many connections are open (idle or busy)."""
+        return len(self._open)
+
+    # -- the connections' side --
+
+    def _send(self, exchange: _Exchange, *, fresh: bool = False) -> None:
+        if self._idle and not fresh:
+            self._idle.pop().send(exchange, reused=True)
+            return
+        connecting = self._endpoint.connect(_ConnectionFactory(self))
+        exchange.connecting = connecting
+
+        def connected(protocol: IProtocol) -> None:
+            exchange.connecting = None
+            assert isinstance(protocol, _Connection)
+            if protocol.lost_reason is not None:
+                # Lost before this callback ran (a TLS handshake refused at once).
+                if not exchange.deferred.called:
+                    exchange.deferred.errback(ResponseNeverReceived([protocol.lost_reason]))
+            elif exchange.deferred.called:
+                self._give_back(protocol)
+            else:
+                protocol.send(exchange, reused=False)
+
+        def failed(failure: Failure) -> None:
+            exchange.connecting = None
+            if not exchange.deferred.called:
+                exchange.deferred.errback(failure)
+
+        connecting.addCallbacks(connected, failed)
+
+    def _opened(self, connection: _Connection) -> None:
+        self._open.add(connection)
+
+    def _give_back(self, connection: _Connection) -> None:
+        """A connection whose request is over and that may serve another."""
+        if self._closing or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def _lost(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def _retry(self, exchange: _Exchange) -> None:
+        exchange.retried = True
+        self._send(exchange, fresh=True)
+
+
+class _Exchange:
+    """One request and its answer, across the connections it may be sent on."""
+
+    __slots__ = ("body", "body_done", "connecting", "connection", "deferred", "head",
+                 "limit", "producing", "retried")
+
+    def __init__(self, head: RequestHead, body: bytes | IBodyProducer, limit: int) -> None:
+        self.head = head
+        self.body = body
+        self.limit = limit
+        self.deferred: Deferred[ProxyAnswer]
+        #: The connection being made for this request.
+        self.connecting: Deferred[Any] | None = None
+        #: The connection this request was written on.
+        self.connection: _Connection | None = None
+        #: A producer's body has started (it cannot be sent again).
+        self.producing = False
+        #: The whole body is written.
+        self.body_done = False
+        #: Sent a second time after a reused connection was closed under it.
+        self.retried = False
+
+    def cancel(self, deferred: Deferred[ProxyAnswer]) -> None:
+        """Fail with CancelledError, then stop connecting or drop the connection."""
+        connecting, connection = self.connecting, self.connection
+        # Failed first, so that whatever the abort sets off cannot fire it otherwise.
+        deferred.errback(Failure(CancelledError()))
+        if connecting is not None:
+            connecting.cancel()
+        elif connection is not None:
+            connection.abort()
+
+    def replayable(self) -> bool:
+        """Whether the body can be sent again from its start."""
+        return isinstance(self.body, bytes) or not self.producing
+
+
+@implementer(IConsumer)
+class _BodyWriter:
+    """A producer's body on its way to the connection: chunked, or counted against its length."""
+
+    def __init__(self, connection: _Connection, exchange: _Exchange,
+                 transport: ITransport, length: int | None) -> None:
+        self._connection = connection
+        self._exchange = exchange
+        self._transport = transport
+        #: Bytes still due under Content-Length; None when chunked.
+        self.remaining = length
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """The body's producer is registered with the transport already."""
+
+    def unregisterProducer(self) -> None:
+        """The connection unregisters the producer when the body ends."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``, framed; a body longer than announced fails the request."""
+        if self._exchange.connection is not self._connection or not data:
+            return
+        if self.remaining is None:
+            self._transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+            return
+        self.remaining -= len(data)
+        if self.remaining < 0:
+            self._connection.fail(Failure(RequestGenerationFailed([Failure(
+                BodyLengthMismatch("the body is longer than its length said"))])))
+            return
+        self._transport.write(data)
+
+
+class _ConnectionFactory(Factory):
+    """Builds the link's connections; quiet, since a pool opens many."""
+
+    noisy = False
+
+    def __init__(self, link: ProxyLink) -> None:
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self._link)
+
+
+class _Connection(Protocol):
+    """One connection to the proxy: writes a request, parses its answer with llhttp."""
+
+    def __init__(self, link: ProxyLink) -> None:
+        self._link = link
+        self._parser = HttpResponseParser(self)
+        self._exchange: _Exchange | None = None
+        self._writer: _BodyWriter | None = None
+        #: Has served a request before this one.
+        self._reused = False
+        self._lost = False
+        #: Why the connection ended, once it has.
+        self.lost_reason: Failure | None = None
+        self._when_lost: list[Deferred[None]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._phrase = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._parts: list[bytes] = []
+        self._size = 0
+        #: Bytes received while the head was not complete.
+        self._head_size = 0
+        self._code = 0
+        self._answering = False
+        self._headers_done = False
+        self._until_close = False
+        self._complete = False
+        self._keep_alive = False
+        #: Bytes that are not part of the current answer arrived.
+        self._stray = False
+        self._error: Exception | None = None
+
+    # -- sending --
+
+    def connectionMade(self) -> None:
+        self._link._opened(self)
+
+    def send(self, exchange: _Exchange, *, reused: bool) -> None:
+        """Write ``exchange``'s request; its answer is awaited from now."""
+        assert self._exchange is None and self.transport is not None
+        self._reset()
+        self._reused = reused
+        self._exchange = exchange
+        exchange.connection = self
+        body = exchange.body
+        if isinstance(body, bytes):
+            self.transport.write(b"%sContent-Length: %d\r\n\r\n%s"
+                                 % (exchange.head.data, len(body), body))
+            exchange.body_done = True
+            return
+        length = None if body.length is UNKNOWN_LENGTH else int(body.length)
+        framing = (b"Transfer-Encoding: chunked\r\n\r\n" if length is None
+                   else b"Content-Length: %d\r\n\r\n" % length)
+        self.transport.write(exchange.head.data + framing)
+        self._writer = _BodyWriter(self, exchange, self.transport, length)
+        # As Agent does: the transport pauses the producer while its buffer is full.
+        cast(IConsumer, self.transport).registerProducer(body, True)
+        exchange.producing = True
+        body.startProducing(self._writer).addCallbacks(
+            self._body_written, self._body_failed, callbackArgs=(exchange,),
+            errbackArgs=(exchange,))
+
+    def _body_written(self, _: object, exchange: _Exchange) -> None:
+        if exchange.connection is not self or self._writer is None:
+            return  # abandoned: the request is over, failed or cancelled
+        writer = self._writer
+        assert writer is not None and self.transport is not None
+        self._stop_body(stop_producer=False)
+        if writer.remaining is None:
+            self.transport.write(b"0\r\n\r\n")
+        elif writer.remaining != 0:
+            self.fail(Failure(RequestGenerationFailed([Failure(BodyLengthMismatch(
+                f"the body is {writer.remaining} bytes shorter than its length said"))])))
+            return
+        exchange.body_done = True
+        if self._complete:
+            self._deliver()
+
+    def _body_failed(self, failure: Failure, exchange: _Exchange) -> None:
+        if exchange.connection is not self or self._writer is None:
+            return  # abandoned: the request is over, failed or cancelled
+        self._stop_body(stop_producer=False)
+        self.fail(Failure(RequestGenerationFailed([failure])))
+
+    def _stop_body(self, *, stop_producer: bool) -> None:
+        """The body is over (or abandoned): the transport no longer drives its producer."""
+        exchange = self._exchange
+        if self._writer is None or exchange is None:
+            return
+        self._writer = None
+        if self.transport is not None and not self._lost:
+            cast(IConsumer, self.transport).unregisterProducer()
+        body = exchange.body
+        if stop_producer and not isinstance(body, bytes):
+            body.stopProducing()
+
+    # -- the answer, from llhttp --
+
+    def on_message_begin(self) -> None:
+        if self._exchange is None or self._complete:
+            self._stray = True
+            raise _Stop()
+        self._answering = True
+
+    def on_status(self, status: bytes) -> None:
+        self._phrase += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._code = code = self._parser.get_status_code()
+        self._headers_done = True
+        framed = any(name in (b"content-length", b"transfer-encoding")
+                     for name, _ in self._headers)
+        self._until_close = not (framed or code in _NO_BODY or 100 <= code < 200)
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self._exchange
+        assert exchange is not None
+        self._size += len(data)
+        if self._size > exchange.limit:
+            self._error = AnswerTooLarge(f"answer exceeds {exchange.limit} bytes")
+            raise _Stop()
+        self._parts.append(data)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._code < 200:
+            # An interim answer (100 Continue): the real one follows.
+            self._reset()
+            self._answering = True
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        self._complete = True
+
+    # -- Protocol --
+
+    def dataReceived(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None or exchange.deferred.called:
+            # Nothing was asked: a server that talks out of turn is not trusted again.
+            self.abort()
+            return
+        if not self._headers_done:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as error:
+            if self._complete:
+                self._stray = True
+            elif self._error is None:
+                self._error = BadAnswer(f"malformed answer from the proxy: {error}")
+        if not self._headers_done and self._head_size > exchange.limit:
+            # Header lines without end: the limit holds for them too.
+            self._error = self._error or AnswerTooLarge(
+                f"answer exceeds {exchange.limit} bytes")
+        if self._complete:
+            if exchange.body_done:
+                self._deliver()
+            else:
+                self._deliver_early()
+        elif self._error is not None:
+            problem = self._error
+            self.fail(Failure(problem if isinstance(problem, AnswerTooLarge)
+                              else ResponseFailed([Failure(problem)])))
+
+    def _answer(self) -> ProxyAnswer:
+        return ProxyAnswer(code=self._code, phrase=self._phrase,
+                           headers=tuple(self._headers), body=b"".join(self._parts))
+
+    def _deliver(self) -> None:
+        """The whole answer is here and the whole request was sent."""
+        exchange = self._exchange
+        assert exchange is not None
+        self._exchange = None
+        exchange.connection = None
+        answer = self._answer()
+        # Given back before the answer goes out, so that the request its caller makes
+        # next finds this connection idle.
+        if self._keep_alive and not self._stray and not self._lost:
+            self._link._give_back(self)
+        else:
+            self.close()
+        if not exchange.deferred.called:
+            exchange.deferred.callback(answer)
+
+    def _deliver_early(self) -> None:
+        """The server answered before the body was all sent: the answer holds, the
+        connection does not (the server will not read the rest)."""
+        self._stop_body(stop_producer=True)
+        self._keep_alive = False
+        exchange = self._exchange
+        assert exchange is not None
+        exchange.body_done = True
+        self._deliver()
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._lost = True
+        self.lost_reason = reason
+        self._link._lost(self)
+        for waiting in self._when_lost:
+            waiting.callback(None)
+        self._when_lost.clear()
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self._stop_body(stop_producer=True)
+        if exchange.deferred.called:
+            self._exchange = None
+            exchange.connection = None
+            return
+        if self._headers_done and self._until_close and self._error is None:
+            # The answer's end is the connection's end.
+            if not exchange.body_done:
+                exchange.body_done = True
+            self._deliver()
+            return
+        self._exchange = None
+        exchange.connection = None
+        if not self._answering and not self._headers_done:
+            if (self._reused and not exchange.retried and exchange.replayable()
+                    and reason.check(ConnectionDone, ConnectionLost) is not None):
+                # The server closed this idle connection as the request went out.
+                exchange.producing = False
+                exchange.body_done = False
+                self._link._retry(exchange)
+                return
+            exchange.deferred.errback(ResponseNeverReceived([reason]))
+            return
+        exchange.deferred.errback(ResponseFailed([reason]))
+
+    # -- ending --
+
+    def fail(self, failure: Failure) -> None:
+        """Fail the current request with ``failure`` and drop the connection."""
+        exchange = self._exchange
+        self._stop_body(stop_producer=True)
+        self._exchange = None
+        if exchange is not None:
+            exchange.connection = None
+            if not exchange.deferred.called:
+                exchange.deferred.errback(failure)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a cancelled or failed request, a rogue server)."""
+        self._stop_body(stop_producer=True)
+        if self.transport is not None and not self._lost:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    def close(self) -> Deferred[None]:
+        """Close the connection politely; fires once it is closed."""
+        if self._lost:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._when_lost.append(waiting)
+        assert self.transport is not None
+        self.transport.loseConnection()
+        return waiting
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp; the reason is kept on the connection."""
