@@ -58,6 +58,7 @@ from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
+from pushprox.twisted_hooks import EagerWrites
 
 USER_AGENT = b"pushprox-client/0.1.0"
 #: A poll still held after this many seconds was accepted: the client is registered
@@ -183,19 +184,31 @@ class Backoff:
 
 
 class _BodyRelay(Protocol):
-    """Writes a target's response body into a push request while it arrives."""
+    """
+    Writes a target's response body into a push request while it arrives.
 
-    def __init__(self, consumer: IConsumer, done: Deferred[None]) -> None:
+    The push's head goes with the body's first bytes (or alone at its end, when the
+    body is empty): one write, so that the request leaves in one packet.
+    """
+
+    def __init__(self, consumer: IConsumer, done: Deferred[None], head: bytes) -> None:
         self._consumer = consumer
         self._done = done
+        self._head = head
 
     def dataReceived(self, data: bytes) -> None:
+        if self._head:
+            data = self._head + data
+            self._head = b""
         self._consumer.write(data)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         if self._done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
+            if self._head:
+                self._consumer.write(self._head)
+                self._head = b""
             self._done.callback(None)
         else:
             self._done.errback(reason)
@@ -222,9 +235,8 @@ class PushBody:
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         """Write the head, then relay the body."""
-        consumer.write(self._head)
         done: Deferred[None] = Deferred()
-        self._relay = _BodyRelay(consumer, done)
+        self._relay = _BodyRelay(consumer, done, self._head)
         self._response.deliverBody(self._relay)
         return done
 
@@ -614,10 +626,12 @@ class CachedEndpoints:
     MAX_ENDPOINTS = 256
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None,
-                 keepalive: KeepAliveConfig | None = None) -> None:
+                 keepalive: KeepAliveConfig | None = None, *,
+                 eager_writes: bool = False) -> None:
         self._reactor = reactor
         self._policy = policy
         self._keepalive = keepalive
+        self._eager_writes = eager_writes
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -641,7 +655,7 @@ class CachedEndpoints:
                 raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
             if len(self._endpoints) >= self.MAX_ENDPOINTS:
                 self._endpoints.clear()
-            endpoint = _QuietEndpoint(endpoint, self._keepalive)
+            endpoint = _QuietEndpoint(endpoint, self._keepalive, self._eager_writes)
             self._endpoints[key] = endpoint
         return endpoint
 
@@ -649,16 +663,22 @@ class CachedEndpoints:
 @implementer(IStreamClientEndpoint)
 class _QuietEndpoint:
     """
-    An endpoint whose connections' factories do not log, with TCP keepalive if asked.
+    An endpoint whose connections' factories do not log, with TCP keepalive if asked,
+    and with writes sent at once if asked.
 
     Every pooled connection's factory would otherwise log "Starting factory" at
-    info; ``noisy`` is the public switch of any ``Factory``.
+    info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
+    the connected protocol's transport is wrapped in ``EagerWrites``: Agent writes a
+    request without a body in one call, which then leaves at once rather than a
+    reactor turn later.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint,
-                 keepalive: KeepAliveConfig | None = None) -> None:
+                 keepalive: KeepAliveConfig | None = None,
+                 eager_writes: bool = False) -> None:
         self._endpoint = endpoint
         self._keepalive = keepalive
+        self._eager_writes = eager_writes
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """Connect with ``protocolFactory`` told to be quiet."""
@@ -673,7 +693,16 @@ class _QuietEndpoint:
                 return protocol
 
             connecting.addCallback(watch)
+        if self._eager_writes:
+            connecting.addCallback(_write_eagerly)
         return connecting
+
+
+def _write_eagerly(protocol: IProtocol) -> IProtocol:
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        protocol.transport = EagerWrites(transport)  # type: ignore[attr-defined]
+    return protocol
 
 
 def make_connections(
@@ -695,8 +724,8 @@ def make_connections(
     endpoint = CachedEndpoints(reactor, proxy_policy, keepalive).endpointForURI(uri)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
-    target_agent = Agent.usingEndpointFactory(reactor, CachedEndpoints(reactor, target_policy),
-                                              pool=pool)
+    target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True)
+    target_agent = Agent.usingEndpointFactory(reactor, target_endpoints, pool=pool)
     return ProxyLink(endpoint), target_agent, [pool]
 
 

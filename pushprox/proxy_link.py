@@ -32,7 +32,6 @@ from twisted.internet.interfaces import (
     IProtocol,
     IStreamClientEndpoint,
     ITCPTransport,
-    ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -43,6 +42,8 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
+
+from pushprox.twisted_hooks import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 #: Status codes whose answers never have a body (RFC 9110 6.4.1).
@@ -264,10 +265,9 @@ class _BodyWriter:
     """A producer's body on its way to the connection: chunked, or counted against its length."""
 
     def __init__(self, connection: _Connection, exchange: _Exchange,
-                 transport: ITransport, length: int | None) -> None:
+                 length: int | None) -> None:
         self._connection = connection
         self._exchange = exchange
-        self._transport = transport
         #: Bytes still due under Content-Length; None when chunked.
         self.remaining = length
 
@@ -282,14 +282,14 @@ class _BodyWriter:
         if self._exchange.connection is not self._connection or not data:
             return
         if self.remaining is None:
-            self._transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data))
             return
         self.remaining -= len(data)
         if self.remaining < 0:
             self._connection.fail(Failure(RequestGenerationFailed([Failure(
                 BodyLengthMismatch("the body is longer than its length said"))])))
             return
-        self._transport.write(data)
+        self._connection.write(data)
 
 
 class _ConnectionFactory(Factory):
@@ -318,6 +318,9 @@ class _Connection(Protocol):
         #: Why the connection ended, once it has.
         self.lost_reason: Failure | None = None
         self._when_lost: list[Deferred[None]] = []
+        #: Request bytes gathered while a request is being started, sent as one.
+        self._gathered: list[bytes] | None = None
+        self._starting = False
         self._reset()
 
     def _reset(self) -> None:
@@ -340,10 +343,46 @@ class _Connection(Protocol):
     # -- sending --
 
     def connectionMade(self) -> None:
+        # Requests leave whole or in body-sized pieces, which must not wait for the
+        # proxy's delayed ACK (Nagle's algorithm held a push's last piece up to 40 ms).
+        tcp_transport = ITCPTransport(self.transport, None)
+        if tcp_transport is not None:
+            tcp_transport.setTcpNoDelay(True)
         self._link._opened(self)
 
+    def write(self, data: bytes) -> None:
+        """Request bytes: gathered while a request is being started, else sent now."""
+        if self._gathered is not None:
+            self._gathered.append(data)
+            if not self._starting:
+                self._send_gathered()
+        else:
+            assert self.transport is not None
+            send_now(self.transport, data)
+
     def send(self, exchange: _Exchange, *, reused: bool) -> None:
-        """Write ``exchange``'s request; its answer is awaited from now."""
+        """Write ``exchange``'s request; its answer is awaited from now.
+
+        The request's head leaves with its body's first bytes, in one ``send()`` and at
+        once (``twisted_hooks.send_now``): so the proxy reads a push in one piece.
+        """
+        self._gathered = []
+        self._starting = True
+        try:
+            self._start(exchange, reused)
+        finally:
+            self._starting = False
+            waits_for_body = (self._gathered is not None and len(self._gathered) == 1
+                              and self._writer is not None)
+            if not waits_for_body:
+                self._send_gathered()
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered and self.transport is not None and not self._lost:
+            send_now(self.transport, b"".join(gathered))
+
+    def _start(self, exchange: _Exchange, reused: bool) -> None:
         assert self._exchange is None and self.transport is not None
         self._reset()
         self._reused = reused
@@ -351,15 +390,15 @@ class _Connection(Protocol):
         exchange.connection = self
         body = exchange.body
         if isinstance(body, bytes):
-            self.transport.write(b"%sContent-Length: %d\r\n\r\n%s"
-                                 % (exchange.head.data, len(body), body))
+            self.write(b"%sContent-Length: %d\r\n\r\n%s"
+                       % (exchange.head.data, len(body), body))
             exchange.body_done = True
             return
         length = None if body.length is UNKNOWN_LENGTH else int(body.length)
         framing = (b"Transfer-Encoding: chunked\r\n\r\n" if length is None
                    else b"Content-Length: %d\r\n\r\n" % length)
-        self.transport.write(exchange.head.data + framing)
-        self._writer = _BodyWriter(self, exchange, self.transport, length)
+        self.write(exchange.head.data + framing)
+        self._writer = _BodyWriter(self, exchange, length)
         # As Agent does: the transport pauses the producer while its buffer is full.
         cast(IConsumer, self.transport).registerProducer(body, True)
         exchange.producing = True
@@ -373,8 +412,10 @@ class _Connection(Protocol):
         writer = self._writer
         assert writer is not None and self.transport is not None
         self._stop_body(stop_producer=False)
+        if self._gathered is not None and not self._starting:
+            self._send_gathered()  # an empty body: the head waited for nothing
         if writer.remaining is None:
-            self.transport.write(b"0\r\n\r\n")
+            self.write(b"0\r\n\r\n")
         elif writer.remaining != 0:
             self.fail(Failure(RequestGenerationFailed([Failure(BodyLengthMismatch(
                 f"the body is {writer.remaining} bytes shorter than its length said"))])))

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import httptools
 from twisted.internet import tcp
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -42,10 +42,12 @@ __all__ = [
     "AcceptFailureObserver",
     "AcceptFailures",
     "BodySink",
+    "EagerWrites",
     "IOpenSSLTrustRoot",
     "LlhttpChannel",
     "StreamingRequest",
     "request_line",
+    "send_now",
 ]
 
 
@@ -103,12 +105,55 @@ def _idle_tcp(transport: object) -> bool:
     to ``writeSomeData`` (its public way to send at once) without overtaking them.  TLS
     connections (``startTLS``, or a TLS endpoint's wrapper) go through ``write``.
     """
-    # getattr with defaults: should a Twisted release rename them, responses take
+    # getattr with defaults: should a Twisted release rename them, writes take
     # Twisted's way (the hook's test says so) instead of failing.
     return bool(isinstance(transport, tcp.Connection) and transport.connected
                 and not transport.disconnecting and not getattr(transport, "TLS", True)
                 and getattr(transport, "offset", None) == len(transport.dataBuffer)
                 and getattr(transport, "_tempDataLen", None) == 0)
+
+
+def send_now(transport: ITransport, data: bytes) -> None:
+    """
+    Send ``data`` with one ``send()`` now if ``transport`` can take it, else ``write`` it.
+
+    Twisted's ``write`` adds the connection to the reactor's writers and sends a loop
+    later (two ``epoll_ctl`` calls and a reactor turn).  A plain TCP connection with
+    nothing unsent gets the bytes at once; whatever the socket does not take, TLS
+    connections and any other transport go through ``write``, which keeps the order,
+    pauses producers while its buffer is full, and finds a connection that is gone.
+    """
+    if _idle_tcp(transport):
+        sent = cast(tcp.Connection, transport).writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+class EagerWrites:
+    """
+    A transport whose writes go out at once (``send_now``); all else is the transport's.
+
+    For a protocol that writes a whole message in one call, such as ``Agent``'s
+    ``HTTP11ClientProtocol`` a request without a body: set it as that protocol's
+    ``transport`` once connected.
+    """
+
+    def __init__(self, transport: ITransport) -> None:
+        self.wrapped = transport
+
+    def write(self, data: bytes) -> None:
+        """Send at once when possible."""
+        send_now(self.wrapped, data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Send all pieces at once, joined, when possible."""
+        send_now(self.wrapped, b"".join(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
 
 
 class LlhttpChannel(HTTPChannel):
@@ -284,16 +329,8 @@ class LlhttpChannel(HTTPChannel):
         if not held:
             return
         self._held = None
-        data = b"".join(held)
-        transport = self.transport
-        if _idle_tcp(transport):
-            sent = transport.writeSomeData(data)  # type: ignore[union-attr]
-            if isinstance(sent, int) and sent > 0:
-                data = data[sent:]
-        if data:
-            # Not sent (or not all): Twisted buffers it, sends it when the socket takes
-            # it and pauses producers meanwhile, or finds the connection lost.
-            transport.write(data)  # type: ignore[union-attr]
+        assert self.transport is not None
+        send_now(self.transport, b"".join(held))
 
     def timeoutConnection(self) -> None:
         """The idle timeout: it does not apply while a request is being handled."""

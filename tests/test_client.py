@@ -20,7 +20,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -31,6 +33,7 @@ from pushprox.client import (
     Backoff,
     ClientConfig,
     ClientService,
+    PushBody,
     ScrapeRefused,
     plan_target,
 )
@@ -831,3 +834,52 @@ def quiet_site(resource: Resource, network: MemoryNetwork) -> Site:
     site = Site(resource, reactor=network)
     site.noisy = False
     return site
+
+
+class _Written:
+    """A consumer that keeps each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Keep it."""
+        self.writes.append(data)
+
+
+class _Response:
+    """The body side of a target's response: hands its protocol to the test."""
+
+    length = 5
+
+    def __init__(self) -> None:
+        self.protocol: Any = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        """Keep the protocol."""
+        self.protocol = protocol
+
+
+class PushBodyTests(SynchronousTestCase):
+    """The push body writes the head together with the first body bytes."""
+
+    def test_head_leaves_with_the_first_bytes(self) -> None:
+        """One write for head and first piece, so the push leaves in one packet."""
+        response = _Response()
+        consumer = _Written()
+        done = PushBody(b"HEAD", cast(Any, response)).startProducing(cast(Any, consumer))
+        self.assertEqual(consumer.writes, [])
+        response.protocol.dataReceived(b"abc")
+        response.protocol.dataReceived(b"de")
+        response.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(consumer.writes, [b"HEADabc", b"de"])
+        self.successResultOf(done)
+
+    def test_empty_body_writes_the_head_at_its_end(self) -> None:
+        """A target's empty body still pushes the head."""
+        response = _Response()
+        consumer = _Written()
+        done = PushBody(b"HEAD", cast(Any, response)).startProducing(cast(Any, consumer))
+        response.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(consumer.writes, [b"HEAD"])
+        self.successResultOf(done)

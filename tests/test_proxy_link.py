@@ -527,18 +527,20 @@ class StreamedBodyTests(LinkTestCase):
         producer = Producer()
         answering = self.request(producer)
         [server] = self.endpoint.servers
-        self.assertEqual(server.received(), POLL + b"Transfer-Encoding: chunked\r\n\r\n")
+        # The head waits for the body's first bytes, to leave with them in one send().
+        self.assertEqual(server.received(), b"")
         self.assertIs(server.transport.producer, producer)
         self.assertTrue(server.transport.streaming)
         producer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(server.received(), POLL + b"Transfer-Encoding: chunked\r\n\r\n"
+                         b"13\r\nHTTP/1.1 200 OK\r\n\r\n\r\n")
         producer.write(b"")
         registered = server.transport.producer
         assert registered is not None
         registered.pauseProducing()
         registered.resumeProducing()
         producer.write(b"a" * 17)
-        self.assertEqual(server.received(),
-                         b"13\r\nHTTP/1.1 200 OK\r\n\r\n\r\n11\r\n" + b"a" * 17 + b"\r\n")
+        self.assertEqual(server.received(), b"11\r\n" + b"a" * 17 + b"\r\n")
         producer.done.callback(None)
         self.assertEqual(server.received(), b"0\r\n\r\n")
         self.assertIsNone(server.transport.producer)
@@ -547,6 +549,17 @@ class StreamedBodyTests(LinkTestCase):
         self.assertEqual(self.successResultOf(answering), OK_ANSWER)
         self.assertEqual(producer.calls, ["start", "pause", "resume"])
         self.assertEqual(self.link.idle_connections(), 1)
+
+    def test_empty_body_sends_the_head_at_its_end(self) -> None:
+        """A body that ends without a byte still sends the request's head."""
+        producer = Producer(length=0)
+        answering = self.request(producer)
+        [server] = self.endpoint.servers
+        self.assertEqual(server.received(), b"")
+        producer.done.callback(None)
+        self.assertEqual(server.received(), POLL + b"Content-Length: 0\r\n\r\n")
+        server.answer(OK)
+        self.assertEqual(self.successResultOf(answering), OK_ANSWER)
 
     def test_known_length_is_sent_with_content_length(self) -> None:
         """The producer's length is the Content-Length; its bytes go out unframed."""

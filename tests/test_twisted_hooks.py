@@ -32,6 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from pushprox.twisted_hooks import (
     AcceptFailureObserver,
     BodySink,
+    EagerWrites,
     LlhttpChannel,
     StreamingRequest,
     _idle_tcp,
@@ -482,6 +483,21 @@ class HeldWritesTests(SynchronousTestCase):
         self.assertEqual([status for status, _ in answers(output.split(b"HTTP/1.1 400")[0])],
                          [200, 200])
         self.assertTrue(output.endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+
+class EagerWritesTests(SynchronousTestCase):
+    """The transport wrapper the client puts on its target connections."""
+
+    def test_writes_reach_the_transport_and_the_rest_is_its_own(self) -> None:
+        """Writes (joined) reach a non-TCP transport by its write; other calls pass."""
+        transport = StringTransport(peerAddress=CLIENT)
+        eager = EagerWrites(transport)
+        eager.write(b"GET / HTTP/1.1\r\n")
+        eager.writeSequence([b"Host: a\r\n", b"\r\n"])
+        self.assertEqual(transport.value(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(eager.getPeer(), CLIENT)
+        eager.loseConnection()
         self.assertTrue(transport.disconnecting)
 
 
