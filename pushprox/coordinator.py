@@ -126,10 +126,17 @@ class IScrapeAnswer(Interface):
     failure = Attribute("The one-line reason when the answer is an error, else None.")
 
     def deliver(request: IRequest) -> None:
-        """Answer Prometheus' ``request`` with it; the body may still be on its way."""
+        """
+        Answer Prometheus' ``request`` with it; the body may still be on its way.
+
+        Whoever delivers it calls ``abort`` if Prometheus hangs up before the end.
+        """
 
     def abort() -> None:
-        """Cut the answer off (the scrape's time ran out, or the proxy stops)."""
+        """
+        Cut the answer off (the scrape's time ran out, the proxy stops, or Prometheus
+        hung up).
+        """
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -51,6 +52,8 @@ from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
 SCRAPER_MARGIN = 0.25
 #: Why a scrape ended without an answer when Prometheus hung up first.
 SCRAPER_GONE = "the scraper hung up before the answer"
+#: No header names, for a scrape whose every header is passed on.
+_NONE: frozenset[bytes] = frozenset()
 #: What a pushprox proxy tells clients it speaks, on every poll answer.
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
@@ -185,18 +188,19 @@ class ScrapeResource(Resource):
             fqdn, timeout = self._read_target(request)
         except Denied as denied:
             return denied_response(request, denied)
+        # Only a peer may say that a scrape was forwarded already.
+        dropped = _NONE if from_peer else wire.PEER_HEADERS
         headers = [
             (name, value)
             for name, values in request.requestHeaders.getAllRawHeaders()
+            if name.lower() not in dropped
             for value in values
         ]
-        if not from_peer:
-            # Only a peer may say that a scrape was forwarded already.
-            headers = wire.without(headers, wire.PEER_HEADERS)
         deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
         answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
-        request.notifyFinish().addErrback(lambda _: answer.cancel())
-        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started)
+        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started, answer)
+        # One notification per scrape, for the answer's wait and for its relay alike.
+        request.notifyFinish().addErrback(scrape.scraper_gone)
         answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
@@ -249,6 +253,7 @@ class ScrapeResource(Resource):
         if not request.alive:
             self._done(scrape, 499, "cancelled", SCRAPER_GONE)
             return
+        scrape.delivered = answer
         answer.deliver(request)
         code = answer.status
         failure: str | None = answer.failure
@@ -292,12 +297,23 @@ class ScrapeResource(Resource):
 class _ProxiedScrape:
     """Prometheus' side of one scrape: its request, what it is for, when it began."""
 
-    __slots__ = ("fqdn", "request", "started")
+    __slots__ = ("answer", "delivered", "fqdn", "request", "started")
 
-    def __init__(self, request: PushProxRequest, fqdn: str, started: float) -> None:
+    def __init__(self, request: PushProxRequest, fqdn: str, started: float,
+                 answer: Deferred[IScrapeAnswer]) -> None:
         self.request = request
         self.fqdn = fqdn
         self.started = started
+        #: Fires with the client's answer (cancelled if Prometheus hangs up first).
+        self.answer = answer
+        #: The answer being relayed to Prometheus, once it is.
+        self.delivered: IScrapeAnswer | None = None
+
+    def scraper_gone(self, reason: Failure) -> None:
+        """Prometheus hung up: stop waiting for the answer, or stop relaying it."""
+        self.answer.cancel()
+        if self.delivered is not None:
+            self.delivered.abort()
 
     @property
     def url(self) -> str:
@@ -336,16 +352,36 @@ class _Instrumented(Resource):
                       peer=_peer(request), status=denied.code, reason=denied.message)
         return denied_response(request, denied)
 
-    def instrument(self, request: Request) -> None:
+    def instrument(self, request: Request) -> _Counted:
         """Count this request by code and path once it ends."""
-        started = self._clock.seconds()
+        counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
+        request.notifyFinish().addBoth(counted.ended)
+        return counted
 
-        def done(_: object) -> None:
-            self._metrics.count_request(request.code, self.path,
-                                        self._clock.seconds() - started)
 
-        request.notifyFinish().addBoth(done)
+class _Counted:
+    """
+    A request to one of the proxy's own endpoints, counted once it ends; what else
+    must happen if its peer hangs up first rides on the same notification.
+    """
+
+    __slots__ = ("gone", "request", "resource", "started")
+
+    def __init__(self, resource: _Instrumented, request: Request) -> None:
+        self.resource = resource
+        self.request = request
+        self.started = resource._clock.seconds()
+        #: Called if the peer hangs up before the request is finished.
+        self.gone: Callable[[], object] | None = None
+
+    def ended(self, result: None | Failure) -> None:
+        """The request was finished, or its peer hung up (``result`` is a Failure)."""
+        resource = self.resource
+        resource._metrics.count_request(self.request.code, resource.path,
+                                        resource._clock.seconds() - self.started)
+        if self.gone is not None and result is not None:
+            self.gone()
 
 
 class PollResource(_Instrumented):
@@ -360,7 +396,7 @@ class PollResource(_Instrumented):
 
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
-        self.instrument(request)
+        counted = self.instrument(request)
         try:
             fqdn = self._read_fqdn(cast(PushProxRequest, request))
         except Denied as denied:
@@ -372,7 +408,7 @@ class PollResource(_Instrumented):
         except Denied as denied:
             return self.refuse(request, denied, fqdn)
         deferred = self._coordinator.poll(fqdn, principal, timeout, labels)
-        request.notifyFinish().addErrback(lambda _: deferred.cancel())
+        counted.gone = deferred.cancel
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
 
@@ -466,23 +502,23 @@ class PushResource(_Instrumented):
 
     def render_POST(self, request: Request) -> bytes | int:
         """Report how the relay of this push ended."""
-        self.instrument(request)
+        counted = self.instrument(request)
         push = cast(PushProxRequest, request).push
         if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
         if push.settled is not None and not push.settled.called:
             # Cluster mode: where the push goes is still being asked of Redis.
-            push.settled.addCallback(lambda _: self._answer_later(request, push))
+            push.settled.addCallback(lambda _: self._answer_later(request, push, counted))
             return NOT_DONE_YET
-        return self._answer(request, push)
+        return self._answer(request, push, counted)
 
-    def _answer_later(self, request: Request, push: Push) -> None:
-        body = self._answer(request, push)
+    def _answer_later(self, request: Request, push: Push, counted: _Counted) -> None:
+        body = self._answer(request, push, counted)
         if isinstance(body, bytes) and cast(PushProxRequest, request).alive:
             request.write(body)
             request.finish()
 
-    def _answer(self, request: Request, push: Push) -> bytes | int:
+    def _answer(self, request: Request, push: Push, counted: _Counted) -> bytes | int:
         """The push's answer: its refusal, the owner's answer, or 200 (and push-poll)."""
         refusal = push.end()
         if push.forwarded is not None:
@@ -493,11 +529,11 @@ class PushResource(_Instrumented):
             if refusal.code == 413:
                 self._metrics.limit_exceeded.labels("push_size").inc()
             return self.refuse(request, refusal)
-        if push.fqdn is not None and request.getHeader(wire.PUSH_POLL_HEADER) is not None:
+        if push.fqdn is not None and push.push_poll:
             scrape = self._coordinator.take_queued(push.fqdn, push.principal)
             if scrape is not None:
                 request.setHeader(wire.NEXT_SCRAPE_HEADER, b"1")
-                request.notifyFinish().addErrback(lambda _: self._coordinator.requeue(scrape))
+                counted.gone = lambda: self._coordinator.requeue(scrape)
                 return scrape_answer(request, scrape.payload(self._clock.seconds()))
         request.setHeader(b"content-length", b"0")
         return b""
