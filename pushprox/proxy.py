@@ -135,6 +135,38 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
+    #: What ``when_ended`` was given, in order; None once called (or while empty).
+    _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
+
+    def when_ended(self, callback: Callable[[Failure | None], object]) -> None:
+        """
+        Call ``callback(None)`` once this request is finished, or ``callback(reason)``
+        if its peer goes first.
+
+        What ``notifyFinish()`` tells, without a Deferred each time: the proxy's own
+        resources ask it of every request, three times a scrape.
+        """
+        if self._ended_callbacks is None:
+            self._ended_callbacks = [callback]
+        else:
+            self._ended_callbacks.append(callback)
+
+    def _ended(self, reason: Failure | None) -> None:
+        callbacks, self._ended_callbacks = self._ended_callbacks, None
+        if callbacks is not None:
+            for callback in callbacks:
+                try:
+                    callback(reason)
+                except Exception:
+                    # As a Deferred would: the request's channel must not see it.
+                    self._log.failure("A callback of the end of {uri!r} failed",
+                                      uri=self.uri[:200])
+
+    def finish(self) -> None:
+        """Finish the response, then tell whoever asked ``when_ended``."""
+        super().finish()
+        self._ended(None)
+
     def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
         """A push for ``POST /push``, a size-bounded body for anything else with a body."""
         site = cast(PushProxChannel, self.channel).site
@@ -148,6 +180,7 @@ class PushProxRequest(StreamingRequest):
         """Count a push whose connection ended in the middle of its relay."""
         channel = cast("PushProxChannel | None", self.channel)
         super().connectionLost(reason)
+        self._ended(reason)
         push = self.push
         if push is not None and push.broken_off and channel is not None:
             channel.site.metrics.pushes_broken.inc()
@@ -200,7 +233,7 @@ class ScrapeResource(Resource):
         answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
         scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started, answer)
         # One notification per scrape, for the answer's wait and for its relay alike.
-        request.notifyFinish().addErrback(scrape.scraper_gone)
+        scrape.request.when_ended(scrape.ended)
         answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
@@ -309,11 +342,12 @@ class _ProxiedScrape:
         #: The answer being relayed to Prometheus, once it is.
         self.delivered: IScrapeAnswer | None = None
 
-    def scraper_gone(self, reason: Failure) -> None:
-        """Prometheus hung up: stop waiting for the answer, or stop relaying it."""
-        self.answer.cancel()
-        if self.delivered is not None:
-            self.delivered.abort()
+    def ended(self, reason: Failure | None) -> None:
+        """If Prometheus hung up (``reason``): stop waiting for the answer, or relaying it."""
+        if reason is not None:
+            self.answer.cancel()
+            if self.delivered is not None:
+                self.delivered.abort()
 
     @property
     def url(self) -> str:
@@ -356,7 +390,7 @@ class _Instrumented(Resource):
         """Count this request by code and path once it ends."""
         counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
-        request.notifyFinish().addBoth(counted.ended)
+        cast(PushProxRequest, request).when_ended(counted.ended)
         return counted
 
 
@@ -375,12 +409,12 @@ class _Counted:
         #: Called if the peer hangs up before the request is finished.
         self.gone: Callable[[], object] | None = None
 
-    def ended(self, result: None | Failure) -> None:
-        """The request was finished, or its peer hung up (``result`` is a Failure)."""
+    def ended(self, reason: Failure | None) -> None:
+        """The request was finished, or its peer hung up (``reason``)."""
         resource = self.resource
         resource._metrics.count_request(self.request.code, resource.path,
                                         resource._clock.seconds() - self.started)
-        if self.gone is not None and result is not None:
+        if self.gone is not None and reason is not None:
             self.gone()
 
 
@@ -876,6 +910,7 @@ class PushProxSite(Site):
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
         self._push = PushResource(parts)
+        self._poll = PollResource(parts, self.client_auth)
         self._connect = ConnectRefused()
         root = self._tree(parts, scraper_auth, clients=clients_endpoint,
                           metrics=metrics_endpoint)
@@ -891,7 +926,7 @@ class PushProxSite(Site):
         """
         not_found = NotFound(parts)
         root = _Directory(not_found)
-        root.putChild(b"poll", PollResource(parts, self.client_auth))
+        root.putChild(b"poll", self._poll)
         if clients:
             root.putChild(b"clients", ClientsResource(parts, scraper_auth))
             started = parts.clock.seconds()
@@ -961,12 +996,17 @@ class PushProxSite(Site):
             self.in_progress += 1
             request.notifyFinish().addBoth(self._request_done)
         uri = request.uri
-        if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
+        if uri[:1] != b"/" and (uri[:7].lower() == b"http://"
+                                or uri[:8].lower() == b"https://"):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
-        if is_push_path(request.path):
+        path = request.path
+        if is_push_path(path):
             return self._push
+        if path == b"/poll" or path.startswith(b"/poll/"):
+            # What the tree would find (a leaf), without walking it: once a scrape.
+            return self._poll
         return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Any) -> None:
