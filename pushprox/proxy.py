@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
