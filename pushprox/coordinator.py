@@ -325,15 +325,22 @@ class ICoordinator(Interface):
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+#: Random hex digits from the OS, drawn 128 ids at a time (one system call, not 128).
+_random_hex: list[str] = []
+# A forked process draws its own: two processes must never hand out the same ids.
+os.register_at_fork(after_in_child=_random_hex.clear)
 
 
 def new_scrape_id() -> str:
     """
     A random UUID (version 4, 122 bits from the OS) as text, the form scrape ids take.
 
-    What ``str(uuid.uuid4())`` gives, in a third of its time: it is made once a scrape.
+    What ``str(uuid.uuid4())`` gives, in a fraction of its time: one is made a scrape.
     """
-    h = os.urandom(16).hex()
+    if not _random_hex:
+        drawn = os.urandom(16 * 128).hex()
+        _random_hex.extend(drawn[start:start + 32] for start in range(0, len(drawn), 32))
+    h = _random_hex.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
