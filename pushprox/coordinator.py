@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
-import uuid
+import os
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,13 +126,20 @@ class IScrapeAnswer(Interface):
     failure = Attribute("The one-line reason when the answer is an error, else None.")
 
     def deliver(request: IRequest) -> None:
-        """Answer Prometheus' ``request`` with it; the body may still be on its way."""
+        """
+        Answer Prometheus' ``request`` with it; the body may still be on its way.
+
+        Whoever delivers it calls ``abort`` if Prometheus hangs up before the end.
+        """
 
     def abort() -> None:
-        """Cut the answer off (the scrape's time ran out, or the proxy stops)."""
+        """
+        Cut the answer off (the scrape's time ran out, the proxy stops, or Prometheus
+        hung up).
+        """
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Scrape:
     """One proxied scrape from the moment Prometheus asks until it is answered."""
 
@@ -162,7 +169,7 @@ class Scrape:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Poll:
     fqdn: str
     principal: str | None
@@ -317,6 +324,26 @@ class ICoordinator(Interface):
         """Number of scrapes not yet answered."""
 
 
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+#: Random hex digits from the OS, drawn 128 ids at a time (one system call, not 128).
+_random_hex: list[str] = []
+# A forked process draws its own: two processes must never hand out the same ids.
+os.register_at_fork(after_in_child=_random_hex.clear)
+
+
+def new_scrape_id() -> str:
+    """
+    A random UUID (version 4, 122 bits from the OS) as text, the form scrape ids take.
+
+    What ``str(uuid.uuid4())`` gives, in a fraction of its time: one is made a scrape.
+    """
+    if not _random_hex:
+        drawn = os.urandom(16 * 128).hex()
+        _random_hex.extend(drawn[start:start + 32] for start in range(0, len(drawn), 32))
+    h = _random_hex.pop()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
 class Waiters:
     """Deferreds waiting for a moment (no scrape in flight, no request unanswered)."""
 
@@ -453,26 +480,18 @@ class Coordinator:
         self._expire_clients()
         if fqdn not in self._clients:
             return fail(UnknownClient(f"no client is registered as {fqdn}"))
-        silence = self._silence(fqdn)
-        if silence is not None:
-            return fail(silence)
-        queue = self._queues.get(fqdn)
-        polls = self._polls.get(fqdn)
-        if not polls and len(queue or ()) >= self.max_queued_per_client:
-            return fail(
-                QueueFull(f"{len(queue or ())} scrapes are already queued for {fqdn}")
-            )
-        scrape_id = self.id_prefix + str(uuid.uuid4())
+        if fqdn not in self._polls:
+            # Only a client that holds no poll can be silent or have a queue.
+            silence = self._silence(fqdn)
+            if silence is not None:
+                return fail(silence)
+            queued = len(self._queues.get(fqdn, ()))
+            if queued >= self.max_queued_per_client:
+                return fail(QueueFull(f"{queued} scrapes are already queued for {fqdn}"))
+        scrape_id = self.id_prefix + new_scrape_id()
         deferred: Deferred[IScrapeAnswer] = Deferred(lambda d: self._cancel_scrape(scrape_id))
-        scrape = Scrape(
-            scrape_id=scrape_id,
-            fqdn=fqdn,
-            method=method,
-            url=url,
-            headers=headers,
-            deadline=self._clock.seconds() + timeout,
-            deferred=deferred,
-        )
+        scrape = Scrape(scrape_id, fqdn, method, url, headers,
+                        self._clock.seconds() + timeout, deferred)
         self._scrapes[scrape_id] = scrape
         self._dispatch(scrape)
         self._arm(scrape)

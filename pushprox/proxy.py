@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -51,6 +52,8 @@ from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
 SCRAPER_MARGIN = 0.25
 #: Why a scrape ended without an answer when Prometheus hung up first.
 SCRAPER_GONE = "the scraper hung up before the answer"
+#: No header names, for a scrape whose every header is passed on.
+_NONE: frozenset[bytes] = frozenset()
 #: What a pushprox proxy tells clients it speaks, on every poll answer.
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
@@ -132,6 +135,38 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
+    #: What ``when_ended`` was given, in order; None once called (or while empty).
+    _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
+
+    def when_ended(self, callback: Callable[[Failure | None], object]) -> None:
+        """
+        Call ``callback(None)`` once this request is finished, or ``callback(reason)``
+        if its peer goes first.
+
+        What ``notifyFinish()`` tells, without a Deferred each time: the proxy's own
+        resources ask it of every request, three times a scrape.
+        """
+        if self._ended_callbacks is None:
+            self._ended_callbacks = [callback]
+        else:
+            self._ended_callbacks.append(callback)
+
+    def _ended(self, reason: Failure | None) -> None:
+        callbacks, self._ended_callbacks = self._ended_callbacks, None
+        if callbacks is not None:
+            for callback in callbacks:
+                try:
+                    callback(reason)
+                except Exception:
+                    # As a Deferred would: the request's channel must not see it.
+                    self._log.failure("A callback of the end of {uri!r} failed",
+                                      uri=self.uri[:200])
+
+    def finish(self) -> None:
+        """Finish the response, then tell whoever asked ``when_ended``."""
+        super().finish()
+        self._ended(None)
+
     def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
         """A push for ``POST /push``, a size-bounded body for anything else with a body."""
         site = cast(PushProxChannel, self.channel).site
@@ -145,6 +180,7 @@ class PushProxRequest(StreamingRequest):
         """Count a push whose connection ended in the middle of its relay."""
         channel = cast("PushProxChannel | None", self.channel)
         super().connectionLost(reason)
+        self._ended(reason)
         push = self.push
         if push is not None and push.broken_off and channel is not None:
             channel.site.metrics.pushes_broken.inc()
@@ -185,18 +221,19 @@ class ScrapeResource(Resource):
             fqdn, timeout = self._read_target(request)
         except Denied as denied:
             return denied_response(request, denied)
+        # Only a peer may say that a scrape was forwarded already.
+        dropped = _NONE if from_peer else wire.PEER_HEADERS
         headers = [
             (name, value)
             for name, values in request.requestHeaders.getAllRawHeaders()
+            if name.lower() not in dropped
             for value in values
         ]
-        if not from_peer:
-            # Only a peer may say that a scrape was forwarded already.
-            headers = wire.without(headers, wire.PEER_HEADERS)
         deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
         answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
-        request.notifyFinish().addErrback(lambda _: answer.cancel())
-        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started)
+        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started, answer)
+        # One notification per scrape, for the answer's wait and for its relay alike.
+        scrape.request.when_ended(scrape.ended)
         answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
@@ -249,6 +286,7 @@ class ScrapeResource(Resource):
         if not request.alive:
             self._done(scrape, 499, "cancelled", SCRAPER_GONE)
             return
+        scrape.delivered = answer
         answer.deliver(request)
         code = answer.status
         failure: str | None = answer.failure
@@ -292,12 +330,24 @@ class ScrapeResource(Resource):
 class _ProxiedScrape:
     """Prometheus' side of one scrape: its request, what it is for, when it began."""
 
-    __slots__ = ("fqdn", "request", "started")
+    __slots__ = ("answer", "delivered", "fqdn", "request", "started")
 
-    def __init__(self, request: PushProxRequest, fqdn: str, started: float) -> None:
+    def __init__(self, request: PushProxRequest, fqdn: str, started: float,
+                 answer: Deferred[IScrapeAnswer]) -> None:
         self.request = request
         self.fqdn = fqdn
         self.started = started
+        #: Fires with the client's answer (cancelled if Prometheus hangs up first).
+        self.answer = answer
+        #: The answer being relayed to Prometheus, once it is.
+        self.delivered: IScrapeAnswer | None = None
+
+    def ended(self, reason: Failure | None) -> None:
+        """If Prometheus hung up (``reason``): stop waiting for the answer, or relaying it."""
+        if reason is not None:
+            self.answer.cancel()
+            if self.delivered is not None:
+                self.delivered.abort()
 
     @property
     def url(self) -> str:
@@ -336,16 +386,36 @@ class _Instrumented(Resource):
                       peer=_peer(request), status=denied.code, reason=denied.message)
         return denied_response(request, denied)
 
-    def instrument(self, request: Request) -> None:
+    def instrument(self, request: Request) -> _Counted:
         """Count this request by code and path once it ends."""
-        started = self._clock.seconds()
+        counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
+        cast(PushProxRequest, request).when_ended(counted.ended)
+        return counted
 
-        def done(_: object) -> None:
-            self._metrics.count_request(request.code, self.path,
-                                        self._clock.seconds() - started)
 
-        request.notifyFinish().addBoth(done)
+class _Counted:
+    """
+    A request to one of the proxy's own endpoints, counted once it ends; what else
+    must happen if its peer hangs up first rides on the same notification.
+    """
+
+    __slots__ = ("gone", "request", "resource", "started")
+
+    def __init__(self, resource: _Instrumented, request: Request) -> None:
+        self.resource = resource
+        self.request = request
+        self.started = resource._clock.seconds()
+        #: Called if the peer hangs up before the request is finished.
+        self.gone: Callable[[], object] | None = None
+
+    def ended(self, reason: Failure | None) -> None:
+        """The request was finished, or its peer hung up (``reason``)."""
+        resource = self.resource
+        resource._metrics.count_request(self.request.code, resource.path,
+                                        resource._clock.seconds() - self.started)
+        if self.gone is not None and reason is not None:
+            self.gone()
 
 
 class PollResource(_Instrumented):
@@ -360,7 +430,7 @@ class PollResource(_Instrumented):
 
     def render_POST(self, request: Request) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
-        self.instrument(request)
+        counted = self.instrument(request)
         try:
             fqdn = self._read_fqdn(cast(PushProxRequest, request))
         except Denied as denied:
@@ -372,7 +442,7 @@ class PollResource(_Instrumented):
         except Denied as denied:
             return self.refuse(request, denied, fqdn)
         deferred = self._coordinator.poll(fqdn, principal, timeout, labels)
-        request.notifyFinish().addErrback(lambda _: deferred.cancel())
+        counted.gone = deferred.cancel
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
 
@@ -466,23 +536,23 @@ class PushResource(_Instrumented):
 
     def render_POST(self, request: Request) -> bytes | int:
         """Report how the relay of this push ended."""
-        self.instrument(request)
+        counted = self.instrument(request)
         push = cast(PushProxRequest, request).push
         if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
         if push.settled is not None and not push.settled.called:
             # Cluster mode: where the push goes is still being asked of Redis.
-            push.settled.addCallback(lambda _: self._answer_later(request, push))
+            push.settled.addCallback(lambda _: self._answer_later(request, push, counted))
             return NOT_DONE_YET
-        return self._answer(request, push)
+        return self._answer(request, push, counted)
 
-    def _answer_later(self, request: Request, push: Push) -> None:
-        body = self._answer(request, push)
+    def _answer_later(self, request: Request, push: Push, counted: _Counted) -> None:
+        body = self._answer(request, push, counted)
         if isinstance(body, bytes) and cast(PushProxRequest, request).alive:
             request.write(body)
             request.finish()
 
-    def _answer(self, request: Request, push: Push) -> bytes | int:
+    def _answer(self, request: Request, push: Push, counted: _Counted) -> bytes | int:
         """The push's answer: its refusal, the owner's answer, or 200 (and push-poll)."""
         refusal = push.end()
         if push.forwarded is not None:
@@ -493,11 +563,11 @@ class PushResource(_Instrumented):
             if refusal.code == 413:
                 self._metrics.limit_exceeded.labels("push_size").inc()
             return self.refuse(request, refusal)
-        if push.fqdn is not None and request.getHeader(wire.PUSH_POLL_HEADER) is not None:
+        if push.fqdn is not None and push.push_poll:
             scrape = self._coordinator.take_queued(push.fqdn, push.principal)
             if scrape is not None:
                 request.setHeader(wire.NEXT_SCRAPE_HEADER, b"1")
-                request.notifyFinish().addErrback(lambda _: self._coordinator.requeue(scrape))
+                counted.gone = lambda: self._coordinator.requeue(scrape)
                 return scrape_answer(request, scrape.payload(self._clock.seconds()))
         request.setHeader(b"content-length", b"0")
         return b""
@@ -840,6 +910,7 @@ class PushProxSite(Site):
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
         self._push = PushResource(parts)
+        self._poll = PollResource(parts, self.client_auth)
         self._connect = ConnectRefused()
         root = self._tree(parts, scraper_auth, clients=clients_endpoint,
                           metrics=metrics_endpoint)
@@ -855,7 +926,7 @@ class PushProxSite(Site):
         """
         not_found = NotFound(parts)
         root = _Directory(not_found)
-        root.putChild(b"poll", PollResource(parts, self.client_auth))
+        root.putChild(b"poll", self._poll)
         if clients:
             root.putChild(b"clients", ClientsResource(parts, scraper_auth))
             started = parts.clock.seconds()
@@ -925,12 +996,17 @@ class PushProxSite(Site):
             self.in_progress += 1
             request.notifyFinish().addBoth(self._request_done)
         uri = request.uri
-        if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
+        if uri[:1] != b"/" and (uri[:7].lower() == b"http://"
+                                or uri[:8].lower() == b"https://"):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
-        if is_push_path(request.path):
+        path = request.path
+        if is_push_path(path):
             return self._push
+        if path == b"/poll" or path.startswith(b"/poll/"):
+            # What the tree would find (a leaf), without walking it: once a scrape.
+            return self._poll
         return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Any) -> None:

@@ -19,7 +19,6 @@ from typing import Protocol, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -180,7 +179,6 @@ class StreamedAnswer:
         prometheus.defaultContentType = None
         self._request = prometheus
         self._state = _Stream.STREAMING
-        prometheus.notifyFinish().addErrback(self._scraper_gone)
         if self._throttle is not None:
             prometheus.registerProducer(self._throttle, True)
         pending, self._pending = self._pending, []
@@ -205,13 +203,15 @@ class StreamedAnswer:
                 request.finish()
 
     def abort(self) -> None:
-        """Cut Prometheus off: an incomplete answer must not look like a whole one."""
+        """
+        Cut Prometheus off: an incomplete answer must not look like a whole one.
+
+        Also how the relay learns that Prometheus hung up (see ``IScrapeAnswer.abort``):
+        the pushing client is let go on, its bytes are dropped.
+        """
         request = self._end()
         if request is not None and request.alive:
             request.loseConnection()
-
-    def _scraper_gone(self, reason: Failure) -> None:
-        self._end()
 
     def _end(self) -> StreamingRequest | None:
         """Stop relaying; returns the request that was being answered, if any."""
@@ -251,7 +251,8 @@ class Push:
     ) -> None:
         self._coordinator = coordinator
         self._forwarder = forwarder
-        self._push_poll = push_poll
+        #: The client asks for the next scrape queued for it in the push's answer.
+        self.push_poll = push_poll
         #: Set when the push is on its way to the replica that owns its scrape.
         self.forwarded: ForwardedPush | None = None
         #: While its owner is looked up: the bytes received, held (the client is paused).
@@ -402,7 +403,7 @@ class Push:
 
     def _forward(self, peer: str, data: bytes) -> None:
         assert self._forwarder is not None
-        self.forwarded = self._forwarder.forward(peer, self.principal, self._push_poll,
+        self.forwarded = self._forwarder.forward(peer, self.principal, self.push_poll,
                                                  self._transport)
         self.forwarded.feed(data)
 

@@ -14,6 +14,7 @@ byte-exact recordings of the upstream Go implementation and fuzzed.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -179,8 +180,7 @@ def parse_timeout(raw: bytes | None) -> float | None:
 
 def format_timeout(seconds: float) -> bytes:
     """A timeout as Prometheus writes it: decimal seconds, no exponent."""
-    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return text.encode("ascii") or b"0"
+    return (b"%.6f" % seconds).rstrip(b"0").rstrip(b".") or b"0"
 
 
 def _clean_value(value: bytes) -> bytes:
@@ -209,6 +209,12 @@ def authority_host(authority: bytes) -> bytes:
 
 def normalize_fqdn(raw: bytes) -> str | None:
     """The host name in ``raw`` lowercased, without a trailing dot, or None if it is none."""
+    if len(raw) <= _CACHED_LENGTH:
+        return _normalize_fqdn_cached(raw)
+    return _normalize_fqdn(raw)
+
+
+def _normalize_fqdn(raw: bytes) -> str | None:
     try:
         text = raw.decode("ascii").strip().lower().rstrip(".")
     except UnicodeDecodeError:
@@ -218,7 +224,22 @@ def normalize_fqdn(raw: bytes) -> str | None:
 
 def url_fqdn(url: bytes) -> str | None:
     """The FQDN a scrape of the absolute ``url`` is for, or None when it names none."""
-    return normalize_fqdn(authority_host(url_authority(url)))
+    if len(url) <= _CACHED_LENGTH:
+        return _url_fqdn_cached(url)
+    return _url_fqdn(url)
+
+
+# Every scrape and every poll asks for the same few names again: the answers are kept,
+# for inputs no longer than a host name may be (a bounded memory, whatever is sent).
+_CACHED_LENGTH = 255
+_normalize_fqdn_cached = functools.lru_cache(maxsize=1024)(_normalize_fqdn)
+
+
+def _url_fqdn(url: bytes) -> str | None:
+    return _normalize_fqdn(authority_host(url_authority(url)))
+
+
+_url_fqdn_cached = functools.lru_cache(maxsize=1024)(_url_fqdn)
 
 
 def encode_scrape_request(

@@ -7,6 +7,7 @@ entry) and that no timer is left on the clock: nothing outlives its request.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -35,6 +36,7 @@ from pushprox.coordinator import (
     TooManyPolls,
     UnknownClient,
     UnknownScrape,
+    new_scrape_id,
 )
 
 NODE = "node1.example"
@@ -264,6 +266,24 @@ class ScrapeDeliveryTests(CoordinatorTestCase):
             scraped.cancel()
             self.failureResultOf(scraped, CancelledError)
         self.assertIdle()
+
+
+class ScrapeIdTests(SynchronousTestCase):
+    """Scrape ids are random version 4 UUIDs in their usual text form."""
+
+    def test_ids_are_random_version_4_uuids(self) -> None:
+        """
+        Each id reads back as the same RFC 4122 version 4 UUID, none repeats, and the
+        random digits (the variant's among them) take every value they may.
+        """
+        ids = [new_scrape_id() for _ in range(2000)]
+        for scrape_id in ids:
+            parsed = uuid.UUID(scrape_id)
+            self.assertEqual((str(parsed), parsed.version, parsed.variant),
+                             (scrape_id, 4, uuid.RFC_4122))
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertEqual({scrape_id[19] for scrape_id in ids}, set("89ab"))
+        self.assertEqual({scrape_id[0] for scrape_id in ids}, set("0123456789abcdef"))
 
 
 class ScrapeEndTests(CoordinatorTestCase):

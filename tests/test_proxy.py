@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -22,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import wire
 from pushprox.coordinator import Coordinator
-from pushprox.proxy import ProxyConfig, PushProxSite
+from pushprox.proxy import ProxyConfig, PushProxRequest, PushProxSite
 
 DATA = Path(__file__).parent / "data"
 GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
@@ -675,6 +676,52 @@ class EndpointTests(ProxyTestCase):
         response = self.get(b"/nothing")
         self.assertEqual(response.status, 404)
         self.assertIn(b"PushProx proxy", response.body)
+
+
+class WhenEndedTests(ProxyTestCase):
+    """``PushProxRequest.when_ended``: what the resources learn of a request's end."""
+
+    def held_request(self) -> PushProxRequest:
+        """A request held open by the site (a poll waiting for a scrape)."""
+        made: list[PushProxRequest] = []
+
+        class Recorded(PushProxRequest):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        self.site.requestFactory = Recorded
+        self.connection = self.poll()
+        (request,) = made
+        return request
+
+    def test_finish_calls_each_callback_once_in_order(self) -> None:
+        """Finishing calls every callback with None, in order, and only once."""
+        request = self.held_request()
+        calls: list[tuple[str, object]] = []
+        request.when_ended(lambda reason: calls.append(("first", reason)))
+        request.when_ended(lambda reason: calls.append(("second", reason)))
+        self.scrape()  # answers the poll: the poll's request is finished
+        self.assertEqual(calls, [("first", None), ("second", None)])
+        self.connection.hang_up()
+        self.assertEqual(len(calls), 2)
+
+    def test_a_failing_callback_is_logged_and_the_rest_still_run(self) -> None:
+        """The peer hanging up reaches every callback even when one of them raises."""
+        request = self.held_request()
+        reasons: list[object] = []
+
+        def broken(reason: object) -> None:
+            raise ZeroDivisionError("broken callback")
+
+        request.when_ended(broken)
+        request.when_ended(reasons.append)
+        self.connection.hang_up()
+        self.assertEqual(len(reasons), 1)
+        assert isinstance(reasons[0], Failure)
+        self.assertTrue(reasons[0].check(ConnectionDone))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIdle()
 
 
 class FlowControlTests(ProxyTestCase):
