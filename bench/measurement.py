@@ -17,14 +17,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from processes import BENCH, ENV, BenchError, http_get, tool_path
+from processes import BENCH, ENV, VENV_BIN, BenchError, http_get, tool_path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LUA = str(BENCH / "proxy_form.lua")
+PYSPY = str(VENV_BIN / "py-spy")
 QUIET_CORES = 0.25  # other processes' load under which a row is measured at once
 
 # --------------------------------------------------------------------------- /proc
@@ -38,10 +40,15 @@ def _stat_fields(pid: int | str) -> list[str]:
     return data[data.rindex(")") + 2 :].split()
 
 
+def cpu_split_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of one process (user space and the kernel on its behalf), in ticks."""
+    fields = _stat_fields(pid)
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of one process, in clock ticks."""
-    fields = _stat_fields(pid)
-    return int(fields[11]) + int(fields[12])
+    return sum(cpu_split_ticks(pid))
 
 
 def ticks_ms(ticks: int) -> float:
@@ -391,6 +398,51 @@ def curl_get(url: str, proxy_port: int | None, expect: int, out: str = "/dev/nul
 # --------------------------------------------------------------------------- py-spy
 
 PYSPY_RATE = 100  # samples per second
+
+
+def start_pyspy(pid: int, raw: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` for `seconds` into `raw` (collapsed stacks, idle left out)."""
+    return subprocess.Popen(
+        [PYSPY, "record", "--nonblocking", "-r", str(PYSPY_RATE), "-d", str(seconds),
+         "-f", "raw", "-o", str(raw), "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+
+
+def finish_pyspy(p: subprocess.Popen[bytes], raw: Path) -> str | None:
+    """Wait for a start_pyspy recording; why it wrote nothing, or None once `raw` is there."""
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        err = b"timeout"
+    if raw.exists():
+        return None
+    return err.decode(errors="replace").strip()[-300:] or f"py-spy exited {p.returncode}"
+
+
+def pyspy_error() -> str | None:
+    """Why py-spy cannot run here, or None."""
+    if not os.path.exists(PYSPY):
+        return f"py-spy not found at {PYSPY} (pip install py-spy into this venv)"
+    return None
+
+
+def _short_frame(frame: str) -> str:
+    """A frame as "function (file:line)", the file relative to site-packages or the checkout."""
+    return re.sub(r"\s*\((?:/[^)]*?/)?((?:site-packages/)?)([^)]*)\)$", r" (\2)", frame)
+
+
+def pyspy_stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """The stacks of py-spy's raw output (outermost frame first, short file names) and
+    how many samples each has."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield [_short_frame(f) for f in stack.split(";")], int(count)
+
+
 APP_FRAMES = re.compile(r"\((pushprox|treq|twisted/web|hyperlink|prometheus_client)/")
 
 
@@ -406,16 +458,8 @@ def summarize_pyspy(path: Path, seconds: float, top: int = 10) -> list[str]:
     incl: dict[str, int] = {}
     total = 0
 
-    def short(frame: str) -> str:
-        return re.sub(r"\s*\((?:/[^)]*?/)?((?:site-packages/)?)([^)]*)\)$", r" (\2)", frame)
-
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        c = int(count)
+    for frames, c in pyspy_stacks(path):
         total += c
-        frames = [short(f) for f in stack.split(";")]
         self_t[frames[-1]] = self_t.get(frames[-1], 0) + c
         for f in {re.sub(r":\d+\)$", ")", f) for f in frames if APP_FRAMES.search(f)}:
             incl[f] = incl.get(f, 0) + c

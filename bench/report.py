@@ -32,6 +32,7 @@ BIG_PAGE_COLUMNS = [
     "proxy peak RSS growth MB", "client peak RSS growth MB",
 ]  # fmt: skip
 MEASURE_COLUMNS = ["measure", "value"]
+BREAKDOWN_COLUMNS = ["where (innermost frame)", "proxy µs/scrape", "client µs/scrape"]
 CLUSTER_COLUMNS = [
     "path", "conns", "scrapes/s", "p50 ms", "p99 ms",
     "replica A CPU ms/scrape", "replica B CPU ms/scrape", "replicas together CPU ms/scrape",
@@ -56,6 +57,8 @@ class Report:
     header: list[str] = field(default_factory=list)
     throughput: list[list[str]] = field(default_factory=list)
     one_connection: list[list[str]] = field(default_factory=list)
+    breakdown: list[list[str]] = field(default_factory=list)
+    breakdown_run: str = ""  # how the breakdown's run went
     big: list[list[str]] = field(default_factory=list)
     idle: list[list[str]] = field(default_factory=list)
     client_mem: list[list[str]] = field(default_factory=list)
@@ -90,6 +93,14 @@ class Report:
                   f"median of {m.one_rounds} alternating rounds, then each round; {baseline})",
                   ""]  # fmt: skip
         lines += table(ONE_CONNECTION_COLUMNS, self.one_connection)
+        if self.breakdown:
+            lines += ["", "### Where a scrape's CPU goes, one connection (wrk -t1 -c1 on /1k "
+                      "in proxy form, py-spy and /proc)", "", self.breakdown_run, ""]  # fmt: skip
+            lines += table(BREAKDOWN_COLUMNS, self.breakdown)
+            lines += ["", "µs per scrape of a bucket = its share of the process's busy py-spy "
+                      "samples (in parentheses) times the process's /proc CPU per scrape (user + "
+                      "system): py-spy's share is applied to the total, the kernel's time "
+                      "included."]  # fmt: skip
         lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
                   f"{m.big_repeats})", ""]  # fmt: skip
         lines += table(BIG_PAGE_COLUMNS, self.big)

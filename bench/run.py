@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pushprox benchmark: scrapes through pushprox vs. directly against nginx.
 
-    python bench/run.py [--quick] [--profile DIR] [--keep] [--baseline REV]
+    python bench/run.py [--quick] [--profile DIR] [--breakdown] [--keep] [--baseline REV]
 
 Starts (all on 127.0.0.1, ports chosen free, each process in its own working
 directory under one temp dir, everything stopped at the end, also on Ctrl-C):
@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from breakdown import section_breakdown
 from faults import section_soak, section_storm
 from measurement import MachineCpu
 from processes import BENCH, BenchError, Procs
@@ -54,7 +55,7 @@ from scenarios import (
     start_world,
 )
 
-SECTIONS = ["throughput", "one", "big", "idle", "memory", "cluster", "storm", "soak"]
+SECTIONS = ["throughput", "one", "breakdown", "big", "idle", "memory", "cluster", "storm", "soak"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,6 +73,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--output", default=str(BENCH / "results.md"), help="Markdown file")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy the proxy and client")
     ap.add_argument(
+        "--breakdown", action="store_true",
+        help="where a scrape's CPU goes at one connection (py-spy, strace); on with --profile",
+    )  # fmt: skip
+    ap.add_argument(
         "--quiet-wait", type=float, default=15.0, metavar="S",
         help="before each wrk row, wait up to S s for other processes to calm down",
     )  # fmt: skip
@@ -88,11 +93,17 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def sections(w: World, profile: str | None) -> list[tuple[str, Callable[[], None]]]:
+def sections(
+    w: World, profile: str | None, breakdown: bool
+) -> list[tuple[str, Callable[[], None]]]:
     """The sections in the order they run: the shared pair's first, the fresh processes' last."""
     steps: list[tuple[str, Callable[[], None]]] = [
         ("throughput", lambda: section_throughput(w)),
         ("one", lambda: section_one_connection(w)),
+    ]
+    if profile or breakdown:
+        steps.append(("breakdown", lambda: section_breakdown(w, profile)))
+    steps += [
         ("big", lambda: section_big(w)),
         ("memory", lambda: section_client_memory(w)),
         ("cluster", lambda: section_cluster(w)),
@@ -134,7 +145,7 @@ def main() -> int:
         report.header = machine_header()
         print("\n".join(report.header), file=sys.stderr, flush=True)
         w = start_world(procs, report, mode, args.baseline, baseline_checkout)
-        for name, section in sections(w, args.profile):
+        for name, section in sections(w, args.profile, args.breakdown):
             if name not in args.skip:
                 run_section(w, name, section)
     except KeyboardInterrupt:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 from measurement import (
-    PYSPY_RATE,
     LoadResult,
     RedisCounts,
     RssSampler,
@@ -28,11 +27,14 @@ from measurement import (
     cpu_ticks,
     curl_get,
     errors_text,
+    finish_pyspy,
     metric_total,
     open_fds,
+    pyspy_error,
     redis_calls,
     redis_info,
     rss_kb,
+    start_pyspy,
     status_kb,
     summarize_pyspy,
     ticks_ms,
@@ -43,7 +45,6 @@ from processes import (
     BENCH,
     ENV,
     REPO,
-    VENV_BIN,
     BenchError,
     Proc,
     Procs,
@@ -71,7 +72,6 @@ from services import (
     wait_scrape_ok,
 )
 
-PYSPY = str(VENV_BIN / "py-spy")
 IDLE_SIM = str(BENCH / "idle_clients.py")
 MEMORY_MAX_SECONDS = 1200  # bound on the client memory section's load
 NOT_RUN = "not run (see notes)"
@@ -736,27 +736,22 @@ def section_profile(w: World, outdir: Path) -> None:
     """py-spy of the proxy and the client under an extra wrk -c8 run (--profile DIR)."""
     if w.proxied_error or not (w.proxy and w.client):
         return
+    why = pyspy_error()
+    if why:
+        w.report.note(f"profile not run: {why}")
+        return
     outdir.mkdir(parents=True, exist_ok=True)
     secs = max(5, w.mode.wrk_seconds)
     recs = []
     for name, proc in (("proxy", w.proxy), ("client", w.client)):
         raw = outdir / f"{name}-1k-c8.txt"
-        recs.append((name, raw, subprocess.Popen(
-            [PYSPY, "record", "--nonblocking", "-r", str(PYSPY_RATE), "-d", str(secs + 1),
-             "-f", "raw", "-o", str(raw), "-p", str(proc.pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
-        )))  # fmt: skip
+        recs.append((name, raw, start_pyspy(proc.pid, raw, secs + 1)))
     time.sleep(0.5)
     r = w.wrk.run(w.proxy_port, 8, secs, w.watch(), scrape_uri(FQDN, w.nginx_port, "1k"))
     for name, raw, p in recs:
-        try:
-            _, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
-            err = b"timeout"
-        if not raw.exists():
-            w.report.note(f"py-spy {name}: {err.decode(errors='replace').strip()[-300:]}")
+        err = finish_pyspy(p, raw)
+        if err is not None:
+            w.report.note(f"py-spy {name}: {err}")
             continue
         w.report.profile += [
             f"{name} during wrk -c8 on /1k ({r.rate:,.0f} scrapes/s under py-spy; "
