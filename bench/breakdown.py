@@ -9,10 +9,13 @@ second, short run under ``strace -c`` counts the system calls per scrape by name
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,30 +33,52 @@ from processes import BenchError, Proc
 from report import fmt
 from scenarios import World
 from services import FQDN, scrape_uri
+from twisted.internet import epollreactor, tcp
 
-#: Each py-spy sample goes to the first bucket whose pattern matches its innermost frame,
-#: "function (file:line)"; a sample no pattern matches is "other".
+
+def _line_calling(func: Callable[..., object], text: str) -> str:
+    """The line number (as a pattern) in `func`'s source that contains `text`, so that a
+    rule names the line that calls into the kernel whatever the Twisted version."""
+    with contextlib.suppress(OSError, TypeError):
+        lines, first = inspect.getsourcelines(func)
+        for i, line in enumerate(lines):
+            if text in line:
+                return str(first + i)
+    return r"\d+"
+
+
+SYSCALLS = "system calls: send, recv, epoll_ctl"
+EPOLL_WAIT = "epoll_wait (left out of the shares, see below)"
+OTHER = "other"
+#: (bucket, pattern): a py-spy sample goes to the bucket of the first rule that matches its
+#: innermost frame, "function (file:line)"; a frame no rule matches (the standard library's,
+#: e.g. uuid or urllib) counts for its caller, and so on outwards; "other" if none does.
 BUCKETS: list[tuple[str, str]] = [
-    # Python frames that are in the kernel when sampled: send() (untilConcludes called by
-    # writeSomeData), recv() (Connection.doRead's own line), epoll_wait() (doPoll).
-    ("system calls (send, recv, epoll)",
-     r"^(untilConcludes \(.*twisted/python/util\.py|doRead \(.*twisted/internet/tcp\.py"
-     r"|doPoll \(.*twisted/internet/epollreactor\.py)"),
-    ("HTTP parsing", r"twisted/web/_newclient\.py|pushprox/proxy_link\.py|httptools"),
-    ("twisted.web request/response",
-     r"twisted/web/(http|server|resource|http_headers|_responses|iweb)\.py"),
+    # Python lines that are in the kernel when sampled.
+    (SYSCALLS, r"^untilConcludes \(.*twisted/python/util\.py"),  # send() of writeSomeData
+    (SYSCALLS, r"^Connection\.doRead \(.*twisted/internet/tcp\.py:"
+     + _line_calling(tcp.Connection.doRead, ".recv(") + r"\)"),
+    (SYSCALLS, r"^EPollReactor\._(add|remove) \("),  # epoll_ctl()
+    (EPOLL_WAIT, r"^EPollReactor\.doPoll \(.*:"
+     + _line_calling(epollreactor.EPollReactor.doPoll, "_poller.poll(") + r"\)"),
+    # llhttp (C, under feed_data) and its callbacks in pushprox; Agent's parser.
+    ("HTTP parsing", r"^LlhttpChannel\.(dataReceived|_parse|on_\w+) \(.*pushprox/twisted_hooks"),
+    ("HTTP parsing", r"^_Connection\.(dataReceived|on_\w+) \(.*pushprox/proxy_link"),
+    ("HTTP parsing", r"^(HTTPParser|HTTPClientParser|LineReceiver)\.\w+ \("),
+    ("twisted.web Agent (requests to the target)", r"twisted/web/(client|_newclient)\.py|treq/"),
+    ("twisted.web request/response", r"twisted/web/"),
+    ("pushprox: channel and request (twisted_hooks)", r"pushprox/twisted_hooks\.py"),
     ("Deferreds", r"twisted/internet/defer\.py"),
-    ("reactor (twisted.internet, logging)",
+    ("reactor (twisted.internet, log context)",
      r"twisted/internet/|twisted/python/(log|context|failure|util)\.py|twisted/logger/"),
     ("pushprox: coordinator", r"pushprox/coordinator\.py"),
     ("pushprox: relay and push", r"pushprox/relay\.py"),
     ("pushprox: proxy resources", r"pushprox/(proxy|responses|status|auth)\.py"),
     ("pushprox: wire", r"pushprox/wire\.py"),
-    ("pushprox: client", r"pushprox/client\.py"),
-    ("pushprox: twisted hooks", r"pushprox/twisted_hooks\.py"),
+    ("pushprox: client (and its link to the proxy)", r"pushprox/(client|proxy_link)\.py"),
     ("metrics", r"prometheus_client/|pushprox/metrics\.py"),
+    ("pushprox: other", r"pushprox/"),
 ]  # fmt: skip
-OTHER = "other"
 _BUCKET_RES = [(name, re.compile(pattern)) for name, pattern in BUCKETS]
 #: Processes whose scrape the section breaks down, in the table's column order.
 PROCESSES = ("proxy", "client")
@@ -62,11 +87,12 @@ STRACE_SECONDS = 3
 STRACE_FIRST = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "getrandom")
 
 
-def bucket_of(frame: str) -> str:
-    """The bucket of a sample whose innermost frame is `frame`."""
-    for name, pattern in _BUCKET_RES:
-        if pattern.search(frame):
-            return name
+def bucket_of(frames: list[str]) -> str:
+    """The bucket of a sample with these frames (outermost first)."""
+    for frame in reversed(frames):
+        for name, pattern in _BUCKET_RES:
+            if pattern.search(frame):
+                return name
     return OTHER
 
 
@@ -74,7 +100,7 @@ def bucket_samples(raw: Path) -> dict[str, int]:
     """py-spy's samples in `raw` by bucket."""
     counts: dict[str, int] = {}
     for frames, n in pyspy_stacks(raw):
-        b = bucket_of(frames[-1])
+        b = bucket_of(frames)
         counts[b] = counts.get(b, 0) + n
     return counts
 
@@ -97,17 +123,20 @@ class ProcessBreakdown:
         """utime + stime per scrape, in µs."""
         return self.per_scrape_us(self.user_ms + self.system_ms)
 
+    @property
+    def busy(self) -> int:
+        """The samples the shares are of: all but those in epoll_wait."""
+        return sum(n for b, n in self.samples.items() if b != EPOLL_WAIT)
+
     def bucket_us(self, bucket: str) -> float:
         """The bucket's share of the busy samples, applied to the total CPU per scrape."""
-        busy = sum(self.samples.values())
-        return self.samples.get(bucket, 0) / busy * self.total_us if busy else 0.0
+        return self.samples.get(bucket, 0) / self.busy * self.total_us if self.busy else 0.0
 
     def cell(self, bucket: str) -> str:
         """µs per scrape and the share of the process's busy samples."""
-        busy = sum(self.samples.values())
-        if not busy:
+        if not self.busy:
             return "-"
-        share = 100 * self.samples.get(bucket, 0) / busy
+        share = 100 * self.samples.get(bucket, 0) / self.busy
         return f"{self.bucket_us(bucket):,.0f} ({share:.0f} %)"
 
 
@@ -186,20 +215,22 @@ def _recorded_run(
 
 
 def _rows(by: dict[str, ProcessBreakdown]) -> list[list[str]]:
-    """CPU per scrape from /proc, then the buckets (most µs first), then py-spy's coverage."""
+    """CPU per scrape from /proc, the buckets (most µs first), epoll_wait, py-spy's coverage."""
     ps = [by[n] for n in PROCESSES]
     rows = [
         ["**CPU per scrape (/proc utime + stime)**", *(f"**{p.total_us:,.0f}**" for p in ps)],
         ["user (/proc utime)", *(fmt(p.per_scrape_us(p.user_ms), 0) for p in ps)],
         ["system (/proc stime: the kernel)", *(fmt(p.per_scrape_us(p.system_ms), 0) for p in ps)],
     ]
-    buckets = {b for p in ps for b in p.samples}
+    buckets = {b for p in ps for b in p.samples} - {EPOLL_WAIT}
     for b in sorted(buckets, key=lambda b: -sum(p.bucket_us(b) for p in ps)):
         rows.append([b, *(p.cell(b) for p in ps)])
+    rows.append([EPOLL_WAIT, *(f"{p.samples.get(EPOLL_WAIT, 0):,} samples" for p in ps)])
     rows.append([
-        f"py-spy busy samples (at {PYSPY_RATE} Hz: CPU s seen by py-spy / by /proc)",
-        *(f"{sum(p.samples.values()):,} ({sum(p.samples.values()) / PYSPY_RATE:.1f} / "
-          f"{(p.user_ms + p.system_ms) / 1000:.1f})" for p in ps),
+        f"py-spy samples the shares are of (at {PYSPY_RATE} Hz: CPU s seen by py-spy / by "
+        "/proc)",
+        *(f"{p.busy:,} ({p.busy / PYSPY_RATE:.1f} / {(p.user_ms + p.system_ms) / 1000:.1f})"
+          for p in ps),
     ])  # fmt: skip
     return rows
 
@@ -215,7 +246,7 @@ def section_breakdown(w: World, profile_dir: str | None) -> None:
         return
     outdir = Path(profile_dir) if profile_dir else w.procs.tmp / "breakdown"
     outdir.mkdir(parents=True, exist_ok=True)
-    secs = max(10, 2 * w.mode.wrk_seconds)
+    secs = max(20, 3 * w.mode.wrk_seconds)
     uri = scrape_uri(FQDN, w.nginx_port, "1k")
     w.wrk.run(w.proxy_port, 1, w.mode.warmup_seconds, {}, uri)
     w.wait_quiet("breakdown")

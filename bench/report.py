@@ -97,10 +97,12 @@ class Report:
             lines += ["", "### Where a scrape's CPU goes, one connection (wrk -t1 -c1 on /1k "
                       "in proxy form, py-spy and /proc)", "", self.breakdown_run, ""]  # fmt: skip
             lines += table(BREAKDOWN_COLUMNS, self.breakdown)
-            lines += ["", "µs per scrape of a bucket = its share of the process's busy py-spy "
+            lines += ["", "A bucket's µs per scrape = its share of the process's py-spy "
                       "samples (in parentheses) times the process's /proc CPU per scrape (user + "
                       "system): py-spy's share is applied to the total, the kernel's time "
-                      "included."]  # fmt: skip
+                      "included. Samples in epoll_wait are left out of the shares: py-spy counts "
+                      "a thread woken but not yet running as busy there (see bench/README.md)."
+                      ]  # fmt: skip
         lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
                   f"{m.big_repeats})", ""]  # fmt: skip
         lines += table(BIG_PAGE_COLUMNS, self.big)
