@@ -48,7 +48,9 @@ def _line_calling(func: Callable[..., object], text: str) -> str:
 
 
 SYSCALLS = "system calls: send, recv, epoll_ctl"
-EPOLL_WAIT = "epoll_wait (left out of the shares, see below)"
+#: Inside epoll_wait py-spy sees both the kernel's wake-up path and, at times, a thread
+#: woken but not yet running: a bucket of its own, since it is the least certain.
+EPOLL_WAIT = "system calls: epoll_wait (incl. the wake-up)"
 OTHER = "other"
 #: (bucket, pattern): a py-spy sample goes to the bucket of the first rule that matches its
 #: innermost frame, "function (file:line)"; a frame no rule matches (the standard library's,
@@ -125,8 +127,8 @@ class ProcessBreakdown:
 
     @property
     def busy(self) -> int:
-        """The samples the shares are of: all but those in epoll_wait."""
-        return sum(n for b, n in self.samples.items() if b != EPOLL_WAIT)
+        """The samples the shares are of (py-spy leaves out those it sees idle)."""
+        return sum(self.samples.values())
 
     def bucket_us(self, bucket: str) -> float:
         """The bucket's share of the busy samples, applied to the total CPU per scrape."""
@@ -215,22 +217,19 @@ def _recorded_run(
 
 
 def _rows(by: dict[str, ProcessBreakdown]) -> list[list[str]]:
-    """CPU per scrape from /proc, the buckets (most µs first), epoll_wait, py-spy's coverage."""
+    """CPU per scrape from /proc, the buckets (most µs first), py-spy's samples."""
     ps = [by[n] for n in PROCESSES]
     rows = [
         ["**CPU per scrape (/proc utime + stime)**", *(f"**{p.total_us:,.0f}**" for p in ps)],
         ["user (/proc utime)", *(fmt(p.per_scrape_us(p.user_ms), 0) for p in ps)],
         ["system (/proc stime: the kernel)", *(fmt(p.per_scrape_us(p.system_ms), 0) for p in ps)],
     ]
-    buckets = {b for p in ps for b in p.samples} - {EPOLL_WAIT}
+    buckets = {b for p in ps for b in p.samples}
     for b in sorted(buckets, key=lambda b: -sum(p.bucket_us(b) for p in ps)):
         rows.append([b, *(p.cell(b) for p in ps)])
-    rows.append([EPOLL_WAIT, *(f"{p.samples.get(EPOLL_WAIT, 0):,} samples" for p in ps)])
     rows.append([
-        f"py-spy samples the shares are of (at {PYSPY_RATE} Hz: CPU s seen by py-spy / by "
-        "/proc)",
-        *(f"{p.busy:,} ({p.busy / PYSPY_RATE:.1f} / {(p.user_ms + p.system_ms) / 1000:.1f})"
-          for p in ps),
+        f"py-spy busy samples (asked for {PYSPY_RATE} a second) / /proc CPU seconds",
+        *(f"{p.busy:,} / {(p.user_ms + p.system_ms) / 1000:.1f} s" for p in ps),
     ])  # fmt: skip
     return rows
 
