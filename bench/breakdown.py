@@ -48,9 +48,10 @@ def _line_calling(func: Callable[..., object], text: str) -> str:
 
 
 SYSCALLS = "system calls: send, recv, epoll_ctl"
-#: Inside epoll_wait py-spy sees both the kernel's wake-up path and, at times, a thread
-#: woken but not yet running: a bucket of its own, since it is the least certain.
-EPOLL_WAIT = "system calls: epoll_wait (incl. the wake-up)"
+#: Samples on the line that calls epoll_wait are left out of the shares: what runs there is
+#: the kernel (Python only calls into it), so its cost is part of /proc's stime, yet py-spy
+#: counts far more there than stime allows (a thread woken, or about to sleep, looks busy).
+EPOLL_WAIT = "epoll_wait: py-spy samples, left out of the shares"
 OTHER = "other"
 #: (bucket, pattern): a py-spy sample goes to the bucket of the first rule that matches its
 #: innermost frame, "function (file:line)"; a frame no rule matches (the standard library's,
@@ -127,8 +128,8 @@ class ProcessBreakdown:
 
     @property
     def busy(self) -> int:
-        """The samples the shares are of (py-spy leaves out those it sees idle)."""
-        return sum(self.samples.values())
+        """The samples the shares are of: py-spy's busy ones but those in epoll_wait."""
+        return sum(n for b, n in self.samples.items() if b != EPOLL_WAIT)
 
     def bucket_us(self, bucket: str) -> float:
         """The bucket's share of the busy samples, applied to the total CPU per scrape."""
@@ -224,11 +225,13 @@ def _rows(by: dict[str, ProcessBreakdown]) -> list[list[str]]:
         ["user (/proc utime)", *(fmt(p.per_scrape_us(p.user_ms), 0) for p in ps)],
         ["system (/proc stime: the kernel)", *(fmt(p.per_scrape_us(p.system_ms), 0) for p in ps)],
     ]
-    buckets = {b for p in ps for b in p.samples}
+    buckets = {b for p in ps for b in p.samples} - {EPOLL_WAIT}
     for b in sorted(buckets, key=lambda b: -sum(p.bucket_us(b) for p in ps)):
         rows.append([b, *(p.cell(b) for p in ps)])
+    rows.append([EPOLL_WAIT, *(f"{p.samples.get(EPOLL_WAIT, 0):,}" for p in ps)])
     rows.append([
-        f"py-spy busy samples (asked for {PYSPY_RATE} a second) / /proc CPU seconds",
+        f"py-spy samples the shares are of (asked for {PYSPY_RATE} a second) / /proc CPU "
+        "seconds",
         *(f"{p.busy:,} / {(p.user_ms + p.system_ms) / 1000:.1f} s" for p in ps),
     ])  # fmt: skip
     return rows

@@ -100,7 +100,8 @@ class Report:
             lines += ["", "A bucket's µs per scrape = its share of the process's py-spy "
                       "samples (in parentheses) times the process's /proc CPU per scrape (user + "
                       "system): py-spy's share is applied to the total, the kernel's time "
-                      "included (see bench/README.md on how to read it)."]  # fmt: skip
+                      "included; samples in epoll_wait are left out of the shares (see "
+                      "bench/README.md)."]  # fmt: skip
         lines += ["", f"### One 10 MB page ({PAGES['10m']:,} bytes, curl, median of "
                   f"{m.big_repeats})", ""]  # fmt: skip
         lines += table(BIG_PAGE_COLUMNS, self.big)
