@@ -5,15 +5,27 @@ Metric definitions of the proxy and the client, and the ``/metrics`` resource.
 Each service gets its own ``CollectorRegistry`` (never the global one), so that
 several services in one process, and tests, do not share counters.  Names that the
 upstream Go PushProx exports are kept, so that existing dashboards keep working.
+
+The metrics counted on every request and every scrape are L{ReactorCounter} and
+L{ReactorHistogram}: plain Python numbers updated without prometheus-client's lock and
+per-call checks, exported through the same families prometheus-client's own ``Counter``
+and ``Histogram`` give (tests/test_metrics.py compares the two expositions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import INF, floatToGoString
 from twisted.web.resource import Resource
 
 if TYPE_CHECKING:
@@ -26,30 +38,195 @@ SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
                   30, 60, 120, 300)
 
 
+def _created_series_wanted() -> bool:
+    """Whether prometheus-client writes ``_created`` series in this process.
+
+    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` set this flag;
+    it is read at every collection so that ours follow the library's own metrics.
+    """
+    return bool(getattr(prometheus_client.metrics, "_use_created", True))
+
+
+class ReactorCounterSeries:
+    """One series of a L{ReactorCounter}: a float and its creation time."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (not negative) to the series."""
+        self.value += amount
+
+
+class ReactorHistogramSeries:
+    """One series of a L{ReactorHistogram}: a count per bucket, a sum, a creation time."""
+
+    __slots__ = ("_upper_bounds", "counts", "created", "sum")
+
+    def __init__(self, upper_bounds: tuple[float, ...]) -> None:
+        self._upper_bounds = upper_bounds
+        #: Observations per bucket, not cumulated: ``counts[i]`` counts the values
+        #: above ``upper_bounds[i - 1]`` and at most ``upper_bounds[i]``.
+        self.counts = [0.0] * len(upper_bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Count one observed value (seconds, for all of ours)."""
+        self.sum += amount
+        # The first bound >= amount, as prometheus-client's ``amount <= bound`` search;
+        # the last bound is +Inf, so every number lands in a bucket.
+        self.counts[bisect_left(self._upper_bounds, amount)] += 1.0
+
+
+class _ReactorMetric(Collector):
+    """What L{ReactorCounter} and L{ReactorHistogram} share: series by label values.
+
+    Updated only from the reactor thread, which is why no lock is taken: both programs
+    count and collect on the reactor (``/metrics`` is rendered there too), so an update
+    and a collection never overlap.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry | None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], Any] = {}
+        if not self.labelnames:
+            self._series[()] = self._new_series()
+        if registry is not None:
+            registry.register(self)
+
+    def _new_series(self) -> Any:
+        raise NotImplementedError
+
+    def _labelled(self, labelvalues: tuple[str, ...]) -> Any:
+        series = self._series.get(labelvalues)
+        if series is None:
+            if len(labelvalues) != len(self.labelnames) or not self.labelnames:
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, "
+                                 f"not {labelvalues}")
+            series = self._series[labelvalues] = self._new_series()
+        return series
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[Metric]:
+        """The family without samples, for the registry's check of duplicate names."""
+        return [self._family()]
+
+
+class ReactorCounter(_ReactorMetric):
+    """A counter for the reactor thread, exported as prometheus-client's ``Counter``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 registry: CollectorRegistry | None) -> None:
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_series(self) -> ReactorCounterSeries:
+        return ReactorCounterSeries()
+
+    def labels(self, *labelvalues: str) -> ReactorCounterSeries:
+        """The series of these label values, made on first use."""
+        series: ReactorCounterSeries = self._labelled(labelvalues)
+        return series
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` to the counter's one series (a counter without labels)."""
+        self._labelled(()).inc(amount)
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        """One counter family: ``_total`` and ``_created`` for each series."""
+        family = self._family()
+        created = _created_series_wanted()
+        for labelvalues, series in self._series.items():
+            family.add_metric(labelvalues, series.value,
+                              created=series.created if created else None)
+        return [family]
+
+
+class ReactorHistogram(_ReactorMetric):
+    """A histogram for the reactor thread, exported as prometheus-client's ``Histogram``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 registry: CollectorRegistry | None,
+                 buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS) -> None:
+        bounds = [float(bound) for bound in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError(f"{name}: buckets not in increasing order")
+        if bounds[-1] != INF:
+            bounds.append(INF)
+        self._upper_bounds = tuple(bounds)
+        self._le = tuple(floatToGoString(bound) for bound in bounds)
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_series(self) -> ReactorHistogramSeries:
+        return ReactorHistogramSeries(self._upper_bounds)
+
+    def labels(self, *labelvalues: str) -> ReactorHistogramSeries:
+        """The series of these label values, made on first use."""
+        series: ReactorHistogramSeries = self._labelled(labelvalues)
+        return series
+
+    def observe(self, amount: float) -> None:
+        """Count one value in the histogram's one series (a histogram without labels)."""
+        self._labelled(()).observe(amount)
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        """One histogram family: cumulative buckets, count, sum, created per series."""
+        family = self._family()
+        created = _created_series_wanted()
+        for labelvalues, series in self._series.items():
+            cumulative = 0.0
+            buckets = []
+            for le, count in zip(self._le, series.counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(labelvalues, buckets, series.sum)
+            if created:
+                family.samples.append(Sample(
+                    f"{self.name}_created", dict(zip(self.labelnames, labelvalues, strict=True)),
+                    series.created))
+        return [family]
+
+
 class ProxyMetrics:
     """The proxy's metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry if registry is not None else CollectorRegistry()
-        self.http_requests = Counter(
+        # Counted for every request or every scrape: the cheap kind (see the module
+        # docstring); the rest is counted rarely and stays prometheus-client's.
+        self.http_requests = ReactorCounter(
             "pushprox_http_requests_total",
             "Requests to the proxy's own endpoints, by status code and path.",
             ["code", "path"], registry=r)
-        self.http_duration = Histogram(
+        self.http_duration = ReactorHistogram(
             "pushprox_http_duration_seconds",
             "Time taken to answer requests to the proxy's own endpoints, by path.",
             ["path"], registry=r)
-        self.proxied_requests = Counter(
+        self.proxied_requests = ReactorCounter(
             "pushprox_proxied_requests_total",
             "Scrapes proxied to clients, by the status code given to the scraper.",
             ["code"], registry=r)
-        self.scrapes = Counter(
+        self.scrapes = ReactorCounter(
             "pushprox_scrapes_total",
             "Scrapes by outcome: success (relayed from the target, any status), "
             "unknown_client, client_silent, timeout, client_error, queue_full, cancelled, "
             "bad_request, unauthorized, shutdown, error.",
             ["outcome"], registry=r)
-        self.scrape_duration = Histogram(
+        self.scrape_duration = ReactorHistogram(
             "pushprox_scrape_duration_seconds",
             "Time from the scraper's request to the end of the relayed response.",
             buckets=SCRAPE_BUCKETS, registry=r)
@@ -87,10 +264,12 @@ class ProxyMetrics:
             "Number of scrapes not yet answered (queued, sent to a client, or relaying).",
             registry=r)
 
-        # Children of labelled metrics, looked up once: labels() costs several
-        # microseconds, and these are counted for every request.
-        self._request_children: dict[tuple[int, str], tuple[Any, Any]] = {}
-        self._scrape_children: dict[tuple[int, str], tuple[Any, Any]] = {}
+        # Series of labelled metrics, looked up once per label values: labels() would
+        # build the code's string and a tuple for every request.
+        self._request_children: dict[
+            tuple[int, str], tuple[ReactorCounterSeries, ReactorHistogramSeries]] = {}
+        self._scrape_children: dict[
+            tuple[int, str], tuple[ReactorCounterSeries, ReactorCounterSeries]] = {}
 
     def count_request(self, code: int, path: str, seconds: float) -> None:
         """Count one answered request to the proxy's own endpoint ``path``."""
