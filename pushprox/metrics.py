@@ -330,13 +330,14 @@ class ClientMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry if registry is not None else CollectorRegistry()
-        counters = {key: Counter(f"pushprox_client_{key}_total", text, registry=r)
+        # Counted from the reactor thread only, and per scrape: the cheap kind.
+        counters = {key: ReactorCounter(f"pushprox_client_{key}_total", text, registry=r)
                     for key, text in _CLIENT_COUNTERS.items()}
         self.scrapes = counters["scrapes"]
         self.scrape_errors = counters["scrape_errors"]
         self.push_errors = counters["push_errors"]
         self.poll_errors = counters["poll_errors"]
-        self.scrape_duration = Histogram(
+        self.scrape_duration = ReactorHistogram(
             "pushprox_client_scrape_duration_seconds",
             "Time from receiving a scrape request to the end of its push.",
             buckets=SCRAPE_BUCKETS, registry=r)

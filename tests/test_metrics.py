@@ -2,7 +2,7 @@
 Tests for L{pushprox.metrics}: the cheap counters and histograms of the hot path export
 exactly what prometheus-client's own ``Counter`` and ``Histogram`` would.
 
-Each comparison builds L{ProxyMetrics} twice, once as shipped and once with
+Each comparison builds L{ProxyMetrics} (or L{ClientMetrics}) twice, once as shipped and once with
 prometheus-client's classes in place of L{ReactorCounter} and L{ReactorHistogram}, plays
 the same events on both at the same (fake) wall-clock times, and compares the whole
 registry: its families and both exposition formats, byte for byte.
@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushprox import metrics
 from pushprox.metrics import (
     SCRAPE_BUCKETS,
+    ClientMetrics,
     ProxyMetrics,
     ReactorCounter,
     ReactorHistogram,
@@ -61,13 +62,20 @@ Event = tuple[str, int, str, float]
 
 @contextmanager
 def prometheus_client_classes() -> Iterator[None]:
-    """While inside, L{ProxyMetrics} is built from prometheus-client's own classes."""
+    """While inside, the services' metrics are built from prometheus-client's classes."""
     with mock.patch.multiple(metrics, ReactorCounter=Counter, ReactorHistogram=Histogram):
         yield
 
 
+client_events = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["scrapes", "scrape_errors", "push_errors", "poll_errors"]),
+              st.just(0.0)),
+    st.tuples(st.just("scrape_duration"), durations),
+), max_size=40)
+
+
 class ExpositionTests(SynchronousTestCase):
-    """The proxy's /metrics is the same as with prometheus-client's classes."""
+    """The /metrics of both programs is the same as with prometheus-client's classes."""
 
     def setUp(self) -> None:
         # Both implementations stamp series with time.time() when they are made.
@@ -154,6 +162,26 @@ class ExpositionTests(SynchronousTestCase):
                    ("duration", 0, "", 0.02)], shipped, reference)
         self.assertSameExposition(shipped.registry, reference.registry)
         self.assertNotIn("_created", generate_latest(shipped.registry).decode())
+
+    @BOUNDED
+    @given(events=client_events)
+    def test_same_client_exposition_for_any_events(
+            self, events: list[tuple[str, float]]) -> None:
+        """The client's counters and scrape histogram export the same samples."""
+        shipped = ClientMetrics()
+        with prometheus_client_classes():
+            reference = ClientMetrics()
+        self.assertIsInstance(shipped.poll_errors, ReactorCounter)
+        self.assertIsInstance(reference.poll_errors, Counter)
+        self.assertIsInstance(reference.scrape_duration, Histogram)
+        for name, seconds in events:
+            self.now += 1.0
+            for each in (shipped, reference):
+                if name == "scrape_duration":
+                    each.scrape_duration.observe(seconds)
+                else:
+                    getattr(each, name).inc()
+        self.assertSameExposition(shipped.registry, reference.registry)
 
     def test_wrong_number_of_labels_is_refused(self) -> None:
         """labels() with too few or too many values raises, as prometheus-client's does."""
