@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -82,7 +82,11 @@ class ReactorHistogramSeries:
         self.counts[bisect_left(self._upper_bounds, amount)] += 1.0
 
 
-class _ReactorMetric(Collector):
+SeriesT = TypeVar("SeriesT", ReactorCounterSeries, ReactorHistogramSeries)
+FamilyT = TypeVar("FamilyT", CounterMetricFamily, HistogramMetricFamily)
+
+
+class _ReactorMetric(Collector, Generic[SeriesT, FamilyT]):
     """What L{ReactorCounter} and L{ReactorHistogram} share: series by label values.
 
     Updated only from the reactor thread, which is why no lock is taken: both programs
@@ -91,69 +95,77 @@ class _ReactorMetric(Collector):
     """
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry | None) -> None:
+                 registry: CollectorRegistry | None, new_series: Callable[[], SeriesT]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._series: dict[tuple[str, ...], Any] = {}
+        self._new_series: Callable[[], SeriesT] = new_series
+        #: Series by label values, in the order they were first used (the exposition's).
+        self._series: dict[tuple[str, ...], SeriesT] = {}
+        #: The one series of a metric without labels, made at once as prometheus-client's.
+        self._unlabelled: SeriesT | None = None
         if not self.labelnames:
-            self._series[()] = self._new_series()
+            self._unlabelled = self._series[()] = new_series()
         if registry is not None:
             registry.register(self)
 
-    def _new_series(self) -> Any:
-        raise NotImplementedError
-
-    def _labelled(self, labelvalues: tuple[str, ...]) -> Any:
+    def labels(self, *labelvalues: str) -> SeriesT:
+        """The series of these label values, made on first use."""
         series = self._series.get(labelvalues)
         if series is None:
-            if len(labelvalues) != len(self.labelnames) or not self.labelnames:
+            if not self.labelnames or len(labelvalues) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, "
                                  f"not {labelvalues}")
             series = self._series[labelvalues] = self._new_series()
         return series
 
-    def _family(self) -> Metric:
+    def _only_series(self) -> SeriesT:
+        if self._unlabelled is None:
+            raise ValueError(f"{self.name} has labels {self.labelnames}: use labels()")
+        return self._unlabelled
+
+    def _family(self) -> FamilyT:
+        raise NotImplementedError
+
+    def _add_series(self, family: FamilyT, labelvalues: tuple[str, ...], series: SeriesT,
+                    created: bool) -> None:
         raise NotImplementedError
 
     def describe(self) -> Iterable[Metric]:
         """The family without samples, for the registry's check of duplicate names."""
         return [self._family()]
 
+    def collect(self) -> Iterable[Metric]:
+        """One family with the samples of every series, in the order they were made."""
+        family = self._family()
+        created = _created_series_wanted()
+        for labelvalues, series in self._series.items():
+            self._add_series(family, labelvalues, series, created)
+        return [family]
 
-class ReactorCounter(_ReactorMetric):
+
+class ReactorCounter(_ReactorMetric[ReactorCounterSeries, CounterMetricFamily]):
     """A counter for the reactor thread, exported as prometheus-client's ``Counter``."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
                  registry: CollectorRegistry | None) -> None:
-        super().__init__(name, documentation, labelnames, registry)
-
-    def _new_series(self) -> ReactorCounterSeries:
-        return ReactorCounterSeries()
-
-    def labels(self, *labelvalues: str) -> ReactorCounterSeries:
-        """The series of these label values, made on first use."""
-        series: ReactorCounterSeries = self._labelled(labelvalues)
-        return series
+        super().__init__(name, documentation, labelnames, registry, ReactorCounterSeries)
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` to the counter's one series (a counter without labels)."""
-        self._labelled(()).inc(amount)
+        self._only_series().inc(amount)
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterable[Metric]:
-        """One counter family: ``_total`` and ``_created`` for each series."""
-        family = self._family()
-        created = _created_series_wanted()
-        for labelvalues, series in self._series.items():
-            family.add_metric(labelvalues, series.value,
-                              created=series.created if created else None)
-        return [family]
+    def _add_series(self, family: CounterMetricFamily, labelvalues: tuple[str, ...],
+                    series: ReactorCounterSeries, created: bool) -> None:
+        """``_total`` and ``_created``, as prometheus-client's ``Counter`` writes them."""
+        family.add_metric(labelvalues, series.value,
+                          created=series.created if created else None)
 
 
-class ReactorHistogram(_ReactorMetric):
+class ReactorHistogram(_ReactorMetric[ReactorHistogramSeries, HistogramMetricFamily]):
     """A histogram for the reactor thread, exported as prometheus-client's ``Histogram``."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
@@ -164,41 +176,31 @@ class ReactorHistogram(_ReactorMetric):
             raise ValueError(f"{name}: buckets not in increasing order")
         if bounds[-1] != INF:
             bounds.append(INF)
-        self._upper_bounds = tuple(bounds)
-        self._le = tuple(floatToGoString(bound) for bound in bounds)
-        super().__init__(name, documentation, labelnames, registry)
-
-    def _new_series(self) -> ReactorHistogramSeries:
-        return ReactorHistogramSeries(self._upper_bounds)
-
-    def labels(self, *labelvalues: str) -> ReactorHistogramSeries:
-        """The series of these label values, made on first use."""
-        series: ReactorHistogramSeries = self._labelled(labelvalues)
-        return series
+        upper_bounds = tuple(bounds)
+        self._le = tuple(floatToGoString(bound) for bound in upper_bounds)
+        super().__init__(name, documentation, labelnames, registry,
+                         lambda: ReactorHistogramSeries(upper_bounds))
 
     def observe(self, amount: float) -> None:
         """Count one value in the histogram's one series (a histogram without labels)."""
-        self._labelled(()).observe(amount)
+        self._only_series().observe(amount)
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterable[Metric]:
-        """One histogram family: cumulative buckets, count, sum, created per series."""
-        family = self._family()
-        created = _created_series_wanted()
-        for labelvalues, series in self._series.items():
-            cumulative = 0.0
-            buckets = []
-            for le, count in zip(self._le, series.counts, strict=True):
-                cumulative += count
-                buckets.append((le, cumulative))
-            family.add_metric(labelvalues, buckets, series.sum)
-            if created:
-                family.samples.append(Sample(
-                    f"{self.name}_created", dict(zip(self.labelnames, labelvalues, strict=True)),
-                    series.created))
-        return [family]
+    def _add_series(self, family: HistogramMetricFamily, labelvalues: tuple[str, ...],
+                    series: ReactorHistogramSeries, created: bool) -> None:
+        """Cumulative buckets, ``_count``, ``_sum`` and ``_created``, as ``Histogram``."""
+        cumulative = 0.0
+        buckets = []
+        for le, count in zip(self._le, series.counts, strict=True):
+            cumulative += count
+            buckets.append((le, cumulative))
+        family.add_metric(labelvalues, buckets, series.sum)
+        if created:
+            family.samples.append(Sample(
+                f"{self.name}_created", dict(zip(self.labelnames, labelvalues, strict=True)),
+                series.created))
 
 
 class ProxyMetrics:
