@@ -115,8 +115,8 @@ class HookSite(Site):
         self.sinks: list[RecordingSink] = []
 
 
-class HookTests(SynchronousTestCase):
-    """Each hook of pushprox.twisted_hooks against the installed Twisted."""
+class HookConnection(SynchronousTestCase):
+    """Tests on one connection to a ``HookSite``."""
 
     def connect(self) -> tuple[HookSite, LimitedChannel, StringTransport]:
         """A site and one connection to it."""
@@ -132,6 +132,10 @@ class HookTests(SynchronousTestCase):
         transport = StringTransport(peerAddress=CLIENT)
         channel.makeConnection(transport)
         return site, channel, transport
+
+
+class HookTests(HookConnection):
+    """Each hook of pushprox.twisted_hooks against the installed Twisted."""
 
     def test_request_line_is_known_before_the_body(self) -> None:
         """gotLength sees the request line of each request, pipelined ones included."""
@@ -293,17 +297,8 @@ PIPELINE = [
 ]
 
 
-class LlhttpChannelTests(SynchronousTestCase):
+class LlhttpChannelTests(HookConnection):
     """The channel that parses with llhttp: framing, pipelining, limits and bad input."""
-
-    def connect(self) -> tuple[HookSite, LimitedChannel, StringTransport]:
-        """A site whose resource holds every request, and one connection to it."""
-        site = HookSite()
-        channel = site.buildProtocol(CLIENT)
-        assert isinstance(channel, LimitedChannel)
-        transport = StringTransport(peerAddress=CLIENT)
-        channel.makeConnection(transport)
-        return site, channel, transport
 
     def test_pipelined_requests_wait_their_turn(self) -> None:
         """A request behind one being handled starts once it is answered; reading pauses."""
