@@ -386,6 +386,17 @@ class LlhttpChannelTests(HookConnection):
         assert request.content is not None
         self.assertEqual(request.content.read(), b"ok")
 
+    def test_parser_kept_only_while_a_request_is_read(self) -> None:
+        """Between requests (a held poll) the connection keeps no parser; mid-way it does."""
+        site, channel, _ = self.connect()
+        channel.dataReceived(b"POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+        self.assertIsNotNone(channel._parser)
+        channel.dataReceived(b"cd")
+        self.assertIsNone(channel._parser)
+        [request] = site.resource.requests
+        assert request.content is not None
+        self.assertEqual(request.content.read(), b"abcd")
+
     def test_too_many_headers_are_refused(self) -> None:
         """More header lines than ``maxHeaders`` reach ``headers_too_large``."""
         _, channel, _ = self.connect()
