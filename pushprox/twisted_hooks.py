@@ -172,9 +172,12 @@ class LlhttpChannel(HTTPChannel):
     Hooks: it fills in what ``HTTPChannel.lineReceived``, ``headerReceived``,
     ``allHeadersReceived``, ``allContentReceived`` and ``requestDone`` would, through
     the channel's private state (``requests``, ``_command``/``_path``/``_version``,
-    ``_handlingRequest``, ``_networkProducer``, ``_waitingForTransport``,
-    ``_savedTimeOut``, ``_respondToBadRequestAndDisconnect``); Twisted's responses,
-    producers and timeouts read the same state.
+    ``_handlingRequest``, ``_networkProducer``, ``_waitingForTransport``), and it
+    answers bad input through the name twisted.web uses for that,
+    ``_respondToBadRequestAndDisconnect``; Twisted's responses and producers read the
+    same state.  The idle timeout is not cancelled and set again around each request
+    (``HTTPChannel`` does, through ``_savedTimeOut``): it re-arms itself while one is
+    handled (``timeoutConnection``).
 
     Pipelining: a request is handed to twisted.web only once the one before it is
     answered (head-of-line, as ``HTTPChannel`` does).  A request parsed while another
