@@ -45,3 +45,7 @@ class ClusterMetrics:
     def watch_routes(self, count: Callable[[], float]) -> None:
         """Read the routes gauge at collection time."""
         self.routes.set_function(count)
+
+    def watch_replicas(self, count: Callable[[], float]) -> None:
+        """Read the replicas gauge at collection time."""
+        self.replicas.set_function(count)

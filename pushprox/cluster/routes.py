@@ -227,6 +227,7 @@ class RouteTable:
         #: empty): the clients polling here now should be written again at once.
         self.on_lost: Callable[[], None] | None = None
         metrics.watch_routes(lambda: len(self._written))
+        metrics.watch_replicas(lambda: len(self.replicas))
 
     # -- calls, with a timeout, counted --
 

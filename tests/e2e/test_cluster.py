@@ -198,6 +198,11 @@ def test_redis_down_keeps_direct_clients_and_routing_comes_back(stack: Stack) ->
     cluster = start_cluster(stack)
     start_clients(stack, cluster, node.port)
     assert probe(cluster, node.port, 1.0) == []
+    # Every replica has read the others at a heartbeat (Redis down in the first seconds
+    # of a cluster is another story): a push landing anywhere reaches its scrape's owner.
+    wait_for(lambda: all(replica.metric("pushprox_cluster_replicas") == len(cluster.replicas)
+                         for replica in cluster.replicas),
+             timeout=30, what="every replica seeing the others")
     cluster.redis.stop()
     served = {fqdn: 0 for fqdn in FQDNS}
     for replica in cluster.replicas:
