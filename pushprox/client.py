@@ -26,7 +26,7 @@ from twisted.internet.defer import (
     TimeoutError,
     succeed,
 )
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone, DNSLookupError
 from twisted.internet.interfaces import (
     IConsumer,
@@ -642,13 +642,15 @@ class CachedEndpoints:
             host = uri.host.decode("ascii")
             endpoint = HostnameEndpoint(self._reactor, host, uri.port)
             if uri.scheme == b"https":
+                # Imported at the first https:// target: a client without TLS options runs
+                # without TLS libraries until then (pushprox.footprint).
+                from pushprox import tls
+
                 policy = self._policy
                 if policy is None:
-                    from twisted.web.client import BrowserLikePolicyForHTTPS
-
-                    policy = self._policy = BrowserLikePolicyForHTTPS()
-                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint,
-                                         clock=self._reactor)
+                    policy = self._policy = tls.https_policy(cacert=None, cert=None, key=None)
+                endpoint = tls.client_tls_endpoint(policy.creatorForNetloc(uri.host, uri.port),
+                                                   endpoint, clock=self._reactor)
             elif uri.scheme != b"http":
                 from twisted.web.error import SchemeNotSupported
 

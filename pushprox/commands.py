@@ -11,21 +11,42 @@ output and read its own options before ours.
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService
-from twisted.logger import globalLogBeginner
-from twisted.python import usage
+from pushprox.footprint import names_tls, without_tls_libraries
 
-from pushprox.logs import log_observer
-from pushprox.program import ProgramOptions, StartupError
+if TYPE_CHECKING:  # imported for real in start(), once the options are known
+    from twisted.application.service import IService
+
+    from pushprox.program import ProgramOptions
+
+
+def start(tap: str, argv: list[str] | None = None) -> None:
+    """Import the program's module ``tap`` (without TLS libraries unless its options may
+    need them, see ``pushprox.footprint``) and run it."""
+    argv = sys.argv[1:] if argv is None else argv
+    imports: AbstractContextManager[None] = (
+        nullcontext() if names_tls(argv, os.environ) else without_tls_libraries())
+    with imports:
+        module = importlib.import_module(tap)
+        from twisted.internet import reactor  # noqa: F401  (installed here, TLS-free too)
+    run(module.Options(), module.makeService, argv)
 
 
 def run(options: ProgramOptions, make_service: Callable[[Any, Any], IService],
         argv: list[str] | None = None) -> None:
     """Parse ``argv``, start the service, and run the reactor until a signal stops it."""
+    from twisted.logger import globalLogBeginner
+    from twisted.python import usage
+
+    from pushprox.logs import log_observer
+    from pushprox.program import StartupError
+
     program = options.program
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
@@ -52,13 +73,9 @@ def run(options: ProgramOptions, make_service: Callable[[Any, Any], IService],
 
 def proxy() -> None:
     """``pushprox-proxy``: the proxy, as ``twistd -n pushprox-proxy``."""
-    from pushprox import proxy_tap
-
-    run(proxy_tap.Options(), proxy_tap.makeService)
+    start("pushprox.proxy_tap")
 
 
 def client() -> None:
     """``pushprox-client``: the client, as ``twistd -n pushprox-client``."""
-    from pushprox import client_tap
-
-    run(client_tap.Options(), client_tap.makeService)
+    start("pushprox.client_tap")

@@ -44,7 +44,6 @@ from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
-from pushprox.tls import peer_names
 from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
 from pushprox.version import package_version
 
@@ -89,6 +88,11 @@ def peer_host(request: Request) -> str | None:
 
 def certificate_names(request: Request) -> list[str] | None:
     """The DNS names of the verified client certificate, or None without one."""
+    if getattr(request.transport, "getPeerCertificate", None) is None:
+        return None
+    # Imported here: a proxy without TLS never loads pushprox.tls (pushprox.footprint).
+    from pushprox.tls import peer_names
+
     return peer_names(request.transport) or None
 
 

@@ -22,8 +22,15 @@ from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import listen_endpoint, naming, read_secret
 from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
 from pushprox.proxy import PushProxSite
-from pushprox.tls import certificate_names_fqdn, load_certificates
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
+
+
+def _certificate_names_fqdn(names: list[str], fqdn: str) -> bool:
+    """``pushprox.tls.certificate_names_fqdn``, imported when first needed: a proxy without
+    TLS never loads it (``pushprox.footprint``)."""
+    from pushprox.tls import certificate_names_fqdn
+
+    return certificate_names_fqdn(names, fqdn)
 
 
 class Options(ProgramOptions):
@@ -96,7 +103,7 @@ class Options(ProgramOptions):
             self["client-auth"] = ClientAuth(
                 token_file=self["client-tokens"],
                 require_certificate=bool(self["client-ca"]),
-                names_fqdn=certificate_names_fqdn,
+                names_fqdn=_certificate_names_fqdn,
             )
             self["scraper-auth"] = ScraperAuth(
                 networks=parse_networks(self["scrape-allow-cidr"]),
@@ -104,6 +111,8 @@ class Options(ProgramOptions):
                            if self["scrape-auth"] else None),
             )
             if self["client-ca"]:
+                from pushprox.tls import load_certificates
+
                 load_certificates(self["client-ca"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None

@@ -19,14 +19,21 @@ from OpenSSL.crypto import X509
 from service_identity.exceptions import CertificateError, VerificationError
 from service_identity.hazmat import DNS_ID, DNSPattern, verify_service_identity
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
     optionsForClientTLS,
     trustRootFromCertificates,
 )
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "certificate_names_fqdn",
+    "client_tls_endpoint",
     "https_policy",
     "load_certificates",
     "peer_names",
@@ -278,3 +286,38 @@ def certificate_names_fqdn(names: list[str], fqdn: str) -> bool:
     except (VerificationError, CertificateError):
         return False
     return True
+
+
+def _wrapped_protocol(tls: IProtocol) -> IProtocol:
+    wrapped: IProtocol = tls.wrappedProtocol  # type: ignore[attr-defined]
+    return wrapped
+
+
+@implementer(IStreamClientEndpoint)
+class _ClientTLSEndpoint:
+    """``wrapped``'s connections with TLS on top, as ``wrapClientTLS`` makes them."""
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator,
+                 wrapped: IStreamClientEndpoint, clock: IReactorTime | None) -> None:
+        self._creator = creator
+        self._wrapped = wrapped
+        self._clock = clock
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect ``protocolFactory``'s protocol over TLS; fires with that protocol."""
+        factory = TLSMemoryBIOFactory(self._creator, True, protocolFactory, clock=self._clock)
+        connecting: Deferred[IProtocol] = self._wrapped.connect(factory)
+        return connecting.addCallback(_wrapped_protocol)
+
+
+def client_tls_endpoint(creator: IOpenSSLClientConnectionCreator,
+                        wrapped: IStreamClientEndpoint,
+                        clock: IReactorTime | None = None) -> IStreamClientEndpoint:
+    """
+    What ``twisted.internet.endpoints.wrapClientTLS`` returns, made from public names only.
+
+    ``wrapClientTLS`` refuses to work when ``twisted.internet.endpoints`` was imported
+    without pyOpenSSL, which the commands do when no option names TLS
+    (``pushprox.footprint``); an ``https://`` target is then scraped through this.
+    """
+    return _ClientTLSEndpoint(creator, wrapped, clock)

@@ -1,0 +1,178 @@
+"""
+A ``pushprox-proxy`` or ``pushprox-client`` process whose options name no TLS does not load
+pyOpenSSL, cryptography or service-identity (``pushprox.footprint``): real processes, their
+``/proc/PID/maps`` read while they serve scrapes, and the Twisted fallback this relies on.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushprox.footprint import names_tls, without_tls_libraries
+from tests.harness.exporter import Page, start_exporter
+from tests.harness.processes import Process, ProcessGroup, subprocess_env
+from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
+from tests.harness.waiting import free_port, port_open, wait_for
+from tests.test_commands import command
+from tests.tlsfixtures import make_pki
+
+METRICS = b"footprint_test_up 1\n"
+#: The shared objects that a process holding pyOpenSSL maps: cryptography's bindings (they
+#: carry their own OpenSSL) and, under older cryptography releases, its cffi backend.
+TLS_OBJECTS = ("cryptography", "_cffi_backend", "/OpenSSL/", "service_identity")
+
+
+def tls_objects_mapped(pid: int) -> list[str]:
+    """The files of ``TLS_OBJECTS`` that process ``pid`` has mapped."""
+    paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+             if len(line.split()) >= 6}
+    return sorted(p for p in paths if any(name in p for name in TLS_OBJECTS))
+
+
+class NamesTLSTests(SynchronousTestCase):
+    """Which command lines and environments keep the TLS libraries."""
+
+    def test_plain_options_name_no_tls(self) -> None:
+        """A plain proxy and client: no TLS word anywhere."""
+        self.assertFalse(names_tls(["--listen", "tcp:8080", "--scrape-auth", "users.htpasswd"],
+                                   {"PATH": "/usr/bin", "PUSHPROX_LOG_LEVEL": "debug"}))
+        self.assertFalse(names_tls(["--proxy-url", "http://proxy:8080/", "--fqdn", "node1"],
+                                   {"HTTPS_PROXY": "https://egress:3128"}))
+
+    def test_each_tls_option_keeps_the_libraries(self) -> None:
+        """Every way of asking for TLS, on the command line or in PUSHPROX_* variables."""
+        for argv in (["--listen", "ssl:8443:privateKey=k.pem:certKey=c.pem"],
+                     ["--port", "pushprox-mtls:8443:clientCA=ca.pem"],
+                     ["--client-ca", "ca.pem"], ["--proxy-url", "HTTPS://proxy:8443/"],
+                     ["--tls.cacert=ca.pem"], ["--target-tls-insecure-skip-verify"],
+                     ["--redis", "rediss://redis:6380"], ["--redis", "redis://redis"]):
+            self.assertTrue(names_tls(argv, {}), argv)
+        self.assertTrue(names_tls([], {"PUSHPROX_TLS_CERT": "client.pem"}))
+        self.assertTrue(names_tls([], {"PUSHPROX_PROXY_URL": "https://proxy/"}))
+
+    def test_import_fails_only_inside_the_block(self) -> None:
+        """Inside the block ``import OpenSSL`` raises ImportError; after it, it works."""
+        code = ("import sys\nfrom pushprox.footprint import without_tls_libraries\n"
+                "with without_tls_libraries():\n"
+                "    try:\n        import OpenSSL\n    except ImportError:\n"
+                "        print('blocked')\n"
+                "import OpenSSL\nprint('loaded', 'OpenSSL' in sys.modules)\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stdout.split(), ["blocked", "loaded", "True"])
+        # In this process pyOpenSSL is already loaded: the block changes nothing.
+        import OpenSSL
+
+        with without_tls_libraries():
+            self.assertIs(sys.modules["OpenSSL"], OpenSSL)
+
+
+class TwistedFallbackTests(SynchronousTestCase):
+    """
+    The private detail relied on: twisted.internet.posixbase, tcp, endpoints and
+    twisted.web.client import without pyOpenSSL (their ``except ImportError`` fallbacks) and
+    do not load cryptography or service-identity by another way.  A Twisted release that
+    drops a fallback, or loads TLS elsewhere, fails here.
+    """
+
+    def test_twisted_networking_imports_without_pyopenssl(self) -> None:
+        """The modules the commands import under the block, and what they leave out."""
+        code = (
+            "import sys\nfrom pushprox.footprint import without_tls_libraries\n"
+            "with without_tls_libraries():\n"
+            "    from twisted.internet import reactor\n"
+            "    import twisted.internet.tcp, twisted.internet.posixbase\n"
+            "    import twisted.internet.endpoints as endpoints, twisted.web.client\n"
+            "    import pushprox.proxy_tap, pushprox.client_tap\n"
+            "print(endpoints.TLSMemoryBIOFactory is None,\n"
+            "      sorted(m for m in sys.modules if m.split('.')[0] in\n"
+            "             ('OpenSSL', 'cryptography', 'service_identity', 'pushprox.tls')))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stdout.strip(), "True []")
+
+
+class CommandFootprintTests(SynchronousTestCase):
+    """The commands, run for real, with and without TLS options."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="pushprox-footprint-"))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.processes = ProcessGroup(self.tmp)
+        self.addCleanup(self.processes.stop_all)
+
+    def start(self, name: str, argv: list[str], port: int,
+              env: dict[str, str] | None = None) -> Process:
+        """Start a program and wait until it accepts connections on ``port``."""
+        process = self.processes.start(name, argv, env=env)
+        wait_for(lambda: port_open(port), timeout=30, what=f"{name} on port {port}",
+                 watch=[process])
+        return process
+
+    def start_pair(self, target_port: int, client_env: dict[str, str] | None = None
+                   ) -> tuple[Process, Process, int]:
+        """A proxy and a client (fqdn 127.0.0.1) without TLS options, once registered."""
+        proxy_port, metrics_port = free_port(), free_port()
+        proxy = self.start("proxy", [command("pushprox-proxy"), "--listen",
+                                     f"tcp:{proxy_port}:interface=127.0.0.1"], proxy_port)
+        client = self.start("client", [
+            command("pushprox-client"), "--fqdn", "127.0.0.1",
+            "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
+            "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
+            "--allow-port", str(target_port)], metrics_port, env=client_env)
+        wait_for(lambda: b"127.0.0.1" in raw_http(
+            proxy_port, http_request_bytes("GET", "/clients", [])).body,
+            timeout=20, what="the client registered", watch=[proxy, client])
+        return proxy, client, proxy_port
+
+    def test_no_tls_process_maps_no_tls_library(self) -> None:
+        """A plain proxy and client serve a scrape without cryptography's code mapped."""
+        _, exporter_port = start_exporter(self.processes, "plain",
+                                          pages={"/metrics": Page(METRICS)})
+        proxy, client, proxy_port = self.start_pair(exporter_port)
+        answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
+        self.assertEqual((answer.status, answer.body), (200, METRICS))
+        self.assertEqual(tls_objects_mapped(proxy.pid), [])
+        self.assertEqual(tls_objects_mapped(client.pid), [])
+
+    def test_tls_listener_loads_tls(self) -> None:
+        """With an ssl: endpoint the proxy keeps Twisted's TLS and serves over it."""
+        pki = make_pki(str(self.tmp / "pki"))
+        port = free_port()
+        proxy = self.start("proxy", [
+            command("pushprox-proxy"), "--listen",
+            f"ssl:{port}:interface=127.0.0.1:privateKey={pki.server.key}"
+            f":certKey={pki.server.cert}"], port)
+        context = ssl.create_default_context(cafile=pki.ca.cert_path)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/-/healthy")
+        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
+        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
+
+    def test_https_target_loads_tls_on_first_use(self) -> None:
+        """A client without TLS options scrapes an https:// target: TLS loads then, not
+        before, and verifies the target's certificate against the trust store."""
+        pki = make_pki(str(self.tmp / "pki"))
+        _, exporter_port = start_exporter(self.processes, "tls",
+                                          pages={"/metrics": Page(METRICS)},
+                                          tls=(pki.server.cert, pki.server.key))
+        # OpenSSL's default trust store, which the client's default policy uses, is the
+        # file SSL_CERT_FILE names.
+        env = {"SSL_CERT_FILE": pki.ca.cert_path}
+        _, client, proxy_port = self.start_pair(exporter_port, client_env=env)
+        self.assertEqual(tls_objects_mapped(client.pid), [])
+        url = f"http://127.0.0.1:{exporter_port}/metrics?_scheme=https"
+        answer = scrape_via_proxy(proxy_port, url)
+        self.assertEqual((answer.status, answer.body), (200, METRICS), client.log_text())
+        self.assertNotEqual(tls_objects_mapped(client.pid), [])
+
