@@ -27,6 +27,7 @@ THROUGHPUT_COLUMNS = [
 ONE_CONNECTION_COLUMNS = [
     "page", "measure", "direct to nginx", "baseline", "this tree", "this tree / baseline",
 ]  # fmt: skip
+YARDSTICK_COLUMNS = ["page", "conns", "measure", "Go", "pushprox", "pushprox / Go"]
 BIG_PAGE_COLUMNS = [
     "path", "median s", "min..max s", "MB/s",
     "proxy peak RSS growth MB", "client peak RSS growth MB",
@@ -57,6 +58,10 @@ class Report:
     header: list[str] = field(default_factory=list)
     throughput: list[list[str]] = field(default_factory=list)
     one_connection: list[list[str]] = field(default_factory=list)
+    go_dir: str | None = None  # --go
+    yardstick: list[list[str]] = field(default_factory=list)
+    yardstick_rss: list[list[str]] = field(default_factory=list)
+    yardstick_rss_columns: list[str] = field(default_factory=list)
     breakdown: list[list[str]] = field(default_factory=list)
     breakdown_run: str = ""  # how the breakdown's run went
     big: list[list[str]] = field(default_factory=list)
@@ -83,6 +88,8 @@ class Report:
         if self.interrupted:
             lines += ["**Interrupted: partial results.**", ""]
         lines += [f"- {h}" for h in self.header] + [""]
+        if self.go_dir:
+            lines += self._yardstick()
         lines += [
             f"### Scrapes through pushprox vs. directly (wrk -t1, {m.wrk_seconds} s per row)",
             "",
@@ -129,6 +136,22 @@ class Report:
         if self.profile:
             lines += ["", "### Profile (py-spy)", "", *self.profile]
         return "\n".join(lines) + "\n"
+
+    def _yardstick(self) -> list[str]:
+        """The side-by-side section against the Go PushProx (--go)."""
+        m = self.mode
+        lines = [f"### Side by side with the Go PushProx (wrk -t1 in proxy form, "
+                 f"{m.wrk_seconds} s per run; median of {m.one_rounds} alternating rounds, "
+                 "then each round)", "",
+                 f"Go: `pushprox-proxy` and `pushprox-client` of {self.go_dir}; pushprox: its "
+                 "`pushprox-proxy` and `pushprox-client` commands; both clients poll as "
+                 "127.0.0.1 and scrape the same nginx.", ""]  # fmt: skip
+        lines += table(YARDSTICK_COLUMNS, self.yardstick)
+        lines += ["", "Below 1 is better in the last column, except for scrapes/s. Memory "
+                  "(VmRSS, MB; in parentheses ours over Go's):", ""]  # fmt: skip
+        lines += table(["program", "when", "Go", *self.yardstick_rss_columns],
+                       self.yardstick_rss)
+        return [*lines, ""]
 
 
 def table(head: list[str], rows: list[list[str]]) -> list[str]:

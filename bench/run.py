@@ -2,6 +2,7 @@
 """pushprox benchmark: scrapes through pushprox vs. directly against nginx.
 
     python bench/run.py [--quick] [--profile DIR] [--breakdown] [--keep] [--baseline REV]
+                        [--go DIR] [--only SECTION]
 
 Starts (all on 127.0.0.1, ports chosen free, each process in its own working
 directory under one temp dir, everything stopped at the end, also on Ctrl-C):
@@ -54,8 +55,12 @@ from scenarios import (
     section_throughput,
     start_world,
 )
+from yardstick import section_yardstick
 
-SECTIONS = ["throughput", "one", "breakdown", "big", "idle", "memory", "cluster", "storm", "soak"]
+SECTIONS = [
+    "yardstick", "throughput", "one", "breakdown", "big", "idle", "memory", "cluster", "storm",
+    "soak",
+]  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,17 +92,30 @@ def parse_args() -> argparse.Namespace:
         "side by side in the throughput table",
     )  # fmt: skip
     ap.add_argument(
+        "--go", metavar="DIR",
+        help="first measure against the Go PushProx built in DIR (its pushprox-proxy and "
+        "pushprox-client), side by side in alternating rounds",
+    )  # fmt: skip
+    ap.add_argument(
         "--skip", action="append", default=[],
         choices=SECTIONS, help="skip a section",
+    )  # fmt: skip
+    ap.add_argument(
+        "--only", action="append", default=[], choices=SECTIONS,
+        help="run only this section (repeatable)",
     )  # fmt: skip
     return ap.parse_args()
 
 
 def sections(
-    w: World, profile: str | None, breakdown: bool
+    w: World, profile: str | None, breakdown: bool, go: str | None
 ) -> list[tuple[str, Callable[[], None]]]:
-    """The sections in the order they run: the shared pair's first, the fresh processes' last."""
-    steps: list[tuple[str, Callable[[], None]]] = [
+    """The sections in the order they run: the yardstick first (the machine is at its
+    quietest), the shared pair's next, the fresh processes' last."""
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if go:
+        steps.append(("yardstick", lambda: section_yardstick(w, Path(go))))
+    steps += [
         ("throughput", lambda: section_throughput(w)),
         ("one", lambda: section_one_connection(w)),
     ]
@@ -133,7 +151,7 @@ def main() -> int:
     mode = Mode.make(args.quick, args.idle, args.scrapes, args.storm, args.soak_seconds)
     mode.quiet_wait = args.quiet_wait
     mode.one_rounds = args.one_rounds
-    report = Report(mode, baseline=args.baseline)
+    report = Report(mode, baseline=args.baseline, go_dir=args.go)
     stop_on_signals()
     start = MachineCpu.now()
     tmp = Path(tempfile.mkdtemp(prefix="pushprox-bench-"))
@@ -145,8 +163,8 @@ def main() -> int:
         report.header = machine_header()
         print("\n".join(report.header), file=sys.stderr, flush=True)
         w = start_world(procs, report, mode, args.baseline, baseline_checkout)
-        for name, section in sections(w, args.profile, args.breakdown):
-            if name not in args.skip:
+        for name, section in sections(w, args.profile, args.breakdown, args.go):
+            if name not in args.skip and (not args.only or name in args.only):
                 run_section(w, name, section)
     except KeyboardInterrupt:
         report.interrupted = True
