@@ -1,7 +1,7 @@
 """The yardstick section (--go DIR): pushprox against the upstream Go PushProx, side by side.
 
 Both pairs run at once, fresh, on the shared nginx: Go's proxy and client (DIR/pushprox-proxy,
-DIR/pushprox-client, built by the Go PushProx's build script; never committed) and ours as
+DIR/pushprox-client, built from the Go PushProx's source; never committed) and ours as
 the `pushprox-proxy` / `pushprox-client` commands (what the container images run), both
 clients polling as 127.0.0.1 so that the scrape URI is the same.  For each page (1k, 57k) and
 connection count (1, 8), wrk runs in proxy form against each proxy in alternating rounds (Go
@@ -65,8 +65,8 @@ def go_error(go_dir: Path) -> str | None:
     """None when DIR holds both Go programs, else what is missing."""
     missing = [name for name in GO_PROGRAMS if not (go_dir / name).is_file()]
     if missing:
-        return (f"{', '.join(missing)} missing in {go_dir} (build them with the Go "
-                "PushProx's build script, see bench/README.md)")
+        return (f"{', '.join(missing)} missing in {go_dir} (go build ./cmd/proxy and "
+                "./cmd/client of the Go PushProx, see docs/dev/benchmarks.md)")
     return None
 
 
