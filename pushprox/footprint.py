@@ -10,7 +10,7 @@ without their TLS support (``listenSSL``, ``startTLS``, ``wrapClientTLS``,
 ``BrowserLikePolicyForHTTPS``).  That fallback, meant for installations without pyOpenSSL, is
 the private detail used here: while the commands import their modules, ``OpenSSL`` is made
 unimportable (``None`` in ``sys.modules``, the documented way to make an import fail); it is
-importable again once they are loaded.  It saves about 13 MB of RSS per process (pyOpenSSL,
+importable again once they are loaded.  It saves about 14 MB of RSS per process (pyOpenSSL,
 cryptography's bindings with their own OpenSSL, service-identity, idna).
 
 What still needs TLS in such a process loads it on first use through public names only: the
