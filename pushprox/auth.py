@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.logger import Logger
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -180,6 +178,10 @@ class ScraperAuth:
         """Whether anything is checked at all."""
         return bool(self._networks) or self._passwords is not None
 
+    def replace_passwords(self, passwords: PasswordChecker) -> None:
+        """Check passwords with ``passwords`` from now on (a re-read password file)."""
+        self._passwords = passwords
+
     def check(self, address: str | None, authorization: bytes | None, *,
               proxy: bool) -> None:
         """
@@ -213,8 +215,6 @@ class ScraperAuth:
 class ClientAuth:
     """Who may poll and push: a token from a file, a certificate naming the FQDN, or both."""
 
-    log = Logger()
-
     def __init__(
         self,
         *,
@@ -233,17 +233,10 @@ class ClientAuth:
         return self._token_file is not None or self._require_certificate
 
     def reload(self) -> None:
-        """Re-read the token file; on error keep the tokens in force and log why."""
+        """Re-read the token file; on error raise ValueError and keep the tokens in force."""
         if self._token_file is None:
             return
-        try:
-            self._tokens = load_tokens(self._token_file)
-        except ValueError as error:
-            self.log.error("Token file not reloaded, the old tokens stay in force: {reason}",
-                           reason=str(error))
-            return
-        self.log.info("Reloaded {n} client tokens from {path}", n=len(self._tokens),
-                      path=self._token_file)
+        self._tokens = load_tokens(self._token_file)
 
     def _token_owner(self, authorization: bytes | None) -> str:
         credentials = parse_authorization(authorization)

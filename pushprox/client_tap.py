@@ -21,7 +21,15 @@ from pushprox.config import (
 )
 from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.program import (
+    ProgramOptions,
+    add_listener,
+    program_service,
+    reload_services,
+    tls_description,
+    upstream_names,
+)
+from pushprox.reload import Reloader
 
 
 class Options(ProgramOptions):
@@ -145,23 +153,34 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.config()
+    reloader = Reloader()
     proxy_policy = target_policy = None
-    if any(options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
+    if urlsplit(config.proxy_url).scheme == "https" or any(
+            options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
         from pushprox import tls
 
         proxy_policy = tls.https_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
             insecure_skip_verify=options["tls-insecure-skip-verify"],
+            profile=tls.TLSProfile(options["tls-min-version"],
+                                   options["tls-cipher-suites"] or tls.INTERMEDIATE_CIPHER_SUITES),
         )
+        if proxy_policy.paths:
+            reloader.register("--tls-cacert/--tls-cert/--tls-key", proxy_policy.reload,
+                              watch=proxy_policy.paths)
     if any(options[k] for k in ("target-tls-cacert", "target-tls-cert",
                                 "target-tls-insecure-skip-verify")):
         from pushprox import tls
 
+        # Targets keep Twisted's defaults: exporters may be older than the profile.
         target_policy = tls.https_policy(
             cacert=options["target-tls-cacert"], cert=options["target-tls-cert"],
             key=options["target-tls-key"],
             insecure_skip_verify=options["target-tls-insecure-skip-verify"],
         )
+        if target_policy.paths:
+            reloader.register("--target-tls-cacert/--target-tls-cert/--target-tls-key",
+                              target_policy.reload, watch=target_policy.paths)
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
         target_policy=target_policy, keepalive=config
@@ -184,9 +203,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     client = ClientService(config, reactor=reactor, proxy_link=proxy_link,
                            target_agent=target_agent, metrics=metrics, pools=pools)
     client.setServiceParent(service)
+    if options["proxy-token-file"] or options["target-bearer-token-file"]:
+        reloader.register(
+            "--proxy-token-file/--target-bearer-token-file",
+            lambda: client.use_tokens(
+                proxy_token=read_token(options["proxy-token-file"], "proxy-token-file"),
+                target_bearer_token=read_token(options["target-bearer-token-file"],
+                                               "target-bearer-token-file")))
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 
-        add_listener(service, "metrics-listen", options["metrics-listen"],
-                     metrics_site(metrics.registry), reactor)
+        add_listener(service, "metrics-listen",
+                     tls_description(options, options["metrics-listen"]),
+                     metrics_site(metrics.registry), reactor, reloader=reloader)
+    reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
+
+
+def read_token(path: str | None, flag: str) -> str | None:
+    """``read_secret`` for a reload: a bad file is a ValueError, not a usage error."""
+    try:
+        return read_secret(path, flag)
+    except usage.UsageError as error:
+        raise ValueError(str(error)) from None

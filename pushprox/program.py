@@ -22,7 +22,14 @@ from twisted.python.components import Componentized
 
 from pushprox.environment import apply_environment, flags_on_command_line
 from pushprox.logs import log_format, log_level, log_observer, twistd_log_file
-from pushprox.options import OptionValueError, naming
+from pushprox.options import (
+    OptionValueError,
+    naming,
+    non_negative_seconds,
+    tls_cipher_suites,
+    tls_min_version,
+)
+from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -80,6 +87,16 @@ class ProgramOptions(usage.Options):
         ["log-format", None, None, "logfmt or json: one line per event with stable field "
          "names; text: Twisted's format (default: logfmt; under twistd, text).",
          naming("log-format", log_format)],
+        ["tls-min-version", None, "TLS12", "Lowest TLS version of every TLS listener and of "
+         "the client's TLS to the proxy: TLS12 or TLS13 (default: TLS12).",
+         naming("tls-min-version", tls_min_version)],
+        ["tls-cipher-suites", None, None, "TLS 1.2 cipher suites of the same, by IANA name, "
+         "comma-separated (default: Mozilla's intermediate profile, AEAD ciphers with "
+         "forward secrecy; TLS 1.3's are always offered).",
+         naming("tls-cipher-suites", tls_cipher_suites)],
+        ["tls-reload-interval", None, 10.0, "Seconds between looks at the certificate, key "
+         "and CA files for a renewal, picked up without a restart (default: 10; 0: only on "
+         "SIGHUP).", naming("tls-reload-interval", non_negative_seconds)],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -196,6 +213,8 @@ class FlagListener(MultiService):
         except ValueError as error:
             raise usage.UsageError(f"--{flag} {description}: {error}") from None
         listener.setServiceParent(self)
+        #: The listener's re-readable TLS, if it is a TLS listener of ours.
+        self.tls: Any = getattr(getattr(listener, "endpoint", None), "tls", None)
 
     def privilegedStartService(self) -> None:
         """Listen, or raise a StartupError naming the flag."""
@@ -210,6 +229,36 @@ class FlagListener(MultiService):
 
 
 def add_listener(service: IService, flag: str, description: str, factory: Any,
-                 reactor: Any) -> None:
-    """Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``."""
-    FlagListener(flag, description, factory, reactor).setServiceParent(service)
+                 reactor: Any, *, reloader: Reloader | None = None) -> FlagListener:
+    """
+    Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``;
+    register its certificates with ``reloader`` if it is a TLS listener.
+    """
+    listener = FlagListener(flag, description, factory, reactor)
+    listener.setServiceParent(service)
+    if reloader is not None and listener.tls is not None:
+        where = ":".join(description.split(":")[:2])
+        reloader.register(f"certificates of --{flag} {where}",
+                          listener.tls.reload, watch=listener.tls.paths)
+    return listener
+
+
+def tls_description(options: ProgramOptions, description: str,
+                    client_ca: str | None = None) -> str:
+    """``description`` with our TLS (``pushprox-tls:``) and these options' profile if TLS."""
+    from pushprox.mtls_endpoint import tls_listener
+
+    return tls_listener(description, client_ca=client_ca,
+                        min_version=options["tls-min-version"],
+                        cipher_suites=options["tls-cipher-suites"])
+
+
+def reload_services(service: IService, reloader: Reloader, reactor: Any,
+                    interval: float) -> None:
+    """
+    Have SIGHUP re-read ``reloader``'s settings (never stop the program), and look for
+    changed files every ``interval`` seconds (not at all for 0).
+    """
+    ReloadOnHangup(reloader.reload_all, reactor).setServiceParent(service)
+    if interval > 0:
+        WatchFiles(reloader, reactor, interval).setServiceParent(service)

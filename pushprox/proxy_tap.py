@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -18,10 +16,17 @@ from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpassw
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
-from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import listen_endpoint, naming, read_secret
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.program import (
+    ProgramOptions,
+    add_listener,
+    program_service,
+    reload_services,
+    tls_description,
+    upstream_names,
+)
 from pushprox.proxy import PushProxSite
+from pushprox.reload import Reloader
 from pushprox.tls import certificate_names_fqdn, load_certificates
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
 
@@ -62,7 +67,7 @@ class Options(ProgramOptions):
          "the replicas (required with --redis)."],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
-         "status page then want Authorization."],
+         "status page then want Authorization. Re-read on SIGHUP."],
     ]
 
     def __init__(self) -> None:
@@ -204,14 +209,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listeners.setServiceParent(service)
     if options["redis"]:
         cluster_service.HeartbeatService(cluster).setServiceParent(service)
+    reloader = Reloader()
     for endpoint in options["listen"]:
-        description = endpoint
-        if options["client-ca"]:
-            description = require_client_certificates(endpoint, options["client-ca"])
-        add_listener(listeners, "listen", description, site, reactor)
+        add_listener(listeners, "listen", tls_description(options, endpoint, options["client-ca"]),
+                     site, reactor, reloader=reloader)
     WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
-        ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
+        reloader.register("--client-tokens", client_auth.reload)
+    if options["scrape-auth"]:
+        scraper_auth: ScraperAuth = options["scraper-auth"]
+        path = options["scrape-auth"]
+        reloader.register("--scrape-auth", lambda: scraper_auth.replace_passwords(
+            PasswordChecker(load_htpasswd(path))))
+    reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
 
 
@@ -232,25 +242,3 @@ class WatchAcceptFailures(Service):
         """Stop watching."""
         super().stopService()
         self._publisher.removeObserver(self._observer)
-
-
-class ReloadOnHangup(Service):
-    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
-
-    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
-        self._reload = reload
-        self._reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        """Install the handler."""
-        super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
-        )
-
-    def stopService(self) -> None:
-        """Put the previous handler back."""
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)

@@ -29,7 +29,8 @@ from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
 from pushprox.program import FlagListener
 from pushprox.proxy import ConnectionRefusals, ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, WatchAcceptFailures
+from pushprox.proxy_tap import CoordinatorService, WatchAcceptFailures
+from pushprox.reload import ReloadOnHangup, WatchFiles
 from tests.tlsfixtures import make_pki
 
 
@@ -144,7 +145,8 @@ class ProxyServiceTests(SynchronousTestCase):
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService, WatchAcceptFailures])
+                         [CoordinatorService, MultiService, WatchAcceptFailures,
+                          ReloadOnHangup, WatchFiles])
         listeners = list(IServiceCollection(children[1]))
         self.assertEqual([type(child) for child in listeners],
                          [FlagListener, FlagListener])
@@ -180,7 +182,7 @@ class ProxyServiceTests(SynchronousTestCase):
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
                          [CoordinatorService, MultiService, WatchAcceptFailures,
-                          ReloadOnHangup])
+                          ReloadOnHangup, WatchFiles])
         [listener] = list(IServiceCollection(children[1]))
         self.assertIsInstance(listener, FlagListener)
         self.assertTrue(options["client-auth"].enabled)
@@ -302,8 +304,9 @@ class ClientServiceMakerTests(SynchronousTestCase):
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
             reactor=reactor)))
         self.assertEqual([type(child) for child in with_metrics],
-                         [ClientService, FlagListener])
+                         [ClientService, FlagListener, ReloadOnHangup, WatchFiles])
         without = list(IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
                          "--metrics-listen", ""), reactor=reactor)))
-        self.assertEqual([type(child) for child in without], [ClientService])
+        self.assertEqual([type(child) for child in without],
+                         [ClientService, ReloadOnHangup, WatchFiles])
