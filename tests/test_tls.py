@@ -529,10 +529,15 @@ class HandshakeTests(TestCase):
         The client's policy to the proxy (with the profile) refuses a server that offers
         only TLS 1.2 CBC; the targets' policy (Twisted's defaults) still talks to it.
         """
-        old = CertificateOptions(
-            privateKey=serialization.load_pem_private_key(
+        # cryptography's objects, which pyOpenSSL wants (Twisted annotates its own).
+        identity: dict[str, Any] = {
+            "privateKey": serialization.load_pem_private_key(
                 Path(self.pki.server.key).read_bytes(), password=None),
-            certificate=x509.load_pem_x509_certificate(Path(self.pki.server.cert).read_bytes()),
+            "certificate": x509.load_pem_x509_certificate(
+                Path(self.pki.server.cert).read_bytes()),
+        }
+        old = CertificateOptions(
+            **identity,
             lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
             acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString("ECDHE-ECDSA-AES128-SHA"),
         )
