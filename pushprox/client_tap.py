@@ -27,6 +27,7 @@ from pushprox.program import (
     program_service,
     reload_services,
     tls_description,
+    tls_settings,
     upstream_names,
 )
 from pushprox.reload import Reloader
@@ -162,8 +163,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         proxy_policy = tls.https_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
             insecure_skip_verify=options["tls-insecure-skip-verify"],
-            profile=tls.TLSProfile(options["tls-min-version"],
-                                   options["tls-cipher-suites"] or tls.INTERMEDIATE_CIPHER_SUITES),
+            profile=tls.TLSProfile(
+                min_version=options["tls-min-version"] or "TLS12",
+                cipher_suites=options["tls-cipher-suites"] or tls.INTERMEDIATE_CIPHER_SUITES),
         )
         if proxy_policy.paths:
             reloader.register("--tls-cacert/--tls-cert/--tls-key", proxy_policy.reload,
@@ -214,7 +216,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from pushprox.metrics import metrics_site
 
         add_listener(service, "metrics-listen",
-                     tls_description(options, options["metrics-listen"]),
+                     tls_description(tls_settings(options, None), options["metrics-listen"]),
                      metrics_site(metrics.registry), reactor, reloader=reloader)
     reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service

@@ -7,7 +7,8 @@ ciphers and cannot ask clients for a certificate.  These parsers, found by Twist
 through its public ``IStreamServerEndpointStringParser`` plugin interface, take the same
 description (``PORT``, ``privateKey=``, ``certKey=``, ``extraCertChain=``,
 ``interface=``, ``backlog=``) plus ``clientCA=`` (a PEM bundle; required by
-``pushprox-mtls:``), ``minVersion=`` and ``cipherSuites=``, and make a listener whose
+``pushprox-mtls:``), ``requireClientCert=yes``, ``minVersion=``, ``maxVersion=`` and
+``cipherSuites=``, and make a listener whose
 certificates can be re-read (``pushprox.tls.ServerTLS``).  Both programs turn every
 ``ssl:`` listener into one of these (``tls_listener``).  Kept free of heavy imports:
 Twisted imports it whenever it looks for endpoint plugins.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 PREFIX = "pushprox-mtls"
 TLS_PREFIX = "pushprox-tls"
 _SUPPORTED = ("port", "privateKey", "certKey", "extraCertChain", "interface", "backlog",
-              "clientCA", "minVersion", "cipherSuites")
+              "clientCA", "requireClientCert", "minVersion", "maxVersion", "cipherSuites")
 
 
 def require_client_certificates(description: str, client_ca: str) -> str:
@@ -43,24 +44,33 @@ def require_client_certificates(description: str, client_ca: str) -> str:
 
 
 def tls_listener(description: str, *, client_ca: str | None = None,
-                 min_version: str | None = None,
-                 cipher_suites: tuple[str, ...] | None = None) -> str:
+                 min_version: str | None = None, max_version: str | None = None,
+                 cipher_suites: tuple[str, ...] | None = None,
+                 tls_files: tuple[str, str] | None = None,
+                 require_client_certificate: bool = False) -> str:
     """
     The ``pushprox-tls:`` form of an ``ssl:`` description (``pushprox-mtls:`` with
-    ``client_ca``), with the program's TLS version and cipher suites unless it gives its
-    own; other descriptions are returned as is.
+    ``client_ca``), with the program's TLS versions and cipher suites unless it gives its
+    own.  With ``tls_files`` (certificate, key), ``tcp:`` descriptions become TLS ones
+    too.  Other descriptions are returned as is.
     """
+    if tls_files is not None and description.startswith(("tcp:", "tcp6:")):
+        cert, key = (quoteStringArgument(path) for path in tls_files)
+        description = (f"ssl:{description.partition(':')[2]}"
+                       f":privateKey={key}:certKey={cert}")
     if description.startswith("ssl:"):
         prefix = PREFIX if client_ca else TLS_PREFIX
         description = f"{prefix}:{description[4:]}"
         if client_ca:
             description += f":clientCA={quoteStringArgument(client_ca)}"
+        if require_client_certificate:
+            description += ":requireClientCert=yes"
     elif not description.startswith((f"{PREFIX}:", f"{TLS_PREFIX}:")):
         return description
-    if min_version and ":minVersion=" not in description:
-        description += f":minVersion={min_version}"
-    if cipher_suites and ":cipherSuites=" not in description:
-        description += f":cipherSuites={','.join(cipher_suites)}"
+    for option, value in (("minVersion", min_version), ("maxVersion", max_version),
+                          ("cipherSuites", ",".join(cipher_suites or ()))):
+        if value and f":{option}=" not in description:
+            description += f":{option}={value}"
     return description
 
 
@@ -98,7 +108,9 @@ class TLSServerParser:
         interface = options.pop("interface", "")
         backlog = options.pop("backlog", "50")
         min_version = options.pop("minVersion", None)
+        max_version = options.pop("maxVersion", None)
         suites = options.pop("cipherSuites", None)
+        require = options.pop("requireClientCert", "no")
         if options or len(args) > 1:
             unsupported = sorted(options) + [str(arg) for arg in args[1:]]
             raise ValueError(f"{self.prefix}: unsupported option(s) {', '.join(unsupported)} "
@@ -106,13 +118,16 @@ class TLSServerParser:
         if not key or not cert or (self.client_ca_required and not client_ca):
             needs = " and clientCA=" if self.client_ca_required else ""
             raise ValueError(f"{self.prefix}: needs privateKey= (and certKey=){needs}")
-        profile = TLSProfile()
-        if min_version is not None:
-            profile = TLSProfile(tls_version(min_version), profile.cipher_suites)
-        if suites is not None:
-            profile = TLSProfile(profile.min_version, cipher_suites(suites))
+        if require not in ("yes", "no") or (require == "yes" and not client_ca):
+            raise ValueError(f"{self.prefix}: requireClientCert= is yes (with clientCA=) "
+                             "or no")
+        default = TLSProfile()
+        profile = TLSProfile(
+            min_version=default.min_version if min_version is None else tls_version(min_version),
+            max_version=default.max_version if max_version is None else tls_version(max_version),
+            cipher_suites=default.cipher_suites if suites is None else cipher_suites(suites))
         tls = ServerTLS(cert=cert, key=key, client_ca=client_ca, extra_chain=extra_chain,
-                        profile=profile)
+                        profile=profile, require_certificate=require == "yes")
         return ReloadableTLSEndpoint(reactor, int(port), tls, backlog=int(backlog),
                                      interface=interface)
 

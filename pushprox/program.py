@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
@@ -30,6 +31,9 @@ from pushprox.options import (
     tls_min_version,
 )
 from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
+
+if TYPE_CHECKING:
+    from pushprox.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -87,7 +91,7 @@ class ProgramOptions(usage.Options):
         ["log-format", None, None, "logfmt or json: one line per event with stable field "
          "names; text: Twisted's format (default: logfmt; under twistd, text).",
          naming("log-format", log_format)],
-        ["tls-min-version", None, "TLS12", "Lowest TLS version of every TLS listener and of "
+        ["tls-min-version", None, None, "Lowest TLS version of every TLS listener and of "
          "the client's TLS to the proxy: TLS12 or TLS13 (default: TLS12).",
          naming("tls-min-version", tls_min_version)],
         ["tls-cipher-suites", None, None, "TLS 1.2 cipher suites of the same, by IANA name, "
@@ -243,14 +247,57 @@ def add_listener(service: IService, flag: str, description: str, factory: Any,
     return listener
 
 
-def tls_description(options: ProgramOptions, description: str,
-                    client_ca: str | None = None) -> str:
-    """``description`` with our TLS (``pushprox-tls:``) and these options' profile if TLS."""
+def tls_settings(options: ProgramOptions, web: WebConfig | None) -> TLSSettings:
+    """
+    The TLS versions and cipher suites the flags and the web configuration file give
+    (each is one setting: given in both, it is a usage error).
+    """
+    tls = web.tls if web is not None else None
+    settings = TLSSettings(min_version=options["tls-min-version"],
+                           cipher_suites=options["tls-cipher-suites"])
+    if tls is None:
+        return settings
+    for flag, ours, theirs in (
+            ("tls-min-version", settings.min_version, tls.min_version),
+            ("tls-cipher-suites", settings.cipher_suites, tls.cipher_suites)):
+        if ours is not None and theirs is not None:
+            raise usage.UsageError(f"--{flag} and the web configuration file's "
+                                   f"{flag.removeprefix('tls-').replace('-', '_')} are one "
+                                   "setting: give it once")
+    return TLSSettings(min_version=settings.min_version or tls.min_version,
+                       max_version=tls.max_version,
+                       cipher_suites=settings.cipher_suites or tls.cipher_suites)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS versions and TLS 1.2 cipher suites of the listeners (None: the default)."""
+
+    min_version: str | None = None
+    max_version: str | None = None
+    cipher_suites: tuple[str, ...] | None = None
+
+
+def tls_description(settings: TLSSettings, description: str, *, client_ca: str | None = None,
+                    web: WebConfig | None = None) -> str:
+    """
+    ``description`` with our TLS (``pushprox-tls:``) and ``settings`` if it is a TLS one;
+    with the web configuration file's TLS, ``tcp:`` listeners become TLS ones.
+    """
     from pushprox.mtls_endpoint import tls_listener
 
-    return tls_listener(description, client_ca=client_ca,
-                        min_version=options["tls-min-version"],
-                        cipher_suites=options["tls-cipher-suites"])
+    tls = web.tls if web is not None else None
+    require = False
+    tls_files = None
+    if tls is not None:
+        tls_files = (tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            client_ca = tls.client_ca_file
+            require = bool(tls.client_certificate)
+    return tls_listener(description, client_ca=client_ca, tls_files=tls_files,
+                        require_client_certificate=require,
+                        min_version=settings.min_version, max_version=settings.max_version,
+                        cipher_suites=settings.cipher_suites)
 
 
 def reload_services(service: IService, reloader: Reloader, reactor: Any,

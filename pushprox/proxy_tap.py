@@ -9,7 +9,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import LogPublisher, globalLogPublisher
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
@@ -23,12 +23,14 @@ from pushprox.program import (
     program_service,
     reload_services,
     tls_description,
+    tls_settings,
     upstream_names,
 )
 from pushprox.proxy import PushProxSite
 from pushprox.reload import Reloader
 from pushprox.tls import certificate_names_fqdn, load_certificates
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
+from pushprox.web_config import WebConfig, load_web_config
 
 
 class Options(ProgramOptions):
@@ -37,7 +39,7 @@ class Options(ProgramOptions):
     program = "pushprox-proxy"
     upstream_flags = upstream_names(
         "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
-        renamed={"web.listen-address": "listen"})
+        "web.config.file", renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
     synopsis = "[options]"
     longdesc = (
@@ -65,6 +67,10 @@ class Options(ProgramOptions):
          "(default: http:// + this host's FQDN + the first tcp: port of --listen)."],
         ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
          "the replicas (required with --redis)."],
+        ["web-config-file", None, None, "Prometheus' web configuration file (exporter-"
+         "toolkit's YAML): tls_server_config makes every tcp: listener a TLS one, "
+         "basic_auth_users guard /metrics, /clients and the status page, "
+         "http_server_config's headers go on their answers. Re-read on SIGHUP."],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
          "status page then want Authorization. Re-read on SIGHUP."],
@@ -95,18 +101,31 @@ class Options(ProgramOptions):
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:
             raise usage.UsageError("--scrape-default-timeout exceeds --scrape-max-timeout")
-        if self["client-ca"] and not any(e.startswith("ssl:") for e in self["listen"]):
+        try:
+            self["web-config"] = (load_web_config(self["web-config-file"])
+                                  if self["web-config-file"] else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        web_tls = self["web-config"].tls if self["web-config"] else None
+        self["tls-settings"] = tls_settings(self, self["web-config"])
+        if self["client-ca"] and not (web_tls or any(e.startswith("ssl:")
+                                                     for e in self["listen"])):
             raise usage.UsageError("--client-ca needs an ssl: endpoint in --listen")
+        if self["client-ca"] and web_tls and web_tls.client_ca_file:
+            raise usage.UsageError("--client-ca and the web configuration file's "
+                                   "client_ca_file: give the client CA once")
         try:
             self["client-auth"] = ClientAuth(
                 token_file=self["client-tokens"],
                 require_certificate=bool(self["client-ca"]),
                 names_fqdn=certificate_names_fqdn,
             )
+            users = self["web-config"].users if self["web-config"] else None
             self["scraper-auth"] = ScraperAuth(
                 networks=parse_networks(self["scrape-allow-cidr"]),
                 passwords=(PasswordChecker(load_htpasswd(self["scrape-auth"]))
                            if self["scrape-auth"] else None),
+                endpoint_passwords=PasswordChecker(dict(users)) if users else None,
             )
             if self["client-ca"]:
                 load_certificates(self["client-ca"])
@@ -210,9 +229,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["redis"]:
         cluster_service.HeartbeatService(cluster).setServiceParent(service)
     reloader = Reloader()
+    web: WebConfig | None = options["web-config"]
     for endpoint in options["listen"]:
-        add_listener(listeners, "listen", tls_description(options, endpoint, options["client-ca"]),
-                     site, reactor, reloader=reloader)
+        description = tls_description(options["tls-settings"], endpoint,
+                                      client_ca=options["client-ca"], web=web)
+        add_listener(listeners, "listen", description, site, reactor, reloader=reloader)
+    if web is not None:
+        site.headers[:] = web_headers(web)
+        reloader.register("--web.config.file", WebConfigReload(
+            options["web-config-file"], web, site, options["scraper-auth"]).reload)
     WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
         reloader.register("--client-tokens", client_auth.reload)
@@ -242,3 +267,32 @@ class WatchAcceptFailures(Service):
         """Stop watching."""
         super().stopService()
         self._publisher.removeObserver(self._observer)
+
+
+def web_headers(web: WebConfig) -> list[tuple[bytes, bytes]]:
+    """The web configuration file's headers, as the site sets them."""
+    return [(name.encode("ascii"), value.encode("utf-8")) for name, value in web.headers]
+
+
+class WebConfigReload:
+    """Re-reads ``--web.config.file``: its users and headers apply at once."""
+
+    log = Logger()
+
+    def __init__(self, path: str, web: WebConfig, site: PushProxSite,
+                 scraper_auth: ScraperAuth) -> None:
+        self._path = path
+        self._tls = web.tls
+        self._site = site
+        self._scraper_auth = scraper_auth
+
+    def reload(self) -> None:
+        """Read the file again; raise ValueError and change nothing if it is bad."""
+        web = load_web_config(self._path)
+        self._scraper_auth.replace_endpoint_passwords(
+            PasswordChecker(dict(web.users)) if web.users else None)
+        self._site.headers[:] = web_headers(web)
+        if web.tls != self._tls:
+            # The listeners were made with it; their certificate files are still re-read.
+            self.log.warn("{path}: tls_server_config changed; it applies at the next "
+                          "start", path=self._path)

@@ -217,13 +217,17 @@ class TLSProfile:
 
     min_version: str = "TLS12"
     cipher_suites: tuple[str, ...] = INTERMEDIATE_CIPHER_SUITES
+    max_version: str = "TLS13"
 
     def options(self) -> dict[str, Any]:
         """Return this profile as L{CertificateOptions} keyword arguments."""
-        return {
+        options = {
             "raiseMinimumTo": TLS_VERSIONS[self.min_version],
             "acceptableCiphers": _acceptable_ciphers(self.cipher_suites),
         }
+        if self.max_version != "TLS13":
+            options["lowerMaximumSecurityTo"] = TLS_VERSIONS[self.max_version]
+        return options
 
 
 _CIPHER_CACHE: dict[tuple[str, ...], AcceptableCiphers] = {}
@@ -368,14 +372,17 @@ class ServerTLS:
     applies to new handshakes and leaves connections already made (held polls) alone.
     With C{client_ca}, clients are asked for a certificate signed by it: a certificate
     that does not verify fails the handshake, but having none is allowed at the TLS layer
-    (Prometheus scrapes without one); the HTTP layer decides which paths need one.
+    (Prometheus scrapes without one; the HTTP layer decides which paths need one) unless
+    C{require_certificate}.
     """
 
     def __init__(self, *, cert: str, key: str, client_ca: str | None = None,
-                 extra_chain: str | None = None, profile: TLSProfile | None = None) -> None:
+                 extra_chain: str | None = None, profile: TLSProfile | None = None,
+                 require_certificate: bool = False) -> None:
         self._cert = cert
         self._key = key
         self._client_ca = client_ca
+        self._require_certificate = require_certificate
         self._extra_chain = extra_chain
         self._profile = profile or TLSProfile()
         #: The files read, for watching them.
@@ -395,7 +402,7 @@ class ServerTLS:
         options = CertificateOptions(
             verify=True,
             caCerts=[X509.from_cryptography(c) for c in authorities],
-            requireCertificate=False,
+            requireCertificate=self._require_certificate,
             **self._profile.options(),
             **identity.options(),
         )

@@ -129,7 +129,7 @@ class ProxyOptionsTests(SynchronousTestCase):
             "TLS13", ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
                       "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")))
         self.assertEqual((parse_proxy()["tls-min-version"], parse_proxy()["tls-cipher-suites"],
-                          parse_proxy()["tls-reload-interval"]), ("TLS12", None, 10.0))
+                          parse_proxy()["tls-reload-interval"]), (None, None, 10.0))
         for argv, message in (
             (["--tls-min-version", "TLS11"], "--tls-min-version TLS11: TLS11 is not one of "
                                              "TLS12, TLS13"),
@@ -170,8 +170,8 @@ class ProxyOptionsTests(SynchronousTestCase):
             serverFromString(MemoryReactorClock(), f"pushprox-tls:8443:{keys}:sslmethod=X")
         self.assertEqual(str(raised.exception), (
             "pushprox-tls: unsupported option(s) sslmethod (supported: port, privateKey, "
-            "certKey, extraCertChain, interface, backlog, clientCA, minVersion, "
-            "cipherSuites)"))
+            "certKey, extraCertChain, interface, backlog, clientCA, requireClientCert, "
+            "minVersion, maxVersion, cipherSuites)"))
 
     def test_mutual_tls_description_keeps_escapes(self) -> None:
         """--client-ca turns ssl: into pushprox-mtls:, escapes and all, parsed by Twisted."""
