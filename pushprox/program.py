@@ -31,6 +31,7 @@ from pushprox.options import (
     tls_min_version,
 )
 from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
+from pushprox.version import version_line
 
 if TYPE_CHECKING:
     from pushprox.web_config import WebConfig
@@ -117,6 +118,12 @@ class ProgramOptions(usage.Options):
             self._refuse(str(error))
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
+
+    def opt_version(self) -> None:
+        """Print pushprox's version (and Python's and Twisted's) and exit."""
+        sys.stdout.write(version_line(self.program) + "\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
 
     def twistd_options(self) -> Mapping[str, Any] | None:
         """twistd's own options when twistd runs this program, else None."""
