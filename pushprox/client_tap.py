@@ -23,21 +23,25 @@ from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
 from pushprox.program import (
     ProgramOptions,
+    WebConfigReload,
     add_listener,
     program_service,
     reload_services,
     tls_description,
     tls_settings,
     upstream_names,
+    web_headers,
 )
 from pushprox.reload import Reloader
+from pushprox.web_config import WebConfig, load_web_config
 
 
 class Options(ProgramOptions):
     """Options of ``twistd pushprox-client`` and of the ``pushprox-client`` command."""
 
     program = "pushprox-client"
-    upstream_flags = upstream_names("tls.cacert", "tls.cert", "tls.key", renamed={
+    upstream_flags = upstream_names("tls.cacert", "tls.cert", "tls.key", "web.config.file",
+                                    renamed={
         "metrics-addr": "metrics-listen", "proxy.retry.initial-wait": "retry-initial-wait",
         "proxy.retry.max-wait": "retry-max-wait"})
     #: The variables upstream's client images read.
@@ -70,6 +74,10 @@ class Options(ProgramOptions):
          "'Authorization: Bearer' (its --client-tokens)."],
         ["target-bearer-token-file", None, None, "File holding a token sent to targets as "
          "'Authorization: Bearer' (never to the proxy)."],
+        ["web-config-file", None, None, "Prometheus' web configuration file (exporter-"
+         "toolkit's YAML) for --metrics-listen: tls_server_config makes a tcp: listener a "
+         "TLS one, basic_auth_users guard /metrics, http_server_config's headers go on its "
+         "answers. Re-read on SIGHUP."],
         ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics: "
          "a Twisted endpoint, a port number or [HOST]:PORT as upstream's --metrics-addr; "
          "empty to disable.", naming("metrics-listen", optional_listen_endpoint)],
@@ -132,6 +140,14 @@ class Options(ProgramOptions):
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
         for name in ("proxy-token-file", "target-bearer-token-file"):
             self[name.removesuffix("-file")] = read_secret(self[name], name)
+        try:
+            self["web-config"] = (load_web_config(self["web-config-file"])
+                                  if self["web-config-file"] else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["web-config"] is not None and not self["metrics-listen"]:
+            raise usage.UsageError("--web.config.file is for --metrics-listen, which is off")
+        self["tls-settings"] = tls_settings(self, self["web-config"])
 
     def config(self) -> ClientConfig:
         """The client configuration these options describe."""
@@ -215,9 +231,22 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 
+        web: WebConfig | None = options["web-config"]
+        site = metrics_site(metrics.registry)
+        if web is not None:
+            from pushprox.auth import PasswordChecker, ScraperAuth
+
+            auth = ScraperAuth(endpoint_passwords=PasswordChecker(dict(web.users))
+                               if web.users else None)
+            headers = web_headers(web)
+            site = metrics_site(metrics.registry, auth=auth if web.users else None,
+                                headers=headers)
+            reloader.register("--web.config.file", WebConfigReload(
+                options["web-config-file"], web, headers, auth).reload)
         add_listener(service, "metrics-listen",
-                     tls_description(tls_settings(options, None), options["metrics-listen"]),
-                     metrics_site(metrics.registry), reactor, reloader=reloader)
+                     tls_description(options["tls-settings"], options["metrics-listen"],
+                                     web=web),
+                     site, reactor, reloader=reloader)
     reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
 

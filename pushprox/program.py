@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
@@ -34,6 +34,7 @@ from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
 from pushprox.version import version_line
 
 if TYPE_CHECKING:
+    from pushprox.auth import ScraperAuth
     from pushprox.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
@@ -316,3 +317,40 @@ def reload_services(service: IService, reloader: Reloader, reactor: Any,
     ReloadOnHangup(reloader.reload_all, reactor).setServiceParent(service)
     if interval > 0:
         WatchFiles(reloader, reactor, interval).setServiceParent(service)
+
+
+def web_headers(web: WebConfig) -> list[tuple[bytes, bytes]]:
+    """The web configuration file's headers, as the site sets them."""
+    return [(name.encode("ascii"), value.encode("utf-8")) for name, value in web.headers]
+
+
+class WebConfigReload:
+    """Re-reads ``--web.config.file``: its users and headers apply at once."""
+
+    log = Logger()
+
+    def __init__(self, path: str, web: WebConfig, headers: list[tuple[bytes, bytes]],
+                 scraper_auth: ScraperAuth) -> None:
+        self._path = path
+        self._tls = web.tls
+        self._headers = headers
+        self._scraper_auth = scraper_auth
+        #: Whether the endpoints were started guarded: only then can new users apply.
+        self._guarded = scraper_auth.enabled
+
+    def reload(self) -> None:
+        """Read the file again; raise ValueError and change nothing if it is bad."""
+        from pushprox.auth import PasswordChecker
+        from pushprox.web_config import load_web_config
+
+        web = load_web_config(self._path)
+        self._scraper_auth.replace_endpoint_passwords(
+            PasswordChecker(dict(web.users)) if web.users else None)
+        self._headers[:] = web_headers(web)
+        if web.users and not self._guarded:
+            self.log.warn("{path}: basic_auth_users apply at the next start (the endpoints "
+                          "were started without users)", path=self._path)
+        if web.tls != self._tls:
+            # The listeners were made with it; their certificate files are still re-read.
+            self.log.warn("{path}: tls_server_config changed; it applies at the next "
+                          "start", path=self._path)

@@ -9,7 +9,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogPublisher, globalLogPublisher
+from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python import usage
 
 from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
@@ -19,12 +19,14 @@ from pushprox.metrics import ProxyMetrics
 from pushprox.options import listen_endpoint, naming, read_secret
 from pushprox.program import (
     ProgramOptions,
+    WebConfigReload,
     add_listener,
     program_service,
     reload_services,
     tls_description,
     tls_settings,
     upstream_names,
+    web_headers,
 )
 from pushprox.proxy import PushProxSite
 from pushprox.reload import Reloader
@@ -237,7 +239,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if web is not None:
         site.headers[:] = web_headers(web)
         reloader.register("--web.config.file", WebConfigReload(
-            options["web-config-file"], web, site, options["scraper-auth"]).reload)
+            options["web-config-file"], web, site.headers, options["scraper-auth"]).reload)
     WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
         reloader.register("--client-tokens", client_auth.reload)
@@ -268,31 +270,3 @@ class WatchAcceptFailures(Service):
         super().stopService()
         self._publisher.removeObserver(self._observer)
 
-
-def web_headers(web: WebConfig) -> list[tuple[bytes, bytes]]:
-    """The web configuration file's headers, as the site sets them."""
-    return [(name.encode("ascii"), value.encode("utf-8")) for name, value in web.headers]
-
-
-class WebConfigReload:
-    """Re-reads ``--web.config.file``: its users and headers apply at once."""
-
-    log = Logger()
-
-    def __init__(self, path: str, web: WebConfig, site: PushProxSite,
-                 scraper_auth: ScraperAuth) -> None:
-        self._path = path
-        self._tls = web.tls
-        self._site = site
-        self._scraper_auth = scraper_auth
-
-    def reload(self) -> None:
-        """Read the file again; raise ValueError and change nothing if it is bad."""
-        web = load_web_config(self._path)
-        self._scraper_auth.replace_endpoint_passwords(
-            PasswordChecker(dict(web.users)) if web.users else None)
-        self._site.headers[:] = web_headers(web)
-        if web.tls != self._tls:
-            # The listeners were made with it; their certificate files are still re-read.
-            self.log.warn("{path}: tls_server_config changed; it applies at the next "
-                          "start", path=self._path)

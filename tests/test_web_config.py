@@ -250,6 +250,38 @@ class WebConfigProcessTests(SynchronousTestCase):
         self.assertEqual(curl(base + "/clients", *trust, "-u", "bob:builder")[0], 200)
         self.assertTrue(proxy.alive)
 
+    def test_the_clients_metrics_listener_from_the_file(self) -> None:
+        """The client's --metrics-listen serves TLS, wants the file's users, sends its
+        headers."""
+        ca = self.stack.certificate_authority()
+        issued = ca.issue("client", ["127.0.0.1", "localhost"], client=False)
+        hashed = bcrypt.hashpw(b"scraper", bcrypt.gensalt(rounds=4)).decode()
+        web = self.directory / "web.yml"
+        web.write_text(textwrap.dedent(f"""\
+            tls_server_config:
+              cert_file: {issued.cert}
+              key_file: {issued.key}
+            http_server_config:
+              headers:
+                X-Content-Type-Options: nosniff
+            basic_auth_users:
+              prometheus: {hashed}
+            """))
+        proxy = self.stack.proxy()
+        port = free_port()
+        client = self.stack.client(proxy, "node1.example", [9100], extra=[
+            "--metrics-listen", f"tcp:{port}:interface=127.0.0.1",
+            "--web.config.file", str(web)])
+        url = f"https://127.0.0.1:{port}/metrics"
+        trust = ("--cacert", ca.cert_path)
+        wait_for(lambda: curl(url, *trust)[0] == 401, timeout=30,
+                 what="the client's metrics over TLS", watch=[client.process])
+        self.assertEqual(curl(url, *trust, "-u", "prometheus:wrong")[0], 401)
+        status, head, body = curl(url, *trust, "-u", "prometheus:scraper")
+        self.assertEqual(status, 200, body)
+        self.assertIn("X-Content-Type-Options: nosniff\r\n", head)
+        self.assertIn("pushprox_client_scrapes_total", body)
+
     def test_a_bad_file_stops_the_start_in_one_line(self) -> None:
         """An unknown field: the proxy does not start, and says which field."""
         web = self.directory / "web.yml"
