@@ -146,6 +146,9 @@ class Options(ProgramOptions):
         if not self["peer-token-file"]:
             raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "
                                    "each other with it")
+        if not self["peer-url"] and self["web-config"] and self["web-config"].tls:
+            raise usage.UsageError("--redis with the web configuration file's TLS needs "
+                                   "--peer-url (https://...): the tcp: listeners serve TLS")
         self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
         self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
         if not self["peer-url"]:
