@@ -35,6 +35,7 @@ from pushprox.version import version_line
 
 if TYPE_CHECKING:
     from pushprox.auth import ScraperAuth
+    from pushprox.tls import ServerTLS
     from pushprox.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
@@ -226,7 +227,7 @@ class FlagListener(MultiService):
             raise usage.UsageError(f"--{flag} {description}: {error}") from None
         listener.setServiceParent(self)
         #: The listener's re-readable TLS, if it is a TLS listener of ours.
-        self.tls: Any = getattr(getattr(listener, "endpoint", None), "tls", None)
+        self.tls: ServerTLS | None = getattr(getattr(listener, "endpoint", None), "tls", None)
 
     def privilegedStartService(self) -> None:
         """Listen, or raise a StartupError naming the flag."""

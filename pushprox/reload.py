@@ -88,6 +88,11 @@ class Reloader:
             setting.reload()
         except ValueError as error:
             return str(error)
+        except Exception as error:
+            # A bug, not a bad file: said with its traceback, and SIGHUP and the periodic
+            # look go on for the other settings.
+            self.log.failure("Reloading {setting}", setting=setting.name)
+            return f"unexpected {type(error).__name__}: {error}"
         return None
 
     def reload_all(self) -> tuple[list[str], list[str]]:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERMEDIATE_CIPHER_SUITES",
+    "ClientTLSPolicy",
     "ServerTLS",
     "TLSProfile",
     "certificate_names_fqdn",
@@ -255,7 +256,7 @@ class _ClientTLS:
 class _CurrentCreator:
     """Makes each connection with the creator its policy holds for the host at that time."""
 
-    def __init__(self, policy: _ReloadablePolicy, hostname: bytes) -> None:
+    def __init__(self, policy: ClientTLSPolicy, hostname: bytes) -> None:
         self._policy = policy
         self._hostname = hostname
 
@@ -266,7 +267,7 @@ class _CurrentCreator:
 
 
 @implementer(IPolicyForHTTPS)
-class _ReloadablePolicy:
+class ClientTLSPolicy:
     """
     The client's TLS policy, whose files (CA bundle, certificate, key) can be re-read.
 
@@ -348,7 +349,7 @@ class _UnverifiedCreator:
 def https_policy(
     *, cacert: str | None, cert: str | None, key: str | None, insecure_skip_verify: bool = False,
     profile: TLSProfile | None = None,
-) -> _ReloadablePolicy:
+) -> ClientTLSPolicy:
     """
     Build the HTTPS policy of the client's connections, to the proxy or to targets.
 
@@ -357,7 +358,7 @@ def https_policy(
     It offers C{profile}'s versions and ciphers (Twisted's defaults without one); its
     C{reload()} re-reads the files, for connections made after it.
     """
-    return _ReloadablePolicy(
+    return ClientTLSPolicy(
         cacert=cacert, cert=cert, key=key, insecure_skip_verify=insecure_skip_verify,
         profile=profile,
     )

@@ -500,6 +500,37 @@ class HandshakeTests(TestCase):
         return ServerTLS(cert=self.pki.server.cert, key=self.pki.server.key, profile=profile)
 
     @defer.inlineCallbacks
+    def test_client_policy_reload_applies_to_the_next_connection(self) -> Any:
+        """
+        A creator handed out before a reload (as an endpoint keeps it) presents the new
+        client certificate on its next connection; a bad new key is refused and the
+        certificate in force stays.
+        """
+        directory = _temporary_directory(self)
+        cert, key = os.path.join(directory, "c.crt"), os.path.join(directory, "c.key")
+        shutil.copy(self.pki.client.cert, cert)
+        shutil.copy(self.pki.client.key, key)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=cert, key=key)
+        server = server_context_factory(cert=self.pki.server.cert, key=self.pki.server.key,
+                                        client_ca=self.pki.ca_cert)
+        creators: dict[int, Any] = {}
+
+        def creator(port: int) -> Any:
+            return creators.setdefault(0, policy.creatorForNetloc(b"localhost", port))
+
+        _, before = yield self.handshake_with(creator, server)
+        other = self.pki.ca.issue("node2", ["node2.example"], server=False)
+        shutil.copy(other.cert, cert)
+        shutil.copy(other.key, key)
+        policy.reload()
+        _, after = yield self.handshake_with(creator, server)
+        shutil.copy(self.pki.client.key, key)
+        self.assertRaises(ValueError, policy.reload)
+        _, refused = yield self.handshake_with(creator, server)
+        self.assertEqual((before.names, after.names, refused.names),
+                         (["node1.example"], ["node2.example"], ["node2.example"]))
+
+    @defer.inlineCallbacks
     def test_default_profile_offers_no_cbc_cipher(self) -> Any:
         """
         A TLS 1.2 client offering only a CBC suite gets no handshake from the default
