@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -287,19 +287,7 @@ class ClientService(Service):
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
-        headers = [(b"User-Agent", USER_AGENT)]
-        auth = config.proxy_authorization()
-        if auth is not None:
-            headers.append((b"Authorization", auth))
-        self._poll_head = _proxy_head(self._poll_url, [
-            *headers,
-            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
-            # Sent even when empty, so that labels dropped from the command line go away.
-            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
-        ])
-        self._push_head = _proxy_head(self._push_url, headers)
-        self._push_poll_head = _proxy_head(self._push_url,
-                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+        self._make_heads()
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -314,6 +302,29 @@ class ClientService(Service):
         self._failures = 0
 
     # -- the poll loop --
+
+    def _make_heads(self) -> None:
+        """The heads of polls and pushes, written once for every request."""
+        config = self.config
+        headers = [(b"User-Agent", USER_AGENT)]
+        auth = config.proxy_authorization()
+        if auth is not None:
+            headers.append((b"Authorization", auth))
+        self._poll_head = _proxy_head(self._poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self._push_head = _proxy_head(self._push_url, headers)
+        self._push_poll_head = _proxy_head(self._push_url,
+                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+
+    def use_tokens(self, *, proxy_token: str | None, target_bearer_token: str | None) -> None:
+        """Send these tokens from the next request on (re-read token files)."""
+        self.config = replace(self.config, proxy_token=proxy_token,
+                                          target_bearer_token=target_bearer_token)
+        self._make_heads()
 
     def startService(self) -> None:
         """Start polling."""
