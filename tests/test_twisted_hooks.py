@@ -148,8 +148,8 @@ class HookTests(HookConnection):
         site.resource.requests[0].finish()
         self.assertEqual(
             site.seen, [(b"POST", b"/stream", 3), (b"GET", b"/other", 0)],
-            "twisted_hooks.request_line: the channel no longer keeps the request line in "
-            "_command and _path when it calls Request.gotLength",
+            "twisted_hooks.StreamingRequest: the request line is no longer on the request "
+            "(method, uri) when Request.gotLength is called",
         )
 
     def test_streamed_body_goes_to_the_sink_not_content(self) -> None:
@@ -182,7 +182,7 @@ class HookTests(HookConnection):
         site, channel, _ = self.connect()
         channel.dataReceived(b"POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
         [sink] = site.sinks
-        request = channel.requests[-1]
+        request = channel.request
         assert isinstance(request, StreamingRequest)
         self.assertTrue(request.alive)
         channel.connectionLost(Failure(ConnectionDone()))
@@ -597,8 +597,8 @@ class HeldWritesOverTCPTests(TestCase):
         return connected.addCallback(answer).addCallback(check)
 
 
-def _broken_request(sink_for: Any, channel: Any, queued: int) -> StreamingRequest:
-    request = StreamingRequest(channel, queued)
+def _broken_request(sink_for: Any, channel: Any) -> StreamingRequest:
+    request = StreamingRequest(channel)
     request.sink_for = sink_for  # type: ignore[method-assign]
     return request
 
