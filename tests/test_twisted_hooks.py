@@ -430,7 +430,7 @@ class LlhttpChannelTests(HookConnection):
         def broken(method: bytes, path: bytes, length: int | None) -> None:
             raise ZeroDivisionError("a bug")
 
-        channel.requestFactory = lambda *a: _broken_request(broken, *a)  # type: ignore
+        channel.requestFactory = lambda channel: _broken_request(broken, channel)
         with self.assertRaises(ZeroDivisionError):
             channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(transport.value(), b"")
