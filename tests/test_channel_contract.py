@@ -193,7 +193,7 @@ class Run:
         self.resource = Everything()
         site = Site(self.resource, timeout=None)
         site.displayTracebacks = False
-        site.protocol = protocol  # type: ignore[assignment,method-assign]
+        site.protocol = protocol  # type: ignore[method-assign]
         site.requestFactory = self._request  # type: ignore[assignment]
         self.channel = site.buildProtocol(CLIENT)
         assert self.channel is not None
