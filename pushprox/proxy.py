@@ -135,6 +135,8 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
+    log = Logger()
+
     #: What ``when_ended`` was given, in order; None once called (or while empty).
     _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
 
@@ -159,7 +161,7 @@ class PushProxRequest(StreamingRequest):
                     callback(reason)
                 except Exception:
                     # As a Deferred would: the request's channel must not see it.
-                    self._log.failure("A callback of the end of {uri!r} failed",
+                    self.log.failure("A callback of the end of {uri!r} failed",
                                       uri=self.uri[:200])
 
     def finish(self) -> None:
