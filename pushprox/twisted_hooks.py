@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IProducer,
+    IProtocol,
     IPullProducer,
     IPushProducer,
     ISSLTransport,
@@ -58,6 +59,7 @@ __all__ = [
     "LlhttpChannel",
     "StreamingRequest",
     "send_now",
+    "write_eagerly",
 ]
 
 
@@ -164,6 +166,23 @@ class EagerWrites:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
+
+
+def write_eagerly(protocol: IProtocol,
+                  wrapper: Callable[[ITransport], object] = EagerWrites) -> IProtocol:
+    """
+    Give a connected ``protocol`` a transport whose writes go out at once (``EagerWrites``).
+
+    Hook: ``Agent``'s ``HTTP11ClientProtocol`` offers no way to choose how its request
+    is written; it writes through its ``transport`` attribute, looked up at each write,
+    so replacing that attribute once connected (a callback of the endpoint's
+    ``connect``) sends a request without a body in one ``send()`` instead of a reactor
+    turn later.  Everything but the writes is still the transport's.
+    """
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        protocol.transport = wrapper(transport)  # type: ignore[attr-defined]
+    return protocol
 
 
 @implementer(IPushProducer)

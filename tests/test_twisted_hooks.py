@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import itertools
+from collections.abc import Iterable
 from typing import Any, cast
 
 from hypothesis import given, settings
@@ -18,16 +19,25 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from pushprox.twisted_hooks import (
     AcceptFailureObserver,
@@ -36,6 +46,7 @@ from pushprox.twisted_hooks import (
     LlhttpChannel,
     StreamingRequest,
     _idle_tcp,
+    write_eagerly,
 )
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -595,6 +606,84 @@ class HeldWritesOverTCPTests(TestCase):
         connected: Deferred[Reader] = ClientCreator(reactor, Reader).connectTCP(
             "127.0.0.1", self.port_number)
         return connected.addCallback(answer).addCallback(check)
+
+
+class RecordingEagerWrites(EagerWrites):
+    """``EagerWrites`` that keeps what goes through it."""
+
+    written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Keep, then send."""
+        self.written.append(data)
+        super().write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Keep, then send."""
+        pieces = list(data)
+        self.written.extend(pieces)
+        super().writeSequence(pieces)
+
+
+@implementer(IAgentEndpointFactory)
+class EagerEndpoints:
+    """Endpoints whose connected protocols get ``RecordingEagerWrites``."""
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """A TCP endpoint that swaps the transport once connected."""
+        inner = TCP4ClientEndpoint(reactor, uri.host.decode(), uri.port)
+
+        @implementer(IStreamClientEndpoint)
+        class Eager:
+            def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+                return inner.connect(factory).addCallback(write_eagerly,
+                                                          RecordingEagerWrites)
+
+        return Eager()
+
+
+def body_of(response: IResponse) -> Deferred[bytes]:
+    """The whole body of ``response``."""
+    done: Deferred[bytes] = Deferred()
+
+    class Collect(Protocol):
+        data = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            done.callback(self.data)
+
+    response.deliverBody(Collect())
+    return done
+
+
+class WriteEagerlyTests(TestCase):
+    """Agent's protocol writes through the transport ``write_eagerly`` gives it."""
+
+    def test_agent_request_goes_through_the_swapped_transport(self) -> Deferred[None]:
+        """A real Agent over loopback: its request leaves through ``EagerWrites``."""
+        site = Site(SmallAnswer(), timeout=None)
+        site.protocol = LlhttpChannel.with_header_limit(1000)  # type: ignore[method-assign,assignment]
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        RecordingEagerWrites.written = []
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent.usingEndpointFactory(reactor, EagerEndpoints(), pool=pool)
+        url = b"http://127.0.0.1:%d/eager" % port.getHost().port
+
+        def check(body: bytes) -> None:
+            self.assertEqual(body, b"small /eager")
+            self.assertTrue(
+                b"".join(RecordingEagerWrites.written).startswith(b"GET /eager HTTP/1.1\r\n"),
+                "twisted_hooks.write_eagerly: Agent's HTTP11ClientProtocol no longer writes "
+                "its request through its transport attribute; the client's target "
+                "requests now leave a reactor turn later",
+            )
+
+        requesting: Deferred[IResponse] = agent.request(b"GET", url)
+        return requesting.addCallback(body_of).addCallback(check)
 
 
 def _broken_request(sink_for: Any, channel: Any) -> StreamingRequest:
