@@ -1,19 +1,23 @@
 # -*- test-case-name: tests.test_twisted_hooks -*-
 """
-Every place where pushprox relies on Twisted beyond its documented interfaces.
+The proxy's HTTP server channel, and every place where pushprox relies on Twisted beyond
+its documented interfaces.
 
-Twisted offers no public way to parse requests with another parser, to send an answer
-before the reactor's next turn, to stream a request body to its handler while it
-arrives, to know a request's line before its body, or to learn that a listening port
-closed a new connection at once because the process had no file descriptor left.  The
-hooks that make those possible live here, and only here, each with a docstring saying
-why; ``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and
-fails with a message naming the hook when a release changes what it relies on.
-Everything else in pushprox uses public API only.
+``LlhttpChannel`` serves twisted.web ``Request``s from a channel of its own, as Twisted's
+HTTP/2 stream does: it parses in C (llhttp) and sends each answer with one system call,
+where ``HTTPChannel`` parses a line at a time in Python and sends a reactor turn later;
+they are on the path of every scrape, three requests each.  What it provides is what
+``Request`` uses of a channel; ``tests/test_channel_contract.py`` checks that against the
+installed Twisted.
 
-They are on the path of every scrape, three requests each: the proxy's channel
-(``LlhttpChannel``) parses in C and sends each answer with one system call, where
-twisted.web parses a line at a time in Python and sends a reactor turn later.
+Twisted offers no public way to send bytes before the reactor's next turn when nothing
+waits (``send_now``), to choose how ``Agent`` writes a request (``write_eagerly``), or to
+learn that a listening port closed a new connection at once because the process had no
+file descriptor left (``AcceptFailureObserver``); and it exports ``IOpenSSLTrustRoot``
+only from a private module.  Those hooks live here, and only here, each with a docstring
+saying why; ``tests/test_twisted_hooks.py`` checks each one against the installed
+Twisted and fails with a message naming the hook when a release changes what it relies
+on.  Everything else in pushprox uses public API only.
 """
 
 from __future__ import annotations
@@ -761,11 +765,10 @@ class StreamingRequest(Request):
     """
     A request whose body may be handed to a sink while it arrives, not collected.
 
-    Hooks: ``Request.gotLength`` is called once the head is complete and before any
-    body byte, ``Request.handleContentChunk`` with every piece of the body, and
-    ``Request.connectionLost`` when the peer goes; these are public methods of
-    ``Request``, but that twisted.web calls them in this order and no other way is its
-    implementation's, not an interface's.  ``connection_gone`` is what
+    Served by ``LlhttpChannel``, which sets the request's line and calls
+    ``Request.gotLength`` once the head is complete and before any body byte,
+    ``Request.handleContentChunk`` with every piece of the body, and
+    ``Request.connectionLost`` when the peer goes.  ``connection_gone`` is what
     ``notifyFinish()`` reports, kept as a flag so that a request can be asked.
     """
 
