@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import pytest
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -302,6 +303,7 @@ class _PeerNamesResource(Resource):
         return ",".join(peer_names(request.transport)).encode("ascii")
 
 
+@pytest.mark.processes
 class HTTPSTests(TestCase):
     """Client policies against a twisted.web server using L{server_context_factory}."""
 
@@ -422,6 +424,7 @@ class _Peer(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.processes
 class HandshakeTests(TestCase):
     """Raw TLS handshakes through the policies' connection creators."""
 

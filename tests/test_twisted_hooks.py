@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
@@ -528,6 +529,7 @@ class SmallAnswer(Resource):
         return b"small " + request.path
 
 
+@pytest.mark.processes
 class HeldWritesOverTCPTests(TestCase):
     """The held answers over a real loopback connection, where they go to the socket."""
 
@@ -659,6 +661,7 @@ def body_of(response: IResponse) -> Deferred[bytes]:
     return done
 
 
+@pytest.mark.processes
 class WriteEagerlyTests(TestCase):
     """Agent's protocol writes through the transport ``write_eagerly`` gives it."""
 
@@ -732,6 +735,7 @@ class FailingListener:
         return step
 
 
+@pytest.mark.processes
 class AcceptFailureTests(SynchronousTestCase):
     """What AcceptFailureObserver reads from a real Twisted port whose accept() fails."""
 
