@@ -49,6 +49,7 @@ from pushprox.twisted_hooks import (
     _idle_tcp,
     write_eagerly,
 )
+from tests.helpers import parse_responses
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
 #: The real reactor, for the tests that need loopback sockets (untyped in Twisted).
@@ -283,20 +284,9 @@ def echo_connection() -> tuple[LlhttpChannel, StringTransport]:
 
 
 def answers(output: bytes) -> list[tuple[int, bytes]]:
-    """The status and body of each response in ``output`` (Content-Length framed)."""
-    found: list[tuple[int, bytes]] = []
-    while output:
-        head, _, rest = output.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        found.append((status, rest[:length]))
-        output = rest[length:]
-    return found
+    """The status and body of each response a connection was sent (it then closed)."""
+    return [(response.status, response.body)
+            for response in parse_responses(output, at_eof=True)]
 
 
 #: Requests of every framing, and what Echo answers to each.
