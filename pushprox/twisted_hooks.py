@@ -356,6 +356,8 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
         self._pulling: _PullAsPush | None = None
         #: Aborts a timed-out connection that did not close.
         self._aborting: IDelayedCall | None = None
+        #: Registered with the transport as its producer (until the connection closes).
+        self._following_transport = False
 
     # -- the connection --
 
@@ -367,6 +369,7 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
             transport.setTcpNoDelay(True)
         self.setTimeout(self.timeOut)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._following_transport = True
 
     def dataReceived(self, data: bytes) -> None:
         """Parse ``data``; llhttp calls the ``on_*`` methods back; then send the answers."""
@@ -505,7 +508,9 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
         self._send_held()
         transport = self.transport
         assert transport is not None
-        transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._following_transport:
+            self._following_transport = False
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:

@@ -26,6 +26,8 @@ from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
     IProtocolFactory,
+    IPullProducer,
+    IPushProducer,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
@@ -115,6 +117,36 @@ class Held(Resource):
         return NOT_DONE_YET
 
 
+class AbortCounting(StringTransport):
+    """A transport that counts its aborts."""
+
+    aborted = 0
+
+    def abortConnection(self) -> None:
+        """Count it."""
+        self.aborted += 1
+
+
+@implementer(IPushProducer)
+class PausingProducer:
+    """A push producer that notes what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        """Note it."""
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        """Note it."""
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        """Note it."""
+        self.events.append("stop")
+
+
 class HookSite(Site):
     """A site built as pushprox builds its own: our channel as the protocol, no wrapper."""
 
@@ -128,23 +160,26 @@ class HookSite(Site):
         self.sinks: list[RecordingSink] = []
 
 
+def hook_connection() -> tuple[HookSite, LimitedChannel, StringTransport]:
+    """A ``HookSite`` and one connection to it."""
+    site = HookSite()
+    channel = site.buildProtocol(CLIENT)
+    assert isinstance(channel, LimitedChannel), (
+        "twisted_hooks: Site.buildProtocol no longer builds the Site's protocol as it "
+        "is; PushProxSite.protocol (our channel, without Twisted's HTTP/2 wrapper) "
+        "needs another way in"
+    )
+    transport = StringTransport(peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return site, channel, transport
+
+
 class HookConnection(SynchronousTestCase):
     """Tests on one connection to a ``HookSite``."""
 
     def connect(self) -> tuple[HookSite, LimitedChannel, StringTransport]:
         """A site and one connection to it."""
-        site = HookSite()
-        channel = site.buildProtocol(CLIENT)
-        self.assertIsInstance(
-            channel, LimitedChannel,
-            "twisted_hooks: Site.buildProtocol no longer builds the Site's protocol as it "
-            "is; PushProxSite.protocol (our channel, without Twisted's HTTP/2 wrapper) "
-            "needs another way in",
-        )
-        assert isinstance(channel, LimitedChannel)
-        transport = StringTransport(peerAddress=CLIENT)
-        channel.makeConnection(transport)
-        return site, channel, transport
+        return hook_connection()
 
 
 class HookTests(HookConnection):
@@ -425,6 +460,54 @@ class LlhttpChannelTests(HookConnection):
         clock.advance(2)
         self.assertTrue(transport.disconnecting)
 
+    def test_timed_out_connection_that_stays_is_aborted(self) -> None:
+        """Idle past the timeout: closed; still there ``abortTimeout`` later: aborted."""
+        clock = Clock()
+        site = HookSite()
+        site.timeOut = 10
+        channel = site.buildProtocol(CLIENT)
+        assert isinstance(channel, LimitedChannel)
+        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        transport = AbortCounting(peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        clock.advance(11)
+        self.assertEqual((transport.disconnecting, transport.aborted), (True, 0))
+        clock.advance(channel.abortTimeout or 0)
+        self.assertEqual(transport.aborted, 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_closing_twice_is_harmless(self) -> None:
+        """A connection closed by its timeout, then by its answer, closes once."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /held HTTP/1.0\r\n\r\n")
+        channel.loseConnection()
+        site.resource.requests[0].finish()
+        self.assertTrue(transport.disconnecting)
+
+    def test_full_transport_pauses_the_producer_and_reading(self) -> None:
+        """The transport's flow control reaches the request's producer, and reading."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+        channel.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        channel.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        channel.dataReceived(b"cd")
+        [request] = site.resource.requests
+        producer = PausingProducer()
+        request.registerProducer(producer, True)
+        channel.pauseProducing()
+        # While a request is answered, its peer is still read (a hang-up is seen at once).
+        self.assertEqual((producer.events, transport.producerState), (["pause"], "producing"))
+        channel.resumeProducing()
+        request.unregisterProducer()
+        channel.pauseProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        channel.resumeProducing()
+        request.finish()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
     def test_exception_of_a_handler_is_not_taken_for_bad_input(self) -> None:
         """An error raised by twisted.web or a resource goes up, not out as a 400."""
         _, channel, transport = self.connect()
@@ -492,6 +575,43 @@ class HeldWritesTests(SynchronousTestCase):
                          [200, 200])
         self.assertTrue(output.endswith(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
         self.assertTrue(transport.disconnecting)
+
+
+@implementer(IPullProducer)
+class ThreePieces:
+    """A pull producer that writes three pieces of an answer, then finishes it."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.pieces = [b"one ", b"two ", b"three"]
+
+    def resumeProducing(self) -> None:
+        """The next piece; after the last, the end of the answer."""
+        if self.pieces:
+            self.request.write(self.pieces.pop(0))
+        else:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
+class PullProducerTests(TestCase):
+    """A request's pull producer is asked for data until it unregisters."""
+
+    def test_pull_producer_writes_the_whole_answer(self) -> Deferred[None]:
+        """Three pulls, three pieces, one chunked answer."""
+        site, channel, transport = hook_connection()
+        channel.dataReceived(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
+        [request] = site.resource.requests
+        finished: Deferred[None] = request.notifyFinish()
+        request.registerProducer(ThreePieces(request), False)
+
+        def check(_: None) -> None:
+            self.assertEqual(answers(transport.value()), [(200, b"one two three")])
+
+        return finished.addCallback(check)
 
 
 class EagerWritesTests(SynchronousTestCase):
