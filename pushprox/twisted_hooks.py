@@ -263,8 +263,8 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
     ``writeSequence``, ``writeHeaders``, ``registerProducer``/``unregisterProducer``,
     ``requestDone``, ``loseConnection`` and ``_respondToBadRequestAndDisconnect``), and
     not as a subclass of ``HTTPChannel``: its state is its own and no private name of
-    ``HTTPChannel`` is read or written.  ``tests/test_twisted_hooks.py`` checks that
-    list against the installed ``Request`` (``ChannelContractTests``).
+    ``HTTPChannel`` is read or written.  ``tests/test_channel_contract.py`` checks that
+    list against the installed ``Request``.
 
     ``HTTPChannel`` parses a request line by line in Python; on the proxy's hot path,
     three requests per scrape, that parsing was the largest single cost of a scrape.
