@@ -317,6 +317,40 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
         return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "_outbox": _Outbox(),
                                            "__module__": cls.__module__})
 
+    # What a connection keeps, as class defaults: a held poll's connection (one per
+    # client) sets few of them.
+    #: The request twisted.web has of this connection (its body arriving, or being
+    #: answered); head-of-line, so there is never more than one.
+    request: HTTPRequest | None = None
+    #: The request's whole body has arrived and twisted.web is answering it.
+    _answering = False
+    #: The connection stays open after the request's answer.
+    _keep_alive = True
+    #: The head's size as ``HTTPChannel`` counts it.
+    _head_size = 0
+    #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
+    _head_fed = 0
+    _in_head = False
+    #: Reading is paused because a request waits for the one before it.
+    _paused_for_turn = False
+    #: The transport asked us to pause: its send buffer is full.
+    _transport_full = False
+    #: Nothing more is read: the connection closes after what is being answered.
+    _closing = False
+    #: An answer to bad input that waits for the request before it to be answered.
+    _refusal: Callable[[], None] | None = None
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
+    #: Response bytes written while input is handled, not yet sent.
+    _held: list[bytes] | None = None
+    #: What the request registered to produce its response, as a push producer.
+    _request_producer: IPushProducer | None = None
+    _pulling: _PullAsPush | None = None
+    #: Aborts a timed-out connection that did not close.
+    _aborting: IDelayedCall | None = None
+    #: Registered with the transport as its producer (until the connection closes).
+    _following_transport = False
+
     def __init__(self) -> None:
         #: llhttp's state, while a request is being read; made again for the next one
         #: (160 ns), so that a connection waiting between requests, a held poll's most
@@ -328,36 +362,6 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
         #: (A list: an empty deque is 760 bytes, and a held poll's connection, one
         #: per client, almost never has a request waiting behind it.)
         self._waiting: list[_Message] = []
-        #: The request twisted.web has of this connection (its body arriving, or being
-        #: answered); head-of-line, so there is never more than one.
-        self.request: HTTPRequest | None = None
-        #: The request's whole body has arrived and twisted.web is answering it.
-        self._answering = False
-        #: The connection stays open after the request's answer.
-        self._keep_alive = True
-        self._head_size = 0
-        #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
-        self._head_fed = 0
-        self._in_head = False
-        #: Reading is paused because a request waits for the one before it.
-        self._paused_for_turn = False
-        #: The transport asked us to pause: its send buffer is full.
-        self._transport_full = False
-        #: Nothing more is read: the connection closes after what is being answered.
-        self._closing = False
-        #: An answer to bad input that waits for the requests before it to be answered.
-        self._refusal: Callable[[], None] | None = None
-        self._peer: IAddress | None = None
-        self._host: IAddress | None = None
-        #: Response bytes written while input is handled, not yet sent.
-        self._held: list[bytes] | None = None
-        #: What the request registered to produce its response, as a push producer.
-        self._request_producer: IPushProducer | None = None
-        self._pulling: _PullAsPush | None = None
-        #: Aborts a timed-out connection that did not close.
-        self._aborting: IDelayedCall | None = None
-        #: Registered with the transport as its producer (until the connection closes).
-        self._following_transport = False
 
     # -- the connection --
 
