@@ -668,9 +668,9 @@ class _QuietEndpoint:
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
-    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``): Agent writes a
-    request without a body in one call, which then leaves at once rather than a
-    reactor turn later.
+    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``):
+    Agent writes a request without a body in one call, which then leaves at once rather
+    than a reactor turn later.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint,

@@ -163,7 +163,7 @@ class PushProxRequest(StreamingRequest):
                 except Exception:
                     # As a Deferred would: the request's channel must not see it.
                     self.log.failure("A callback of the end of {uri!r} failed",
-                                      uri=self.uri[:200])
+                                     uri=self.uri[:200])
 
     def finish(self) -> None:
         """Finish the response, then tell whoever asked ``when_ended``."""
