@@ -19,6 +19,7 @@ from tests.harness.rawhttp import (
     prometheus_headers,
     raw_http,
     raw_http_request,
+    response_so_far,
     scrape_via_proxy,
     track_connections,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "prometheus_headers",
     "raw_http",
     "raw_http_request",
+    "response_so_far",
     "scrape_via_proxy",
     "start_exporter",
     "track_connections",

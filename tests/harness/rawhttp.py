@@ -97,6 +97,33 @@ def parse_responses(data: bytes, *, at_eof: bool = False) -> list[HTTPResponse]:
     return found
 
 
+def response_so_far(data: bytes) -> tuple[HTTPResponse, bool]:
+    """
+    The response at the start of ``data`` as far as it has arrived, and whether it is
+    all there (a body that runs to the end of the connection never is).
+
+    For answers still being written (a relay in progress); IncompleteMessage until the
+    head is complete.
+    """
+    split = wire.split_head(data)
+    if split is None:
+        raise IncompleteMessage()
+    head_bytes, rest = split
+    head = wire.decode_response_head(head_bytes + b"\r\n" + _PLACEHOLDER_ID)
+    headers = head.headers[:-1]
+    if head.status in (204, 304) or 100 <= head.status < 200:
+        return HTTPResponse(head.status, head.reason, headers, b"", False), True
+    if head.framing is wire.BodyFraming.CHUNKED:
+        decoder = wire.ChunkedDecoder()
+        body = b"".join(decoder.feed(rest))
+        return HTTPResponse(head.status, head.reason, headers, body, True), decoder.finished
+    if head.framing is wire.BodyFraming.TO_END:
+        return HTTPResponse(head.status, head.reason, headers, rest, False), False
+    length = head.length or 0
+    return (HTTPResponse(head.status, head.reason, headers, rest[:length], False),
+            len(rest) >= length)
+
+
 def _parse_one(data: bytes, *, at_eof: bool, head_only: bool) -> tuple[HTTPResponse, bytes]:
     """The response at the start of ``data``, and the bytes after it."""
     split = wire.split_head(data)
