@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
@@ -216,6 +217,7 @@ def _serial(certificate: IssuedCertificate) -> int:
     return x509.load_pem_x509_certificate(Path(certificate.cert).read_bytes()).serial_number
 
 
+@pytest.mark.processes
 class RenewedCertificateTests(SynchronousTestCase):
     """Real processes: certificate files renewed under a running proxy, with no signal."""
 
@@ -319,6 +321,7 @@ def scrape_via_tls_proxy(proxy: Proxy, url: str) -> Any:
         return connection.read_response(timeout=20)
 
 
+@pytest.mark.processes
 class HangupTests(SynchronousTestCase):
     """Real processes: SIGHUP reloads and never stops either program."""
 

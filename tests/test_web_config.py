@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import bcrypt
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.web_config import TLSServerConfig, WebConfig, load_web_config, parse_web_config
@@ -169,6 +170,7 @@ def curl(url: str, *args: str) -> tuple[int, str, str]:
     return int(head.split()[1]), head, body
 
 
+@pytest.mark.processes
 class WebConfigProcessTests(SynchronousTestCase):
     """A real proxy from a web configuration file, read with curl."""
 
