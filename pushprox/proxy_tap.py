@@ -19,11 +19,39 @@ from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_par
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.options import listen_endpoint, naming, read_secret
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.options import (
+    check_endpoint_files,
+    http_url,
+    listen_endpoint,
+    naming,
+    pem_certificates,
+    read_secret,
+    readable_file,
+)
+from pushprox.program import (
+    ProgramOptions,
+    add_listener,
+    one_line_errors,
+    program_service,
+    upstream_names,
+)
 from pushprox.proxy import PushProxSite
-from pushprox.tls import certificate_names_fqdn, load_certificates
+from pushprox.tls import certificate_names_fqdn
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
+
+
+def _listen_with_files(value: str) -> str:
+    """``listen_endpoint``, once the TLS files an ``ssl:`` endpoint names are usable."""
+    return check_endpoint_files(listen_endpoint(value))
+
+
+def _redis_url(value: str) -> str:
+    """Parse a ``redis://`` or ``rediss://`` URL."""
+    # Imported only when --redis is given: nothing of cluster mode is loaded without it.
+    from pushprox.cluster.routes import RedisAddress
+
+    RedisAddress.from_url(value)
+    return value
 
 
 class Options(ProgramOptions):
@@ -34,7 +62,9 @@ class Options(ProgramOptions):
         "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
         renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
-    synopsis = "[options]"
+    sibling = "pushprox.client_tap.Options"
+    synopsis = ("[--listen ENDPOINT]... [--client-tokens FILE] [--scrape-auth FILE] "
+                "[options]")
     longdesc = (
         "Relays Prometheus scrapes (use this proxy as proxy_url) to PushProx clients "
         "that poll it from behind NAT or firewalls."
@@ -48,21 +78,24 @@ class Options(ProgramOptions):
     optParameters: list[list[Any]] = [
         *twistd_parameters(ProxyConfig),
         ["client-ca", None, None, "CA bundle (PEM): clients must present a certificate "
-         "signed by it that names the FQDN they poll as (needs an ssl: --listen)."],
+         "signed by it that names the FQDN they poll as (needs an ssl: --listen).",
+         naming("client-ca", pem_certificates)],
         ["client-tokens", None, None, "File of 'fqdn token' lines ('* token' for a shared "
          "one): clients must send one as a Bearer token or basic-auth password. "
-         "Re-read on SIGHUP."],
+         "Re-read on SIGHUP.", naming("client-tokens", readable_file)],
         ["redis", None, None, "Cluster mode: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// "
-         "for TLS) shared by every replica as the routing table."],
+         "for TLS) shared by every replica as the routing table.",
+         naming("redis", _redis_url)],
         ["redis-password-file", None, None, "File holding the Redis password (instead of "
-         "one in the --redis URL)."],
+         "one in the --redis URL).", naming("redis-password-file", readable_file)],
         ["peer-url", None, None, "Cluster mode: how the other replicas reach this one "
-         "(default: http:// + this host's FQDN + the first tcp: port of --listen)."],
+         "(default: http:// + this host's FQDN + the first tcp: port of --listen).",
+         naming("peer-url", http_url)],
         ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
-         "the replicas (required with --redis)."],
+         "the replicas (required with --redis).", naming("peer-token-file", readable_file)],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
-         "status page then want Authorization."],
+         "status page then want Authorization.", naming("scrape-auth", readable_file)],
     ]
 
     def __init__(self) -> None:
@@ -78,7 +111,7 @@ class Options(ProgramOptions):
     def opt_listen(self, endpoint: str) -> None:
         """Where to serve: a Twisted endpoint (tcp:8080, ssl:8443:...), a port number or
         [HOST]:PORT as upstream's --web.listen-address (repeatable; default tcp:8080)."""
-        self["listen"].append(naming("listen", listen_endpoint)(endpoint))
+        self["listen"].append(naming("listen", _listen_with_files)(endpoint))
 
     def opt_port(self, endpoint: str) -> None:
         """The same as --listen (repeatable)."""
@@ -103,8 +136,6 @@ class Options(ProgramOptions):
                 passwords=(PasswordChecker(load_htpasswd(self["scrape-auth"]))
                            if self["scrape-auth"] else None),
             )
-            if self["client-ca"]:
-                load_certificates(self["client-ca"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         self._check_cluster()
@@ -128,12 +159,6 @@ class Options(ProgramOptions):
             self["peer-url"] = default_peer_url(self["listen"])
             if self["peer-url"] is None:
                 raise usage.UsageError("--redis needs --peer-url when no tcp: port is listened on")
-        try:
-            from pushprox.cluster.routes import RedisAddress
-
-            RedisAddress.from_url(self["redis"])
-        except ValueError as error:
-            raise usage.UsageError(f"--redis: {error}") from None
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
@@ -154,6 +179,7 @@ class CoordinatorService(Service):
         return deferLater(self._clock, 0.2, lambda: None)
 
 
+@one_line_errors
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The proxy: a coordinator and one site on every ``--listen`` endpoint."""
     if reactor is None:
