@@ -335,6 +335,10 @@ class ClientService(Service):
             except CancelledError:
                 return
             except Exception as error:
+                # The poll was refused or never reached the proxy: not registered, even
+                # if the backoff below outlasts REGISTERED_AFTER.
+                if held is not None and held.active():
+                    held.cancel()
                 self._registered = False
                 if not self.running:
                     return  # stopService cancelled the poll
@@ -512,17 +516,25 @@ class ClientService(Service):
             raise
         except Exception as error:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} failed: {reason}",
-                          scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
+            self._push_log("Push of scrape {scrape_id} failed: {reason}",
+                           scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
             raise _PushFailed() from error
         if answer.code != 200:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} refused with {status}: {answer}",
-                          scrape_id=request.scrape_id, status=answer.code,
-                          answer=_snippet(answer.body))
+            self._push_log("Push of scrape {scrape_id} refused with {status}: {answer}",
+                           scrape_id=request.scrape_id, status=answer.code,
+                           answer=_snippet(answer.body), fqdn=self.config.fqdn)
             raise _PushFailed()
         if answer.body and answer.has(wire.NEXT_SCRAPE_HEADER):
             self._take_next(answer.body)
+
+    def _push_log(self, format: str, **fields: Any) -> None:
+        """A push that failed: a warning, but routine while this client stops (a proxy
+        stopping at the same time refuses it with 503, a closed link drops it)."""
+        if self.running:
+            self.log.warn(format, **fields)
+        else:
+            self.log.debug(format + " (the client is stopping)", **fields)
 
     def _take_next(self, answer: bytes) -> None:
         """Start the scrape a push answer handed over, as if a poll had brought it."""

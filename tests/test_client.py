@@ -19,7 +19,7 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
 )
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -434,6 +434,32 @@ class PushPollProxy(Resource):
         return b""
 
 
+class StoppingProxy(Resource):
+    """
+    A proxy stand-in stopping at the same time as the client: the first poll brings a
+    scrape of ``url``, later polls are held, and every push is refused with 503.
+    """
+
+    isLeaf = True
+
+    def __init__(self, url: bytes) -> None:
+        super().__init__()
+        self.url = url
+        self.polls = 0
+        self.pushes = 0
+
+    def render_POST(self, request: Request) -> bytes | int:
+        if request.path.endswith(b"/poll"):
+            self.polls += 1
+            if self.polls == 1:
+                return wire.encode_scrape_request(method=b"GET", url=self.url, headers=[],
+                                                  scrape_id="a", timeout=30)
+            return NOT_DONE_YET
+        self.pushes += 1
+        request.setResponseCode(503)
+        return b"the proxy is shutting down\n"
+
+
 class SilentProxy(Resource):
     """A proxy stand-in that says it bounds polls, then never answers one again."""
 
@@ -614,6 +640,31 @@ class ClientServiceTests(SynchronousTestCase):
             f"Registered with the proxy at http://127.0.0.1:{PROXY_PORT}/poll as {FQDN}"])
         self.network.advance(60)  # idle polls answered and renewed: nothing more
         self.assertEqual(len(registered()), 1)
+
+    def test_registered_is_never_logged_while_polls_fail(self) -> None:
+        """
+        A proxy that refuses every poll (down, or a load balancer's 503) with backoff
+        waits longer than REGISTERED_AFTER between polls: "Registered" is never logged,
+        and the failure is logged once.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        def logged(start: str) -> list[str]:
+            return [formatEvent(event) for event in events
+                    if event.get("log_format", "").startswith(start)]
+
+        fake = FakeProxy(self.network, 503, b"no backend\n", b"text/plain")
+        url = self.serve_fake_proxy(fake)
+        service = self.start_client(proxy_url=url, retry_initial_wait=2.0, retry_max_wait=4.0,
+                                    rand=lambda: 1.0)
+        self.network.advance(30)
+        self.assertGreater(len(fake.polls), 5)
+        self.assertEqual(logged("Registered with the proxy"), [])
+        self.assertEqual(len(logged("Polling {url} failed")), 1)
+        self.stop(service, self.clock)
 
     def test_scrape_relays_body_and_headers_unchanged(self) -> None:
         """The scraper gets the target's status, headers and body byte for byte."""
@@ -811,6 +862,26 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(len(fake.polls), 3)
         self.assertNotEqual(fake.polls[2], fake.polls[1])
         self.assertEqual(fake.dropped, [1])
+
+    def test_push_refused_while_stopping_is_no_warning(self) -> None:
+        """
+        A scrape cut off by the client's own stop is pushed back as an error; a proxy
+        stopping too refuses that push with 503: routine, logged at debug, not a warning.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        fake = StoppingProxy(target_url("/slow").encode())
+        service = self.start_client(proxy_url=self.serve_fake_proxy(fake), shutdown_grace=0.5)
+        self.assertEqual(len(self.target.slow_pending), 1)
+        self.successResultOf(stop_client(self.network, service))
+        self.network.flush()
+        self.assertEqual(fake.pushes, 1)
+        pushes = [(event["log_level"], formatEvent(event)) for event in events
+                  if event.get("log_format", "").startswith("Push of scrape")]
+        self.assertEqual(pushes, [(LogLevel.debug, "Push of scrape a refused with 503: the "
+                                   "proxy is shutting down (the client is stopping)")])
 
     def test_stop_while_polling_leaves_no_timer(self) -> None:
         """

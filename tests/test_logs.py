@@ -6,9 +6,12 @@ import json
 from io import StringIO
 from typing import Any
 
-from twisted.logger import Logger, LogLevel
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
 
 from pushprox.logs import event_fields, json_line, log_format, log_level, log_observer, logfmt_line
 
@@ -82,3 +85,26 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual([(line["level"], line["message"]) for line in lines],
                          [("warn", "w n1"), ("error", "e")])
         self.assertEqual(lines[0]["fqdn"], "n1")
+
+
+class RoutineEventTests(SynchronousTestCase):
+    """Routine events Twisted logs at info are written at debug."""
+
+    def test_idle_connection_timeout_is_debug(self) -> None:
+        """twisted.web's "Timing out client" of a real channel: hidden at info, level=debug
+        at debug (this fails if a Twisted release rewords it)."""
+        for level, expected in [("info", []), ("debug", ["debug"])]:
+            stream = StringIO()
+            observer = log_observer(stream, level=level, format="json")
+            globalLogPublisher.addObserver(observer)
+            try:
+                channel = HTTPChannel()
+                channel.makeConnection(StringTransport())
+                channel.timeoutConnection()
+                channel.connectionLost(Failure(ConnectionDone()))
+            finally:
+                globalLogPublisher.removeObserver(observer)
+            lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+            timing_out = [line["level"] for line in lines
+                          if line["message"].startswith("Timing out client")]
+            self.assertEqual(timing_out, expected)
