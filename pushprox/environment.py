@@ -126,12 +126,15 @@ def misspelt_variables(environ: Mapping[str, str], known: Iterable[str]) -> dict
     """The ``PUSHPROX_`` variables of ``environ`` not in ``known`` that look like one that
     is, each with the one it looks like."""
     known = set(known)
+    # Compared without the prefix, which every name shares and which would make any two
+    # look alike.
+    options = [name.removeprefix(PREFIX) for name in known if name.startswith(PREFIX)]
     found: dict[str, str] = {}
     for name in environ:
         if name.startswith(PREFIX) and name not in known:
-            suggestion = did_you_mean(name, known)
+            suggestion = did_you_mean(name.removeprefix(PREFIX), options)
             if suggestion is not None:
-                found[name] = suggestion
+                found[name] = PREFIX + suggestion
     return found
 
 

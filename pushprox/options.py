@@ -218,7 +218,7 @@ def did_you_mean(name: str, known: Iterable[str]) -> str | None:
     exact = squeezed.get(name.replace("_", "").replace("-", ""))
     if exact is not None:
         return exact
-    close = difflib.get_close_matches(name, list(squeezed.values()), n=1, cutoff=0.85)
+    close = difflib.get_close_matches(name, list(squeezed.values()), n=1, cutoff=0.8)
     return close[0] if close else None
 
 

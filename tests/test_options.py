@@ -222,8 +222,10 @@ class DidYouMeanTests(SynchronousTestCase):
 
     def test_suggestions(self) -> None:
         """Missing or extra underscores, a letter off; nothing for a stranger."""
-        known = ["PUSHPROX_ALLOW_ANY", "PUSHPROX_ALLOW_PORT", "PUSHPROX_PROXY_URL"]
-        self.assertEqual(did_you_mean("PUSHPROX_ALLOWANY", known), "PUSHPROX_ALLOW_ANY")
-        self.assertEqual(did_you_mean("PUSHPROX_ALLOW_PROT", known), "PUSHPROX_ALLOW_PORT")
-        self.assertEqual(did_you_mean("PUSHPROX_PROXYURL", known), "PUSHPROX_PROXY_URL")
-        self.assertIsNone(did_you_mean("PUSHPROX_TEST_INSTALLED", known))
+        known = ["ALLOW_ANY", "ALLOW_PORT", "PROXY_URL", "REDIS", "PEER_TOKEN_FILE"]
+        self.assertEqual(did_you_mean("ALLOWANY", known), "ALLOW_ANY")
+        self.assertEqual(did_you_mean("ALLOW_PROT", known), "ALLOW_PORT")
+        self.assertEqual(did_you_mean("PROXYURL", known), "PROXY_URL")
+        self.assertEqual(did_you_mean("PEER_TOKEN", known), "PEER_TOKEN_FILE")
+        for stranger in ("TEST_INSTALLED", "SDIST", "WHEEL", "HEALTHCHECK_URL"):
+            self.assertIsNone(did_you_mean(stranger, known))
