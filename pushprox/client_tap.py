@@ -23,6 +23,7 @@ from pushprox.options import (
     OptionValueError,
     host_name,
     http_url,
+    key_matches_certificate,
     naming,
     optional_listen_endpoint,
     pem_certificates,
@@ -130,8 +131,14 @@ class Options(ProgramOptions):
         if not self["proxy-url"]:
             raise usage.UsageError("--proxy-url is required, e.g. --proxy-url http://proxy:8080/")
         for prefix in ("tls", "target-tls"):
-            if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
-                raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
+            cert, key = f"{prefix}-cert", f"{prefix}-key"
+            if bool(self[cert]) != bool(self[key]):
+                raise usage.UsageError(
+                    f"{self.given_as(cert)} and {self.given_as(key)} go together")
+            if self[cert] and not key_matches_certificate(self[cert], self[key]):
+                raise usage.UsageError(
+                    f"{self.given_as(key)} {self[key]} is not the key of "
+                    f"{self.given_as(cert)} {self[cert]}")
         self.fqdn_guessed = self["fqdn"] is None
         if self["fqdn"] is None:
             # Looked up only when needed: a slow resolver must not delay --help.
@@ -143,7 +150,8 @@ class Options(ProgramOptions):
                 f"--fqdn {self['fqdn']}: not a host name (letters, digits, '-', '_' "
                 "and dots)")
         if self["retry-initial-wait"] > self["retry-max-wait"]:
-            raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
+            raise usage.UsageError(f"{self.given_as('retry-initial-wait')} exceeds "
+                                   f"{self.given_as('retry-max-wait')}")
         for name in ("proxy-token-file", "target-bearer-token-file"):
             self[name.removesuffix("-file")] = read_secret(self[name], name)
 

@@ -94,15 +94,17 @@ def apply_environment(
     skip: Iterable[str] = (),
     aliases: Mapping[str, str] | None = None,
     same_as: Mapping[str, str] | None = None,
-) -> None:
+) -> dict[str, str]:
     """
-    Set the options that variables of ``environ`` give, except those in ``skip``.
+    Set the options that variables of ``environ`` give, except those in ``skip``; the
+    variable that set each option, by the option's name.
 
     ``aliases`` maps further variable names to flags (``FQDN`` to ``fqdn``); a
     ``PUSHPROX_`` variable wins over its alias. ``same_as`` is as for
     ``flags_on_command_line``.
     """
     same_as = same_as or {}
+    applied: dict[str, str] = {}
     skipped = {_canonical(options, name, same_as) for name in skip}
     by_flag = {option.flag: option for option in environment_options(options)}
     for option in by_flag.values():
@@ -120,6 +122,8 @@ def apply_environment(
             raise usage.UsageError(f"{variable}={environ[variable]!r}: {error.reason}") from None
         except (usage.UsageError, ValueError) as error:
             raise usage.UsageError(f"{variable}={environ[variable]!r}: {error}") from None
+        applied[option.flag] = variable
+    return applied
 
 
 def misspelt_variables(environ: Mapping[str, str], known: Iterable[str]) -> dict[str, str]:

@@ -339,3 +339,17 @@ def target_address(value: str) -> str:
     except ValueError:
         host_name(value)
     return value
+
+
+def key_matches_certificate(cert: str, key: str) -> bool:
+    """Whether the private key in file ``key`` is that of the first certificate in
+    ``cert`` (both already checked as PEM of their kind)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(cert, "rb") as cert_file, open(key, "rb") as key_file:
+        certificate = x509.load_pem_x509_certificates(cert_file.read())[0]
+        private_key = serialization.load_pem_private_key(key_file.read(), password=None)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bool(certificate.public_key().public_bytes(*spki)
+                == private_key.public_key().public_bytes(*spki))

@@ -85,6 +85,8 @@ class ProgramOptions(usage.Options):
     sibling: ClassVar[str | None] = None
     #: What follows the program's name in the usage line: its main options.
     synopsis = "[options]"
+    #: The variable that set an option, by the option's name (none from the command line).
+    variables_given: dict[str, str]
 
     optParameters: list[list[Any]] = [
         ["log-level", None, None, "Log events of this level and above: debug, info, warn "
@@ -101,8 +103,9 @@ class ProgramOptions(usage.Options):
             list(sys.argv[1:] if options is None else options), self.upstream_flags)
         try:
             given = flags_on_command_line(self, argv, same_as=self.same_as)
-            apply_environment(self, os.environ, skip=given, aliases=self.environment_aliases,
-                              same_as=self.same_as)
+            self.variables_given = apply_environment(
+                self, os.environ, skip=given, aliases=self.environment_aliases,
+                same_as=self.same_as)
             self._warn_misspelt_variables(os.environ)
             super().parseOptions(argv)
             self._check_twistd_logging()
@@ -110,6 +113,14 @@ class ProgramOptions(usage.Options):
             self._refuse(str(error))
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.variables_given = {}
+
+    def given_as(self, flag: str) -> str:
+        """How the user gave option ``flag``: ``--flag``, or the variable that set it."""
+        return self.variables_given.get(flag, f"--{flag}")
 
     def opt_help(self) -> None:
         """Print this help and exit."""

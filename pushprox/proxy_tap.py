@@ -122,9 +122,11 @@ class Options(ProgramOptions):
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:
-            raise usage.UsageError("--scrape-default-timeout exceeds --scrape-max-timeout")
+            raise usage.UsageError(f"{self.given_as('scrape-default-timeout')} exceeds "
+                                   f"{self.given_as('scrape-max-timeout')}")
         if self["client-ca"] and not any(e.startswith("ssl:") for e in self["listen"]):
-            raise usage.UsageError("--client-ca needs an ssl: endpoint in --listen")
+            raise usage.UsageError(f"{self.given_as('client-ca')} needs an ssl: endpoint in "
+                                   f"{self.given_as('listen')}")
         try:
             self["client-auth"] = ClientAuth(
                 token_file=self["client-tokens"],
@@ -146,7 +148,7 @@ class Options(ProgramOptions):
         if not self["redis"]:
             given = [flag for flag in cluster_flags if self[flag]]
             if given:
-                raise usage.UsageError(f"--{given[0]} needs --redis")
+                raise usage.UsageError(f"{self.given_as(given[0])} needs --redis")
             return
         if not self["peer-token-file"]:
             raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "

@@ -233,8 +233,7 @@ class StartupMistakeTests(SynchronousTestCase):
             ([url, fqdn, "--target-tls-cacert", self.garbage],
              f"--target-tls-cacert {self.garbage}: holds no PEM certificate"),
             ([url, fqdn, "--tls-cert", pki.client.cert, "--tls-key", pki.server.key],
-             f"private key file {pki.server.key} does not match certificate file "
-             f"{pki.client.cert}"),
+             f"--tls-key {pki.server.key} is not the key of --tls-cert {pki.client.cert}"),
             (["--proxy-url", "http://pro xy:8080/", fqdn],
              "--proxy-url http://pro xy:8080/: a URL has no spaces"),
             (["--proxy-url", "http://proxy:99999/", fqdn],
@@ -308,6 +307,10 @@ class StartupMistakeTests(SynchronousTestCase):
             ({"PUSHPROX_PROXY_URL": "http://proxy:8080/", "PUSHPROX_TLS_CACERT": self.garbage},
              f"pushprox-client: PUSHPROX_TLS_CACERT='{self.garbage}': holds no PEM "
              "certificate"),
+            ({"PUSHPROX_PROXY_URL": "http://proxy:8080/", "PUSHPROX_TLS_CERT":
+              self.pki.client.cert, "PUSHPROX_TLS_KEY": self.pki.server.key},
+             f"pushprox-client: PUSHPROX_TLS_KEY {self.pki.server.key} is not the key of "
+             f"PUSHPROX_TLS_CERT {self.pki.client.cert}"),
         ]:
             self.assert_refused([client], line, env)
 

@@ -229,6 +229,8 @@ class EnvironmentTests(SynchronousTestCase):
              "http://proxy:8080/)"),
             ({"PROXY_URL": "http://proxy:8080/", "FQDN": "node 1"},
              "FQDN='node 1': not a host name (letters, digits, '-', '_' and dots)"),
+            ({"PROXY_URL": "http://proxy:8080/", "PUSHPROX_RETRY_INITIAL_WAIT": "1m"},
+             "PUSHPROX_RETRY_INITIAL_WAIT exceeds --retry-max-wait"),
         ]:
             self.environ(**variables)
             error = self.assertRaises(usage.UsageError, parse, client_tap.Options, [])
