@@ -143,12 +143,12 @@ class Options(ProgramOptions):
         if self["fqdn"] is None:
             # Looked up only when needed: a slow resolver must not delay --help.
             self["fqdn"] = socket.getfqdn()
-        if not self["fqdn"]:
-            raise usage.UsageError("--fqdn is empty")
         if wire.normalize_fqdn(self["fqdn"].encode("utf-8")) is None:
-            raise usage.UsageError(
-                f"--fqdn {self['fqdn']}: not a host name (letters, digits, '-', '_' "
-                "and dots)")
+            if self.fqdn_guessed:
+                raise usage.UsageError(
+                    f"this host's name {self['fqdn']!r} is not a host name Prometheus can "
+                    "scrape; give the name it uses with --fqdn")
+            raise usage.UsageError(f"{self.given_as('fqdn')} {self['fqdn']}: not a host name")
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError(f"{self.given_as('retry-initial-wait')} exceeds "
                                    f"{self.given_as('retry-max-wait')}")

@@ -105,8 +105,8 @@ def port_number(value: str) -> int:
 
 #: A host name: letters, digits, '-' and '_' in dot-separated labels (the FQDN rule of
 #: the protocol, pushprox.wire).
-_HOST_NAME = re.compile(
-    r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
 def host_name(value: str) -> str:

@@ -45,6 +45,12 @@ def _listen_with_files(value: str) -> str:
     return check_endpoint_files(listen_endpoint(value))
 
 
+def _network(value: str) -> str:
+    """Parse a CIDR network (``10.0.0.0/8``, ``::1/128``)."""
+    parse_networks([value])
+    return value
+
+
 def _redis_url(value: str) -> str:
     """Parse a ``redis://`` or ``rediss://`` URL."""
     # Imported only when --redis is given: nothing of cluster mode is loaded without it.
@@ -106,7 +112,7 @@ class Options(ProgramOptions):
     def opt_scrape_allow_cidr(self, network: str) -> None:
         """Network allowed to scrape and read /clients, /metrics and the status page
         (repeatable)."""
-        self["scrape-allow-cidr"].append(network)
+        self["scrape-allow-cidr"].append(naming("scrape-allow-cidr", _network)(network))
 
     def opt_listen(self, endpoint: str) -> None:
         """Where to serve: a Twisted endpoint (tcp:8080, ssl:8443:...), a port number or

@@ -124,6 +124,8 @@ class HostAndUrlTests(SynchronousTestCase):
              "the one Prometheus scrapes)"),
             ("http://node1.example", "a host name, not a URL"),
             ("node 1", "not a host name (letters, digits, '-', '_' and dots)"),
+            ("node-.example", "not a host name (letters, digits, '-', '_' and dots)"),
+            ("a" * 64, "not a host name (letters, digits, '-', '_' and dots)"),
             ("", "not a host name (letters, digits, '-', '_' and dots)"),
             ("[zz]", "[zz] is not an IPv6 address"),
         ]:

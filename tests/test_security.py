@@ -942,7 +942,7 @@ class ProxyOptionsTests(SynchronousTestCase):
         """--scrape-allow-cidr nonsense is a usage error naming the value."""
         self.assertEqual(self.usage_error("--scrape-allow-cidr", "10.0.0.0/8",
                                           "--scrape-allow-cidr", "nonsense"),
-                         "nonsense is not a CIDR network")
+                         "--scrape-allow-cidr nonsense: nonsense is not a CIDR network")
 
     def test_bad_token_file(self) -> None:
         """A token file with a short token is a usage error naming file and line."""
