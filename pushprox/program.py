@@ -2,8 +2,8 @@
 """
 What both programs share around their options and services, under twistd and as
 console scripts: upstream PushProx's flag names, options from the environment,
-``--log-level``/``--log-format``, and usage and start-up errors said in one line that
-names the flag.
+``--log-level``/``--log-format``, ``-h`` and the usage line, and usage and start-up
+errors said in one line that names the flag (or the variable), before a daemon forks.
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ class ProgramOptions(usage.Options):
          naming("log-format", log_format)],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.variables_given = {}
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Read upstream's names, then the environment, then the command line."""
         argv = upstream_names_to_ours(
@@ -113,10 +117,6 @@ class ProgramOptions(usage.Options):
             self._refuse(str(error))
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.variables_given = {}
 
     def given_as(self, flag: str) -> str:
         """How the user gave option ``flag``: ``--flag``, or the variable that set it."""
