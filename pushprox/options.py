@@ -165,13 +165,21 @@ def http_url(value: str) -> str:
 
 
 def readable_file(value: str) -> str:
-    """Parse the path of a regular file that this process can read."""
+    """Parse the path of a file that this process can read.
+
+    A regular file is opened; a pipe (``<(command)``, a FIFO) is only checked for
+    permission, since reading from it now would take what the program reads later.
+    """
     try:
         info = os.stat(value)
     except OSError as error:
         raise ValueError(error.strerror or str(error)) from None
     if stat.S_ISDIR(info.st_mode):
         raise ValueError("a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        if not os.access(value, os.R_OK):
+            raise ValueError("Permission denied")
+        return value
     try:
         with open(value, "rb") as opened:
             opened.read(1)
@@ -180,13 +188,22 @@ def readable_file(value: str) -> str:
     return value
 
 
+def _regular_file_bytes(value: str) -> bytes | None:
+    """The content of a readable regular file, None for a readable pipe (see above)."""
+    readable_file(value)
+    if not stat.S_ISREG(os.stat(value).st_mode):
+        return None
+    with open(value, "rb") as opened:
+        return opened.read()
+
+
 def pem_certificates(value: str) -> str:
     """Parse the path of a readable file of PEM certificates (a bundle)."""
     from cryptography import x509
 
-    readable_file(value)
-    with open(value, "rb") as opened:
-        data = opened.read()
+    data = _regular_file_bytes(value)
+    if data is None:
+        return value
     try:
         x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -199,9 +216,9 @@ def pem_private_key(value: str) -> str:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    readable_file(value)
-    with open(value, "rb") as opened:
-        data = opened.read()
+    data = _regular_file_bytes(value)
+    if data is None:
+        return value
     try:
         serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -343,13 +360,16 @@ def target_address(value: str) -> str:
 
 def key_matches_certificate(cert: str, key: str) -> bool:
     """Whether the private key in file ``key`` is that of the first certificate in
-    ``cert`` (both already checked as PEM of their kind)."""
+    ``cert`` (both already checked as PEM of their kind); True for pipes, which cannot
+    be read twice."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    with open(cert, "rb") as cert_file, open(key, "rb") as key_file:
-        certificate = x509.load_pem_x509_certificates(cert_file.read())[0]
-        private_key = serialization.load_pem_private_key(key_file.read(), password=None)
+    cert_data, key_data = _regular_file_bytes(cert), _regular_file_bytes(key)
+    if cert_data is None or key_data is None:
+        return True
+    certificate = x509.load_pem_x509_certificates(cert_data)[0]
+    private_key = serialization.load_pem_private_key(key_data, password=None)
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return bool(certificate.public_key().public_bytes(*spki)
                 == private_key.public_key().public_bytes(*spki))

@@ -187,6 +187,17 @@ class FileTests(SynchronousTestCase):
                          "No such file or directory")
         self.assertEqual(self.reason(readable_file, self.directory), "a directory, not a file")
 
+    def test_pipes_are_not_read(self) -> None:
+        """A pipe (``<(command)``) passes unread: what the program reads later is intact."""
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        os.write(write_end, b"token\n")
+        os.close(write_end)
+        path = f"/dev/fd/{read_end}"
+        for parse in (readable_file, pem_certificates, pem_private_key):
+            self.assertEqual(parse(path), path)
+        self.assertEqual(os.read(read_end, 100), b"token\n")
+
     def test_pem_files(self) -> None:
         """Certificates and keys must be PEM of their kind."""
         self.assertEqual(pem_certificates(self.pki.ca_bundle), self.pki.ca_bundle)
