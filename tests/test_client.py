@@ -15,8 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHostnameResolver,
     IHostResolution,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
     IResolutionReceiver,
+    IStreamClientEndpoint,
 )
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -40,6 +43,7 @@ from pushprox.client import (
 from pushprox.coordinator import Coordinator
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import PushProxSite
+from pushprox.proxy_link import ProxyLink
 from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 
@@ -434,6 +438,20 @@ class PushPollProxy(Resource):
         return b""
 
 
+@implementer(IStreamClientEndpoint)
+class Blackhole:
+    """An endpoint to a host that drops packets: connecting never ends (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Deferred[IProtocol]] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """A connection attempt that never succeeds nor fails."""
+        attempt: Deferred[IProtocol] = Deferred()
+        self.attempts.append(attempt)
+        return attempt
+
+
 class StoppingProxy(Resource):
     """
     A proxy stand-in stopping at the same time as the client: the first poll brings a
@@ -665,6 +683,30 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(logged("Registered with the proxy"), [])
         self.assertEqual(len(logged("Polling {url} failed")), 1)
         self.stop(service, self.clock)
+
+    def test_registered_is_never_logged_while_connecting(self) -> None:
+        """
+        A proxy host that drops packets: the poll's connection is never made, so however
+        long it waits, the client never says it is registered.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        config = ClientConfig(proxy_url=f"http://127.0.0.1:{PROXY_PORT}/", fqdn=FQDN)
+        _, target_agent, pools = client_connections(self.network, config)
+        blackhole = Blackhole()
+        clock = TrackingClock(self.network)
+        service = ClientService(config, reactor=clock, proxy_link=ProxyLink(blackhole),
+                                target_agent=target_agent, metrics=ClientMetrics(),
+                                pools=pools)
+        service.startService()
+        self.network.advance(60)
+        self.assertEqual(len(blackhole.attempts), 1)
+        self.assertEqual([event for event in events if event.get("log_format", "")
+                          .startswith("Registered with the proxy")], [])
+        self.stop(service, clock)
+        self.assertTrue(blackhole.attempts[0].called)  # the stop gave up connecting
 
     def test_scrape_relays_body_and_headers_unchanged(self) -> None:
         """The scraper gets the target's status, headers and body byte for byte."""
