@@ -23,6 +23,7 @@ from tests.harness.exporter import Page, start_exporter
 from tests.harness.processes import Process, ProcessGroup, subprocess_env, twistd_command
 from tests.harness.rawhttp import (
     RawConnection,
+    http_get,
     http_request_bytes,
     prometheus_headers,
     raw_http,
@@ -185,6 +186,49 @@ class OneLineErrorTests(CommandTestCase):
                 self.assertEqual(done.returncode, 1, done.stderr)
                 self.assertIn(line, done.stderr.splitlines())
                 self.assertNotIn("Traceback", done.stderr + done.stdout)
+
+
+class RegistrationTests(CommandTestCase):
+    """The client says it is registered when a proxy holds its poll, and only then."""
+
+    def poll_errors(self, metrics_port: int) -> float:
+        """The client's pushprox_client_poll_errors_total, read from its /metrics."""
+        try:
+            page = http_get(f"http://127.0.0.1:{metrics_port}/metrics").body.decode()
+        except OSError:
+            return 0.0
+        for line in page.splitlines():
+            if line.startswith("pushprox_client_poll_errors_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    def test_registered_only_once_a_poll_is_held(self) -> None:
+        """
+        Polls that fail (nothing listens; a plain-HTTP proxy given as https://), with
+        backoff waits longer than the second that makes a held poll "registered":
+        never "Registered". A real proxy: "Registered", once.
+        """
+        proxy_port, metrics_port = free_port(), free_port()
+        proxy = self.processes.start("proxy", [command("pushprox-proxy"),
+                                               f"--listen=127.0.0.1:{proxy_port}"])
+        wait_for(lambda: port_open(proxy_port), timeout=30, what="the proxy",
+                 watch=[proxy])
+        for url in (f"http://127.0.0.1:{free_port()}/", f"https://127.0.0.1:{proxy_port}/"):
+            client = self.processes.start(f"client-{len(self.processes.processes)}", [
+                command("pushprox-client"), f"--proxy-url={url}", "--fqdn=node1.example",
+                f"--metrics-listen=127.0.0.1:{metrics_port}", "--retry-initial-wait=1.5",
+                "--retry-max-wait=1.5"])
+            wait_for(lambda: self.poll_errors(metrics_port) >= 3 or None, timeout=60,
+                     what=f"three failed polls of {url}", watch=[client])
+            client.stop()
+            self.assertNotIn("Registered with the proxy", client.log_text())
+            self.assertEqual(client.log_text().count("failed, retrying with backoff"), 1)
+        client = self.processes.start("client", [
+            command("pushprox-client"), f"--proxy-url=http://127.0.0.1:{proxy_port}/",
+            "--fqdn=node1.example", "--metrics-listen="])
+        wait_for(lambda: "Registered with the proxy" in client.log_text() or None,
+                 timeout=30, what="the client to register", watch=[client])
+        self.assertEqual(client.log_text().count("Registered with the proxy"), 1)
 
 
 class StartupMistakeTests(SynchronousTestCase):
