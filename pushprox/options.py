@@ -330,8 +330,15 @@ _TLS_ENDPOINT_TYPES = frozenset({"ssl", "pushprox-mtls"})
 
 
 def check_endpoint_files(description: str) -> str:
-    """``description``, once the certificate and key files it names are readable PEM."""
-    kind, _, keywords = endpoint_arguments(description)
+    """``description``, once the certificate and key files it names are readable PEM
+    and the directory of a ``unix:`` socket exists."""
+    kind, positional, keywords = endpoint_arguments(description)
+    if kind == "unix":
+        socket_path = keywords.get("address") or (positional[0] if positional else "")
+        directory = os.path.dirname(socket_path) or "."
+        if not os.path.isdir(directory):
+            raise ValueError(f"{directory} is not a directory")
+        return description
     if kind not in _TLS_ENDPOINT_TYPES:
         return description
     key = keywords.get("privateKey")

@@ -349,6 +349,10 @@ class FlagListener(MultiService):
             raise StartupError(
                 f"--{self._flag} {self._description}: cannot listen on {where}: {reason}"
             ) from None
+        except OSError as error:
+            # A unix: socket's lock file or path, among others.
+            raise StartupError(f"--{self._flag} {self._description}: cannot listen: "
+                               f"{error.strerror or error}") from None
 
 
 def _flag_listeners(service: Any) -> list[FlagListener]:

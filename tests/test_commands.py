@@ -312,6 +312,8 @@ class StartupMistakeTests(SynchronousTestCase):
             (["--scrape-auth", self.directory],
              f"--scrape-auth {self.directory}: a directory, not a file"),
             (["--listen", ":99999"], "--listen :99999: port 99999 is out of range (1-65535)"),
+            (["--listen", f"unix:{self.missing}/proxy.sock"],
+             f"--listen unix:{self.missing}/proxy.sock: {self.missing} is not a directory"),
         ]
 
     def test_client_mistakes(self) -> None:

@@ -223,6 +223,10 @@ class FileTests(SynchronousTestCase):
             f"privateKey={self.garbage}: holds no PEM private key")
         self.assertEqual(self.reason(check_endpoint_files, "ssl:8443"),
                          "an ssl: endpoint needs privateKey=KEY.pem (and certKey=CERT.pem)")
+        sock = os.path.join(self.directory, "proxy.sock")
+        self.assertEqual(check_endpoint_files(f"unix:{sock}"), f"unix:{sock}")
+        self.assertEqual(self.reason(check_endpoint_files, f"unix:{self.garbage}/proxy.sock"),
+                         f"{self.garbage} is not a directory")
 
     def test_endpoint_arguments(self) -> None:
         """Positional and keyword arguments, with escaped colons."""

@@ -313,6 +313,19 @@ class StartupErrorTests(SynchronousTestCase):
         self.assertEqual(str(error), "--listen tcp:8080:interface=127.0.0.1: cannot listen "
                                      "on 127.0.0.1:8080: Address already in use")
 
+    def test_other_listen_errors_name_the_flag(self) -> None:
+        """A unix: socket's lock file that cannot be made: one line, the flag, the reason."""
+        directory = tempfile.mkdtemp(prefix="pushprox-program-")
+        self.addCleanup(shutil.rmtree, directory)
+        description = f"unix:{directory}/proxy.sock"
+        options = parse(proxy_tap.Options, ["--listen", description])
+        reactor = _RaisingReactorClock(
+            listenException=FileNotFoundError(2, "No such file or directory"))
+        service = proxy_tap.makeService(options, reactor=reactor)
+        error = self.assertRaises(StartupError, service.privilegedStartService)
+        self.assertEqual(str(error), f"--listen {description}: cannot listen: No such file "
+                                     "or directory")
+
     def test_client_metrics_port_in_use_names_its_flag(self) -> None:
         """The client's --metrics-listen, given as upstream's --metrics-addr."""
         options = parse(client_tap.Options, [*CLIENT, "--metrics-addr", "127.0.0.1:8080"])
