@@ -288,9 +288,14 @@ def listen_endpoint(value: str) -> str:
     return value
 
 
+def checked_listen_endpoint(value: str) -> str:
+    """``listen_endpoint``, checked by ``check_endpoint_files``."""
+    return check_endpoint_files(listen_endpoint(value))
+
+
 def optional_listen_endpoint(value: str) -> str:
-    """``listen_endpoint``, or the empty string that turns a listener off."""
-    return listen_endpoint(value) if value else ""
+    """``checked_listen_endpoint``, or the empty string that turns a listener off."""
+    return checked_listen_endpoint(value) if value else ""
 
 
 def naming(flag: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -327,11 +332,13 @@ def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]
 
 #: Endpoint types whose descriptions name TLS files, as Twisted's ``ssl:`` does.
 _TLS_ENDPOINT_TYPES = frozenset({"ssl", "pushprox-mtls"})
+#: Endpoint types whose first argument is a TCP port.
+_TCP_ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "pushprox-mtls"})
 
 
 def check_endpoint_files(description: str) -> str:
-    """``description``, once the certificate and key files it names are readable PEM
-    and the directory of a ``unix:`` socket exists."""
+    """``description``, once its TCP port is one, the certificate and key files it
+    names are readable PEM and the directory of a ``unix:`` socket exists."""
     kind, positional, keywords = endpoint_arguments(description)
     if kind == "unix":
         socket_path = keywords.get("address") or (positional[0] if positional else "")
@@ -339,6 +346,10 @@ def check_endpoint_files(description: str) -> str:
         if not os.path.isdir(directory):
             raise ValueError(f"{directory} is not a directory")
         return description
+    if kind in _TCP_ENDPOINT_TYPES:
+        port = keywords.get("port") or (positional[0] if positional else "")
+        if port != "0":  # 0: any free port
+            port_number(port)
     if kind not in _TLS_ENDPOINT_TYPES:
         return description
     key = keywords.get("privateKey")

@@ -20,9 +20,8 @@ from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import (
-    check_endpoint_files,
+    checked_listen_endpoint,
     http_url,
-    listen_endpoint,
     naming,
     pem_certificates,
     read_secret,
@@ -38,11 +37,6 @@ from pushprox.program import (
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
-
-
-def _listen_with_files(value: str) -> str:
-    """``listen_endpoint``, once the TLS files an ``ssl:`` endpoint names are usable."""
-    return check_endpoint_files(listen_endpoint(value))
 
 
 def _network(value: str) -> str:
@@ -117,7 +111,7 @@ class Options(ProgramOptions):
     def opt_listen(self, endpoint: str) -> None:
         """Where to serve: a Twisted endpoint (tcp:8080, ssl:8443:...), a port number or
         [HOST]:PORT as upstream's --web.listen-address (repeatable; default tcp:8080)."""
-        self["listen"].append(naming("listen", _listen_with_files)(endpoint))
+        self["listen"].append(naming("listen", checked_listen_endpoint)(endpoint))
 
     def opt_port(self, endpoint: str) -> None:
         """The same as --listen (repeatable)."""

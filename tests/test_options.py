@@ -223,6 +223,11 @@ class FileTests(SynchronousTestCase):
             f"privateKey={self.garbage}: holds no PEM private key")
         self.assertEqual(self.reason(check_endpoint_files, "ssl:8443"),
                          "an ssl: endpoint needs privateKey=KEY.pem (and certKey=CERT.pem)")
+        self.assertEqual(self.reason(check_endpoint_files, "tcp:abc"), "port 'abc' is not a number")
+        self.assertEqual(self.reason(check_endpoint_files, "tcp6:port=70000"),
+                         "port 70000 is out of range (1-65535)")
+        self.assertEqual(check_endpoint_files("tcp:0:interface=127.0.0.1"),
+                         "tcp:0:interface=127.0.0.1")
         sock = os.path.join(self.directory, "proxy.sock")
         self.assertEqual(check_endpoint_files(f"unix:{sock}"), f"unix:{sock}")
         self.assertEqual(self.reason(check_endpoint_files, f"unix:{self.garbage}/proxy.sock"),
