@@ -5,6 +5,11 @@ Parsers of option values shared by both programs (no imports of either side).
 Durations and listen addresses are read in our syntax and in the Go PushProx's, so that
 a command line written for the upstream binaries means the same here: ``15`` or ``15s``,
 ``5m``, ``1m30s``, ``250ms``; ``tcp:8080``, ``8080`` or ``:8080``.
+
+Every value is checked here, as the command line is read, so that a mistake stops the
+program before it starts, in one line naming the flag or variable: host names, URLs,
+ports, files (readable, and PEM of the kind the flag wants; cryptography is imported
+only when a TLS file is given), the files and ports of an endpoint description.
 """
 
 from __future__ import annotations
