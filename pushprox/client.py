@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -59,7 +59,7 @@ from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
-from pushprox.twisted_hooks import EagerWrites
+from pushprox.twisted_hooks import write_eagerly
 
 USER_AGENT = b"pushprox-client/0.1.0"
 #: A poll still held this many seconds after it was written on a connection was
@@ -288,19 +288,7 @@ class ClientService(Service):
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
-        headers = [(b"User-Agent", USER_AGENT)]
-        auth = config.proxy_authorization()
-        if auth is not None:
-            headers.append((b"Authorization", auth))
-        self._poll_head = _proxy_head(self._poll_url, [
-            *headers,
-            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
-            # Sent even when empty, so that labels dropped from the command line go away.
-            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
-        ])
-        self._push_head = _proxy_head(self._push_url, headers)
-        self._push_poll_head = _proxy_head(self._push_url,
-                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+        self._make_heads()
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -315,6 +303,29 @@ class ClientService(Service):
         self._failures = 0
 
     # -- the poll loop --
+
+    def _make_heads(self) -> None:
+        """The heads of polls and pushes, written once for every request."""
+        config = self.config
+        headers = [(b"User-Agent", USER_AGENT)]
+        auth = config.proxy_authorization()
+        if auth is not None:
+            headers.append((b"Authorization", auth))
+        self._poll_head = _proxy_head(self._poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self._push_head = _proxy_head(self._push_url, headers)
+        self._push_poll_head = _proxy_head(self._push_url,
+                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+
+    def use_tokens(self, *, proxy_token: str | None, target_bearer_token: str | None) -> None:
+        """Send these tokens from the next request on (re-read token files)."""
+        self.config = replace(self.config, proxy_token=proxy_token,
+                                          target_bearer_token=target_bearer_token)
+        self._make_heads()
 
     def startService(self) -> None:
         """Start polling."""
@@ -701,9 +712,9 @@ class _QuietEndpoint:
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
-    the connected protocol's transport is wrapped in ``EagerWrites``: Agent writes a
-    request without a body in one call, which then leaves at once rather than a
-    reactor turn later.
+    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``):
+    Agent writes a request without a body in one call, which then leaves at once rather
+    than a reactor turn later.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint,
@@ -727,15 +738,8 @@ class _QuietEndpoint:
 
             connecting.addCallback(watch)
         if self._eager_writes:
-            connecting.addCallback(_write_eagerly)
+            connecting.addCallback(write_eagerly)
         return connecting
-
-
-def _write_eagerly(protocol: IProtocol) -> IProtocol:
-    transport = getattr(protocol, "transport", None)
-    if transport is not None:
-        protocol.transport = EagerWrites(transport)  # type: ignore[attr-defined]
-    return protocol
 
 
 def make_connections(

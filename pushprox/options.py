@@ -87,6 +87,27 @@ def seconds(value: str) -> float:
     return number
 
 
+def non_negative_seconds(value: str) -> float:
+    """Parse a duration that may be 0: a number of seconds or Go's ``15s``."""
+    if value.strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return seconds(value)
+
+
+def tls_min_version(value: str) -> str:
+    """Parse the lowest TLS version: TLS12 or TLS13 (exporter-toolkit's names)."""
+    from pushprox.tls import tls_version
+
+    return tls_version(value)
+
+
+def tls_cipher_suites(value: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of TLS 1.2 cipher suites by IANA name."""
+    from pushprox.tls import cipher_suites
+
+    return cipher_suites(value)
+
+
 def positive_int(value: str) -> int:
     """Parse a positive integer."""
     try:
@@ -336,9 +357,9 @@ def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]
 
 
 #: Endpoint types whose descriptions name TLS files, as Twisted's ``ssl:`` does.
-_TLS_ENDPOINT_TYPES = frozenset({"ssl", "pushprox-mtls"})
+_TLS_ENDPOINT_TYPES = frozenset({"ssl", "pushprox-tls", "pushprox-mtls"})
 #: Endpoint types whose first argument is a TCP port.
-_TCP_ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "pushprox-mtls"})
+_TCP_ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "pushprox-tls", "pushprox-mtls"})
 
 
 def check_endpoint_files(description: str) -> str:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.exporter import Page, start_exporter
@@ -31,6 +32,8 @@ from tests.harness.rawhttp import (
 )
 from tests.harness.waiting import free_port, port_open, wait_for
 from tests.tlsfixtures import make_pki
+
+pytestmark = pytest.mark.processes
 
 METRICS = b"commands_test_up 1\n"
 
