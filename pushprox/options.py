@@ -390,6 +390,9 @@ def check_endpoint_files(description: str) -> str:
             parse(path)
         except ValueError as error:
             raise ValueError(f"{name}={path}: {error}") from None
+    cert = keywords.get("certKey", key)
+    if not key_matches_certificate(cert, key):
+        raise ValueError(f"privateKey={key} is not the key of certKey={cert}")
     return description
 
 

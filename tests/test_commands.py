@@ -311,7 +311,7 @@ class StartupMistakeTests(SynchronousTestCase):
              "No such file or directory"),
             (["--listen", f"ssl:0:privateKey={pki.server.key}:certKey={pki.client.cert}"],
              f"--listen ssl:0:privateKey={pki.server.key}:certKey={pki.client.cert}: "
-             "Certificate public and private keys do not match."),
+             f"privateKey={pki.server.key} is not the key of certKey={pki.client.cert}"),
             (["--scrape-auth", self.directory],
              f"--scrape-auth {self.directory}: a directory, not a file"),
             (["--listen", ":99999"], "--listen :99999: port 99999 is out of range (1-65535)"),

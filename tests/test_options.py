@@ -221,6 +221,10 @@ class FileTests(SynchronousTestCase):
         self.assertEqual(
             self.reason(check_endpoint_files, f"ssl:8443:privateKey={self.garbage}"),
             f"privateKey={self.garbage}: holds no PEM private key")
+        self.assertEqual(
+            self.reason(check_endpoint_files, f"ssl:8443:privateKey={key}:certKey="
+                        f"{self.pki.client.cert}"),
+            f"privateKey={key} is not the key of certKey={self.pki.client.cert}")
         self.assertEqual(self.reason(check_endpoint_files, "ssl:8443"),
                          "an ssl: endpoint needs privateKey=KEY.pem (and certKey=CERT.pem)")
         self.assertEqual(self.reason(check_endpoint_files, "tcp:abc"), "port 'abc' is not a number")
