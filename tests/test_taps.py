@@ -293,13 +293,18 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(options["fqdn"], socket.getfqdn())
 
     def test_fqdn_must_be_a_host_name(self) -> None:
-        """A name with a space, a slash or a leading dash stops the client naming --fqdn."""
-        for bad in ("node 1", "node1/metrics", "-node1", "http://node1"):
+        """A name with a space, a slash, a leading dash, a scheme or a port stops the
+        client naming --fqdn."""
+        for bad, reason in [
+            *[(bad, "not a host name (letters, digits, '-', '_' and dots)")
+              for bad in ("node 1", "node1/metrics", "-node1", "node1.example:")],
+            ("http://node1", "a host name, not a URL"),
+            ("node1.example:9100", "a host name, not host:port (drop :9100: the port is "
+             "the one Prometheus scrapes)"),
+        ]:
             with self.assertRaises(usage.UsageError) as raised:
                 parse_client("--proxy-url", "http://proxy/", "--fqdn", bad)
-            self.assertEqual(str(raised.exception),
-                             f"--fqdn {bad}: not a host name (letters, digits, '-', '_' "
-                             "and dots)")
+            self.assertEqual(str(raised.exception), f"--fqdn {bad}: {reason}")
 
     def test_localhost_as_this_host_name_is_warned_about(self) -> None:
         """A host whose FQDN is localhost gets a warning suggesting --fqdn; a chosen one not."""
