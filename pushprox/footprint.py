@@ -31,9 +31,12 @@ BLOCKED_MODULE = "OpenSSL"
 
 #: Words in an argument or a PUSHPROX_* variable that may mean TLS: flags and variables
 #: (--tls-cert, --target-tls-cacert, --tls.cacert, --client-ca), endpoint descriptions
-#: (ssl:, pushprox-mtls:) and URLs (https://, rediss://).  Cluster mode (--redis) keeps TLS
-#: too: its peers may speak HTTPS.  A false match only costs the memory saved.
-TLS_WORDS = ("tls", "ssl", "https", "rediss", "client-ca", "client_ca", "cert", "redis")
+#: (ssl:, pushprox-tls:, pushprox-mtls:), URLs (https://, rediss://) and the web
+#: configuration file (--web.config.file, whose tls_server_config serves TLS).  Cluster mode
+#: (--redis) keeps TLS too: its peers may speak HTTPS.  A false match only costs the memory
+#: saved.
+TLS_WORDS = ("tls", "ssl", "https", "client-ca", "client_ca", "cert", "redis", "web.config",
+             "web-config", "web_config")
 
 #: Where the programs read options from the environment.
 ENVIRONMENT_PREFIX = "PUSHPROX_"

@@ -106,7 +106,7 @@ class ClusterOptionsTests(SynchronousTestCase):
             (["--peer-url", "http://a:8080"], "--peer-url needs --redis"),
             (["--peer-token-file", str(token)], "--peer-token-file needs --redis"),
             (["--redis", "http://r", "--peer-token-file", str(token)],
-             "--redis: http://r is not a redis:// or rediss:// URL"),
+             "--redis http://r: http://r is not a redis:// or rediss:// URL"),
             (["--redis", "redis://r", "--peer-token-file", str(token), "--listen",
               "unix:/tmp/pushprox-test.sock"],
              "--redis needs --peer-url when no tcp: port is listened on"),

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.footprint import names_tls, without_tls_libraries
@@ -23,6 +24,9 @@ from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
 from tests.harness.waiting import free_port, port_open, wait_for
 from tests.test_commands import command
 from tests.tlsfixtures import make_pki
+
+# Real processes (and subprocesses of Python) throughout.
+pytestmark = pytest.mark.processes
 
 METRICS = b"footprint_test_up 1\n"
 #: The shared objects that a process holding pyOpenSSL maps: cryptography's bindings (they
@@ -53,10 +57,12 @@ class NamesTLSTests(SynchronousTestCase):
                      ["--port", "pushprox-mtls:8443:clientCA=ca.pem"],
                      ["--client-ca", "ca.pem"], ["--proxy-url", "HTTPS://proxy:8443/"],
                      ["--tls.cacert=ca.pem"], ["--target-tls-insecure-skip-verify"],
-                     ["--redis", "rediss://redis:6380"], ["--redis", "redis://redis"]):
+                     ["--redis", "rediss://redis:6380"], ["--redis", "redis://redis"],
+                     ["--web.config.file=web.yml"], ["--web-config", "web.yml"]):
             self.assertTrue(names_tls(argv, {}), argv)
         self.assertTrue(names_tls([], {"PUSHPROX_TLS_CERT": "client.pem"}))
         self.assertTrue(names_tls([], {"PUSHPROX_PROXY_URL": "https://proxy/"}))
+        self.assertTrue(names_tls([], {"PUSHPROX_WEB_CONFIG": "web.yml"}))
 
     def test_import_fails_only_inside_the_block(self) -> None:
         """Inside the block ``import OpenSSL`` raises ImportError; after it, it works."""
