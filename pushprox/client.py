@@ -57,7 +57,8 @@ from pushprox.config import ClientConfig as ClientConfig
 from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
-from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
+from pushprox.outbound_proxy import HttpProxy
+from pushprox.proxy_link import ProxyLink
 from pushprox.twisted_hooks import EagerWrites
 
 USER_AGENT = b"pushprox-client/0.1.0"
@@ -291,15 +292,15 @@ class ClientService(Service):
         auth = config.proxy_authorization()
         if auth is not None:
             headers.append((b"Authorization", auth))
-        self._poll_head = _proxy_head(self._poll_url, [
+        self._poll_head = proxy_link.head(b"POST", self._poll_url, [
             *headers,
             (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
             # Sent even when empty, so that labels dropped from the command line go away.
             (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
         ])
-        self._push_head = _proxy_head(self._push_url, headers)
-        self._push_poll_head = _proxy_head(self._push_url,
-                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+        self._push_head = proxy_link.head(b"POST", self._push_url, headers)
+        self._push_poll_head = proxy_link.head(b"POST", self._push_url,
+                                               [*headers, (wire.PUSH_POLL_HEADER, b"1")])
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -627,11 +628,16 @@ class CachedEndpoints:
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None,
                  keepalive: KeepAliveConfig | None = None, *,
-                 eager_writes: bool = False) -> None:
+                 eager_writes: bool = False,
+                 connect_to: Callable[[str, int], IStreamClientEndpoint] | None = None
+                 ) -> None:
         self._reactor = reactor
         self._policy = policy
         self._keepalive = keepalive
         self._eager_writes = eager_writes
+        #: Makes the endpoint of a host and port, under TLS for https:// URLs.
+        self._connect_to = connect_to or (
+            lambda host, port: HostnameEndpoint(reactor, host, port))
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -640,7 +646,7 @@ class CachedEndpoints:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            endpoint = self._connect_to(host, uri.port)
             if uri.scheme == b"https":
                 policy = self._policy
                 if policy is None:
@@ -712,25 +718,48 @@ def make_connections(
     proxy_policy: IPolicyForHTTPS | None = None,
     target_policy: IPolicyForHTTPS | None = None,
     keepalive: KeepAliveConfig | None = None,
+    http_proxy: HttpProxy | None = None,
 ) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
     """
     The link to the proxy at ``proxy_url`` (with ``keepalive``), an Agent with a
     persistent pool for the targets, and that pool.
 
     The link connects through the endpoint Agent would use for that URL: the same
-    TLS policy, certificate and name checks, and TCP keepalive.
+    TLS policy, certificate and name checks, and TCP keepalive.  With ``http_proxy``
+    it goes through that HTTP proxy: in a ``CONNECT`` tunnel for an ``https://`` URL
+    (the TLS session is with the PushProx proxy, end to end), with requests in absolute
+    form for an ``http://`` one, as Go's net/http does.  Targets are always direct.
     """
     uri = URI.fromBytes(proxy_url)
-    endpoint = CachedEndpoints(reactor, proxy_policy, keepalive).endpointForURI(uri)
+    link = _proxy_link(reactor, uri, proxy_policy, keepalive, http_proxy)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True)
     target_agent = Agent.usingEndpointFactory(reactor, target_endpoints, pool=pool)
-    return ProxyLink(endpoint), target_agent, [pool]
+    return link, target_agent, [pool]
 
 
-def _proxy_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> RequestHead:
-    """The head of a ``POST`` to the proxy's ``url``, with ``Host`` as Agent writes it."""
-    uri = URI.fromBytes(url)
-    return request_head(b"POST", uri.originForm, host_value(uri.scheme, uri.host, uri.port),
-                        headers)
+def _proxy_link(reactor: Any, uri: URI, policy: IPolicyForHTTPS | None,
+                keepalive: KeepAliveConfig | None, http_proxy: HttpProxy | None) -> ProxyLink:
+    """The link to the PushProx proxy at ``uri``, direct or through ``http_proxy``."""
+    if http_proxy is None:
+        return ProxyLink(CachedEndpoints(reactor, policy, keepalive).endpointForURI(uri))
+
+    def to_http_proxy() -> IStreamClientEndpoint:
+        return HostnameEndpoint(reactor, http_proxy.host, http_proxy.port)
+
+    if uri.scheme == b"http":
+        endpoint = CachedEndpoints(reactor, policy, keepalive,
+                                   connect_to=lambda host, port: to_http_proxy())
+        return ProxyLink(endpoint.endpointForURI(uri), absolute_form=True,
+                         proxy_authorization=http_proxy.authorization)
+    from pushprox.connect_tunnel import TunnelEndpoint
+
+    def tunnel(host: str, port: int) -> IStreamClientEndpoint:
+        return TunnelEndpoint(reactor, to_http_proxy(), host, port,
+                              authorization=http_proxy.authorization,
+                              proxy_shown=f"HTTP proxy {http_proxy.shown}")
+
+    endpoint = CachedEndpoints(reactor, policy, keepalive, connect_to=tunnel)
+    return ProxyLink(endpoint.endpointForURI(uri))
+

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from pushprox.config import (
 )
 from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
+from pushprox.outbound_proxy import HttpProxy, choose_http_proxy
 from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
 
 
@@ -44,6 +46,8 @@ class Options(ProgramOptions):
          "Do not verify the proxy's certificate (testing only)."],
         ["target-tls-insecure-skip-verify", None,
          "Do not verify HTTPS targets' certificates."],
+        ["ignore-proxy-environment", None,
+         "Reach the proxy directly whatever HTTP_PROXY, HTTPS_PROXY and NO_PROXY say."],
     ]
     optParameters: list[list[Any]] = [
         *twistd_parameters(ClientConfig),
@@ -51,6 +55,10 @@ class Options(ProgramOptions):
          "a path prefix and user:token@ credentials are allowed."],
         ["fqdn", None, None, "Name this client registers as; Prometheus scrapes "
          "http://FQDN:PORT/... through the proxy (default: this host's FQDN)."],
+        ["http-proxy", None, None, "HTTP proxy to reach the proxy through, "
+         "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
+         "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
+         "always scraped directly)."],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
         ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy."],
         ["tls-key", None, None, "Key (PEM) of --tls-cert."],
@@ -73,6 +81,8 @@ class Options(ProgramOptions):
         self["label"] = []
         #: Whether --fqdn was left to this host's name (a warning if it is localhost).
         self.fqdn_guessed = False
+        #: The HTTP proxy on the way to --proxy-url, if any (--http-proxy, environment).
+        self.http_proxy: HttpProxy | None = None
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -106,6 +116,12 @@ class Options(ProgramOptions):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise usage.UsageError(f"--proxy-url {url} is not an http:// or https:// URL")
+        try:
+            self.http_proxy = choose_http_proxy(
+                url, os.environ, explicit=self["http-proxy"],
+                use_environment=not self["ignore-proxy-environment"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
@@ -164,7 +180,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
-        target_policy=target_policy, keepalive=config
+        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxy
     )
     metrics = ClientMetrics()
     if config.allow_any:
@@ -173,6 +189,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
             "proxy asks for", fqdn=config.fqdn)
+    if options.http_proxy is not None:
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").info(
+            "The proxy is reached through the HTTP proxy {http_proxy} ({how})",
+            http_proxy=options.http_proxy.shown,
+            how="CONNECT tunnel" if urlsplit(config.proxy_url).scheme == "https"
+            else "absolute-form requests")
     if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
         from twisted.logger import Logger
 

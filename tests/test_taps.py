@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from pushprox.config import default
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
+from pushprox.outbound_proxy import HttpProxy
 from pushprox.program import FlagListener
 from pushprox.proxy import ConnectionRefusals, ProxyConfig
 from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, WatchAcceptFailures
@@ -290,6 +292,51 @@ class ClientOptionsTests(SynchronousTestCase):
             ["--proxy-url", "http://proxy/", "--proxy-token-file", "/nonexistent"],
         ):
             self.assertRaises(usage.UsageError, parse_client, *argv)
+
+
+class ClientHttpProxyOptionsTests(SynchronousTestCase):
+    """--http-proxy, --ignore-proxy-environment and the proxy variables."""
+
+    def setUp(self) -> None:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY",
+                     "no_proxy", "PUSHPROX_HTTP_PROXY", "PUSHPROX_IGNORE_PROXY_ENVIRONMENT"):
+            self.patch_environ(name, None)
+
+    def patch_environ(self, name: str, value: str | None) -> None:
+        """Set or remove variable ``name`` for this test."""
+        previous = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        self.addCleanup(lambda: os.environ.__setitem__(name, previous) if previous is not None
+                        else os.environ.pop(name, None))
+
+    def test_environment_is_read(self) -> None:
+        """HTTPS_PROXY for an https:// proxy URL, unless the environment is ignored."""
+        self.patch_environ("HTTPS_PROXY", "http://u:p@corp:3128")
+        options = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example")
+        self.assertEqual(options.http_proxy, HttpProxy("corp", 3128, b"Basic dTpw"))
+        ignoring = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example",
+                                "--ignore-proxy-environment")
+        self.assertIsNone(ignoring.http_proxy)
+
+    def test_flag_wins(self) -> None:
+        """--http-proxy (or PUSHPROX_HTTP_PROXY) over HTTP_PROXY, for loopback too."""
+        self.patch_environ("HTTP_PROXY", "http://env:3128")
+        options = parse_client("--proxy-url", "http://127.0.0.1:8080/", "--fqdn", "n.example",
+                               "--http-proxy", "flag:3128")
+        self.assertEqual(options.http_proxy, HttpProxy("flag", 3128))
+        self.patch_environ("PUSHPROX_HTTP_PROXY", "http://pushprox-env:3128")
+        options = parse_client("--proxy-url", "http://pushprox/", "--fqdn", "n.example")
+        self.assertEqual(options.http_proxy, HttpProxy("pushprox-env", 3128))
+
+    def test_malformed_proxy_is_a_usage_error_naming_its_source(self) -> None:
+        """A proxy URL we cannot use stops the client with the variable's name."""
+        self.patch_environ("HTTP_PROXY", "socks5://corp:1080")
+        with self.assertRaises(usage.UsageError) as raised:
+            parse_client("--proxy-url", "http://pushprox/", "--fqdn", "n.example")
+        self.assertIn("HTTP_PROXY: socks5:// proxies are not supported", str(raised.exception))
 
 
 class ClientServiceMakerTests(SynchronousTestCase):
