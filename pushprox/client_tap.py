@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from typing import Any
@@ -13,6 +14,7 @@ from twisted.python import usage
 
 from pushprox import wire
 from pushprox.client import ClientService, make_connections
+from pushprox.client_names import ClientName, check_unique, parse_client_name
 from pushprox.config import (
     ClientConfig,
     default,
@@ -53,8 +55,6 @@ class Options(ProgramOptions):
         *twistd_parameters(ClientConfig),
         ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
          "a path prefix and user:token@ credentials are allowed."],
-        ["fqdn", None, None, "Name this client registers as; Prometheus scrapes "
-         "http://FQDN:PORT/... through the proxy (default: this host's FQDN)."],
         ["http-proxy", None, None, "HTTP proxy to reach the proxy through, "
          "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
          "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
@@ -79,6 +79,9 @@ class Options(ProgramOptions):
         self["allow-port"] = []
         self["allow-path"] = []
         self["label"] = []
+        self["fqdn"] = []
+        #: The names to register and where each is scraped, from --fqdn.
+        self.names: list[ClientName] = []
         #: Whether --fqdn was left to this host's name (a warning if it is localhost).
         self.fqdn_guessed = False
         #: The HTTP proxy on the way to --proxy-url, if any (--http-proxy, environment).
@@ -94,6 +97,17 @@ class Options(ProgramOptions):
         except wire.WireError as error:
             raise usage.UsageError(f"--label {value}: {error}") from None
         self["label"].append((name, label_value))
+
+    def opt_fqdn(self, value: str) -> None:
+        """Name NAME[=ADDRESS] this client registers as: Prometheus scrapes
+        http://NAME:PORT/... through the proxy, the client connects to ADDRESS (default:
+        NAME, or --target-host); repeatable, one poll per name (default: this host's
+        FQDN)."""
+        try:
+            self.names.append(parse_client_name(value))
+        except ValueError as error:
+            raise usage.UsageError(f"--fqdn {value}: {error}") from None
+        self["fqdn"].append(self.names[-1].fqdn)
 
     def opt_allow_port(self, value: str) -> None:
         """Target port the client may scrape (repeatable; default 9100)."""
@@ -125,37 +139,48 @@ class Options(ProgramOptions):
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
-        self.fqdn_guessed = self["fqdn"] is None
-        if self["fqdn"] is None:
+        self.fqdn_guessed = not self.names
+        if not self.names:
             # Looked up only when needed: a slow resolver must not delay --help.
-            self["fqdn"] = socket.getfqdn()
-        if not self["fqdn"]:
-            raise usage.UsageError("--fqdn is empty")
-        if wire.normalize_fqdn(self["fqdn"].encode("utf-8")) is None:
-            raise usage.UsageError(
-                f"--fqdn {self['fqdn']}: not a host name (letters, digits, '-', '_' "
-                "and dots)")
+            self.opt_fqdn(socket.getfqdn())
+        try:
+            check_unique(self.names)
+        except ValueError as error:
+            raise usage.UsageError(f"--fqdn {error}") from None
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
         for name in ("proxy-token-file", "target-bearer-token-file"):
             self[name.removesuffix("-file")] = read_secret(self[name], name)
 
+    def configs(self) -> list[ClientConfig]:
+        """The configuration of each name (--fqdn), in the order given."""
+        first = self.config()
+        return [dataclasses.replace(first, fqdn=name.fqdn,
+                                    target_host=name.address or first.target_host)
+                for name in self.names]
+
     def config(self) -> ClientConfig:
-        """The client configuration these options describe."""
+        """The client configuration these options describe (for the first name)."""
+        name = self.names[0]
         return ClientConfig(
             proxy_url=self["proxy-url"],
-            fqdn=self["fqdn"],
+            fqdn=name.fqdn,
             allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
             allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
             proxy_token=self["proxy-token"],
             target_bearer_token=self["target-bearer-token"],
             labels=tuple(self["label"]),
-            **option_values(ClientConfig, self),
+            **{**option_values(ClientConfig, self),
+               **({"target_host": name.address} if name.address else {})},
         )
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The client service, plus its /metrics endpoint when one is configured."""
+    """
+    A client service for each name (--fqdn), plus the /metrics endpoint when one is
+    configured.  The names share the connections to the proxy and to targets and the
+    metrics; each keeps its own poll, so that any proxy sees ordinary clients.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -188,7 +213,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
-            "proxy asks for", fqdn=config.fqdn)
+            "proxy asks for", fqdn=", ".join(options["fqdn"]))
     if options.http_proxy is not None:
         from twisted.logger import Logger
 
@@ -205,9 +230,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
-    client = ClientService(config, reactor=reactor, proxy_link=proxy_link,
-                           target_agent=target_agent, metrics=metrics, pools=pools)
-    client.setServiceParent(service)
+    for name_config in options.configs():
+        client = ClientService(name_config, reactor=reactor, proxy_link=proxy_link,
+                               target_agent=target_agent, metrics=metrics, pools=pools)
+        client.setServiceParent(service)
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.exporter import Page
-from tests.harness.processes import Daemon, Process
+from tests.harness.processes import Daemon, Process, twistd_argv
 from tests.harness.rawhttp import (
     DATA,
     HTTPResponse,
@@ -290,3 +290,29 @@ class WrongSchemeTests(IntegrationTestCase):
         self.assertIn("a plain-HTTP proxy wants http:// in --proxy-url",
                       client.process.log_text())
         self.assertIn("Refused a TLS handshake on a plain-HTTP port", proxy.process.log_text())
+
+
+class SeveralNamesTests(IntegrationTestCase):
+    """One client, several names (``--fqdn NAME=ADDRESS``), each scraped at its address."""
+
+    def test_each_name_is_scraped_at_its_own_address(self) -> None:
+        """Two exporters on one port of 127.0.0.2 and 127.0.0.3: each name gets its own page."""
+        first = self.processes.exporter("first", address="127.0.0.2")
+        self.processes.exporter("second", address="127.0.0.3", port=first.port)
+        proxy = self.processes.proxy()
+        args = self.processes.client_args(proxy.url + "/", "second.example=127.0.0.3",
+                                          [first.port], ["--fqdn", "first.example=127.0.0.2"])
+        self.processes.start("client", twistd_argv("pushprox-client", args))
+        self.wait_registered(proxy, "first.example")
+        self.wait_registered(proxy, "second.example")
+
+        for name, fqdn in (("first", "first.example"), ("second", "second.example")):
+            answer = scrape_via_proxy(proxy.port, f"http://{fqdn}:{first.port}/metrics")
+            self.assertEqual(answer.status, 200, answer.text[:300])
+            self.assertIn(f'e2e_exporter_info{{name="{name}",host="{fqdn}:{first.port}"',
+                          answer.text)
+        listed = proxy.get("/clients").json()
+        self.assertEqual(sorted(target for group in listed for target in group["targets"]),
+                         ["first.example", "second.example"])
+        unknown = scrape_via_proxy(proxy.port, f"http://third.example:{first.port}/metrics")
+        self.assertEqual(unknown.status, 404)

@@ -233,7 +233,7 @@ class ClientOptionsTests(SynchronousTestCase):
         import socket
 
         options = parse_client("--proxy-url", "http://proxy/")
-        self.assertEqual(options["fqdn"], socket.getfqdn())
+        self.assertEqual(options["fqdn"], [socket.getfqdn()])
 
     def test_fqdn_must_be_a_host_name(self) -> None:
         """A name with a space, a slash or a leading dash stops the client naming --fqdn."""
@@ -243,6 +243,34 @@ class ClientOptionsTests(SynchronousTestCase):
             self.assertEqual(str(raised.exception),
                              f"--fqdn {bad}: not a host name (letters, digits, '-', '_' "
                              "and dots)")
+
+    def test_several_names_each_with_its_address(self) -> None:
+        """--fqdn repeats; each name keeps the labels and allow-lists, and its address."""
+        options = parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                               "--fqdn", "b.example=10.0.0.2", "--target-host", "127.0.0.1",
+                               "--label", "site=berlin", "--allow-port", "9182")
+        self.assertEqual(options["fqdn"], ["a.example", "b.example"])
+        self.assertEqual(
+            [(c.fqdn, c.target_host, c.labels, c.allow_ports) for c in options.configs()],
+            [("a.example", "127.0.0.1", (("site", "berlin"),), frozenset({9182})),
+             ("b.example", "10.0.0.2", (("site", "berlin"),), frozenset({9182}))])
+
+    def test_names_from_the_environment(self) -> None:
+        """FQDN=a,b=10.0.0.2 as upstream's images set FQDN, a list here."""
+        previous = os.environ.get("FQDN")
+        os.environ["FQDN"] = "a.example, b.example=10.0.0.2"
+        self.addCleanup(lambda: os.environ.__setitem__("FQDN", previous) if previous
+                        else os.environ.pop("FQDN", None))
+        options = parse_client("--proxy-url", "http://proxy/")
+        self.assertEqual([(c.fqdn, c.target_host) for c in options.configs()],
+                         [("a.example", None), ("b.example", "10.0.0.2")])
+
+    def test_a_name_given_twice_is_refused(self) -> None:
+        """Two polls of one name would take each other's scrapes."""
+        with self.assertRaises(usage.UsageError) as raised:
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                         "--fqdn", "A.example=10.0.0.2")
+        self.assertEqual(str(raised.exception), "--fqdn A.example is given twice")
 
     def test_localhost_as_this_host_name_is_warned_about(self) -> None:
         """A host whose FQDN is localhost gets a warning suggesting --fqdn; a chosen one not."""
@@ -341,6 +369,17 @@ class ClientHttpProxyOptionsTests(SynchronousTestCase):
 
 class ClientServiceMakerTests(SynchronousTestCase):
     """The service ``makeService`` builds for the client."""
+
+    def test_one_client_service_per_name_sharing_the_link(self) -> None:
+        """Each --fqdn gets its own ClientService, all on one link to the proxy."""
+        services = list(IServiceCollection(client_tap.makeService(
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                         "--fqdn", "b.example=10.0.0.2", "--metrics-listen", ""),
+            reactor=MemoryReactorClock())))
+        clients = [cast(ClientService, service) for service in services]
+        self.assertEqual([(c.config.fqdn, c.config.target_host) for c in clients],
+                         [("a.example", None), ("b.example", "10.0.0.2")])
+        self.assertIs(clients[0]._proxy, clients[1]._proxy)
 
     def test_client_and_metrics_listener(self) -> None:
         """The client service, and a /metrics listener unless it is turned off."""

@@ -132,6 +132,8 @@ class Stack(ProcessGroup):
         pages: Mapping[str, Page] | None = None,
         delay: float = 0.0,
         tls: IssuedCertificate | None = None,
+        address: str = "127.0.0.1",
+        port: int = 0,
     ) -> Exporter:
         """
         The test exporter serving ``pages``, or without them its metric
@@ -141,6 +143,7 @@ class Stack(ProcessGroup):
             self, name, pages=pages,
             info=pages is None, delay=delay,
             tls=None if tls is None else (tls.cert, tls.key), timeout=STARTUP_TIMEOUT,
+            address=address, port=port,
         )
         return Exporter(name, port, process)
 
