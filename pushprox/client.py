@@ -278,6 +278,7 @@ class ClientService(Service):
         metrics: ClientMetrics | None = None,
         pools: Iterable[HTTPConnectionPool] = (),
         rand: Callable[[], float] = random.random,
+        owns_connections: bool = True,
     ) -> None:
         self.config = config
         self.metrics = metrics or ClientMetrics()
@@ -285,6 +286,8 @@ class ClientService(Service):
         self._proxy = proxy_link
         self._target_agent = target_agent
         self._pools = list(pools)
+        #: Whether stopping closes the link and pools (else their owner does).
+        self._owns_connections = owns_connections
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
@@ -565,6 +568,8 @@ class ClientService(Service):
         def close(_: object) -> Deferred[Any]:
             if grace.called is False:
                 grace.cancel()
+            if not self._owns_connections:
+                return succeed(None)
             return DeferredList([self._proxy.close(),
                                  *(pool.closeCachedConnections() for pool in self._pools)])
 

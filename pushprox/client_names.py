@@ -61,3 +61,22 @@ def check_unique(names: Iterable[ClientName]) -> None:
         if key in seen:
             raise ValueError(f"{name.fqdn} is given twice")
         seen.add(key)
+
+
+def parse_targets(text: str) -> list[ClientName]:
+    """
+    The names of a targets file: one ``NAME[=ADDRESS]`` a line; blank lines and ``#``
+    comments (whole lines or after an entry) are skipped.  ``ValueError`` names the first
+    bad line, or a name given twice.
+    """
+    names: list[ClientName] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.partition("#")[0].strip()
+        if not entry:
+            continue
+        try:
+            names.append(parse_client_name(entry))
+        except ValueError as error:
+            raise ValueError(f"line {number}: {entry}: {error}") from None
+    check_unique(names)
+    return names

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python import usage
 
 from pushprox import wire
 from pushprox.client import ClientService, make_connections
 from pushprox.client_names import ClientName, check_unique, parse_client_name
+from pushprox.client_roster import ClientRoster, read_targets_file
 from pushprox.config import (
     ClientConfig,
     default,
@@ -25,7 +26,13 @@ from pushprox.config import (
 from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
 from pushprox.outbound_proxy import HttpProxy, choose_http_proxy
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.program import (
+    ProgramOptions,
+    ReloadOnHangup,
+    add_listener,
+    program_service,
+    upstream_names,
+)
 
 
 class Options(ProgramOptions):
@@ -59,6 +66,9 @@ class Options(ProgramOptions):
          "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
          "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
          "always scraped directly)."],
+        ["targets-file", None, None, "File of names this client registers, one "
+         "NAME[=ADDRESS] a line as for --fqdn ('#' comments); re-read on SIGHUP: new names "
+         "register, removed ones stop polling at once, a bad file changes nothing."],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
         ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy."],
         ["tls-key", None, None, "Key (PEM) of --tls-cert."],
@@ -82,6 +92,8 @@ class Options(ProgramOptions):
         self["fqdn"] = []
         #: The names to register and where each is scraped, from --fqdn.
         self.names: list[ClientName] = []
+        #: The names of --targets-file when the client starts.
+        self.file_names: list[ClientName] = []
         #: Whether --fqdn was left to this host's name (a warning if it is localhost).
         self.fqdn_guessed = False
         #: The HTTP proxy on the way to --proxy-url, if any (--http-proxy, environment).
@@ -139,29 +151,40 @@ class Options(ProgramOptions):
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
-        self.fqdn_guessed = not self.names
-        if not self.names:
+        if self["targets-file"]:
+            try:
+                self.file_names = read_targets_file(self["targets-file"])
+            except ValueError as error:
+                raise usage.UsageError(f"--targets-file {self['targets-file']}: {error}") from None
+        self.fqdn_guessed = not self.names and not self["targets-file"]
+        if self.fqdn_guessed:
             # Looked up only when needed: a slow resolver must not delay --help.
             self.opt_fqdn(socket.getfqdn())
         try:
             check_unique(self.names)
         except ValueError as error:
             raise usage.UsageError(f"--fqdn {error}") from None
+        try:
+            check_unique([*self.names, *self.file_names])
+        except ValueError as error:
+            raise usage.UsageError(
+                f"--targets-file {self['targets-file']}: {error} (with --fqdn)") from None
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
         for name in ("proxy-token-file", "target-bearer-token-file"):
             self[name.removesuffix("-file")] = read_secret(self[name], name)
 
     def configs(self) -> list[ClientConfig]:
-        """The configuration of each name (--fqdn), in the order given."""
-        first = self.config()
-        return [dataclasses.replace(first, fqdn=name.fqdn,
-                                    target_host=name.address or first.target_host)
-                for name in self.names]
+        """The configuration of each name (--fqdn, then --targets-file), in order."""
+        return [self.config_for(name) for name in [*self.names, *self.file_names]]
 
     def config(self) -> ClientConfig:
-        """The client configuration these options describe (for the first name)."""
-        name = self.names[0]
+        """The configuration of the first name (an empty FQDN when there is none yet)."""
+        every = [*self.names, *self.file_names]
+        return self.config_for(every[0] if every else ClientName(""))
+
+    def config_for(self, name: ClientName) -> ClientConfig:
+        """The configuration of the client of ``name``."""
         return ClientConfig(
             proxy_url=self["proxy-url"],
             fqdn=name.fqdn,
@@ -230,10 +253,22 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
-    for name_config in options.configs():
-        client = ClientService(name_config, reactor=reactor, proxy_link=proxy_link,
-                               target_agent=target_agent, metrics=metrics, pools=pools)
-        client.setServiceParent(service)
+
+    def make_client(name: ClientName) -> ClientService:
+        return ClientService(options.config_for(name), reactor=reactor,
+                             proxy_link=proxy_link, target_agent=target_agent,
+                             metrics=metrics, owns_connections=False)
+
+    def close_connections() -> Deferred[Any]:
+        return DeferredList([proxy_link.close(),
+                             *(pool.closeCachedConnections() for pool in pools)])
+
+    roster = ClientRoster(fixed=options.names, targets_file=options["targets-file"],
+                          from_file=options.file_names, make_client=make_client,
+                          close_connections=close_connections)
+    roster.setServiceParent(service)
+    if options["targets-file"]:
+        ReloadOnHangup(roster.reload, reactor).setServiceParent(service)
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 

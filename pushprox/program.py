@@ -9,12 +9,13 @@ names the flag.
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver
 from twisted.python import usage
@@ -220,3 +221,25 @@ def add_listener(service: IService, flag: str, description: str, factory: Any,
                  reactor: Any) -> None:
     """Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``."""
     FlagListener(flag, description, factory, reactor).setServiceParent(service)
+
+
+class ReloadOnHangup(Service):
+    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
+
+    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
+        self._reload = reload
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        """Install the handler."""
+        super().startService()
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
+        )
+
+    def stopService(self) -> None:
+        """Put the previous handler back."""
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -20,7 +18,13 @@ from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import listen_endpoint, naming, read_secret
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.program import (
+    ProgramOptions,
+    ReloadOnHangup,
+    add_listener,
+    program_service,
+    upstream_names,
+)
 from pushprox.proxy import PushProxSite
 from pushprox.tls import certificate_names_fqdn, load_certificates
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
@@ -232,25 +236,3 @@ class WatchAcceptFailures(Service):
         """Stop watching."""
         super().stopService()
         self._publisher.removeObserver(self._observer)
-
-
-class ReloadOnHangup(Service):
-    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
-
-    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
-        self._reload = reload
-        self._reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        """Install the handler."""
-        super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
-        )
-
-    def stopService(self) -> None:
-        """Put the previous handler back."""
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -537,11 +538,11 @@ class ClientServiceTests(SynchronousTestCase):
         settings.update(overrides)
         config = ClientConfig(**settings)
         proxy_link, target_agent, pools = client_connections(self.network, config)
-        extra = {} if rand is None else {"rand": rand}
         self.clock = TrackingClock(self.network)
         service = ClientService(config, reactor=self.clock,
                                 proxy_link=proxy_link, target_agent=target_agent,
-                                metrics=ClientMetrics(), pools=pools, **extra)
+                                metrics=ClientMetrics(), pools=pools,
+                                rand=random.random if rand is None else rand)
         service.startService()
         self.addCleanup(self.stop, service, self.clock)
         self.network.flush()

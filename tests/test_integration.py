@@ -316,3 +316,37 @@ class SeveralNamesTests(IntegrationTestCase):
                          ["first.example", "second.example"])
         unknown = scrape_via_proxy(proxy.port, f"http://third.example:{first.port}/metrics")
         self.assertEqual(unknown.status, 404)
+
+    def test_targets_file_is_reloaded_on_sighup(self) -> None:
+        """New names register, removed ones stop polling at once, a bad file changes nothing."""
+        exporter = self.processes.exporter("site")
+        proxy = self.processes.proxy()
+        targets = self.processes.directory("client") / "targets"
+        targets.write_text("# names of the site\none.example=127.0.0.1\n")
+        args = self.processes.client_args(proxy.url + "/", "fixed.example", [exporter.port],
+                                          ["--targets-file", str(targets)])
+        client = self.processes.start("client", twistd_argv("pushprox-client", args))
+        self.wait_registered(proxy, "one.example")
+
+        def polls_held() -> dict[str, int]:
+            view = proxy.get("/api/v1/clients").json()
+            return {entry["fqdn"]: entry["polls_held"] for entry in view["clients"]}
+
+        def scrape(fqdn: str) -> HTTPResponse:
+            return scrape_via_proxy(proxy.port, f"http://{fqdn}:{exporter.port}/metrics")
+
+        targets.write_text("two.example\n")
+        client.send_signal(signal.SIGHUP)
+        self.wait_registered(proxy, "two.example")
+        self.assertEqual(scrape("two.example").status, 200)
+        wait_for(lambda: polls_held().get("one.example") == 0, timeout=10,
+                 what="one.example's poll withdrawn", watch=[client])
+        self.assertEqual(polls_held()["fixed.example"], 1)
+
+        targets.write_text("two.example\nnot a name\n")
+        client.send_signal(signal.SIGHUP)
+        wait_for(lambda: "refused, the 2 names served stay: line 2: not a name" in
+                 client.log_text(), timeout=10, what="the refusal logged", watch=[client])
+        self.assertEqual(scrape("two.example").status, 200)
+        self.assertEqual(polls_held()["two.example"], 1)
+        self.stop_and_check(client)

@@ -24,14 +24,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
+from pushprox.client_roster import ClientRoster
 from pushprox.config import default
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import port_number, positive_float, positive_int
 from pushprox.outbound_proxy import HttpProxy
-from pushprox.program import FlagListener
+from pushprox.program import FlagListener, ReloadOnHangup
 from pushprox.proxy import ConnectionRefusals, ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, WatchAcceptFailures
+from pushprox.proxy_tap import CoordinatorService, WatchAcceptFailures
 from tests.tlsfixtures import make_pki
 
 
@@ -372,11 +373,11 @@ class ClientServiceMakerTests(SynchronousTestCase):
 
     def test_one_client_service_per_name_sharing_the_link(self) -> None:
         """Each --fqdn gets its own ClientService, all on one link to the proxy."""
-        services = list(IServiceCollection(client_tap.makeService(
+        roster, = IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
                          "--fqdn", "b.example=10.0.0.2", "--metrics-listen", ""),
-            reactor=MemoryReactorClock())))
-        clients = [cast(ClientService, service) for service in services]
+            reactor=MemoryReactorClock()))
+        clients = [cast(ClientService, service) for service in cast(ClientRoster, roster)]
         self.assertEqual([(c.config.fqdn, c.config.target_host) for c in clients],
                          [("a.example", None), ("b.example", "10.0.0.2")])
         self.assertIs(clients[0]._proxy, clients[1]._proxy)
@@ -388,8 +389,10 @@ class ClientServiceMakerTests(SynchronousTestCase):
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
             reactor=reactor)))
         self.assertEqual([type(child) for child in with_metrics],
-                         [ClientService, FlagListener])
+                         [ClientRoster, FlagListener])
+        self.assertEqual([type(child) for child in cast(ClientRoster, with_metrics[0])],
+                         [ClientService])
         without = list(IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
                          "--metrics-listen", ""), reactor=reactor)))
-        self.assertEqual([type(child) for child in without], [ClientService])
+        self.assertEqual([type(child) for child in without], [ClientRoster])
