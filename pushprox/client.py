@@ -12,7 +12,7 @@ as soon as a request arrives, so scrapes run concurrently.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -279,35 +279,23 @@ class ClientService(Service):
         pools: Iterable[HTTPConnectionPool] = (),
         rand: Callable[[], float] = random.random,
         owns_connections: bool = True,
+        fallback_links: Sequence[ProxyLink] = (),
     ) -> None:
         self.config = config
         self.metrics = metrics or ClientMetrics()
         self._clock = reactor
-        self._proxy = proxy_link
         self._target_agent = target_agent
         self._pools = list(pools)
-        #: Whether stopping closes the link and pools (else their owner does).
+        #: Whether stopping closes the links and pools (else their owner does).
         self._owns_connections = owns_connections
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
-        self._poll_url = config.endpoint("poll")
-        self._push_url = config.endpoint("push")
-        headers = [(b"User-Agent", USER_AGENT)]
-        auth = config.proxy_authorization()
-        if auth is not None:
-            headers.append((b"Authorization", auth))
-        self._poll_head = proxy_link.head(b"POST", self._poll_url, [
-            *headers,
-            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
-            # Sent even when empty, so that labels dropped from the command line go away.
-            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
-        ])
-        self._push_head = proxy_link.head(b"POST", self._push_url, headers)
-        self._push_poll_head = proxy_link.head(b"POST", self._push_url,
-                                               [*headers, (wire.PUSH_POLL_HEADER, b"1")])
-        #: Whether the proxy answers pushes with the next queued scrape (it said so).
-        self._push_poll = False
-        #: Whether the proxy answers idle polls after poll_timeout (it said so).
-        self._bounded_polls = False
+        urls = config.proxy_urls or (config.proxy_url,)
+        links = [proxy_link, *fallback_links]
+        #: The proxy URLs in order of preference; ``_route`` is the one polled now.
+        self._routes = [_Route(config, url, link) for url, link in zip(urls, links, strict=True)]
+        self._route = self._routes[0]
+        #: When to try the first URL again, while polling another.
+        self._failback_at: float | None = None
         self._fqdn_bytes = config.fqdn.encode("ascii")
         #: What the poll loop awaits right now (a poll or a backoff), cancelled on stop.
         self._waiting: set[Deferred[Any]] = set()
@@ -322,7 +310,8 @@ class ClientService(Service):
     def startService(self) -> None:
         """Start polling."""
         super().startService()
-        self.log.info("Polling {url} as {fqdn}", url=self._poll_url.decode(),
+        self.metrics.proxy_url_in_use.labels(self._route.shown).inc()
+        self.log.info("Polling {url} as {fqdn}", url=self._route.poll_url.decode(),
                       fqdn=self.config.fqdn)
         loop = Deferred.fromCoroutine(self._poll_loop())
         loop.addErrback(lambda f: self.log.failure("Poll loop stopped unexpectedly", f))
@@ -330,12 +319,16 @@ class ClientService(Service):
     async def _poll_loop(self) -> None:
         """Poll, hand each scrape request over, poll again; back off on errors."""
         while self.running:
+            if (self._failback_at is not None
+                    and self._clock.seconds() >= self._failback_at):
+                self._switch_to(0, "the first proxy URL is tried again")
+            route = self._route
             held = None
             if not self._registered:
                 held = self._clock.callLater(REGISTERED_AFTER, self._note_registered)
             try:
-                request = await self._wait(self._bounded(Deferred.fromCoroutine(
-                    self._poll_once())))
+                request = await self._wait(self._bounded(route, Deferred.fromCoroutine(
+                    self._poll_once(route))))
             except CancelledError:
                 return
             except Exception as error:
@@ -343,7 +336,8 @@ class ClientService(Service):
                 if not self.running:
                     return  # stopService cancelled the poll
                 self.metrics.poll_errors.inc()
-                self._note_failure(error)
+                self._note_failure(route, error)
+                self._fail_over(route)
                 try:
                     await self._wait(deferLater(self._clock, self._backoff.next(), lambda: None))
                 except CancelledError:
@@ -352,11 +346,32 @@ class ClientService(Service):
             finally:
                 if held is not None and held.active():
                     held.cancel()
-            self._note_success()
+            self._note_success(route)
             if not self._registered:
                 self._note_registered()
             if request is not None:
-                self._start_scrape(request)
+                self._start_scrape(request, route)
+
+    def _fail_over(self, failed: _Route) -> None:
+        """After a failed poll, poll the next proxy URL (the first after the last)."""
+        if len(self._routes) == 1 or failed is not self._route:
+            return
+        following = (self._routes.index(failed) + 1) % len(self._routes)
+        self._switch_to(following, f"{failed.shown} failed")
+
+    def _switch_to(self, index: int, why: str) -> None:
+        """Poll the proxy URL ``index`` from now on; log it and count it."""
+        previous, self._route = self._route, self._routes[index]
+        self._failback_at = (None if index == 0 else
+                             self._clock.seconds() + self.config.proxy_failback_after)
+        if previous is self._route:
+            return
+        self.metrics.proxy_url_in_use.labels(previous.shown).dec()
+        self.metrics.proxy_url_in_use.labels(self._route.shown).inc()
+        self._registered = False
+        self._failing = None
+        self.log.info("Polling {url} as {fqdn} from now on ({why})",
+                      url=self._route.poll_url.decode(), fqdn=self.config.fqdn, why=why)
 
     async def _wait(self, deferred: Deferred[Any]) -> Any:
         self._waiting.add(deferred)
@@ -365,7 +380,7 @@ class ClientService(Service):
         finally:
             self._waiting.discard(deferred)
 
-    def _bounded(self, poll: Deferred[Any]) -> Deferred[Any]:
+    def _bounded(self, route: _Route, poll: Deferred[Any]) -> Deferred[Any]:
         """
         Give up on a poll that a pushprox proxy should have answered by now.
 
@@ -374,7 +389,7 @@ class ClientService(Service):
         and waiting on would leave the client unreachable until TCP notices, if ever.
         An upstream proxy holds polls without bound, so they get no deadline.
         """
-        if not self._bounded_polls:
+        if not route.bounded_polls:
             return poll
         limit = self.config.poll_timeout + self.config.poll_grace
 
@@ -386,13 +401,13 @@ class ClientService(Service):
 
         return poll.addTimeout(limit, self._clock, onTimeoutCancel=presumed_dead)
 
-    async def _poll_once(self) -> wire.ScrapeRequest | None:
-        answer = await self._proxy.request(self._poll_head, self._fqdn_bytes,
-                                           limit=MAX_POLL_ANSWER)
+    async def _poll_once(self, route: _Route) -> wire.ScrapeRequest | None:
+        answer = await route.link.request(route.poll_head, self._fqdn_bytes,
+                                          limit=MAX_POLL_ANSWER)
         body = answer.body
         extensions = wire.decode_extensions(answer.values(wire.EXTENSIONS_HEADER))
-        self._push_poll = wire.PUSH_POLL_EXTENSION in extensions
-        self._bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
+        route.push_poll = wire.PUSH_POLL_EXTENSION in extensions
+        route.bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
         if answer.code == 204:
             return None
         if answer.code != 200:
@@ -403,41 +418,42 @@ class ClientService(Service):
             raise PollError(f"poll answer is not a scrape request ({error}): "
                             f"{_snippet(body)}") from None
 
-    def _note_failure(self, error: Exception) -> None:
+    def _note_failure(self, route: _Route, error: Exception) -> None:
         self._failures += 1
         state = describe_failure(Failure(error))
-        if "SSL" in state and self._poll_url.startswith(b"https:"):
+        if "SSL" in state and route.poll_url.startswith(b"https:"):
             state = (f"the TLS handshake with the proxy failed ({state}): does it serve "
                      "HTTPS at this URL? (a plain-HTTP proxy wants http:// in --proxy-url)")
         if state != self._failing:
             self.log.warn("Polling {url} failed, retrying with backoff: {reason}",
-                          url=self._poll_url.decode(), reason=state, fqdn=self.config.fqdn)
+                          url=route.poll_url.decode(), reason=state, fqdn=self.config.fqdn)
             self._failing = state
 
     def _note_registered(self) -> None:
         """A poll is held (or answered): the proxy took this client's registration."""
         self._registered = True
         self.log.info("Registered with the proxy at {url} as {fqdn}",
-                      url=self._poll_url.decode(), fqdn=self.config.fqdn)
+                      url=self._route.poll_url.decode(), fqdn=self.config.fqdn)
 
-    def _note_success(self) -> None:
+    def _note_success(self, route: _Route) -> None:
         self._backoff.reset()
         if self._failing is not None:
             self.log.info("Polling {url} works again after {n} failed attempts",
-                          url=self._poll_url.decode(), n=self._failures)
+                          url=route.poll_url.decode(), n=self._failures)
             self._failing = None
             self._failures = 0
 
     # -- scrapes --
 
-    def _start_scrape(self, request: wire.ScrapeRequest) -> None:
+    def _start_scrape(self, request: wire.ScrapeRequest, route: _Route) -> None:
         self.metrics.scrapes.inc()
         if len(self._scrapes) >= self.config.max_concurrent_scrapes:
             self.metrics.scrape_errors.inc()
-            self._push_error(request, f"client is already running "
+            self._push_error(request, route, f"client is already running "
                              f"{len(self._scrapes)} scrapes, the limit", "overload")
             return
-        run = _ScrapeRun(request, request.timeout or self.config.scrape_default_timeout,
+        run = _ScrapeRun(request, route,
+                         request.timeout or self.config.scrape_default_timeout,
                          self._clock.seconds())
         scrape = Deferred.fromCoroutine(self._scrape(run))
         scrape.addTimeout(run.timeout, self._clock, onTimeoutCancel=_timed_out)
@@ -470,7 +486,7 @@ class ClientService(Service):
             length=length,
         )
         run.pushing = True
-        await self._push(request, PushBody(head, response))
+        await self._push(request, run.route, PushBody(head, response))
         if self.config.log_scrapes:
             self.log.info("Scraped {url} for scrape {scrape_id}: {status}",
                           url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
@@ -500,18 +516,21 @@ class ClientService(Service):
         if run.pushing:
             # The push had begun: the proxy saw it break off and told Prometheus.
             return
-        self._push_error(request, message, kind)
+        self._push_error(request, run.route, message, kind)
 
-    def _push_error(self, request: wire.ScrapeRequest, message: str, kind: str) -> None:
+    def _push_error(self, request: wire.ScrapeRequest, route: _Route, message: str,
+                    kind: str) -> None:
         body = wire.encode_error_response(scrape_id=request.scrape_id, reason=message,
                                           kind=kind)
-        pushed = Deferred.fromCoroutine(self._push(request, body))
+        pushed = Deferred.fromCoroutine(self._push(request, route, body))
         pushed.addErrback(lambda f: f.trap(_PushFailed))
 
-    async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
-        head = self._push_poll_head if self._push_poll else self._push_head
+    async def _push(self, request: wire.ScrapeRequest, route: _Route,
+                    body: bytes | IBodyProducer) -> None:
+        """Push to the proxy that handed the scrape out: only it knows its id."""
+        head = route.push_poll_head if route.push_poll else route.push_head
         try:
-            answer = await self._proxy.request(head, body, limit=MAX_POLL_ANSWER)
+            answer = await route.link.request(head, body, limit=MAX_POLL_ANSWER)
         except CancelledError:
             raise
         except Exception as error:
@@ -526,9 +545,9 @@ class ClientService(Service):
                           answer=_snippet(answer.body))
             raise _PushFailed()
         if answer.body and answer.has(wire.NEXT_SCRAPE_HEADER):
-            self._take_next(answer.body)
+            self._take_next(answer.body, route)
 
-    def _take_next(self, answer: bytes) -> None:
+    def _take_next(self, answer: bytes, route: _Route) -> None:
         """Start the scrape a push answer handed over, as if a poll had brought it."""
         try:
             request = wire.decode_scrape_request(answer)
@@ -538,15 +557,16 @@ class ClientService(Service):
                           reason=str(error), answer=_snippet(answer))
             return
         if not self.running:
-            self._push_error(request, "the client is shutting down", "shutdown")
+            self._push_error(request, route, "the client is shutting down", "shutdown")
             return
-        self._start_scrape(request)
+        self._start_scrape(request, route)
 
     # -- stopping --
 
     def stopService(self) -> Deferred[None]:
         """Stop polling, give running scrapes a grace period, then close connections."""
         super().stopService()
+        self.metrics.proxy_url_in_use.labels(self._route.shown).dec()
         for waiting in list(self._waiting):
             waiting.cancel()
         in_flight = list(self._scrapes)
@@ -570,11 +590,39 @@ class ClientService(Service):
                 grace.cancel()
             if not self._owns_connections:
                 return succeed(None)
-            return DeferredList([self._proxy.close(),
+            return DeferredList([*(route.link.close() for route in self._routes),
                                  *(pool.closeCachedConnections() for pool in self._pools)])
 
         first.addCallback(close)
         return first.addCallback(lambda _: None)
+
+
+class _Route:
+    """One proxy URL: its link, the heads of its requests, what its proxy said it does."""
+
+    def __init__(self, config: ClientConfig, url: str, link: ProxyLink) -> None:
+        self.link = link
+        self.poll_url = config.endpoint("poll", url)
+        #: The URL as shown in logs and metrics: without credentials.
+        self.shown = config.endpoint("", url).decode("ascii")
+        push_url = config.endpoint("push", url)
+        headers = [(b"User-Agent", USER_AGENT)]
+        auth = config.proxy_authorization(url)
+        if auth is not None:
+            headers.append((b"Authorization", auth))
+        self.poll_head = link.head(b"POST", self.poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self.push_head = link.head(b"POST", push_url, headers)
+        self.push_poll_head = link.head(b"POST", push_url,
+                                        [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+        #: Whether the proxy answers pushes with the next queued scrape (it said so).
+        self.push_poll = False
+        #: Whether the proxy answers idle polls after poll_timeout (it said so).
+        self.bounded_polls = False
 
 
 @dataclass
@@ -582,6 +630,8 @@ class _ScrapeRun:
     """One scrape in the client, from the poll answer to the end of its push."""
 
     request: wire.ScrapeRequest
+    #: The proxy URL whose poll brought the scrape, where its answer goes.
+    route: _Route
     timeout: float
     started: float
     #: The push of the target's response has begun.
@@ -735,8 +785,8 @@ def make_connections(
     (the TLS session is with the PushProx proxy, end to end), with requests in absolute
     form for an ``http://`` one, as Go's net/http does.  Targets are always direct.
     """
-    uri = URI.fromBytes(proxy_url)
-    link = _proxy_link(reactor, uri, proxy_policy, keepalive, http_proxy)
+    link = make_proxy_link(reactor, proxy_url, policy=proxy_policy, keepalive=keepalive,
+                           http_proxy=http_proxy)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True)
@@ -744,9 +794,12 @@ def make_connections(
     return link, target_agent, [pool]
 
 
-def _proxy_link(reactor: Any, uri: URI, policy: IPolicyForHTTPS | None,
-                keepalive: KeepAliveConfig | None, http_proxy: HttpProxy | None) -> ProxyLink:
-    """The link to the PushProx proxy at ``uri``, direct or through ``http_proxy``."""
+def make_proxy_link(reactor: Any, url: bytes, *, policy: IPolicyForHTTPS | None = None,
+                    keepalive: KeepAliveConfig | None = None,
+                    http_proxy: HttpProxy | None = None) -> ProxyLink:
+    """The link to the PushProx proxy at ``url``, direct or through ``http_proxy`` (see
+    ``make_connections``)."""
+    uri = URI.fromBytes(url)
     if http_proxy is None:
         return ProxyLink(CachedEndpoints(reactor, policy, keepalive).endpointForURI(uri))
 

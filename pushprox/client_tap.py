@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python import usage
 
 from pushprox import wire
-from pushprox.client import ClientService, make_connections
+from pushprox.client import ClientService, make_connections, make_proxy_link
 from pushprox.client_names import ClientName, check_unique, parse_client_name
 from pushprox.client_roster import ClientRoster, read_targets_file
 from pushprox.config import (
@@ -60,8 +60,6 @@ class Options(ProgramOptions):
     ]
     optParameters: list[list[Any]] = [
         *twistd_parameters(ClientConfig),
-        ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
-         "a path prefix and user:token@ credentials are allowed."],
         ["http-proxy", None, None, "HTTP proxy to reach the proxy through, "
          "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
          "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
@@ -90,14 +88,15 @@ class Options(ProgramOptions):
         self["allow-path"] = []
         self["label"] = []
         self["fqdn"] = []
+        self["proxy-url"] = []
         #: The names to register and where each is scraped, from --fqdn.
         self.names: list[ClientName] = []
         #: The names of --targets-file when the client starts.
         self.file_names: list[ClientName] = []
         #: Whether --fqdn was left to this host's name (a warning if it is localhost).
         self.fqdn_guessed = False
-        #: The HTTP proxy on the way to --proxy-url, if any (--http-proxy, environment).
-        self.http_proxy: HttpProxy | None = None
+        #: The HTTP proxy on the way to each --proxy-url, if any (--http-proxy, environment).
+        self.http_proxies: list[HttpProxy | None] = []
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -109,6 +108,21 @@ class Options(ProgramOptions):
         except wire.WireError as error:
             raise usage.UsageError(f"--label {value}: {error}") from None
         self["label"].append((name, label_value))
+
+    def opt_proxy_url(self, value: str) -> None:
+        """URL of the proxy, e.g. http://proxy:8080/ (required); a path prefix and
+        user:token@ credentials are allowed. Repeatable: the first that answers is
+        polled, the next when it fails, the first again after --proxy-failback-after."""
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 (a malformed port raises here)
+        except ValueError:
+            raise usage.UsageError(f"--proxy-url {value}: malformed port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise usage.UsageError(f"--proxy-url {value} is not an http:// or https:// URL")
+        if value in self["proxy-url"]:
+            raise usage.UsageError(f"--proxy-url {value} is given twice")
+        self["proxy-url"].append(value)
 
     def opt_fqdn(self, value: str) -> None:
         """Name NAME[=ADDRESS] this client registers as: Prometheus scrapes
@@ -136,16 +150,13 @@ class Options(ProgramOptions):
 
     def postOptions(self) -> None:
         """Check the combination of options."""
-        url = self["proxy-url"]
-        if not url:
+        if not self["proxy-url"]:
             raise usage.UsageError("--proxy-url is required, e.g. --proxy-url http://proxy:8080/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise usage.UsageError(f"--proxy-url {url} is not an http:// or https:// URL")
         try:
-            self.http_proxy = choose_http_proxy(
-                url, os.environ, explicit=self["http-proxy"],
-                use_environment=not self["ignore-proxy-environment"])
+            self.http_proxies = [
+                choose_http_proxy(url, os.environ, explicit=self["http-proxy"],
+                                  use_environment=not self["ignore-proxy-environment"])
+                for url in self["proxy-url"]]
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         for prefix in ("tls", "target-tls"):
@@ -186,7 +197,8 @@ class Options(ProgramOptions):
     def config_for(self, name: ClientName) -> ClientConfig:
         """The configuration of the client of ``name``."""
         return ClientConfig(
-            proxy_url=self["proxy-url"],
+            proxy_url=self["proxy-url"][0],
+            proxy_urls=tuple(self["proxy-url"]) if len(self["proxy-url"]) > 1 else (),
             fqdn=name.fqdn,
             allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
             allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
@@ -228,8 +240,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
-        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxy
+        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0]
     )
+    fallback_links = [
+        make_proxy_link(reactor, config.endpoint("poll", url), policy=proxy_policy,
+                        keepalive=config, http_proxy=http_proxy)
+        for url, http_proxy in zip(options["proxy-url"][1:], options.http_proxies[1:],
+                                   strict=True)]
     metrics = ClientMetrics()
     if config.allow_any:
         from twisted.logger import Logger
@@ -237,13 +254,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
             "proxy asks for", fqdn=", ".join(options["fqdn"]))
-    if options.http_proxy is not None:
+    for url, http_proxy in zip(options["proxy-url"], options.http_proxies, strict=True):
+        if http_proxy is None:
+            continue
         from twisted.logger import Logger
 
         Logger(namespace="pushprox.client").info(
-            "The proxy is reached through the HTTP proxy {http_proxy} ({how})",
-            http_proxy=options.http_proxy.shown,
-            how="CONNECT tunnel" if urlsplit(config.proxy_url).scheme == "https"
+            "The proxy {url} is reached through the HTTP proxy {http_proxy} ({how})",
+            url=config.endpoint("", url).decode("ascii"), http_proxy=http_proxy.shown,
+            how="CONNECT tunnel" if urlsplit(url).scheme == "https"
             else "absolute-form requests")
     if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
         from twisted.logger import Logger
@@ -256,11 +275,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     def make_client(name: ClientName) -> ClientService:
         return ClientService(options.config_for(name), reactor=reactor,
-                             proxy_link=proxy_link, target_agent=target_agent,
-                             metrics=metrics, owns_connections=False)
+                             proxy_link=proxy_link, fallback_links=fallback_links,
+                             target_agent=target_agent, metrics=metrics,
+                             owns_connections=False)
 
     def close_connections() -> Deferred[Any]:
-        return DeferredList([proxy_link.close(),
+        return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
                              *(pool.closeCachedConnections() for pool in pools)])
 
     roster = ClientRoster(fixed=options.names, targets_file=options["targets-file"],

@@ -350,3 +350,42 @@ class SeveralNamesTests(IntegrationTestCase):
         self.assertEqual(scrape("two.example").status, 200)
         self.assertEqual(polls_held()["two.example"], 1)
         self.stop_and_check(client)
+
+
+class SeveralProxyUrlsTests(IntegrationTestCase):
+    """``--proxy-url`` twice: the first that answers, the next on failure, back to the first."""
+
+    def test_fail_over_and_back(self) -> None:
+        """First dead: the second; first started: back to it; then each in turn."""
+        exporter = self.processes.exporter("site")
+        first = self.processes.proxy(name="first")
+        first.process.stop()
+        second = self.processes.proxy(name="second")
+        args = self.processes.client_args(first.url + "/", FQDN, [exporter.port], [
+            "--proxy-url", second.url + "/", "--proxy-failback-after", "3"])
+        client = self.processes.start("client", twistd_argv("pushprox-client", args))
+
+        def scraped_through(proxy: Proxy) -> bool:
+            url = f"http://{FQDN}:{exporter.port}/metrics"
+            return scrape_via_proxy(proxy.port, url, timeout=2.0).status == 200
+
+        def wait_scraped_through(proxy: Proxy, what: str) -> None:
+            wait_for(lambda: scraped_through(proxy), timeout=30, what=what,
+                     watch=[client, proxy.process])
+
+        wait_scraped_through(second, "scrapes through the second proxy, the first being dead")
+        self.assertIn(f"Polling {second.url}/poll as {FQDN} from now on ({first.url}/ failed)",
+                      client.log_text())
+
+        first.process.start()
+        first.wait_ready()
+        wait_scraped_through(first, "scrapes through the first proxy once it is back")
+        self.assertIn(f"Polling {first.url}/poll as {FQDN} from now on (the first proxy URL "
+                      "is tried again)", client.log_text())
+
+        first.process.stop()
+        wait_scraped_through(second, "scrapes through the second proxy again")
+        second.process.stop()
+        first.process.start()
+        first.wait_ready()
+        wait_scraped_through(first, "scrapes through the first proxy, the second stopped")
