@@ -167,7 +167,7 @@ def test_the_images_hold_the_wheel_the_tests_ran_against(images: Images) -> None
 
 def proxied_scrape(port: int, url: str) -> HTTPResponse:
     """Prometheus' scrape of ``url`` through the proxy on ``port``."""
-    request = http_request_bytes("GET", url, prometheus_headers(10))
+    request = http_request_bytes("GET", url, prometheus_headers(10, gzip=False))
     return raw_http(port, request, timeout=15)
 
 
@@ -201,8 +201,10 @@ def test_cluster_mode_in_containers_answers_through_the_replica_without_the_poll
         containers.append(replica)
         replicas.append(replica)
     for port, replica in zip(ports, replicas, strict=True):
-        wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/-/ready").status == 200,
-                 timeout=STARTUP_TIMEOUT, what=f"replica on {port} ready",
+        def ready(port: int = port) -> bool:
+            return http_get(f"http://127.0.0.1:{port}/-/ready").status == 200
+
+        wait_for(ready, timeout=STARTUP_TIMEOUT, what=f"replica on {port} ready",
                  watch=[replica.process])
 
     holder, other = ports
