@@ -253,7 +253,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
-            "proxy asks for", fqdn=", ".join(options["fqdn"]))
+            "proxy asks for", fqdn=", ".join(
+                name.fqdn for name in [*options.names, *options.file_names]))
     for url, http_proxy in zip(options["proxy-url"], options.http_proxies, strict=True):
         if http_proxy is None:
             continue
