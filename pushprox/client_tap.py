@@ -110,9 +110,7 @@ class Options(ProgramOptions):
         self["label"].append((name, label_value))
 
     def opt_proxy_url(self, value: str) -> None:
-        """URL of the proxy, e.g. http://proxy:8080/ (required); a path prefix and
-        user:token@ credentials are allowed. Repeatable: the first that answers is
-        polled, the next when it fails, the first again after --proxy-failback-after."""
+        """Proxy URL, e.g. http://[user:token@]proxy:8080/ (required; repeatable: failover)."""
         parts = urlsplit(value)
         try:
             parts.port  # noqa: B018 (a malformed port raises here)
@@ -125,10 +123,7 @@ class Options(ProgramOptions):
         self["proxy-url"].append(value)
 
     def opt_fqdn(self, value: str) -> None:
-        """Name NAME[=ADDRESS] this client registers as: Prometheus scrapes
-        http://NAME:PORT/... through the proxy, the client connects to ADDRESS (default:
-        NAME, or --target-host); repeatable, one poll per name (default: this host's
-        FQDN)."""
+        """Name NAME[=ADDRESS] to register, scraped at ADDRESS (repeatable; default: this host)."""
         try:
             self.names.append(parse_client_name(value))
         except ValueError as error:
