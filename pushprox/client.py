@@ -774,6 +774,7 @@ def make_connections(
     target_policy: IPolicyForHTTPS | None = None,
     keepalive: KeepAliveConfig | None = None,
     http_proxy: HttpProxy | None = None,
+    target_http_proxy: HttpProxy | None = None,
 ) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
     """
     The link to the proxy at ``proxy_url`` (with ``keepalive``), an Agent with a
@@ -783,13 +784,17 @@ def make_connections(
     TLS policy, certificate and name checks, and TCP keepalive.  With ``http_proxy``
     it goes through that HTTP proxy: in a ``CONNECT`` tunnel for an ``https://`` URL
     (the TLS session is with the PushProx proxy, end to end), with requests in absolute
-    form for an ``http://`` one, as Go's net/http does.  Targets are always direct.
+    form for an ``http://`` one, as Go's net/http does.  Targets are reached directly,
+    or, only when asked, through ``target_http_proxy``: in a ``CONNECT`` tunnel each, so
+    that ``http://`` and ``https://`` targets take one way.
     """
     link = make_proxy_link(reactor, proxy_url, policy=proxy_policy, keepalive=keepalive,
                            http_proxy=http_proxy)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
-    target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True)
+    target_endpoints = CachedEndpoints(
+        reactor, target_policy, eager_writes=True,
+        connect_to=None if target_http_proxy is None else _tunnels(reactor, target_http_proxy))
     target_agent = Agent.usingEndpointFactory(reactor, target_endpoints, pool=pool)
     return link, target_agent, [pool]
 
@@ -802,22 +807,28 @@ def make_proxy_link(reactor: Any, url: bytes, *, policy: IPolicyForHTTPS | None 
     uri = URI.fromBytes(url)
     if http_proxy is None:
         return ProxyLink(CachedEndpoints(reactor, policy, keepalive).endpointForURI(uri))
-
-    def to_http_proxy() -> IStreamClientEndpoint:
-        return HostnameEndpoint(reactor, http_proxy.host, http_proxy.port)
-
     if uri.scheme == b"http":
-        endpoint = CachedEndpoints(reactor, policy, keepalive,
-                                   connect_to=lambda host, port: to_http_proxy())
+        endpoint = CachedEndpoints(
+            reactor, policy, keepalive,
+            connect_to=lambda host, port: HostnameEndpoint(reactor, http_proxy.host,
+                                                           http_proxy.port))
         return ProxyLink(endpoint.endpointForURI(uri), absolute_form=True,
                          proxy_authorization=http_proxy.authorization)
+    endpoint = CachedEndpoints(reactor, policy, keepalive,
+                               connect_to=_tunnels(reactor, http_proxy))
+    return ProxyLink(endpoint.endpointForURI(uri))
+
+
+def _tunnels(reactor: Any, http_proxy: HttpProxy) -> Callable[[str, int],
+                                                                  IStreamClientEndpoint]:
+    """Endpoints of a host and port through ``http_proxy``'s CONNECT tunnels."""
     from pushprox.connect_tunnel import TunnelEndpoint
 
     def tunnel(host: str, port: int) -> IStreamClientEndpoint:
-        return TunnelEndpoint(reactor, to_http_proxy(), host, port,
-                              authorization=http_proxy.authorization,
+        return TunnelEndpoint(reactor, HostnameEndpoint(reactor, http_proxy.host,
+                                                        http_proxy.port),
+                              host, port, authorization=http_proxy.authorization,
                               proxy_shown=f"HTTP proxy {http_proxy.shown}")
 
-    endpoint = CachedEndpoints(reactor, policy, keepalive, connect_to=tunnel)
-    return ProxyLink(endpoint.endpointForURI(uri))
+    return tunnel
 

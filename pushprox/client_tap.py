@@ -25,7 +25,7 @@ from pushprox.config import (
 )
 from pushprox.metrics import ClientMetrics
 from pushprox.options import naming, optional_listen_endpoint, port_number, read_secret
-from pushprox.outbound_proxy import HttpProxy, choose_http_proxy
+from pushprox.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
 from pushprox.program import (
     ProgramOptions,
     ReloadOnHangup,
@@ -64,6 +64,9 @@ class Options(ProgramOptions):
          "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
          "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
          "always scraped directly)."],
+        ["target-http-proxy", None, None, "HTTP proxy to scrape targets through, "
+         "http://[USER:PASSWORD@]HOST:PORT, in a CONNECT tunnel per connection (default: "
+         "none, targets are scraped directly; the proxy variables never apply to them)."],
         ["targets-file", None, None, "File of names this client registers, one "
          "NAME[=ADDRESS] a line as for --fqdn ('#' comments); re-read on SIGHUP: new names "
          "register, removed ones stop polling at once, a bad file changes nothing."],
@@ -97,6 +100,8 @@ class Options(ProgramOptions):
         self.fqdn_guessed = False
         #: The HTTP proxy on the way to each --proxy-url, if any (--http-proxy, environment).
         self.http_proxies: list[HttpProxy | None] = []
+        #: The HTTP proxy targets are scraped through, if asked (--target-http-proxy).
+        self.target_http_proxy: HttpProxy | None = None
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -154,6 +159,11 @@ class Options(ProgramOptions):
                 for url in self["proxy-url"]]
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        if self["target-http-proxy"]:
+            try:
+                self.target_http_proxy = parse_http_proxy(self["target-http-proxy"])
+            except ValueError as error:
+                raise usage.UsageError(f"--target-http-proxy: {error}") from None
         for prefix in ("tls", "target-tls"):
             if bool(self[f"{prefix}-cert"]) != bool(self[f"{prefix}-key"]):
                 raise usage.UsageError(f"--{prefix}-cert and --{prefix}-key go together")
@@ -235,7 +245,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
-        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0]
+        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0],
+        target_http_proxy=options.target_http_proxy,
     )
     fallback_links = [
         make_proxy_link(reactor, config.endpoint("poll", url), policy=proxy_policy,
@@ -260,6 +271,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             url=config.endpoint("", url).decode("ascii"), http_proxy=http_proxy.shown,
             how="CONNECT tunnel" if urlsplit(url).scheme == "https"
             else "absolute-form requests")
+    if options.target_http_proxy is not None:
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").info(
+            "Targets are scraped through the HTTP proxy {http_proxy} (CONNECT tunnels)",
+            http_proxy=options.target_http_proxy.shown)
     if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
         from twisted.logger import Logger
 

@@ -201,3 +201,20 @@ def test_loopback_proxy_urls_ignore_the_environment(stack: Stack) -> None:
 
     assert_scraped(proxy, exporter.port, "site")
     assert tinyproxy.requests() == []
+
+
+def test_targets_go_through_a_proxy_only_when_asked(stack: Stack) -> None:
+    """--target-http-proxy: each target connection is a CONNECT tunnel; the link stays direct."""
+    exporter = stack.exporter("site")
+    tinyproxy = start_tinyproxy(stack, credentials=("alice", PASSWORD),
+                                connect_ports=[exporter.port])
+    proxy = stack.proxy()
+    url = f"http://alice:{ENCODED}@127.0.0.1:{tinyproxy.port}"
+    client = start_client(stack, proxy, exporter.port, extra=["--target-http-proxy", url])
+
+    assert_scraped(proxy, exporter.port, "site")
+    assert set(tinyproxy.requests()) == {f"CONNECT 127.0.0.1:{exporter.port} HTTP/1.1"}
+    assert f"Targets are scraped through the HTTP proxy http://127.0.0.1:{tinyproxy.port}" \
+        in logged(client)
+    for secret in (PASSWORD, ENCODED):
+        assert secret not in logged(client)

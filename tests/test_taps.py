@@ -319,6 +319,10 @@ class ClientOptionsTests(SynchronousTestCase):
             ["--proxy-url", "http://proxy/", "--allow-path", "metrics"],
             ["--proxy-url", "http://proxy/", "--retry-initial-wait", "9"],
             ["--proxy-url", "http://proxy/", "--proxy-token-file", "/nonexistent"],
+            ["--proxy-url", "http://proxy/", "--target-http-proxy", "socks5://corp:1080"],
+            ["--proxy-url", "http://proxy/", "--http-proxy", "https://corp:3128"],
+            ["--proxy-url", "http://proxy/", "--proxy-url", "http://proxy/"],
+            ["--proxy-url", "http://proxy:port/"],
         ):
             self.assertRaises(usage.UsageError, parse_client, *argv)
 
