@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -306,6 +306,13 @@ class ClientService(Service):
         self._failures = 0
 
     # -- the poll loop --
+
+    def use_tokens(self, *, proxy_token: str | None, target_bearer_token: str | None) -> None:
+        """Send these tokens from the next request on (re-read token files)."""
+        self.config = replace(self.config, proxy_token=proxy_token,
+                                          target_bearer_token=target_bearer_token)
+        for route in self._routes:
+            route.make_heads(self.config)
 
     def startService(self) -> None:
         """Start polling."""
@@ -605,6 +612,17 @@ class _Route:
         self.poll_url = config.endpoint("poll", url)
         #: The URL as shown in logs and metrics: without credentials.
         self.shown = config.endpoint("", url).decode("ascii")
+        self._url = url
+        self.make_heads(config)
+        #: Whether the proxy answers pushes with the next queued scrape (it said so).
+        self.push_poll = False
+        #: Whether the proxy answers idle polls after poll_timeout (it said so).
+        self.bounded_polls = False
+
+    def make_heads(self, config: ClientConfig) -> None:
+        """The heads of polls and pushes, written once for every request (and again when
+        a token file is re-read)."""
+        link, url = self.link, self._url
         push_url = config.endpoint("push", url)
         headers = [(b"User-Agent", USER_AGENT)]
         auth = config.proxy_authorization(url)
@@ -619,10 +637,6 @@ class _Route:
         self.push_head = link.head(b"POST", push_url, headers)
         self.push_poll_head = link.head(b"POST", push_url,
                                         [*headers, (wire.PUSH_POLL_HEADER, b"1")])
-        #: Whether the proxy answers pushes with the next queued scrape (it said so).
-        self.push_poll = False
-        #: Whether the proxy answers idle polls after poll_timeout (it said so).
-        self.bounded_polls = False
 
 
 @dataclass

@@ -7,7 +7,8 @@ may change them.
 ``--targets-file``.  ``reload`` re-reads the file: a new name gets its service (it polls at
 once), a removed one has its service stopped (its polls are cancelled at once, so the proxy
 stops counting on it), a name whose address changed gets a new service.  A file that
-cannot be read or parsed changes nothing and is said in one log line.  The roster also
+cannot be read or parsed changes nothing; ``reload`` raises ``ValueError`` with the reason,
+which ``pushprox.reload`` (SIGHUP, a changed file) logs in one line.  The roster also
 owns the connections its services share, closed when it stops.
 """
 
@@ -59,13 +60,20 @@ class ClientRoster(MultiService):
         """The names served now, in the order they were added."""
         return [name for name, _ in self._clients.values()]
 
+    def clients(self) -> list[IService]:
+        """The client service of each name served now."""
+        return [service for _, service in self._clients.values()]
+
     def _add(self, name: ClientName) -> None:
         service = self._make_client(name)
         self._clients[_key(name)] = (name, service)
         service.setServiceParent(self)  # started at once if the roster runs
 
     def reload(self) -> None:
-        """Re-read the targets file and apply its names; keep the old ones if it is bad."""
+        """
+        Re-read the targets file and apply its names.  A file that cannot be used
+        changes nothing and raises ``ValueError`` saying why (``pushprox.reload`` logs it).
+        """
         path = self._targets_file
         if path is None:
             return
@@ -73,9 +81,8 @@ class ClientRoster(MultiService):
             from_file = read_targets_file(path)
             check_unique([*self._fixed, *from_file])
         except ValueError as error:
-            self.log.error("Targets file {path} refused, the {count} names served stay: "
-                           "{reason}", path=path, count=len(self._clients), reason=str(error))
-            return
+            raise ValueError(f"{path}: {error}; the {len(self._clients)} names served "
+                             "stay") from None
         wanted = {_key(name): name for name in [*self._fixed, *from_file]}
         removed = [name for key, (name, _) in self._clients.items() if wanted.get(key) != name]
         for name in removed:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
@@ -28,18 +29,25 @@ from pushprox.options import naming, optional_listen_endpoint, port_number, read
 from pushprox.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
 from pushprox.program import (
     ProgramOptions,
-    ReloadOnHangup,
+    WebConfigReload,
     add_listener,
     program_service,
+    reload_services,
+    tls_description,
+    tls_settings,
     upstream_names,
+    web_headers,
 )
+from pushprox.reload import Reloader
+from pushprox.web_config import WebConfig, load_web_config
 
 
 class Options(ProgramOptions):
     """Options of ``twistd pushprox-client`` and of the ``pushprox-client`` command."""
 
     program = "pushprox-client"
-    upstream_flags = upstream_names("tls.cacert", "tls.cert", "tls.key", renamed={
+    upstream_flags = upstream_names("tls.cacert", "tls.cert", "tls.key", "web.config.file",
+                                    renamed={
         "metrics-addr": "metrics-listen", "proxy.retry.initial-wait": "retry-initial-wait",
         "proxy.retry.max-wait": "retry-max-wait"})
     #: The variables upstream's client images read.
@@ -68,8 +76,9 @@ class Options(ProgramOptions):
          "http://[USER:PASSWORD@]HOST:PORT, in a CONNECT tunnel per connection (default: "
          "none, targets are scraped directly; the proxy variables never apply to them)."],
         ["targets-file", None, None, "File of names this client registers, one "
-         "NAME[=ADDRESS] a line as for --fqdn ('#' comments); re-read on SIGHUP: new names "
-         "register, removed ones stop polling at once, a bad file changes nothing."],
+         "NAME[=ADDRESS] a line as for --fqdn ('#' comments); re-read on SIGHUP and when it "
+         "changes: new names register, removed ones stop polling at once, a bad file "
+         "changes nothing."],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate."],
         ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy."],
         ["tls-key", None, None, "Key (PEM) of --tls-cert."],
@@ -80,6 +89,10 @@ class Options(ProgramOptions):
          "'Authorization: Bearer' (its --client-tokens)."],
         ["target-bearer-token-file", None, None, "File holding a token sent to targets as "
          "'Authorization: Bearer' (never to the proxy)."],
+        ["web-config-file", None, None, "Prometheus' web configuration file (exporter-"
+         "toolkit's YAML) for --metrics-listen: tls_server_config makes a tcp: listener a "
+         "TLS one, basic_auth_users guard /metrics, http_server_config's headers go on its "
+         "answers. Re-read on SIGHUP."],
         ["metrics-listen", None, "tcp:9369", "Endpoint serving the client's own /metrics: "
          "a Twisted endpoint, a port number or [HOST]:PORT as upstream's --metrics-addr; "
          "empty to disable.", naming("metrics-listen", optional_listen_endpoint)],
@@ -189,6 +202,14 @@ class Options(ProgramOptions):
             raise usage.UsageError("--retry-initial-wait exceeds --retry-max-wait")
         for name in ("proxy-token-file", "target-bearer-token-file"):
             self[name.removesuffix("-file")] = read_secret(self[name], name)
+        try:
+            self["web-config"] = (load_web_config(self["web-config-file"])
+                                  if self["web-config-file"] else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["web-config"] is not None and not self["metrics-listen"]:
+            raise usage.UsageError("--web.config.file is for --metrics-listen, which is off")
+        self["tls-settings"] = tls_settings(self, self["web-config"])
 
     def configs(self) -> list[ClientConfig]:
         """The configuration of each name (--fqdn, then --targets-file), in order."""
@@ -226,23 +247,35 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.config()
+    reloader = Reloader()
     proxy_policy = target_policy = None
-    if any(options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
+    if urlsplit(config.proxy_url).scheme == "https" or any(
+            options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
         from pushprox import tls
 
         proxy_policy = tls.https_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
             insecure_skip_verify=options["tls-insecure-skip-verify"],
+            profile=tls.TLSProfile(
+                min_version=options["tls-min-version"] or "TLS12",
+                cipher_suites=options["tls-cipher-suites"] or tls.INTERMEDIATE_CIPHER_SUITES),
         )
+        if proxy_policy.paths:
+            reloader.register("--tls-cacert/--tls-cert/--tls-key", proxy_policy.reload,
+                              watch=proxy_policy.paths)
     if any(options[k] for k in ("target-tls-cacert", "target-tls-cert",
                                 "target-tls-insecure-skip-verify")):
         from pushprox import tls
 
+        # Targets keep Twisted's defaults: exporters may be older than the profile.
         target_policy = tls.https_policy(
             cacert=options["target-tls-cacert"], cert=options["target-tls-cert"],
             key=options["target-tls-key"],
             insecure_skip_verify=options["target-tls-insecure-skip-verify"],
         )
+        if target_policy.paths:
+            reloader.register("--target-tls-cacert/--target-tls-cert/--target-tls-key",
+                              target_policy.reload, watch=target_policy.paths)
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
         target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0],
@@ -285,12 +318,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
+    #: The tokens in force, for the names added later too (token files are re-read).
+    tokens = {"proxy": options["proxy-token"], "target": options["target-bearer-token"]}
 
     def make_client(name: ClientName) -> ClientService:
-        return ClientService(options.config_for(name), reactor=reactor,
-                             proxy_link=proxy_link, fallback_links=fallback_links,
-                             target_agent=target_agent, metrics=metrics,
-                             owns_connections=False)
+        config = dataclasses.replace(options.config_for(name), proxy_token=tokens["proxy"],
+                                     target_bearer_token=tokens["target"])
+        return ClientService(config, reactor=reactor, proxy_link=proxy_link,
+                             fallback_links=fallback_links, target_agent=target_agent,
+                             metrics=metrics, owns_connections=False)
 
     def close_connections() -> Deferred[Any]:
         return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
@@ -301,10 +337,44 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                           close_connections=close_connections)
     roster.setServiceParent(service)
     if options["targets-file"]:
-        ReloadOnHangup(roster.reload, reactor).setServiceParent(service)
+        reloader.register("--targets-file", roster.reload, watch=[options["targets-file"]])
+    if options["proxy-token-file"] or options["target-bearer-token-file"]:
+
+        def use_tokens() -> None:
+            tokens["proxy"] = read_token(options["proxy-token-file"], "proxy-token-file")
+            tokens["target"] = read_token(options["target-bearer-token-file"],
+                                          "target-bearer-token-file")
+            for client in roster.clients():
+                cast(ClientService, client).use_tokens(proxy_token=tokens["proxy"],
+                                  target_bearer_token=tokens["target"])
+
+        reloader.register("--proxy-token-file/--target-bearer-token-file", use_tokens)
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 
-        add_listener(service, "metrics-listen", options["metrics-listen"],
-                     metrics_site(metrics.registry), reactor)
+        web: WebConfig | None = options["web-config"]
+        site = metrics_site(metrics.registry)
+        if web is not None:
+            from pushprox.auth import PasswordChecker, ScraperAuth
+
+            auth = ScraperAuth(endpoint_passwords=PasswordChecker(dict(web.users))
+                               if web.users else None)
+            headers = web_headers(web)
+            site = metrics_site(metrics.registry, auth=auth if web.users else None,
+                                headers=headers)
+            reloader.register("--web.config.file", WebConfigReload(
+                options["web-config-file"], web, headers, auth).reload)
+        add_listener(service, "metrics-listen",
+                     tls_description(options["tls-settings"], options["metrics-listen"],
+                                     web=web),
+                     site, reactor, reloader=reloader)
+    reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
+
+
+def read_token(path: str | None, flag: str) -> str | None:
+    """``read_secret`` for a reload: a bad file is a ValueError, not a usage error."""
+    try:
+        return read_secret(path, flag)
+    except usage.UsageError as error:
+        raise ValueError(str(error)) from None

@@ -73,6 +73,27 @@ def seconds(value: str) -> float:
     return number
 
 
+def non_negative_seconds(value: str) -> float:
+    """Parse a duration that may be 0: a number of seconds or Go's ``15s``."""
+    if value.strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return seconds(value)
+
+
+def tls_min_version(value: str) -> str:
+    """Parse the lowest TLS version: TLS12 or TLS13 (exporter-toolkit's names)."""
+    from pushprox.tls import tls_version
+
+    return tls_version(value)
+
+
+def tls_cipher_suites(value: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of TLS 1.2 cipher suites by IANA name."""
+    from pushprox.tls import cipher_suites
+
+    return cipher_suites(value)
+
+
 def positive_int(value: str) -> int:
     """Parse a positive integer."""
     number = int(value)

@@ -9,22 +9,34 @@ names the flag.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
 from pushprox.environment import apply_environment, flags_on_command_line
 from pushprox.logs import log_format, log_level, log_observer, twistd_log_file
-from pushprox.options import OptionValueError, naming
+from pushprox.options import (
+    OptionValueError,
+    naming,
+    non_negative_seconds,
+    tls_cipher_suites,
+    tls_min_version,
+)
+from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
 from pushprox.version import version_line
+
+if TYPE_CHECKING:
+    from pushprox.auth import ScraperAuth
+    from pushprox.tls import ServerTLS
+    from pushprox.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -82,6 +94,16 @@ class ProgramOptions(usage.Options):
         ["log-format", None, None, "logfmt or json: one line per event with stable field "
          "names; text: Twisted's format (default: logfmt; under twistd, text).",
          naming("log-format", log_format)],
+        ["tls-min-version", None, None, "Lowest TLS version of every TLS listener and of "
+         "the client's TLS to the proxy: TLS12 or TLS13 (default: TLS12).",
+         naming("tls-min-version", tls_min_version)],
+        ["tls-cipher-suites", None, None, "TLS 1.2 cipher suites of the same, by IANA name, "
+         "comma-separated (default: Mozilla's intermediate profile, AEAD ciphers with "
+         "forward secrecy; TLS 1.3's are always offered).",
+         naming("tls-cipher-suites", tls_cipher_suites)],
+        ["tls-reload-interval", None, 10.0, "Seconds between looks at the certificate, key "
+         "and CA files for a renewal, picked up without a restart (default: 10; 0: only on "
+         "SIGHUP).", naming("tls-reload-interval", non_negative_seconds)],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -204,6 +226,8 @@ class FlagListener(MultiService):
         except ValueError as error:
             raise usage.UsageError(f"--{flag} {description}: {error}") from None
         listener.setServiceParent(self)
+        #: The listener's re-readable TLS, if it is a TLS listener of ours.
+        self.tls: ServerTLS | None = getattr(getattr(listener, "endpoint", None), "tls", None)
 
     def privilegedStartService(self) -> None:
         """Listen, or raise a StartupError naming the flag."""
@@ -218,28 +242,116 @@ class FlagListener(MultiService):
 
 
 def add_listener(service: IService, flag: str, description: str, factory: Any,
-                 reactor: Any) -> None:
-    """Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``."""
-    FlagListener(flag, description, factory, reactor).setServiceParent(service)
+                 reactor: Any, *, reloader: Reloader | None = None) -> FlagListener:
+    """
+    Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``;
+    register its certificates with ``reloader`` if it is a TLS listener.
+    """
+    listener = FlagListener(flag, description, factory, reactor)
+    listener.setServiceParent(service)
+    if reloader is not None and listener.tls is not None:
+        where = ":".join(description.split(":")[:2])
+        reloader.register(f"certificates of --{flag} {where}",
+                          listener.tls.reload, watch=listener.tls.paths)
+    return listener
 
 
-class ReloadOnHangup(Service):
-    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
+def tls_settings(options: ProgramOptions, web: WebConfig | None) -> TLSSettings:
+    """
+    The TLS versions and cipher suites the flags and the web configuration file give
+    (each is one setting: given in both, it is a usage error).
+    """
+    tls = web.tls if web is not None else None
+    settings = TLSSettings(min_version=options["tls-min-version"],
+                           cipher_suites=options["tls-cipher-suites"])
+    if tls is None:
+        return settings
+    for flag, ours, theirs in (
+            ("tls-min-version", settings.min_version, tls.min_version),
+            ("tls-cipher-suites", settings.cipher_suites, tls.cipher_suites)):
+        if ours is not None and theirs is not None:
+            raise usage.UsageError(f"--{flag} and the web configuration file's "
+                                   f"{flag.removeprefix('tls-').replace('-', '_')} are one "
+                                   "setting: give it once")
+    return TLSSettings(min_version=settings.min_version or tls.min_version,
+                       max_version=tls.max_version,
+                       cipher_suites=settings.cipher_suites or tls.cipher_suites)
 
-    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
-        self._reload = reload
-        self._reactor = reactor
-        self._previous: Any = None
 
-    def startService(self) -> None:
-        """Install the handler."""
-        super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
-        )
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS versions and TLS 1.2 cipher suites of the listeners (None: the default)."""
 
-    def stopService(self) -> None:
-        """Put the previous handler back."""
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
+    min_version: str | None = None
+    max_version: str | None = None
+    cipher_suites: tuple[str, ...] | None = None
+
+
+def tls_description(settings: TLSSettings, description: str, *, client_ca: str | None = None,
+                    web: WebConfig | None = None) -> str:
+    """
+    ``description`` with our TLS (``pushprox-tls:``) and ``settings`` if it is a TLS one;
+    with the web configuration file's TLS, ``tcp:`` listeners become TLS ones.
+    """
+    from pushprox.mtls_endpoint import tls_listener
+
+    tls = web.tls if web is not None else None
+    require = False
+    tls_files = None
+    if tls is not None:
+        tls_files = (tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            client_ca = tls.client_ca_file
+            require = bool(tls.client_certificate)
+    return tls_listener(description, client_ca=client_ca, tls_files=tls_files,
+                        require_client_certificate=require,
+                        min_version=settings.min_version, max_version=settings.max_version,
+                        cipher_suites=settings.cipher_suites)
+
+
+def reload_services(service: IService, reloader: Reloader, reactor: Any,
+                    interval: float) -> None:
+    """
+    Have SIGHUP re-read ``reloader``'s settings (never stop the program), and look for
+    changed files every ``interval`` seconds (not at all for 0).
+    """
+    ReloadOnHangup(reloader.reload_all, reactor).setServiceParent(service)
+    if interval > 0:
+        WatchFiles(reloader, reactor, interval).setServiceParent(service)
+
+
+def web_headers(web: WebConfig) -> list[tuple[bytes, bytes]]:
+    """The web configuration file's headers, as the site sets them."""
+    return [(name.encode("ascii"), value.encode("utf-8")) for name, value in web.headers]
+
+
+class WebConfigReload:
+    """Re-reads ``--web.config.file``: its users and headers apply at once."""
+
+    log = Logger()
+
+    def __init__(self, path: str, web: WebConfig, headers: list[tuple[bytes, bytes]],
+                 scraper_auth: ScraperAuth) -> None:
+        self._path = path
+        self._tls = web.tls
+        self._headers = headers
+        self._scraper_auth = scraper_auth
+        #: Whether the endpoints were started guarded: only then can new users apply.
+        self._guarded = scraper_auth.enabled
+
+    def reload(self) -> None:
+        """Read the file again; raise ValueError and change nothing if it is bad."""
+        from pushprox.auth import PasswordChecker
+        from pushprox.web_config import load_web_config
+
+        web = load_web_config(self._path)
+        self._scraper_auth.replace_endpoint_passwords(
+            PasswordChecker(dict(web.users)) if web.users else None)
+        self._headers[:] = web_headers(web)
+        if web.users and not self._guarded:
+            self.log.warn("{path}: basic_auth_users apply at the next start (the endpoints "
+                          "were started without users)", path=self._path)
+        if web.tls != self._tls:
+            # The listeners were made with it; their certificate files are still re-read.
+            self.log.warn("{path}: tls_server_config changed; it applies at the next "
+                          "start", path=self._path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -67,6 +67,9 @@ class ProxyParts:
     config: ProxyConfig
     metrics: ProxyMetrics
     clock: IReactorTime
+    #: Headers of every answer of the proxy's own endpoints (``--web.config.file``'s),
+    #: replaced in place when the file is re-read.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def is_push_path(path: bytes) -> bool:
@@ -369,6 +372,7 @@ class _Instrumented(Resource):
         self._config = parts.config
         self._metrics = parts.metrics
         self._clock = parts.clock
+        self._headers = parts.headers
 
     def guard(self, request: Request, auth: ScraperAuth | None) -> bytes | None:
         """A refusal body when ``auth`` does not allow this request, else None."""
@@ -391,6 +395,8 @@ class _Instrumented(Resource):
         """Count this request by code and path once it ends."""
         counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
+        for name, value in self._headers:
+            request.setHeader(name, value)
         cast(PushProxRequest, request).when_ended(counted.ended)
         return counted
 
@@ -889,6 +895,7 @@ class PushProxSite(Site):
         reactor: Any = None,
         peer_auth: PeerAuth | None = None,
         push_forwarder: PushForwarder | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.config = config or ProxyConfig()
         self.protocol = PushProxChannel.with_header_limit(self.config.max_header_size)
@@ -905,7 +912,9 @@ class PushProxSite(Site):
             scrapes_in_flight=coordinator.scrapes_in_flight,
             clients_silent=coordinator.silent_client_count,
         )
-        parts = ProxyParts(coordinator, self.config, self.metrics, clock)
+        #: Headers of the proxy's own answers; change the list in place to change them.
+        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
+        parts = ProxyParts(coordinator, self.config, self.metrics, clock, self.headers)
         self.peer_auth = peer_auth
         self._quiet = Waiters()
         self.push_forwarder = push_forwarder

@@ -16,18 +16,23 @@ from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpassw
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
-from pushprox.mtls_endpoint import require_client_certificates
 from pushprox.options import listen_endpoint, naming, read_secret
 from pushprox.program import (
     ProgramOptions,
-    ReloadOnHangup,
+    WebConfigReload,
     add_listener,
     program_service,
+    reload_services,
+    tls_description,
+    tls_settings,
     upstream_names,
+    web_headers,
 )
 from pushprox.proxy import PushProxSite
+from pushprox.reload import Reloader
 from pushprox.tls import certificate_names_fqdn, load_certificates
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
+from pushprox.web_config import WebConfig, load_web_config
 
 
 class Options(ProgramOptions):
@@ -36,7 +41,7 @@ class Options(ProgramOptions):
     program = "pushprox-proxy"
     upstream_flags = upstream_names(
         "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
-        renamed={"web.listen-address": "listen"})
+        "web.config.file", renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
     synopsis = "[options]"
     longdesc = (
@@ -64,9 +69,13 @@ class Options(ProgramOptions):
          "(default: http:// + this host's FQDN + the first tcp: port of --listen)."],
         ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
          "the replicas (required with --redis)."],
+        ["web-config-file", None, None, "Prometheus' web configuration file (exporter-"
+         "toolkit's YAML): tls_server_config makes every tcp: listener a TLS one, "
+         "basic_auth_users guard /metrics, /clients and the status page, "
+         "http_server_config's headers go on their answers. Re-read on SIGHUP."],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
-         "status page then want Authorization."],
+         "status page then want Authorization. Re-read on SIGHUP."],
     ]
 
     def __init__(self) -> None:
@@ -94,18 +103,31 @@ class Options(ProgramOptions):
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:
             raise usage.UsageError("--scrape-default-timeout exceeds --scrape-max-timeout")
-        if self["client-ca"] and not any(e.startswith("ssl:") for e in self["listen"]):
+        try:
+            self["web-config"] = (load_web_config(self["web-config-file"])
+                                  if self["web-config-file"] else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        web_tls = self["web-config"].tls if self["web-config"] else None
+        self["tls-settings"] = tls_settings(self, self["web-config"])
+        if self["client-ca"] and not (web_tls or any(e.startswith("ssl:")
+                                                     for e in self["listen"])):
             raise usage.UsageError("--client-ca needs an ssl: endpoint in --listen")
+        if self["client-ca"] and web_tls and web_tls.client_ca_file:
+            raise usage.UsageError("--client-ca and the web configuration file's "
+                                   "client_ca_file: give the client CA once")
         try:
             self["client-auth"] = ClientAuth(
                 token_file=self["client-tokens"],
                 require_certificate=bool(self["client-ca"]),
                 names_fqdn=certificate_names_fqdn,
             )
+            users = self["web-config"].users if self["web-config"] else None
             self["scraper-auth"] = ScraperAuth(
                 networks=parse_networks(self["scrape-allow-cidr"]),
                 passwords=(PasswordChecker(load_htpasswd(self["scrape-auth"]))
                            if self["scrape-auth"] else None),
+                endpoint_passwords=PasswordChecker(dict(users)) if users else None,
             )
             if self["client-ca"]:
                 load_certificates(self["client-ca"])
@@ -124,6 +146,9 @@ class Options(ProgramOptions):
         if not self["peer-token-file"]:
             raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "
                                    "each other with it")
+        if not self["peer-url"] and self["web-config"] and self["web-config"].tls:
+            raise usage.UsageError("--redis with the web configuration file's TLS needs "
+                                   "--peer-url (https://...): the tcp: listeners serve TLS")
         self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
         self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
         if not self["peer-url"]:
@@ -208,14 +233,25 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listeners.setServiceParent(service)
     if options["redis"]:
         cluster_service.HeartbeatService(cluster).setServiceParent(service)
+    reloader = Reloader()
+    web: WebConfig | None = options["web-config"]
     for endpoint in options["listen"]:
-        description = endpoint
-        if options["client-ca"]:
-            description = require_client_certificates(endpoint, options["client-ca"])
-        add_listener(listeners, "listen", description, site, reactor)
+        description = tls_description(options["tls-settings"], endpoint,
+                                      client_ca=options["client-ca"], web=web)
+        add_listener(listeners, "listen", description, site, reactor, reloader=reloader)
+    if web is not None:
+        site.headers[:] = web_headers(web)
+        reloader.register("--web.config.file", WebConfigReload(
+            options["web-config-file"], web, site.headers, options["scraper-auth"]).reload)
     WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
-        ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
+        reloader.register("--client-tokens", client_auth.reload)
+    if options["scrape-auth"]:
+        scraper_auth: ScraperAuth = options["scraper-auth"]
+        path = options["scrape-auth"]
+        reloader.register("--scrape-auth", lambda: scraper_auth.replace_passwords(
+            PasswordChecker(load_htpasswd(path))))
+    reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
 
 
@@ -236,3 +272,4 @@ class WatchAcceptFailures(Service):
         """Stop watching."""
         super().stopService()
         self._publisher.removeObserver(self._observer)
+

@@ -75,7 +75,8 @@ class ClientRosterTests(SynchronousTestCase):
                          "b.example=10.0.0.3, d.example, removed: b.example=10.0.0.2, c.example")
 
     def test_bad_file_keeps_the_names(self) -> None:
-        """A bad line, a name twice (with --fqdn's too) or a missing file: one log line."""
+        """A bad line, a name twice (with --fqdn's too) or a missing file: a ValueError
+        saying why (logged by pushprox.reload), and nothing changes."""
         for text, reason in (("b.example\nnot a name\n", "line 2: not a name: not a host name"),
                              ("A.EXAMPLE\n", "A.EXAMPLE is given twice"),
                              (None, "cannot read it:")):
@@ -83,10 +84,12 @@ class ClientRosterTests(SynchronousTestCase):
                 self.path.unlink()
             else:
                 self.path.write_text(text)
-            self.roster.reload()
+            with self.assertRaises(ValueError) as raised:
+                self.roster.reload()
+            self.assertTrue(str(raised.exception).startswith(f"{self.path}: {reason}"),
+                            str(raised.exception))
+            self.assertTrue(str(raised.exception).endswith("; the 3 names served stay"))
             self.assertEqual(self.running(), ["a.example", "b.example=10.0.0.2", "c.example"])
-            self.assertIn(f"Targets file {self.path} refused, the 3 names served stay: {reason}",
-                          self.logged()[-1])
         self.assertEqual(len(self.made), 3)
 
     def test_stop_closes_the_shared_connections_after_the_clients(self) -> None:

@@ -292,6 +292,14 @@ class WrongSchemeTests(IntegrationTestCase):
         self.assertIn("Refused a TLS handshake on a plain-HTTP port", proxy.process.log_text())
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` whole, as editors and configuration tools do (a rename): a program
+    that watches it never reads it half-written."""
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 class SeveralNamesTests(IntegrationTestCase):
     """One client, several names (``--fqdn NAME=ADDRESS``), each scraped at its address."""
 
@@ -318,13 +326,15 @@ class SeveralNamesTests(IntegrationTestCase):
         self.assertEqual(unknown.status, 404)
 
     def test_targets_file_is_reloaded_on_sighup(self) -> None:
-        """New names register, removed ones stop polling at once, a bad file changes nothing."""
+        """New names register, removed ones stop polling at once, a bad file changes
+        nothing; a changed file is read again without a signal."""
         exporter = self.processes.exporter("site")
         proxy = self.processes.proxy()
         targets = self.processes.directory("client") / "targets"
-        targets.write_text("# names of the site\none.example=127.0.0.1\n")
+        replace_file(targets, "# names of the site\none.example=127.0.0.1\n")
         args = self.processes.client_args(proxy.url + "/", "fixed.example", [exporter.port],
-                                          ["--targets-file", str(targets)])
+                                          ["--targets-file", str(targets),
+                                           "--tls-reload-interval", "0.5"])
         client = self.processes.start("client", twistd_argv("pushprox-client", args))
         self.wait_registered(proxy, "one.example")
 
@@ -335,7 +345,7 @@ class SeveralNamesTests(IntegrationTestCase):
         def scrape(fqdn: str) -> HTTPResponse:
             return scrape_via_proxy(proxy.port, f"http://{fqdn}:{exporter.port}/metrics")
 
-        targets.write_text("two.example\n")
+        replace_file(targets, "two.example\n")
         client.send_signal(signal.SIGHUP)
         self.wait_registered(proxy, "two.example")
         self.assertEqual(scrape("two.example").status, 200)
@@ -343,12 +353,18 @@ class SeveralNamesTests(IntegrationTestCase):
                  what="one.example's poll withdrawn", watch=[client])
         self.assertEqual(polls_held()["fixed.example"], 1)
 
-        targets.write_text("two.example\nnot a name\n")
+        replace_file(targets, "two.example\nnot a name\n")
         client.send_signal(signal.SIGHUP)
-        wait_for(lambda: "refused, the 2 names served stay: line 2: not a name" in
-                 client.log_text(), timeout=10, what="the refusal logged", watch=[client])
+        wait_for(lambda: f"--targets-file not reloaded, the one in force stays: {targets}: "
+                 "line 2: not a name" in client.log_text(), timeout=10,
+                 what="the refusal logged", watch=[client])
         self.assertEqual(scrape("two.example").status, 200)
         self.assertEqual(polls_held()["two.example"], 1)
+
+        # A changed file is read without a signal too.
+        replace_file(targets, "two.example\nthree.example\n")
+        self.wait_registered(proxy, "three.example")
+        self.assertEqual(scrape("three.example").status, 200)
         self.stop_and_check(client)
 
 

@@ -45,9 +45,9 @@ from pushprox.client import ClientConfig, ClientService
 from pushprox.coordinator import Coordinator, Scrape
 from pushprox.metrics import ClientMetrics
 from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.program import ReloadOnHangup
 from pushprox.proxy import ProxyConfig, PushProxSite
 from pushprox.proxy_tap import Options, makeService
+from pushprox.reload import ReloadOnHangup
 from tests.helpers import HTTPResponse, http_request_bytes
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
