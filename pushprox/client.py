@@ -59,7 +59,7 @@ from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 from pushprox.outbound_proxy import HttpProxy
 from pushprox.proxy_link import ProxyLink
-from pushprox.twisted_hooks import EagerWrites
+from pushprox.twisted_hooks import write_eagerly
 
 USER_AGENT = b"pushprox-client/0.1.0"
 #: A poll still held after this many seconds was accepted: the client is registered
@@ -743,9 +743,9 @@ class _QuietEndpoint:
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
-    the connected protocol's transport is wrapped in ``EagerWrites``: Agent writes a
-    request without a body in one call, which then leaves at once rather than a
-    reactor turn later.
+    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``):
+    Agent writes a request without a body in one call, which then leaves at once rather
+    than a reactor turn later.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint,
@@ -769,15 +769,8 @@ class _QuietEndpoint:
 
             connecting.addCallback(watch)
         if self._eager_writes:
-            connecting.addCallback(_write_eagerly)
+            connecting.addCallback(write_eagerly)
         return connecting
-
-
-def _write_eagerly(protocol: IProtocol) -> IProtocol:
-    transport = getattr(protocol, "transport", None)
-    if transport is not None:
-        protocol.transport = EagerWrites(transport)  # type: ignore[attr-defined]
-    return protocol
 
 
 def make_connections(

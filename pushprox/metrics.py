@@ -45,10 +45,14 @@ SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 def _created_series_wanted() -> bool:
     """Whether prometheus-client writes ``_created`` series in this process.
 
-    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` set this flag;
-    it is read at every collection so that ours follow the library's own metrics.
+    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` decide it, and
+    the library offers no public reading of that choice: a counter of its own, in no
+    registry, is asked at every collection (a few microseconds) so that ours follow the
+    library's own metrics.
     """
-    return bool(getattr(prometheus_client.metrics, "_use_created", True))
+    probe = prometheus_client.Counter("pushprox_probe", "", registry=None)
+    return any(sample.name.endswith("_created")
+               for family in probe.collect() for sample in family.samples)
 
 
 class ReactorCounterSeries:

@@ -139,6 +139,8 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
+    log = Logger()
+
     #: What ``when_ended`` was given, in order; None once called (or while empty).
     _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
 
@@ -163,8 +165,8 @@ class PushProxRequest(StreamingRequest):
                     callback(reason)
                 except Exception:
                     # As a Deferred would: the request's channel must not see it.
-                    self._log.failure("A callback of the end of {uri!r} failed",
-                                      uri=self.uri[:200])
+                    self.log.failure("A callback of the end of {uri!r} failed",
+                                     uri=self.uri[:200])
 
     def finish(self) -> None:
         """Finish the response, then tell whoever asked ``when_ended``."""
@@ -781,24 +783,29 @@ class PushProxChannel(LlhttpChannel):
     site: PushProxSite
     log = Logger()
 
+    #: No byte has arrived yet (the first read is looked at for a TLS handshake).
+    _first_read = True
+
     def connectionMade(self) -> None:
         """Watch the connection with TCP keepalive (a client's link may die silently)."""
         super().connectionMade()
         enable_keepalive(self.transport, self.site.config)
-        self.dataReceived = self._first_bytes  # type: ignore[method-assign]
 
-    def _first_bytes(self, data: bytes) -> None:
-        del self.dataReceived  # the channel's own from now on
-        if data[:1] == TLS_HANDSHAKE_RECORD:
-            # A client speaking TLS to this plain-HTTP port would otherwise wait for a
-            # request line that never comes; a plain answer makes its handshake fail now.
-            self.log.info("Refused a TLS handshake on a plain-HTTP port from {peer}",
-                          peer=str(self.getPeer()))
-            self._answer_and_close(
-                400, b"Bad Request",
-                b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n")
-            return
-        self.dataReceived(data)
+    def dataReceived(self, data: bytes) -> None:
+        """Parse ``data``; the first read of a TLS handshake is answered instead."""
+        if self._first_read:
+            self._first_read = False
+            if data[:1] == TLS_HANDSHAKE_RECORD:
+                # A client speaking TLS to this plain-HTTP port would otherwise wait for
+                # a request line that never comes; a plain answer makes its handshake
+                # fail now.
+                self.log.info("Refused a TLS handshake on a plain-HTTP port from {peer}",
+                              peer=str(self.getPeer()))
+                self._answer_and_close(
+                    400, b"Bad Request",
+                    b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n")
+                return
+        super().dataReceived(data)
 
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""

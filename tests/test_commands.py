@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.exporter import Page, start_exporter
@@ -29,6 +30,8 @@ from tests.harness.rawhttp import (
     scrape_via_proxy,
 )
 from tests.harness.waiting import free_port, port_open, wait_for
+
+pytestmark = pytest.mark.processes
 
 METRICS = b"commands_test_up 1\n"
 

@@ -24,6 +24,8 @@ from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.tinyproxy import TINYPROXY, TinyProxy, start_tinyproxy
 from tests.harness.waiting import wait_for
 
+pytestmark = pytest.mark.processes
+
 FQDN = "node1.example"
 #: tinyproxy takes only word characters in passwords; the URL's percent-encoding of one
 #: ("%33" for "3") shows that it is decoded before Proxy-Authorization is made.

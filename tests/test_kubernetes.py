@@ -20,6 +20,8 @@ import yaml
 
 from tests.harness.processes import SOURCE_ROOT
 
+pytestmark = pytest.mark.processes
+
 MANIFESTS = SOURCE_ROOT / "deploy" / "kubernetes"
 #: The oldest and the newest Kubernetes releases the manifests are checked against.
 VERSIONS = ("1.29.0", kubernetes_validate.latest_version())

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -313,6 +314,7 @@ class _PeerNamesResource(Resource):
         return ",".join(peer_names(request.transport)).encode("ascii")
 
 
+@pytest.mark.processes
 class HTTPSTests(TestCase):
     """Client policies against a twisted.web server using L{server_context_factory}."""
 
@@ -433,6 +435,7 @@ class _Peer(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.processes
 class HandshakeTests(TestCase):
     """Raw TLS handshakes through the policies' connection creators."""
 
