@@ -40,13 +40,17 @@ TLS_WORDS = ("tls", "ssl", "https", "client-ca", "client_ca", "cert", "redis", "
 
 #: Where the programs read options from the environment.
 ENVIRONMENT_PREFIX = "PUSHPROX_"
+#: Other variables that may name TLS: upstream's PROXY_URL (https://...). The HTTP proxy
+#: variables need none: they name proxies reached over plain HTTP, the only kind supported.
+OTHER_VARIABLES = frozenset({"PROXY_URL"})
 
 
 def names_tls(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
-    """Whether a command line or the environment's ``PUSHPROX_*`` variables may ask for TLS."""
+    """Whether a command line or the environment (``PUSHPROX_*``, ``PROXY_URL``) may ask
+    for TLS."""
     words = [*argv]
     for name, value in environ.items():
-        if name.startswith(ENVIRONMENT_PREFIX):
+        if name.startswith(ENVIRONMENT_PREFIX) or name in OTHER_VARIABLES:
             words += [name, value]
     return any(tls_word in word.lower() for word in words for tls_word in TLS_WORDS)
 

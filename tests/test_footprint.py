@@ -62,6 +62,8 @@ class NamesTLSTests(SynchronousTestCase):
             self.assertTrue(names_tls(argv, {}), argv)
         self.assertTrue(names_tls([], {"PUSHPROX_TLS_CERT": "client.pem"}))
         self.assertTrue(names_tls([], {"PUSHPROX_PROXY_URL": "https://proxy/"}))
+        # Upstream's variable, as the container images are given it.
+        self.assertTrue(names_tls([], {"PROXY_URL": "https://proxy:8443/"}))
         self.assertTrue(names_tls([], {"PUSHPROX_WEB_CONFIG": "web.yml"}))
 
     def test_import_fails_only_inside_the_block(self) -> None:
