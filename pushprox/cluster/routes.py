@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.redis import RedisClient, redis_endpoint
 from pushprox.coordinator import ClientInfo
 
 CLIENTS = "pushprox:clients"
@@ -134,6 +135,8 @@ class RedisAddress:
     db: int
     password: str | None
     tls: bool
+    #: CA certificates (PEM) that the server's certificate must chain to, with TLS.
+    ca_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str, password: str | None = None) -> RedisAddress:
@@ -153,20 +156,13 @@ class RedisAddress:
                    password=password or url_password, tls=parts.scheme == "rediss")
 
 
-def connect(address: RedisAddress, timeout: float) -> Any:
-    """A lazily connecting, reconnecting Redis connection pool."""
-    import txredisapi
-
-    context: Any = False
-    if address.tls:
-        from twisted.internet.ssl import CertificateOptions, platformTrust
-
-        context = CertificateOptions(trustRoot=platformTrust())
-    return txredisapi.lazyConnectionPool(
-        host=address.host, port=address.port, dbid=address.db, poolsize=2,
-        reconnect=True, password=address.password, ssl_context_factory=context,
-        connectTimeout=timeout, replyTimeout=timeout,
-    )
+def connect(reactor: Any, address: RedisAddress, timeout: float) -> RedisClient:
+    """A connection to Redis that is made at once, and again whenever it is lost."""
+    endpoint = redis_endpoint(reactor, address.host, address.port, tls=address.tls,
+                              ca_file=address.ca_file, timeout=max(timeout, 1.0))
+    client = RedisClient(reactor, endpoint, db=address.db, password=address.password)
+    client.start()
+    return client
 
 
 def _newest_per_url(records: dict[str, tuple[str, float]]) -> dict[str, str]:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from pushprox.cluster.coordinator import ClusterCoordinator
 from pushprox.cluster.forwarding import Peers
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.redis import RedisClient
 from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
 from pushprox.config import ProxyConfig
 from pushprox.coordinator import Coordinator
@@ -41,7 +42,7 @@ class Cluster:
     local: Coordinator
     routes: RouteTable
     peers: Peers
-    redis: Any
+    redis: RedisClient
 
 
 def default_peer_url(listen: list[str]) -> str | None:
@@ -61,7 +62,7 @@ def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url
     address = RedisAddress.from_url(redis_url, redis_password)
     cluster_metrics = ClusterMetrics(metrics.registry)
     replica_id = secrets.token_hex(4)
-    redis = connect(address, timeout=0.5)
+    redis = connect(reactor, address, timeout=0.5)
     routes = RouteTable(redis, replica_id=replica_id, peer_url=peer_url, clock=reactor,
                         registration_timeout=config.registration_timeout,
                         metrics=cluster_metrics)
@@ -166,7 +167,5 @@ class DrainingListeners(MultiService):
         cluster.local.shutdown()
         await deferLater(self._clock, 0.2, lambda: None)
         await cluster.peers.close()
-        disconnect = getattr(cluster.redis, "disconnect", None)
-        if disconnect is not None:
-            with contextlib.suppress(Exception):
-                await disconnect()
+        with contextlib.suppress(Exception):
+            await cluster.redis.disconnect()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.processes import Process, twistd_argv
+from tests.harness.processes import Process, ProcessGroup, twistd_argv
 from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.waiting import free_port, port_open, wait_for
@@ -123,7 +123,7 @@ class Cluster:
         return raw_http(via or self.balancer_port, request, timeout=timeout + 5)
 
 
-def start_redis(stack: Stack) -> tuple[Process, int]:
+def start_redis(stack: ProcessGroup) -> tuple[Process, int]:
     """redis-server on a free port, nothing saved to disk."""
     port = free_port()
     directory = stack.directory("redis")
