@@ -6,7 +6,9 @@ Where each scrape goes in a cluster: here, or to the replica that holds the clie
 ``Coordinator``, which keeps this replica's polls, scrapes and timeouts as it always
 did.  A scrape is served here when a poll of its FQDN is held here, when it was
 forwarded by a peer already (one hop at most), or when Redis names no other live
-replica; otherwise it is forwarded.  Every poll is noted in the routing table.
+replica; otherwise it is forwarded.  Every poll is noted in the routing table.  While
+Redis does not answer, a scrape follows the route Redis gave last for its client, or asks
+again until its timeout leaves no room: a Redis paused for a moment fails no scrape.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from pushprox.coordinator import (
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
 RETRY = 0.05
+#: How long to wait before asking Redis again when it did not answer, for a client whose
+#: route this replica has not seen before.
+REDIS_RETRY = 0.1
 #: How often a scrape queued here checks whether its client went to another replica.
 RECALL_AFTER = 0.25
 
@@ -112,10 +117,19 @@ class ClusterCoordinator:
                 route = await self._routes.route(fqdn)
             except RedisUnavailable:
                 if self.local.knows(fqdn):
+                    left = deadline - self._clock.seconds()
                     return await self.local.scrape(fqdn, method, url, headers, left)
-                raise RoutingUnavailable(
-                    f"{fqdn} does not poll this replica, and Redis, which knows where it "
-                    "polls, cannot be reached") from None
+                last = self._routes.last_route(fqdn)
+                if last is not None and last.peer not in self._unreachable():
+                    route = last
+                elif self._clock.seconds() + REDIS_RETRY + self._routes.timeout < deadline:
+                    # Redis paused (a snapshot, a failover): ask again while time is left.
+                    await deferLater(self._clock, REDIS_RETRY, lambda: None)
+                    continue
+                else:
+                    raise RoutingUnavailable(
+                        f"{fqdn} does not poll this replica, and Redis, which knows where "
+                        "it polls, cannot be reached") from None
             peer = route.peer if route.peer not in self._unreachable() else None
             if peer is not None and peer != self._routes.peer_url:
                 left = deadline - self._clock.seconds()

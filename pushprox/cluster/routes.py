@@ -15,7 +15,8 @@ runs one small script, which writes only when the client's route or labels chang
 its entry is older than a third of the registration timeout: a client's next poll may
 come through another connection, to another replica, so a replica cannot tell on its
 own that its route is still current.  Every Redis call has a timeout; when Redis cannot
-be reached the table says so (``up``), and callers route locally until it is back.
+be reached the table says so (``up``), and callers route locally, or along the route
+Redis gave last for a client (``last_route``), until it is back.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ class RouteTable:
         self.replica_id, self.peer_url = replica_id, peer_url
         self._ttl = registration_timeout
         self.heartbeat_interval = heartbeat_interval
-        self._timeout = timeout
+        #: How long a Redis call may take before it counts as failed.
+        self.timeout = timeout
         # Times in Redis are shared by replicas on other machines: wall clock, not the
         # reactor's (which may be monotonic, or a test's Clock).
         self._now = wall_clock or time.time
@@ -216,6 +218,8 @@ class RouteTable:
         self._polled: dict[str, float] = {}
         #: Live replicas: id → peer URL, as of the last heartbeat.
         self.replicas: dict[str, str] = {}
+        #: The last route Redis gave for each client looked up: fqdn → (replica id, when).
+        self._looked_up: dict[str, tuple[str, float]] = {}
         self.up = True
         self._beaten = False
         self._started = self._now()
@@ -231,7 +235,7 @@ class RouteTable:
         started = self._clock.seconds()
         try:
             deferred = call()
-            deferred.addTimeout(self._timeout, self._clock)
+            deferred.addTimeout(self.timeout, self._clock)
             result = await deferred
         except Exception as error:
             self._metrics.redis_errors.inc()
@@ -295,9 +299,23 @@ class RouteTable:
         """Where ``fqdn`` polls, as the cluster knows it."""
         replica, seen = await self._call("route", lambda: self._redis.eval(
             _ROUTE, [ROUTES, CLIENTS], [fqdn]))
-        known = bool(seen) and float(seen) >= self._now() - self._ttl
+        now = self._now()
+        known = bool(seen) and float(seen) >= now - self._ttl
+        if replica and known:
+            self._looked_up[fqdn] = (str(replica), now)
         peer = self.replicas.get(str(replica)) if replica else None
         return Route(peer=peer, known=known)
+
+    def last_route(self, fqdn: str) -> Route | None:
+        """
+        The route Redis gave last for ``fqdn`` (within the registration timeout), to use
+        while Redis does not answer; ``None`` if there is none or its replica is gone.
+        """
+        found = self._looked_up.get(fqdn)
+        if found is None or found[1] < self._now() - self._ttl:
+            return None
+        peer = self.replicas.get(found[0])
+        return None if peer is None else Route(peer=peer, known=True)
 
     async def clients(self) -> list[ClientInfo]:
         """Every client of the cluster, sorted by FQDN."""
@@ -342,6 +360,8 @@ class RouteTable:
         cutoff = now - self._ttl
         for fqdn in [name for name, when in self._polled.items() if when < cutoff]:
             del self._written[fqdn], self._polled[fqdn]
+        for fqdn in [name for name, (_, when) in self._looked_up.items() if when < cutoff]:
+            del self._looked_up[fqdn]
 
     async def withdraw(self) -> int:
         """Drop this replica and the routes that name it; returns how many routes went."""

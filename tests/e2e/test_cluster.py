@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import Cluster, missing, start_cluster
+from tests.harness.cluster import Cluster, ScrapeLoad, missing, start_cluster
 from tests.harness.prometheus import proxied_job
 from tests.harness.rawhttp import RawConnection, http_request_bytes, prometheus_headers
 from tests.harness.stack import Stack
@@ -241,3 +241,36 @@ def test_nothing_is_left_in_redis(stack: Stack) -> None:
     for replica in cluster.replicas:
         replica.process.stop()
     wait_for(lambda: cluster.keys() == [], timeout=30, what="no key left in Redis")
+
+
+def test_redis_paused_or_slow_costs_no_scrape_under_load(stack: Stack) -> None:
+    """
+    Eight kept-alive scrapers over every client through the balancer while Redis is
+    paused for 2 s (SIGSTOP, SIGCONT), then while its every reply is 300 ms late for
+    10 s: no scrape fails, and every replica keeps its one connection to Redis.
+    """
+    node = stack.node_exporter()
+    cluster = start_cluster(stack, relay=True)
+    start_clients(stack, cluster, node.port)
+    wait_for(lambda: all(replica.metric("pushprox_cluster_replicas") == len(cluster.replicas)
+                         for replica in cluster.replicas),
+             timeout=30, what="every replica seeing the others")
+    assert cluster.redis_connections() == len(cluster.replicas)
+    assert cluster.relay is not None
+    with ScrapeLoad(cluster.balancer_port, FQDNS, node.port) as load:
+        time.sleep(2)
+        cluster.redis.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(2)
+        finally:
+            cluster.redis.send_signal(signal.SIGCONT)
+        time.sleep(3)
+        cluster.relay.command("delay down 0.3")
+        time.sleep(10)
+        cluster.relay.command("pass down")
+        time.sleep(2)
+    assert load.failed() == []
+    assert len(load.scrapes) > 100, len(load.scrapes)
+    assert cluster.redis_connections() == len(cluster.replicas)
+    for replica in cluster.replicas:
+        assert replica.metric("pushprox_cluster_redis_up") == 1

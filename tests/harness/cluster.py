@@ -8,12 +8,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.faultrelay import FaultRelay
 from tests.harness.processes import Process, ProcessGroup, twistd_argv
-from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
+from tests.harness.rawhttp import (
+    HTTPResponse,
+    RawConnection,
+    http_request_bytes,
+    prometheus_headers,
+    raw_http,
+)
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.waiting import free_port, port_open, wait_for
 
@@ -64,11 +73,14 @@ class Cluster:
     replicas: list[Proxy] = field(default_factory=list)
     balancer: Process | None = None
     balancer_port: int = 0
+    #: A fault-injecting relay between the replicas and Redis, when asked for.
+    relay: FaultRelay | None = None
 
     @property
     def redis_url(self) -> str:
-        """Where the replicas find Redis."""
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        """Where the replicas find Redis (through the relay, if there is one)."""
+        port = self.relay.port if self.relay is not None else self.redis_port
+        return f"redis://127.0.0.1:{port}/0"
 
     @property
     def url(self) -> str:
@@ -80,6 +92,11 @@ class Cluster:
         done = subprocess.run([str(REDIS_CLI), "-p", str(self.redis_port), *args],
                               capture_output=True, text=True, timeout=10, check=True)
         return done.stdout
+
+    def redis_connections(self) -> int:
+        """Connections Redis has from others than redis-cli (the replicas')."""
+        listed = self.redis_cli("CLIENT", "LIST").splitlines()
+        return sum(1 for line in listed if "cmd=client" not in line)
 
     def keys(self) -> list[str]:
         """The keys in Redis."""
@@ -135,14 +152,101 @@ def start_redis(stack: ProcessGroup) -> tuple[Process, int]:
     return process, port
 
 
-def start_cluster(stack: Stack, replicas: int = 3, extra: Sequence[str] = ()) -> Cluster:
-    """Redis, ``replicas`` replicas and nginx in front of them."""
+def start_cluster(stack: Stack, replicas: int = 3, extra: Sequence[str] = (), *,
+                  relay: bool = False) -> Cluster:
+    """Redis, ``replicas`` replicas and nginx in front of them; a relay to Redis if asked."""
     redis, redis_port = start_redis(stack)
     token_file = stack.directory("secrets") / "peer-token"
     token_file.write_text(PEER_TOKEN + "\n")
     os.chmod(token_file, 0o600)
-    cluster = Cluster(stack, redis, redis_port, token_file)
+    cluster = Cluster(stack, redis, redis_port, token_file,
+                      relay=FaultRelay(redis_port, stack) if relay else None)
     for index in range(replicas):
         cluster.replicas.append(cluster.replica(index + 1, extra))
     cluster.start_balancer()
     return cluster
+
+
+@dataclass(frozen=True)
+class Scraped:
+    """One scrape of a load run: when it started, how long it took, how it ended."""
+
+    started: float
+    seconds: float
+    fqdn: str
+    status: int
+    text: str
+
+
+class ScrapeLoad:
+    """
+    Scrapers as Prometheus runs them, through the balancer: each on its own kept-alive
+    connection (a new one when the proxy closes it), each scraping every client in turn.
+    Use it as a context manager; every scrape is recorded.
+    """
+
+    def __init__(self, port: int, fqdns: Sequence[str], target_port: int, *,
+                 connections: int = 8, timeout: float = 4.0) -> None:
+        self._port, self._fqdns, self._target_port = port, list(fqdns), target_port
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        #: Every scrape so far, in the order they ended.
+        self.scrapes: list[Scraped] = []
+        self._threads = [threading.Thread(target=self._run, args=(index,), daemon=True)
+                         for index in range(connections)]
+
+    def __enter__(self) -> ScrapeLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._timeout + 10)
+
+    def _run(self, index: int) -> None:
+        connection: RawConnection | None = None
+        turn = index
+        while not self._stop.is_set():
+            fqdn = self._fqdns[turn % len(self._fqdns)]
+            turn += 1
+            request = http_request_bytes(
+                "GET", f"http://{fqdn}:{self._target_port}/metrics",
+                prometheus_headers(self._timeout))
+            started = time.monotonic()
+            try:
+                if connection is None:
+                    connection = RawConnection(self._port, timeout=self._timeout + 5)
+                connection.send(request)
+                response = connection.read_response(timeout=self._timeout + 5)
+                status, text = response.status, response.text[:200]
+                if (response.header(b"connection") or b"").lower() == b"close":
+                    connection.close()
+                    connection = None
+            except (OSError, AssertionError) as error:
+                status, text = 0, str(error)[:200]
+                if connection is not None:
+                    connection.close()
+                connection = None
+            with self._lock:
+                self.scrapes.append(Scraped(started, time.monotonic() - started, fqdn,
+                                            status, text))
+        if connection is not None:
+            connection.close()
+
+    def since(self, moment: float) -> list[Scraped]:
+        """The scrapes started at or after ``moment`` (``time.monotonic()``)."""
+        with self._lock:
+            return [scrape for scrape in self.scrapes if scrape.started >= moment]
+
+    def failed(self) -> list[Scraped]:
+        """The scrapes that did not end with a 200."""
+        with self._lock:
+            return [scrape for scrape in self.scrapes if scrape.status != 200]
+
+    def slowest(self) -> float:
+        """The longest scrape so far, in seconds."""
+        with self._lock:
+            return max((scrape.seconds for scrape in self.scrapes), default=0.0)
