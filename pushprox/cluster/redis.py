@@ -146,6 +146,8 @@ class RedisProtocol(Protocol):
         self._pending: deque[tuple[Deferred[Reply], float]] = deque()
         self._last_read = 0.0
         self.lost: Deferred[None] = Deferred()
+        #: Called with each message of a channel this connection subscribed to.
+        self.on_message: Callable[[str, str], None] | None = None
 
     def connectionMade(self) -> None:
         """Keep the connection alive through idle network equipment."""
@@ -182,6 +184,10 @@ class RedisProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         for reply in replies:
+            if (self.on_message is not None and isinstance(reply, list) and len(reply) == 3
+                    and reply[0] == "message"):
+                self.on_message(str(reply[1]), str(reply[2]))
+                continue
             if not self._pending:
                 # A reply to nothing: the stream is out of step; start over.
                 assert self.transport is not None
@@ -265,6 +271,8 @@ class RedisClient:
         #: Calls waiting for a connection: (Deferred handed out, its command).
         self._waiting: list[tuple[Deferred[Reply], Sequence[object]]] = []
         self._scripts: dict[str, str] = {}
+        #: Channels subscribed to, each with what takes its messages.
+        self._channels: dict[str, Callable[[str], None]] = {}
         #: Connections made so far (the first one included).
         self.connections = 0
         # The handshake runs once connected, not as ClientService's prepareConnection:
@@ -302,6 +310,10 @@ class RedisClient:
             return
         if protocol.lost.called:
             return
+        if self._channels:
+            protocol.on_message = self._message
+            for channel in self._channels:
+                protocol.call(["SUBSCRIBE", channel]).addErrback(lambda _: None)
         self._protocol = protocol
         self.connections += 1
         protocol.lost.addCallback(lambda _: self._forget(protocol))
@@ -309,6 +321,28 @@ class RedisClient:
         for answer, command in waiting:
             if not answer.called:
                 protocol.call(command).chainDeferred(answer)
+
+    def subscribe(self, channel: str, receive: Callable[[str], None]) -> None:
+        """
+        Give each message of ``channel`` to ``receive``, on this connection and on every
+        one made after it; only ``PING`` may be called on it then (which the stall
+        check needs now and then).  Messages published while no connection is up are
+        lost: whoever relies on them needs another way to catch up.
+        """
+        self._channels[channel] = receive
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.on_message = self._message
+            protocol.call(["SUBSCRIBE", channel]).addErrback(lambda _: None)
+
+    def _message(self, channel: str, data: str) -> None:
+        receive = self._channels.get(channel)
+        if receive is None:
+            return
+        try:
+            receive(data)
+        except Exception:
+            self.log.failure("A message of {channel} could not be taken", channel=channel)
 
     def _handshake(self) -> list[Sequence[object]]:
         commands: list[Sequence[object]] = []

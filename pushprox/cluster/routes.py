@@ -7,7 +7,9 @@ Keys (every one expires by itself once nothing refreshes it):
 - ``pushprox:clients``: sorted set, FQDN → time of its last poll seen by any replica;
 - ``pushprox:routes``: hash, FQDN → id of the replica that saw that poll;
 - ``pushprox:labels``: hash, FQDN → its labels as JSON;
-- ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``.
+- ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``;
+- ``pushprox:moves``: a channel, "REPLICA FQDN" each time a client's poll lands on
+  another replica than its last one (scrapes queued for its poll elsewhere follow it).
 
 The three client keys expire after the registration timeout and are refreshed by every
 write; entries of clients silent for longer are pruned by the heartbeat.  Every poll
@@ -39,21 +41,27 @@ CLIENTS = "pushprox:clients"
 ROUTES = "pushprox:routes"
 LABELS = "pushprox:labels"
 REPLICAS = "pushprox:replicas"
+#: Channel announcing "REPLICA FQDN" when a client's poll lands on another replica.
+MOVES = "pushprox:moves"
 
-# Record polls: KEYS clients, routes, labels; ARGV replica, now, ttl, refresh, then
-# fqdn, labels for each poll.  Writes a client only when its route or labels changed or
-# its entry is older than ``refresh`` seconds; returns how many it wrote.
+# Record polls: KEYS clients, routes, labels, the moves channel; ARGV replica, now, ttl,
+# refresh, then fqdn, labels for each poll.  Writes a client only when its route or
+# labels changed or its entry is older than ``refresh`` seconds; returns how many it
+# wrote.  A client that moved from another replica is announced on the moves channel.
 _NOTE_POLLS = """
 local written = 0
 for i = 5, #ARGV, 2 do
   local fqdn, labels = ARGV[i], ARGV[i + 1]
   local seen = redis.call('ZSCORE', KEYS[1], fqdn)
+  local owner = redis.call('HGET', KEYS[2], fqdn)
   if not (seen and tonumber(seen) > tonumber(ARGV[2]) - tonumber(ARGV[4])
-          and redis.call('HGET', KEYS[2], fqdn) == ARGV[1]
-          and redis.call('HGET', KEYS[3], fqdn) == labels) then
+          and owner == ARGV[1] and redis.call('HGET', KEYS[3], fqdn) == labels) then
     redis.call('ZADD', KEYS[1], ARGV[2], fqdn)
     redis.call('HSET', KEYS[2], fqdn, ARGV[1])
     redis.call('HSET', KEYS[3], fqdn, labels)
+    if owner and owner ~= ARGV[1] then
+      redis.call('PUBLISH', KEYS[4], ARGV[1] .. ' ' .. fqdn)
+    end
     written = written + 1
   end
 end
@@ -197,6 +205,7 @@ class RouteTable:
         heartbeat_interval: float = 2.0,
         timeout: float = 0.5,
         wall_clock: Callable[[], float] | None = None,
+        subscriber: RedisClient | None = None,
     ) -> None:
         import time
 
@@ -226,6 +235,11 @@ class RouteTable:
         #: Called when what this replica wrote may be gone (Redis back, or restarted
         #: empty): the clients polling here now should be written again at once.
         self.on_lost: Callable[[], None] | None = None
+        #: Called with (FQDN, peer URL) when a client's poll lands on another replica.
+        self.on_moved: Callable[[str, str], None] | None = None
+        self._subscriber = subscriber
+        if subscriber is not None:
+            subscriber.subscribe(MOVES, self._moved)
         metrics.watch_routes(lambda: len(self._written))
         metrics.watch_replicas(lambda: len(self.replicas))
 
@@ -286,7 +300,7 @@ class RouteTable:
         for fqdn, labels in polls.items():
             arguments += [fqdn, labels]
         done = Deferred.fromCoroutine(self._call("note polls", lambda: self._redis.eval(
-            _NOTE_POLLS, [CLIENTS, ROUTES, LABELS], arguments)))
+            _NOTE_POLLS, [CLIENTS, ROUTES, LABELS, MOVES], arguments)))
         # The next poll of each tries again; the failure is counted and logged already.
         done.addErrback(lambda failure: None)
 
@@ -305,6 +319,16 @@ class RouteTable:
             self._looked_up[fqdn] = (str(replica), now)
         peer = self.replicas.get(str(replica)) if replica else None
         return Route(peer=peer, known=known)
+
+    def _moved(self, message: str) -> None:
+        """A client's poll landed on another replica: remember it, and say so."""
+        replica, _, fqdn = message.partition(" ")
+        if not fqdn:
+            return
+        self._looked_up[fqdn] = (replica, self._now())
+        peer = self.replicas.get(replica)
+        if peer is not None and replica != self.replica_id and self.on_moved is not None:
+            self.on_moved(fqdn, peer)
 
     def last_route(self, fqdn: str) -> Route | None:
         """
@@ -348,6 +372,11 @@ class RouteTable:
             self.log.warn("Redis no longer knew this replica: its routes are written again")
             self._lost()
         self._beaten = True
+        if self._subscriber is not None:
+            # Lets the subscription's connection tell when it stalls; a failure is its own.
+            ping = self._subscriber.call("PING")
+            ping.addTimeout(self.timeout, self._clock)
+            ping.addErrback(lambda _: None)
         records: dict[str, tuple[str, float]] = {}
         for index in range(0, len(raw), 2):
             try:

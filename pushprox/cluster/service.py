@@ -43,6 +43,7 @@ class Cluster:
     routes: RouteTable
     peers: Peers
     redis: RedisClient
+    subscriber: RedisClient
 
 
 def default_peer_url(listen: list[str]) -> str | None:
@@ -63,14 +64,16 @@ def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url
     cluster_metrics = ClusterMetrics(metrics.registry)
     replica_id = secrets.token_hex(4)
     redis = connect(reactor, address, timeout=0.5)
+    # A second connection, subscribed to the announcements of clients that moved.
+    subscriber = connect(reactor, address, timeout=0.5)
     routes = RouteTable(redis, replica_id=replica_id, peer_url=peer_url, clock=reactor,
                         registration_timeout=config.registration_timeout,
-                        metrics=cluster_metrics)
+                        metrics=cluster_metrics, subscriber=subscriber)
     peers = Peers(reactor, routes, peer_token, cluster_metrics)
     local = Coordinator(reactor, config, id_prefix=replica_id + ".")
     coordinator = ClusterCoordinator(local, routes, peers, reactor)
     return Cluster(coordinator=coordinator, local=local, routes=routes, peers=peers,
-                   redis=redis)
+                   redis=redis, subscriber=subscriber)
 
 
 class HeartbeatService(Service):
@@ -167,5 +170,6 @@ class DrainingListeners(MultiService):
         cluster.local.shutdown()
         await deferLater(self._clock, 0.2, lambda: None)
         await cluster.peers.close()
-        with contextlib.suppress(Exception):
-            await cluster.redis.disconnect()
+        for connection in (cluster.subscriber, cluster.redis):
+            with contextlib.suppress(Exception):
+                await connection.disconnect()

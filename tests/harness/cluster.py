@@ -6,6 +6,7 @@ A cluster of proxy replicas for the tests: a real redis-server, replicas as real
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -30,6 +31,10 @@ REDIS_SERVER = Path("/usr/bin/redis-server")
 REDIS_CLI = Path("/usr/bin/redis-cli")
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 PEER_TOKEN = "peer-token-for-the-tests-0123456789"
+DATA = Path(__file__).resolve().parent.parent / "data"
+#: The FQDN and scrape id in the recorded traffic of the upstream Go client.
+GO_FQDN = "localhost"
+GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
 
 
 def missing() -> list[str]:
@@ -250,3 +255,65 @@ class ScrapeLoad:
         """The longest scrape so far, in seconds."""
         with self._lock:
             return max((scrape.seconds for scrape in self.scrapes), default=0.0)
+
+
+def _recorded(name: str, host: bytes, scrape_id: bytes | None = None) -> bytes:
+    """A recorded request of the upstream Go client, sent to ``host`` for ``scrape_id``."""
+    head, _, body = (DATA / name).read_bytes().partition(b"\r\n\r\n")
+    if scrape_id is not None:
+        body = body.replace(GO_ID, scrape_id)
+    head = re.sub(rb"(?m)^Host: [^\r]*", b"Host: " + host, head)
+    head = re.sub(rb"(?m)^Content-Length: \d+", b"Content-Length: %d" % len(body), head)
+    return head + b"\r\n\r\n" + body
+
+
+class MovingClient:
+    """
+    The upstream Go client's recorded traffic (FQDN ``localhost``), each poll and each
+    push on a new connection through the balancer: its poll lands on another replica
+    after almost every scrape.  Runs in a thread while used as a context manager; every
+    push that is not answered 200 is recorded.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._host = b"127.0.0.1:%d" % port
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        #: Pushes answered, and the answers that were not 200 (or errors).
+        self.pushed = 0
+        self.failures: list[str] = []
+
+    def __enter__(self) -> MovingClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(40)
+
+    def _run(self) -> None:
+        poll = _recorded("go-client-poll-request.bin", self._host)
+        while not self._stop.is_set():
+            try:
+                with RawConnection(self._port, timeout=35) as connection:
+                    connection.send(poll)
+                    answer = connection.read_response(timeout=30)
+            except (OSError, AssertionError):
+                continue
+            match = re.search(rb"(?m)^Id: ([0-9a-f.-]+)\r$", answer.body)
+            if answer.status != 200 or match is None:
+                # A replica that has just started or is leaving: poll again, as Go does.
+                time.sleep(0.1)
+                continue
+            push = _recorded("go-client-push-request.bin", self._host, match.group(1))
+            try:
+                with RawConnection(self._port, timeout=15) as connection:
+                    connection.send(push)
+                    pushed = connection.read_response(timeout=10)
+            except (OSError, AssertionError) as error:
+                self.failures.append(f"push: {error}")
+                continue
+            self.pushed += 1
+            if pushed.status != 200:
+                self.failures.append(f"push: {pushed.status} {pushed.text[:200]}")
