@@ -28,6 +28,8 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import INF, floatToGoString
 from twisted.web.resource import Resource
 
+from pushprox.version import build_labels
+
 if TYPE_CHECKING:
     # The web server is imported only where a site is built: a client without
     # --metrics-listen does not pay for it.
@@ -203,11 +205,22 @@ class ReactorHistogram(_ReactorMetric[ReactorHistogramSeries, HistogramMetricFam
                 series.created))
 
 
+def build_info(registry: CollectorRegistry) -> Gauge:
+    """``pushprox_build_info``: 1, with the version running as labels (as Go exporters do)."""
+    labels = build_labels()
+    gauge = Gauge("pushprox_build_info",
+                  "A metric with a constant '1' value labeled by the version of pushprox, "
+                  "Python and Twisted that runs.", list(labels), registry=registry)
+    gauge.labels(**labels).set(1)
+    return gauge
+
+
 class ProxyMetrics:
     """The proxy's metrics."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.build_info = build_info(r)
         # Counted for every request or every scrape: the cheap kind (see the module
         # docstring); the rest is counted rarely and stays prometheus-client's.
         self.http_requests = ReactorCounter(
@@ -332,6 +345,7 @@ class ClientMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.build_info = build_info(r)
         # Counted from the reactor thread only, and per scrape: the cheap kind.
         counters = {key: ReactorCounter(f"pushprox_client_{key}_total", text, registry=r)
                     for key, text in _CLIENT_COUNTERS.items()}

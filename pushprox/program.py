@@ -23,6 +23,7 @@ from twisted.python.components import Componentized
 from pushprox.environment import apply_environment, flags_on_command_line
 from pushprox.logs import log_format, log_level, log_observer, twistd_log_file
 from pushprox.options import OptionValueError, naming
+from pushprox.version import version_line
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -96,6 +97,12 @@ class ProgramOptions(usage.Options):
             self._refuse(str(error))
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
+
+    def opt_version(self) -> None:
+        """Print pushprox's version (and Python's and Twisted's) and exit."""
+        sys.stdout.write(version_line(self.program) + "\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
 
     def twistd_options(self) -> Mapping[str, Any] | None:
         """twistd's own options when twistd runs this program, else None."""

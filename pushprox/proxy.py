@@ -46,6 +46,7 @@ from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.tls import peer_names
 from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
+from pushprox.version import package_version
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
@@ -659,7 +660,7 @@ class StatusPageResource(_Guarded):
     def __init__(self, parts: ProxyParts, auth: ScraperAuth | None, started: float) -> None:
         super().__init__(parts, auth)
         self._started = started
-        self._version = status.package_version()
+        self._version = package_version()
 
     def answer(self, request: Request) -> int:
         """Ask the coordinator for its clients (a shared one may take a moment)."""

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pushprox.coordinator import ClientStatus, ICoordinator, ScrapeRecord
@@ -33,14 +32,6 @@ CONTENT_SECURITY_POLICY = (
     b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
     b"frame-ancestors 'none'"
 )
-
-
-def package_version() -> str:
-    """The installed pushprox version, or ``unknown`` when running from a bare checkout."""
-    try:
-        return version("pushprox")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,25 @@ another base instead. Without them the tests skip, and fail under
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.e2e import skip_or_fail
+from tests.harness import cluster
 from tests.harness.containers import Container, Podman, missing_tools
+from tests.harness.packaging import code_lines, wheel, wheel_record
 from tests.harness.prometheus import proxied_job
-from tests.harness.rawhttp import http_get
+from tests.harness.rawhttp import (
+    HTTPResponse,
+    http_get,
+    http_request_bytes,
+    prometheus_headers,
+    raw_http,
+)
 from tests.harness.stack import STARTUP_TIMEOUT, Stack
 from tests.harness.waiting import free_port, wait_for
 
@@ -140,3 +150,83 @@ def test_prometheus_scrapes_node_exporter_through_both_containers(
         assert status == 0, (container.name, status, container.process.log_tail())
     assert "Received SIGTERM" in proxy.process.log_text()
 
+
+
+def test_the_images_hold_the_wheel_the_tests_ran_against(images: Images) -> None:
+    """pushprox in each image is the tested wheel, file for file (RECORD hashes)."""
+    expected = code_lines(wheel_record(wheel()))
+    assert any(line.startswith("pushprox/cluster/") for line in expected), expected
+    for image in (PROXY_IMAGE, CLIENT_IMAGE):
+        record = images.podman.run(
+            "run", "--rm", "--network", "none", "--entrypoint", "/opt/pushprox/bin/python",
+            image, "-c",
+            "import importlib.metadata as m; print(m.distribution('pushprox')"
+            ".read_text('RECORD'), end='')").stdout
+        assert code_lines(record) == expected, image
+
+
+def proxied_scrape(port: int, url: str) -> HTTPResponse:
+    """Prometheus' scrape of ``url`` through the proxy on ``port``."""
+    request = http_request_bytes("GET", url, prometheus_headers(10, gzip=False))
+    return raw_http(port, request, timeout=15)
+
+
+def test_cluster_mode_in_containers_answers_through_the_replica_without_the_poll(
+    stack: Stack, images: Images, containers: list[Container], tmp_path: Path
+) -> None:
+    """
+    A real redis-server, two replicas from the proxy image and a client from the client
+    image polling the first: a scrape through the second is forwarded and answered.
+    """
+    missing = cluster.missing()
+    if missing:
+        skip_or_fail("cluster mode in containers needs " + ", ".join(missing))
+    podman = images.podman
+    _redis, redis_port = cluster.start_redis(stack)
+    token = tmp_path / "peer-token"
+    token.write_text(cluster.PEER_TOKEN + "\n")
+    token.chmod(0o644)  # the images run as nobody
+    node = stack.node_exporter()
+    ports = [free_port(), free_port()]
+    replicas = []
+    for index, port in enumerate(ports):
+        replica = podman.container(
+            stack, f"replica{index}-container", PROXY_IMAGE,
+            ["--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--redis", f"redis://127.0.0.1:{redis_port}/0",
+             "--peer-token-file", "/run/pushprox/peer-token",
+             "--peer-url", f"http://127.0.0.1:{port}"],
+            env={"PUSHPROX_HEALTHCHECK_URL": f"http://127.0.0.1:{port}/-/healthy"},
+            files={token: "/run/pushprox/peer-token"})
+        containers.append(replica)
+        replicas.append(replica)
+    for port, replica in zip(ports, replicas, strict=True):
+        def ready(port: int = port) -> bool:
+            return http_get(f"http://127.0.0.1:{port}/-/ready").status == 200
+
+        wait_for(ready, timeout=STARTUP_TIMEOUT, what=f"replica on {port} ready",
+                 watch=[replica.process])
+
+    holder, other = ports
+    client = podman.container(stack, "cluster-client-container", CLIENT_IMAGE, env={
+        "FQDN": "node1.example",
+        "PROXY_URL": f"http://127.0.0.1:{holder}",
+        "PUSHPROX_TARGET_HOST": "127.0.0.1",
+        "PUSHPROX_ALLOW_PORT": str(node.port),
+        "PUSHPROX_METRICS_LISTEN": "",
+        "PUSHPROX_RETRY_MAX_WAIT": "2s",
+    })
+    containers.append(client)
+
+    url = f"http://node1.example:{node.port}/metrics"
+    answer = wait_for(
+        lambda: (found if (found := proxied_scrape(other, url)).status == 200 else None),
+        timeout=60, what="a scrape through the replica the client does not poll",
+        watch=[client.process, *(replica.process for replica in replicas)])
+    assert b"node_exporter_build_info" in answer.body
+    forwarded = http_get(f"http://127.0.0.1:{other}/metrics").body.decode()
+    assert re.search(r'^pushprox_cluster_forwarded_scrapes_total\{code="200"\} [1-9]\d*\.0$',
+                     forwarded, re.MULTILINE), forwarded
+    for replica in replicas:
+        log = replica.process.log_text()
+        assert "ModuleNotFoundError" not in log and "plugin cache" not in log, log

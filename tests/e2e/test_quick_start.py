@@ -20,6 +20,7 @@ from tests.e2e import skip_or_fail
 from tests.harness.processes import SOURCE_ROOT
 from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
 from tests.harness.rawhttp import http_get
+from tests.harness.readme import shell_block
 from tests.harness.stack import STARTUP_TIMEOUT, Stack
 from tests.harness.waiting import port_open, wait_for
 
@@ -28,15 +29,13 @@ pytestmark = pytest.mark.e2e
 MARKER = "<!-- quick start: tests/e2e/test_quick_start.py runs this block as written -->"
 PORTS = {8080: "the proxy", 9100: "the exporter", 9369: "the client's /metrics"}
 #: What a user's checkout holds that the install reads.
-CHECKOUT = ("pyproject.toml", "README.md", "pushprox", "twisted/plugins/pushprox_plugins.py")
+CHECKOUT = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md", "pushprox",
+            "twisted/plugins/pushprox_plugins.py")
 
 
 def quick_start_block() -> str:
     """The shell block after the marker in the README."""
-    readme = (SOURCE_ROOT / "README.md").read_text()
-    found = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)\n```", readme, re.DOTALL)
-    assert found is not None, "the README's quick start block is gone"
-    return found.group(1)
+    return shell_block(MARKER)
 
 
 def test_readme_quick_start_works_as_pasted(stack: Stack, tmp_path: Path) -> None:

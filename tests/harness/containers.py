@@ -161,16 +161,19 @@ class Podman:
         args: Sequence[str] = (),
         *,
         env: Mapping[str, str] | None = None,
+        files: Mapping[Path, str] | None = None,
     ) -> Container:
         """
         ``podman run --network host`` in the foreground, as a process of ``group``: its
         log is the container's output, and stopping the process stops the container.
+        ``files`` are mounted read-only, each host file at the path given in the container.
         """
         container_name = f"pushprox-test-{name}-{os.getpid()}"
         self.run("rm", "--force", "--ignore", container_name)
         environment = [f"--env={key}={value}" for key, value in (env or {}).items()]
+        mounts = [f"--volume={source}:{target}:ro" for source, target in (files or {}).items()]
         argv = self.argv("run", "--name", container_name, "--network", "host",
-                         *environment, image, *args)
+                         *environment, *mounts, image, *args)
         process = Process(name, argv, group.directory(name), env=self.env)
         group.processes.append(process)
         process.start()

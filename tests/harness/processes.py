@@ -18,20 +18,31 @@ from tests.harness.waiting import wait_for
 
 #: Environment variables that would send our HTTP requests elsewhere.
 _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
-#: The tree of the pushprox the tests import (and of its twistd plugins).
-SOURCE_ROOT = Path(pushprox.__file__).resolve().parent.parent
+#: The checkout the tests come from: its README, Containerfile and deployment files.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+#: Where the pushprox under test lives: the virtualenv's site-packages when it is installed
+#: (as CI tests it), the checkout when it runs from the tree.
+PACKAGE_ROOT = Path(pushprox.__file__).resolve().parent.parent
+
+
+def from_the_tree() -> bool:
+    """Whether the pushprox under test is the checkout's own tree (not an installed copy)."""
+    return PACKAGE_ROOT == SOURCE_ROOT
 
 
 def subprocess_env() -> dict[str, str]:
     """
-    Our environment minus HTTP proxy variables, with unbuffered Python output, and the
-    pushprox the tests import first on the path (not another copy installed elsewhere).
+    Our environment minus HTTP proxy variables, with unbuffered Python output. When the
+    tests run from the tree, the tree comes first on the path of the programs they start
+    (not another copy installed elsewhere); when they test an installed pushprox, the
+    programs find the same one, and nothing of the checkout is put on their path.
     """
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(SOURCE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    if from_the_tree():
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(SOURCE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     return env
 
 

@@ -1,0 +1,69 @@
+"""
+The README's two replicas on one machine, run as written with the pushprox that the tests
+import (in CI, the wheel as pip installed it): redis-server, two replicas, a client polling
+the first, and a scrape through the second, forwarded, prints node_exporter's metrics.
+
+The block uses fixed ports (Redis' 6379, 8081, 8082 and the exporter's 9100); when one is
+taken the test skips naming it, and fails under PUSHPROX_REQUIRE_E2E=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import skip_or_fail
+from tests.harness import cluster
+from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
+from tests.harness.rawhttp import http_get
+from tests.harness.readme import shell_block
+from tests.harness.stack import STARTUP_TIMEOUT, Stack
+from tests.harness.waiting import port_open, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MARKER = "<!-- replicas: tests/e2e/test_readme_replicas.py runs this block as written -->"
+PORTS = {6379: "Redis", 8081: "the first replica", 8082: "the second replica",
+         9100: "the exporter"}
+
+
+def test_readme_two_replicas_work_as_pasted(stack: Stack, tmp_path: Path) -> None:
+    """The scrape through the replica without the poll prints the exporter's page."""
+    missing = cluster.missing()
+    if missing:
+        skip_or_fail("the replicas example needs " + ", ".join(missing))
+    taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
+    if taken:
+        skip_or_fail("the replicas example uses fixed ports, taken here: " + ", ".join(taken))
+    node = stack.start("node_exporter", [
+        str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
+        *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
+    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
+             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
+
+    # A shell whose PATH starts with the virtualenv of the installed pushprox, as a user's
+    # with that virtualenv activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin", "/usr/bin",
+                            "/sbin", "/bin"])
+    try:
+        shell = stack.start("replicas", ["bash", "-c", shell_block(MARKER)], cwd=tmp_path,
+                            env={"PATH": path, "PYTHONPATH": ""})
+        assert shell.wait_exit(120), shell.log_tail()
+        output = shell.log_text()
+        assert shell.returncode == 0, output
+    finally:
+        # redis-server --daemonize leaves the shell's session: stop it here, pass or fail.
+        subprocess.run([str(cluster.REDIS_CLI), "-p", "6379", "shutdown", "nosave"],
+                       capture_output=True, timeout=10, check=False)
+    # The first curl: node_exporter's page through the second replica.
+    assert re.search(r"^# (HELP|TYPE) \w+", output, re.MULTILINE), output
+    # The second: both replicas list the client, the second one included.
+    assert '"node1.example"' in output, output
+    for log in ("replica-8081.log", "replica-8082.log", "client.log"):
+        text = (tmp_path / log).read_text()
+        assert "Traceback" not in text and "ModuleNotFoundError" not in text, text
