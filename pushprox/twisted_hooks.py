@@ -45,6 +45,7 @@ __all__ = [
     "IOpenSSLTrustRoot",
     "LlhttpChannel",
     "StreamingRequest",
+    "close_after",
     "request_line",
     "send_now",
 ]
@@ -502,6 +503,22 @@ class LlhttpChannel(HTTPChannel):
             self._refusal = answer
         else:
             answer()
+
+
+def close_after(request: HTTPRequest) -> None:
+    """
+    Answer ``request`` with ``Connection: close`` and close its connection afterwards.
+
+    twisted.web lets the client ask for that (``checkPersistence``), not the server: the
+    channel's ``persistent`` flag, set before the request is rendered and read by
+    ``requestDone`` once it is answered (``HTTPChannel``'s and ``LlhttpChannel``'s), is
+    the only way.  A replica that leaves the cluster uses it so that every client and
+    scraper comes back on a new connection, to another replica.
+    """
+    request.setHeader(b"connection", b"close")
+    channel = request.channel
+    if channel is not None:
+        channel.persistent = False
 
 
 def request_line(channel: object) -> tuple[bytes, bytes]:

@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.owners import OwnerSeal
 from pushprox.cluster.redis import RedisClient, redis_endpoint
 from pushprox.coordinator import ClientInfo
 
@@ -47,7 +48,8 @@ MOVES = "pushprox:moves"
 # Record polls: KEYS clients, routes, labels, the moves channel; ARGV replica, now, ttl,
 # refresh, then fqdn, labels for each poll.  Writes a client only when its route or
 # labels changed or its entry is older than ``refresh`` seconds; returns how many it
-# wrote.  A client that moved from another replica is announced on the moves channel.
+# wrote.  A client that moved from another replica (or whose route its replica withdrew
+# on leaving) is announced on the moves channel.
 _NOTE_POLLS = """
 local written = 0
 for i = 5, #ARGV, 2 do
@@ -59,7 +61,7 @@ for i = 5, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], ARGV[2], fqdn)
     redis.call('HSET', KEYS[2], fqdn, ARGV[1])
     redis.call('HSET', KEYS[3], fqdn, labels)
-    if owner and owner ~= ARGV[1] then
+    if (owner or seen) and owner ~= ARGV[1] then
       redis.call('PUBLISH', KEYS[4], ARGV[1] .. ' ' .. fqdn)
     end
     written = written + 1
@@ -206,6 +208,7 @@ class RouteTable:
         timeout: float = 0.5,
         wall_clock: Callable[[], float] | None = None,
         subscriber: RedisClient | None = None,
+        seal: OwnerSeal | None = None,
     ) -> None:
         import time
 
@@ -238,6 +241,10 @@ class RouteTable:
         #: Called with (FQDN, peer URL) when a client's poll lands on another replica.
         self.on_moved: Callable[[str, str], None] | None = None
         self._subscriber = subscriber
+        self._seal = seal
+        #: What this replica's scrape ids begin with (see ``pushprox.cluster.owners``).
+        self.scrape_id_prefix = (seal.prefix(replica_id, peer_url) if seal is not None
+                                 else replica_id + ".")
         if subscriber is not None:
             subscriber.subscribe(MOVES, self._moved)
         metrics.watch_routes(lambda: len(self._written))
@@ -404,15 +411,24 @@ class RouteTable:
 
     def replica_of(self, scrape_id: str) -> Deferred[str | None] | str | None:
         """
-        The peer URL of the replica a scrape id names, when it is another one; a Deferred
-        when that replica started after this one's last heartbeat and Redis must say.
+        The peer URL of the replica a scrape id names, when it is another one: read from
+        the id when it carries a sealed URL, else from the last heartbeat, else (a replica
+        started since) a Deferred while Redis is asked.  Never this replica's own URL: an
+        id of an earlier run at this address is claimed (and refused) here.
         """
-        replica, dot, _ = scrape_id.partition(".")
-        if not dot or replica == self.replica_id:
+        owner = self._seal.owner(scrape_id) if self._seal is not None else None
+        if owner is None:
+            replica, dot, _ = scrape_id.partition(".")
+            if not dot:
+                return None
+        else:
+            replica = owner.replica
+        if replica == self.replica_id:
             return None
-        url = self.replicas.get(replica)
+        url = owner.url if owner is not None and owner.url is not None else (
+            self.replicas.get(replica))
         if url is not None:
-            return url
+            return None if url == self.peer_url else url
         return Deferred.fromCoroutine(self._lookup_replica(replica))
 
     async def _lookup_replica(self, replica: str) -> str | None:
@@ -420,6 +436,7 @@ class RouteTable:
         if not raw:
             return None
         try:
-            return str(json.loads(raw)["url"])
+            url = str(json.loads(raw)["url"])
         except (ValueError, KeyError, TypeError):
             return None
+        return None if url == self.peer_url else url

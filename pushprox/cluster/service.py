@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from pushprox.cluster.coordinator import ClusterCoordinator
 from pushprox.cluster.forwarding import Peers
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.owners import OwnerSeal
 from pushprox.cluster.redis import RedisClient
 from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
 from pushprox.config import ProxyConfig
@@ -68,9 +69,10 @@ def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url
     subscriber = connect(reactor, address, timeout=0.5)
     routes = RouteTable(redis, replica_id=replica_id, peer_url=peer_url, clock=reactor,
                         registration_timeout=config.registration_timeout,
-                        metrics=cluster_metrics, subscriber=subscriber)
+                        metrics=cluster_metrics, subscriber=subscriber,
+                        seal=OwnerSeal(peer_token))
     peers = Peers(reactor, routes, peer_token, cluster_metrics)
-    local = Coordinator(reactor, config, id_prefix=replica_id + ".")
+    local = Coordinator(reactor, config, id_prefix=routes.scrape_id_prefix)
     coordinator = ClusterCoordinator(local, routes, peers, reactor)
     return Cluster(coordinator=coordinator, local=local, routes=routes, peers=peers,
                    redis=redis, subscriber=subscriber)

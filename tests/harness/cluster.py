@@ -271,13 +271,17 @@ class MovingClient:
     """
     The upstream Go client's recorded traffic (FQDN ``localhost``), each poll and each
     push on a new connection through the balancer: its poll lands on another replica
-    after almost every scrape.  Runs in a thread while used as a context manager; every
-    push that is not answered 200 is recorded.
+    after almost every scrape.  As the Go client, it polls again as soon as a poll is
+    answered, and pushes aside (after ``push_delay``, a slow target).  Runs in threads
+    while used as a context manager; every push that is not answered 200 is recorded.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, push_delay: float = 0.0) -> None:
         self._port = port
         self._host = b"127.0.0.1:%d" % port
+        #: Seconds between a poll's answer and its push (a slow target).
+        self._push_delay = push_delay
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         #: Pushes answered, and the answers that were not 200 (or errors).
@@ -301,19 +305,27 @@ class MovingClient:
                     answer = connection.read_response(timeout=30)
             except (OSError, AssertionError):
                 continue
-            match = re.search(rb"(?m)^Id: ([0-9a-f.-]+)\r$", answer.body)
+            match = re.search(rb"(?m)^Id: ([^\r]+)\r$", answer.body)
             if answer.status != 200 or match is None:
                 # A replica that has just started or is leaving: poll again, as Go does.
                 time.sleep(0.1)
                 continue
-            push = _recorded("go-client-push-request.bin", self._host, match.group(1))
-            try:
-                with RawConnection(self._port, timeout=15) as connection:
-                    connection.send(push)
-                    pushed = connection.read_response(timeout=10)
-            except (OSError, AssertionError) as error:
+            # As the Go client: the scrape is made and pushed aside, the next poll at once.
+            threading.Thread(target=self._push, args=(match.group(1),), daemon=True).start()
+
+    def _push(self, scrape_id: bytes) -> None:
+        if self._push_delay:
+            time.sleep(self._push_delay)
+        push = _recorded("go-client-push-request.bin", self._host, scrape_id)
+        try:
+            with RawConnection(self._port, timeout=15) as connection:
+                connection.send(push)
+                pushed = connection.read_response(timeout=10)
+        except (OSError, AssertionError) as error:
+            with self._lock:
                 self.failures.append(f"push: {error}")
-                continue
+            return
+        with self._lock:
             self.pushed += 1
             if pushed.status != 200:
                 self.failures.append(f"push: {pushed.status} {pushed.text[:200]}")
