@@ -53,7 +53,11 @@ class Options(ProgramOptions):
          "one): clients must send one as a Bearer token or basic-auth password. "
          "Re-read on SIGHUP."],
         ["redis", None, None, "Cluster mode: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// "
-         "for TLS) shared by every replica as the routing table."],
+         "for TLS), or redis+sentinel://[:PASSWORD@]SENTINEL[:PORT][,SENTINEL...]/NAME[/DB] "
+         "for the primary Redis Sentinel names; shared by every replica as the routing "
+         "table."],
+        ["redis-ca-file", None, None, "CA bundle (PEM) that a rediss:// server's certificate "
+         "must chain to (default: the system's trust store)."],
         ["redis-password-file", None, None, "File holding the Redis password (instead of "
          "one in the --redis URL)."],
         ["peer-url", None, None, "Cluster mode: how the other replicas reach this one "
@@ -111,7 +115,7 @@ class Options(ProgramOptions):
 
     def _check_cluster(self) -> None:
         """Cluster mode's options go together: Redis, a peer token, a peer URL."""
-        cluster_flags = ("redis-password-file", "peer-url", "peer-token-file")
+        cluster_flags = ("redis-password-file", "redis-ca-file", "peer-url", "peer-token-file")
         if not self["redis"]:
             given = [flag for flag in cluster_flags if self[flag]]
             if given:
@@ -131,7 +135,7 @@ class Options(ProgramOptions):
         try:
             from pushprox.cluster.routes import RedisAddress
 
-            RedisAddress.from_url(self["redis"])
+            RedisAddress.from_url(self["redis"], ca_file=self["redis-ca-file"])
         except ValueError as error:
             raise usage.UsageError(f"--redis: {error}") from None
 
@@ -173,7 +177,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         cluster = cluster_service.build(
             reactor, config, metrics, redis_url=options["redis"],
-            redis_password=options["redis-password"], peer_url=options["peer-url"],
+            redis_password=options["redis-password"], redis_ca_file=options["redis-ca-file"],
+            peer_url=options["peer-url"],
             peer_token=options["peer-token"])
         coordinator, local = cluster.coordinator, cluster.local
         site_options.update(peer_auth=PeerAuth(options["peer-token"]),

@@ -45,11 +45,41 @@ class RedisAddressTests(SynchronousTestCase):
             with self.subTest(url=url):
                 self.assertEqual(RedisAddress.from_url(url, password), expected)
 
+    def test_sentinel_urls(self) -> None:
+        """Sentinels (26379 by default, IPv6 in brackets), the primary's name, a database."""
+        address = RedisAddress.from_url(
+            "redis+sentinel://:pw@10.0.0.1,10.0.0.2:26380,[::1]:26381/pushprox/2")
+        self.assertEqual(address, RedisAddress(
+            "", 0, 2, "pw", False, sentinels=(("10.0.0.1", 26379), ("10.0.0.2", 26380),
+                                              ("::1", 26381)), service="pushprox"))
+        tls = RedisAddress.from_url("rediss+sentinel://s1/main", ca_file="ca.pem")
+        self.assertEqual((tls.tls, tls.ca_file, tls.service, tls.db),
+                         (True, "ca.pem", "main", 0))
+        for url, message in [
+            ("redis+sentinel://s1", "redis+sentinel://s1: the primary's name (/SERVICE) is "
+             "missing"),
+            ("redis+sentinel://s1:x/main", "redis+sentinel://s1:x/main: malformed port"),
+            ("redis+sentinel://s1,/main", "redis+sentinel://s1,/main: a sentinel without a "
+             "host"),
+            ("redis+sentinel://s1/main/zero", "redis+sentinel://s1/main/zero: the database "
+             "must be a number"),
+        ]:
+            with self.subTest(url=url):
+                error = self.assertRaises(ValueError, RedisAddress.from_url, url)
+                self.assertEqual(str(error), message)
+
+    def test_a_ca_file_wants_tls(self) -> None:
+        """--redis-ca-file with a plain redis:// URL is a mistake, said at once."""
+        error = self.assertRaises(ValueError, RedisAddress.from_url, "redis://r", None,
+                                  "ca.pem")
+        self.assertEqual(str(error), "redis://r: a CA file is for rediss:// (TLS) only")
+
     def test_bad_urls(self) -> None:
         """Another scheme, no host, a database that is not a number, a bad port."""
         for url, message in [
-            ("http://r.example", "http://r.example is not a redis:// or rediss:// URL"),
-            ("redis://", "redis:// is not a redis:// or rediss:// URL"),
+            ("http://r.example",
+             "http://r.example is not a redis://, rediss:// or redis+sentinel:// URL"),
+            ("redis://", "redis:// is not a redis://, rediss:// or redis+sentinel:// URL"),
             ("redis://r.example/zero", "redis://r.example/zero: the database must be a number"),
             ("redis://r.example:port", "redis://r.example:port: malformed port"),
         ]:
@@ -116,7 +146,7 @@ class ClusterOptionsTests(SynchronousTestCase):
             (["--peer-url", "http://a:8080"], "--peer-url needs --redis"),
             (["--peer-token-file", str(token)], "--peer-token-file needs --redis"),
             (["--redis", "http://r", "--peer-token-file", str(token)],
-             "--redis: http://r is not a redis:// or rediss:// URL"),
+             "--redis: http://r is not a redis://, rediss:// or redis+sentinel:// URL"),
             (["--redis", "redis://r", "--peer-token-file", str(token), "--listen",
               "unix:/tmp/pushprox-test.sock"],
              "--redis needs --peer-url when no tcp: port is listened on"),

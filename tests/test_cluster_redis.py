@@ -26,8 +26,9 @@ from pushprox.cluster.redis import (
     encode_command,
     redis_endpoint,
 )
-from tests.harness.cluster import missing, start_redis
+from tests.harness.cluster import REDIS_SERVER, missing, start_redis
 from tests.harness.processes import ProcessGroup
+from tests.harness.waiting import free_port
 
 _reactor: Any = reactor
 
@@ -195,3 +196,23 @@ class RedisClientTests(TestCase):
             call.cancel()
             call.addErrback(lambda _: None)
         self.assertEqual(client.waiting(), 0)
+
+    async def test_a_replica_is_not_taken_for_the_primary(self) -> None:
+        """primary_only: a Redis whose ROLE is not master is dropped, never used."""
+        replica_port = free_port()
+        directory = self.group.directory("redis-replica")
+        self.group.start("redis-replica", [
+            str(REDIS_SERVER), "--port", str(replica_port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(directory),
+            "--replicaof", "127.0.0.1", str(self.port)])
+        await self.sleep(0.5)
+        primary = self.client(primary_only=True)
+        self.assertEqual(await self.call(primary, "PING", timeout=3.0), "PONG")
+        replica = RedisClient(_reactor, redis_endpoint(_reactor, "127.0.0.1", replica_port,
+                                                       tls=False), primary_only=True)
+        replica.start()
+        self.addCleanup(replica.disconnect)
+        await self.sleep(1.5)
+        self.assertFalse(replica.connected)
+        self.assertEqual(replica.connections, 0)
+        self.flushLoggedErrors()

@@ -30,12 +30,13 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: A reply: text, a number, nothing, or a list of replies (errors are raised).
 Reply = Any
@@ -194,6 +195,10 @@ class RedisProtocol(Protocol):
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
             answer, _ = self._pending.popleft()
+            if isinstance(reply, RedisError) and str(reply).startswith("READONLY"):
+                # A primary turned replica (a failover): find the primary again.
+                assert self.transport is not None
+                self.transport.abortConnection()  # type: ignore[attr-defined]
             if answer.called:
                 continue
             if isinstance(reply, RedisError):
@@ -233,8 +238,12 @@ def redis_endpoint(reactor: Any, host: str, port: int, *, tls: bool,
     (against ``ca_file`` when given, the system's trust store otherwise).
     """
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if not tls:
-        return endpoint
+    return with_tls(host, endpoint, ca_file) if tls else endpoint
+
+
+def with_tls(host: str, endpoint: IStreamClientEndpoint,
+             ca_file: str | None = None) -> IStreamClientEndpoint:
+    """TLS over ``endpoint``: the certificate must name ``host`` and chain to the CA."""
     from twisted.internet.ssl import (
         optionsForClientTLS,
         platformTrust,
@@ -249,6 +258,81 @@ def redis_endpoint(reactor: Any, host: str, port: int, *, tls: bool,
     return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust), endpoint)
 
 
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """
+    Connects to the primary that Redis Sentinel names for ``service``.
+
+    Each connection asks the sentinels in turn (the one that answered last first) where
+    the primary is, then connects there; ``RedisClient(primary_only=True)`` checks with
+    ``ROLE`` that it is one.  A failover is followed by the next connection: the old
+    primary's connections break, or it answers ``READONLY`` once demoted, and the client
+    connects again.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, sentinels: Sequence[tuple[str, int]], service: str, *,
+                 timeout: float = 2.0,
+                 wrap: Callable[[str, IStreamClientEndpoint], IStreamClientEndpoint]
+                 | None = None) -> None:
+        self._reactor = reactor
+        self._sentinels = list(sentinels)
+        self._service = service
+        self._timeout = timeout
+        self._wrap = wrap
+        #: Where the primary was found last.
+        self.primary: tuple[str, int] | None = None
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        """Ask the sentinels, then connect to the primary they name."""
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: Any) -> Any:
+        host, port = await self._ask()
+        if self.primary != (host, port):
+            self.log.info("Redis Sentinel names {host}:{port} as the primary of {service}",
+                          host=host, port=port, service=self._service)
+            self.primary = (host, port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, port,
+                                                           timeout=self._timeout)
+        if self._wrap is not None:
+            endpoint = self._wrap(host, endpoint)
+        return await endpoint.connect(factory)
+
+    async def _ask(self) -> tuple[str, int]:
+        errors = []
+        for index, (host, port) in enumerate(list(self._sentinels)):
+            try:
+                address = await self._ask_one(host, port)
+            except Exception as error:
+                errors.append(f"{host}:{port}: {error}")
+                continue
+            if index:
+                # The one that answered is asked first next time.
+                self._sentinels.insert(0, self._sentinels.pop(index))
+            return address
+        raise RedisNotConnected("no sentinel named a primary of "
+                                f"{self._service}: {'; '.join(errors)}")
+
+    async def _ask_one(self, host: str, port: int) -> tuple[str, int]:
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        protocol = RedisProtocol(self._reactor, self._timeout, lambda _: None)
+        connecting = connectProtocol(endpoint, protocol)
+        connecting.addTimeout(self._timeout, self._reactor)
+        await connecting
+        try:
+            answer = protocol.call(["SENTINEL", "get-master-addr-by-name", self._service])
+            answer.addTimeout(self._timeout, self._reactor)
+            reply = await answer
+        finally:
+            assert protocol.transport is not None
+            protocol.transport.loseConnection()
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise RedisError(f"it knows no primary named {self._service}")
+        return str(reply[0]), int(reply[1])
+
+
 class RedisClient:
     """
     Cluster mode's Redis: commands on one connection that is made again whenever lost.
@@ -261,8 +345,9 @@ class RedisClient:
 
     def __init__(self, reactor: Any, endpoint: IStreamClientEndpoint, *, db: int = 0,
                  password: str | None = None, dead_after: float = 5.0,
-                 max_waiting: int = 10_000) -> None:
+                 max_waiting: int = 10_000, primary_only: bool = False) -> None:
         self._clock: IReactorTime = reactor
+        self._primary_only = primary_only
         self._db = db
         self._password = password
         self._dead_after = dead_after
@@ -301,7 +386,11 @@ class RedisClient:
             for command in self._handshake():
                 answer = protocol.call(command)
                 answer.addTimeout(self._dead_after, self._clock)
-                await answer
+                reply = await answer
+                if command[0] == "ROLE" and (not isinstance(reply, list) or not reply
+                                             or reply[0] != "master"):
+                    role = reply[0] if isinstance(reply, list) and reply else reply
+                    raise RedisError(f"this Redis is a {role}, not the primary")
         except Exception as error:
             self.log.warn("A new connection to Redis failed before its first use ({error}): "
                           "connecting again", error=error)
@@ -350,6 +439,8 @@ class RedisClient:
             commands.append(["AUTH", self._password])
         if self._db:
             commands.append(["SELECT", self._db])
+        if self._primary_only:
+            commands.append(["ROLE"])
         return commands
 
     def _forget(self, protocol: RedisProtocol) -> None:

@@ -30,12 +30,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from pushprox.cluster.metrics import ClusterMetrics
 from pushprox.cluster.owners import OwnerSeal
-from pushprox.cluster.redis import RedisClient, redis_endpoint
+from pushprox.cluster.redis import RedisClient, SentinelEndpoint, redis_endpoint, with_tls
 from pushprox.coordinator import ClientInfo
 
 CLIENTS = "pushprox:clients"
@@ -137,9 +137,30 @@ class Route:
     known: bool
 
 
+SENTINEL_PORT = 26379
+
+
+def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPV6][:PORT]``."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError(f"{url}: a sentinel without a host")
+    if port and not port.isdigit():
+        raise ValueError(f"{url}: malformed port")
+    return host, int(port) if port else default_port
+
+
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is, from a ``redis://`` or ``rediss://`` URL."""
+    """
+    Where Redis is: ``redis://`` or ``rediss://`` (one server), or
+    ``redis+sentinel://`` / ``rediss+sentinel://`` (the primary Redis Sentinel names).
+    """
 
     host: str
     port: int
@@ -148,13 +169,39 @@ class RedisAddress:
     tls: bool
     #: CA certificates (PEM) that the server's certificate must chain to, with TLS.
     ca_file: str | None = None
+    #: The sentinels to ask (host, port), and the name of the primary they watch.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, password: str | None = None) -> RedisAddress:
-        """Parse ``redis://[:PASSWORD@]HOST[:PORT][/DB]``; ``password`` wins over the URL's."""
+    def from_url(cls, url: str, password: str | None = None,
+                 ca_file: str | None = None) -> RedisAddress:
+        """
+        Parse ``redis://[:PASSWORD@]HOST[:PORT][/DB]`` or
+        ``redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]``;
+        ``password`` wins over the URL's.
+        """
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"{url} is not a redis:// or rediss:// URL")
+        schemes = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+        if parts.scheme not in schemes or not parts.netloc.rpartition("@")[2]:
+            raise ValueError(f"{url} is not a redis://, rediss:// or redis+sentinel:// URL")
+        tls = parts.scheme.startswith("rediss")
+        if ca_file is not None and not tls:
+            raise ValueError(f"{url}: a CA file is for rediss:// (TLS) only")
+        url_password = unquote(parts.password) if parts.password else None
+        if parts.scheme.endswith("+sentinel"):
+            hosts = parts.netloc.rpartition("@")[2]
+            sentinels = tuple(_host_port(host, SENTINEL_PORT, url)
+                              for host in hosts.split(","))
+            service, _, db = parts.path.strip("/").partition("/")
+            if not service:
+                raise ValueError(f"{url}: the primary's name (/SERVICE) is missing")
+            if db and not db.isdigit():
+                raise ValueError(f"{url}: the database must be a number")
+            return cls(host="", port=0, db=int(db or 0), password=password or url_password,
+                       tls=tls, ca_file=ca_file, sentinels=sentinels, service=service)
+        if not parts.hostname:
+            raise ValueError(f"{url} is not a redis://, rediss:// or redis+sentinel:// URL")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"{url}: the database must be a number")
@@ -162,16 +209,27 @@ class RedisAddress:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"{url}: malformed port") from None
-        url_password = unquote(parts.password) if parts.password else None
         return cls(host=parts.hostname, port=port, db=int(path or 0),
-                   password=password or url_password, tls=parts.scheme == "rediss")
+                   password=password or url_password, tls=tls, ca_file=ca_file)
 
 
 def connect(reactor: Any, address: RedisAddress, timeout: float) -> RedisClient:
     """A connection to Redis that is made at once, and again whenever it is lost."""
-    endpoint = redis_endpoint(reactor, address.host, address.port, tls=address.tls,
-                              ca_file=address.ca_file, timeout=max(timeout, 1.0))
-    client = RedisClient(reactor, endpoint, db=address.db, password=address.password)
+    connect_timeout = max(timeout, 1.0)
+    endpoint: IStreamClientEndpoint
+    if address.service is not None:
+        ca_file = address.ca_file
+
+        def wrap(host: str, plain: IStreamClientEndpoint) -> IStreamClientEndpoint:
+            return with_tls(host, plain, ca_file) if address.tls else plain
+
+        endpoint = SentinelEndpoint(reactor, address.sentinels, address.service,
+                                    timeout=connect_timeout, wrap=wrap)
+    else:
+        endpoint = redis_endpoint(reactor, address.host, address.port, tls=address.tls,
+                                  ca_file=address.ca_file, timeout=connect_timeout)
+    client = RedisClient(reactor, endpoint, db=address.db, password=address.password,
+                         primary_only=address.service is not None)
     client.start()
     return client
 

@@ -59,9 +59,10 @@ def default_peer_url(listen: list[str]) -> str | None:
 
 
 def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url: str,
-          redis_password: str | None, peer_url: str, peer_token: str) -> Cluster:
-    """Connect to Redis (lazily) and make this replica's coordinator."""
-    address = RedisAddress.from_url(redis_url, redis_password)
+          redis_password: str | None, peer_url: str, peer_token: str,
+          redis_ca_file: str | None = None) -> Cluster:
+    """Connect to Redis and make this replica's coordinator."""
+    address = RedisAddress.from_url(redis_url, redis_password, redis_ca_file)
     cluster_metrics = ClusterMetrics(metrics.registry)
     replica_id = secrets.token_hex(4)
     redis = connect(reactor, address, timeout=0.5)

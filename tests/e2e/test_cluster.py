@@ -11,17 +11,21 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e import skip_or_fail
 from tests.harness.cluster import (
     GO_FQDN,
+    REDIS_CLI,
     Cluster,
     MovingClient,
     ScrapeLoad,
     missing,
+    sentinel_missing,
     start_cluster,
 )
 from tests.harness.prometheus import proxied_job
@@ -343,3 +347,47 @@ def test_drain_with_slow_scrapes_in_flight_loses_no_push(stack: Stack) -> None:
     assert mover.failures == []
     assert mover.pushed >= 3
     assert "Leaving the cluster" in leaving.process.log_text()
+
+
+def test_redis_sentinel_failover_under_load(stack: Stack) -> None:
+    """
+    The replicas find the primary through three sentinels; the primary killed (-9) under
+    load, the sentinels promote its replica, the replicas follow by themselves, write
+    their routes there, and every client is scraped again.
+    """
+    gone = sentinel_missing()
+    if gone:
+        skip_or_fail("the Redis Sentinel test needs " + "; ".join(gone))
+    node = stack.node_exporter()
+    cluster = start_cluster(stack, sentinel=True)
+    assert cluster.sentinel is not None
+    start_clients(stack, cluster, node.port)
+    wait_for(lambda: all(replica.metric("pushprox_cluster_replicas") == len(cluster.replicas)
+                         for replica in cluster.replicas),
+             timeout=30, what="every replica seeing the others")
+    with ScrapeLoad(cluster.balancer_port, FQDNS, node.port) as load:
+        time.sleep(2)
+        killed = time.monotonic()
+        cluster.redis.kill()
+        wait_for(lambda: cluster.sentinel is not None
+                 and cluster.sentinel.primary_port() == cluster.sentinel.replica_port,
+                 timeout=30, what="the sentinels promoting the replica")
+        promoted = time.monotonic() - killed
+        time.sleep(12)
+    # When each client was last seen failing, from the kill on.
+    last_failure = {fqdn: max((s.started + s.seconds - killed for s in load.since(killed)
+                               if s.fqdn == fqdn and s.status != 200), default=0.0)
+                    for fqdn in FQDNS}
+    print(f"promoted after {promoted:.1f}s; last failed scrape per client after the kill: "
+          f"{last_failure}; {len(load.failed())} failed of {len(load.scrapes)}")
+    for fqdn in FQDNS:
+        assert [s.status for s in load.since(killed + 10) if s.fqdn == fqdn].count(200) > 0
+    # The aim is 10 s; the limit here is generous (the machine may be busy).
+    assert max(last_failure.values()) < 25, last_failure
+    new_primary = ["-p", str(cluster.sentinel.replica_port)]
+    wait_for(lambda: int(subprocess.run(
+        [str(REDIS_CLI), *new_primary, "HLEN", "pushprox:routes"], capture_output=True,
+        text=True, timeout=10, check=True).stdout) == len(FQDNS),
+        timeout=30, what="every route written to the new primary")
+    for replica in cluster.replicas:
+        assert replica.metric("pushprox_cluster_redis_up") == 1

@@ -29,6 +29,9 @@ from tests.harness.waiting import free_port, port_open, wait_for
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 REDIS_CLI = Path("/usr/bin/redis-cli")
+REDIS_SENTINEL = Path("/usr/bin/redis-sentinel")
+#: The name the sentinels of the tests know the primary by.
+SENTINEL_SERVICE = "pushprox"
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 PEER_TOKEN = "peer-token-for-the-tests-0123456789"
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -80,10 +83,14 @@ class Cluster:
     balancer_port: int = 0
     #: A fault-injecting relay between the replicas and Redis, when asked for.
     relay: FaultRelay | None = None
+    #: Redis Sentinel in front of Redis, when asked for.
+    sentinel: Sentinel | None = None
 
     @property
     def redis_url(self) -> str:
-        """Where the replicas find Redis (through the relay, if there is one)."""
+        """Where the replicas find Redis (through the relay or the sentinels, if any)."""
+        if self.sentinel is not None:
+            return self.sentinel.url
         port = self.relay.port if self.relay is not None else self.redis_port
         return f"redis://127.0.0.1:{port}/0"
 
@@ -158,14 +165,18 @@ def start_redis(stack: ProcessGroup) -> tuple[Process, int]:
 
 
 def start_cluster(stack: Stack, replicas: int = 3, extra: Sequence[str] = (), *,
-                  relay: bool = False) -> Cluster:
-    """Redis, ``replicas`` replicas and nginx in front of them; a relay to Redis if asked."""
+                  relay: bool = False, sentinel: bool = False) -> Cluster:
+    """
+    Redis, ``replicas`` replicas and nginx in front of them; a relay to Redis, or Redis
+    Sentinel (a Redis replica and three sentinels), if asked.
+    """
     redis, redis_port = start_redis(stack)
     token_file = stack.directory("secrets") / "peer-token"
     token_file.write_text(PEER_TOKEN + "\n")
     os.chmod(token_file, 0o600)
     cluster = Cluster(stack, redis, redis_port, token_file,
-                      relay=FaultRelay(redis_port, stack) if relay else None)
+                      relay=FaultRelay(redis_port, stack) if relay else None,
+                      sentinel=start_sentinel(stack, redis_port) if sentinel else None)
     for index in range(replicas):
         cluster.replicas.append(cluster.replica(index + 1, extra))
     cluster.start_balancer()
@@ -329,3 +340,82 @@ class MovingClient:
             self.pushed += 1
             if pushed.status != 200:
                 self.failures.append(f"push: {pushed.status} {pushed.text[:200]}")
+
+
+@dataclass
+class Sentinel:
+    """A Redis replica of the primary and three sentinels watching them."""
+
+    replica: Process
+    replica_port: int
+    sentinels: list[tuple[Process, int]]
+
+    @property
+    def url(self) -> str:
+        """``--redis`` for the replicas: every sentinel, the primary's name."""
+        hosts = ",".join(f"127.0.0.1:{port}" for _, port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    def ask(self, *args: str) -> str:
+        """One redis-cli command to the first sentinel still running; its output."""
+        for process, port in self.sentinels:
+            if process.alive:
+                done = subprocess.run([str(REDIS_CLI), "-p", str(port), *args],
+                                      capture_output=True, text=True, timeout=10, check=True)
+                return done.stdout
+        raise AssertionError("no sentinel runs")
+
+    def primary_port(self) -> int:
+        """The port of the primary the sentinels name now."""
+        lines = self.ask("--raw", "SENTINEL", "get-master-addr-by-name",
+                         SENTINEL_SERVICE).split()
+        return int(lines[1])
+
+
+def sentinel_missing() -> list[str]:
+    """What the Redis Sentinel tests need beyond the cluster's, with the Debian package."""
+    return [] if REDIS_SENTINEL.exists() else [
+        f"{REDIS_SENTINEL} (Debian package redis-sentinel)"]
+
+
+def start_sentinel(stack: ProcessGroup, primary_port: int) -> Sentinel:
+    """A replica of the Redis on ``primary_port`` and three sentinels that know both."""
+    replica_port = free_port()
+    directory = stack.directory("redis-replica")
+    replica = stack.start("redis-replica", [
+        str(REDIS_SERVER), "--port", str(replica_port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(directory),
+        "--replicaof", "127.0.0.1", str(primary_port)])
+    sentinels = []
+    for index in range(3):
+        port = free_port()
+        directory = stack.directory(f"sentinel{index + 1}")
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {directory}\n"
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} 5000\n"
+            f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n")
+        process = stack.start(f"sentinel{index + 1}", [str(REDIS_SENTINEL), str(config)])
+        sentinels.append((process, port))
+    setup = Sentinel(replica, replica_port, sentinels)
+    watched = [replica] + [process for process, _ in sentinels]
+
+    def ready() -> bool:
+        for _, port in sentinels:
+            if not port_open(port):
+                return False
+            replicas = subprocess.run(
+                [str(REDIS_CLI), "-p", str(port), "SENTINEL", "replicas", SENTINEL_SERVICE],
+                capture_output=True, text=True, timeout=10, check=False).stdout
+            others = subprocess.run(
+                [str(REDIS_CLI), "-p", str(port), "SENTINEL", "sentinels", SENTINEL_SERVICE],
+                capture_output=True, text=True, timeout=10, check=False).stdout
+            if str(replica_port) not in replicas or others.count("runid") < 2:
+                return False
+        return True
+
+    wait_for(ready, timeout=60, what="three sentinels that know the replica and each other",
+             watch=watched)
+    return setup
