@@ -647,8 +647,13 @@ class ClientsResource(_Guarded):
             request.finish()
 
     def _failed(self, reason: Failure, request: Request) -> None:
-        self.log.failure("Listing the clients failed", reason)
-        finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
+        if reason.check(CoordinatorError):
+            message = str(reason.value)
+            self.log.warn("/clients: {message}", message=message)
+        else:
+            message = "the clients could not be listed"
+            self.log.failure("Listing the clients failed", reason)
+        finish_with(cast(PushProxRequest, request), 503, message)
 
 
 class StatusPageResource(_Guarded):

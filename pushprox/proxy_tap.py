@@ -14,7 +14,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python import usage
 
-from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
+from pushprox.auth import (
+    MIN_TOKEN_LENGTH,
+    ClientAuth,
+    PasswordChecker,
+    ScraperAuth,
+    load_htpasswd,
+    parse_networks,
+)
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
@@ -125,6 +132,11 @@ class Options(ProgramOptions):
             raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "
                                    "each other with it")
         self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
+        if len(self["peer-token"]) < MIN_TOKEN_LENGTH:
+            raise usage.UsageError(
+                f"--peer-token-file: the token in {self['peer-token-file']} is shorter than "
+                f"{MIN_TOKEN_LENGTH} characters (make one with: head -c 32 /dev/urandom | "
+                "base64)")
         self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
         if not self["peer-url"]:
             from pushprox.cluster.service import default_peer_url

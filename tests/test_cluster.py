@@ -140,6 +140,8 @@ class ClusterOptionsTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, directory)
         token = directory / "token"
         token.write_text("peer-token-0123456789abcdef\n")
+        short = directory / "short-token"
+        short.write_text("0123456789abcde\n")
         for argv, message in [
             (["--redis", "redis://r"], "--redis needs --peer-token-file: replicas "
              "authenticate each other with it"),
@@ -147,6 +149,9 @@ class ClusterOptionsTests(SynchronousTestCase):
             (["--peer-token-file", str(token)], "--peer-token-file needs --redis"),
             (["--redis", "http://r", "--peer-token-file", str(token)],
              "--redis: http://r is not a redis://, rediss:// or redis+sentinel:// URL"),
+            (["--redis", "redis://r", "--peer-token-file", str(short)],
+             f"--peer-token-file: the token in {short} is shorter than 16 characters (make "
+             "one with: head -c 32 /dev/urandom | base64)"),
             (["--redis", "redis://r", "--peer-token-file", str(token), "--listen",
               "unix:/tmp/pushprox-test.sock"],
              "--redis needs --peer-url when no tcp: port is listened on"),

@@ -8,16 +8,19 @@ from __future__ import annotations
 import itertools
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pushprox.cluster.metrics import ClusterMetrics
 from pushprox.cluster.redis import (
     RedisClient,
     RedisError,
@@ -26,6 +29,7 @@ from pushprox.cluster.redis import (
     encode_command,
     redis_endpoint,
 )
+from pushprox.cluster.routes import RouteTable
 from tests.harness.cluster import REDIS_SERVER, missing, start_redis
 from tests.harness.processes import ProcessGroup
 from tests.harness.waiting import free_port
@@ -216,3 +220,55 @@ class RedisClientTests(TestCase):
         self.assertFalse(replica.connected)
         self.assertEqual(replica.connections, 0)
         self.flushLoggedErrors()
+
+
+class RouteTableTests(TestCase):
+    """The routing table's scripts in a real redis-server."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        gone = missing()
+        if any("redis" in item for item in gone):
+            self.skipTest("needs " + "; ".join(gone))
+        root = Path(tempfile.mkdtemp(prefix="pushprox-redis-"))
+        self.group = ProcessGroup(root)
+        self.addCleanup(self.group.stop_all)
+        self.redis, self.port = start_redis(self.group)
+        self.client = RedisClient(_reactor, redis_endpoint(_reactor, "127.0.0.1", self.port,
+                                                           tls=False))
+        self.client.start()
+        self.addCleanup(self.client.disconnect)
+
+    def table(self, replica: str, url: str, skew: float = 0.0) -> RouteTable:
+        return RouteTable(self.client, replica_id=replica, peer_url=url, clock=_reactor,
+                          registration_timeout=60.0,
+                          metrics=ClusterMetrics(CollectorRegistry()),
+                          wall_clock=lambda: time.time() + skew)
+
+    async def test_liveness_does_not_compare_the_replicas_clocks(self) -> None:
+        """A replica whose clock is an hour ahead and one on time see each other."""
+        ahead = self.table("ahead001", "http://10.0.0.1:8080", skew=3600.0)
+        on_time = self.table("ontime02", "http://10.0.0.2:8080")
+        for _ in range(2):
+            await ahead.heartbeat()
+            await on_time.heartbeat()
+        self.assertEqual(ahead.replicas, on_time.replicas)
+        self.assertEqual(set(ahead.replicas), {"ahead001", "ontime02"})
+        # A client noted by the one ahead is live for the other.
+        ahead.note_poll("node1.example", {"site": "a"})
+        await deferLater(_reactor, 0.1, lambda: None)
+        route = await on_time.route("node1.example")
+        self.assertEqual((route.peer, route.known), ("http://10.0.0.1:8080", True))
+        self.assertEqual([client.fqdn for client in await on_time.clients()],
+                         ["node1.example"])
+
+    async def test_a_malformed_replica_record_breaks_no_heartbeat(self) -> None:
+        """Not JSON, no time, not an object: dropped, and every heartbeat goes on."""
+        table = self.table("self0001", "http://10.0.0.1:8080")
+        for name, value in [("junk1", "not json"), ("junk2", '{"url": "x"}'),
+                            ("junk3", "[1, 2]"), ("junk4", '{"seen": "soon"}')]:
+            await self.client.call("HSET", "pushprox:replicas", name, value)
+        await table.heartbeat()
+        self.assertEqual(table.replicas, {"self0001": "http://10.0.0.1:8080"})
+        self.assertEqual(await self.client.call("HKEYS", "pushprox:replicas"), ["self0001"])

@@ -71,6 +71,12 @@ class RoutingUnavailable(CoordinatorError):
     status, outcome = 503, "routing_unavailable"
 
 
+class ClientsUnavailable(CoordinatorError):
+    """Redis cannot list the cluster's clients: no list rather than a partial one."""
+
+    status, outcome = 503, "clients_unavailable"
+
+
 @implementer(ICoordinator)
 class ClusterCoordinator:
     """A replica's coordinator: local polls and scrapes, shared routes, forwarding."""
@@ -271,15 +277,21 @@ class ClusterCoordinator:
         return polled.addBoth(ended)
 
     def clients(self) -> Deferred[list[ClientInfo]]:
-        """Every client of the cluster; this replica's own when Redis cannot say."""
+        """
+        Every client of the cluster; fails (503) when Redis cannot say: this replica's
+        clients alone would make Prometheus drop every other target, where a failed
+        refresh keeps the targets it had.
+        """
         return Deferred.fromCoroutine(self._clients())
 
     async def _clients(self) -> list[ClientInfo]:
         local = self.local.clients()
         try:
             shared = await self._routes.clients()
-        except RedisUnavailable:
-            return local
+        except RedisUnavailable as error:
+            raise ClientsUnavailable(
+                f"the cluster's clients cannot be listed: Redis cannot be reached ({error}); "
+                f"this replica alone knows {len(local)} of them") from None
         merged = {client.fqdn: client for client in shared}
         for client in local:
             merged[client.fqdn] = client

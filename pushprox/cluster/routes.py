@@ -45,20 +45,26 @@ REPLICAS = "pushprox:replicas"
 #: Channel announcing "REPLICA FQDN" when a client's poll lands on another replica.
 MOVES = "pushprox:moves"
 
-# Record polls: KEYS clients, routes, labels, the moves channel; ARGV replica, now, ttl,
+# Every time kept in Redis is Redis' own clock (TIME), never a replica's: replicas on
+# different machines compare them.
+_NOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+"""
+# Record polls: KEYS clients, routes, labels, the moves channel; ARGV replica, ttl,
 # refresh, then fqdn, labels for each poll.  Writes a client only when its route or
 # labels changed or its entry is older than ``refresh`` seconds; returns how many it
 # wrote.  A client that moved from another replica (or whose route its replica withdrew
 # on leaving) is announced on the moves channel.
-_NOTE_POLLS = """
+_NOTE_POLLS = _NOW + """
 local written = 0
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local fqdn, labels = ARGV[i], ARGV[i + 1]
   local seen = redis.call('ZSCORE', KEYS[1], fqdn)
   local owner = redis.call('HGET', KEYS[2], fqdn)
-  if not (seen and tonumber(seen) > tonumber(ARGV[2]) - tonumber(ARGV[4])
+  if not (seen and tonumber(seen) > now - tonumber(ARGV[3])
           and owner == ARGV[1] and redis.call('HGET', KEYS[3], fqdn) == labels) then
-    redis.call('ZADD', KEYS[1], ARGV[2], fqdn)
+    redis.call('ZADD', KEYS[1], now, fqdn)
     redis.call('HSET', KEYS[2], fqdn, ARGV[1])
     redis.call('HSET', KEYS[3], fqdn, labels)
     if (owner or seen) and owner ~= ARGV[1] then
@@ -68,37 +74,45 @@ for i = 5, #ARGV, 2 do
   end
 end
 if written > 0 then
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 end
 return written
 """
-# Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, record, now, replica ttl,
-# client cutoff.  Returns whether this replica was known, and the replicas hash after
-# dropping replicas and clients gone.
-_HEARTBEAT = """
+# Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, peer URL, started, replica
+# ttl, client ttl.  Returns whether this replica was known, and the replicas hash after
+# dropping replicas and clients gone.  A record that is not what a replica writes (not
+# JSON, no time) is dropped, not an error that would stop every replica's heartbeat.
+_HEARTBEAT = _NOW + """
 local known = redis.call('HEXISTS', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local record = cjson.encode({url = ARGV[2], seen = now, started = tonumber(ARGV[3])})
+redis.call('HSET', KEYS[1], ARGV[1], record)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local seen = tonumber(cjson.decode(all[i + 1])['seen'])
-  if seen < tonumber(ARGV[3]) - tonumber(ARGV[4]) then redis.call('HDEL', KEYS[1], all[i]) end
+  local ok, decoded = pcall(cjson.decode, all[i + 1])
+  local seen = ok and type(decoded) == 'table' and tonumber(decoded['seen'])
+  if not seen or seen < now - tonumber(ARGV[4]) then redis.call('HDEL', KEYS[1], all[i]) end
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+local cutoff = '(' .. (now - tonumber(ARGV[5]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 for _, fqdn in ipairs(gone) do
   redis.call('HDEL', KEYS[3], fqdn)
   redis.call('HDEL', KEYS[4], fqdn)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 return {known, redis.call('HGETALL', KEYS[1])}
 """
-# Where a client polls: KEYS routes, clients; ARGV fqdn.  Returns {replica, last poll}.
-_ROUTE = """
-return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('ZSCORE', KEYS[2], ARGV[1])}
+# Where a client polls: KEYS routes, clients; ARGV fqdn, ttl.  Returns {replica, whether
+# it polled within the ttl}.
+_ROUTE = _NOW + """
+local seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local known = seen and tonumber(seen) >= now - tonumber(ARGV[2]) and 1 or 0
+return {redis.call('HGET', KEYS[1], ARGV[1]), known}
 """
-# List the clients: KEYS clients, labels; ARGV cutoff.  Returns fqdn, seen, labels, ...
-_CLIENTS = """
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+# List the clients: KEYS clients, labels; ARGV ttl.  Returns fqdn, seen, labels, ...
+_CLIENTS = _NOW + """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf',
+                        'WITHSCORES')
 local out = {}
 for i = 1, #live, 2 do
   out[#out + 1] = live[i]
@@ -119,6 +133,8 @@ return dropped
 """
 
 
+#: How long listing every client may take (10,000 clients: about 0.1 s).
+CLIENTS_TIMEOUT = 2.0
 #: Polls are gathered this long before they are checked in Redis together.
 NOTE_DELAY = 0.005
 
@@ -277,8 +293,8 @@ class RouteTable:
         self.heartbeat_interval = heartbeat_interval
         #: How long a Redis call may take before it counts as failed.
         self.timeout = timeout
-        # Times in Redis are shared by replicas on other machines: wall clock, not the
-        # reactor's (which may be monotonic, or a test's Clock).
+        # This replica's own bookkeeping (times in Redis are Redis' clock, see _NOW), and
+        # its start time, compared only with replicas at the same URL (the same machine).
         self._now = wall_clock or time.time
         #: The labels (as JSON) of each client seen polling here, and when it last did.
         self._written: dict[str, str] = {}
@@ -310,11 +326,12 @@ class RouteTable:
 
     # -- calls, with a timeout, counted --
 
-    async def _call(self, what: str, call: Callable[[], Deferred[Any]]) -> Any:
+    async def _call(self, what: str, call: Callable[[], Deferred[Any]],
+                    timeout: float | None = None) -> Any:
         started = self._clock.seconds()
         try:
             deferred = call()
-            deferred.addTimeout(self.timeout, self._clock)
+            deferred.addTimeout(timeout or self.timeout, self._clock)
             result = await deferred
         except Exception as error:
             self._metrics.redis_errors.inc()
@@ -360,8 +377,7 @@ class RouteTable:
     def _note_polls(self) -> None:
         self._flush = None
         polls, self._unnoted = self._unnoted, {}
-        arguments: list[object] = [self.replica_id, self._now(), int(self._ttl) + 1,
-                                   self._ttl / 3]
+        arguments: list[object] = [self.replica_id, int(self._ttl) + 1, self._ttl / 3]
         for fqdn, labels in polls.items():
             arguments += [fqdn, labels]
         done = Deferred.fromCoroutine(self._call("note polls", lambda: self._redis.eval(
@@ -376,12 +392,11 @@ class RouteTable:
 
     async def route(self, fqdn: str) -> Route:
         """Where ``fqdn`` polls, as the cluster knows it."""
-        replica, seen = await self._call("route", lambda: self._redis.eval(
-            _ROUTE, [ROUTES, CLIENTS], [fqdn]))
-        now = self._now()
-        known = bool(seen) and float(seen) >= now - self._ttl
+        replica, polled = await self._call("route", lambda: self._redis.eval(
+            _ROUTE, [ROUTES, CLIENTS], [fqdn, self._ttl]))
+        known = polled == 1
         if replica and known:
-            self._looked_up[fqdn] = (str(replica), now)
+            self._looked_up[fqdn] = (str(replica), self._now())
         peer = self.replicas.get(str(replica)) if replica else None
         return Route(peer=peer, known=known)
 
@@ -408,9 +423,8 @@ class RouteTable:
 
     async def clients(self) -> list[ClientInfo]:
         """Every client of the cluster, sorted by FQDN."""
-        cutoff = self._now() - self._ttl
         raw = await self._call("clients", lambda: self._redis.eval(
-            _CLIENTS, [CLIENTS, LABELS], [cutoff]))
+            _CLIENTS, [CLIENTS, LABELS], [self._ttl]), timeout=CLIENTS_TIMEOUT)
         clients = []
         for index in range(0, len(raw), 3):
             try:
@@ -426,11 +440,10 @@ class RouteTable:
     async def heartbeat(self) -> None:
         """Say this replica is alive; learn the others; prune clients gone silent."""
         now = self._now()
-        record = json.dumps({"url": self.peer_url, "seen": now, "started": self._started})
         ttl = int(self.heartbeat_interval * 3) + 1
         known, raw = await self._call("heartbeat", lambda: self._redis.eval(
             _HEARTBEAT, [REPLICAS, CLIENTS, ROUTES, LABELS],
-            [self.replica_id, record, now, ttl, now - self._ttl]))
+            [self.replica_id, self.peer_url, self._started, ttl, self._ttl]))
         if not known and self._beaten:
             # Redis lost what it knew (restarted empty, or failed over): write every route
             # again at its client's next poll.

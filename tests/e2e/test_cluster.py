@@ -227,6 +227,11 @@ def test_redis_down_keeps_direct_clients_and_routing_comes_back(stack: Stack) ->
                     assert "Redis" in response.text, response.text
         assert replica.get("/-/ready").status == 200
         assert replica.metric("pushprox_cluster_redis_up") == 0
+        # Never this replica's clients alone: Prometheus would drop the others.
+        listed = replica.get("/clients")
+        assert listed.status == 503, listed
+        assert listed.text.startswith("the cluster's clients cannot be listed: Redis "
+                                      "cannot be reached"), listed.text
     # Every client is still scraped through the replica that holds its poll.
     assert all(count >= 1 for count in served.values()), served
     cluster.redis.start()
