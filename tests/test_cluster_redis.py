@@ -32,7 +32,8 @@ from pushprox.cluster.redis import (
 from pushprox.cluster.routes import RouteTable
 from tests.harness.cluster import REDIS_SERVER, missing, start_redis
 from tests.harness.processes import ProcessGroup
-from tests.harness.waiting import free_port
+from tests.harness.waiting import free_port, port_open, wait_for
+from tests.tlsfixtures import CertificateAuthority
 
 _reactor: Any = reactor
 
@@ -272,3 +273,51 @@ class RouteTableTests(TestCase):
         await table.heartbeat()
         self.assertEqual(table.replicas, {"self0001": "http://10.0.0.1:8080"})
         self.assertEqual(await self.client.call("HKEYS", "pushprox:replicas"), ["self0001"])
+
+
+class RedisTLSTests(TestCase):
+    """rediss://: the server's certificate must name the host and chain to the CA."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        gone = missing()
+        if any("redis" in item for item in gone):
+            self.skipTest("needs " + "; ".join(gone))
+        root = Path(tempfile.mkdtemp(prefix="pushprox-redis-tls-"))
+        self.group = ProcessGroup(root)
+        self.addCleanup(self.group.stop_all)
+        authority = CertificateAuthority(str(root / "pki"), "redis-test-ca")
+        self.ca = authority.cert_path
+        issued = authority.issue(str(root / "pki" / "redis"), ["localhost"])
+        self.port = free_port()
+        directory = self.group.directory("redis-tls")
+        self.group.start("redis-tls", [
+            str(REDIS_SERVER), "--port", "0", "--tls-port", str(self.port),
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(directory), "--tls-cert-file", issued.cert,
+            "--tls-key-file", issued.key, "--tls-ca-cert-file", self.ca,
+            "--tls-auth-clients", "no"])
+        wait_for(lambda: port_open(self.port), timeout=30, what="redis-server with TLS")
+
+    def client(self, host: str, ca_file: str | None) -> RedisClient:
+        client = RedisClient(_reactor, redis_endpoint(_reactor, host, self.port, tls=True,
+                                                      ca_file=ca_file))
+        client.start()
+        self.addCleanup(client.disconnect)
+        return client
+
+    async def test_the_right_name_and_ca(self) -> None:
+        """The certificate names localhost and chains to the CA given: connected."""
+        client = self.client("localhost", self.ca)
+        answer = client.call("PING")
+        answer.addTimeout(5, _reactor)
+        self.assertEqual(await answer, "PONG")
+
+    async def test_another_name_or_ca_is_refused(self) -> None:
+        """Reached as 127.0.0.1 (not in the certificate), or without the CA: no connection."""
+        wrong_name = self.client("127.0.0.1", self.ca)
+        unknown_ca = self.client("localhost", None)
+        await deferLater(_reactor, 1.5, lambda: None)
+        self.assertEqual((wrong_name.connections, unknown_ca.connections), (0, 0))
+        self.flushLoggedErrors()

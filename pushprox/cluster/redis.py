@@ -441,7 +441,9 @@ class RedisClient:
             commands.append(["SELECT", self._db])
         if self._primary_only:
             commands.append(["ROLE"])
-        return commands
+        # A connection is used only once Redis has answered on it (over TLS, once the
+        # handshake, certificate checks included, has succeeded).
+        return commands or [["PING"]]
 
     def _forget(self, protocol: RedisProtocol) -> None:
         if self._protocol is protocol:
