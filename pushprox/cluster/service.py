@@ -72,6 +72,10 @@ def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url
                         registration_timeout=config.registration_timeout,
                         metrics=cluster_metrics, subscriber=subscriber,
                         seal=OwnerSeal(peer_token))
+    connections = (redis, subscriber)
+    cluster_metrics.watch_redis(
+        lambda: sum(1 for connection in connections if connection.connected),
+        lambda: sum(connection.connections for connection in connections))
     peers = Peers(reactor, routes, peer_token, cluster_metrics)
     local = Coordinator(reactor, config, id_prefix=routes.scrape_id_prefix)
     coordinator = ClusterCoordinator(local, routes, peers, reactor)

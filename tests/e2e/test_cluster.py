@@ -291,6 +291,9 @@ def test_redis_paused_or_slow_costs_no_scrape_under_load(stack: Stack) -> None:
     assert cluster.redis_connections() == 2 * len(cluster.replicas)
     for replica in cluster.replicas:
         assert replica.metric("pushprox_cluster_redis_up") == 1
+        assert replica.metric("pushprox_cluster_redis_connections") == 2
+        # Paused and slowed, Redis cost no connection: the first two are still in use.
+        assert replica.metric("pushprox_cluster_redis_connects") == 2
 
 
 def test_a_client_moving_at_every_poll_stalls_no_scrape(stack: Stack) -> None:
