@@ -119,3 +119,22 @@ def test_the_changelog_has_a_section_for_this_version() -> None:
     changelog = (SOURCE_ROOT / "CHANGELOG.md").read_text()
     assert re.search(rf"^## \[{re.escape(pyproject_version())}\] - \d{{4}}-\d\d-\d\d$",
                      changelog, re.MULTILINE), "no section for this version"
+
+
+def test_twistd_finds_each_plugin_once_from_the_package_under_test() -> None:
+    """
+    Twisted's plugin discovery (and its dropin.cache) sees one ``pushprox-proxy`` and one
+    ``pushprox-client``, from the plugin file beside the pushprox under test: a checkout on
+    the path must not add a second copy, nor shadow the installed one.
+    """
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    import twisted.plugins.pushprox_plugins as plugin_file
+    from tests.harness.processes import PACKAGE_ROOT
+
+    names = sorted(maker.tapname for maker in getPlugins(IServiceMaker)
+                   if maker.tapname.startswith("pushprox"))
+    assert names == ["pushprox-client", "pushprox-proxy"]
+    assert Path(plugin_file.__file__).resolve() == (
+        PACKAGE_ROOT / "twisted" / "plugins" / "pushprox_plugins.py")

@@ -1,4 +1,4 @@
-"""The README's shell blocks that tests run as written, each found by the marker above it."""
+"""Shell blocks of the README and the guide that tests run as written, found by their marker."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 from tests.harness.processes import SOURCE_ROOT
 
 
-def shell_block(marker: str) -> str:
-    """The ``sh`` block right after ``marker`` in the README."""
-    readme = (SOURCE_ROOT / "README.md").read_text()
-    found = re.search(re.escape(marker) + r"\n```sh\n(.*?)\n```", readme, re.DOTALL)
-    assert found is not None, f"the README's block after {marker!r} is gone"
+def shell_block(marker: str, page: str = "README.md") -> str:
+    """The ``sh`` block right after ``marker`` in ``page`` (the README, or one of docs/)."""
+    text = (SOURCE_ROOT / page).read_text()
+    found = re.search(re.escape(marker) + r"\n```sh\n(.*?)\n```", text, re.DOTALL)
+    assert found is not None, f"the block after {marker!r} in {page} is gone"
     return found.group(1)

@@ -1,7 +1,8 @@
 """
-The README's two replicas on one machine, run as written with the pushprox that the tests
-import (in CI, the wheel as pip installed it): redis-server, two replicas, a client polling
-the first, and a scrape through the second, forwarded, prints node_exporter's metrics.
+The guide's two replicas on one machine (docs/replicas.md), run as written with the
+pushprox that the tests import (in CI, the wheel as pip installed it): redis-server, two
+replicas, a client polling the first, and a scrape through the second, forwarded, prints
+node_exporter's metrics.
 
 The block uses fixed ports (Redis' 6379, 8081, 8082 and the exporter's 9100); when one is
 taken the test skips naming it, and fails under PUSHPROX_REQUIRE_E2E=1.
@@ -27,12 +28,12 @@ from tests.harness.waiting import port_open, wait_for
 
 pytestmark = pytest.mark.e2e
 
-MARKER = "<!-- replicas: tests/e2e/test_readme_replicas.py runs this block as written -->"
+MARKER = "<!-- replicas: tests/e2e/test_replicas_block.py runs this block as written -->"
 PORTS = {6379: "Redis", 8081: "the first replica", 8082: "the second replica",
          9100: "the exporter"}
 
 
-def test_readme_two_replicas_work_as_pasted(stack: Stack, tmp_path: Path) -> None:
+def test_two_replicas_block_works_as_pasted(stack: Stack, tmp_path: Path) -> None:
     """The scrape through the replica without the poll prints the exporter's page."""
     missing = cluster.missing()
     if missing:
@@ -51,7 +52,8 @@ def test_readme_two_replicas_work_as_pasted(stack: Stack, tmp_path: Path) -> Non
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin", "/usr/bin",
                             "/sbin", "/bin"])
     try:
-        shell = stack.start("replicas", ["bash", "-c", shell_block(MARKER)], cwd=tmp_path,
+        block = shell_block(MARKER, "docs/replicas.md")
+        shell = stack.start("replicas", ["bash", "-c", block], cwd=tmp_path,
                             env={"PATH": path, "PYTHONPATH": ""})
         assert shell.wait_exit(120), shell.log_tail()
         output = shell.log_text()
