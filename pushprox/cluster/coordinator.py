@@ -4,9 +4,9 @@ Where each scrape goes in a cluster: here, or to the replica that holds the clie
 
 ``ClusterCoordinator`` implements ``ICoordinator`` around the single-process
 ``Coordinator``, which keeps this replica's polls, scrapes and timeouts as it always
-did.  A scrape is served here when a poll of its FQDN is held here, when it was
-forwarded by a peer already (one hop at most), or when Redis names no other live
-replica; otherwise it is forwarded.  Every poll is noted in the routing table.  A
+did.  A scrape is served here when a poll of its FQDN is held here, when it was routed
+between replicas ``MAX_HOPS`` times already, or when Redis names no other live replica;
+otherwise it is forwarded.  Every poll is noted in the routing table.  A
 scrape queued here for its client's next poll follows that poll when it lands on another
 replica (announced through Redis, ``RouteTable.on_moved``).  While
 Redis does not answer, a scrape follows the route Redis gave last for its client, or asks
