@@ -66,7 +66,7 @@ def _serve(target_port: int, ports_file: str) -> None:
         queue: deque[bytes]
         dripping: bool
         due: float
-        held: deque[tuple[float, bytes]]
+        held: deque[bytes]
         held_back: int
         held_paused: bool
 
@@ -79,8 +79,8 @@ def _serve(target_port: int, ports_file: str) -> None:
             self.dripping = False
             #: When the last delayed bytes are due: later bytes must not overtake them.
             self.due = 0.0
-            #: Delayed bytes not written yet (when each is due), their size, and whether
-            #: they paused the sender.
+            #: Delayed bytes not written yet, oldest first, their size, and whether they
+            #: paused the sender.
             self.held = deque()
             self.held_back = 0
             self.held_paused = False
@@ -104,11 +104,10 @@ def _serve(target_port: int, ports_file: str) -> None:
             if mode == "delay" or self.held:
                 self.due = max(now + (value if mode == "delay" else 0.0), self.due)
                 self.held_back += len(data)
-                # One timer for the oldest held bytes: timers due at the same moment
-                # may fire in any order, bytes may not.
-                self.held.append((self.due, data))
-                if len(self.held) == 1:
-                    reactor.callLater(self.due - now, self._write_held, source, sink)
+                # Each timer writes the oldest bytes held, whichever fires first: timers due
+                # at (nearly) the same moment may fire in any order, bytes may not.
+                self.held.append(data)
+                reactor.callLater(self.due - now, self._write_held, source, sink)
                 if self.held_back > HELD_BACK and not self.held_paused:
                     self.held_paused = True
                     source.pauseProducing()
@@ -122,13 +121,9 @@ def _serve(target_port: int, ports_file: str) -> None:
                 self._write(sink, data)
 
         def _write_held(self, source: Any, sink: Any) -> None:
-            now = reactor.seconds()
-            while self.held and self.held[0][0] <= now:
-                _, data = self.held.popleft()
-                self.held_back -= len(data)
-                self._write(sink, data)
-            if self.held:
-                reactor.callLater(self.held[0][0] - now, self._write_held, source, sink)
+            data = self.held.popleft()
+            self.held_back -= len(data)
+            self._write(sink, data)
             if self.held_paused and self.held_back <= HELD_BACK:
                 self.held_paused = False
                 source.resumeProducing()
