@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.logger import Logger
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Shortest client or peer token accepted: shorter ones can be guessed.
@@ -172,17 +170,34 @@ class PasswordChecker:
 
 
 class ScraperAuth:
-    """Who may scrape through the proxy, and read /clients and /metrics."""
+    """
+    Who may scrape through the proxy, and read /clients and /metrics.
+
+    Scrapes are checked against ``passwords`` (``--scrape-auth``), the proxy's own
+    endpoints against ``endpoint_passwords`` (the web configuration file's users) when
+    there are some, else against the same ``passwords``.
+    """
 
     def __init__(self, *, networks: Sequence[IPNetwork] = (),
-                 passwords: PasswordChecker | None = None) -> None:
+                 passwords: PasswordChecker | None = None,
+                 endpoint_passwords: PasswordChecker | None = None) -> None:
         self._networks = list(networks)
         self._passwords = passwords
+        self._endpoint_passwords = endpoint_passwords
 
     @property
     def enabled(self) -> bool:
         """Whether anything is checked at all."""
-        return bool(self._networks) or self._passwords is not None
+        return (bool(self._networks) or self._passwords is not None
+                or self._endpoint_passwords is not None)
+
+    def replace_passwords(self, passwords: PasswordChecker) -> None:
+        """Check passwords with ``passwords`` from now on (a re-read password file)."""
+        self._passwords = passwords
+
+    def replace_endpoint_passwords(self, passwords: PasswordChecker | None) -> None:
+        """Check the proxy's own endpoints with ``passwords`` from now on (None: as scrapes)."""
+        self._endpoint_passwords = passwords
 
     def check(self, address: str | None, authorization: bytes | None, *,
               proxy: bool) -> None:
@@ -203,21 +218,22 @@ class ScraperAuth:
                 ip = ip.ipv4_mapped
             if ip is None or not any(ip in network for network in self._networks):
                 raise Denied(403, f"address {address} is not allowed to scrape")
-        if self._passwords is None:
+        passwords = self._passwords
+        if not proxy and self._endpoint_passwords is not None:
+            passwords = self._endpoint_passwords
+        if passwords is None:
             return
         code, header = ((407, b"Proxy-Authenticate") if proxy else (401, b"WWW-Authenticate"))
         challenge = (header, b'Basic realm="pushprox"')
         credentials = parse_authorization(authorization)
         if credentials is None or credentials.scheme != "basic":
             raise Denied(code, "credentials required", challenge)
-        if not self._passwords.verify(credentials.user, credentials.secret):
+        if not passwords.verify(credentials.user, credentials.secret):
             raise Denied(code, "wrong user or password", challenge)
 
 
 class ClientAuth:
     """Who may poll and push: a token from a file, a certificate naming the FQDN, or both."""
-
-    log = Logger()
 
     def __init__(
         self,
@@ -237,17 +253,10 @@ class ClientAuth:
         return self._token_file is not None or self._require_certificate
 
     def reload(self) -> None:
-        """Re-read the token file; on error keep the tokens in force and log why."""
+        """Re-read the token file; on error raise ValueError and keep the tokens in force."""
         if self._token_file is None:
             return
-        try:
-            self._tokens = load_tokens(self._token_file)
-        except ValueError as error:
-            self.log.error("Token file not reloaded, the old tokens stay in force: {reason}",
-                           reason=str(error))
-            return
-        self.log.info("Reloaded {n} client tokens from {path}", n=len(self._tokens),
-                      path=self._token_file)
+        self._tokens = load_tokens(self._token_file)
 
     def _token_owner(self, authorization: bytes | None) -> str:
         credentials = parse_authorization(authorization)

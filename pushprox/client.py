@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -30,6 +30,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, DNSLookupError
 from twisted.internet.interfaces import (
     IConsumer,
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -58,11 +59,11 @@ from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
-from pushprox.twisted_hooks import EagerWrites
+from pushprox.twisted_hooks import write_eagerly
 
 USER_AGENT = b"pushprox-client/0.1.0"
-#: A poll still held after this many seconds was accepted: the client is registered
-#: (the proxy answers a refused poll at once).
+#: A poll still held this many seconds after it was written on a connection was
+#: accepted: the client is registered (the proxy answers a refused poll at once).
 REGISTERED_AFTER = 1.0
 #: Largest poll answer read; a scrape request is a few hundred bytes.
 MAX_POLL_ANSWER = 256 * 1024
@@ -287,19 +288,7 @@ class ClientService(Service):
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
         self._poll_url = config.endpoint("poll")
         self._push_url = config.endpoint("push")
-        headers = [(b"User-Agent", USER_AGENT)]
-        auth = config.proxy_authorization()
-        if auth is not None:
-            headers.append((b"Authorization", auth))
-        self._poll_head = _proxy_head(self._poll_url, [
-            *headers,
-            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
-            # Sent even when empty, so that labels dropped from the command line go away.
-            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
-        ])
-        self._push_head = _proxy_head(self._push_url, headers)
-        self._push_poll_head = _proxy_head(self._push_url,
-                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+        self._make_heads()
         #: Whether the proxy answers pushes with the next queued scrape (it said so).
         self._push_poll = False
         #: Whether the proxy answers idle polls after poll_timeout (it said so).
@@ -315,6 +304,29 @@ class ClientService(Service):
 
     # -- the poll loop --
 
+    def _make_heads(self) -> None:
+        """The heads of polls and pushes, written once for every request."""
+        config = self.config
+        headers = [(b"User-Agent", USER_AGENT)]
+        auth = config.proxy_authorization()
+        if auth is not None:
+            headers.append((b"Authorization", auth))
+        self._poll_head = _proxy_head(self._poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self._push_head = _proxy_head(self._push_url, headers)
+        self._push_poll_head = _proxy_head(self._push_url,
+                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+
+    def use_tokens(self, *, proxy_token: str | None, target_bearer_token: str | None) -> None:
+        """Send these tokens from the next request on (re-read token files)."""
+        self.config = replace(self.config, proxy_token=proxy_token,
+                                          target_bearer_token=target_bearer_token)
+        self._make_heads()
+
     def startService(self) -> None:
         """Start polling."""
         super().startService()
@@ -326,15 +338,16 @@ class ClientService(Service):
     async def _poll_loop(self) -> None:
         """Poll, hand each scrape request over, poll again; back off on errors."""
         while self.running:
-            held = None
-            if not self._registered:
-                held = self._clock.callLater(REGISTERED_AFTER, self._note_registered)
+            held = _HeldPoll(self._clock, None if self._registered else self._note_registered)
             try:
                 request = await self._wait(self._bounded(Deferred.fromCoroutine(
-                    self._poll_once())))
+                    self._poll_once(held.written))))
             except CancelledError:
                 return
             except Exception as error:
+                # The poll was refused or never reached the proxy: not registered, even
+                # if the backoff below outlasts REGISTERED_AFTER.
+                held.cancel()
                 self._registered = False
                 if not self.running:
                     return  # stopService cancelled the poll
@@ -346,8 +359,7 @@ class ClientService(Service):
                     return
                 continue
             finally:
-                if held is not None and held.active():
-                    held.cancel()
+                held.cancel()
             self._note_success()
             if not self._registered:
                 self._note_registered()
@@ -382,9 +394,9 @@ class ClientService(Service):
 
         return poll.addTimeout(limit, self._clock, onTimeoutCancel=presumed_dead)
 
-    async def _poll_once(self) -> wire.ScrapeRequest | None:
+    async def _poll_once(self, written: Callable[[], None]) -> wire.ScrapeRequest | None:
         answer = await self._proxy.request(self._poll_head, self._fqdn_bytes,
-                                           limit=MAX_POLL_ANSWER)
+                                           limit=MAX_POLL_ANSWER, written=written)
         body = answer.body
         extensions = wire.decode_extensions(answer.values(wire.EXTENSIONS_HEADER))
         self._push_poll = wire.PUSH_POLL_EXTENSION in extensions
@@ -512,17 +524,25 @@ class ClientService(Service):
             raise
         except Exception as error:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} failed: {reason}",
-                          scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
+            self._push_log("Push of scrape {scrape_id} failed: {reason}",
+                           scrape_id=request.scrape_id, reason=error, fqdn=self.config.fqdn)
             raise _PushFailed() from error
         if answer.code != 200:
             self.metrics.push_errors.inc()
-            self.log.warn("Push of scrape {scrape_id} refused with {status}: {answer}",
-                          scrape_id=request.scrape_id, status=answer.code,
-                          answer=_snippet(answer.body))
+            self._push_log("Push of scrape {scrape_id} refused with {status}: {answer}",
+                           scrape_id=request.scrape_id, status=answer.code,
+                           answer=_snippet(answer.body), fqdn=self.config.fqdn)
             raise _PushFailed()
         if answer.body and answer.has(wire.NEXT_SCRAPE_HEADER):
             self._take_next(answer.body)
+
+    def _push_log(self, format: str, **fields: Any) -> None:
+        """A push that failed: a warning, but routine while this client stops (a proxy
+        stopping at the same time refuses it with 503, a closed link drops it)."""
+        if self.running:
+            self.log.warn(format, **fields)
+        else:
+            self.log.debug(format + " (the client is stopping)", **fields)
 
     def _take_next(self, answer: bytes) -> None:
         """Start the scrape a push answer handed over, as if a poll had brought it."""
@@ -569,6 +589,30 @@ class ClientService(Service):
 
         first.addCallback(close)
         return first.addCallback(lambda _: None)
+
+
+class _HeldPoll:
+    """
+    Calls ``registered`` once a poll has been on a connection for REGISTERED_AFTER
+    seconds unanswered: a proxy that refuses a poll does so at once, and one that is
+    down or unreachable never sees it (a connection that is still being made, to a
+    host that drops packets, does not count).
+    """
+
+    def __init__(self, clock: IReactorTime, registered: Callable[[], None] | None) -> None:
+        self._clock = clock
+        self._registered = registered
+        self._call: IDelayedCall | None = None
+
+    def written(self) -> None:
+        """The poll is on a connection: start counting (once)."""
+        if self._registered is not None and self._call is None:
+            self._call = self._clock.callLater(REGISTERED_AFTER, self._registered)
+
+    def cancel(self) -> None:
+        """The poll is over: count no more."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
 
 
 @dataclass
@@ -668,9 +712,9 @@ class _QuietEndpoint:
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
-    the connected protocol's transport is wrapped in ``EagerWrites``: Agent writes a
-    request without a body in one call, which then leaves at once rather than a
-    reactor turn later.
+    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``):
+    Agent writes a request without a body in one call, which then leaves at once rather
+    than a reactor turn later.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint,
@@ -694,15 +738,8 @@ class _QuietEndpoint:
 
             connecting.addCallback(watch)
         if self._eager_writes:
-            connecting.addCallback(_write_eagerly)
+            connecting.addCallback(write_eagerly)
         return connecting
-
-
-def _write_eagerly(protocol: IProtocol) -> IProtocol:
-    transport = getattr(protocol, "transport", None)
-    if transport is not None:
-        protocol.transport = EagerWrites(transport)  # type: ignore[attr-defined]
-    return protocol
 
 
 def make_connections(

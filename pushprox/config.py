@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pushprox.options import naming, positive_int, seconds
+from pushprox.options import naming, positive_int, seconds, target_address
 
 
-def option(default: Any, help: str, *, flag: str | None = None) -> Any:
-    """A config field that is also a command-line option (see the module docstring)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+def option(default: Any, help: str, *, flag: str | None = None,
+           parse: Callable[[str], Any] | None = None) -> Any:
+    """A config field that is also a command-line option (see the module docstring);
+    ``parse`` reads its value instead of the parser of its type."""
+    return field(default=default, metadata={"help": help, "flag": flag, "parse": parse})
 
 
 #: How an option's value is read, by the type of its field: durations (a number of
@@ -96,7 +98,7 @@ class ClientConfig(KeepAliveConfig):
     fqdn: str
     target_host: str | None = option(
         None, "Address to connect to for scrapes instead of the FQDN, e.g. 127.0.0.1 "
-        "(the Host header keeps the FQDN).")
+        "(the Host header keeps the FQDN).", parse=target_address)
     retry_initial_wait: float = option(1.0, "First wait in seconds after a failed poll.")
     retry_max_wait: float = option(5.0, "Longest wait in seconds between failed polls.")
     poll_timeout: float = option(
@@ -175,7 +177,7 @@ def twistd_parameters(config_class: type[Any]) -> list[list[Any]]:
     for flag, item in option_fields(config_class):
         if item.type in ("bool", bool):
             continue
-        parser = _PARSERS[str(item.type)]
+        parser = item.metadata["parse"] or _PARSERS[str(item.type)]
         rows.append([flag, None, item.default, item.metadata["help"],
                      parser and naming(flag, parser)])
     return rows

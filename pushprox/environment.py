@@ -9,7 +9,8 @@ name in upper case with ``-`` (and ``.``) as ``_``: ``--scrape-auth FILE`` from
 ``PUSHPROX_SCRAPE_AUTH=FILE``, ``--allow-any`` from ``PUSHPROX_ALLOW_ANY=true``. A
 repeatable option (one whose value is a list) takes a comma-separated list. An option
 given on the command line wins: its variable is not read at all. A value that the
-option refuses is a usage error naming the variable.
+option refuses is a usage error naming the variable. A ``PUSHPROX_`` variable that no
+option reads but that looks like one that does is a misspelling, said as a warning.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Any
 
 from twisted.python import reflect, usage
 
-from pushprox.options import OptionValueError
+from pushprox.options import OptionValueError, did_you_mean
 
 PREFIX = "PUSHPROX_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 #: usage.Options' own flags, which mean nothing in an environment.
-_NOT_FROM_ENVIRONMENT = frozenset({"help", "version"})
+_NOT_FROM_ENVIRONMENT = frozenset({"help", "h", "version"})
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,17 @@ def apply_environment(
     skip: Iterable[str] = (),
     aliases: Mapping[str, str] | None = None,
     same_as: Mapping[str, str] | None = None,
-) -> None:
+) -> dict[str, str]:
     """
-    Set the options that variables of ``environ`` give, except those in ``skip``.
+    Set the options that variables of ``environ`` give, except those in ``skip``; the
+    variable that set each option, by the option's name.
 
     ``aliases`` maps further variable names to flags (``FQDN`` to ``fqdn``); a
     ``PUSHPROX_`` variable wins over its alias. ``same_as`` is as for
     ``flags_on_command_line``.
     """
     same_as = same_as or {}
+    applied: dict[str, str] = {}
     skipped = {_canonical(options, name, same_as) for name in skip}
     by_flag = {option.flag: option for option in environment_options(options)}
     for option in by_flag.values():
@@ -115,8 +118,28 @@ def apply_environment(
         try:
             _apply(options, option, environ[variable], repeatable=isinstance(
                 options.opts.get(canonical), list))
-        except (usage.UsageError, OptionValueError, ValueError) as error:
+        except OptionValueError as error:
+            raise usage.UsageError(f"{variable}={environ[variable]!r}: {error.reason}") from None
+        except (usage.UsageError, ValueError) as error:
             raise usage.UsageError(f"{variable}={environ[variable]!r}: {error}") from None
+        applied[option.flag] = variable
+    return applied
+
+
+def misspelt_variables(environ: Mapping[str, str], known: Iterable[str]) -> dict[str, str]:
+    """The ``PUSHPROX_`` variables of ``environ`` not in ``known`` that look like one that
+    is, each with the one it looks like."""
+    known = set(known)
+    # Compared without the prefix, which every name shares and which would make any two
+    # look alike.
+    options = [name.removeprefix(PREFIX) for name in known if name.startswith(PREFIX)]
+    found: dict[str, str] = {}
+    for name in environ:
+        if name.startswith(PREFIX) and name not in known:
+            suggestion = did_you_mean(name.removeprefix(PREFIX), options)
+            if suggestion is not None:
+                found[name] = PREFIX + suggestion
+    return found
 
 
 def _apply(options: usage.Options, option: EnvironmentOption, value: str, *,

@@ -8,6 +8,9 @@ milliseconds), ``level`` (``debug``, ``info``, ``warn``, ``error``), ``logger`` 
 module and class that logged), ``message`` (the rendered text), then those of
 ``EVENT_FIELDS`` the event carries, and ``error``/``traceback`` for a logged failure.
 ``text`` is Twisted's classic format, twistd's own.
+
+A few routine events that Twisted logs at info (an idle HTTP connection timed out, every
+minute on a busy proxy) are written at debug (``ROUTINE_FORMATS``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 #: The event fields written beside the message, in this order, when an event has them.
 EVENT_FIELDS = ("fqdn", "url", "status", "reason", "scrape_id")
@@ -44,6 +48,12 @@ LEVELS = {
 _LEVEL_NAMES = {LogLevel.critical: "error"} | {level: name for name, level in LEVELS.items()}
 
 EventDict = Mapping[str, Any]
+
+#: Twisted's messages (``log_format``) of routine events that it logs at info.
+ROUTINE_FORMATS = frozenset({
+    "Timing out client: {peer}",  # twisted.web.http.HTTPChannel
+    "Timing out client {client}",  # twisted.web._http2.H2Connection
+})
 
 
 def log_level(value: str) -> str:
@@ -122,10 +132,24 @@ def log_format(value: str) -> str:
 
 def log_observer(stream: IO[str], *, level: str, format: str) -> ILogObserver:
     """An observer writing events of ``level`` and above to ``stream`` in ``format``."""
-    return FilteringLogObserver(
+    return RoutineAtDebug(FilteringLogObserver(
         FileLogObserver(stream, FORMATS[format]),
         [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])],
-    )
+    ))
+
+
+@implementer(ILogObserver)
+class RoutineAtDebug:
+    """Passes events on to ``observer``, those of ``ROUTINE_FORMATS`` at debug."""
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self._observer = observer
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """Pass ``event`` on, at debug if it is routine."""
+        if event.get("log_format") in ROUTINE_FORMATS and event.get("log_level") == LogLevel.info:
+            event = {**event, "log_level": LogLevel.debug}
+        self._observer(event)
 
 
 def twistd_log_file(twistd_options: Mapping[str, Any]) -> IO[str]:

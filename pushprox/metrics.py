@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     # --metrics-listen does not pay for it.
     from twisted.web.server import Request, Site
 
+    from pushprox.auth import ScraperAuth
+
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
 SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                   30, 60, 120, 300)
@@ -43,10 +45,14 @@ SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 def _created_series_wanted() -> bool:
     """Whether prometheus-client writes ``_created`` series in this process.
 
-    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` set this flag;
-    it is read at every collection so that ours follow the library's own metrics.
+    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` decide it, and
+    the library offers no public reading of that choice: a counter of its own, in no
+    registry, is asked at every collection (a few microseconds) so that ours follow the
+    library's own metrics.
     """
-    return bool(getattr(prometheus_client.metrics, "_use_created", True))
+    probe = prometheus_client.Counter("pushprox_probe", "", registry=None)
+    return any(sample.name.endswith("_created")
+               for family in probe.collect() for sample in family.samples)
 
 
 class ReactorCounterSeries:
@@ -376,8 +382,45 @@ class MetricsResource(Resource):
         return encoder(self._registry)
 
 
-def metrics_site(registry: CollectorRegistry) -> Site:
-    """A site that serves ``/metrics`` of one registry and logs no access lines."""
+class GuardedMetricsResource(MetricsResource):
+    """
+    ``MetricsResource`` behind the web configuration file's users and headers: ``auth``
+    checks ``Authorization`` (401 with a challenge, one line), ``headers`` go on every
+    answer (a list changed in place when the file is re-read).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, auth: ScraperAuth | None,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(registry)
+        self._auth = auth
+        self._headers = headers
+
+    def render_GET(self, request: Request) -> bytes:
+        """The registry's values, once the request's credentials are checked."""
+        from pushprox.auth import Denied
+
+        for name, value in self._headers:
+            request.setHeader(name, value)
+        if self._auth is not None:
+            peer = request.getClientAddress()
+            try:
+                self._auth.check(getattr(peer, "host", None),
+                                 request.getHeader(b"authorization"), proxy=False)
+            except Denied as denied:
+                request.setResponseCode(denied.code)
+                if denied.challenge is not None:
+                    request.setHeader(*denied.challenge)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return denied.message.encode("utf-8") + b"\n"
+        return super().render_GET(request)
+
+
+def metrics_site(registry: CollectorRegistry, *, auth: ScraperAuth | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> Site:
+    """
+    A site that serves ``/metrics`` of one registry and logs no access lines; with
+    ``auth`` or ``headers`` (the web configuration file's), guarded and headed by them.
+    """
     from twisted.web.server import Site
 
     class MetricsSite(Site):
@@ -387,5 +430,9 @@ def metrics_site(registry: CollectorRegistry) -> Site:
             """Scrapes of the client's metrics are not worth a log line each."""
 
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry))
+    if auth is None and headers is None:
+        root.putChild(b"metrics", MetricsResource(registry))
+    else:
+        root.putChild(b"metrics", GuardedMetricsResource(
+            registry, auth=auth, headers=headers if headers is not None else []))
     return MetricsSite(root)

@@ -2,28 +2,49 @@
 """
 What both programs share around their options and services, under twistd and as
 console scripts: upstream PushProx's flag names, options from the environment,
-``--log-level``/``--log-format``, and usage and start-up errors said in one line that
-names the flag.
+``--log-level``/``--log-format``, ``-h`` and the usage line, and usage and start-up
+errors said in one line that names the flag (or the variable), before a daemon forks.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver
-from twisted.python import usage
+from twisted.logger import ILogObserver, Logger
+from twisted.python import reflect, usage
 from twisted.python.components import Componentized
 
-from pushprox.environment import apply_environment, flags_on_command_line
+from pushprox.environment import (
+    apply_environment,
+    environment_options,
+    flags_on_command_line,
+    misspelt_variables,
+)
 from pushprox.logs import log_format, log_level, log_observer, twistd_log_file
-from pushprox.options import OptionValueError, naming
+from pushprox.options import (
+    OptionValueError,
+    endpoint_arguments,
+    naming,
+    non_negative_seconds,
+    tls_cipher_suites,
+    tls_min_version,
+)
+from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
 from pushprox.version import version_line
+
+if TYPE_CHECKING:
+    from pushprox.auth import ScraperAuth
+    from pushprox.tls import ServerTLS
+    from pushprox.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -73,6 +94,13 @@ class ProgramOptions(usage.Options):
     environment_aliases: ClassVar[Mapping[str, str]] = {}
     #: Flags that are another name of a flag (usage.Options' own synonyms are one letter).
     same_as: ClassVar[Mapping[str, str]] = {}
+    #: The other program's options class (``module.Name``), whose variables are no
+    #: misspelling of ours: one environment may configure both programs.
+    sibling: ClassVar[str | None] = None
+    #: What follows the program's name in the usage line: its main options.
+    synopsis = "[options]"
+    #: The variable that set an option, by the option's name (none from the command line).
+    variables_given: dict[str, str]
 
     optParameters: list[list[Any]] = [
         ["log-level", None, None, "Log events of this level and above: debug, info, warn "
@@ -81,7 +109,21 @@ class ProgramOptions(usage.Options):
         ["log-format", None, None, "logfmt or json: one line per event with stable field "
          "names; text: Twisted's format (default: logfmt; under twistd, text).",
          naming("log-format", log_format)],
+        ["tls-min-version", None, None, "Lowest TLS version of every TLS listener and of "
+         "the client's TLS to the proxy: TLS12 or TLS13 (default: TLS12).",
+         naming("tls-min-version", tls_min_version)],
+        ["tls-cipher-suites", None, None, "TLS 1.2 cipher suites of the same, by IANA name, "
+         "comma-separated (default: Mozilla's intermediate profile, AEAD ciphers with "
+         "forward secrecy; TLS 1.3's are always offered).",
+         naming("tls-cipher-suites", tls_cipher_suites)],
+        ["tls-reload-interval", None, 10.0, "Seconds between looks at the certificate, key "
+         "and CA files for a renewal, picked up without a restart (default: 10; 0: only on "
+         "SIGHUP).", naming("tls-reload-interval", non_negative_seconds)],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.variables_given = {}
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Read upstream's names, then the environment, then the command line."""
@@ -89,14 +131,39 @@ class ProgramOptions(usage.Options):
             list(sys.argv[1:] if options is None else options), self.upstream_flags)
         try:
             given = flags_on_command_line(self, argv, same_as=self.same_as)
-            apply_environment(self, os.environ, skip=given, aliases=self.environment_aliases,
-                              same_as=self.same_as)
+            self.variables_given = apply_environment(
+                self, os.environ, skip=given, aliases=self.environment_aliases,
+                same_as=self.same_as)
+            self._warn_misspelt_variables(os.environ)
             super().parseOptions(argv)
             self._check_twistd_logging()
         except (usage.UsageError, OptionValueError) as error:
             self._refuse(str(error))
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
+
+    def given_as(self, flag: str) -> str:
+        """How the user gave option ``flag``: ``--flag``, or the variable that set it."""
+        return self.variables_given.get(flag, f"--{flag}")
+
+    def opt_help(self) -> None:
+        """Print this help and exit."""
+        try:
+            sys.stdout.write(str(self) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader (| head) has seen enough; say nothing more at exit either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+    opt_h = opt_help
+
+    def getSynopsis(self) -> str:
+        """The usage line: the program (under twistd, twistd's line) and its main options."""
+        parent = self.twistd_options()
+        if isinstance(parent, usage.Options) and parent.subCommand:
+            return f"{parent.getSynopsis()} {parent.subCommand} {self.synopsis}"
+        return f"Usage: {self.program} {self.synopsis}"
 
     def opt_version(self) -> None:
         """Print pushprox's version (and Python's and Twisted's) and exit."""
@@ -121,6 +188,32 @@ class ProgramOptions(usage.Options):
         if twistd.get("logfile") == "-" and not twistd.get("nodaemon"):
             raise usage.UsageError("a daemon cannot log to standard output")
 
+    def variables(self) -> set[str]:
+        """Every variable that sets an option of this program."""
+        return ({option.variable for option in environment_options(self)}
+                | set(self.environment_aliases))
+
+    def _warn_misspelt_variables(self, environ: Mapping[str, str]) -> None:
+        misspelt = misspelt_variables(environ, self.variables())
+        if misspelt and self.sibling is not None:
+            # Loaded only here: the client must not import the proxy's code to start.
+            sibling_variables = reflect.namedAny(self.sibling)().variables()
+            misspelt = {name: suggestion for name, suggestion in misspelt.items()
+                        if name not in sibling_variables}
+        for name, suggestion in sorted(misspelt.items()):
+            sys.stderr.write(f"{self._name_in_messages()}: warning: {name} is not a "
+                             f"variable {self.program} reads; did you mean {suggestion}?\n")
+
+    def _name_in_messages(self) -> str:
+        return self.program if self.twistd_options() is None else f"twistd {self.program}"
+
+    def refuse_to_start(self, reason: str) -> None:
+        """Stop before starting: ``reason`` in one line (a StartupError outside twistd)."""
+        if self.twistd_options() is None:
+            raise StartupError(reason)
+        (sys.__stderr__ or sys.stderr).write(f"twistd {self.program}: {reason}\n")
+        raise SystemExit(1)
+
     def _refuse(self, reason: str) -> None:
         if self.twistd_options() is None:
             raise usage.UsageError(reason)
@@ -140,6 +233,37 @@ class ProgramOptions(usage.Options):
                 "in upper case, - as _ (PUSHPROX_LOG_LEVEL=debug).\n")
 
 
+_Options = TypeVar("_Options", bound=ProgramOptions, contravariant=True)
+
+
+class MakeService(Protocol[_Options]):
+    """A tap's ``makeService``."""
+
+    def __call__(self, options: _Options, reactor: Any = None) -> IService:
+        """The service that ``options`` describe, on ``reactor`` (the global one if None)."""
+
+
+def one_line_errors(make_service: MakeService[_Options]) -> MakeService[_Options]:
+    """
+    ``make_service``, saying in one line why it cannot make the service.
+
+    Files that cannot be used (a certificate and a key that do not match), endpoints
+    that cannot be made: the program stops before it starts, under twistd before it
+    becomes a daemon, instead of a traceback.
+    """
+
+    @functools.wraps(make_service)
+    def make(options: _Options, reactor: Any = None) -> IService:
+        try:
+            return make_service(options, reactor)
+        except (StartupError, usage.UsageError, OptionValueError, ValueError,
+                OSError) as error:
+            options.refuse_to_start(str(error))
+            raise  # refuse_to_start raised already
+
+    return make
+
+
 class ProgramService(MultiService):
     """
     The service of either program.
@@ -150,13 +274,25 @@ class ProgramService(MultiService):
     """
 
     def __init__(self, *, log_observer: ILogObserver | None = None,
-                 exit_on_startup_error: bool = False) -> None:
+                 exit_on_startup_error: bool = False, daemon: bool = False) -> None:
         super().__init__()
         self._log_observer = log_observer
         self._exit_on_startup_error = exit_on_startup_error
+        self._daemon = daemon
 
     def setServiceParent(self, parent: Any) -> None:
-        """Give twistd's application our log observer, then join it."""
+        """Give twistd's application our log observer, then join it.
+
+        A daemon's listeners are tried here, before twistd forks: after it, a port in
+        use could only reach the terminal as twistd's cut-off bytes repr.
+        """
+        if self._daemon:
+            try:
+                for listener in _flag_listeners(self):
+                    listener.check_available()
+            except StartupError as error:
+                (sys.__stderr__ or sys.stderr).write(f"twistd: {error}\n")
+                raise SystemExit(1) from None
         if self._log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
@@ -184,7 +320,8 @@ def program_service(options: ProgramOptions) -> ProgramService:
         observer = log_observer(twistd_log_file(twistd), level=options["log-level"] or "debug",
                                 format=options["log-format"] or "text")
     return ProgramService(log_observer=observer,
-                          exit_on_startup_error=bool(twistd.get("nodaemon")))
+                          exit_on_startup_error=bool(twistd.get("nodaemon")),
+                          daemon=not twistd.get("nodaemon"))
 
 
 class FlagListener(MultiService):
@@ -200,9 +337,33 @@ class FlagListener(MultiService):
             # Raises at once on a port in use, unlike a bare StreamServerEndpointService,
             # which would only log it.
             listener = strports.service(description, factory, reactor=reactor)
-        except ValueError as error:
-            raise usage.UsageError(f"--{flag} {description}: {error}") from None
+        except Exception as error:
+            # Whatever the endpoint's parser raises (a TLS library's error for files
+            # that do not go together, among others) is about this flag's value.
+            reason = str(error) or type(error).__name__
+            raise usage.UsageError(f"--{flag} {description}: {reason}") from None
         listener.setServiceParent(self)
+        #: The listener's re-readable TLS, if it is a TLS listener of ours.
+        self.tls: ServerTLS | None = getattr(getattr(listener, "endpoint", None), "tls", None)
+
+    def check_available(self) -> None:
+        """Raise a StartupError naming the flag if a TCP port of it cannot be bound now."""
+        kind, positional, keywords = endpoint_arguments(self._description)
+        if kind not in ("tcp", "tcp6", "ssl", "pushprox-tls", "pushprox-mtls"):
+            return
+        port_text = keywords.get("port") or (positional[0] if positional else "")
+        if not port_text.isdigit() or int(port_text) == 0:
+            return
+        interface = keywords.get("interface", "::" if kind == "tcp6" else "")
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((interface, int(port_text)))
+            except OSError as error:
+                raise StartupError(
+                    f"--{self._flag} {self._description}: cannot listen on "
+                    f"{interface or '*'}:{port_text}: {error.strerror or error}") from None
 
     def privilegedStartService(self) -> None:
         """Listen, or raise a StartupError naming the flag."""
@@ -214,9 +375,130 @@ class FlagListener(MultiService):
             raise StartupError(
                 f"--{self._flag} {self._description}: cannot listen on {where}: {reason}"
             ) from None
+        except OSError as error:
+            # A unix: socket's lock file or path, among others.
+            raise StartupError(f"--{self._flag} {self._description}: cannot listen: "
+                               f"{error.strerror or error}") from None
+
+
+def _flag_listeners(service: Any) -> list[FlagListener]:
+    if isinstance(service, FlagListener):
+        return [service]
+    return [listener for child in getattr(service, "services", ())
+            for listener in _flag_listeners(child)]
 
 
 def add_listener(service: IService, flag: str, description: str, factory: Any,
-                 reactor: Any) -> None:
-    """Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``."""
-    FlagListener(flag, description, factory, reactor).setServiceParent(service)
+                 reactor: Any, *, reloader: Reloader | None = None) -> FlagListener:
+    """
+    Add a ``FlagListener`` for ``description`` (given with ``--flag``) to ``service``;
+    register its certificates with ``reloader`` if it is a TLS listener.
+    """
+    listener = FlagListener(flag, description, factory, reactor)
+    listener.setServiceParent(service)
+    if reloader is not None and listener.tls is not None:
+        where = ":".join(description.split(":")[:2])
+        reloader.register(f"certificates of --{flag} {where}",
+                          listener.tls.reload, watch=listener.tls.paths)
+    return listener
+
+
+def tls_settings(options: ProgramOptions, web: WebConfig | None) -> TLSSettings:
+    """
+    The TLS versions and cipher suites the flags and the web configuration file give
+    (each is one setting: given in both, it is a usage error).
+    """
+    tls = web.tls if web is not None else None
+    settings = TLSSettings(min_version=options["tls-min-version"],
+                           cipher_suites=options["tls-cipher-suites"])
+    if tls is None:
+        return settings
+    for flag, ours, theirs in (
+            ("tls-min-version", settings.min_version, tls.min_version),
+            ("tls-cipher-suites", settings.cipher_suites, tls.cipher_suites)):
+        if ours is not None and theirs is not None:
+            raise usage.UsageError(f"--{flag} and the web configuration file's "
+                                   f"{flag.removeprefix('tls-').replace('-', '_')} are one "
+                                   "setting: give it once")
+    return TLSSettings(min_version=settings.min_version or tls.min_version,
+                       max_version=tls.max_version,
+                       cipher_suites=settings.cipher_suites or tls.cipher_suites)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS versions and TLS 1.2 cipher suites of the listeners (None: the default)."""
+
+    min_version: str | None = None
+    max_version: str | None = None
+    cipher_suites: tuple[str, ...] | None = None
+
+
+def tls_description(settings: TLSSettings, description: str, *, client_ca: str | None = None,
+                    web: WebConfig | None = None) -> str:
+    """
+    ``description`` with our TLS (``pushprox-tls:``) and ``settings`` if it is a TLS one;
+    with the web configuration file's TLS, ``tcp:`` listeners become TLS ones.
+    """
+    from pushprox.mtls_endpoint import tls_listener
+
+    tls = web.tls if web is not None else None
+    require = False
+    tls_files = None
+    if tls is not None:
+        tls_files = (tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            client_ca = tls.client_ca_file
+            require = bool(tls.client_certificate)
+    return tls_listener(description, client_ca=client_ca, tls_files=tls_files,
+                        require_client_certificate=require,
+                        min_version=settings.min_version, max_version=settings.max_version,
+                        cipher_suites=settings.cipher_suites)
+
+
+def reload_services(service: IService, reloader: Reloader, reactor: Any,
+                    interval: float) -> None:
+    """
+    Have SIGHUP re-read ``reloader``'s settings (never stop the program), and look for
+    changed files every ``interval`` seconds (not at all for 0).
+    """
+    ReloadOnHangup(reloader.reload_all, reactor).setServiceParent(service)
+    if interval > 0:
+        WatchFiles(reloader, reactor, interval).setServiceParent(service)
+
+
+def web_headers(web: WebConfig) -> list[tuple[bytes, bytes]]:
+    """The web configuration file's headers, as the site sets them."""
+    return [(name.encode("ascii"), value.encode("utf-8")) for name, value in web.headers]
+
+
+class WebConfigReload:
+    """Re-reads ``--web.config.file``: its users and headers apply at once."""
+
+    log = Logger()
+
+    def __init__(self, path: str, web: WebConfig, headers: list[tuple[bytes, bytes]],
+                 scraper_auth: ScraperAuth) -> None:
+        self._path = path
+        self._tls = web.tls
+        self._headers = headers
+        self._scraper_auth = scraper_auth
+        #: Whether the endpoints were started guarded: only then can new users apply.
+        self._guarded = scraper_auth.enabled
+
+    def reload(self) -> None:
+        """Read the file again; raise ValueError and change nothing if it is bad."""
+        from pushprox.auth import PasswordChecker
+        from pushprox.web_config import load_web_config
+
+        web = load_web_config(self._path)
+        self._scraper_auth.replace_endpoint_passwords(
+            PasswordChecker(dict(web.users)) if web.users else None)
+        self._headers[:] = web_headers(web)
+        if web.users and not self._guarded:
+            self.log.warn("{path}: basic_auth_users apply at the next start (the endpoints "
+                          "were started without users)", path=self._path)
+        if web.tls != self._tls:
+            # The listeners were made with it; their certificate files are still re-read.
+            self.log.warn("{path}: tls_server_config changed; it applies at the next "
+                          "start", path=self._path)

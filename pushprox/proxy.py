@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -67,6 +67,9 @@ class ProxyParts:
     config: ProxyConfig
     metrics: ProxyMetrics
     clock: IReactorTime
+    #: Headers of every answer of the proxy's own endpoints (``--web.config.file``'s),
+    #: replaced in place when the file is re-read.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def is_push_path(path: bytes) -> bool:
@@ -136,6 +139,8 @@ class BoundedBody:
 class PushProxRequest(StreamingRequest):
     """A request whose body is relayed while it arrives (a push) or kept under a limit."""
 
+    log = Logger()
+
     #: What ``when_ended`` was given, in order; None once called (or while empty).
     _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
 
@@ -160,8 +165,8 @@ class PushProxRequest(StreamingRequest):
                     callback(reason)
                 except Exception:
                     # As a Deferred would: the request's channel must not see it.
-                    self._log.failure("A callback of the end of {uri!r} failed",
-                                      uri=self.uri[:200])
+                    self.log.failure("A callback of the end of {uri!r} failed",
+                                     uri=self.uri[:200])
 
     def finish(self) -> None:
         """Finish the response, then tell whoever asked ``when_ended``."""
@@ -369,6 +374,7 @@ class _Instrumented(Resource):
         self._config = parts.config
         self._metrics = parts.metrics
         self._clock = parts.clock
+        self._headers = parts.headers
 
     def guard(self, request: Request, auth: ScraperAuth | None) -> bytes | None:
         """A refusal body when ``auth`` does not allow this request, else None."""
@@ -391,6 +397,8 @@ class _Instrumented(Resource):
         """Count this request by code and path once it ends."""
         counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
+        for name, value in self._headers:
+            request.setHeader(name, value)
         cast(PushProxRequest, request).when_ended(counted.ended)
         return counted
 
@@ -780,24 +788,29 @@ class PushProxChannel(LlhttpChannel):
     site: PushProxSite
     log = Logger()
 
+    #: No byte has arrived yet (the first read is looked at for a TLS handshake).
+    _first_read = True
+
     def connectionMade(self) -> None:
         """Watch the connection with TCP keepalive (a client's link may die silently)."""
         super().connectionMade()
         enable_keepalive(self.transport, self.site.config)
-        self.dataReceived = self._first_bytes  # type: ignore[method-assign]
 
-    def _first_bytes(self, data: bytes) -> None:
-        del self.dataReceived  # the channel's own from now on
-        if data[:1] == TLS_HANDSHAKE_RECORD:
-            # A client speaking TLS to this plain-HTTP port would otherwise wait for a
-            # request line that never comes; a plain answer makes its handshake fail now.
-            self.log.info("Refused a TLS handshake on a plain-HTTP port from {peer}",
-                          peer=str(self.getPeer()))
-            self._answer_and_close(
-                400, b"Bad Request",
-                b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n")
-            return
-        self.dataReceived(data)
+    def dataReceived(self, data: bytes) -> None:
+        """Parse ``data``; the first read of a TLS handshake is answered instead."""
+        if self._first_read:
+            self._first_read = False
+            if data[:1] == TLS_HANDSHAKE_RECORD:
+                # A client speaking TLS to this plain-HTTP port would otherwise wait for
+                # a request line that never comes; a plain answer makes its handshake
+                # fail now.
+                self.log.info("Refused a TLS handshake on a plain-HTTP port from {peer}",
+                              peer=str(self.getPeer()))
+                self._answer_and_close(
+                    400, b"Bad Request",
+                    b"this port speaks plain HTTP, not TLS: use http:// in --proxy-url\n")
+                return
+        super().dataReceived(data)
 
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""
@@ -894,6 +907,7 @@ class PushProxSite(Site):
         reactor: Any = None,
         peer_auth: PeerAuth | None = None,
         push_forwarder: PushForwarder | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.config = config or ProxyConfig()
         self.protocol = PushProxChannel.with_header_limit(self.config.max_header_size)
@@ -910,7 +924,9 @@ class PushProxSite(Site):
             scrapes_in_flight=coordinator.scrapes_in_flight,
             clients_silent=coordinator.silent_client_count,
         )
-        parts = ProxyParts(coordinator, self.config, self.metrics, clock)
+        #: Headers of the proxy's own answers; change the list in place to change them.
+        self.headers: list[tuple[bytes, bytes]] = headers if headers is not None else []
+        parts = ProxyParts(coordinator, self.config, self.metrics, clock, self.headers)
         self.peer_auth = peer_auth
         self._quiet = Waiters()
         self.push_forwarder = push_forwarder

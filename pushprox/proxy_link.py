@@ -19,7 +19,7 @@ the request is written until its answer is delivered or it fails; the exchange's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -142,13 +142,18 @@ class ProxyLink:
         self._closing = False
 
     def request(self, head: RequestHead, body: bytes | IBodyProducer, *,
-                limit: int) -> Deferred[ProxyAnswer]:
+                limit: int, written: Callable[[], None] | None = None
+                ) -> Deferred[ProxyAnswer]:
         """
         Send ``head`` with ``body`` (bytes with ``Content-Length``; a producer with its
         ``length``, chunked when unknown); the whole answer, failing with
         ``AnswerTooLarge`` as soon as its body exceeds ``limit`` bytes.
+
+        ``written`` is called each time the request is written on a connection (once
+        connected: not while a connection is being made).
         """
         exchange = _Exchange(head, body, limit)
+        exchange.written = written
         exchange.deferred = Deferred(exchange.cancel)
         self._send(exchange)
         return exchange.deferred
@@ -227,7 +232,7 @@ class _Exchange:
     """One request and its answer, across the connections it may be sent on."""
 
     __slots__ = ("body", "body_done", "connecting", "connection", "deferred", "head",
-                 "limit", "producing", "retried")
+                 "limit", "producing", "retried", "written")
 
     def __init__(self, head: RequestHead, body: bytes | IBodyProducer, limit: int) -> None:
         self.head = head
@@ -244,6 +249,8 @@ class _Exchange:
         self.body_done = False
         #: Sent a second time after a reused connection was closed under it.
         self.retried = False
+        #: Called when the request is written on a connection.
+        self.written: Callable[[], None] | None = None
 
     def cancel(self, deferred: Deferred[ProxyAnswer]) -> None:
         """Fail with CancelledError, then stop connecting or drop the connection."""
@@ -388,6 +395,8 @@ class _Connection(Protocol):
         self._reused = reused
         self._exchange = exchange
         exchange.connection = self
+        if exchange.written is not None:
+            exchange.written()
         body = exchange.body
         if isinstance(body, bytes):
             self.write(b"%sContent-Length: %d\r\n\r\n%s"

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -25,12 +23,46 @@ from pushprox.auth import (
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
-from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.options import listen_endpoint, naming, read_secret
-from pushprox.program import ProgramOptions, add_listener, program_service, upstream_names
+from pushprox.options import (
+    checked_listen_endpoint,
+    http_url,
+    naming,
+    pem_certificates,
+    read_secret,
+    readable_file,
+)
+from pushprox.program import (
+    ProgramOptions,
+    WebConfigReload,
+    add_listener,
+    one_line_errors,
+    program_service,
+    reload_services,
+    tls_description,
+    tls_settings,
+    upstream_names,
+    web_headers,
+)
 from pushprox.proxy import PushProxSite
-from pushprox.tls import certificate_names_fqdn, load_certificates
+from pushprox.reload import Reloader
+from pushprox.tls import certificate_names_fqdn
 from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
+from pushprox.web_config import WebConfig, load_web_config
+
+
+def _network(value: str) -> str:
+    """Parse a CIDR network (``10.0.0.0/8``, ``::1/128``)."""
+    parse_networks([value])
+    return value
+
+
+def _redis_url(value: str) -> str:
+    """Parse a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL."""
+    # Imported only when --redis is given: nothing of cluster mode is loaded without it.
+    from pushprox.cluster.routes import RedisAddress
+
+    RedisAddress.from_url(value)
+    return value
 
 
 class Options(ProgramOptions):
@@ -39,9 +71,11 @@ class Options(ProgramOptions):
     program = "pushprox-proxy"
     upstream_flags = upstream_names(
         "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
-        renamed={"web.listen-address": "listen"})
+        "web.config.file", renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
-    synopsis = "[options]"
+    sibling = "pushprox.client_tap.Options"
+    synopsis = ("[--listen ENDPOINT]... [--client-tokens FILE] [--scrape-auth FILE] "
+                "[options]")
     longdesc = (
         "Relays Prometheus scrapes (use this proxy as proxy_url) to PushProx clients "
         "that poll it from behind NAT or firewalls."
@@ -55,25 +89,34 @@ class Options(ProgramOptions):
     optParameters: list[list[Any]] = [
         *twistd_parameters(ProxyConfig),
         ["client-ca", None, None, "CA bundle (PEM): clients must present a certificate "
-         "signed by it that names the FQDN they poll as (needs an ssl: --listen)."],
+         "signed by it that names the FQDN they poll as (needs an ssl: --listen).",
+         naming("client-ca", pem_certificates)],
         ["client-tokens", None, None, "File of 'fqdn token' lines ('* token' for a shared "
          "one): clients must send one as a Bearer token or basic-auth password. "
-         "Re-read on SIGHUP."],
+         "Re-read on SIGHUP.", naming("client-tokens", readable_file)],
         ["redis", None, None, "Cluster mode: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// "
          "for TLS), or redis+sentinel://[:PASSWORD@]SENTINEL[:PORT][,SENTINEL...]/NAME[/DB] "
          "for the primary Redis Sentinel names; shared by every replica as the routing "
-         "table."],
+         "table.", naming("redis", _redis_url)],
         ["redis-ca-file", None, None, "CA bundle (PEM) that a rediss:// server's certificate "
-         "must chain to (default: the system's trust store)."],
+         "must chain to (default: the system's trust store).",
+         naming("redis-ca-file", readable_file)],
         ["redis-password-file", None, None, "File holding the Redis password (instead of "
-         "one in the --redis URL)."],
+         "one in the --redis URL).", naming("redis-password-file", readable_file)],
         ["peer-url", None, None, "Cluster mode: how the other replicas reach this one "
-         "(default: http:// + this host's FQDN + the first tcp: port of --listen)."],
+         "(default: http:// + this host's FQDN + the first tcp: port of --listen).",
+         naming("peer-url", http_url)],
         ["peer-token-file", None, None, "Cluster mode: file holding the secret shared by "
-         "the replicas (required with --redis)."],
+         "the replicas (required with --redis).", naming("peer-token-file", readable_file)],
+        ["web-config-file", None, None, "Prometheus' web configuration file (exporter-"
+         "toolkit's YAML): tls_server_config makes every tcp: listener a TLS one, "
+         "basic_auth_users guard /metrics, /clients and the status page, "
+         "http_server_config's headers go on their answers. Re-read on SIGHUP.",
+         naming("web-config-file", readable_file)],
         ["scrape-auth", None, None, "htpasswd file of bcrypt hashes: scrapers must send "
          "Proxy-Authorization (user:password@ in proxy_url); /clients, /metrics and the "
-         "status page then want Authorization."],
+         "status page then want Authorization. Re-read on SIGHUP.",
+         naming("scrape-auth", readable_file)],
     ]
 
     def __init__(self) -> None:
@@ -84,12 +127,12 @@ class Options(ProgramOptions):
     def opt_scrape_allow_cidr(self, network: str) -> None:
         """Network allowed to scrape and read /clients, /metrics and the status page
         (repeatable)."""
-        self["scrape-allow-cidr"].append(network)
+        self["scrape-allow-cidr"].append(naming("scrape-allow-cidr", _network)(network))
 
     def opt_listen(self, endpoint: str) -> None:
         """Where to serve: a Twisted endpoint (tcp:8080, ssl:8443:...), a port number or
         [HOST]:PORT as upstream's --web.listen-address (repeatable; default tcp:8080)."""
-        self["listen"].append(naming("listen", listen_endpoint)(endpoint))
+        self["listen"].append(naming("listen", checked_listen_endpoint)(endpoint))
 
     def opt_port(self, endpoint: str) -> None:
         """The same as --listen (repeatable)."""
@@ -100,22 +143,35 @@ class Options(ProgramOptions):
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:
-            raise usage.UsageError("--scrape-default-timeout exceeds --scrape-max-timeout")
-        if self["client-ca"] and not any(e.startswith("ssl:") for e in self["listen"]):
-            raise usage.UsageError("--client-ca needs an ssl: endpoint in --listen")
+            raise usage.UsageError(f"{self.given_as('scrape-default-timeout')} exceeds "
+                                   f"{self.given_as('scrape-max-timeout')}")
+        try:
+            self["web-config"] = (load_web_config(self["web-config-file"])
+                                  if self["web-config-file"] else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        web_tls = self["web-config"].tls if self["web-config"] else None
+        self["tls-settings"] = tls_settings(self, self["web-config"])
+        if self["client-ca"] and not (web_tls or any(e.startswith("ssl:")
+                                                     for e in self["listen"])):
+            raise usage.UsageError(f"{self.given_as('client-ca')} needs an ssl: endpoint in "
+                                   f"{self.given_as('listen')}")
+        if self["client-ca"] and web_tls and web_tls.client_ca_file:
+            raise usage.UsageError(f"{self.given_as('client-ca')} and the web configuration "
+                                   "file's client_ca_file: give the client CA once")
         try:
             self["client-auth"] = ClientAuth(
                 token_file=self["client-tokens"],
                 require_certificate=bool(self["client-ca"]),
                 names_fqdn=certificate_names_fqdn,
             )
+            users = self["web-config"].users if self["web-config"] else None
             self["scraper-auth"] = ScraperAuth(
                 networks=parse_networks(self["scrape-allow-cidr"]),
                 passwords=(PasswordChecker(load_htpasswd(self["scrape-auth"]))
                            if self["scrape-auth"] else None),
+                endpoint_passwords=PasswordChecker(dict(users)) if users else None,
             )
-            if self["client-ca"]:
-                load_certificates(self["client-ca"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         self._check_cluster()
@@ -126,11 +182,14 @@ class Options(ProgramOptions):
         if not self["redis"]:
             given = [flag for flag in cluster_flags if self[flag]]
             if given:
-                raise usage.UsageError(f"--{given[0]} needs --redis")
+                raise usage.UsageError(f"{self.given_as(given[0])} needs --redis")
             return
         if not self["peer-token-file"]:
             raise usage.UsageError("--redis needs --peer-token-file: replicas authenticate "
                                    "each other with it")
+        if not self["peer-url"] and self["web-config"] and self["web-config"].tls:
+            raise usage.UsageError("--redis with the web configuration file's TLS needs "
+                                   "--peer-url (https://...): the tcp: listeners serve TLS")
         self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
         if len(self["peer-token"]) < MIN_TOKEN_LENGTH:
             raise usage.UsageError(
@@ -144,12 +203,13 @@ class Options(ProgramOptions):
             self["peer-url"] = default_peer_url(self["listen"])
             if self["peer-url"] is None:
                 raise usage.UsageError("--redis needs --peer-url when no tcp: port is listened on")
-        try:
+        if self["redis-ca-file"]:
             from pushprox.cluster.routes import RedisAddress
 
-            RedisAddress.from_url(self["redis"], ca_file=self["redis-ca-file"])
-        except ValueError as error:
-            raise usage.UsageError(f"--redis: {error}") from None
+            try:
+                RedisAddress.from_url(self["redis"], ca_file=self["redis-ca-file"])
+            except ValueError as error:
+                raise usage.UsageError(f"--redis-ca-file: {error}") from None
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
@@ -170,6 +230,7 @@ class CoordinatorService(Service):
         return deferLater(self._clock, 0.2, lambda: None)
 
 
+@one_line_errors
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The proxy: a coordinator and one site on every ``--listen`` endpoint."""
     if reactor is None:
@@ -221,14 +282,25 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listeners.setServiceParent(service)
     if options["redis"]:
         cluster_service.HeartbeatService(cluster).setServiceParent(service)
+    reloader = Reloader()
+    web: WebConfig | None = options["web-config"]
     for endpoint in options["listen"]:
-        description = endpoint
-        if options["client-ca"]:
-            description = require_client_certificates(endpoint, options["client-ca"])
-        add_listener(listeners, "listen", description, site, reactor)
+        description = tls_description(options["tls-settings"], endpoint,
+                                      client_ca=options["client-ca"], web=web)
+        add_listener(listeners, "listen", description, site, reactor, reloader=reloader)
+    if web is not None:
+        site.headers[:] = web_headers(web)
+        reloader.register("--web.config.file", WebConfigReload(
+            options["web-config-file"], web, site.headers, options["scraper-auth"]).reload)
     WatchAcceptFailures(site.refusals).setServiceParent(service)
     if options["client-tokens"]:
-        ReloadOnHangup(client_auth.reload, reactor).setServiceParent(service)
+        reloader.register("--client-tokens", client_auth.reload)
+    if options["scrape-auth"]:
+        scraper_auth: ScraperAuth = options["scraper-auth"]
+        path = options["scrape-auth"]
+        reloader.register("--scrape-auth", lambda: scraper_auth.replace_passwords(
+            PasswordChecker(load_htpasswd(path))))
+    reload_services(service, reloader, reactor, options["tls-reload-interval"])
     return service
 
 
@@ -250,24 +322,3 @@ class WatchAcceptFailures(Service):
         super().stopService()
         self._publisher.removeObserver(self._observer)
 
-
-class ReloadOnHangup(Service):
-    """Calls ``reload`` on SIGHUP (in the reactor thread)."""
-
-    def __init__(self, reload: Callable[[], None], reactor: Any) -> None:
-        self._reload = reload
-        self._reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        """Install the handler."""
-        super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._reload)
-        )
-
-    def stopService(self) -> None:
-        """Put the previous handler back."""
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)

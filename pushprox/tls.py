@@ -19,10 +19,15 @@ from OpenSSL.crypto import X509
 from service_identity.exceptions import CertificateError, VerificationError
 from service_identity.hazmat import DNS_ID, DNSPattern, verify_service_identity
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
+    TLSVersion,
     optionsForClientTLS,
     trustRootFromCertificates,
 )
@@ -35,15 +40,20 @@ if TYPE_CHECKING:
     from pushprox.twisted_hooks import IOpenSSLTrustRoot
 
 __all__ = [
+    "INTERMEDIATE_CIPHER_SUITES",
+    "ClientTLSPolicy",
+    "ServerTLS",
+    "TLSProfile",
     "certificate_names_fqdn",
+    "cipher_suites",
     "https_policy",
     "load_certificates",
     "peer_names",
     "server_context_factory",
+    "tls_version",
 ]
 
-# Agent asks the policy for a creator on every new connection; building one means a new
-# SSL context (and, for platform trust, reading the system CA store), so keep a few.
+#: Creators kept by a client policy, one per host name.
 _CREATOR_CACHE_SIZE = 64
 
 
@@ -141,30 +151,181 @@ def _client_identity(cert: str | None, key: str | None) -> _Identity | None:
     return _load_identity(cert, key)
 
 
-@implementer(IPolicyForHTTPS)
-class _VerifyingPolicy:
-    """Verify the server's chain against a trust root and its name with service-identity."""
+#: Mozilla's "intermediate" TLS 1.2 cipher suites, ECDHE only (Twisted offers DHE only
+#: with explicit parameters), by their IANA names, as exporter-toolkit's cipher_suites.
+INTERMEDIATE_CIPHER_SUITES = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+)
 
-    def __init__(self, cacert: str | None, identity: _Identity | None) -> None:
-        self._trust_root: IOpenSSLTrustRoot | None = None
-        if cacert is not None:
-            certificates = load_certificates(cacert)
-            self._trust_root = trustRootFromCertificates(certificates)
-        self._identity = identity
+#: TLS 1.2 cipher suites by IANA name (Go's names, which exporter-toolkit takes) and the
+#: OpenSSL name of each.  TLS 1.3's suites are all AEAD and are not chosen.
+_OPENSSL_CIPHER_NAMES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+}
+
+#: The lowest TLS versions one may ask for, by exporter-toolkit's names.
+TLS_VERSIONS = {"TLS12": TLSVersion.TLSv1_2, "TLS13": TLSVersion.TLSv1_3}
+
+
+def cipher_suites(value: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of TLS 1.2 cipher suites by IANA name."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise ValueError("no cipher suite given")
+    unknown = [name for name in names if name not in _OPENSSL_CIPHER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown TLS 1.2 cipher suite {', '.join(unknown)} (IANA names, "
+                         f"e.g. {INTERMEDIATE_CIPHER_SUITES[1]})")
+    return names
+
+
+def tls_version(value: str) -> str:
+    """Parse the lowest TLS version: TLS12 or TLS13 (exporter-toolkit's names)."""
+    if value not in TLS_VERSIONS:
+        raise ValueError(f"{value} is not one of {', '.join(TLS_VERSIONS)}")
+    return value
+
+
+@dataclass(frozen=True)
+class TLSProfile:
+    """
+    What TLS is offered: by default Mozilla's "intermediate" profile, TLS 1.2 with AEAD
+    ciphers and forward secrecy only, and TLS 1.3.
+    """
+
+    min_version: str = "TLS12"
+    cipher_suites: tuple[str, ...] = INTERMEDIATE_CIPHER_SUITES
+    max_version: str = "TLS13"
+
+    def options(self) -> dict[str, Any]:
+        """Return this profile as L{CertificateOptions} keyword arguments."""
+        options = {
+            "raiseMinimumTo": TLS_VERSIONS[self.min_version],
+            "acceptableCiphers": _acceptable_ciphers(self.cipher_suites),
+        }
+        if self.max_version != "TLS13":
+            options["lowerMaximumSecurityTo"] = TLS_VERSIONS[self.max_version]
+        return options
+
+
+_CIPHER_CACHE: dict[tuple[str, ...], AcceptableCiphers] = {}
+
+
+def _acceptable_ciphers(suites: tuple[str, ...]) -> AcceptableCiphers:
+    # Expanding a cipher string makes an OpenSSL connection: done once per list.
+    ciphers = _CIPHER_CACHE.get(suites)
+    if ciphers is None:
+        # TLS 1.3's suites are kept by OpenSSL whatever the TLS 1.2 list says.
+        ciphers = _CIPHER_CACHE[suites] = AcceptableCiphers.fromOpenSSLCipherString(
+            ":".join(_OPENSSL_CIPHER_NAMES[name] for name in suites))
+    return ciphers
+
+
+@dataclass(frozen=True)
+class _ClientTLS:
+    """What the client's TLS is made of at one time: trust root and certificate."""
+
+    trust_root: IOpenSSLTrustRoot | None
+    identity: _Identity | None
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _CurrentCreator:
+    """Makes each connection with the creator its policy holds for the host at that time."""
+
+    def __init__(self, policy: ClientTLSPolicy, hostname: bytes) -> None:
+        self._policy = policy
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """Create a client TLS connection with the certificates in force now."""
+        creator = self._policy.current_creator(self._hostname)
+        return creator.clientConnectionForTLS(tlsProtocol)
+
+
+@implementer(IPolicyForHTTPS)
+class ClientTLSPolicy:
+    """
+    The client's TLS policy, whose files (CA bundle, certificate, key) can be re-read.
+
+    Endpoints keep the creator they were given once; the creators handed out here ask
+    the policy for the certificates in force at each new connection, so a reload
+    applies to the next connection and leaves those already made alone.
+    """
+
+    def __init__(self, *, cacert: str | None, cert: str | None, key: str | None,
+                 insecure_skip_verify: bool, profile: TLSProfile | None) -> None:
+        self._cacert = None if insecure_skip_verify else cacert
+        self._cert = cert
+        self._key = key
+        self._insecure = insecure_skip_verify
+        self._profile = profile
+        #: The files read, for watching them.
+        self.paths = tuple(path for path in (self._cacert, cert, key) if path)
+        self._state = self._load()
         self._creators: dict[bytes, IOpenSSLClientConnectionCreator] = {}
+        self._insecure_options: CertificateOptions | None = None
+
+    def _load(self) -> _ClientTLS:
+        identity = _client_identity(self._cert, self._key)
+        trust_root = None
+        if self._cacert is not None:
+            trust_root = trustRootFromCertificates(load_certificates(self._cacert))
+        return _ClientTLS(trust_root=trust_root, identity=identity)
+
+    def reload(self) -> None:
+        """Re-read the files; raise ValueError and keep the ones in force if one is bad."""
+        self._state = self._load()
+        self._creators.clear()
+        self._insecure_options = None
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        """Return a connection creator that verifies C{hostname} (the port does not matter)."""
+        """Return a connection creator for C{hostname} (the port does not matter)."""
+        return _CurrentCreator(self, hostname)
+
+    def current_creator(self, hostname: bytes) -> IOpenSSLClientConnectionCreator:
+        """The creator for C{hostname} with the files in force now."""
         creator = self._creators.get(hostname)
-        if creator is None:
-            creator = optionsForClientTLS(
-                hostname.decode("ascii"),
-                trustRoot=self._trust_root,
-                extraCertificateOptions=_options(self._identity),
-            )
-            if len(self._creators) >= _CREATOR_CACHE_SIZE:
-                self._creators.clear()
-            self._creators[hostname] = creator
+        if creator is not None:
+            return creator
+        profile = {} if self._profile is None else self._profile.options()
+        extra = {**profile, **_options(self._state.identity)}
+        if self._insecure:
+            if self._insecure_options is None:
+                self._insecure_options = CertificateOptions(verify=False, **extra)
+            creator = _UnverifiedCreator(self._insecure_options, hostname)
+        else:
+            creator = optionsForClientTLS(hostname.decode("ascii"),
+                                          trustRoot=self._state.trust_root,
+                                          extraCertificateOptions=extra)
+        # Agent asks for a creator on every new connection; building one means a new SSL
+        # context (and, for platform trust, reading the system CA store), so keep a few.
+        if len(self._creators) >= _CREATOR_CACHE_SIZE:
+            self._creators.clear()
+        self._creators[hostname] = creator
         return creator
 
 
@@ -185,58 +346,93 @@ class _UnverifiedCreator:
         return connection
 
 
-@implementer(IPolicyForHTTPS)
-class _InsecurePolicy:
-    """Accept any server certificate and any name; present the client certificate if any."""
-
-    def __init__(self, identity: _Identity | None) -> None:
-        self._options = CertificateOptions(verify=False, **_options(identity))
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        """Return a connection creator that does not verify C{hostname}'s certificate."""
-        return _UnverifiedCreator(self._options, hostname)
-
-
 def https_policy(
-    *, cacert: str | None, cert: str | None, key: str | None, insecure_skip_verify: bool = False
-) -> IPolicyForHTTPS:
+    *, cacert: str | None, cert: str | None, key: str | None, insecure_skip_verify: bool = False,
+    profile: TLSProfile | None = None,
+) -> ClientTLSPolicy:
     """
     Build the HTTPS policy of the client's connections, to the proxy or to targets.
 
     It trusts C{cacert} (else the platform's trust store) and checks the host name,
     presents C{cert}/C{key} when given; insecure mode verifies nothing and ignores C{cacert}.
+    It offers C{profile}'s versions and ciphers (Twisted's defaults without one); its
+    C{reload()} re-reads the files, for connections made after it.
     """
-    identity = _client_identity(cert, key)
-    if insecure_skip_verify:
-        return _InsecurePolicy(identity)
-    return _VerifyingPolicy(cacert, identity)
+    return ClientTLSPolicy(
+        cacert=cacert, cert=cert, key=key, insecure_skip_verify=insecure_skip_verify,
+        profile=profile,
+    )
 
 
-def server_context_factory(*, cert: str, key: str, client_ca: str | None) -> CertificateOptions:
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
     """
-    Build the proxy's TLS listening context.
+    A TLS listener's certificate, key and client CA, which can be re-read.
 
+    Each new connection is made with the certificates in force at its start: a reload
+    applies to new handshakes and leaves connections already made (held polls) alone.
     With C{client_ca}, clients are asked for a certificate signed by it: a certificate
     that does not verify fails the handshake, but having none is allowed at the TLS layer
-    (Prometheus scrapes without one); the HTTP layer decides which paths need one.
+    (Prometheus scrapes without one; the HTTP layer decides which paths need one) unless
+    C{require_certificate}.
     """
-    identity = _load_identity(cert, key)
-    if client_ca is None:
-        return CertificateOptions(**identity.options())
-    authorities = _load_x509(client_ca, "client CA file")
-    options = CertificateOptions(
-        verify=True,
-        caCerts=[X509.from_cryptography(c) for c in authorities],
-        requireCertificate=False,
-        **identity.options(),
-    )
-    # Twisted does not send the acceptable CA names in the certificate request; clients
-    # holding several certificates use them to pick the right one. The context is built
-    # once and shared by every connection, so configuring it here applies to all.
-    context = options.getContext()
-    for authority in authorities:
-        context.add_client_ca(authority)
-    return options
+
+    def __init__(self, *, cert: str, key: str, client_ca: str | None = None,
+                 extra_chain: str | None = None, profile: TLSProfile | None = None,
+                 require_certificate: bool = False) -> None:
+        self._cert = cert
+        self._key = key
+        self._client_ca = client_ca
+        self._require_certificate = require_certificate
+        self._extra_chain = extra_chain
+        self._profile = profile or TLSProfile()
+        #: The files read, for watching them.
+        self.paths = tuple(path for path in (cert, key, client_ca, extra_chain) if path)
+        self._options, self._certificate = self._load()
+
+    def _load(self) -> tuple[CertificateOptions, x509.Certificate]:
+        identity = _load_identity(self._cert, self._key)
+        if self._extra_chain is not None:
+            identity = _Identity(
+                certificate=identity.certificate, private_key=identity.private_key,
+                chain=identity.chain + _load_x509(self._extra_chain, "certificate chain file"))
+        if self._client_ca is None:
+            return (CertificateOptions(**self._profile.options(), **identity.options()),
+                    identity.certificate)
+        authorities = _load_x509(self._client_ca, "client CA file")
+        options = CertificateOptions(
+            verify=True,
+            caCerts=[X509.from_cryptography(c) for c in authorities],
+            requireCertificate=self._require_certificate,
+            **self._profile.options(),
+            **identity.options(),
+        )
+        # Twisted does not send the acceptable CA names in the certificate request; clients
+        # holding several certificates use them to pick the right one. The context is built
+        # once and shared by every connection, so configuring it here applies to all.
+        context = options.getContext()
+        for authority in authorities:
+            context.add_client_ca(authority)
+        return options, identity.certificate
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate presented to new connections."""
+        return self._certificate
+
+    def reload(self) -> None:
+        """Re-read the files; raise ValueError and keep the ones in force if one is bad."""
+        self._options, self._certificate = self._load()
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """Create a server TLS connection with the certificates in force now."""
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+
+def server_context_factory(*, cert: str, key: str, client_ca: str | None,
+                           profile: TLSProfile | None = None) -> ServerTLS:
+    """Build the TLS of a listener (see L{ServerTLS})."""
+    return ServerTLS(cert=cert, key=key, client_ca=client_ca, profile=profile)
 
 
 def peer_names(transport: object) -> list[str]:

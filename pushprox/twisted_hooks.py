@@ -1,32 +1,49 @@
 # -*- test-case-name: tests.test_twisted_hooks -*-
 """
-Every place where pushprox relies on Twisted beyond its documented interfaces.
+The proxy's HTTP server channel, and every place where pushprox relies on Twisted beyond
+its documented interfaces.
 
-Twisted offers no public way to parse requests with another parser, to send an answer
-before the reactor's next turn, to stream a request body to its handler while it
-arrives, to know a request's line before its body, or to learn that a listening port
-closed a new connection at once because the process had no file descriptor left.  The
-hooks that make those possible live here, and only here, each with a docstring saying
-why; ``tests/test_twisted_hooks.py`` checks each one against the installed Twisted and
-fails with a message naming the hook when a release changes what it relies on.
-Everything else in pushprox uses public API only.
+``LlhttpChannel`` serves twisted.web ``Request``s from a channel of its own, as Twisted's
+HTTP/2 stream does: it parses in C (llhttp) and sends each answer with one system call,
+where ``HTTPChannel`` parses a line at a time in Python and sends a reactor turn later;
+they are on the path of every scrape, three requests each.  What it provides is what
+``Request`` uses of a channel; ``tests/test_channel_contract.py`` checks that against the
+installed Twisted.
 
-They are on the path of every scrape, three requests each: the proxy's channel
-(``LlhttpChannel``) parses in C and sends each answer with one system call, where
-twisted.web parses a line at a time in Python and sends a reactor turn later.
+Twisted offers no public way to send bytes before the reactor's next turn when nothing
+waits (``send_now``), to choose how ``Agent`` writes a request (``write_eagerly``), or to
+learn that a listening port closed a new connection at once because the process had no
+file descriptor left (``AcceptFailureObserver``); and it exports ``IOpenSSLTrustRoot``
+only from a private module.  Those hooks live here, and only here, each with a docstring
+saying why; ``tests/test_twisted_hooks.py`` checks each one against the installed
+Twisted and fails with a message naming the hook when a release changes what it relies
+on.  Everything else in pushprox uses public API only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import httptools
-from twisted.internet import tcp
-from twisted.internet.interfaces import IAddress, ITransport
-from twisted.logger import ILogObserver
+from twisted.internet import protocol, tcp
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
+    IPullProducer,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import CooperativeTask, TaskDone, TaskFailed, TaskStopped, cooperate
+from twisted.logger import ILogObserver, Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.http import Request as HTTPRequest
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -46,8 +63,8 @@ __all__ = [
     "LlhttpChannel",
     "StreamingRequest",
     "close_after",
-    "request_line",
     "send_now",
+    "write_eagerly",
 ]
 
 
@@ -156,29 +173,110 @@ class EagerWrites:
         return getattr(self.wrapped, name)
 
 
-class LlhttpChannel(HTTPChannel):
+def write_eagerly(protocol: IProtocol,
+                  wrapper: Callable[[ITransport], object] = EagerWrites) -> IProtocol:
     """
-    A twisted.web channel that parses requests with llhttp (httptools), in C.
+    Give a connected ``protocol`` a transport whose writes go out at once (``EagerWrites``).
 
-    ``HTTPChannel`` parses a request line by line in Python (``LineReceiver``, then
-    ``lineReceived`` and ``headerReceived`` per header line); on the proxy's hot path,
+    Hook: ``Agent``'s ``HTTP11ClientProtocol`` offers no way to choose how its request
+    is written; it writes through its ``transport`` attribute, looked up at each write,
+    so replacing that attribute once connected (a callback of the endpoint's
+    ``connect``) sends a request without a body in one ``send()`` instead of a reactor
+    turn later.  Everything but the writes is still the transport's.
+    """
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        protocol.transport = wrapper(transport)  # type: ignore[attr-defined]
+    return protocol
+
+
+@implementer(IPushProducer)
+class _PullAsPush:
+    """
+    A pull producer driven as a push producer: asked for data each turn of a
+    cooperative task until paused, stopped or unregistered.
+
+    What ``twisted.web`` does for a ``Request`` that registers a pull producer, written
+    here with ``twisted.internet.task.cooperate`` (public) rather than Twisted's private
+    adapter.
+    """
+
+    log = Logger()
+
+    def __init__(self, producer: IPullProducer, consumer: LlhttpChannel) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._task: CooperativeTask[Iterator[None]] | None = None
+        self._paused = False
+
+    def _pull(self) -> Iterator[None]:
+        while True:
+            try:
+                self._producer.resumeProducing()
+            except Exception:
+                self.log.failure("A pull producer failed: {producer!r}",
+                                 producer=self._producer)
+                self._consumer.unregisterProducer()
+                return
+            yield None
+
+    def start(self) -> None:
+        """Start pulling."""
+        task = self._task = cooperate(self._pull())
+        task.whenDone().addErrback(lambda failure: failure.trap(TaskStopped))
+
+    def stop(self) -> None:
+        """Stop pulling (the producer was unregistered)."""
+        task, self._task = self._task, None
+        if task is not None:
+            with suppress(TaskDone, TaskFailed, TaskStopped):
+                task.stop()
+
+    def pauseProducing(self) -> None:
+        """The consumer's buffer is full."""
+        if self._task is not None and not self._paused:
+            self._paused = True
+            with suppress(TaskDone, TaskFailed, TaskStopped):
+                self._task.pause()
+
+    def resumeProducing(self) -> None:
+        """The consumer's buffer drained."""
+        if self._task is not None and self._paused:
+            self._paused = False
+            with suppress(TaskDone, TaskFailed, TaskStopped):
+                self._task.resume()
+
+    def stopProducing(self) -> None:
+        """No more data is wanted: stop pulling, and tell the producer."""
+        self.stop()
+        self._producer.stopProducing()
+
+
+@implementer(IPushProducer)
+class LlhttpChannel(protocol.Protocol, TimeoutMixin):
+    """
+    The proxy's HTTP/1.1 server channel: llhttp (httptools) parses, in C; twisted.web's
+    ``Request`` answers.
+
+    Written, as Twisted's own HTTP/2 stream (``twisted.web._http2.H2Stream``) is,
+    against what ``twisted.web.server.Request`` needs of its channel (``transport``,
+    ``site``, ``factory``, ``getPeer``/``getHost``, ``isSecure``, ``write``,
+    ``writeSequence``, ``writeHeaders``, ``registerProducer``/``unregisterProducer``,
+    ``requestDone``, ``loseConnection`` and ``_respondToBadRequestAndDisconnect``), and
+    not as a subclass of ``HTTPChannel``: its state is its own and no private name of
+    ``HTTPChannel`` is read or written.  ``tests/test_channel_contract.py`` checks that
+    list against the installed ``Request``.
+
+    ``HTTPChannel`` parses a request line by line in Python; on the proxy's hot path,
     three requests per scrape, that parsing was the largest single cost of a scrape.
-    This channel hands every byte to llhttp, which calls back once per request line,
-    header, body piece and message end, and creates the same ``Request`` objects,
-    so that resources, responses, keep-alive, timeouts and producers stay twisted.web's.
+    Here llhttp calls back once per request line, header, body piece and message end.
     llhttp is also strict where it matters on the internet: conflicting
     ``Content-Length``/``Transfer-Encoding``, bad chunk framing, bare CR or LF and
     invalid header characters are refused (400), which closes request smuggling.
 
-    Hooks: it fills in what ``HTTPChannel.lineReceived``, ``headerReceived``,
-    ``allHeadersReceived``, ``allContentReceived`` and ``requestDone`` would, through
-    the channel's private state (``requests``, ``_command``/``_path``/``_version``,
-    ``_handlingRequest``, ``_networkProducer``, ``_waitingForTransport``), and it
-    answers bad input through the name twisted.web uses for that,
-    ``_respondToBadRequestAndDisconnect``; Twisted's responses and producers read the
-    same state.  The idle timeout is not cancelled and set again around each request
-    (``HTTPChannel`` does, through ``_savedTimeOut``): it re-arms itself while one is
-    handled (``timeoutConnection``).
+    The request line is handed to the request before its body: its ``method``,
+    ``uri`` and ``clientproto`` are set before ``gotLength`` is called (twisted.web
+    sets them again, to the same values, in ``requestReceived``).
 
     Pipelining: a request is handed to twisted.web only once the one before it is
     answered (head-of-line, as ``HTTPChannel`` does).  A request parsed while another
@@ -188,11 +286,26 @@ class LlhttpChannel(HTTPChannel):
     The head is limited to ``totalHeadersSize`` bytes (request line plus header lines
     without their line ends, as ``HTTPChannel`` counts; bytes held by llhttp inside an
     unfinished head are bounded by the same limit plus one read) and ``maxHeaders``
-    lines; past either, ``headers_too_large()`` answers.  Used directly as a Site's
-    ``protocol``: the default factory wraps the channel in a private class whose only
-    job is switching to HTTP/2, which pushprox does not serve.
+    lines; past either, ``headers_too_large()`` answers.  The idle timeout
+    (``timeOut``, set by the site) does not end a connection while one of its requests
+    is being answered; a connection that does not close within ``abortTimeout``
+    seconds of its timeout is aborted.
+
+    Used directly as a Site's ``protocol``: ``Site.buildProtocol`` sets ``site``,
+    ``factory``, ``requestFactory``, ``timeOut`` and ``callLater``.
     """
 
+    #: Bytes allowed for a request's line and headers (without their line ends).
+    totalHeadersSize = 16384
+    #: Header lines allowed in a request.
+    maxHeaders = 500
+    #: Seconds given to a timed-out connection to close before it is aborted.
+    abortTimeout: float | None = 15
+    #: What makes a request: ``Site.buildProtocol`` sets the site's own.
+    requestFactory: Callable[[LlhttpChannel], HTTPRequest] = Request
+    #: The site (``Site.buildProtocol`` sets it; ``server.Request`` reads it).
+    site: Any = None
+    _log = Logger()
     _outbox = _Outbox()
 
     @classmethod
@@ -205,8 +318,41 @@ class LlhttpChannel(HTTPChannel):
         return type(cls.__name__, (cls,), {"totalHeadersSize": limit, "_outbox": _Outbox(),
                                            "__module__": cls.__module__})
 
+    # What a connection keeps, as class defaults: a held poll's connection (one per
+    # client) sets few of them.
+    #: The request twisted.web has of this connection (its body arriving, or being
+    #: answered); head-of-line, so there is never more than one.
+    request: HTTPRequest | None = None
+    #: The request's whole body has arrived and twisted.web is answering it.
+    _answering = False
+    #: The connection stays open after the request's answer.
+    _keep_alive = True
+    #: The head's size as ``HTTPChannel`` counts it.
+    _head_size = 0
+    #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
+    _head_fed = 0
+    _in_head = False
+    #: Reading is paused because a request waits for the one before it.
+    _paused_for_turn = False
+    #: The transport asked us to pause: its send buffer is full.
+    _transport_full = False
+    #: Nothing more is read: the connection closes after what is being answered.
+    _closing = False
+    #: An answer to bad input that waits for the request before it to be answered.
+    _refusal: Callable[[], None] | None = None
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
+    #: Response bytes written while input is handled, not yet sent.
+    _held: list[bytes] | None = None
+    #: What the request registered to produce its response, as a push producer.
+    _request_producer: IPushProducer | None = None
+    _pulling: _PullAsPush | None = None
+    #: Aborts a timed-out connection that did not close.
+    _aborting: IDelayedCall | None = None
+    #: Registered with the transport as its producer (until the connection closes).
+    _following_transport = False
+
     def __init__(self) -> None:
-        super().__init__()
         #: llhttp's state, while a request is being read; made again for the next one
         #: (160 ns), so that a connection waiting between requests, a held poll's most
         #: of all, does not keep its 560 bytes.
@@ -217,37 +363,18 @@ class LlhttpChannel(HTTPChannel):
         #: (A list: an empty deque is 760 bytes, and a held poll's connection, one
         #: per client, almost never has a request waiting behind it.)
         self._waiting: list[_Message] = []
-        self._head_size = 0
-        #: Bytes fed to llhttp while a head is unfinished (llhttp holds a partial one).
-        self._head_fed = 0
-        self._in_head = False
-        self._paused_for_turn = False
-        #: Nothing more is read: the connection closes after what is being answered.
-        self._closing = False
-        #: An answer to bad input that waits for the requests before it to be answered.
-        self._refusal: Callable[[], None] | None = None
-        self._peer: IAddress | None = None
-        self._host: IAddress | None = None
-        #: Response bytes written while input is handled, not yet sent.
-        self._held: list[bytes] | None = None
 
-    def getPeer(self) -> IAddress:
-        """The peer's address, asked of the transport once (every request reads it)."""
-        if self._peer is None:
-            assert self.transport is not None
-            self._peer = self.transport.getPeer()
-        return self._peer
+    # -- the connection --
 
-    def getHost(self) -> IAddress:
-        """Our address, asked of the transport once (a ``getsockname`` call each time)."""
-        if self._host is None:
-            assert self.transport is not None
-            self._host = self.transport.getHost()
-        return self._host
-
-    def headers_too_large(self) -> None:
-        """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
-        self._respondToBadRequestAndDisconnect()
+    def connectionMade(self) -> None:
+        """Start the idle timeout; follow the transport's flow control."""
+        transport = self.transport
+        assert transport is not None
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        self.setTimeout(self.timeOut)
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._following_transport = True
 
     def dataReceived(self, data: bytes) -> None:
         """Parse ``data``; llhttp calls the ``on_*`` methods back; then send the answers."""
@@ -263,36 +390,56 @@ class LlhttpChannel(HTTPChannel):
             if not outbox.depth:
                 outbox.send()
 
-    def _parse(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            parser = self._parser = httptools.HttpRequestParser(self)
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade and CONNECT are not served: the request is answered as any other
-            # and the connection closes after it; what followed its head is dropped.
-            self._stop_reading()
-            if self.requests:
-                self.persistent = False
-            else:
-                self.loseConnection()
-            return
-        except httptools.HttpParserCallbackError as error:
-            # An exception of twisted.web or of a resource, not bad input: let it reach
-            # the reactor as if HTTPChannel had raised it (logged, connection closed).
-            raise (error.__cause__ or error.__context__ or error) from None
-        except httptools.HttpParserError:
-            self._refuse(self._respondToBadRequestAndDisconnect)
-            return
-        if self._in_head and not self._closing:
-            self._head_fed += len(data)
-            if self._head_fed > self.totalHeadersSize:
-                self._refuse(self.headers_too_large)
-        if self._parsing is None:
-            self._parser = None  # between requests: llhttp holds nothing of them
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The peer went: the request of this connection, if any, is told."""
+        self.setTimeout(None)
+        self._closing = True
+        self._waiting = []
+        self._parser = None
+        request = self.request
+        if request is not None:
+            request.connectionLost(reason)
+        if self._aborting is not None:
+            self._aborting.cancel()
+            self._aborting = None
 
-    # -- writing: coalesced while input is handled, then sent at once --
+    def timeoutConnection(self) -> None:
+        """The idle timeout: it does not apply while a request is being answered."""
+        if self._answering:
+            self.setTimeout(self.timeOut)
+            return
+        self._log.info("Timing out client: {peer}", peer=str(self.getPeer()))
+        if self.abortTimeout is not None:
+            self._aborting = cast(IDelayedCall,
+                                  self.callLater(self.abortTimeout, self._abort))
+        self.loseConnection()
+
+    def _abort(self) -> None:
+        self._aborting = None
+        self._log.info("Forcibly timing out client: {peer}", peer=str(self.getPeer()))
+        transport = self.transport
+        assert transport is not None
+        transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- what a Request needs of its channel --
+
+    def getPeer(self) -> IAddress:
+        """The peer's address, asked of the transport once (every request reads it)."""
+        if self._peer is None:
+            assert self.transport is not None
+            self._peer = self.transport.getPeer()
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        """Our address, asked of the transport once (a ``getsockname`` call each time)."""
+        if self._host is None:
+            assert self.transport is not None
+            self._host = self.transport.getHost()
+        return self._host
+
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS."""
+        return ISSLTransport(self.transport, None) is not None
 
     def write(self, data: bytes) -> None:
         """Response bytes of a request (``Request`` writes through its channel)."""
@@ -318,17 +465,144 @@ class LlhttpChannel(HTTPChannel):
         head.append(b"\r\n")
         self.writeSequence(head)
 
-    def _send100Continue(self) -> None:
-        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """The request produces its response: it is paused while the transport is full."""
+        if self._request_producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}, because producer "
+                               f"{self._request_producer!r} was never unregistered.")
+        if streaming:
+            pushing = cast(IPushProducer, producer)
+        else:
+            self._pulling = _PullAsPush(cast(IPullProducer, producer), self)
+            self._pulling.start()
+            pushing = self._pulling
+        self._request_producer = pushing
+        if self._transport_full:
+            pushing.pauseProducing()
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-        self.loseConnection()
+    def unregisterProducer(self) -> None:
+        """The request's producer is done."""
+        if self._pulling is not None:
+            self._pulling.stop()
+            self._pulling = None
+        self._request_producer = None
+
+    def close_after_answer(self) -> None:
+        """Close the connection once the request being handled is answered."""
+        self._keep_alive = False
+
+    def requestDone(self, request: HTTPRequest) -> None:
+        """The request is answered: the next waiting one gets its turn."""
+        if request is not self.request:
+            raise TypeError("requestDone of a request that is not this channel's")
+        self.request = None
+        self._answering = False
+        if not self._keep_alive:
+            self._stop_reading()
+            self.loseConnection()
+            return
+        self.resetTimeout()
+        if self._waiting:
+            self._start(self._waiting.pop(0))
+        elif self._refusal is not None:
+            self._refusal()
+            return
+        if not self._waiting and self._paused_for_turn:
+            self._paused_for_turn = False
+            if not self._transport_full:
+                self._resume_reading()
 
     def loseConnection(self) -> None:
         """Close once what was written is sent."""
         self._send_held()
-        super().loseConnection()
+        transport = self.transport
+        assert transport is not None
+        if self._following_transport:
+            self._following_transport = False
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        Answer 400 and close: bad input.
+
+        The name is ``Request``'s: it calls it on its channel when a
+        ``multipart/form-data`` body cannot be parsed.
+        """
+        self.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.loseConnection()
+
+    # -- the transport's flow control (IPushProducer) --
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: pause the request's producer, and reading."""
+        self._transport_full = True
+        if self._request_producer is not None:
+            self._request_producer.pauseProducing()
+        # A client that does not read its answers is not read either; while a request
+        # is answered, reading goes on (its peer's going is seen at once).
+        if not self._answering:
+            self._pause_reading()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained: resume the request's producer, and reading."""
+        self._transport_full = False
+        if self._request_producer is not None:
+            self._request_producer.resumeProducing()
+        if not self._answering and not self._paused_for_turn:
+            self._resume_reading()
+
+    def stopProducing(self) -> None:
+        """The transport is gone: so is the request's producer's consumer."""
+        if self._request_producer is not None:
+            self._request_producer.stopProducing()
+
+    def _pause_reading(self) -> None:
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.resumeProducing()
+
+    # -- answers of our own --
+
+    def headers_too_large(self) -> None:
+        """A request's head exceeded ``totalHeadersSize`` (override to answer it)."""
+        self._respondToBadRequestAndDisconnect()
+
+    def _parse(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade and CONNECT are not served: the request is answered as any other
+            # and the connection closes after it; what followed its head is dropped.
+            self._stop_reading()
+            if self.request is not None:
+                self._keep_alive = False
+            else:
+                self.loseConnection()
+            return
+        except httptools.HttpParserCallbackError as error:
+            # An exception of twisted.web or of a resource, not bad input: let it reach
+            # the reactor as any protocol's exception does (logged, connection closed).
+            raise (error.__cause__ or error.__context__ or error) from None
+        except httptools.HttpParserError:
+            self._refuse(self._respondToBadRequestAndDisconnect)
+            return
+        if self._in_head and not self._closing:
+            self._head_fed += len(data)
+            if self._head_fed > self.totalHeadersSize:
+                self._refuse(self.headers_too_large)
+        if self._parsing is None:
+            self._parser = None  # between requests: llhttp holds nothing of them
+
+    # -- writing: coalesced while input is handled, then sent at once --
 
     def _hold(self, pieces: Iterable[bytes]) -> None:
         if self._held is None:
@@ -344,13 +618,6 @@ class LlhttpChannel(HTTPChannel):
         self._held = None
         assert self.transport is not None
         send_now(self.transport, b"".join(held))
-
-    def timeoutConnection(self) -> None:
-        """The idle timeout: it does not apply while a request is being handled."""
-        if self._handlingRequest:
-            self.setTimeout(self.timeOut)
-        else:
-            super().timeoutConnection()
 
     # -- llhttp's callbacks --
 
@@ -400,9 +667,11 @@ class LlhttpChannel(HTTPChannel):
         if self._head_size > self.totalHeadersSize:
             self._refuse(self.headers_too_large)
             return
-        if self._handlingRequest or self._waiting:
+        if self.request is not None or self._waiting:
             self._waiting.append(message)
-            self._pause_for_turn()
+            if not self._paused_for_turn:
+                self._paused_for_turn = True
+                self._pause_reading()
         else:
             self._start(message)
 
@@ -428,12 +697,13 @@ class LlhttpChannel(HTTPChannel):
 
     def _start(self, message: _Message) -> None:
         """Make the twisted.web request of ``message`` and give it its head."""
-        request = self.requestFactory(self, len(self.requests))
-        self.requests.append(request)
-        message.request = request
+        request = self.requestFactory(self)
+        self.request = message.request = request
         headers = request.requestHeaders
         length: int | None = 0
         expect_continue = False
+        connection: bytes | None = None
+        cookies = False
         for name, value in message.headers:
             headers.addRawHeader(name, value)
             lowered = name.lower()
@@ -443,13 +713,23 @@ class LlhttpChannel(HTTPChannel):
                 length = None
             elif lowered == b"expect":
                 expect_continue = value.lower() == b"100-continue"
-        self._command = message.method
-        self._path = message.url
-        self._version = message.version
-        self.persistent = self.checkPersistence(request, message.version)
+            elif lowered == b"connection":
+                connection = value if connection is None else connection
+            elif lowered == b"cookie":
+                cookies = True
+        version = message.version
+        # The request line, before the body: a request may choose where its body goes.
+        request.method = message.method
+        request.uri = message.url
+        request.clientproto = version
+        self._keep_alive = version == b"HTTP/1.1" and not _says_close(connection)
+        if connection is not None and version == b"HTTP/1.1" and not self._keep_alive:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        if cookies:
+            request.parseCookies()
         request.gotLength(length)
-        if expect_continue and message.version == b"HTTP/1.1":
-            self._send100Continue()
+        if expect_continue and version == b"HTTP/1.1":
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for piece in message.body:
             request.handleContentChunk(piece)
         message.body = []
@@ -460,46 +740,19 @@ class LlhttpChannel(HTTPChannel):
         """All of the request has arrived: twisted.web renders it."""
         request = message.request
         assert request is not None
-        self._handlingRequest = True
-        del self._command, self._path, self._version
+        self._answering = True
         request.requestReceived(message.method, message.url, message.version)
-
-    def requestDone(self, request: HTTPRequest) -> None:
-        """The first request is answered: the next waiting one gets its turn."""
-        if request != self.requests[0]:
-            raise TypeError
-        del self.requests[0]
-        self._handlingRequest = False
-        if not self.persistent:
-            self._stop_reading()
-            self.loseConnection()
-            return
-        self.resetTimeout()
-        if self._waiting:
-            self._start(self._waiting.pop(0))
-        elif self._refusal is not None:
-            self._refusal()
-            return
-        if not self._waiting and self._paused_for_turn:
-            self._paused_for_turn = False
-            if not self._waitingForTransport:
-                self._networkProducer.resumeProducing()
-
-    def _pause_for_turn(self) -> None:
-        if not self._paused_for_turn:
-            self._paused_for_turn = True
-            self._networkProducer.pauseProducing()
 
     def _stop_reading(self) -> None:
         self._closing = True
         self._in_head = False
 
     def _refuse(self, answer: Callable[[], None]) -> None:
-        """Answer bad input now, or once the requests before it are answered."""
+        """Answer bad input now, or once the request before it is answered."""
         if self._closing:
             return
         self._stop_reading()
-        if self._handlingRequest:  # the bad input came pipelined behind it
+        if self._answering:  # the bad input came pipelined behind it
             self._refusal = answer
         else:
             answer()
@@ -509,27 +762,26 @@ def close_after(request: HTTPRequest) -> None:
     """
     Answer ``request`` with ``Connection: close`` and close its connection afterwards.
 
-    twisted.web lets the client ask for that (``checkPersistence``), not the server: the
-    channel's ``persistent`` flag, set before the request is rendered and read by
-    ``requestDone`` once it is answered (``HTTPChannel``'s and ``LlhttpChannel``'s), is
-    the only way.  A replica that leaves the cluster uses it so that every client and
-    scraper comes back on a new connection, to another replica.
+    twisted.web lets the client ask for that (``checkPersistence``), not the server.  Our
+    channel offers ``close_after_answer``; on twisted.web's own ``HTTPChannel`` (what
+    serves what ours does not) the hook is its ``persistent`` flag, set before the request
+    is rendered and read by ``requestDone`` once it is answered.  A replica that leaves
+    the cluster uses it so that every client and scraper comes back on a new
+    connection, to another replica.
     """
     request.setHeader(b"connection", b"close")
     channel = request.channel
-    if channel is not None:
+    if isinstance(channel, LlhttpChannel):
+        channel.close_after_answer()
+    elif channel is not None:
         channel.persistent = False
 
 
-def request_line(channel: object) -> tuple[bytes, bytes]:
-    """
-    The method and target of the request whose head a channel has just read.
-
-    Hook: twisted.web keeps the request line in the channel's private ``_command`` and
-    ``_path`` until the body has arrived, and only then hands it to the request; a
-    request that must choose where its body goes needs it before.
-    """
-    return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
+def _says_close(connection: bytes | None) -> bool:
+    """Whether a ``Connection`` header's first value asks to close after the answer."""
+    if connection is None:
+        return False
+    return any(token.strip().lower() == b"close" for token in connection.split(b","))
 
 
 class BodySink(Protocol):
@@ -546,11 +798,10 @@ class StreamingRequest(Request):
     """
     A request whose body may be handed to a sink while it arrives, not collected.
 
-    Hooks: ``Request.gotLength`` is called once the head is complete and before any
-    body byte, ``Request.handleContentChunk`` with every piece of the body, and
-    ``Request.connectionLost`` when the peer goes; these are public methods of
-    ``Request``, but that twisted.web calls them in this order and no other way is its
-    implementation's, not an interface's.  ``connection_gone`` is what
+    Served by ``LlhttpChannel``, which sets the request's line and calls
+    ``Request.gotLength`` once the head is complete and before any body byte,
+    ``Request.handleContentChunk`` with every piece of the body, and
+    ``Request.connectionLost`` when the peer goes.  ``connection_gone`` is what
     ``notifyFinish()`` reports, kept as a flag so that a request can be asked.
     """
 
@@ -570,8 +821,7 @@ class StreamingRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         """Choose where the body goes, knowing the request line."""
-        method, path = request_line(self.channel)
-        self.body_sink = self.sink_for(method, path.partition(b"?")[0], length)
+        self.body_sink = self.sink_for(self.method, self.uri.partition(b"?")[0], length)
         # http.Request's, not server.Request's: that one looks for an optional
         # ``site.getContentFile`` through an AttributeError raised on every request.
         # (Imported by name: an attribute of the module ``twisted.web.http`` goes through

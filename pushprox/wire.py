@@ -500,6 +500,11 @@ class ChunkedDecoder:
         self._state = "size"
         self.finished = False
 
+    @property
+    def unread(self) -> bytes:
+        """The bytes fed after the body's end (once ``finished``): not part of the body."""
+        return self._buffer if self.finished else b""
+
     def feed(self, data: bytes) -> list[bytes]:
         """Decode ``data``; return the body bytes it held. Raises WireError."""
         out: list[bytes] = []

@@ -1,7 +1,22 @@
-"""The log tail of every process a failed test started goes into its report."""
+"""
+The test tiers, and the log tail of every process a failed test started in its report.
+
+Three tiers, as pytest markers: ``in_memory`` (no socket, no process: fakes, ``Clock``,
+``StringTransport``; the quick run is ``pytest -m in_memory``), ``processes`` (real
+sockets on 127.0.0.1 or real programs: twistd, redis-server, nginx...) and ``e2e``
+(everything under ``tests/e2e``: a real Prometheus and the rest).  A test is marked
+``processes`` by hand (on its class or module); ``e2e`` and ``in_memory`` are given here.
+An ``in_memory`` test that binds or connects a socket, or starts a process, fails, saying
+that it belongs to ``processes``.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,10 +74,47 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import the installed wheel: a pushprox found in the checkout would prove the tree,
     not what users install.
     """
-    import os
-
     if os.environ.get("PUSHPROX_TEST_INSTALLED") != "1":
         return
     problem = installed_package_problem()
     if problem is not None:
         pytest.exit(f"PUSHPROX_TEST_INSTALLED=1: {problem}", returncode=3)
+
+
+_E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: ``e2e`` by its folder, else ``in_memory`` unless
+    it is marked ``processes``."""
+    for item in items:
+        if _E2E in item.path.resolve().parents:
+            if item.get_closest_marker("e2e") is None:
+                item.add_marker(pytest.mark.e2e)
+        elif item.get_closest_marker("processes") is None:
+            item.add_marker(pytest.mark.in_memory)
+
+
+def _refused(what: str) -> Any:
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise AssertionError(
+            f"an in_memory test {what}: mark its class or module @pytest.mark.processes "
+            "(tests/conftest.py says what each tier may use)")
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An ``in_memory`` test may not bind or connect a socket, nor start a process."""
+    if request.node.get_closest_marker("in_memory") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("bind", "connect", "connect_ex"):
+            patch.setattr(socket.socket, name, _refused(f"used a socket ({name})"))
+        patch.setattr(subprocess.Popen, "__init__", _refused("started a process"))
+        for name in ("fork", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                patch.setattr(os, name, _refused(f"started a process ({name})"))
+        yield

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import partial
 
 import bcrypt
-from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -528,23 +528,17 @@ class ClientAuthTokenTests(ClientAuthTestCase):
         )
 
     def test_reload_keeps_old_tokens_when_the_new_file_is_invalid(self) -> None:
-        """A broken file, or no file at all, leaves the tokens in force; the error is logged."""
-        events = EventList()
-        globalLogPublisher.addObserver(events)
-        self.addCleanup(globalLogPublisher.removeObserver, events)
+        """A broken file, or no file at all, is refused with the reason; the tokens in
+        force stay."""
         self.write("tokens", f"node1.example {TOKEN_1}\nnode3.example short\n")
-        self.auth.reload()
+        error = self.assertRaises(ValueError, self.auth.reload)
+        self.assertEqual(str(error), f"{self.path}:2: token shorter than 16 characters")
         os.remove(self.path)
-        self.auth.reload()
+        error = self.assertRaises(ValueError, self.auth.reload)
+        self.assertTrue(str(error).startswith(f"cannot read token file {self.path}: "),
+                        str(error))
         self.assertEqual(self.auth.poll_principal("node2.example", bearer(TOKEN_2), None),
                          "token:node2.example")
-        errors = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.error]
-        self.assertEqual(len(errors), 2, errors)
-        self.assertEqual(errors[0], "Token file not reloaded, the old tokens stay in force: "
-                                    f"{self.path}:2: token shorter than 16 characters")
-        self.assertTrue(errors[1].startswith(
-            "Token file not reloaded, the old tokens stay in force: "
-            f"cannot read token file {self.path}: "), errors[1])
 
 
 class ClientAuthCertificateTests(ClientAuthTestCase):

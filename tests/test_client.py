@@ -15,11 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHostnameResolver,
     IHostResolution,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
     IResolutionReceiver,
+    IStreamClientEndpoint,
 )
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -40,6 +43,7 @@ from pushprox.client import (
 from pushprox.coordinator import Coordinator
 from pushprox.metrics import ClientMetrics
 from pushprox.proxy import PushProxSite
+from pushprox.proxy_link import ProxyLink
 from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 
@@ -434,6 +438,46 @@ class PushPollProxy(Resource):
         return b""
 
 
+@implementer(IStreamClientEndpoint)
+class Blackhole:
+    """An endpoint to a host that drops packets: connecting never ends (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Deferred[IProtocol]] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """A connection attempt that never succeeds nor fails."""
+        attempt: Deferred[IProtocol] = Deferred()
+        self.attempts.append(attempt)
+        return attempt
+
+
+class StoppingProxy(Resource):
+    """
+    A proxy stand-in stopping at the same time as the client: the first poll brings a
+    scrape of ``url``, later polls are held, and every push is refused with 503.
+    """
+
+    isLeaf = True
+
+    def __init__(self, url: bytes) -> None:
+        super().__init__()
+        self.url = url
+        self.polls = 0
+        self.pushes = 0
+
+    def render_POST(self, request: Request) -> bytes | int:
+        if request.path.endswith(b"/poll"):
+            self.polls += 1
+            if self.polls == 1:
+                return wire.encode_scrape_request(method=b"GET", url=self.url, headers=[],
+                                                  scrape_id="a", timeout=30)
+            return NOT_DONE_YET
+        self.pushes += 1
+        request.setResponseCode(503)
+        return b"the proxy is shutting down\n"
+
+
 class SilentProxy(Resource):
     """A proxy stand-in that says it bounds polls, then never answers one again."""
 
@@ -614,6 +658,55 @@ class ClientServiceTests(SynchronousTestCase):
             f"Registered with the proxy at http://127.0.0.1:{PROXY_PORT}/poll as {FQDN}"])
         self.network.advance(60)  # idle polls answered and renewed: nothing more
         self.assertEqual(len(registered()), 1)
+
+    def test_registered_is_never_logged_while_polls_fail(self) -> None:
+        """
+        A proxy that refuses every poll (down, or a load balancer's 503) with backoff
+        waits longer than REGISTERED_AFTER between polls: "Registered" is never logged,
+        and the failure is logged once.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        def logged(start: str) -> list[str]:
+            return [formatEvent(event) for event in events
+                    if event.get("log_format", "").startswith(start)]
+
+        fake = FakeProxy(self.network, 503, b"no backend\n", b"text/plain")
+        url = self.serve_fake_proxy(fake)
+        service = self.start_client(proxy_url=url, retry_initial_wait=2.0, retry_max_wait=4.0,
+                                    rand=lambda: 1.0)
+        self.network.advance(30)
+        self.assertGreater(len(fake.polls), 5)
+        self.assertEqual(logged("Registered with the proxy"), [])
+        self.assertEqual(len(logged("Polling {url} failed")), 1)
+        self.stop(service, self.clock)
+
+    def test_registered_is_never_logged_while_connecting(self) -> None:
+        """
+        A proxy host that drops packets: the poll's connection is never made, so however
+        long it waits, the client never says it is registered.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        config = ClientConfig(proxy_url=f"http://127.0.0.1:{PROXY_PORT}/", fqdn=FQDN)
+        _, target_agent, pools = client_connections(self.network, config)
+        blackhole = Blackhole()
+        clock = TrackingClock(self.network)
+        service = ClientService(config, reactor=clock, proxy_link=ProxyLink(blackhole),
+                                target_agent=target_agent, metrics=ClientMetrics(),
+                                pools=pools)
+        service.startService()
+        self.network.advance(60)
+        self.assertEqual(len(blackhole.attempts), 1)
+        self.assertEqual([event for event in events if event.get("log_format", "")
+                          .startswith("Registered with the proxy")], [])
+        self.stop(service, clock)
+        self.assertTrue(blackhole.attempts[0].called)  # the stop gave up connecting
 
     def test_scrape_relays_body_and_headers_unchanged(self) -> None:
         """The scraper gets the target's status, headers and body byte for byte."""
@@ -811,6 +904,26 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(len(fake.polls), 3)
         self.assertNotEqual(fake.polls[2], fake.polls[1])
         self.assertEqual(fake.dropped, [1])
+
+    def test_push_refused_while_stopping_is_no_warning(self) -> None:
+        """
+        A scrape cut off by the client's own stop is pushed back as an error; a proxy
+        stopping too refuses that push with 503: routine, logged at debug, not a warning.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        fake = StoppingProxy(target_url("/slow").encode())
+        service = self.start_client(proxy_url=self.serve_fake_proxy(fake), shutdown_grace=0.5)
+        self.assertEqual(len(self.target.slow_pending), 1)
+        self.successResultOf(stop_client(self.network, service))
+        self.network.flush()
+        self.assertEqual(fake.pushes, 1)
+        pushes = [(event["log_level"], formatEvent(event)) for event in events
+                  if event.get("log_format", "").startswith("Push of scrape")]
+        self.assertEqual(pushes, [(LogLevel.debug, "Push of scrape a refused with 503: the "
+                                   "proxy is shutting down (the client is stopping)")])
 
     def test_stop_while_polling_leaves_no_timer(self) -> None:
         """

@@ -148,7 +148,7 @@ class ClusterOptionsTests(SynchronousTestCase):
             (["--peer-url", "http://a:8080"], "--peer-url needs --redis"),
             (["--peer-token-file", str(token)], "--peer-token-file needs --redis"),
             (["--redis", "http://r", "--peer-token-file", str(token)],
-             "--redis: http://r is not a redis://, rediss:// or redis+sentinel:// URL"),
+             "--redis http://r: http://r is not a redis://, rediss:// or redis+sentinel:// URL"),
             (["--redis", "redis://r", "--peer-token-file", str(short)],
              f"--peer-token-file: the token in {short} is shorter than 16 characters (make "
              "one with: head -c 32 /dev/urandom | base64)"),

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -87,6 +88,7 @@ class ReplyParserTests(SynchronousTestCase):
         self.assertRaises(TypeError, encode_command, ["SET", None])
 
 
+@pytest.mark.processes
 class RedisClientTests(TestCase):
     """One connection to a real redis-server, through its faults."""
 
@@ -223,6 +225,7 @@ class RedisClientTests(TestCase):
         self.flushLoggedErrors()
 
 
+@pytest.mark.processes
 class RouteTableTests(TestCase):
     """The routing table's scripts in a real redis-server."""
 
@@ -275,6 +278,7 @@ class RouteTableTests(TestCase):
         self.assertEqual(await self.client.call("HKEYS", "pushprox:replicas"), ["self0001"])
 
 
+@pytest.mark.processes
 class RedisTLSTests(TestCase):
     """rediss://: the server's certificate must name the host and chain to the CA."""
 

@@ -153,6 +153,7 @@ def test_every_relative_link_of_the_readme_leads_to_a_file() -> None:
     assert anchors <= headings, sorted(anchors - headings)
 
 
+@pytest.mark.processes
 def test_the_documentation_site_builds_in_strict_mode(tmp_path: Path) -> None:
     """``mkdocs build --strict``: no broken link, no page left out of the navigation."""
     if not (importlib.util.find_spec("mkdocs") and importlib.util.find_spec("material")):

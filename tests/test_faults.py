@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import wire
@@ -34,6 +35,8 @@ from tests.harness.rawhttp import (
 from tests.harness.stack import Stack
 from tests.harness.waiting import wait_for
 from tests.soak import status_kb
+
+pytestmark = pytest.mark.processes
 
 FQDN = "faulty.example"
 #: About 1.9 MB: far more than socket buffers hold, so a push of it takes many writes.

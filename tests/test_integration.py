@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.exporter import Page
@@ -31,6 +32,8 @@ from tests.harness.rawhttp import (
 )
 from tests.harness.stack import Client, Proxy, Stack
 from tests.harness.waiting import port_open, wait_for
+
+pytestmark = pytest.mark.processes
 
 FQDN = "exporter.test"
 METRICS = b"".join(b'http_requests_total{code="200",handler="/api/v1/%d"} %d\n' % (i, i * 13)

@@ -6,11 +6,18 @@ import json
 from io import StringIO
 from typing import Any
 
-from twisted.logger import Logger, LogLevel
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from pushprox.logs import event_fields, json_line, log_format, log_level, log_observer, logfmt_line
+from pushprox.twisted_hooks import LlhttpChannel
 
 
 def event(**fields: Any) -> dict[str, Any]:
@@ -82,3 +89,34 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual([(line["level"], line["message"]) for line in lines],
                          [("warn", "w n1"), ("error", "e")])
         self.assertEqual(lines[0]["fqdn"], "n1")
+
+
+class RoutineEventTests(SynchronousTestCase):
+    """Routine events Twisted logs at info are written at debug."""
+
+    def test_idle_connection_timeout_is_debug(self) -> None:
+        """"Timing out client" of a real channel, twisted.web's and the proxy's: hidden at
+        info, level=debug at debug (this fails if either rewords it)."""
+        for make_channel in (HTTPChannel, proxy_channel):
+            for level, expected in [("info", []), ("debug", ["debug"])]:
+                stream = StringIO()
+                observer = log_observer(stream, level=level, format="json")
+                globalLogPublisher.addObserver(observer)
+                try:
+                    channel = make_channel()
+                    channel.makeConnection(StringTransport())
+                    channel.timeoutConnection()
+                    channel.connectionLost(Failure(ConnectionDone()))
+                finally:
+                    globalLogPublisher.removeObserver(observer)
+                lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+                timing_out = [line["level"] for line in lines
+                              if line["message"].startswith("Timing out client")]
+                self.assertEqual(timing_out, expected, make_channel)
+
+
+def proxy_channel() -> Any:
+    """The proxy's HTTP channel, as its site builds it."""
+    site = Site(Resource(), timeout=None)
+    site.protocol = LlhttpChannel.with_header_limit(16384)  # type: ignore[method-assign,assignment]
+    return site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))

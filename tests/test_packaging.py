@@ -32,6 +32,8 @@ from tests.harness.packaging import (
 )
 from tests.harness.processes import SOURCE_ROOT, from_the_tree, subprocess_env, twistd_command
 
+#: They build the wheel and run the installed programs.
+pytestmark = pytest.mark.processes
 
 def test_the_wheel_holds_every_file_of_the_tree_and_nothing_else() -> None:
     """pushprox/ (every subpackage) and the twistd plugin file, all of them, no more."""

@@ -32,6 +32,7 @@ from pushprox.program import (
     program_service,
     upstream_names_to_ours,
 )
+from tests.tlsfixtures import make_pki
 
 
 class _RaisingReactorClock(RaisingMemoryReactor, Clock):
@@ -79,13 +80,17 @@ class UpstreamFlagTests(SynchronousTestCase):
 
     def test_client_flags(self) -> None:
         """fqdn, proxy-url, tls.*, metrics-addr, proxy.retry.* and log.* of the Go client."""
+        directory = tempfile.mkdtemp(prefix="pushprox-program-")
+        self.addCleanup(shutil.rmtree, directory)
+        pki = make_pki(directory)
+        ca, cert, key = pki.ca_cert, pki.client.cert, pki.client.key
         for argv in (
-            ["--fqdn=node1.example", "--proxy-url=http://proxy:8080", "--tls.cacert=ca.pem",
-             "--tls.cert=c.pem", "--tls.key=k.pem", "--metrics-addr=:9370",
+            ["--fqdn=node1.example", "--proxy-url=http://proxy:8080", f"--tls.cacert={ca}",
+             f"--tls.cert={cert}", f"--tls.key={key}", "--metrics-addr=:9370",
              "--proxy.retry.initial-wait=250ms", "--proxy.retry.max-wait=1m",
              "--log.level=warn", "--log.format=logfmt"],
             ["--fqdn", "node1.example", "--proxy-url", "http://proxy:8080", "--tls.cacert",
-             "ca.pem", "--tls.cert", "c.pem", "--tls.key", "k.pem", "--metrics-addr", ":9370",
+             ca, "--tls.cert", cert, "--tls.key", key, "--metrics-addr", ":9370",
              "--proxy.retry.initial-wait", "250ms", "--proxy.retry.max-wait", "1m",
              "--log.level", "warn", "--log.format", "logfmt"],
         ):
@@ -96,7 +101,7 @@ class UpstreamFlagTests(SynchronousTestCase):
             self.assertEqual(
                 [options[k] for k in ("tls-cacert", "tls-cert", "tls-key", "metrics-listen",
                                       "log-level", "log-format")],
-                ["ca.pem", "c.pem", "k.pem", "tcp:9370", "warn", "logfmt"])
+                [ca, cert, key, "tcp:9370", "warn", "logfmt"])
 
     def test_our_flags_take_go_syntax_too(self) -> None:
         """A bare port and a Go duration work with our own names."""
@@ -130,7 +135,8 @@ class UpstreamFlagTests(SynchronousTestCase):
         for argv, message in [
             (["--scrape.max-timeout=5x"], "--scrape-max-timeout 5x: '5x' is not a duration"),
             (["--log.level=loud"], "--log-level loud: expected one of debug, info, warn, error"),
-            (["--web.listen-address=:99999"], "--listen :99999: 99999 is not a TCP port"),
+            (["--web.listen-address=:99999"],
+             "--listen :99999: port 99999 is out of range (1-65535)"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, proxy_tap.Options, argv)
             self.assertTrue(str(error).startswith(message), str(error))
@@ -199,19 +205,36 @@ class EnvironmentTests(SynchronousTestCase):
                          (9, ["tcp:9000"], "info"))
 
     def test_malformed_values_name_the_variable(self) -> None:
-        """Each kind of option: the usage error starts with the variable and its value."""
-        for variables, start in [
-            ({"PUSHPROX_MAX_CLIENTS": "many"}, "PUSHPROX_MAX_CLIENTS='many': --max-clients"),
-            ({"PUSHPROX_LOG_SCRAPES": "perhaps"}, "PUSHPROX_LOG_SCRAPES='perhaps': expected"),
-            ({"PUSHPROX_LISTEN": "tcp:1,:0"}, "PUSHPROX_LISTEN='tcp:1,:0': --listen :0"),
-            ({"PUSHPROX_LOG_FORMAT": "xml"}, "PUSHPROX_LOG_FORMAT='xml': --log-format xml"),
+        """Each kind of option: the variable and its value, then why; not the flag."""
+        for variables, message in [
+            ({"PUSHPROX_MAX_CLIENTS": "many"},
+             "PUSHPROX_MAX_CLIENTS='many': 'many' is not a whole number"),
+            ({"PUSHPROX_LOG_SCRAPES": "perhaps"},
+             "PUSHPROX_LOG_SCRAPES='perhaps': expected true or false"),
+            ({"PUSHPROX_LISTEN": "tcp:1,:0"},
+             "PUSHPROX_LISTEN='tcp:1,:0': port 0 is out of range (1-65535)"),
+            ({"PUSHPROX_LOG_FORMAT": "xml"},
+             "PUSHPROX_LOG_FORMAT='xml': expected one of logfmt, json, text"),
+            ({"PUSHPROX_CLIENT_TOKENS": "/nonexistent/tokens"},
+             "PUSHPROX_CLIENT_TOKENS='/nonexistent/tokens': No such file or directory"),
         ]:
             self.environ(**variables)
             error = self.assertRaises(usage.UsageError, parse, proxy_tap.Options, [])
-            self.assertTrue(str(error).startswith(start), str(error))
-        self.environ(PUSHPROX_ALLOW_PORT="9100,http", PROXY_URL="http://proxy/")
-        error = self.assertRaises(usage.UsageError, parse, client_tap.Options, [])
-        self.assertTrue(str(error).startswith("PUSHPROX_ALLOW_PORT='9100,http': --allow-port"))
+            self.assertEqual(str(error), message)
+        for variables, message in [
+            ({"PUSHPROX_ALLOW_PORT": "9100,http", "PROXY_URL": "http://proxy/"},
+             "PUSHPROX_ALLOW_PORT='9100,http': port 'http' is not a number"),
+            ({"PROXY_URL": "proxy:8080"},
+             "PROXY_URL='proxy:8080': not an http:// or https:// URL (e.g. "
+             "http://proxy:8080/)"),
+            ({"PROXY_URL": "http://proxy:8080/", "FQDN": "node 1"},
+             "FQDN='node 1': not a host name (letters, digits, '-', '_' and dots)"),
+            ({"PROXY_URL": "http://proxy:8080/", "PUSHPROX_RETRY_INITIAL_WAIT": "1m"},
+             "PUSHPROX_RETRY_INITIAL_WAIT exceeds --retry-max-wait"),
+        ]:
+            self.environ(**variables)
+            error = self.assertRaises(usage.UsageError, parse, client_tap.Options, [])
+            self.assertEqual(str(error), message)
 
 
 class TwistdTests(SynchronousTestCase):
@@ -289,6 +312,19 @@ class StartupErrorTests(SynchronousTestCase):
         error = self.assertRaises(StartupError, service.privilegedStartService)
         self.assertEqual(str(error), "--listen tcp:8080:interface=127.0.0.1: cannot listen "
                                      "on 127.0.0.1:8080: Address already in use")
+
+    def test_other_listen_errors_name_the_flag(self) -> None:
+        """A unix: socket's lock file that cannot be made: one line, the flag, the reason."""
+        directory = tempfile.mkdtemp(prefix="pushprox-program-")
+        self.addCleanup(shutil.rmtree, directory)
+        description = f"unix:{directory}/proxy.sock"
+        options = parse(proxy_tap.Options, ["--listen", description])
+        reactor = _RaisingReactorClock(
+            listenException=FileNotFoundError(2, "No such file or directory"))
+        service = proxy_tap.makeService(options, reactor=reactor)
+        error = self.assertRaises(StartupError, service.privilegedStartService)
+        self.assertEqual(str(error), f"--listen {description}: cannot listen: No such file "
+                                     "or directory")
 
     def test_client_metrics_port_in_use_names_its_flag(self) -> None:
         """The client's --metrics-listen, given as upstream's --metrics-addr."""

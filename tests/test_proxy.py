@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushprox import wire
 from pushprox.coordinator import Coordinator
 from pushprox.proxy import ProxyConfig, PushProxRequest, PushProxSite
+from tests.helpers import response_so_far
 
 DATA = Path(__file__).parent / "data"
 GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
@@ -35,24 +36,13 @@ def recorded_body(name: str) -> bytes:
 
 
 class Response:
-    """An HTTP response read back from a transport."""
+    """An HTTP response read back from a transport, as far as it has arrived."""
 
     def __init__(self, raw: bytes) -> None:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        status_line, *lines = head.split(b"\r\n")
-        self.status = int(status_line.split(b" ")[1])
-        self.headers: dict[bytes, bytes] = {}
-        for line in lines:
-            name, _, value = line.partition(b": ")
-            self.headers[name.lower()] = value
-        if self.headers.get(b"transfer-encoding") == b"chunked":
-            decoder = wire.ChunkedDecoder()
-            self.body = b"".join(decoder.feed(rest))
-            self.complete = decoder.finished
-        else:
-            self.body = rest
-            length = self.headers.get(b"content-length")
-            self.complete = length is not None and int(length) == len(rest)
+        read, self.complete = response_so_far(raw)
+        self.status = read.status
+        self.headers = {name.lower(): value for name, value in read.headers}
+        self.body = read.body
 
 
 class Connection:

@@ -174,6 +174,19 @@ class RequestTests(LinkTestCase):
         self.assertEqual(server.transport.value(),
                          POLL + b"Content-Length: 13\r\n\r\nnode1.example")
 
+    def test_written_is_called_once_connected(self) -> None:
+        """``written`` waits for the connection, then for each connection written on."""
+        calls: list[int] = []
+        self.endpoint.hold = True
+        self.link.request(HEAD, b"node", limit=LIMIT,
+                          written=lambda: calls.append(len(self.endpoint.servers)))
+        self.assertEqual(calls, [])
+        self.endpoint.release()
+        self.assertEqual(calls, [1])
+        self.endpoint.servers[0].answer(OK)
+        self.link.request(HEAD, b"again", limit=LIMIT, written=lambda: calls.append(0))
+        self.assertEqual(calls, [1, 0])
+
     def test_answer_with_content_length(self) -> None:
         """Status, reason, every header (names in lower case, order kept) and the body."""
         answering = self.request()

@@ -12,10 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.stack import Stack
 from tests.soak import Soak
+
+pytestmark = pytest.mark.processes
 
 #: Rounds before the baseline is taken (caches, pools and first-time imports fill).
 WARM_UP = 3

@@ -25,11 +25,16 @@ from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
 from pushprox.config import default
 from pushprox.metrics import ProxyMetrics
-from pushprox.mtls_endpoint import require_client_certificates
+from pushprox.mtls_endpoint import (
+    ReloadableTLSEndpoint,
+    require_client_certificates,
+    tls_listener,
+)
 from pushprox.options import port_number, positive_float, positive_int
 from pushprox.program import FlagListener
 from pushprox.proxy import ConnectionRefusals, ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, ReloadOnHangup, WatchAcceptFailures
+from pushprox.proxy_tap import CoordinatorService, WatchAcceptFailures
+from pushprox.reload import ReloadOnHangup, WatchFiles
 from tests.tlsfixtures import make_pki
 
 
@@ -115,6 +120,59 @@ class ProxyOptionsTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, parse_proxy, *argv)
 
+    def test_tls_profile_options(self) -> None:
+        """The TLS version and suites are checked, and refused in one line naming them."""
+        options = parse_proxy("--tls-min-version", "TLS13", "--tls-cipher-suites",
+                              "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, "
+                              "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")
+        self.assertEqual((options["tls-min-version"], options["tls-cipher-suites"]), (
+            "TLS13", ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                      "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")))
+        self.assertEqual((parse_proxy()["tls-min-version"], parse_proxy()["tls-cipher-suites"],
+                          parse_proxy()["tls-reload-interval"]), (None, None, 10.0))
+        for argv, message in (
+            (["--tls-min-version", "TLS11"], "--tls-min-version TLS11: TLS11 is not one of "
+                                             "TLS12, TLS13"),
+            (["--tls-cipher-suites", "TLS_FOO,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+             "--tls-cipher-suites TLS_FOO,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: unknown TLS "
+             "1.2 cipher suite TLS_FOO (IANA names, e.g. "
+             "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"),
+            (["--tls-reload-interval", "-1"], "--tls-reload-interval -1: -1 is not a "
+                                              "positive duration"),
+        ):
+            with self.assertRaises(usage.UsageError) as raised:
+                parse_proxy(*argv)
+            self.assertEqual(str(raised.exception), message)
+        self.assertEqual(parse_proxy("--tls-reload-interval", "0")["tls-reload-interval"], 0.0)
+
+    def test_ssl_listeners_get_our_endpoint_and_profile(self) -> None:
+        """
+        ssl: becomes pushprox-tls: with the program's profile unless the description gives
+        its own; Twisted's sslmethod= is refused with the options there are.
+        """
+        directory = tempfile.mkdtemp(prefix="pushprox-taps-")
+        self.addCleanup(shutil.rmtree, directory)
+        pki = make_pki(directory)
+        keys = f"privateKey={pki.server.key}:certKey={pki.server.cert}"
+        self.assertEqual(
+            tls_listener(f"ssl:8443:{keys}", min_version="TLS13",
+                         cipher_suites=("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",)),
+            f"pushprox-tls:8443:{keys}:minVersion=TLS13"
+            ":cipherSuites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")
+        self.assertEqual(tls_listener(f"pushprox-tls:8443:{keys}:minVersion=TLS12",
+                                      min_version="TLS13"),
+                         f"pushprox-tls:8443:{keys}:minVersion=TLS12")
+        self.assertEqual(tls_listener("tcp:8080", min_version="TLS13"), "tcp:8080")
+        endpoint = serverFromString(MemoryReactorClock(),
+                                    f"pushprox-tls:8443:{keys}:minVersion=TLS13")
+        self.assertIsInstance(endpoint, ReloadableTLSEndpoint)
+        with self.assertRaises(ValueError) as raised:
+            serverFromString(MemoryReactorClock(), f"pushprox-tls:8443:{keys}:sslmethod=X")
+        self.assertEqual(str(raised.exception), (
+            "pushprox-tls: unsupported option(s) sslmethod (supported: port, privateKey, "
+            "certKey, extraCertChain, interface, backlog, clientCA, requireClientCert, "
+            "minVersion, maxVersion, cipherSuites)"))
+
     def test_mutual_tls_description_keeps_escapes(self) -> None:
         """--client-ca turns ssl: into pushprox-mtls:, escapes and all, parsed by Twisted."""
         directory = tempfile.mkdtemp(prefix="pushprox:taps-")
@@ -144,7 +202,8 @@ class ProxyServiceTests(SynchronousTestCase):
         service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService, WatchAcceptFailures])
+                         [CoordinatorService, MultiService, WatchAcceptFailures,
+                          ReloadOnHangup, WatchFiles])
         listeners = list(IServiceCollection(children[1]))
         self.assertEqual([type(child) for child in listeners],
                          [FlagListener, FlagListener])
@@ -180,7 +239,7 @@ class ProxyServiceTests(SynchronousTestCase):
         children = list(IServiceCollection(service))
         self.assertEqual([type(child) for child in children],
                          [CoordinatorService, MultiService, WatchAcceptFailures,
-                          ReloadOnHangup])
+                          ReloadOnHangup, WatchFiles])
         [listener] = list(IServiceCollection(children[1]))
         self.assertIsInstance(listener, FlagListener)
         self.assertTrue(options["client-auth"].enabled)
@@ -234,13 +293,18 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(options["fqdn"], socket.getfqdn())
 
     def test_fqdn_must_be_a_host_name(self) -> None:
-        """A name with a space, a slash or a leading dash stops the client naming --fqdn."""
-        for bad in ("node 1", "node1/metrics", "-node1", "http://node1"):
+        """A name with a space, a slash, a leading dash, a scheme or a port stops the
+        client naming --fqdn."""
+        for bad, reason in [
+            *[(bad, "not a host name (letters, digits, '-', '_' and dots)")
+              for bad in ("node 1", "node1/metrics", "-node1", "node1.example:")],
+            ("http://node1", "a host name, not a URL"),
+            ("node1.example:9100", "a host name, not host:port (drop :9100: the port is "
+             "the one Prometheus scrapes)"),
+        ]:
             with self.assertRaises(usage.UsageError) as raised:
                 parse_client("--proxy-url", "http://proxy/", "--fqdn", bad)
-            self.assertEqual(str(raised.exception),
-                             f"--fqdn {bad}: not a host name (letters, digits, '-', '_' "
-                             "and dots)")
+            self.assertEqual(str(raised.exception), f"--fqdn {bad}: {reason}")
 
     def test_localhost_as_this_host_name_is_warned_about(self) -> None:
         """A host whose FQDN is localhost gets a warning suggesting --fqdn; a chosen one not."""
@@ -302,8 +366,9 @@ class ClientServiceMakerTests(SynchronousTestCase):
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
             reactor=reactor)))
         self.assertEqual([type(child) for child in with_metrics],
-                         [ClientService, FlagListener])
+                         [ClientService, FlagListener, ReloadOnHangup, WatchFiles])
         without = list(IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
                          "--metrics-listen", ""), reactor=reactor)))
-        self.assertEqual([type(child) for child in without], [ClientService])
+        self.assertEqual([type(child) for child in without],
+                         [ClientService, ReloadOnHangup, WatchFiles])

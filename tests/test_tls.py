@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
+import pytest
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +35,13 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -45,6 +54,9 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from pushprox.tls import (
+    INTERMEDIATE_CIPHER_SUITES,
+    ServerTLS,
+    TLSProfile,
     certificate_names_fqdn,
     https_policy,
     load_certificates,
@@ -302,6 +314,7 @@ class _PeerNamesResource(Resource):
         return ",".join(peer_names(request.transport)).encode("ascii")
 
 
+@pytest.mark.processes
 class HTTPSTests(TestCase):
     """Client policies against a twisted.web server using L{server_context_factory}."""
 
@@ -422,6 +435,7 @@ class _Peer(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.processes
 class HandshakeTests(TestCase):
     """Raw TLS handshakes through the policies' connection creators."""
 
@@ -454,18 +468,123 @@ class HandshakeTests(TestCase):
         client_ca: str | None,
     ) -> Any:
         """Connect to a fresh server as C{hostname}; return both peers once both are closed."""
-        port = yield self.listen(
-            server_context_factory(cert=server_cert.cert, key=server_cert.key, client_ca=client_ca)
+        result = yield self.handshake_with(
+            lambda port: policy.creatorForNetloc(hostname, port),
+            server_context_factory(cert=server_cert.cert, key=server_cert.key, client_ca=client_ca),
         )
-        endpoint = wrapClientTLS(
-            policy.creatorForNetloc(hostname, port),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-        )
+        return result
+
+    @defer.inlineCallbacks
+    def handshake_with(self, client_creator: Any,
+                       server_creator: IOpenSSLServerConnectionCreator) -> Any:
+        """
+        Connect with C{client_creator(port)} to a fresh server made with C{server_creator};
+        return both peers once both are closed.
+        """
+        port = yield self.listen(server_creator)
+        endpoint = wrapClientTLS(client_creator(port),
+                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         client = yield connectProtocol(endpoint, _Peer(hang_up=True))
         yield client.lost
-        (server,) = self.server_peers
+        server = self.server_peers.pop()
         yield server.lost
         return client, server
+
+    def tls12_client(self, cipher: str) -> Any:
+        """A client creator that speaks TLS 1.2 at most, offering only OpenSSL's C{cipher}."""
+        trust = trustRootFromCertificates(load_certificates(self.pki.ca_cert))
+        return lambda port: optionsForClientTLS("localhost", trustRoot=trust,
+                                                extraCertificateOptions={
+            "lowerMaximumSecurityTo": TLSVersion.TLSv1_2,
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(cipher)})
+
+    def server(self, profile: TLSProfile | None = None) -> ServerTLS:
+        """The listener's TLS with the test server certificate and C{profile}."""
+        return ServerTLS(cert=self.pki.server.cert, key=self.pki.server.key, profile=profile)
+
+    @defer.inlineCallbacks
+    def test_client_policy_reload_applies_to_the_next_connection(self) -> Any:
+        """
+        A creator handed out before a reload (as an endpoint keeps it) presents the new
+        client certificate on its next connection; a bad new key is refused and the
+        certificate in force stays.
+        """
+        directory = _temporary_directory(self)
+        cert, key = os.path.join(directory, "c.crt"), os.path.join(directory, "c.key")
+        shutil.copy(self.pki.client.cert, cert)
+        shutil.copy(self.pki.client.key, key)
+        policy = https_policy(cacert=self.pki.ca_cert, cert=cert, key=key)
+        server = server_context_factory(cert=self.pki.server.cert, key=self.pki.server.key,
+                                        client_ca=self.pki.ca_cert)
+        creators: dict[int, Any] = {}
+
+        def creator(port: int) -> Any:
+            return creators.setdefault(0, policy.creatorForNetloc(b"localhost", port))
+
+        _, before = yield self.handshake_with(creator, server)
+        other = self.pki.ca.issue("node2", ["node2.example"], server=False)
+        shutil.copy(other.cert, cert)
+        shutil.copy(other.key, key)
+        policy.reload()
+        _, after = yield self.handshake_with(creator, server)
+        shutil.copy(self.pki.client.key, key)
+        self.assertRaises(ValueError, policy.reload)
+        _, refused = yield self.handshake_with(creator, server)
+        self.assertEqual((before.names, after.names, refused.names),
+                         (["node1.example"], ["node2.example"], ["node2.example"]))
+
+    @defer.inlineCallbacks
+    def test_default_profile_offers_no_cbc_cipher(self) -> Any:
+        """
+        A TLS 1.2 client offering only a CBC suite gets no handshake from the default
+        profile; given that suite in the profile, it does.
+        """
+        cbc = self.tls12_client("ECDHE-ECDSA-AES128-SHA")
+        client, server = yield self.handshake_with(cbc, self.server())
+        self.assertEqual(_ssl_reasons(server.reason), ["no shared cipher"])
+        self.assertIsNone(client.names)
+        client, server = yield self.handshake_with(cbc, self.server(TLSProfile(
+            cipher_suites=(*INTERMEDIATE_CIPHER_SUITES, "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"))))
+        self.assertEqual(client.names, ["localhost"])
+
+    @defer.inlineCallbacks
+    def test_default_profile_speaks_tls12_aead_and_tls13_min_version_raises_it(self) -> Any:
+        """A TLS 1.2 AEAD client is served by default, refused with a TLS13 minimum."""
+        gcm = self.tls12_client("ECDHE-ECDSA-AES128-GCM-SHA256")
+        client, server = yield self.handshake_with(gcm, self.server())
+        self.assertEqual(client.names, ["localhost"])
+        client, server = yield self.handshake_with(gcm, self.server(TLSProfile("TLS13")))
+        self.assertEqual(_ssl_reasons(server.reason), ["unsupported protocol"])
+        self.assertIsNone(client.names)
+
+    @defer.inlineCallbacks
+    def test_client_profile_refuses_an_old_server_target_policy_does_not(self) -> Any:
+        """
+        The client's policy to the proxy (with the profile) refuses a server that offers
+        only TLS 1.2 CBC; the targets' policy (Twisted's defaults) still talks to it.
+        """
+        # cryptography's objects, which pyOpenSSL wants (Twisted annotates its own).
+        identity: dict[str, Any] = {
+            "privateKey": serialization.load_pem_private_key(
+                Path(self.pki.server.key).read_bytes(), password=None),
+            "certificate": x509.load_pem_x509_certificate(
+                Path(self.pki.server.cert).read_bytes()),
+        }
+        old = CertificateOptions(
+            **identity,
+            lowerMaximumSecurityTo=TLSVersion.TLSv1_2,
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString("ECDHE-ECDSA-AES128-SHA"),
+        )
+        to_proxy = https_policy(cacert=self.pki.ca_cert, cert=None, key=None,
+                                profile=TLSProfile())
+        client, server = yield self.handshake_with(
+            lambda port: to_proxy.creatorForNetloc(b"localhost", port), old)
+        self.assertIsNone(client.names)
+        self.assertIsNotNone(server.reason)
+        to_targets = https_policy(cacert=self.pki.ca_cert, cert=None, key=None)
+        client, server = yield self.handshake_with(
+            lambda port: to_targets.creatorForNetloc(b"localhost", port), old)
+        self.assertEqual(client.names, ["localhost"])
 
     @defer.inlineCallbacks
     def test_both_sides_see_each_others_names(self) -> Any:

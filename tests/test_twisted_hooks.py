@@ -10,24 +10,37 @@ from __future__ import annotations
 import errno
 import importlib
 import itertools
+from collections.abc import Iterable
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IPullProducer,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from pushprox.twisted_hooks import (
     AcceptFailureObserver,
@@ -37,7 +50,9 @@ from pushprox.twisted_hooks import (
     StreamingRequest,
     _idle_tcp,
     close_after,
+    write_eagerly,
 )
+from tests.helpers import parse_responses
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
 #: The real reactor, for the tests that need loopback sockets (untyped in Twisted).
@@ -103,6 +118,36 @@ class Held(Resource):
         return NOT_DONE_YET
 
 
+class AbortCounting(StringTransport):
+    """A transport that counts its aborts."""
+
+    aborted = 0
+
+    def abortConnection(self) -> None:
+        """Count it."""
+        self.aborted += 1
+
+
+@implementer(IPushProducer)
+class PausingProducer:
+    """A push producer that notes what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        """Note it."""
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        """Note it."""
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        """Note it."""
+        self.events.append("stop")
+
+
 class HookSite(Site):
     """A site built as pushprox builds its own: our channel as the protocol, no wrapper."""
 
@@ -116,23 +161,26 @@ class HookSite(Site):
         self.sinks: list[RecordingSink] = []
 
 
+def hook_connection() -> tuple[HookSite, LimitedChannel, StringTransport]:
+    """A ``HookSite`` and one connection to it."""
+    site = HookSite()
+    channel = site.buildProtocol(CLIENT)
+    assert isinstance(channel, LimitedChannel), (
+        "twisted_hooks: Site.buildProtocol no longer builds the Site's protocol as it "
+        "is; PushProxSite.protocol (our channel, without Twisted's HTTP/2 wrapper) "
+        "needs another way in"
+    )
+    transport = StringTransport(peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return site, channel, transport
+
+
 class HookConnection(SynchronousTestCase):
     """Tests on one connection to a ``HookSite``."""
 
     def connect(self) -> tuple[HookSite, LimitedChannel, StringTransport]:
         """A site and one connection to it."""
-        site = HookSite()
-        channel = site.buildProtocol(CLIENT)
-        self.assertIsInstance(
-            channel, LimitedChannel,
-            "twisted_hooks: Site.buildProtocol no longer builds the Site's protocol as it "
-            "is; PushProxSite.protocol (our channel, without Twisted's HTTP/2 wrapper) "
-            "needs another way in",
-        )
-        assert isinstance(channel, LimitedChannel)
-        transport = StringTransport(peerAddress=CLIENT)
-        channel.makeConnection(transport)
-        return site, channel, transport
+        return hook_connection()
 
 
 class HookTests(HookConnection):
@@ -149,8 +197,8 @@ class HookTests(HookConnection):
         site.resource.requests[0].finish()
         self.assertEqual(
             site.seen, [(b"POST", b"/stream", 3), (b"GET", b"/other", 0)],
-            "twisted_hooks.request_line: the channel no longer keeps the request line in "
-            "_command and _path when it calls Request.gotLength",
+            "twisted_hooks.StreamingRequest: the request line is no longer on the request "
+            "(method, uri) when Request.gotLength is called",
         )
 
     def test_streamed_body_goes_to_the_sink_not_content(self) -> None:
@@ -183,7 +231,7 @@ class HookTests(HookConnection):
         site, channel, _ = self.connect()
         channel.dataReceived(b"POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
         [sink] = site.sinks
-        request = channel.requests[-1]
+        request = channel.request
         assert isinstance(request, StreamingRequest)
         self.assertTrue(request.alive)
         channel.connectionLost(Failure(ConnectionDone()))
@@ -272,20 +320,9 @@ def echo_connection() -> tuple[LlhttpChannel, StringTransport]:
 
 
 def answers(output: bytes) -> list[tuple[int, bytes]]:
-    """The status and body of each response in ``output`` (Content-Length framed)."""
-    found: list[tuple[int, bytes]] = []
-    while output:
-        head, _, rest = output.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        found.append((status, rest[:length]))
-        output = rest[length:]
-    return found
+    """The status and body of each response a connection was sent (it then closed)."""
+    return [(response.status, response.body)
+            for response in parse_responses(output, at_eof=True)]
 
 
 #: Requests of every framing, and what Echo answers to each.
@@ -456,6 +493,54 @@ class LlhttpChannelTests(HookConnection):
         clock.advance(2)
         self.assertTrue(transport.disconnecting)
 
+    def test_timed_out_connection_that_stays_is_aborted(self) -> None:
+        """Idle past the timeout: closed; still there ``abortTimeout`` later: aborted."""
+        clock = Clock()
+        site = HookSite()
+        site.timeOut = 10
+        channel = site.buildProtocol(CLIENT)
+        assert isinstance(channel, LimitedChannel)
+        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        transport = AbortCounting(peerAddress=CLIENT)
+        channel.makeConnection(transport)
+        clock.advance(11)
+        self.assertEqual((transport.disconnecting, transport.aborted), (True, 0))
+        clock.advance(channel.abortTimeout or 0)
+        self.assertEqual(transport.aborted, 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_closing_twice_is_harmless(self) -> None:
+        """A connection closed by its timeout, then by its answer, closes once."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /held HTTP/1.0\r\n\r\n")
+        channel.loseConnection()
+        site.resource.requests[0].finish()
+        self.assertTrue(transport.disconnecting)
+
+    def test_full_transport_pauses_the_producer_and_reading(self) -> None:
+        """The transport's flow control reaches the request's producer, and reading."""
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"POST /other HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+        channel.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        channel.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        channel.dataReceived(b"cd")
+        [request] = site.resource.requests
+        producer = PausingProducer()
+        request.registerProducer(producer, True)
+        channel.pauseProducing()
+        # While a request is answered, its peer is still read (a hang-up is seen at once).
+        self.assertEqual((producer.events, transport.producerState), (["pause"], "producing"))
+        channel.resumeProducing()
+        request.unregisterProducer()
+        channel.pauseProducing()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        channel.resumeProducing()
+        request.finish()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
     def test_exception_of_a_handler_is_not_taken_for_bad_input(self) -> None:
         """An error raised by twisted.web or a resource goes up, not out as a 400."""
         _, channel, transport = self.connect()
@@ -463,7 +548,7 @@ class LlhttpChannelTests(HookConnection):
         def broken(method: bytes, path: bytes, length: int | None) -> None:
             raise ZeroDivisionError("a bug")
 
-        channel.requestFactory = lambda *a: _broken_request(broken, *a)  # type: ignore
+        channel.requestFactory = lambda channel: _broken_request(broken, channel)
         with self.assertRaises(ZeroDivisionError):
             channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(transport.value(), b"")
@@ -525,6 +610,43 @@ class HeldWritesTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+@implementer(IPullProducer)
+class ThreePieces:
+    """A pull producer that writes three pieces of an answer, then finishes it."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.pieces = [b"one ", b"two ", b"three"]
+
+    def resumeProducing(self) -> None:
+        """The next piece; after the last, the end of the answer."""
+        if self.pieces:
+            self.request.write(self.pieces.pop(0))
+        else:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
+class PullProducerTests(TestCase):
+    """A request's pull producer is asked for data until it unregisters."""
+
+    def test_pull_producer_writes_the_whole_answer(self) -> Deferred[None]:
+        """Three pulls, three pieces, one chunked answer."""
+        site, channel, transport = hook_connection()
+        channel.dataReceived(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
+        [request] = site.resource.requests
+        finished: Deferred[None] = request.notifyFinish()
+        request.registerProducer(ThreePieces(request), False)
+
+        def check(_: None) -> None:
+            self.assertEqual(answers(transport.value()), [(200, b"one two three")])
+
+        return finished.addCallback(check)
+
+
 class EagerWritesTests(SynchronousTestCase):
     """The transport wrapper the client puts on its target connections."""
 
@@ -550,6 +672,7 @@ class SmallAnswer(Resource):
         return b"small " + request.path
 
 
+@pytest.mark.processes
 class HeldWritesOverTCPTests(TestCase):
     """The held answers over a real loopback connection, where they go to the socket."""
 
@@ -630,8 +753,87 @@ class HeldWritesOverTCPTests(TestCase):
         return connected.addCallback(answer).addCallback(check)
 
 
-def _broken_request(sink_for: Any, channel: Any, queued: int) -> StreamingRequest:
-    request = StreamingRequest(channel, queued)
+class RecordingEagerWrites(EagerWrites):
+    """``EagerWrites`` that keeps what goes through it."""
+
+    written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Keep, then send."""
+        self.written.append(data)
+        super().write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Keep, then send."""
+        pieces = list(data)
+        self.written.extend(pieces)
+        super().writeSequence(pieces)
+
+
+@implementer(IAgentEndpointFactory)
+class EagerEndpoints:
+    """Endpoints whose connected protocols get ``RecordingEagerWrites``."""
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """A TCP endpoint that swaps the transport once connected."""
+        inner = TCP4ClientEndpoint(reactor, uri.host.decode(), uri.port)
+
+        @implementer(IStreamClientEndpoint)
+        class Eager:
+            def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+                return inner.connect(factory).addCallback(write_eagerly,
+                                                          RecordingEagerWrites)
+
+        return Eager()
+
+
+def body_of(response: IResponse) -> Deferred[bytes]:
+    """The whole body of ``response``."""
+    done: Deferred[bytes] = Deferred()
+
+    class Collect(Protocol):
+        data = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            done.callback(self.data)
+
+    response.deliverBody(Collect())
+    return done
+
+
+@pytest.mark.processes
+class WriteEagerlyTests(TestCase):
+    """Agent's protocol writes through the transport ``write_eagerly`` gives it."""
+
+    def test_agent_request_goes_through_the_swapped_transport(self) -> Deferred[None]:
+        """A real Agent over loopback: its request leaves through ``EagerWrites``."""
+        site = Site(SmallAnswer(), timeout=None)
+        site.protocol = LlhttpChannel.with_header_limit(1000)  # type: ignore[method-assign,assignment]
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        RecordingEagerWrites.written = []
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent.usingEndpointFactory(reactor, EagerEndpoints(), pool=pool)
+        url = b"http://127.0.0.1:%d/eager" % port.getHost().port
+
+        def check(body: bytes) -> None:
+            self.assertEqual(body, b"small /eager")
+            self.assertTrue(
+                b"".join(RecordingEagerWrites.written).startswith(b"GET /eager HTTP/1.1\r\n"),
+                "twisted_hooks.write_eagerly: Agent's HTTP11ClientProtocol no longer writes "
+                "its request through its transport attribute; the client's target "
+                "requests now leave a reactor turn later",
+            )
+
+        requesting: Deferred[IResponse] = agent.request(b"GET", url)
+        return requesting.addCallback(body_of).addCallback(check)
+
+
+def _broken_request(sink_for: Any, channel: Any) -> StreamingRequest:
+    request = StreamingRequest(channel)
     request.sink_for = sink_for  # type: ignore[method-assign]
     return request
 
@@ -676,6 +878,7 @@ class FailingListener:
         return step
 
 
+@pytest.mark.processes
 class AcceptFailureTests(SynchronousTestCase):
     """What AcceptFailureObserver reads from a real Twisted port whose accept() fails."""
 

@@ -10,6 +10,7 @@ under ``PUSHPROX_REQUIRE_E2E=1``. No systemd need be running.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import skip_or_fail
-from tests.harness.processes import SOURCE_ROOT, twistd_command
+from tests.harness.processes import SOURCE_ROOT, Process, twistd_command
 from tests.harness.rawhttp import http_get
 from tests.harness.stack import STARTUP_TIMEOUT, Stack
 from tests.harness.waiting import free_port, wait_for
@@ -93,6 +94,11 @@ def unit_command(unit: Path) -> tuple[list[str], dict[str, str]]:
     return [*twistd_command(), *argv[1:]], environment
 
 
+def said_sighup(process: Process) -> bool:
+    """Whether ``process`` has logged a reload on SIGHUP."""
+    return "SIGHUP: " in process.log_text()
+
+
 def test_unit_commands_serve_with_their_environment(stack: Stack, tmp_path: Path) -> None:
     """The proxy's and client's ExecStart, with the example files: the client registers."""
     proxy_argv, proxy_env = unit_command(UNITS / "pushprox-proxy.service")
@@ -111,3 +117,12 @@ def test_unit_commands_serve_with_their_environment(stack: Stack, tmp_path: Path
     assert http_get(f"http://127.0.0.1:{port}/clients").json()[0]["targets"] == [
         "node1.example"]
     assert "level=info" in client.log_text(), client.log_text()
+    # systemctl reload runs ExecReload: both programs reload and keep running.
+    for unit, process in (("pushprox-proxy", proxy), ("pushprox-client", client)):
+        [exec_reload] = re.findall(r"^ExecReload=(.+)$",
+                                   (UNITS / f"{unit}.service").read_text(), re.MULTILINE)
+        argv = exec_reload.replace("$MAINPID", str(process.pid)).split()
+        subprocess.run(argv, check=True, timeout=30)
+        wait_for(functools.partial(said_sighup, process), timeout=STARTUP_TIMEOUT,
+                 what=f"{unit} reloading on ExecReload", watch=[process])
+        assert process.alive, process.log_text()

@@ -80,6 +80,52 @@ def parse_response(data: bytes, *, at_eof: bool = False, head_only: bool = False
     Content-Length or chunking runs to the end of the connection (``at_eof``).  A
     malformed message raises ``wire.WireError``.
     """
+    return _parse_one(data, at_eof=at_eof, head_only=head_only)[0]
+
+
+def parse_responses(data: bytes, *, at_eof: bool = False) -> list[HTTPResponse]:
+    """
+    Every HTTP/1.x response in ``data``, in order: the answers of one connection.
+
+    As ``parse_response``: IncompleteMessage when the last one is not all there, a body
+    without Content-Length or chunking running to the end (``at_eof``).
+    """
+    found: list[HTTPResponse] = []
+    while data:
+        response, data = _parse_one(data, at_eof=at_eof, head_only=False)
+        found.append(response)
+    return found
+
+
+def response_so_far(data: bytes) -> tuple[HTTPResponse, bool]:
+    """
+    The response at the start of ``data`` as far as it has arrived, and whether it is
+    all there (a body that runs to the end of the connection never is).
+
+    For answers still being written (a relay in progress); IncompleteMessage until the
+    head is complete.
+    """
+    split = wire.split_head(data)
+    if split is None:
+        raise IncompleteMessage()
+    head_bytes, rest = split
+    head = wire.decode_response_head(head_bytes + b"\r\n" + _PLACEHOLDER_ID)
+    headers = head.headers[:-1]
+    if head.status in (204, 304) or 100 <= head.status < 200:
+        return HTTPResponse(head.status, head.reason, headers, b"", False), True
+    if head.framing is wire.BodyFraming.CHUNKED:
+        decoder = wire.ChunkedDecoder()
+        body = b"".join(decoder.feed(rest))
+        return HTTPResponse(head.status, head.reason, headers, body, True), decoder.finished
+    if head.framing is wire.BodyFraming.TO_END:
+        return HTTPResponse(head.status, head.reason, headers, rest, False), False
+    length = head.length or 0
+    return (HTTPResponse(head.status, head.reason, headers, rest[:length], False),
+            len(rest) >= length)
+
+
+def _parse_one(data: bytes, *, at_eof: bool, head_only: bool) -> tuple[HTTPResponse, bytes]:
+    """The response at the start of ``data``, and the bytes after it."""
     split = wire.split_head(data)
     if split is None:
         raise IncompleteMessage()
@@ -87,15 +133,24 @@ def parse_response(data: bytes, *, at_eof: bool = False, head_only: bool = False
     head = wire.decode_response_head(head_bytes + b"\r\n" + _PLACEHOLDER_ID)
     chunked = False
     if head_only or head.status in (204, 304) or 100 <= head.status < 200:
-        body = b""
-    else:
-        chunked = head.framing is wire.BodyFraming.CHUNKED
-        reader = wire.BodyReader(head)
-        body = b"".join(reader.feed(rest))
-        if reader.missing() is not None or (head.framing is wire.BodyFraming.TO_END
-                                            and not at_eof):
+        body, after = b"", rest
+    elif head.framing is wire.BodyFraming.CHUNKED:
+        chunked = True
+        decoder = wire.ChunkedDecoder()
+        body = b"".join(decoder.feed(rest))
+        if not decoder.finished:
             raise IncompleteMessage()
-    return HTTPResponse(head.status, head.reason, head.headers[:-1], body, chunked)
+        after = decoder.unread
+    elif head.framing is wire.BodyFraming.TO_END:
+        if not at_eof:
+            raise IncompleteMessage()
+        body, after = rest, b""
+    else:
+        length = head.length or 0
+        if len(rest) < length:
+            raise IncompleteMessage()
+        body, after = rest[:length], rest[length:]
+    return HTTPResponse(head.status, head.reason, head.headers[:-1], body, chunked), after
 
 
 def http_request_bytes(

@@ -1,9 +1,9 @@
 """twistd plugins (``twistd pushprox-proxy``, ``twistd pushprox-client``) and the
-``pushprox-mtls:`` server endpoint."""
+``pushprox-tls:`` and ``pushprox-mtls:`` server endpoints."""
 
 from twisted.application.service import ServiceMaker
 
-from pushprox.mtls_endpoint import MutualTLSServerParser
+from pushprox.mtls_endpoint import MutualTLSServerParser, TLSServerParser
 
 pushprox_proxy = ServiceMaker(
     "pushprox-proxy",
@@ -18,3 +18,4 @@ pushprox_client = ServiceMaker(
     "pushprox-client",
 )
 pushprox_mtls_endpoint = MutualTLSServerParser()
+pushprox_tls_endpoint = TLSServerParser()
