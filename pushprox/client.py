@@ -12,7 +12,7 @@ as soon as a request arrives, so scrapes run concurrently.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -58,7 +58,8 @@ from pushprox.config import ClientConfig as ClientConfig
 from pushprox.config import KeepAliveConfig
 from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import ClientMetrics
-from pushprox.proxy_link import ProxyLink, RequestHead, host_value, request_head
+from pushprox.outbound_proxy import HttpProxy
+from pushprox.proxy_link import ProxyLink
 from pushprox.twisted_hooks import write_eagerly
 
 USER_AGENT = b"pushprox-client/0.1.0"
@@ -278,21 +279,24 @@ class ClientService(Service):
         metrics: ClientMetrics | None = None,
         pools: Iterable[HTTPConnectionPool] = (),
         rand: Callable[[], float] = random.random,
+        owns_connections: bool = True,
+        fallback_links: Sequence[ProxyLink] = (),
     ) -> None:
         self.config = config
         self.metrics = metrics or ClientMetrics()
         self._clock = reactor
-        self._proxy = proxy_link
         self._target_agent = target_agent
         self._pools = list(pools)
+        #: Whether stopping closes the links and pools (else their owner does).
+        self._owns_connections = owns_connections
         self._backoff = Backoff(config.retry_initial_wait, config.retry_max_wait, rand)
-        self._poll_url = config.endpoint("poll")
-        self._push_url = config.endpoint("push")
-        self._make_heads()
-        #: Whether the proxy answers pushes with the next queued scrape (it said so).
-        self._push_poll = False
-        #: Whether the proxy answers idle polls after poll_timeout (it said so).
-        self._bounded_polls = False
+        urls = config.proxy_urls or (config.proxy_url,)
+        links = [proxy_link, *fallback_links]
+        #: The proxy URLs in order of preference; ``_route`` is the one polled now.
+        self._routes = [_Route(config, url, link) for url, link in zip(urls, links, strict=True)]
+        self._route = self._routes[0]
+        #: When to try the first URL again, while polling another.
+        self._failback_at: float | None = None
         self._fqdn_bytes = config.fqdn.encode("ascii")
         #: What the poll loop awaits right now (a poll or a backoff), cancelled on stop.
         self._waiting: set[Deferred[Any]] = set()
@@ -304,33 +308,18 @@ class ClientService(Service):
 
     # -- the poll loop --
 
-    def _make_heads(self) -> None:
-        """The heads of polls and pushes, written once for every request."""
-        config = self.config
-        headers = [(b"User-Agent", USER_AGENT)]
-        auth = config.proxy_authorization()
-        if auth is not None:
-            headers.append((b"Authorization", auth))
-        self._poll_head = _proxy_head(self._poll_url, [
-            *headers,
-            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
-            # Sent even when empty, so that labels dropped from the command line go away.
-            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
-        ])
-        self._push_head = _proxy_head(self._push_url, headers)
-        self._push_poll_head = _proxy_head(self._push_url,
-                                           [*headers, (wire.PUSH_POLL_HEADER, b"1")])
-
     def use_tokens(self, *, proxy_token: str | None, target_bearer_token: str | None) -> None:
         """Send these tokens from the next request on (re-read token files)."""
         self.config = replace(self.config, proxy_token=proxy_token,
                                           target_bearer_token=target_bearer_token)
-        self._make_heads()
+        for route in self._routes:
+            route.make_heads(self.config)
 
     def startService(self) -> None:
         """Start polling."""
         super().startService()
-        self.log.info("Polling {url} as {fqdn}", url=self._poll_url.decode(),
+        self.metrics.proxy_url_in_use.labels(self._route.shown).inc()
+        self.log.info("Polling {url} as {fqdn}", url=self._route.poll_url.decode(),
                       fqdn=self.config.fqdn)
         loop = Deferred.fromCoroutine(self._poll_loop())
         loop.addErrback(lambda f: self.log.failure("Poll loop stopped unexpectedly", f))
@@ -338,10 +327,14 @@ class ClientService(Service):
     async def _poll_loop(self) -> None:
         """Poll, hand each scrape request over, poll again; back off on errors."""
         while self.running:
+            if (self._failback_at is not None
+                    and self._clock.seconds() >= self._failback_at):
+                self._switch_to(0, "the first proxy URL is tried again")
+            route = self._route
             held = _HeldPoll(self._clock, None if self._registered else self._note_registered)
             try:
-                request = await self._wait(self._bounded(Deferred.fromCoroutine(
-                    self._poll_once(held.written))))
+                request = await self._wait(self._bounded(route, Deferred.fromCoroutine(
+                    self._poll_once(route, held.written))))
             except CancelledError:
                 return
             except Exception as error:
@@ -352,7 +345,8 @@ class ClientService(Service):
                 if not self.running:
                     return  # stopService cancelled the poll
                 self.metrics.poll_errors.inc()
-                self._note_failure(error)
+                self._note_failure(route, error)
+                self._fail_over(route)
                 try:
                     await self._wait(deferLater(self._clock, self._backoff.next(), lambda: None))
                 except CancelledError:
@@ -360,11 +354,32 @@ class ClientService(Service):
                 continue
             finally:
                 held.cancel()
-            self._note_success()
+            self._note_success(route)
             if not self._registered:
                 self._note_registered()
             if request is not None:
-                self._start_scrape(request)
+                self._start_scrape(request, route)
+
+    def _fail_over(self, failed: _Route) -> None:
+        """After a failed poll, poll the next proxy URL (the first after the last)."""
+        if len(self._routes) == 1 or failed is not self._route:
+            return
+        following = (self._routes.index(failed) + 1) % len(self._routes)
+        self._switch_to(following, f"{failed.shown} failed")
+
+    def _switch_to(self, index: int, why: str) -> None:
+        """Poll the proxy URL ``index`` from now on; log it and count it."""
+        previous, self._route = self._route, self._routes[index]
+        self._failback_at = (None if index == 0 else
+                             self._clock.seconds() + self.config.proxy_failback_after)
+        if previous is self._route:
+            return
+        self.metrics.proxy_url_in_use.labels(previous.shown).dec()
+        self.metrics.proxy_url_in_use.labels(self._route.shown).inc()
+        self._registered = False
+        self._failing = None
+        self.log.info("Polling {url} as {fqdn} from now on ({why})",
+                      url=self._route.poll_url.decode(), fqdn=self.config.fqdn, why=why)
 
     async def _wait(self, deferred: Deferred[Any]) -> Any:
         self._waiting.add(deferred)
@@ -373,7 +388,7 @@ class ClientService(Service):
         finally:
             self._waiting.discard(deferred)
 
-    def _bounded(self, poll: Deferred[Any]) -> Deferred[Any]:
+    def _bounded(self, route: _Route, poll: Deferred[Any]) -> Deferred[Any]:
         """
         Give up on a poll that a pushprox proxy should have answered by now.
 
@@ -382,7 +397,7 @@ class ClientService(Service):
         and waiting on would leave the client unreachable until TCP notices, if ever.
         An upstream proxy holds polls without bound, so they get no deadline.
         """
-        if not self._bounded_polls:
+        if not route.bounded_polls:
             return poll
         limit = self.config.poll_timeout + self.config.poll_grace
 
@@ -394,13 +409,14 @@ class ClientService(Service):
 
         return poll.addTimeout(limit, self._clock, onTimeoutCancel=presumed_dead)
 
-    async def _poll_once(self, written: Callable[[], None]) -> wire.ScrapeRequest | None:
-        answer = await self._proxy.request(self._poll_head, self._fqdn_bytes,
-                                           limit=MAX_POLL_ANSWER, written=written)
+    async def _poll_once(self, route: _Route,
+                         written: Callable[[], None]) -> wire.ScrapeRequest | None:
+        answer = await route.link.request(route.poll_head, self._fqdn_bytes,
+                                          limit=MAX_POLL_ANSWER, written=written)
         body = answer.body
         extensions = wire.decode_extensions(answer.values(wire.EXTENSIONS_HEADER))
-        self._push_poll = wire.PUSH_POLL_EXTENSION in extensions
-        self._bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
+        route.push_poll = wire.PUSH_POLL_EXTENSION in extensions
+        route.bounded_polls = wire.POLL_TIMEOUT_EXTENSION in extensions
         if answer.code == 204:
             return None
         if answer.code != 200:
@@ -411,41 +427,42 @@ class ClientService(Service):
             raise PollError(f"poll answer is not a scrape request ({error}): "
                             f"{_snippet(body)}") from None
 
-    def _note_failure(self, error: Exception) -> None:
+    def _note_failure(self, route: _Route, error: Exception) -> None:
         self._failures += 1
         state = describe_failure(Failure(error))
-        if "SSL" in state and self._poll_url.startswith(b"https:"):
+        if "SSL" in state and route.poll_url.startswith(b"https:"):
             state = (f"the TLS handshake with the proxy failed ({state}): does it serve "
                      "HTTPS at this URL? (a plain-HTTP proxy wants http:// in --proxy-url)")
         if state != self._failing:
             self.log.warn("Polling {url} failed, retrying with backoff: {reason}",
-                          url=self._poll_url.decode(), reason=state, fqdn=self.config.fqdn)
+                          url=route.poll_url.decode(), reason=state, fqdn=self.config.fqdn)
             self._failing = state
 
     def _note_registered(self) -> None:
         """A poll is held (or answered): the proxy took this client's registration."""
         self._registered = True
         self.log.info("Registered with the proxy at {url} as {fqdn}",
-                      url=self._poll_url.decode(), fqdn=self.config.fqdn)
+                      url=self._route.poll_url.decode(), fqdn=self.config.fqdn)
 
-    def _note_success(self) -> None:
+    def _note_success(self, route: _Route) -> None:
         self._backoff.reset()
         if self._failing is not None:
             self.log.info("Polling {url} works again after {n} failed attempts",
-                          url=self._poll_url.decode(), n=self._failures)
+                          url=route.poll_url.decode(), n=self._failures)
             self._failing = None
             self._failures = 0
 
     # -- scrapes --
 
-    def _start_scrape(self, request: wire.ScrapeRequest) -> None:
+    def _start_scrape(self, request: wire.ScrapeRequest, route: _Route) -> None:
         self.metrics.scrapes.inc()
         if len(self._scrapes) >= self.config.max_concurrent_scrapes:
             self.metrics.scrape_errors.inc()
-            self._push_error(request, f"client is already running "
+            self._push_error(request, route, f"client is already running "
                              f"{len(self._scrapes)} scrapes, the limit", "overload")
             return
-        run = _ScrapeRun(request, request.timeout or self.config.scrape_default_timeout,
+        run = _ScrapeRun(request, route,
+                         request.timeout or self.config.scrape_default_timeout,
                          self._clock.seconds())
         scrape = Deferred.fromCoroutine(self._scrape(run))
         scrape.addTimeout(run.timeout, self._clock, onTimeoutCancel=_timed_out)
@@ -478,7 +495,7 @@ class ClientService(Service):
             length=length,
         )
         run.pushing = True
-        await self._push(request, PushBody(head, response))
+        await self._push(request, run.route, PushBody(head, response))
         if self.config.log_scrapes:
             self.log.info("Scraped {url} for scrape {scrape_id}: {status}",
                           url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
@@ -508,18 +525,21 @@ class ClientService(Service):
         if run.pushing:
             # The push had begun: the proxy saw it break off and told Prometheus.
             return
-        self._push_error(request, message, kind)
+        self._push_error(request, run.route, message, kind)
 
-    def _push_error(self, request: wire.ScrapeRequest, message: str, kind: str) -> None:
+    def _push_error(self, request: wire.ScrapeRequest, route: _Route, message: str,
+                    kind: str) -> None:
         body = wire.encode_error_response(scrape_id=request.scrape_id, reason=message,
                                           kind=kind)
-        pushed = Deferred.fromCoroutine(self._push(request, body))
+        pushed = Deferred.fromCoroutine(self._push(request, route, body))
         pushed.addErrback(lambda f: f.trap(_PushFailed))
 
-    async def _push(self, request: wire.ScrapeRequest, body: bytes | IBodyProducer) -> None:
-        head = self._push_poll_head if self._push_poll else self._push_head
+    async def _push(self, request: wire.ScrapeRequest, route: _Route,
+                    body: bytes | IBodyProducer) -> None:
+        """Push to the proxy that handed the scrape out: only it knows its id."""
+        head = route.push_poll_head if route.push_poll else route.push_head
         try:
-            answer = await self._proxy.request(head, body, limit=MAX_POLL_ANSWER)
+            answer = await route.link.request(head, body, limit=MAX_POLL_ANSWER)
         except CancelledError:
             raise
         except Exception as error:
@@ -534,7 +554,7 @@ class ClientService(Service):
                            answer=_snippet(answer.body), fqdn=self.config.fqdn)
             raise _PushFailed()
         if answer.body and answer.has(wire.NEXT_SCRAPE_HEADER):
-            self._take_next(answer.body)
+            self._take_next(answer.body, route)
 
     def _push_log(self, format: str, **fields: Any) -> None:
         """A push that failed: a warning, but routine while this client stops (a proxy
@@ -544,7 +564,7 @@ class ClientService(Service):
         else:
             self.log.debug(format + " (the client is stopping)", **fields)
 
-    def _take_next(self, answer: bytes) -> None:
+    def _take_next(self, answer: bytes, route: _Route) -> None:
         """Start the scrape a push answer handed over, as if a poll had brought it."""
         try:
             request = wire.decode_scrape_request(answer)
@@ -554,15 +574,16 @@ class ClientService(Service):
                           reason=str(error), answer=_snippet(answer))
             return
         if not self.running:
-            self._push_error(request, "the client is shutting down", "shutdown")
+            self._push_error(request, route, "the client is shutting down", "shutdown")
             return
-        self._start_scrape(request)
+        self._start_scrape(request, route)
 
     # -- stopping --
 
     def stopService(self) -> Deferred[None]:
         """Stop polling, give running scrapes a grace period, then close connections."""
         super().stopService()
+        self.metrics.proxy_url_in_use.labels(self._route.shown).dec()
         for waiting in list(self._waiting):
             waiting.cancel()
         in_flight = list(self._scrapes)
@@ -584,7 +605,9 @@ class ClientService(Service):
         def close(_: object) -> Deferred[Any]:
             if grace.called is False:
                 grace.cancel()
-            return DeferredList([self._proxy.close(),
+            if not self._owns_connections:
+                return succeed(None)
+            return DeferredList([*(route.link.close() for route in self._routes),
                                  *(pool.closeCachedConnections() for pool in self._pools)])
 
         first.addCallback(close)
@@ -615,11 +638,48 @@ class _HeldPoll:
             self._call.cancel()
 
 
+class _Route:
+    """One proxy URL: its link, the heads of its requests, what its proxy said it does."""
+
+    def __init__(self, config: ClientConfig, url: str, link: ProxyLink) -> None:
+        self.link = link
+        self.poll_url = config.endpoint("poll", url)
+        #: The URL as shown in logs and metrics: without credentials.
+        self.shown = config.endpoint("", url).decode("ascii")
+        self._url = url
+        self.make_heads(config)
+        #: Whether the proxy answers pushes with the next queued scrape (it said so).
+        self.push_poll = False
+        #: Whether the proxy answers idle polls after poll_timeout (it said so).
+        self.bounded_polls = False
+
+    def make_heads(self, config: ClientConfig) -> None:
+        """The heads of polls and pushes, written once for every request (and again when
+        a token file is re-read)."""
+        link, url = self.link, self._url
+        push_url = config.endpoint("push", url)
+        headers = [(b"User-Agent", USER_AGENT)]
+        auth = config.proxy_authorization(url)
+        if auth is not None:
+            headers.append((b"Authorization", auth))
+        self.poll_head = link.head(b"POST", self.poll_url, [
+            *headers,
+            (wire.POLL_TIMEOUT_HEADER, wire.format_timeout(config.poll_timeout)),
+            # Sent even when empty, so that labels dropped from the command line go away.
+            (wire.LABELS_HEADER, wire.encode_labels(config.labels)),
+        ])
+        self.push_head = link.head(b"POST", push_url, headers)
+        self.push_poll_head = link.head(b"POST", push_url,
+                                        [*headers, (wire.PUSH_POLL_HEADER, b"1")])
+
+
 @dataclass
 class _ScrapeRun:
     """One scrape in the client, from the poll answer to the end of its push."""
 
     request: wire.ScrapeRequest
+    #: The proxy URL whose poll brought the scrape, where its answer goes.
+    route: _Route
     timeout: float
     started: float
     #: The push of the target's response has begun.
@@ -671,11 +731,16 @@ class CachedEndpoints:
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS | None,
                  keepalive: KeepAliveConfig | None = None, *,
-                 eager_writes: bool = False) -> None:
+                 eager_writes: bool = False,
+                 connect_to: Callable[[str, int], IStreamClientEndpoint] | None = None
+                 ) -> None:
         self._reactor = reactor
         self._policy = policy
         self._keepalive = keepalive
         self._eager_writes = eager_writes
+        #: Makes the endpoint of a host and port, under TLS for https:// URLs.
+        self._connect_to = connect_to or (
+            lambda host, port: HostnameEndpoint(reactor, host, port))
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -684,7 +749,7 @@ class CachedEndpoints:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            endpoint = self._connect_to(host, uri.port)
             if uri.scheme == b"https":
                 policy = self._policy
                 if policy is None:
@@ -749,25 +814,62 @@ def make_connections(
     proxy_policy: IPolicyForHTTPS | None = None,
     target_policy: IPolicyForHTTPS | None = None,
     keepalive: KeepAliveConfig | None = None,
+    http_proxy: HttpProxy | None = None,
+    target_http_proxy: HttpProxy | None = None,
 ) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
     """
     The link to the proxy at ``proxy_url`` (with ``keepalive``), an Agent with a
     persistent pool for the targets, and that pool.
 
     The link connects through the endpoint Agent would use for that URL: the same
-    TLS policy, certificate and name checks, and TCP keepalive.
+    TLS policy, certificate and name checks, and TCP keepalive.  With ``http_proxy``
+    it goes through that HTTP proxy: in a ``CONNECT`` tunnel for an ``https://`` URL
+    (the TLS session is with the PushProx proxy, end to end), with requests in absolute
+    form for an ``http://`` one, as Go's net/http does.  Targets are reached directly,
+    or, only when asked, through ``target_http_proxy``: in a ``CONNECT`` tunnel each, so
+    that ``http://`` and ``https://`` targets take one way.
     """
-    uri = URI.fromBytes(proxy_url)
-    endpoint = CachedEndpoints(reactor, proxy_policy, keepalive).endpointForURI(uri)
+    link = make_proxy_link(reactor, proxy_url, policy=proxy_policy, keepalive=keepalive,
+                           http_proxy=http_proxy)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
-    target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True)
+    target_endpoints = CachedEndpoints(
+        reactor, target_policy, eager_writes=True,
+        connect_to=None if target_http_proxy is None else _tunnels(reactor, target_http_proxy))
     target_agent = Agent.usingEndpointFactory(reactor, target_endpoints, pool=pool)
-    return ProxyLink(endpoint), target_agent, [pool]
+    return link, target_agent, [pool]
 
 
-def _proxy_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> RequestHead:
-    """The head of a ``POST`` to the proxy's ``url``, with ``Host`` as Agent writes it."""
+def make_proxy_link(reactor: Any, url: bytes, *, policy: IPolicyForHTTPS | None = None,
+                    keepalive: KeepAliveConfig | None = None,
+                    http_proxy: HttpProxy | None = None) -> ProxyLink:
+    """The link to the PushProx proxy at ``url``, direct or through ``http_proxy`` (see
+    ``make_connections``)."""
     uri = URI.fromBytes(url)
-    return request_head(b"POST", uri.originForm, host_value(uri.scheme, uri.host, uri.port),
-                        headers)
+    if http_proxy is None:
+        return ProxyLink(CachedEndpoints(reactor, policy, keepalive).endpointForURI(uri))
+    if uri.scheme == b"http":
+        endpoint = CachedEndpoints(
+            reactor, policy, keepalive,
+            connect_to=lambda host, port: HostnameEndpoint(reactor, http_proxy.host,
+                                                           http_proxy.port))
+        return ProxyLink(endpoint.endpointForURI(uri), absolute_form=True,
+                         proxy_authorization=http_proxy.authorization)
+    endpoint = CachedEndpoints(reactor, policy, keepalive,
+                               connect_to=_tunnels(reactor, http_proxy))
+    return ProxyLink(endpoint.endpointForURI(uri))
+
+
+def _tunnels(reactor: Any, http_proxy: HttpProxy) -> Callable[[str, int],
+                                                                  IStreamClientEndpoint]:
+    """Endpoints of a host and port through ``http_proxy``'s CONNECT tunnels."""
+    from pushprox.connect_tunnel import TunnelEndpoint
+
+    def tunnel(host: str, port: int) -> IStreamClientEndpoint:
+        return TunnelEndpoint(reactor, HostnameEndpoint(reactor, http_proxy.host,
+                                                        http_proxy.port),
+                              host, port, authorization=http_proxy.authorization,
+                              proxy_shown=f"HTTP proxy {http_proxy.shown}")
+
+    return tunnel
+

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import socket
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python import usage
 
 from pushprox import wire
-from pushprox.client import ClientService, make_connections
+from pushprox.client import ClientService, make_connections, make_proxy_link
+from pushprox.client_names import ClientName, check_unique, parse_client_name
+from pushprox.client_roster import ClientRoster, read_targets_file
 from pushprox.config import (
     ClientConfig,
     default,
@@ -22,7 +27,6 @@ from pushprox.config import (
 from pushprox.metrics import ClientMetrics
 from pushprox.options import (
     OptionValueError,
-    host_name,
     http_url,
     key_matches_certificate,
     naming,
@@ -33,6 +37,7 @@ from pushprox.options import (
     read_secret,
     readable_file,
 )
+from pushprox.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
 from pushprox.program import (
     ProgramOptions,
     WebConfigReload,
@@ -72,15 +77,22 @@ class Options(ProgramOptions):
          "Do not verify the proxy's certificate (testing only)."],
         ["target-tls-insecure-skip-verify", None,
          "Do not verify HTTPS targets' certificates."],
+        ["ignore-proxy-environment", None,
+         "Reach the proxy directly whatever HTTP_PROXY, HTTPS_PROXY and NO_PROXY say."],
     ]
     optParameters: list[list[Any]] = [
         *twistd_parameters(ClientConfig),
-        ["proxy-url", None, None, "URL of the proxy, e.g. http://proxy:8080/ (required); "
-         "a path prefix and user:token@ credentials are allowed.",
-         naming("proxy-url", http_url)],
-        ["fqdn", None, None, "Name this client registers as (a host name, without a port); "
-         "Prometheus scrapes http://FQDN:PORT/... through the proxy (default: this "
-         "host's FQDN).", naming("fqdn", host_name)],
+        ["http-proxy", None, None, "HTTP proxy to reach the proxy through, "
+         "http://[USER:PASSWORD@]HOST:PORT, instead of HTTP_PROXY/HTTPS_PROXY (default: "
+         "those, as Go's net/http reads them; NO_PROXY applies to both; targets are "
+         "always scraped directly)."],
+        ["target-http-proxy", None, None, "HTTP proxy to scrape targets through, "
+         "http://[USER:PASSWORD@]HOST:PORT, in a CONNECT tunnel per connection (default: "
+         "none, targets are scraped directly; the proxy variables never apply to them)."],
+        ["targets-file", None, None, "File of names this client registers, one "
+         "NAME[=ADDRESS] a line as for --fqdn ('#' comments); re-read on SIGHUP and when it "
+         "changes: new names register, removed ones stop polling at once, a bad file "
+         "changes nothing.", naming("targets-file", readable_file)],
         ["tls-cacert", None, None, "CA bundle (PEM) to verify the proxy's certificate.",
          naming("tls-cacert", pem_certificates)],
         ["tls-cert", None, None, "Client certificate (PEM) presented to the proxy.",
@@ -112,8 +124,18 @@ class Options(ProgramOptions):
         self["allow-port"] = []
         self["allow-path"] = []
         self["label"] = []
+        self["fqdn"] = []
+        self["proxy-url"] = []
+        #: The names to register and where each is scraped, from --fqdn.
+        self.names: list[ClientName] = []
+        #: The names of --targets-file when the client starts.
+        self.file_names: list[ClientName] = []
         #: Whether --fqdn was left to this host's name (a warning if it is localhost).
         self.fqdn_guessed = False
+        #: The HTTP proxy on the way to each --proxy-url, if any (--http-proxy, environment).
+        self.http_proxies: list[HttpProxy | None] = []
+        #: The HTTP proxy targets are scraped through, if asked (--target-http-proxy).
+        self.target_http_proxy: HttpProxy | None = None
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -125,6 +147,22 @@ class Options(ProgramOptions):
         except wire.WireError as error:
             raise usage.UsageError(f"--label {value}: {error}") from None
         self["label"].append((name, label_value))
+
+    def opt_proxy_url(self, value: str) -> None:
+        """Proxy URL, e.g. http://[user:token@]proxy:8080/ (required; repeatable: failover)."""
+        url = naming("proxy-url", http_url)(value)
+        if url in self["proxy-url"]:
+            raise OptionValueError(f"--proxy-url {value} is given twice",
+                                   reason=f"{value} is given twice")
+        self["proxy-url"].append(url)
+
+    def opt_fqdn(self, value: str) -> None:
+        """Name NAME[=ADDRESS] to register, scraped at ADDRESS (repeatable; default: this host)."""
+        try:
+            self.names.append(parse_client_name(value))
+        except ValueError as error:
+            raise OptionValueError(f"--fqdn {value}: {error}", reason=str(error)) from None
+        self["fqdn"].append(self.names[-1].fqdn)
 
     def opt_allow_port(self, value: str) -> None:
         """Target port the client may scrape (repeatable; default 9100)."""
@@ -143,6 +181,18 @@ class Options(ProgramOptions):
         """Check the combination of options."""
         if not self["proxy-url"]:
             raise usage.UsageError("--proxy-url is required, e.g. --proxy-url http://proxy:8080/")
+        try:
+            self.http_proxies = [
+                choose_http_proxy(url, os.environ, explicit=self["http-proxy"],
+                                  use_environment=not self["ignore-proxy-environment"])
+                for url in self["proxy-url"]]
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["target-http-proxy"]:
+            try:
+                self.target_http_proxy = parse_http_proxy(self["target-http-proxy"])
+            except ValueError as error:
+                raise usage.UsageError(f"--target-http-proxy: {error}") from None
         for prefix in ("tls", "target-tls"):
             cert, key = f"{prefix}-cert", f"{prefix}-key"
             if bool(self[cert]) != bool(self[key]):
@@ -152,16 +202,31 @@ class Options(ProgramOptions):
                 raise usage.UsageError(
                     f"{self.given_as(key)} {self[key]} is not the key of "
                     f"{self.given_as(cert)} {self[cert]}")
-        self.fqdn_guessed = self["fqdn"] is None
-        if self["fqdn"] is None:
+        if self["targets-file"]:
+            try:
+                self.file_names = read_targets_file(self["targets-file"])
+            except ValueError as error:
+                raise usage.UsageError(f"--targets-file {self['targets-file']}: {error}") from None
+        self.fqdn_guessed = not self.names and not self["targets-file"]
+        if self.fqdn_guessed:
             # Looked up only when needed: a slow resolver must not delay --help.
-            self["fqdn"] = socket.getfqdn()
-        if wire.normalize_fqdn(self["fqdn"].encode("utf-8")) is None:
-            if self.fqdn_guessed:
+            guessed = socket.getfqdn()
+            try:
+                self.names.append(parse_client_name(guessed))
+            except ValueError:
                 raise usage.UsageError(
-                    f"this host's name {self['fqdn']!r} is not a host name Prometheus can "
-                    "scrape; give the name it uses with --fqdn")
-            raise usage.UsageError(f"{self.given_as('fqdn')} {self['fqdn']}: not a host name")
+                    f"this host's name {guessed!r} is not a host name Prometheus can "
+                    "scrape; give the name it uses with --fqdn") from None
+            self["fqdn"].append(guessed)
+        try:
+            check_unique(self.names)
+        except ValueError as error:
+            raise usage.UsageError(f"{self.given_as('fqdn')} {error}") from None
+        try:
+            check_unique([*self.names, *self.file_names])
+        except ValueError as error:
+            raise usage.UsageError(
+                f"--targets-file {self['targets-file']}: {error} (with --fqdn)") from None
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError(f"{self.given_as('retry-initial-wait')} exceeds "
                                    f"{self.given_as('retry-max-wait')}")
@@ -176,23 +241,38 @@ class Options(ProgramOptions):
             raise usage.UsageError("--web.config.file is for --metrics-listen, which is off")
         self["tls-settings"] = tls_settings(self, self["web-config"])
 
+    def configs(self) -> list[ClientConfig]:
+        """The configuration of each name (--fqdn, then --targets-file), in order."""
+        return [self.config_for(name) for name in [*self.names, *self.file_names]]
+
     def config(self) -> ClientConfig:
-        """The client configuration these options describe."""
+        """The configuration of the first name (an empty FQDN when there is none yet)."""
+        every = [*self.names, *self.file_names]
+        return self.config_for(every[0] if every else ClientName(""))
+
+    def config_for(self, name: ClientName) -> ClientConfig:
+        """The configuration of the client of ``name``."""
         return ClientConfig(
-            proxy_url=self["proxy-url"],
-            fqdn=self["fqdn"],
+            proxy_url=self["proxy-url"][0],
+            proxy_urls=tuple(self["proxy-url"]) if len(self["proxy-url"]) > 1 else (),
+            fqdn=name.fqdn,
             allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
             allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
             proxy_token=self["proxy-token"],
             target_bearer_token=self["target-bearer-token"],
             labels=tuple(self["label"]),
-            **option_values(ClientConfig, self),
+            **{**option_values(ClientConfig, self),
+               **({"target_host": name.address} if name.address else {})},
         )
 
 
 @one_line_errors
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """The client service, plus its /metrics endpoint when one is configured."""
+    """
+    A client service for each name (--fqdn), plus the /metrics endpoint when one is
+    configured.  The names share the connections to the proxy and to targets and the
+    metrics; each keeps its own poll, so that any proxy sees ordinary clients.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -229,15 +309,38 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                               target_policy.reload, watch=target_policy.paths)
     proxy_link, target_agent, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
-        target_policy=target_policy, keepalive=config
+        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0],
+        target_http_proxy=options.target_http_proxy,
     )
+    fallback_links = [
+        make_proxy_link(reactor, config.endpoint("poll", url), policy=proxy_policy,
+                        keepalive=config, http_proxy=http_proxy)
+        for url, http_proxy in zip(options["proxy-url"][1:], options.http_proxies[1:],
+                                   strict=True)]
     metrics = ClientMetrics()
     if config.allow_any:
         from twisted.logger import Logger
 
         Logger(namespace="pushprox.client").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
-            "proxy asks for", fqdn=config.fqdn)
+            "proxy asks for", fqdn=", ".join(
+                name.fqdn for name in [*options.names, *options.file_names]))
+    for url, http_proxy in zip(options["proxy-url"], options.http_proxies, strict=True):
+        if http_proxy is None:
+            continue
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").info(
+            "The proxy {url} is reached through the HTTP proxy {http_proxy} ({how})",
+            url=config.endpoint("", url).decode("ascii"), http_proxy=http_proxy.shown,
+            how="CONNECT tunnel" if urlsplit(url).scheme == "https"
+            else "absolute-form requests")
+    if options.target_http_proxy is not None:
+        from twisted.logger import Logger
+
+        Logger(namespace="pushprox.client").info(
+            "Targets are scraped through the HTTP proxy {http_proxy} (CONNECT tunnels)",
+            http_proxy=options.target_http_proxy.shown)
     if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
         from twisted.logger import Logger
 
@@ -246,16 +349,37 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
     service = program_service(options)
-    client = ClientService(config, reactor=reactor, proxy_link=proxy_link,
-                           target_agent=target_agent, metrics=metrics, pools=pools)
-    client.setServiceParent(service)
+    #: The tokens in force, for the names added later too (token files are re-read).
+    tokens = {"proxy": options["proxy-token"], "target": options["target-bearer-token"]}
+
+    def make_client(name: ClientName) -> ClientService:
+        config = dataclasses.replace(options.config_for(name), proxy_token=tokens["proxy"],
+                                     target_bearer_token=tokens["target"])
+        return ClientService(config, reactor=reactor, proxy_link=proxy_link,
+                             fallback_links=fallback_links, target_agent=target_agent,
+                             metrics=metrics, owns_connections=False)
+
+    def close_connections() -> Deferred[Any]:
+        return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
+                             *(pool.closeCachedConnections() for pool in pools)])
+
+    roster = ClientRoster(fixed=options.names, targets_file=options["targets-file"],
+                          from_file=options.file_names, make_client=make_client,
+                          close_connections=close_connections)
+    roster.setServiceParent(service)
+    if options["targets-file"]:
+        reloader.register("--targets-file", roster.reload, watch=[options["targets-file"]])
     if options["proxy-token-file"] or options["target-bearer-token-file"]:
-        reloader.register(
-            "--proxy-token-file/--target-bearer-token-file",
-            lambda: client.use_tokens(
-                proxy_token=read_token(options["proxy-token-file"], "proxy-token-file"),
-                target_bearer_token=read_token(options["target-bearer-token-file"],
-                                               "target-bearer-token-file")))
+
+        def use_tokens() -> None:
+            tokens["proxy"] = read_token(options["proxy-token-file"], "proxy-token-file")
+            tokens["target"] = read_token(options["target-bearer-token-file"],
+                                          "target-bearer-token-file")
+            for client in roster.clients():
+                cast(ClientService, client).use_tokens(proxy_token=tokens["proxy"],
+                                  target_bearer_token=tokens["target"])
+
+        reloader.register("--proxy-token-file/--target-bearer-token-file", use_tokens)
     if options["metrics-listen"]:
         from pushprox.metrics import metrics_site
 

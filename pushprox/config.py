@@ -117,6 +117,11 @@ class ClientConfig(KeepAliveConfig):
         False, "Scrape any port and path of this FQDN, as upstream PushProx does "
         "(default: only --allow-port and --allow-path).")
     log_scrapes: bool = option(False, "Log one line per scrape (default: only errors).")
+    proxy_failback_after: float = option(
+        60.0, "Seconds a client polls another --proxy-url than the first before it tries "
+        "the first again.")
+    #: Every proxy URL in order of preference (``proxy_url`` first); empty for just it.
+    proxy_urls: tuple[str, ...] = ()
     allow_ports: frozenset[int] = field(default_factory=lambda: frozenset({9100}))
     allow_paths: frozenset[str] = field(default_factory=lambda: frozenset({"/metrics"}))
     #: Sent to the proxy as a Bearer token (its --client-tokens).
@@ -126,18 +131,20 @@ class ClientConfig(KeepAliveConfig):
     #: Labels the proxy lists this client with in /clients (a pushprox extension).
     labels: tuple[tuple[str, str], ...] = ()
 
-    def endpoint(self, name: str) -> bytes:
-        """The URL of the proxy's endpoint ``name``, credentials removed."""
-        parts = urlsplit(self.proxy_url)
+    def endpoint(self, name: str, url: str | None = None) -> bytes:
+        """The URL of the proxy's endpoint ``name``, credentials removed (of ``url``, one
+        of ``proxy_urls``, or of ``proxy_url``)."""
+        parts = urlsplit(url or self.proxy_url)
         netloc = parts.netloc.rpartition("@")[2]
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         return urlunsplit((parts.scheme, netloc, path + name, "", "")).encode("ascii")
 
-    def proxy_authorization(self) -> bytes | None:
-        """The ``Authorization`` value for the proxy: the token, or URL credentials."""
+    def proxy_authorization(self, url: str | None = None) -> bytes | None:
+        """The ``Authorization`` value for the proxy: the token, or the credentials of
+        ``url`` (one of ``proxy_urls``, or ``proxy_url``)."""
         if self.proxy_token:
             return b"Bearer " + self.proxy_token.encode("utf-8")
-        parts = urlsplit(self.proxy_url)
+        parts = urlsplit(url or self.proxy_url)
         if parts.username is None:
             return None
         userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"

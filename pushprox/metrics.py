@@ -363,6 +363,10 @@ class ClientMetrics:
             "pushprox_client_scrape_duration_seconds",
             "Time from receiving a scrape request to the end of its push.",
             buckets=SCRAPE_BUCKETS, registry=r)
+        self.proxy_url_in_use = Gauge(
+            "pushprox_client_proxy_url_in_use",
+            "Names of this client polling through each --proxy-url now.",
+            ["url"], registry=r)
 
 
 class MetricsResource(Resource):

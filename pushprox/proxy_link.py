@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    URI,
     RequestGenerationFailed,
     ResponseFailed,
     ResponseNeverReceived,
@@ -132,14 +133,34 @@ class ProxyLink:
     the idle connection as the request went out) is sent once more on a new connection,
     as ``Agent`` does, when its body can be sent again: bytes always, a producer only if
     it has not started.  Cancelling a request's ``Deferred`` drops its connection.
+
+    With ``absolute_form`` the endpoint leads to an HTTP proxy that forwards the
+    requests: their heads (``head``) carry the whole URL and ``proxy_authorization``.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, *, max_idle: int = 16) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, *, max_idle: int = 16,
+                 absolute_form: bool = False,
+                 proxy_authorization: bytes | None = None) -> None:
         self._endpoint = endpoint
         self._max_idle = max_idle
+        self._absolute_form = absolute_form
+        self._proxy_authorization = proxy_authorization
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         self._closing = False
+
+    def head(self, method: bytes, url: bytes,
+             headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
+        """The head of a ``method`` request of ``url`` as this link sends it: in origin
+        form (``POST /poll``), or in absolute form to an HTTP proxy."""
+        uri = URI.fromBytes(url)
+        target = uri.originForm
+        if self._absolute_form:
+            target = uri.toBytes()
+            if self._proxy_authorization is not None:
+                headers = [*headers, (b"Proxy-Authorization", self._proxy_authorization)]
+        return request_head(method, target, host_value(uri.scheme, uri.host, uri.port),
+                            headers)
 
     def request(self, head: RequestHead, body: bytes | IBodyProducer, *,
                 limit: int, written: Callable[[], None] | None = None

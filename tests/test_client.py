@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ from pushprox.client import (
     ClientService,
     PushBody,
     ScrapeRefused,
+    make_proxy_link,
     plan_target,
 )
 from pushprox.coordinator import Coordinator
@@ -581,11 +583,11 @@ class ClientServiceTests(SynchronousTestCase):
         settings.update(overrides)
         config = ClientConfig(**settings)
         proxy_link, target_agent, pools = client_connections(self.network, config)
-        extra = {} if rand is None else {"rand": rand}
         self.clock = TrackingClock(self.network)
         service = ClientService(config, reactor=self.clock,
                                 proxy_link=proxy_link, target_agent=target_agent,
-                                metrics=ClientMetrics(), pools=pools, **extra)
+                                metrics=ClientMetrics(), pools=pools,
+                                rand=random.random if rand is None else rand)
         service.startService()
         self.addCleanup(self.stop, service, self.clock)
         self.network.flush()
@@ -821,6 +823,72 @@ class ClientServiceTests(SynchronousTestCase):
             (response.status, response.text),
             (504, "the target did not answer in time: failed to scrape "
                   f"{target_url('/slow')}: timeout after 0.8s\n"))
+
+    # -- several proxy URLs --
+
+    def start_failover_client(self) -> ClientService:
+        """A client whose first proxy URL is FAKE_PROXY_PORT (nothing there until a test
+        serves it) and whose second is the proxy."""
+        first, second = (f"http://127.0.0.1:{port}/" for port in (FAKE_PROXY_PORT, PROXY_PORT))
+        config = ClientConfig(
+            proxy_url=first, proxy_urls=(first, second), fqdn=FQDN, target_host="127.0.0.1",
+            allow_ports=frozenset({TARGET_PORT}), allow_paths=frozenset({"/metrics", "/slow"}),
+            retry_initial_wait=0.2, retry_max_wait=0.2, poll_timeout=2.0,
+            proxy_failback_after=5.0)
+        first_link, target_agent, pools = client_connections(self.network, config)
+        second_link = make_proxy_link(self.network, config.endpoint("poll", second))
+        self.clock = TrackingClock(self.network)
+        service = ClientService(config, reactor=self.clock, proxy_link=first_link,
+                                fallback_links=[second_link], target_agent=target_agent,
+                                metrics=ClientMetrics(), pools=pools, rand=lambda: 1.0)
+        service.startService()
+        self.addCleanup(self.stop, service, self.clock)
+        self.network.flush()
+        return service
+
+    def in_use(self, service: ClientService) -> tuple[float | None, float | None]:
+        """pushprox_client_proxy_url_in_use of the first and the second URL."""
+        return tuple(service.metrics.registry.get_sample_value(  # type: ignore[return-value]
+            "pushprox_client_proxy_url_in_use", {"url": f"http://127.0.0.1:{port}/"})
+            for port in (FAKE_PROXY_PORT, PROXY_PORT))
+
+    def test_dead_first_proxy_url_fails_over_to_the_next(self) -> None:
+        """The first URL refuses: after the backoff the client polls the second."""
+        service = self.start_failover_client()
+        self.assertEqual(self.coordinator.waiting_poll_count(), 0)
+        # The refusal is reported when HostnameEndpoint's next attempt would be due
+        # (0.3 s), then the backoff (0.2 s).
+        self.network.advance(0.3)
+        self.assertEqual(self.coordinator.waiting_poll_count(), 0)
+        self.network.advance(0.2)
+        self.registered()
+        self.assertEqual(self.in_use(service), (0.0, 1.0))
+        response = self.scrape(target_url("/metrics")).response()
+        self.assertEqual((response.status, response.body), (200, METRICS))
+
+    def test_back_to_the_first_url_while_a_scrape_is_pushed_where_it_came_from(self) -> None:
+        """After proxy_failback_after the client polls the first URL again; a scrape that
+        the second handed out meanwhile is pushed to the second."""
+        service = self.start_failover_client()
+        self.network.advance(0.5)
+        self.registered()
+        first = Coordinator(self.network)
+        listening = self.network.listenTCP(FAKE_PROXY_PORT,
+                                           PushProxSite(first, clock=self.network))
+        self.addCleanup(listening.stopListening)
+        self.target.delay = 8.0
+        exchange = self.scrape(target_url("/slow"))
+        self.network.advance(6.0)  # past the failback, and the end of the poll held then
+        self.assertEqual(first.waiting_poll_count(), 1)
+        self.assertEqual(self.coordinator.waiting_poll_count(), 0)
+        self.assertEqual(self.in_use(service), (1.0, 0.0))
+        self.assertFalse(exchange.answered)
+        self.network.advance(2.0)
+        response = exchange.response()
+        self.assertEqual((response.status, response.body), (200, b"slow 1\n"))
+        self.successResultOf(stop_client(self.network, service))
+        self.network.flush()
+        self.assertTrue(first.is_idle())
 
     def test_slow_scrapes_run_concurrently(self) -> None:
         """The client polls again at once, so two slow scrapes take one delay, not two."""

@@ -20,7 +20,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.harness.exporter import Page
-from tests.harness.processes import Daemon, Process
+from tests.harness.processes import Daemon, Process, twistd_argv
 from tests.harness.rawhttp import (
     DATA,
     HTTPResponse,
@@ -293,3 +293,118 @@ class WrongSchemeTests(IntegrationTestCase):
         self.assertIn("a plain-HTTP proxy wants http:// in --proxy-url",
                       client.process.log_text())
         self.assertIn("Refused a TLS handshake on a plain-HTTP port", proxy.process.log_text())
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` whole, as editors and configuration tools do (a rename): a program
+    that watches it never reads it half-written."""
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+class SeveralNamesTests(IntegrationTestCase):
+    """One client, several names (``--fqdn NAME=ADDRESS``), each scraped at its address."""
+
+    def test_each_name_is_scraped_at_its_own_address(self) -> None:
+        """Two exporters on one port of 127.0.0.2 and 127.0.0.3: each name gets its own page."""
+        first = self.processes.exporter("first", address="127.0.0.2")
+        self.processes.exporter("second", address="127.0.0.3", port=first.port)
+        proxy = self.processes.proxy()
+        args = self.processes.client_args(proxy.url + "/", "second.example=127.0.0.3",
+                                          [first.port], ["--fqdn", "first.example=127.0.0.2"])
+        self.processes.start("client", twistd_argv("pushprox-client", args))
+        self.wait_registered(proxy, "first.example")
+        self.wait_registered(proxy, "second.example")
+
+        for name, fqdn in (("first", "first.example"), ("second", "second.example")):
+            answer = scrape_via_proxy(proxy.port, f"http://{fqdn}:{first.port}/metrics")
+            self.assertEqual(answer.status, 200, answer.text[:300])
+            self.assertIn(f'e2e_exporter_info{{name="{name}",host="{fqdn}:{first.port}"',
+                          answer.text)
+        listed = proxy.get("/clients").json()
+        self.assertEqual(sorted(target for group in listed for target in group["targets"]),
+                         ["first.example", "second.example"])
+        unknown = scrape_via_proxy(proxy.port, f"http://third.example:{first.port}/metrics")
+        self.assertEqual(unknown.status, 404)
+
+    def test_targets_file_is_reloaded_on_sighup(self) -> None:
+        """New names register, removed ones stop polling at once, a bad file changes
+        nothing; a changed file is read again without a signal."""
+        exporter = self.processes.exporter("site")
+        proxy = self.processes.proxy()
+        targets = self.processes.directory("client") / "targets"
+        replace_file(targets, "# names of the site\none.example=127.0.0.1\n")
+        args = self.processes.client_args(proxy.url + "/", "fixed.example", [exporter.port],
+                                          ["--targets-file", str(targets),
+                                           "--tls-reload-interval", "0.5"])
+        client = self.processes.start("client", twistd_argv("pushprox-client", args))
+        self.wait_registered(proxy, "one.example")
+
+        def polls_held() -> dict[str, int]:
+            view = proxy.get("/api/v1/clients").json()
+            return {entry["fqdn"]: entry["polls_held"] for entry in view["clients"]}
+
+        def scrape(fqdn: str) -> HTTPResponse:
+            return scrape_via_proxy(proxy.port, f"http://{fqdn}:{exporter.port}/metrics")
+
+        replace_file(targets, "two.example\n")
+        client.send_signal(signal.SIGHUP)
+        self.wait_registered(proxy, "two.example")
+        self.assertEqual(scrape("two.example").status, 200)
+        wait_for(lambda: polls_held().get("one.example") == 0, timeout=10,
+                 what="one.example's poll withdrawn", watch=[client])
+        self.assertEqual(polls_held()["fixed.example"], 1)
+
+        replace_file(targets, "two.example\nnot a name\n")
+        client.send_signal(signal.SIGHUP)
+        wait_for(lambda: f"--targets-file not reloaded, the one in force stays: {targets}: "
+                 "line 2: not a name" in client.log_text(), timeout=10,
+                 what="the refusal logged", watch=[client])
+        self.assertEqual(scrape("two.example").status, 200)
+        self.assertEqual(polls_held()["two.example"], 1)
+
+        # A changed file is read without a signal too.
+        replace_file(targets, "two.example\nthree.example\n")
+        self.wait_registered(proxy, "three.example")
+        self.assertEqual(scrape("three.example").status, 200)
+        self.stop_and_check(client)
+
+
+class SeveralProxyUrlsTests(IntegrationTestCase):
+    """``--proxy-url`` twice: the first that answers, the next on failure, back to the first."""
+
+    def test_fail_over_and_back(self) -> None:
+        """First dead: the second; first started: back to it; then each in turn."""
+        exporter = self.processes.exporter("site")
+        first = self.processes.proxy(name="first")
+        first.process.stop()
+        second = self.processes.proxy(name="second")
+        args = self.processes.client_args(first.url + "/", FQDN, [exporter.port], [
+            "--proxy-url", second.url + "/", "--proxy-failback-after", "3"])
+        client = self.processes.start("client", twistd_argv("pushprox-client", args))
+
+        def scraped_through(proxy: Proxy) -> bool:
+            url = f"http://{FQDN}:{exporter.port}/metrics"
+            return scrape_via_proxy(proxy.port, url, timeout=2.0).status == 200
+
+        def wait_scraped_through(proxy: Proxy, what: str) -> None:
+            wait_for(lambda: scraped_through(proxy), timeout=30, what=what,
+                     watch=[client, proxy.process])
+
+        wait_scraped_through(second, "scrapes through the second proxy, the first being dead")
+        self.assertIn(f"Polling {second.url}/poll as {FQDN} from now on ({first.url}/ failed)",
+                      client.log_text())
+
+        first.process.start()
+        first.wait_ready()
+        wait_scraped_through(first, "scrapes through the first proxy once it is back")
+        self.assertIn(f"Polling {first.url}/poll as {FQDN} from now on (the first proxy URL "
+                      "is tried again)", client.log_text())
+
+        first.process.stop()
+        wait_scraped_through(second, "scrapes through the second proxy again")
+        second.process.stop()
+        first.process.start()
+        first.wait_ready()
+        wait_scraped_through(first, "scrapes through the first proxy, the second stopped")

@@ -193,7 +193,7 @@ class EnvironmentTests(SynchronousTestCase):
         """PUSHPROX_FQDN is read before FQDN."""
         self.environ(FQDN="upstream.example", PUSHPROX_FQDN="ours.example",
                      PROXY_URL="http://proxy/")
-        self.assertEqual(parse(client_tap.Options, [])["fqdn"], "ours.example")
+        self.assertEqual(parse(client_tap.Options, [])["fqdn"], ["ours.example"])
 
     def test_command_line_wins(self) -> None:
         """A flag on the command line replaces its variable, repeatable ones included."""

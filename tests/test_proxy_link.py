@@ -41,6 +41,7 @@ from pushprox.proxy_link import (
     BodyLengthMismatch,
     ProxyAnswer,
     ProxyLink,
+    RequestHead,
     host_value,
     request_head,
 )
@@ -313,6 +314,25 @@ class RequestTests(LinkTestCase):
         self.assertEqual([host_value(b"http", b"p", 80), host_value(b"https", b"p", 443),
                           host_value(b"http", b"p", 8080), host_value(b"https", b"p", 80)],
                          [b"p", b"p", b"p:8080", b"p:80"])
+
+
+class HeadTests(SynchronousTestCase):
+    """``ProxyLink.head``: origin form to the proxy, absolute form to an HTTP proxy."""
+
+    def test_origin_form(self) -> None:
+        """A direct link writes the path, and Host with the port."""
+        head = ProxyLink(Endpoint()).head(b"POST", b"https://proxy:8443/pre/poll?x=1",
+                                          [(b"User-Agent", b"t")])
+        self.assertEqual(head.data, b"POST /pre/poll?x=1 HTTP/1.1\r\nHost: proxy:8443\r\n"
+                                    b"User-Agent: t\r\n")
+
+    def test_absolute_form_with_proxy_authorization(self) -> None:
+        """Through an HTTP proxy: the whole URL, and the proxy's credentials last."""
+        link = ProxyLink(Endpoint(), absolute_form=True, proxy_authorization=b"Basic YTpi")
+        head = link.head(b"POST", b"http://proxy:8080/poll", [(b"User-Agent", b"t")])
+        self.assertEqual(head, RequestHead(
+            b"POST", b"POST http://proxy:8080/poll HTTP/1.1\r\nHost: proxy:8080\r\n"
+                     b"User-Agent: t\r\nProxy-Authorization: Basic YTpi\r\n"))
 
 
 class ReuseTests(LinkTestCase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox import client_tap, proxy_tap
 from pushprox.client import ClientConfig, ClientService
+from pushprox.client_roster import ClientRoster
 from pushprox.config import default
 from pushprox.metrics import ProxyMetrics
 from pushprox.mtls_endpoint import (
@@ -31,6 +33,7 @@ from pushprox.mtls_endpoint import (
     tls_listener,
 )
 from pushprox.options import port_number, positive_float, positive_int
+from pushprox.outbound_proxy import HttpProxy
 from pushprox.program import FlagListener
 from pushprox.proxy import ConnectionRefusals, ProxyConfig
 from pushprox.proxy_tap import CoordinatorService, WatchAcceptFailures
@@ -290,7 +293,7 @@ class ClientOptionsTests(SynchronousTestCase):
         import socket
 
         options = parse_client("--proxy-url", "http://proxy/")
-        self.assertEqual(options["fqdn"], socket.getfqdn())
+        self.assertEqual(options["fqdn"], [socket.getfqdn()])
 
     def test_fqdn_must_be_a_host_name(self) -> None:
         """A name with a space, a slash, a leading dash, a scheme or a port stops the
@@ -305,6 +308,34 @@ class ClientOptionsTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as raised:
                 parse_client("--proxy-url", "http://proxy/", "--fqdn", bad)
             self.assertEqual(str(raised.exception), f"--fqdn {bad}: {reason}")
+
+    def test_several_names_each_with_its_address(self) -> None:
+        """--fqdn repeats; each name keeps the labels and allow-lists, and its address."""
+        options = parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                               "--fqdn", "b.example=10.0.0.2", "--target-host", "127.0.0.1",
+                               "--label", "site=berlin", "--allow-port", "9182")
+        self.assertEqual(options["fqdn"], ["a.example", "b.example"])
+        self.assertEqual(
+            [(c.fqdn, c.target_host, c.labels, c.allow_ports) for c in options.configs()],
+            [("a.example", "127.0.0.1", (("site", "berlin"),), frozenset({9182})),
+             ("b.example", "10.0.0.2", (("site", "berlin"),), frozenset({9182}))])
+
+    def test_names_from_the_environment(self) -> None:
+        """FQDN=a,b=10.0.0.2 as upstream's images set FQDN, a list here."""
+        previous = os.environ.get("FQDN")
+        os.environ["FQDN"] = "a.example, b.example=10.0.0.2"
+        self.addCleanup(lambda: os.environ.__setitem__("FQDN", previous) if previous
+                        else os.environ.pop("FQDN", None))
+        options = parse_client("--proxy-url", "http://proxy/")
+        self.assertEqual([(c.fqdn, c.target_host) for c in options.configs()],
+                         [("a.example", None), ("b.example", "10.0.0.2")])
+
+    def test_a_name_given_twice_is_refused(self) -> None:
+        """Two polls of one name would take each other's scrapes."""
+        with self.assertRaises(usage.UsageError) as raised:
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                         "--fqdn", "A.example=10.0.0.2")
+        self.assertEqual(str(raised.exception), "--fqdn A.example is given twice")
 
     def test_localhost_as_this_host_name_is_warned_about(self) -> None:
         """A host whose FQDN is localhost gets a warning suggesting --fqdn; a chosen one not."""
@@ -352,12 +383,72 @@ class ClientOptionsTests(SynchronousTestCase):
             ["--proxy-url", "http://proxy/", "--allow-path", "metrics"],
             ["--proxy-url", "http://proxy/", "--retry-initial-wait", "9"],
             ["--proxy-url", "http://proxy/", "--proxy-token-file", "/nonexistent"],
+            ["--proxy-url", "http://proxy/", "--target-http-proxy", "socks5://corp:1080"],
+            ["--proxy-url", "http://proxy/", "--http-proxy", "https://corp:3128"],
+            ["--proxy-url", "http://proxy/", "--proxy-url", "http://proxy/"],
+            ["--proxy-url", "http://proxy:port/"],
         ):
             self.assertRaises(usage.UsageError, parse_client, *argv)
 
 
+class ClientHttpProxyOptionsTests(SynchronousTestCase):
+    """--http-proxy, --ignore-proxy-environment and the proxy variables."""
+
+    def setUp(self) -> None:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY",
+                     "no_proxy", "PUSHPROX_HTTP_PROXY", "PUSHPROX_IGNORE_PROXY_ENVIRONMENT"):
+            self.patch_environ(name, None)
+
+    def patch_environ(self, name: str, value: str | None) -> None:
+        """Set or remove variable ``name`` for this test."""
+        previous = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        self.addCleanup(lambda: os.environ.__setitem__(name, previous) if previous is not None
+                        else os.environ.pop(name, None))
+
+    def test_environment_is_read(self) -> None:
+        """HTTPS_PROXY for an https:// proxy URL, unless the environment is ignored."""
+        self.patch_environ("HTTPS_PROXY", "http://u:p@corp:3128")
+        options = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example")
+        self.assertEqual(options.http_proxies[0], HttpProxy("corp", 3128, b"Basic dTpw"))
+        ignoring = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example",
+                                "--ignore-proxy-environment")
+        self.assertIsNone(ignoring.http_proxies[0])
+
+    def test_flag_wins(self) -> None:
+        """--http-proxy (or PUSHPROX_HTTP_PROXY) over HTTP_PROXY, for loopback too."""
+        self.patch_environ("HTTP_PROXY", "http://env:3128")
+        options = parse_client("--proxy-url", "http://127.0.0.1:8080/", "--fqdn", "n.example",
+                               "--http-proxy", "flag:3128")
+        self.assertEqual(options.http_proxies[0], HttpProxy("flag", 3128))
+        self.patch_environ("PUSHPROX_HTTP_PROXY", "http://pushprox-env:3128")
+        options = parse_client("--proxy-url", "http://pushprox/", "--fqdn", "n.example")
+        self.assertEqual(options.http_proxies[0], HttpProxy("pushprox-env", 3128))
+
+    def test_malformed_proxy_is_a_usage_error_naming_its_source(self) -> None:
+        """A proxy URL we cannot use stops the client with the variable's name."""
+        self.patch_environ("HTTP_PROXY", "socks5://corp:1080")
+        with self.assertRaises(usage.UsageError) as raised:
+            parse_client("--proxy-url", "http://pushprox/", "--fqdn", "n.example")
+        self.assertIn("HTTP_PROXY: socks5:// proxies are not supported", str(raised.exception))
+
+
 class ClientServiceMakerTests(SynchronousTestCase):
     """The service ``makeService`` builds for the client."""
+
+    def test_one_client_service_per_name_sharing_the_link(self) -> None:
+        """Each --fqdn gets its own ClientService, all on one link to the proxy."""
+        roster = next(iter(IServiceCollection(client_tap.makeService(
+            parse_client("--proxy-url", "http://proxy/", "--fqdn", "a.example",
+                         "--fqdn", "b.example=10.0.0.2", "--metrics-listen", ""),
+            reactor=MemoryReactorClock()))))
+        clients = [cast(ClientService, service) for service in cast(ClientRoster, roster)]
+        self.assertEqual([(c.config.fqdn, c.config.target_host) for c in clients],
+                         [("a.example", None), ("b.example", "10.0.0.2")])
+        self.assertIs(clients[0]._route.link, clients[1]._route.link)
 
     def test_client_and_metrics_listener(self) -> None:
         """The client service, and a /metrics listener unless it is turned off."""
@@ -366,9 +457,11 @@ class ClientServiceMakerTests(SynchronousTestCase):
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example"),
             reactor=reactor)))
         self.assertEqual([type(child) for child in with_metrics],
-                         [ClientService, FlagListener, ReloadOnHangup, WatchFiles])
+                         [ClientRoster, FlagListener, ReloadOnHangup, WatchFiles])
+        self.assertEqual([type(child) for child in cast(ClientRoster, with_metrics[0])],
+                         [ClientService])
         without = list(IServiceCollection(client_tap.makeService(
             parse_client("--proxy-url", "http://proxy/", "--fqdn", "n.example",
                          "--metrics-listen", ""), reactor=reactor)))
         self.assertEqual([type(child) for child in without],
-                         [ClientService, ReloadOnHangup, WatchFiles])
+                         [ClientRoster, ReloadOnHangup, WatchFiles])

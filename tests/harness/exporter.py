@@ -42,6 +42,8 @@ def start_exporter(
     delay: float = 0.0,
     tls: tuple[str, str] | None = None,
     timeout: float = 30.0,
+    address: str = "127.0.0.1",
+    port: int = 0,
 ) -> tuple[Process, int]:
     """
     Serve ``pages`` (path → Page) and, with ``info``, a /metrics naming the exporter
@@ -49,7 +51,8 @@ def start_exporter(
     and its port.
 
     The exporter binds port 0 itself and reports the port in a file, so there is no race
-    for the port.  ``tls`` is (certificate, key) to serve HTTPS.
+    for the port (unless ``port`` is given).  ``tls`` is (certificate, key) to serve HTTPS;
+    ``address`` is where it listens (any 127.x.y.z works on Linux).
     """
     process_name = f"exporter-{name}"
     directory = group.directory(process_name)
@@ -65,13 +68,14 @@ def start_exporter(
         argv += ["--delay", str(delay)]
     if tls is not None:
         argv += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    argv += ["--address", address, "--port", str(port)]
     process = group.start(process_name, argv, cwd=directory)
 
-    def port() -> int | None:
+    def written_port() -> int | None:
         text = port_file.read_text() if port_file.exists() else ""
         return int(text) if text.strip().isdigit() else None
 
-    number = wait_for(port, timeout=timeout, what=f"{name}'s port", watch=[process])
-    wait_for(lambda: port_open(number), timeout=timeout,
+    number = wait_for(written_port, timeout=timeout, what=f"{name}'s port", watch=[process])
+    wait_for(lambda: port_open(number, address), timeout=timeout,
              what=f"{name} to accept connections on {number}", watch=[process])
     return process, number

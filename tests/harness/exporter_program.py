@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--pages", help="JSON file of the pages to serve")
     parser.add_argument("--name", help="serve /metrics naming this exporter")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (default: the kernel's choice)")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     args = parser.parse_args()
@@ -115,7 +117,7 @@ def main() -> None:
             pages[path] = {**page, "body": base64.b64decode(page["body"])}
     handler = type("Handler", (ExporterHandler,),
                    {"pages": pages, "name": args.name, "delay": args.delay})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer((args.address, args.port), handler)
     server.daemon_threads = True
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -126,7 +128,7 @@ def main() -> None:
     temporary.write_text(str(port))
     temporary.rename(args.port_file)
     scheme = "https" if args.tls_cert else "http"
-    sys.stderr.write(f"{args.name or 'exporter'}: serving {scheme}://127.0.0.1:{port}/\n")
+    sys.stderr.write(f"{args.name or 'exporter'}: serving {scheme}://{args.address}:{port}/\n")
     sys.stderr.flush()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever()

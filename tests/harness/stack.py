@@ -51,10 +51,12 @@ class Proxy:
     https: bool = False
     ca_file: str | None = None
     headers: Sequence[tuple[str, str]] = ()
+    #: The address it listens on.
+    host: str = "127.0.0.1"
     url: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.url = f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.https else 'http'}://{self.host}:{self.port}"
 
     def get(self, path: str, *, headers: Sequence[tuple[str, str]] | None = None
             ) -> HTTPResponse:
@@ -130,6 +132,8 @@ class Stack(ProcessGroup):
         pages: Mapping[str, Page] | None = None,
         delay: float = 0.0,
         tls: IssuedCertificate | None = None,
+        address: str = "127.0.0.1",
+        port: int = 0,
     ) -> Exporter:
         """
         The test exporter serving ``pages``, or without them its metric
@@ -139,6 +143,7 @@ class Stack(ProcessGroup):
             self, name, pages=pages,
             info=pages is None, delay=delay,
             tls=None if tls is None else (tls.cert, tls.key), timeout=STARTUP_TIMEOUT,
+            address=address, port=port,
         )
         return Exporter(name, port, process)
 
@@ -159,6 +164,7 @@ class Stack(ProcessGroup):
         trust: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
         nofile: int | None = None,
+        interface: str = "127.0.0.1",
     ) -> Proxy:
         """
         Start a proxy on a free port, in the foreground (``twistd -n``) or as a daemon;
@@ -169,10 +175,10 @@ class Stack(ProcessGroup):
         for _ in range(3):  # another program may take the free port before the proxy
             port = free_port()
             if certificate is None:
-                listen = f"tcp:{port}:interface=127.0.0.1"
+                listen = f"tcp:{port}:interface={interface}"
             else:
                 keys = f"privateKey={certificate.key}:certKey={certificate.cert}"
-                listen = f"ssl:{port}:{keys}:interface=127.0.0.1"
+                listen = f"ssl:{port}:{keys}:interface={interface}"
             args = ["--listen", listen, *extra]
             process: Process | Daemon
             if daemon:
@@ -182,7 +188,7 @@ class Stack(ProcessGroup):
                 if nofile is not None:
                     argv = [prlimit(), f"--nofile={nofile}", "--", *argv]
                 process = self.start(name, argv, cwd=cwd)
-            proxy = Proxy(port, process, certificate is not None, trust, headers)
+            proxy = Proxy(port, process, certificate is not None, trust, headers, interface)
             try:
                 proxy.wait_ready()
             except AssertionError:
