@@ -23,6 +23,9 @@ from pathlib import Path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: Shortest client or peer token accepted: shorter ones can be guessed.
+MIN_TOKEN_LENGTH = 16
+
 
 @dataclass(frozen=True)
 class Denied(Exception):
@@ -89,8 +92,9 @@ def load_tokens(path: str) -> dict[str, str]:
         if len(parts) != 2:
             raise ValueError(f"{path}:{number}: expected 'fqdn token', got {len(parts)} fields")
         fqdn, token = parts
-        if len(token) < 16:
-            raise ValueError(f"{path}:{number}: token shorter than 16 characters")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"{path}:{number}: token shorter than {MIN_TOKEN_LENGTH} "
+                             "characters")
         if token in tokens:
             raise ValueError(f"{path}:{number}: token used twice")
         tokens[token] = fqdn.lower().rstrip(".")

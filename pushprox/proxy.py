@@ -44,7 +44,7 @@ from pushprox.keepalive import enable_keepalive
 from pushprox.metrics import MetricsResource, ProxyMetrics
 from pushprox.relay import Push, PushForwarder, PushReply
 from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
-from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest
+from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest, close_after
 from pushprox.version import package_version
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
@@ -503,10 +503,10 @@ class PollResource(_Instrumented):
         if scrape is None:
             request.setResponseCode(204)
             if self._coordinator.draining:
-                # The next poll should reach another proxy: a new connection does.
-                request.setHeader(b"connection", b"close")
+                # The next poll should reach another proxy: a new connection does. (Once
+                # finished, the request has no channel left to close.)
+                close_after(request)
                 request.finish()
-                request.loseConnection()
                 return
             request.finish()
             return
@@ -659,8 +659,13 @@ class ClientsResource(_Guarded):
             request.finish()
 
     def _failed(self, reason: Failure, request: Request) -> None:
-        self.log.failure("Listing the clients failed", reason)
-        finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
+        if reason.check(CoordinatorError):
+            message = str(reason.value)
+            self.log.warn("/clients: {message}", message=message)
+        else:
+            message = "the clients could not be listed"
+            self.log.failure("Listing the clients failed", reason)
+        finish_with(cast(PushProxRequest, request), 503, message)
 
 
 class StatusPageResource(_Guarded):
@@ -968,27 +973,31 @@ class PushProxSite(Site):
     def start_push(self, request: Request, length: int | None) -> Push:
         """The push that ``request`` carries, authenticated before its body arrives."""
         try:
-            principal = self._push_principal(request)
+            principal, from_peer = self._push_principal(request)
         except Denied as denied:
             return Push.refused(self.coordinator, self.config, denied)
         # The connection's transport: paused while Prometheus reads slowly.
         transport = cast(IPushProducer, request.transport)
+        # A push a peer forwarded is claimed here or refused: never forwarded again.
         return Push(self.coordinator, self.config, principal, length, transport,
-                    forwarder=self.push_forwarder,
+                    forwarder=None if from_peer else self.push_forwarder,
                     push_poll=request.getHeader(wire.PUSH_POLL_HEADER) is not None)
 
-    def _push_principal(self, request: Request) -> str | None:
-        """Who pushes: a peer says for whom it forwards; a client proves who it is."""
+    def _push_principal(self, request: Request) -> tuple[str | None, bool]:
+        """
+        Who pushes, and whether a peer forwards it: a peer says for whom it forwards;
+        a client proves who it is.
+        """
         if self.peer_auth is not None and self.peer_auth.is_peer(
             request.getHeader(wire.PEER_TOKEN_HEADER)
         ):
             principal = request.getHeader(wire.PRINCIPAL_HEADER)
-            return principal.decode("utf-8") if principal else None
+            return (principal.decode("utf-8") if principal else None), True
         if self.client_auth is None:
-            return None
+            return None, False
         return self.client_auth.push_principal(
             request.getHeader(b"authorization"), certificate_names(request)
-        )
+        ), False
 
     #: Requests being answered now, counted when ``count_requests`` (a replica that
     #: drains waits for them; a single proxy need not pay for counting).
@@ -1016,6 +1025,9 @@ class PushProxSite(Site):
         if self.count_requests:
             self.in_progress += 1
             request.notifyFinish().addBoth(self._request_done)
+            if self.coordinator.draining:
+                # Leaving: whoever sent this comes back on a new connection, elsewhere.
+                close_after(request)
         uri = request.uri
         if uri[:1] != b"/" and (uri[:7].lower() == b"http://"
                                 or uri[:8].lower() == b"https://"):

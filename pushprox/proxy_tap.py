@@ -12,7 +12,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python import usage
 
-from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, load_htpasswd, parse_networks
+from pushprox.auth import (
+    MIN_TOKEN_LENGTH,
+    ClientAuth,
+    PasswordChecker,
+    ScraperAuth,
+    load_htpasswd,
+    parse_networks,
+)
 from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
 from pushprox.coordinator import Coordinator, ICoordinator
 from pushprox.metrics import ProxyMetrics
@@ -49,7 +56,7 @@ def _network(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    """Parse a ``redis://`` or ``rediss://`` URL."""
+    """Parse a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL."""
     # Imported only when --redis is given: nothing of cluster mode is loaded without it.
     from pushprox.cluster.routes import RedisAddress
 
@@ -95,8 +102,12 @@ class Options(ProgramOptions):
          "one): clients must send one as a Bearer token or basic-auth password. "
          "Re-read on SIGHUP.", naming("client-tokens", readable_file)],
         ["redis", None, None, "Cluster mode: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// "
-         "for TLS) shared by every replica as the routing table.",
-         naming("redis", _redis_url)],
+         "for TLS), or redis+sentinel://[:PASSWORD@]SENTINEL[:PORT][,SENTINEL...]/NAME[/DB] "
+         "for the primary Redis Sentinel names; shared by every replica as the routing "
+         "table.", naming("redis", _redis_url)],
+        ["redis-ca-file", None, None, "CA bundle (PEM) that a rediss:// server's certificate "
+         "must chain to (default: the system's trust store).",
+         naming("redis-ca-file", readable_file)],
         ["redis-password-file", None, None, "File holding the Redis password (instead of "
          "one in the --redis URL).", naming("redis-password-file", readable_file)],
         ["peer-url", None, None, "Cluster mode: how the other replicas reach this one "
@@ -174,7 +185,7 @@ class Options(ProgramOptions):
 
     def _check_cluster(self) -> None:
         """Cluster mode's options go together: Redis, a peer token, a peer URL."""
-        cluster_flags = ("redis-password-file", "peer-url", "peer-token-file")
+        cluster_flags = ("redis-password-file", "redis-ca-file", "peer-url", "peer-token-file")
         if not self["redis"]:
             given = [flag for flag in cluster_flags if self[flag]]
             if given:
@@ -187,6 +198,11 @@ class Options(ProgramOptions):
             raise usage.UsageError("--redis with the web configuration file's TLS needs "
                                    "--peer-url (https://...): the tcp: listeners serve TLS")
         self["peer-token"] = read_secret(self["peer-token-file"], "peer-token-file")
+        if len(self["peer-token"]) < MIN_TOKEN_LENGTH:
+            raise usage.UsageError(
+                f"--peer-token-file: the token in {self['peer-token-file']} is shorter than "
+                f"{MIN_TOKEN_LENGTH} characters (make one with: head -c 32 /dev/urandom | "
+                "base64)")
         self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
         if not self["peer-url"]:
             from pushprox.cluster.service import default_peer_url
@@ -194,6 +210,13 @@ class Options(ProgramOptions):
             self["peer-url"] = default_peer_url(self["listen"])
             if self["peer-url"] is None:
                 raise usage.UsageError("--redis needs --peer-url when no tcp: port is listened on")
+        if self["redis-ca-file"]:
+            from pushprox.cluster.routes import RedisAddress
+
+            try:
+                RedisAddress.from_url(self["redis"], ca_file=self["redis-ca-file"])
+            except ValueError as error:
+                raise usage.UsageError(f"--redis-ca-file: {error}") from None
 
     def config(self) -> ProxyConfig:
         """The proxy configuration these options describe."""
@@ -234,7 +257,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         cluster = cluster_service.build(
             reactor, config, metrics, redis_url=options["redis"],
-            redis_password=options["redis-password"], peer_url=options["peer-url"],
+            redis_password=options["redis-password"], redis_ca_file=options["redis-ca-file"],
+            peer_url=options["peer-url"],
             peer_token=options["peer-token"])
         coordinator, local = cluster.coordinator, cluster.local
         site_options.update(peer_auth=PeerAuth(options["peer-token"]),

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -413,8 +414,19 @@ class Push:
         self.settled = Deferred()
         if self._transport is not None:
             self._transport.pauseProducing()
-        owner.addErrback(lambda _: None)  # not found: claimed here, refused 404
-        owner.addCallback(self._owner_found)
+        owner.addCallbacks(self._owner_found, self._owner_unknown)
+
+    def _owner_unknown(self, failure: Failure) -> None:
+        """The owner could not be looked up: refused 503, the client may push again."""
+        self._held, self._owner_known = None, True
+        if self._transport is not None and not self._lost:
+            self._transport.resumeProducing()
+        self.log.warn("A push whose owner could not be looked up is refused: {reason}",
+                      reason=failure.getErrorMessage())
+        self._refuse(503, "the proxy that owns this scrape cannot be looked up now: "
+                     f"{failure.getErrorMessage()}")
+        assert self.settled is not None
+        self.settled.callback(None)
 
     def _owner_found(self, peer: str | None) -> None:
         held, self._held = self._held or [], None

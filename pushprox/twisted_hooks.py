@@ -62,6 +62,7 @@ __all__ = [
     "IOpenSSLTrustRoot",
     "LlhttpChannel",
     "StreamingRequest",
+    "close_after",
     "send_now",
     "write_eagerly",
 ]
@@ -486,6 +487,10 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
             self._pulling = None
         self._request_producer = None
 
+    def close_after_answer(self) -> None:
+        """Close the connection once the request being handled is answered."""
+        self._keep_alive = False
+
     def requestDone(self, request: HTTPRequest) -> None:
         """The request is answered: the next waiting one gets its turn."""
         if request is not self.request:
@@ -751,6 +756,25 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
             self._refusal = answer
         else:
             answer()
+
+
+def close_after(request: HTTPRequest) -> None:
+    """
+    Answer ``request`` with ``Connection: close`` and close its connection afterwards.
+
+    twisted.web lets the client ask for that (``checkPersistence``), not the server.  Our
+    channel offers ``close_after_answer``; on twisted.web's own ``HTTPChannel`` (what
+    serves what ours does not) the hook is its ``persistent`` flag, set before the request
+    is rendered and read by ``requestDone`` once it is answered.  A replica that leaves
+    the cluster uses it so that every client and scraper comes back on a new
+    connection, to another replica.
+    """
+    request.setHeader(b"connection", b"close")
+    channel = request.channel
+    if isinstance(channel, LlhttpChannel):
+        channel.close_after_answer()
+    elif channel is not None:
+        channel.persistent = False
 
 
 def _says_close(connection: bytes | None) -> bool:

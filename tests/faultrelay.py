@@ -66,6 +66,7 @@ def _serve(target_port: int, ports_file: str) -> None:
         queue: deque[bytes]
         dripping: bool
         due: float
+        held: deque[bytes]
         held_back: int
         held_paused: bool
 
@@ -78,7 +79,9 @@ def _serve(target_port: int, ports_file: str) -> None:
             self.dripping = False
             #: When the last delayed bytes are due: later bytes must not overtake them.
             self.due = 0.0
-            #: Delayed bytes not written yet, and whether they paused the sender.
+            #: Delayed bytes not written yet, oldest first, their size, and whether they
+            #: paused the sender.
+            self.held = deque()
             self.held_back = 0
             self.held_paused = False
 
@@ -98,10 +101,13 @@ def _serve(target_port: int, ports_file: str) -> None:
                     return
                 self.budget -= len(data)
             now = reactor.seconds()
-            if mode == "delay" or self.due > now:
+            if mode == "delay" or self.held:
                 self.due = max(now + (value if mode == "delay" else 0.0), self.due)
                 self.held_back += len(data)
-                reactor.callLater(self.due - now, self._write_held, source, sink, data)
+                # Each timer writes the oldest bytes held, whichever fires first: timers due
+                # at (nearly) the same moment may fire in any order, bytes may not.
+                self.held.append(data)
+                reactor.callLater(self.due - now, self._write_held, source, sink)
                 if self.held_back > HELD_BACK and not self.held_paused:
                     self.held_paused = True
                     source.pauseProducing()
@@ -114,7 +120,8 @@ def _serve(target_port: int, ports_file: str) -> None:
             else:
                 self._write(sink, data)
 
-        def _write_held(self, source: Any, sink: Any, data: bytes) -> None:
+        def _write_held(self, source: Any, sink: Any) -> None:
+            data = self.held.popleft()
             self.held_back -= len(data)
             self._write(sink, data)
             if self.held_paused and self.held_back <= HELD_BACK:

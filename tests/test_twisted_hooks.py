@@ -49,6 +49,7 @@ from pushprox.twisted_hooks import (
     LlhttpChannel,
     StreamingRequest,
     _idle_tcp,
+    close_after,
     write_eagerly,
 )
 from tests.helpers import parse_responses
@@ -411,6 +412,38 @@ class LlhttpChannelTests(HookConnection):
         self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 OK"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(site.resource.requests), 1)
+
+    def test_close_after_ends_a_kept_alive_connection(self) -> None:
+        """
+        close_after: the answer says ``Connection: close`` and the connection closes after
+        it, the next pipelined request unanswered (the channel's ``persistent`` flag).
+        """
+        site, channel, transport = self.connect()
+        channel.dataReceived(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = site.resource.requests[0]
+        close_after(request)
+        request.finish()
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting,
+                        "twisted_hooks.close_after: the channel no longer closes the "
+                        "connection when its persistent flag is cleared during a request")
+        self.assertEqual(len(site.resource.requests), 1)
+
+    def test_close_after_on_twisted_channel(self) -> None:
+        """The same on twisted.web's own channel (which serves what ours does not)."""
+        resource = Held()
+        site = Site(resource, timeout=None)
+        protocol = site.buildProtocol(CLIENT)
+        assert protocol is not None
+        transport = StringTransport(peerAddress=CLIENT)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = resource.requests[0]
+        close_after(request)
+        request.finish()
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
 
     def test_expect_continue_is_answered_before_the_body(self) -> None:
         """``Expect: 100-continue`` gets its interim answer once the head is in."""

@@ -4,9 +4,13 @@ Where each scrape goes in a cluster: here, or to the replica that holds the clie
 
 ``ClusterCoordinator`` implements ``ICoordinator`` around the single-process
 ``Coordinator``, which keeps this replica's polls, scrapes and timeouts as it always
-did.  A scrape is served here when a poll of its FQDN is held here, when it was
-forwarded by a peer already (one hop at most), or when Redis names no other live
-replica; otherwise it is forwarded.  Every poll is noted in the routing table.
+did.  A scrape is served here when a poll of its FQDN is held here, when it was routed
+between replicas ``MAX_HOPS`` times already, or when Redis names no other live replica;
+otherwise it is forwarded.  Every poll is noted in the routing table.  A
+scrape queued here for its client's next poll follows that poll when it lands on another
+replica (announced through Redis, ``RouteTable.on_moved``).  While
+Redis does not answer, a scrape follows the route Redis gave last for its client, or asks
+again until its timeout leaves no room: a Redis paused for a moment fails no scrape.
 """
 
 from __future__ import annotations
@@ -35,12 +39,18 @@ from pushprox.coordinator import (
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.
 RETRY = 0.05
+#: How long to wait before asking Redis again when it did not answer, for a client whose
+#: route this replica has not seen before.
+REDIS_RETRY = 0.1
 #: How often a scrape queued here checks whether its client went to another replica.
 RECALL_AFTER = 0.25
 
-#: A scrape is forwarded at most twice: once to the replica Redis names, and once more
-#: if the client's next poll went elsewhere meanwhile.  Never in a loop.
+#: A scrape is routed through Redis at most twice: once to the replica Redis names, and
+#: once more if the client's next poll went elsewhere meanwhile.  Never in a loop.
 MAX_HOPS = 2
+#: A scrape queued for a poll that lands elsewhere follows it, up to this many hops in
+#: all: each hop follows a real poll, so this bounds a client that moves at every poll.
+MAX_FOLLOW = 6
 
 
 def _hops(value: bytes | None) -> int:
@@ -61,6 +71,12 @@ class RoutingUnavailable(CoordinatorError):
     status, outcome = 503, "routing_unavailable"
 
 
+class ClientsUnavailable(CoordinatorError):
+    """Redis cannot list the cluster's clients: no list rather than a partial one."""
+
+    status, outcome = 503, "clients_unavailable"
+
+
 @implementer(ICoordinator)
 class ClusterCoordinator:
     """A replica's coordinator: local polls and scrapes, shared routes, forwarding."""
@@ -72,6 +88,9 @@ class ClusterCoordinator:
         self.local = local
         self._routes = routes
         routes.on_lost = self._write_routes_again
+        routes.on_moved = self._moved
+        #: Scrapes queued here waiting to hear where their client polls next, by FQDN.
+        self._moves: dict[str, set[Deferred[str | None]]] = {}
         #: Peer URL → until when it is taken for down (it refused a forwarded scrape).
         self._down: dict[str, float] = {}
         self._peers = peers
@@ -89,8 +108,15 @@ class ClusterCoordinator:
                ) -> Deferred[IScrapeAnswer]:
         """See L{ICoordinator.scrape}: here, or forwarded to the replica with the poll."""
         hops = _hops(wire.header_value(headers, wire.HOP_HEADER))
-        if hops >= MAX_HOPS or (self.local.has_poll(fqdn) and not self.local.draining):
+        if self.local.has_poll(fqdn) and not self.local.draining:
             return self.local.scrape(fqdn, method, url, headers, timeout)
+        if hops >= MAX_HOPS:
+            # Served here, whatever Redis says; but if it waits for a poll that lands
+            # elsewhere, it follows.
+            deadline = self._clock.seconds() + timeout
+            queued = self.local.scrape(fqdn, method, url, headers, timeout)
+            return Deferred.fromCoroutine(
+                self._watch(queued, fqdn, method, url, list(headers), deadline, hops))
         return Deferred.fromCoroutine(
             self._route(fqdn, method, url, list(headers), timeout, hops))
 
@@ -112,10 +138,20 @@ class ClusterCoordinator:
                 route = await self._routes.route(fqdn)
             except RedisUnavailable:
                 if self.local.knows(fqdn):
-                    return await self.local.scrape(fqdn, method, url, headers, left)
-                raise RoutingUnavailable(
-                    f"{fqdn} does not poll this replica, and Redis, which knows where it "
-                    "polls, cannot be reached") from None
+                    left = deadline - self._clock.seconds()
+                    return await self._watch(self.local.scrape(fqdn, method, url, headers, left),
+                                             fqdn, method, url, headers, deadline, hops)
+                last = self._routes.last_route(fqdn)
+                if last is not None and last.peer not in self._unreachable():
+                    route = last
+                elif self._clock.seconds() + REDIS_RETRY + self._routes.timeout < deadline:
+                    # Redis paused (a snapshot, a failover): ask again while time is left.
+                    await deferLater(self._clock, REDIS_RETRY, lambda: None)
+                    continue
+                else:
+                    raise RoutingUnavailable(
+                        f"{fqdn} does not poll this replica, and Redis, which knows where "
+                        "it polls, cannot be reached") from None
             peer = route.peer if route.peer not in self._unreachable() else None
             if peer is not None and peer != self._routes.peer_url:
                 left = deadline - self._clock.seconds()
@@ -141,7 +177,8 @@ class ClusterCoordinator:
             between_replicas = self.local.draining or (peer is None and route.known)
             if not between_replicas or self._clock.seconds() + RETRY >= deadline:
                 left = max(deadline - self._clock.seconds(), 0.001)
-                return await self.local.scrape(fqdn, method, url, headers, left)
+                return await self._watch(self.local.scrape(fqdn, method, url, headers, left),
+                                         fqdn, method, url, headers, deadline, hops)
             await deferLater(self._clock, RETRY, lambda: None)
 
     async def _watch(self, queued: Deferred[IScrapeAnswer], fqdn: str, method: bytes,
@@ -165,15 +202,24 @@ class ClusterCoordinator:
                                outcome: Deferred[IScrapeAnswer], fqdn: str, method: bytes,
                                url: bytes, headers: list[tuple[bytes, bytes]],
                                deadline: float, hops: int) -> None:
-        while self._clock.seconds() + RECALL_AFTER < deadline:
-            await deferLater(self._clock, RECALL_AFTER, lambda: None)
+        """
+        Wait for the client's next poll to land elsewhere (announced through Redis), or
+        check Redis now and then in case an announcement was missed; then take the
+        scrape back and send it where the poll is.
+        """
+        while (not outcome.called and hops < MAX_FOLLOW
+               and self._clock.seconds() + RETRY < deadline):
+            moved = self._next_move(fqdn)
+            moved.addTimeout(min(RECALL_AFTER, max(deadline - self._clock.seconds(), 0.001)),
+                             self._clock, onTimeoutCancel=lambda result, timeout: None)
+            peer = await moved
             if outcome.called:
                 return
-            try:
-                route = await self._routes.route(fqdn)
-            except RedisUnavailable:
-                continue
-            peer = route.peer
+            if peer is None:
+                try:
+                    peer = (await self._routes.route(fqdn)).peer
+                except RedisUnavailable:
+                    continue
             if (outcome.called or peer is None or peer == self._routes.peer_url
                     or peer in self._unreachable() or not self.local.recall(queued)):
                 continue
@@ -182,6 +228,25 @@ class ClusterCoordinator:
                 timeout=deadline - self._clock.seconds(), hops=hops + 1)
             forwarded.chainDeferred(outcome)
             return
+
+    def _next_move(self, fqdn: str) -> Deferred[str | None]:
+        """The peer URL where ``fqdn``'s next poll lands, once announced; cancellable."""
+
+        def forget(waiter: Deferred[str | None]) -> None:
+            waiters = self._moves.get(fqdn)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._moves[fqdn]
+
+        waiter: Deferred[str | None] = Deferred(forget)
+        self._moves.setdefault(fqdn, set()).add(waiter)
+        return waiter
+
+    def _moved(self, fqdn: str, peer: str) -> None:
+        """``fqdn``'s poll landed on ``peer``: scrapes of it queued here follow it."""
+        for waiter in self._moves.pop(fqdn, ()):
+            waiter.callback(peer)
 
     def _unreachable(self) -> set[str]:
         """Peers that could not be reached a moment ago (forgotten after PEER_DOWN)."""
@@ -212,15 +277,21 @@ class ClusterCoordinator:
         return polled.addBoth(ended)
 
     def clients(self) -> Deferred[list[ClientInfo]]:
-        """Every client of the cluster; this replica's own when Redis cannot say."""
+        """
+        Every client of the cluster; fails (503) when Redis cannot say: this replica's
+        clients alone would make Prometheus drop every other target, where a failed
+        refresh keeps the targets it had.
+        """
         return Deferred.fromCoroutine(self._clients())
 
     async def _clients(self) -> list[ClientInfo]:
         local = self.local.clients()
         try:
             shared = await self._routes.clients()
-        except RedisUnavailable:
-            return local
+        except RedisUnavailable as error:
+            raise ClientsUnavailable(
+                f"the cluster's clients cannot be listed: Redis cannot be reached ({error}); "
+                f"this replica alone knows {len(local)} of them") from None
         merged = {client.fqdn: client for client in shared}
         for client in local:
             merged[client.fqdn] = client

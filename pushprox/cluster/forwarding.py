@@ -7,7 +7,8 @@ Prometheus sent it, through a ``ProxyAgent``; the peer answers it as its own and
 response is relayed to Prometheus while it arrives (``ForwardedAnswer``), paused while
 Prometheus reads slowly.  A push is sent to the peer's ``/push`` chunked while the
 client's body arrives (``ForwardedPushBody``), and the peer's answer goes back to the
-client as the peer gave it.  Both carry the peer token; the peer never forwards again.
+client as the peer gave it.  Both carry the peer token; the peer never forwards a push
+again, and a scrape only to follow its client's poll (the hop count travels with it).
 """
 
 from __future__ import annotations

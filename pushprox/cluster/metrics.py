@@ -38,6 +38,14 @@ class ClusterMetrics:
         self.replicas = Gauge(
             "pushprox_cluster_replicas", "Live replicas seen at the last heartbeat.",
             registry=r)
+        self.redis_connections = Gauge(
+            "pushprox_cluster_redis_connections",
+            "Connections to Redis ready for use (2 when all is well: calls, and the "
+            "subscription to clients' moves).", registry=r)
+        self.redis_connects = Gauge(
+            "pushprox_cluster_redis_connects",
+            "Connections to Redis made since start, the first ones included (a count "
+            "that grows means Redis or the way to it keeps dropping them).", registry=r)
         self.routes = Gauge(
             "pushprox_cluster_routes",
             "Clients whose route this replica wrote (it saw their last poll).", registry=r)
@@ -49,3 +57,8 @@ class ClusterMetrics:
     def watch_replicas(self, count: Callable[[], float]) -> None:
         """Read the replicas gauge at collection time."""
         self.replicas.set_function(count)
+
+    def watch_redis(self, connected: Callable[[], float], made: Callable[[], float]) -> None:
+        """Read the Redis connection gauges at collection time."""
+        self.redis_connections.set_function(connected)
+        self.redis_connects.set_function(made)

@@ -7,7 +7,9 @@ Keys (every one expires by itself once nothing refreshes it):
 - ``pushprox:clients``: sorted set, FQDN → time of its last poll seen by any replica;
 - ``pushprox:routes``: hash, FQDN → id of the replica that saw that poll;
 - ``pushprox:labels``: hash, FQDN → its labels as JSON;
-- ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``.
+- ``pushprox:replicas``: hash, replica id → ``{"url": peer URL, "seen": time}``;
+- ``pushprox:moves``: a channel, "REPLICA FQDN" each time a client's poll lands on
+  another replica than its last one (scrapes queued for its poll elsewhere follow it).
 
 The three client keys expire after the registration timeout and are refreshed by every
 write; entries of clients silent for longer are pruned by the heartbeat.  Every poll
@@ -15,7 +17,8 @@ runs one small script, which writes only when the client's route or labels chang
 its entry is older than a third of the registration timeout: a client's next poll may
 come through another connection, to another replica, so a replica cannot tell on its
 own that its route is still current.  Every Redis call has a timeout; when Redis cannot
-be reached the table says so (``up``), and callers route locally until it is back.
+be reached the table says so (``up``), and callers route locally, or along the route
+Redis gave last for a client (``last_route``), until it is back.
 """
 
 from __future__ import annotations
@@ -27,66 +30,89 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.owners import OwnerSeal
+from pushprox.cluster.redis import RedisClient, SentinelEndpoint, redis_endpoint, with_tls
 from pushprox.coordinator import ClientInfo
 
 CLIENTS = "pushprox:clients"
 ROUTES = "pushprox:routes"
 LABELS = "pushprox:labels"
 REPLICAS = "pushprox:replicas"
+#: Channel announcing "REPLICA FQDN" when a client's poll lands on another replica.
+MOVES = "pushprox:moves"
 
-# Record polls: KEYS clients, routes, labels; ARGV replica, now, ttl, refresh, then
-# fqdn, labels for each poll.  Writes a client only when its route or labels changed or
-# its entry is older than ``refresh`` seconds; returns how many it wrote.
-_NOTE_POLLS = """
+# Every time kept in Redis is Redis' own clock (TIME), never a replica's: replicas on
+# different machines compare them.
+_NOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+"""
+# Record polls: KEYS clients, routes, labels, the moves channel; ARGV replica, ttl,
+# refresh, then fqdn, labels for each poll.  Writes a client only when its route or
+# labels changed or its entry is older than ``refresh`` seconds; returns how many it
+# wrote.  A client that moved from another replica (or whose route its replica withdrew
+# on leaving) is announced on the moves channel.
+_NOTE_POLLS = _NOW + """
 local written = 0
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local fqdn, labels = ARGV[i], ARGV[i + 1]
   local seen = redis.call('ZSCORE', KEYS[1], fqdn)
-  if not (seen and tonumber(seen) > tonumber(ARGV[2]) - tonumber(ARGV[4])
-          and redis.call('HGET', KEYS[2], fqdn) == ARGV[1]
-          and redis.call('HGET', KEYS[3], fqdn) == labels) then
-    redis.call('ZADD', KEYS[1], ARGV[2], fqdn)
+  local owner = redis.call('HGET', KEYS[2], fqdn)
+  if not (seen and tonumber(seen) > now - tonumber(ARGV[3])
+          and owner == ARGV[1] and redis.call('HGET', KEYS[3], fqdn) == labels) then
+    redis.call('ZADD', KEYS[1], now, fqdn)
     redis.call('HSET', KEYS[2], fqdn, ARGV[1])
     redis.call('HSET', KEYS[3], fqdn, labels)
+    if (owner or seen) and owner ~= ARGV[1] then
+      redis.call('PUBLISH', KEYS[4], ARGV[1] .. ' ' .. fqdn)
+    end
     written = written + 1
   end
 end
 if written > 0 then
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 end
 return written
 """
-# Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, record, now, replica ttl,
-# client cutoff.  Returns whether this replica was known, and the replicas hash after
-# dropping replicas and clients gone.
-_HEARTBEAT = """
+# Heartbeat: KEYS replicas, clients, routes, labels; ARGV id, peer URL, started, replica
+# ttl, client ttl.  Returns whether this replica was known, and the replicas hash after
+# dropping replicas and clients gone.  A record that is not what a replica writes (not
+# JSON, no time) is dropped, not an error that would stop every replica's heartbeat.
+_HEARTBEAT = _NOW + """
 local known = redis.call('HEXISTS', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local record = cjson.encode({url = ARGV[2], seen = now, started = tonumber(ARGV[3])})
+redis.call('HSET', KEYS[1], ARGV[1], record)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local seen = tonumber(cjson.decode(all[i + 1])['seen'])
-  if seen < tonumber(ARGV[3]) - tonumber(ARGV[4]) then redis.call('HDEL', KEYS[1], all[i]) end
+  local ok, decoded = pcall(cjson.decode, all[i + 1])
+  local seen = ok and type(decoded) == 'table' and tonumber(decoded['seen'])
+  if not seen or seen < now - tonumber(ARGV[4]) then redis.call('HDEL', KEYS[1], all[i]) end
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+local cutoff = '(' .. (now - tonumber(ARGV[5]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 for _, fqdn in ipairs(gone) do
   redis.call('HDEL', KEYS[3], fqdn)
   redis.call('HDEL', KEYS[4], fqdn)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 return {known, redis.call('HGETALL', KEYS[1])}
 """
-# Where a client polls: KEYS routes, clients; ARGV fqdn.  Returns {replica, last poll}.
-_ROUTE = """
-return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('ZSCORE', KEYS[2], ARGV[1])}
+# Where a client polls: KEYS routes, clients; ARGV fqdn, ttl.  Returns {replica, whether
+# it polled within the ttl}.
+_ROUTE = _NOW + """
+local seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local known = seen and tonumber(seen) >= now - tonumber(ARGV[2]) and 1 or 0
+return {redis.call('HGET', KEYS[1], ARGV[1]), known}
 """
-# List the clients: KEYS clients, labels; ARGV cutoff.  Returns fqdn, seen, labels, ...
-_CLIENTS = """
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+# List the clients: KEYS clients, labels; ARGV ttl.  Returns fqdn, seen, labels, ...
+_CLIENTS = _NOW + """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf',
+                        'WITHSCORES')
 local out = {}
 for i = 1, #live, 2 do
   out[#out + 1] = live[i]
@@ -107,6 +133,8 @@ return dropped
 """
 
 
+#: How long listing every client may take (10,000 clients: about 0.1 s).
+CLIENTS_TIMEOUT = 2.0
 #: Polls are gathered this long before they are checked in Redis together.
 NOTE_DELAY = 0.005
 
@@ -125,22 +153,71 @@ class Route:
     known: bool
 
 
+SENTINEL_PORT = 26379
+
+
+def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPV6][:PORT]``."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError(f"{url}: a sentinel without a host")
+    if port and not port.isdigit():
+        raise ValueError(f"{url}: malformed port")
+    return host, int(port) if port else default_port
+
+
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is, from a ``redis://`` or ``rediss://`` URL."""
+    """
+    Where Redis is: ``redis://`` or ``rediss://`` (one server), or
+    ``redis+sentinel://`` / ``rediss+sentinel://`` (the primary Redis Sentinel names).
+    """
 
     host: str
     port: int
     db: int
     password: str | None
     tls: bool
+    #: CA certificates (PEM) that the server's certificate must chain to, with TLS.
+    ca_file: str | None = None
+    #: The sentinels to ask (host, port), and the name of the primary they watch.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, password: str | None = None) -> RedisAddress:
-        """Parse ``redis://[:PASSWORD@]HOST[:PORT][/DB]``; ``password`` wins over the URL's."""
+    def from_url(cls, url: str, password: str | None = None,
+                 ca_file: str | None = None) -> RedisAddress:
+        """
+        Parse ``redis://[:PASSWORD@]HOST[:PORT][/DB]`` or
+        ``redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]``;
+        ``password`` wins over the URL's.
+        """
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"{url} is not a redis:// or rediss:// URL")
+        schemes = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+        if parts.scheme not in schemes or not parts.netloc.rpartition("@")[2]:
+            raise ValueError(f"{url} is not a redis://, rediss:// or redis+sentinel:// URL")
+        tls = parts.scheme.startswith("rediss")
+        if ca_file is not None and not tls:
+            raise ValueError(f"{url}: a CA file is for rediss:// (TLS) only")
+        url_password = unquote(parts.password) if parts.password else None
+        if parts.scheme.endswith("+sentinel"):
+            hosts = parts.netloc.rpartition("@")[2]
+            sentinels = tuple(_host_port(host, SENTINEL_PORT, url)
+                              for host in hosts.split(","))
+            service, _, db = parts.path.strip("/").partition("/")
+            if not service:
+                raise ValueError(f"{url}: the primary's name (/SERVICE) is missing")
+            if db and not db.isdigit():
+                raise ValueError(f"{url}: the database must be a number")
+            return cls(host="", port=0, db=int(db or 0), password=password or url_password,
+                       tls=tls, ca_file=ca_file, sentinels=sentinels, service=service)
+        if not parts.hostname:
+            raise ValueError(f"{url} is not a redis://, rediss:// or redis+sentinel:// URL")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"{url}: the database must be a number")
@@ -148,25 +225,29 @@ class RedisAddress:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"{url}: malformed port") from None
-        url_password = unquote(parts.password) if parts.password else None
         return cls(host=parts.hostname, port=port, db=int(path or 0),
-                   password=password or url_password, tls=parts.scheme == "rediss")
+                   password=password or url_password, tls=tls, ca_file=ca_file)
 
 
-def connect(address: RedisAddress, timeout: float) -> Any:
-    """A lazily connecting, reconnecting Redis connection pool."""
-    import txredisapi
+def connect(reactor: Any, address: RedisAddress, timeout: float) -> RedisClient:
+    """A connection to Redis that is made at once, and again whenever it is lost."""
+    connect_timeout = max(timeout, 1.0)
+    endpoint: IStreamClientEndpoint
+    if address.service is not None:
+        ca_file = address.ca_file
 
-    context: Any = False
-    if address.tls:
-        from twisted.internet.ssl import CertificateOptions, platformTrust
+        def wrap(host: str, plain: IStreamClientEndpoint) -> IStreamClientEndpoint:
+            return with_tls(host, plain, ca_file) if address.tls else plain
 
-        context = CertificateOptions(trustRoot=platformTrust())
-    return txredisapi.lazyConnectionPool(
-        host=address.host, port=address.port, dbid=address.db, poolsize=2,
-        reconnect=True, password=address.password, ssl_context_factory=context,
-        connectTimeout=timeout, replyTimeout=timeout,
-    )
+        endpoint = SentinelEndpoint(reactor, address.sentinels, address.service,
+                                    timeout=connect_timeout, wrap=wrap)
+    else:
+        endpoint = redis_endpoint(reactor, address.host, address.port, tls=address.tls,
+                                  ca_file=address.ca_file, timeout=connect_timeout)
+    client = RedisClient(reactor, endpoint, db=address.db, password=address.password,
+                         primary_only=address.service is not None)
+    client.start()
+    return client
 
 
 def _newest_per_url(records: dict[str, tuple[str, float]]) -> dict[str, str]:
@@ -200,6 +281,8 @@ class RouteTable:
         heartbeat_interval: float = 2.0,
         timeout: float = 0.5,
         wall_clock: Callable[[], float] | None = None,
+        subscriber: RedisClient | None = None,
+        seal: OwnerSeal | None = None,
     ) -> None:
         import time
 
@@ -208,9 +291,10 @@ class RouteTable:
         self.replica_id, self.peer_url = replica_id, peer_url
         self._ttl = registration_timeout
         self.heartbeat_interval = heartbeat_interval
-        self._timeout = timeout
-        # Times in Redis are shared by replicas on other machines: wall clock, not the
-        # reactor's (which may be monotonic, or a test's Clock).
+        #: How long a Redis call may take before it counts as failed.
+        self.timeout = timeout
+        # This replica's own bookkeeping (times in Redis are Redis' clock, see _NOW), and
+        # its start time, compared only with replicas at the same URL (the same machine).
         self._now = wall_clock or time.time
         #: The labels (as JSON) of each client seen polling here, and when it last did.
         self._written: dict[str, str] = {}
@@ -220,22 +304,34 @@ class RouteTable:
         self._polled: dict[str, float] = {}
         #: Live replicas: id → peer URL, as of the last heartbeat.
         self.replicas: dict[str, str] = {}
+        #: The last route Redis gave for each client looked up: fqdn → (replica id, when).
+        self._looked_up: dict[str, tuple[str, float]] = {}
         self.up = True
         self._beaten = False
         self._started = self._now()
         #: Called when what this replica wrote may be gone (Redis back, or restarted
         #: empty): the clients polling here now should be written again at once.
         self.on_lost: Callable[[], None] | None = None
+        #: Called with (FQDN, peer URL) when a client's poll lands on another replica.
+        self.on_moved: Callable[[str, str], None] | None = None
+        self._subscriber = subscriber
+        self._seal = seal
+        #: What this replica's scrape ids begin with (see ``pushprox.cluster.owners``).
+        self.scrape_id_prefix = (seal.prefix(replica_id, peer_url) if seal is not None
+                                 else replica_id + ".")
+        if subscriber is not None:
+            subscriber.subscribe(MOVES, self._moved)
         metrics.watch_routes(lambda: len(self._written))
         metrics.watch_replicas(lambda: len(self.replicas))
 
     # -- calls, with a timeout, counted --
 
-    async def _call(self, what: str, call: Callable[[], Deferred[Any]]) -> Any:
+    async def _call(self, what: str, call: Callable[[], Deferred[Any]],
+                    timeout: float | None = None) -> Any:
         started = self._clock.seconds()
         try:
             deferred = call()
-            deferred.addTimeout(self._timeout, self._clock)
+            deferred.addTimeout(timeout or self.timeout, self._clock)
             result = await deferred
         except Exception as error:
             self._metrics.redis_errors.inc()
@@ -281,12 +377,11 @@ class RouteTable:
     def _note_polls(self) -> None:
         self._flush = None
         polls, self._unnoted = self._unnoted, {}
-        arguments: list[object] = [self.replica_id, self._now(), int(self._ttl) + 1,
-                                   self._ttl / 3]
+        arguments: list[object] = [self.replica_id, int(self._ttl) + 1, self._ttl / 3]
         for fqdn, labels in polls.items():
             arguments += [fqdn, labels]
         done = Deferred.fromCoroutine(self._call("note polls", lambda: self._redis.eval(
-            _NOTE_POLLS, [CLIENTS, ROUTES, LABELS], arguments)))
+            _NOTE_POLLS, [CLIENTS, ROUTES, LABELS, MOVES], arguments)))
         # The next poll of each tries again; the failure is counted and logged already.
         done.addErrback(lambda failure: None)
 
@@ -297,17 +392,39 @@ class RouteTable:
 
     async def route(self, fqdn: str) -> Route:
         """Where ``fqdn`` polls, as the cluster knows it."""
-        replica, seen = await self._call("route", lambda: self._redis.eval(
-            _ROUTE, [ROUTES, CLIENTS], [fqdn]))
-        known = bool(seen) and float(seen) >= self._now() - self._ttl
+        replica, polled = await self._call("route", lambda: self._redis.eval(
+            _ROUTE, [ROUTES, CLIENTS], [fqdn, self._ttl]))
+        known = polled == 1
+        if replica and known:
+            self._looked_up[fqdn] = (str(replica), self._now())
         peer = self.replicas.get(str(replica)) if replica else None
         return Route(peer=peer, known=known)
 
+    def _moved(self, message: str) -> None:
+        """A client's poll landed on another replica: remember it, and say so."""
+        replica, _, fqdn = message.partition(" ")
+        if not fqdn:
+            return
+        self._looked_up[fqdn] = (replica, self._now())
+        peer = self.replicas.get(replica)
+        if peer is not None and replica != self.replica_id and self.on_moved is not None:
+            self.on_moved(fqdn, peer)
+
+    def last_route(self, fqdn: str) -> Route | None:
+        """
+        The route Redis gave last for ``fqdn`` (within the registration timeout), to use
+        while Redis does not answer; ``None`` if there is none or its replica is gone.
+        """
+        found = self._looked_up.get(fqdn)
+        if found is None or found[1] < self._now() - self._ttl:
+            return None
+        peer = self.replicas.get(found[0])
+        return None if peer is None else Route(peer=peer, known=True)
+
     async def clients(self) -> list[ClientInfo]:
         """Every client of the cluster, sorted by FQDN."""
-        cutoff = self._now() - self._ttl
         raw = await self._call("clients", lambda: self._redis.eval(
-            _CLIENTS, [CLIENTS, LABELS], [cutoff]))
+            _CLIENTS, [CLIENTS, LABELS], [self._ttl]), timeout=CLIENTS_TIMEOUT)
         clients = []
         for index in range(0, len(raw), 3):
             try:
@@ -323,17 +440,21 @@ class RouteTable:
     async def heartbeat(self) -> None:
         """Say this replica is alive; learn the others; prune clients gone silent."""
         now = self._now()
-        record = json.dumps({"url": self.peer_url, "seen": now, "started": self._started})
         ttl = int(self.heartbeat_interval * 3) + 1
         known, raw = await self._call("heartbeat", lambda: self._redis.eval(
             _HEARTBEAT, [REPLICAS, CLIENTS, ROUTES, LABELS],
-            [self.replica_id, record, now, ttl, now - self._ttl]))
+            [self.replica_id, self.peer_url, self._started, ttl, self._ttl]))
         if not known and self._beaten:
             # Redis lost what it knew (restarted empty, or failed over): write every route
             # again at its client's next poll.
             self.log.warn("Redis no longer knew this replica: its routes are written again")
             self._lost()
         self._beaten = True
+        if self._subscriber is not None:
+            # Lets the subscription's connection tell when it stalls; a failure is its own.
+            ping = self._subscriber.call("PING")
+            ping.addTimeout(self.timeout, self._clock)
+            ping.addErrback(lambda _: None)
         records: dict[str, tuple[str, float]] = {}
         for index in range(0, len(raw), 2):
             try:
@@ -346,6 +467,8 @@ class RouteTable:
         cutoff = now - self._ttl
         for fqdn in [name for name, when in self._polled.items() if when < cutoff]:
             del self._written[fqdn], self._polled[fqdn]
+        for fqdn in [name for name, (_, when) in self._looked_up.items() if when < cutoff]:
+            del self._looked_up[fqdn]
 
     async def withdraw(self) -> int:
         """Drop this replica and the routes that name it; returns how many routes went."""
@@ -359,15 +482,24 @@ class RouteTable:
 
     def replica_of(self, scrape_id: str) -> Deferred[str | None] | str | None:
         """
-        The peer URL of the replica a scrape id names, when it is another one; a Deferred
-        when that replica started after this one's last heartbeat and Redis must say.
+        The peer URL of the replica a scrape id names, when it is another one: read from
+        the id when it carries a sealed URL, else from the last heartbeat, else (a replica
+        started since) a Deferred while Redis is asked.  Never this replica's own URL: an
+        id of an earlier run at this address is claimed (and refused) here.
         """
-        replica, dot, _ = scrape_id.partition(".")
-        if not dot or replica == self.replica_id:
+        owner = self._seal.owner(scrape_id) if self._seal is not None else None
+        if owner is None:
+            replica, dot, _ = scrape_id.partition(".")
+            if not dot:
+                return None
+        else:
+            replica = owner.replica
+        if replica == self.replica_id:
             return None
-        url = self.replicas.get(replica)
+        url = owner.url if owner is not None and owner.url is not None else (
+            self.replicas.get(replica))
         if url is not None:
-            return url
+            return None if url == self.peer_url else url
         return Deferred.fromCoroutine(self._lookup_replica(replica))
 
     async def _lookup_replica(self, replica: str) -> str | None:
@@ -375,6 +507,7 @@ class RouteTable:
         if not raw:
             return None
         try:
-            return str(json.loads(raw)["url"])
+            url = str(json.loads(raw)["url"])
         except (ValueError, KeyError, TypeError):
             return None
+        return None if url == self.peer_url else url

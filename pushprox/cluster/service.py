@@ -26,6 +26,8 @@ from twisted.logger import Logger
 from pushprox.cluster.coordinator import ClusterCoordinator
 from pushprox.cluster.forwarding import Peers
 from pushprox.cluster.metrics import ClusterMetrics
+from pushprox.cluster.owners import OwnerSeal
+from pushprox.cluster.redis import RedisClient
 from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
 from pushprox.config import ProxyConfig
 from pushprox.coordinator import Coordinator
@@ -41,7 +43,8 @@ class Cluster:
     local: Coordinator
     routes: RouteTable
     peers: Peers
-    redis: Any
+    redis: RedisClient
+    subscriber: RedisClient
 
 
 def default_peer_url(listen: list[str]) -> str | None:
@@ -56,20 +59,28 @@ def default_peer_url(listen: list[str]) -> str | None:
 
 
 def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url: str,
-          redis_password: str | None, peer_url: str, peer_token: str) -> Cluster:
-    """Connect to Redis (lazily) and make this replica's coordinator."""
-    address = RedisAddress.from_url(redis_url, redis_password)
+          redis_password: str | None, peer_url: str, peer_token: str,
+          redis_ca_file: str | None = None) -> Cluster:
+    """Connect to Redis and make this replica's coordinator."""
+    address = RedisAddress.from_url(redis_url, redis_password, redis_ca_file)
     cluster_metrics = ClusterMetrics(metrics.registry)
     replica_id = secrets.token_hex(4)
-    redis = connect(address, timeout=0.5)
+    redis = connect(reactor, address, timeout=0.5)
+    # A second connection, subscribed to the announcements of clients that moved.
+    subscriber = connect(reactor, address, timeout=0.5)
     routes = RouteTable(redis, replica_id=replica_id, peer_url=peer_url, clock=reactor,
                         registration_timeout=config.registration_timeout,
-                        metrics=cluster_metrics)
+                        metrics=cluster_metrics, subscriber=subscriber,
+                        seal=OwnerSeal(peer_token))
+    connections = (redis, subscriber)
+    cluster_metrics.watch_redis(
+        lambda: sum(1 for connection in connections if connection.connected),
+        lambda: sum(connection.connections for connection in connections))
     peers = Peers(reactor, routes, peer_token, cluster_metrics)
-    local = Coordinator(reactor, config, id_prefix=replica_id + ".")
+    local = Coordinator(reactor, config, id_prefix=routes.scrape_id_prefix)
     coordinator = ClusterCoordinator(local, routes, peers, reactor)
     return Cluster(coordinator=coordinator, local=local, routes=routes, peers=peers,
-                   redis=redis)
+                   redis=redis, subscriber=subscriber)
 
 
 class HeartbeatService(Service):
@@ -166,7 +177,6 @@ class DrainingListeners(MultiService):
         cluster.local.shutdown()
         await deferLater(self._clock, 0.2, lambda: None)
         await cluster.peers.close()
-        disconnect = getattr(cluster.redis, "disconnect", None)
-        if disconnect is not None:
+        for connection in (cluster.subscriber, cluster.redis):
             with contextlib.suppress(Exception):
-                await disconnect()
+                await connection.disconnect()
