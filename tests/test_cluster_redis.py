@@ -88,19 +88,28 @@ class ReplyParserTests(SynchronousTestCase):
         self.assertRaises(TypeError, encode_command, ["SET", None])
 
 
-@pytest.mark.processes
-class RedisClientTests(TestCase):
-    """One connection to a real redis-server, through its faults."""
+class _RealRedisTestCase(TestCase):
+    """A test that starts its own redis-server(s), in a process group of its own."""
 
     timeout = 60
+    #: The prefix of the test's temporary folder.
+    folder_prefix = "pushprox-redis-"
 
     def setUp(self) -> None:
         gone = missing()
         if any("redis" in item for item in gone):
             self.skipTest("needs " + "; ".join(gone))
-        root = Path(tempfile.mkdtemp(prefix="pushprox-redis-"))
-        self.group = ProcessGroup(root)
+        self.root = Path(tempfile.mkdtemp(prefix=self.folder_prefix))
+        self.group = ProcessGroup(self.root)
         self.addCleanup(self.group.stop_all)
+
+
+@pytest.mark.processes
+class RedisClientTests(_RealRedisTestCase):
+    """One connection to a real redis-server, through its faults."""
+
+    def setUp(self) -> None:
+        super().setUp()
         self.redis, self.port = start_redis(self.group)
 
     def client(self, **options: Any) -> RedisClient:
@@ -226,18 +235,11 @@ class RedisClientTests(TestCase):
 
 
 @pytest.mark.processes
-class RouteTableTests(TestCase):
+class RouteTableTests(_RealRedisTestCase):
     """The routing table's scripts in a real redis-server."""
 
-    timeout = 60
-
     def setUp(self) -> None:
-        gone = missing()
-        if any("redis" in item for item in gone):
-            self.skipTest("needs " + "; ".join(gone))
-        root = Path(tempfile.mkdtemp(prefix="pushprox-redis-"))
-        self.group = ProcessGroup(root)
-        self.addCleanup(self.group.stop_all)
+        super().setUp()
         self.redis, self.port = start_redis(self.group)
         self.client = RedisClient(_reactor, redis_endpoint(_reactor, "127.0.0.1", self.port,
                                                            tls=False))
@@ -279,18 +281,14 @@ class RouteTableTests(TestCase):
 
 
 @pytest.mark.processes
-class RedisTLSTests(TestCase):
+class RedisTLSTests(_RealRedisTestCase):
     """rediss://: the server's certificate must name the host and chain to the CA."""
 
-    timeout = 60
+    folder_prefix = "pushprox-redis-tls-"
 
     def setUp(self) -> None:
-        gone = missing()
-        if any("redis" in item for item in gone):
-            self.skipTest("needs " + "; ".join(gone))
-        root = Path(tempfile.mkdtemp(prefix="pushprox-redis-tls-"))
-        self.group = ProcessGroup(root)
-        self.addCleanup(self.group.stop_all)
+        super().setUp()
+        root = self.root
         authority = CertificateAuthority(str(root / "pki"), "redis-test-ca")
         self.ca = authority.cert_path
         issued = authority.issue(str(root / "pki" / "redis"), ["localhost"])

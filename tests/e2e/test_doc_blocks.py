@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import skip_or_fail
-from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
-from tests.harness.rawhttp import http_get
-from tests.harness.readme import shell_block
-from tests.harness.stack import STARTUP_TIMEOUT, Stack
+from tests.harness.readme import fixed_ports_and_exporter, shell_block
+from tests.harness.stack import Stack
 from tests.harness.waiting import port_open, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +31,7 @@ PORTS = {8080: "the proxy", 9100: "the exporter", 9369: "the client's /metrics"}
 
 def run_block(stack: Stack, directory: Path, page: str, marker: str) -> str:
     """Run the block after ``marker`` on ``page`` in ``directory``; its output."""
-    taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
-    if taken:
-        skip_or_fail("the block uses fixed ports, taken here: " + ", ".join(taken))
-    node = stack.start("node_exporter", [
-        str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
-        *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
-    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
-             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
+    fixed_ports_and_exporter(stack, PORTS, "the block")
     (directory / ".venv").symlink_to(sys.prefix)
     path = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"])
     shell = stack.start("block", ["bash", "-c", shell_block(marker, page)], cwd=directory,

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import skip_or_fail
 from tests.harness.processes import SOURCE_ROOT
-from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
-from tests.harness.rawhttp import http_get
-from tests.harness.readme import shell_block
-from tests.harness.stack import STARTUP_TIMEOUT, Stack
-from tests.harness.waiting import port_open, wait_for
+from tests.harness.readme import fixed_ports_and_exporter, shell_block
+from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +36,7 @@ def quick_start_block() -> str:
 
 def test_readme_quick_start_works_as_pasted(stack: Stack, tmp_path: Path) -> None:
     """Installed, started, scraped through the proxy: node_exporter's metrics print."""
-    taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
-    if taken:
-        reason = "the quick start uses fixed ports, taken here: " + ", ".join(taken)
-        skip_or_fail(reason)
+    fixed_ports_and_exporter(stack, PORTS, "the quick start")
     checkout = tmp_path / "checkout"
     for name in CHECKOUT:
         source, target = SOURCE_ROOT / name, checkout / name
@@ -52,11 +45,6 @@ def test_readme_quick_start_works_as_pasted(stack: Stack, tmp_path: Path) -> Non
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    node = stack.start("node_exporter", [
-        str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
-        *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
-    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
-             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
 
     block = quick_start_block()
     # A fresh shell: nothing of the tests' virtualenv on its path.

@@ -20,11 +20,8 @@ import pytest
 
 from tests.e2e import skip_or_fail
 from tests.harness import cluster
-from tests.harness.prometheus import NODE_EXPORTER, NODE_EXPORTER_DISABLED
-from tests.harness.rawhttp import http_get
-from tests.harness.readme import shell_block
-from tests.harness.stack import STARTUP_TIMEOUT, Stack
-from tests.harness.waiting import port_open, wait_for
+from tests.harness.readme import fixed_ports_and_exporter, shell_block
+from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -38,14 +35,7 @@ def test_two_replicas_block_works_as_pasted(stack: Stack, tmp_path: Path) -> Non
     missing = cluster.missing()
     if missing:
         skip_or_fail("the replicas example needs " + ", ".join(missing))
-    taken = [f"{port} ({what})" for port, what in PORTS.items() if port_open(port)]
-    if taken:
-        skip_or_fail("the replicas example uses fixed ports, taken here: " + ", ".join(taken))
-    node = stack.start("node_exporter", [
-        str(NODE_EXPORTER), "--web.listen-address=127.0.0.1:9100",
-        *(f"--no-collector.{collector}" for collector in NODE_EXPORTER_DISABLED)])
-    wait_for(lambda: http_get("http://127.0.0.1:9100/metrics").status == 200,
-             timeout=STARTUP_TIMEOUT, what="node_exporter on 9100", watch=[node])
+    fixed_ports_and_exporter(stack, PORTS, "the replicas example")
 
     # A shell whose PATH starts with the virtualenv of the installed pushprox, as a user's
     # with that virtualenv activated.
