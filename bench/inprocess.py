@@ -27,9 +27,9 @@ import re, sys, time
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from pushprox import wire
-from pushprox.coordinator import Coordinator
-from pushprox.proxy import PushProxSite
+from pushprox.shared import wire
+from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.site import PushProxSite
 
 clock = Clock()
 site = PushProxSite(Coordinator(clock), clock=clock)

@@ -18,17 +18,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from pushprox.footprint import names_tls, without_tls_libraries
+from pushprox.shared.footprint import names_tls, without_tls_libraries
 
 if TYPE_CHECKING:  # imported for real in start(), once the options are known
     from twisted.application.service import IService
 
-    from pushprox.program import ProgramOptions
+    from pushprox.shared.program import ProgramOptions
 
 
 def start(tap: str, argv: list[str] | None = None) -> None:
     """Import the program's module ``tap`` (without TLS libraries unless its options may
-    need them, see ``pushprox.footprint``) and run it."""
+    need them, see ``pushprox.shared.footprint``) and run it."""
     argv = sys.argv[1:] if argv is None else argv
     imports: AbstractContextManager[None] = (
         nullcontext() if names_tls(argv, os.environ) else without_tls_libraries())
@@ -44,8 +44,8 @@ def run(options: ProgramOptions, make_service: Callable[[Any, Any], IService],
     from twisted.logger import globalLogBeginner
     from twisted.python import usage
 
-    from pushprox.logs import log_observer
-    from pushprox.program import StartupError
+    from pushprox.shared.logs import log_observer
+    from pushprox.shared.program import StartupError
 
     program = options.program
     try:
@@ -73,9 +73,9 @@ def run(options: ProgramOptions, make_service: Callable[[Any, Any], IService],
 
 def proxy() -> None:
     """``pushprox-proxy``: the proxy, as ``twistd -n pushprox-proxy``."""
-    start("pushprox.proxy_tap")
+    start("pushprox.proxy.tap")
 
 
 def client() -> None:
     """``pushprox-client``: the client, as ``twistd -n pushprox-client``."""
-    start("pushprox.client_tap")
+    start("pushprox.client.tap")

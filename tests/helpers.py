@@ -1,7 +1,7 @@
 """
 The parts of ``tests.harness`` the unit tests use, under the names they import.
 
-Defined in ``tests.harness.rawhttp`` (HTTP as bytes, read with ``pushprox.wire``),
+Defined in ``tests.harness.rawhttp`` (HTTP as bytes, read with ``pushprox.shared.wire``),
 ``tests.harness.waiting`` (ports, deadlines) and ``tests.harness.exporter``.
 """
 

@@ -49,8 +49,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
-from pushprox.client import ClientConfig, ClientService, make_connections
-from pushprox.proxy_link import ProxyLink
+from pushprox.client.link import ProxyLink
+from pushprox.client.service import ClientConfig, ClientService, make_connections
 from tests.helpers import HTTPResponse, IncompleteMessage, parse_response
 
 #: Where every connection comes from and goes to.

@@ -1,5 +1,5 @@
 """
-Unit tests of ``pushprox.auth``: who may poll, push and scrape.
+Unit tests of ``pushprox.shared.auth``: who may poll, push and scrape.
 
 Every mechanism is shown to open for the right credentials and, above all, to stay
 closed for missing, wrong and borrowed ones, with the exact status code and challenge.
@@ -19,7 +19,7 @@ from twisted.logger import ILogObserver, LogEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from pushprox.auth import (
+from pushprox.shared.auth import (
     ClientAuth,
     Credentials,
     Denied,
@@ -30,7 +30,7 @@ from pushprox.auth import (
     parse_authorization,
     parse_networks,
 )
-from pushprox.tls import certificate_names_fqdn
+from pushprox.shared.tls import certificate_names_fqdn
 
 TOKEN_1 = "node1-token-0123456789abcdef"
 TOKEN_2 = "node2-token-0123456789abcdef"

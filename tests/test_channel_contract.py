@@ -1,7 +1,7 @@
 """
 The contract between twisted.web's ``Request`` and the proxy's channel.
 
-``pushprox.twisted_hooks.LlhttpChannel`` is not a subclass of ``HTTPChannel``: it provides
+``pushprox.channel.LlhttpChannel`` is not a subclass of ``HTTPChannel``: it provides
 what ``twisted.web.server.Request`` uses of its channel, as Twisted's HTTP/2 stream does.
 These tests run Request's code paths (bodies, forms, chunked and fixed-length answers,
 HEAD, producers, errors, redirects, a peer that goes) once over Twisted's own
@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from pushprox.twisted_hooks import LlhttpChannel
+from pushprox.proxy.channel import LlhttpChannel
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
 #: What HTTPChannel's Request is known to use of its channel, at the least: a recorder
@@ -242,7 +242,7 @@ class ChannelContractTests(SynchronousTestCase):
                        if not hasattr(ours.channel, used)}
             self.assertEqual(
                 missing, set(),
-                f"twisted_hooks.LlhttpChannel: twisted.web's Request now uses "
+                f"channel.LlhttpChannel: twisted.web's Request now uses "
                 f"{sorted(missing)} of its channel ({name!r}), which LlhttpChannel does not "
                 "provide; add it as HTTPChannel and H2Stream do",
             )

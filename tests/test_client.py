@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.client}: the target allow-list, backoff, configuration, and
+Tests for L{pushprox.client.service}: the target allow-list, backoff, configuration, and
 L{ClientService} polling a real in-process proxy and scraping a real target, connected
 by an in-memory network on one clock (no sockets, no waiting).
 """
@@ -31,8 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from pushprox import wire
-from pushprox.client import (
+from pushprox.client.link import ProxyLink
+from pushprox.client.service import (
     REGISTERED_AFTER,
     Backoff,
     ClientConfig,
@@ -42,10 +42,10 @@ from pushprox.client import (
     make_proxy_link,
     plan_target,
 )
-from pushprox.coordinator import Coordinator
-from pushprox.metrics import ClientMetrics
-from pushprox.proxy import PushProxSite
-from pushprox.proxy_link import ProxyLink
+from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.site import PushProxSite
+from pushprox.shared import wire
+from pushprox.shared.metrics import ClientMetrics
 from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 

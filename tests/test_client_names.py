@@ -1,10 +1,10 @@
-"""Tests for ``pushprox.client_names``: the names a client registers and their addresses."""
+"""Tests for ``pushprox.client.names``: the names a client registers and their addresses."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.client_names import ClientName, check_unique, parse_client_name
+from pushprox.client.names import ClientName, check_unique, parse_client_name
 
 
 class ParseClientNameTests(SynchronousTestCase):

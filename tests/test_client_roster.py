@@ -1,4 +1,4 @@
-"""Tests for ``pushprox.client_roster``: a service per name, the targets file reloaded."""
+"""Tests for ``pushprox.client.roster``: a service per name, the targets file reloaded."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.client_names import ClientName
-from pushprox.client_roster import ClientRoster, read_targets_file
+from pushprox.client.names import ClientName
+from pushprox.client.roster import ClientRoster, read_targets_file
 
 
 class NameService(Service):
@@ -57,7 +57,7 @@ class ClientRosterTests(SynchronousTestCase):
 
     def logged(self) -> list[str]:
         return [formatEvent(event) for event in self.events
-                if event.get("log_namespace", "").startswith("pushprox.client_roster")]
+                if event.get("log_namespace", "").startswith("pushprox.client.roster")]
 
     def test_names_at_start(self) -> None:
         """--fqdn's names, then the file's, each with its own running service."""
@@ -76,7 +76,7 @@ class ClientRosterTests(SynchronousTestCase):
 
     def test_bad_file_keeps_the_names(self) -> None:
         """A bad line, a name twice (with --fqdn's too) or a missing file: a ValueError
-        saying why (logged by pushprox.reload), and nothing changes."""
+        saying why (logged by pushprox.shared.reload), and nothing changes."""
         for text, reason in (("b.example\nnot a name\n", "line 2: not a name: not a host name"),
                              ("A.EXAMPLE\n", "A.EXAMPLE is given twice"),
                              (None, "cannot read it:")):

@@ -18,16 +18,21 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import proxy_tap
-from pushprox.auth import Denied, PeerAuth
-from pushprox.cluster.coordinator import MAX_HOPS, _hops
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.cluster.owners import Owner, OwnerSeal
-from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, _newest_per_url
-from pushprox.cluster.service import default_peer_url
-from pushprox.config import ProxyConfig
-from pushprox.coordinator import Coordinator
-from pushprox.relay import Push
+from pushprox.proxy import tap as proxy_tap
+from pushprox.proxy.cluster.coordinator import MAX_HOPS, _hops
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.proxy.cluster.owners import Owner, OwnerSeal
+from pushprox.proxy.cluster.routes import (
+    RedisAddress,
+    RedisUnavailable,
+    RouteTable,
+    _newest_per_url,
+)
+from pushprox.proxy.cluster.service import default_peer_url
+from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.push import Push
+from pushprox.shared.auth import Denied, PeerAuth
+from pushprox.shared.config import ProxyConfig
 
 
 class RedisAddressTests(SynchronousTestCase):

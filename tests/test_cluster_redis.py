@@ -21,8 +21,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.cluster.redis import (
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.proxy.cluster.redis import (
     RedisClient,
     RedisError,
     RedisNotConnected,
@@ -30,7 +30,7 @@ from pushprox.cluster.redis import (
     encode_command,
     redis_endpoint,
 )
-from pushprox.cluster.routes import RouteTable
+from pushprox.proxy.cluster.routes import RouteTable
 from tests.harness.cluster import REDIS_SERVER, missing, start_redis
 from tests.harness.processes import ProcessGroup
 from tests.harness.waiting import free_port, port_open, wait_for

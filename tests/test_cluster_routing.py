@@ -12,17 +12,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import wire
-from pushprox.cluster.coordinator import (
+from pushprox.proxy.cluster.coordinator import (
     MAX_FOLLOW,
     RECALL_AFTER,
     REDIS_RETRY,
     ClusterCoordinator,
     RoutingUnavailable,
 )
-from pushprox.cluster.routes import RedisUnavailable, Route
-from pushprox.config import ProxyConfig
-from pushprox.coordinator import Coordinator, IScrapeAnswer
+from pushprox.proxy.cluster.routes import RedisUnavailable, Route
+from pushprox.proxy.coordinator import Coordinator, IScrapeAnswer
+from pushprox.shared import wire
+from pushprox.shared.config import ProxyConfig
 
 HERE = "http://10.0.0.1:8080"
 THERE = "http://10.0.0.2:8080"

@@ -1,4 +1,4 @@
-"""Tests for ``pushprox.connect_tunnel``: CONNECT through an HTTP proxy, on fakes.
+"""Tests for ``pushprox.client.connect_tunnel``: CONNECT through an HTTP proxy, on fakes.
 
 The proxy's side is a ``StringTransport``: the test reads the CONNECT the tunnel wrote and
 plays the proxy's answer, then the destination's bytes.
@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from pushprox.connect_tunnel import TunnelEndpoint, TunnelError
+from pushprox.client.connect_tunnel import TunnelEndpoint, TunnelError
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 3128)
 _CONNECTION_DONE = Failure(ConnectionDone())

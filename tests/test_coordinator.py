@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.coordinator}: every way a scrape and a poll can end, on a L{Clock}.
+Tests for L{pushprox.proxy.coordinator}: every way a scrape and a poll can end, on a L{Clock}.
 
 Each test ends by checking that the coordinator holds nothing (no scrape, poll or queue
 entry) and that no timer is left on the clock: nothing outlives its request.
@@ -17,9 +17,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
-from pushprox import wire
-from pushprox.config import ProxyConfig
-from pushprox.coordinator import (
+from pushprox.proxy.coordinator import (
     CLIENT_MARGIN,
     ClientInfo,
     ClientSilent,
@@ -38,6 +36,8 @@ from pushprox.coordinator import (
     UnknownScrape,
     new_scrape_id,
 )
+from pushprox.shared import wire
+from pushprox.shared.config import ProxyConfig
 
 NODE = "node1.example"
 OTHER = "node2.example"

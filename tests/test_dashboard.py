@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.metrics import ClientMetrics, ProxyMetrics
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.shared.metrics import ClientMetrics, ProxyMetrics
 
 DASHBOARD = (Path(__file__).resolve().parent.parent
              / "deploy" / "grafana" / "pushprox-dashboard.json")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pushprox import client_tap, proxy_tap
+from pushprox.client import tap as client_tap
+from pushprox.proxy import tap as proxy_tap
 from tests.harness.processes import SOURCE_ROOT
 
 README = SOURCE_ROOT / "README.md"

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import wire
+from pushprox.shared import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (

@@ -1,6 +1,6 @@
 """
 A ``pushprox-proxy`` or ``pushprox-client`` process whose options name no TLS does not load
-pyOpenSSL, cryptography or service-identity (``pushprox.footprint``): real processes, their
+pyOpenSSL, cryptography or service-identity (``pushprox.shared.footprint``): real processes, their
 ``/proc/PID/maps`` read while they serve scrapes, and the Twisted fallback this relies on.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.footprint import names_tls, without_tls_libraries
+from pushprox.shared.footprint import names_tls, without_tls_libraries
 from tests.harness.exporter import Page, start_exporter
 from tests.harness.processes import Process, ProcessGroup, subprocess_env
 from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
@@ -68,7 +68,7 @@ class NamesTLSTests(SynchronousTestCase):
 
     def test_import_fails_only_inside_the_block(self) -> None:
         """Inside the block ``import OpenSSL`` raises ImportError; after it, it works."""
-        code = ("import sys\nfrom pushprox.footprint import without_tls_libraries\n"
+        code = ("import sys\nfrom pushprox.shared.footprint import without_tls_libraries\n"
                 "with without_tls_libraries():\n"
                 "    try:\n        import OpenSSL\n    except ImportError:\n"
                 "        print('blocked')\n"
@@ -94,15 +94,16 @@ class TwistedFallbackTests(SynchronousTestCase):
     def test_twisted_networking_imports_without_pyopenssl(self) -> None:
         """The modules the commands import under the block, and what they leave out."""
         code = (
-            "import sys\nfrom pushprox.footprint import without_tls_libraries\n"
+            "import sys\nfrom pushprox.shared.footprint import without_tls_libraries\n"
             "with without_tls_libraries():\n"
             "    from twisted.internet import reactor\n"
             "    import twisted.internet.tcp, twisted.internet.posixbase\n"
             "    import twisted.internet.endpoints as endpoints, twisted.web.client\n"
-            "    import pushprox.proxy_tap, pushprox.client_tap\n"
+            "    import pushprox.proxy.tap, pushprox.client.tap\n"
             "print(endpoints.TLSMemoryBIOFactory is None,\n"
             "      sorted(m for m in sys.modules if m.split('.')[0] in\n"
-            "             ('OpenSSL', 'cryptography', 'service_identity', 'pushprox.tls')))\n"
+            "             ('OpenSSL', 'cryptography', 'service_identity',\n"
+            "              'pushprox.shared.tls')))\n"
         )
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 env=subprocess_env(), timeout=60, check=True)

@@ -1,4 +1,4 @@
-"""Tests for L{pushprox.keepalive}: the keepalive timing reaches the TCP socket."""
+"""Tests for L{pushprox.shared.keepalive}: the keepalive timing reaches the TCP socket."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from twisted.internet.interfaces import ISystemHandle, ITCPTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
-from pushprox.config import ClientConfig, ProxyConfig
-from pushprox.keepalive import enable_keepalive, keepalive_options, tcp_transport
+from pushprox.shared.config import ClientConfig, ProxyConfig
+from pushprox.shared.keepalive import enable_keepalive, keepalive_options, tcp_transport
 
 
 class RecordingSocket:

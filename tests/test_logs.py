@@ -1,4 +1,7 @@
-"""Tests for the log formats and level filter (pushprox.logs) and the fields our events carry."""
+"""
+Tests for the log formats and level filter (pushprox.shared.logs) and the fields our events
+carry.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +19,21 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from pushprox.logs import event_fields, json_line, log_format, log_level, log_observer, logfmt_line
-from pushprox.twisted_hooks import LlhttpChannel
+from pushprox.proxy.channel import LlhttpChannel
+from pushprox.shared.logs import (
+    event_fields,
+    json_line,
+    log_format,
+    log_level,
+    log_observer,
+    logfmt_line,
+)
 
 
 def event(**fields: Any) -> dict[str, Any]:
     """A logged event as twisted.logger makes it."""
     return {"log_time": 1700000000.25, "log_level": LogLevel.warn,
-            "log_namespace": "pushprox.proxy.ScrapeResource", **fields}
+            "log_namespace": "pushprox.proxy.site.ScrapeResource", **fields}
 
 
 class FieldTests(SynchronousTestCase):
@@ -36,7 +46,7 @@ class FieldTests(SynchronousTestCase):
             fqdn="n1", status=504, reason="timed out", peer="10.0.0.1", scrape_id="abc"))
         self.assertEqual(list(fields.items()), [
             ("time", "2023-11-14T22:13:20.250Z"), ("level", "warn"),
-            ("logger", "pushprox.proxy.ScrapeResource"),
+            ("logger", "pushprox.proxy.site.ScrapeResource"),
             ("message", "Scrape of http://n1:9100/m via n1: 504 timed out"),
             ("fqdn", "n1"), ("url", "http://n1:9100/m"), ("status", 504),
             ("reason", "timed out"), ("scrape_id", "abc")])
@@ -60,7 +70,8 @@ class FieldTests(SynchronousTestCase):
         """Values with spaces, quotes, = or newlines are quoted; others are bare."""
         line = logfmt_line(event(log_format='said "hi" {status}', status=200, url="http://x/?a=b"))
         self.assertEqual(line, 'time=2023-11-14T22:13:20.250Z level=warn '
-                               'logger=pushprox.proxy.ScrapeResource message="said \\"hi\\" 200" '
+                               'logger=pushprox.proxy.site.ScrapeResource '
+                               'message="said \\"hi\\" 200" '
                                'url="http://x/?a=b" status=200\n')
 
     def test_option_values(self) -> None:

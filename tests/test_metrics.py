@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.metrics}: the cheap counters and histograms of the hot path export
+Tests for L{pushprox.shared.metrics}: the cheap counters and histograms of the hot path export
 exactly what prometheus-client's own ``Counter`` and ``Histogram`` would.
 
 Each comparison builds L{ProxyMetrics} (or L{ClientMetrics}) twice, once as shipped and once with
@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import metrics
-from pushprox.metrics import (
+from pushprox.shared import metrics
+from pushprox.shared.metrics import (
     SCRAPE_BUCKETS,
     ClientMetrics,
     ProxyMetrics,

@@ -1,4 +1,7 @@
-"""Tests for the option value parsers: Go durations and listen addresses (pushprox.options)."""
+"""
+Tests for the option value parsers: Go durations and listen addresses
+(pushprox.shared.options).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.options import (
+from pushprox.shared.options import (
     OptionValueError,
     check_endpoint_files,
     did_you_mean,

@@ -1,4 +1,4 @@
-"""Tests for ``pushprox.outbound_proxy``: which HTTP proxy the link to the proxy takes."""
+"""Tests for ``pushprox.client.outbound_proxy``: which HTTP proxy the link to the proxy takes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.outbound_proxy import HttpProxy, NoProxy, choose_http_proxy, parse_http_proxy
+from pushprox.client.outbound_proxy import HttpProxy, NoProxy, choose_http_proxy, parse_http_proxy
 
 
 def basic(userinfo: str) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from pushprox.metrics import ClientMetrics, ProxyMetrics
-from pushprox.version import package_version, version_line
+from pushprox.shared.metrics import ClientMetrics, ProxyMetrics
+from pushprox.shared.version import package_version, version_line
 from tests.conftest import installed_package_problem
 from tests.harness.packaging import (
     SDIST_VARIABLE,
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.processes
 def test_the_wheel_holds_every_file_of_the_tree_and_nothing_else() -> None:
     """pushprox/ (every subpackage) and the twistd plugin file, all of them, no more."""
     shipped = {name for name in wheel_names(wheel()) if ".dist-info/" not in name}
-    assert "pushprox/cluster/service.py" in shipped
+    assert "pushprox/proxy/cluster/service.py" in shipped
     assert shipped == tree_files(), (
         f"missing from the wheel: {sorted(tree_files() - shipped)}; "
         f"in the wheel but not the tree: {sorted(shipped - tree_files())}")

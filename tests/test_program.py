@@ -1,6 +1,7 @@
 """
 Tests for what both programs share: upstream PushProx's flags, options from the
-environment, twistd logging and start-up errors (pushprox.program, pushprox.environment).
+environment, twistd logging and start-up errors (pushprox.shared.program,
+pushprox.shared.environment).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import client_tap, proxy_tap
-from pushprox.config import ClientConfig, ProxyConfig
-from pushprox.environment import environment_options
-from pushprox.logs import LEVELS
-from pushprox.program import (
+from pushprox.client import tap as client_tap
+from pushprox.proxy import tap as proxy_tap
+from pushprox.shared.config import ClientConfig, ProxyConfig
+from pushprox.shared.environment import environment_options
+from pushprox.shared.logs import LEVELS
+from pushprox.shared.program import (
     FlagListener,
     ProgramService,
     StartupError,

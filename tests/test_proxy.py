@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.proxy}: the site's routing, status codes, limits and relays.
+Tests for L{pushprox.proxy.site}: the site's routing, status codes, limits and relays.
 
 Each test drives a real L{PushProxSite} through in-memory connections
 (``buildProtocol`` + ``StringTransport``) on a L{Clock}, so that absolute-URI requests,
@@ -21,9 +21,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import wire
-from pushprox.coordinator import Coordinator
-from pushprox.proxy import ProxyConfig, PushProxRequest, PushProxSite
+from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.site import ProxyConfig, PushProxRequest, PushProxSite
+from pushprox.shared import wire
 from tests.helpers import response_so_far
 
 DATA = Path(__file__).parent / "data"

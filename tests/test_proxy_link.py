@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.proxy_link}: the client's keep-alive connections to the proxy.
+Tests for L{pushprox.client.link}: the client's keep-alive connections to the proxy.
 
 Most tests drive a L{ProxyLink} through an endpoint whose connections are
 C{StringTransport}s: the test reads what the link wrote and plays the server's bytes,
@@ -34,8 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from pushprox.client import describe_failure
-from pushprox.proxy_link import (
+from pushprox.client.link import (
     AnswerTooLarge,
     BadAnswer,
     BodyLengthMismatch,
@@ -45,6 +44,7 @@ from pushprox.proxy_link import (
     host_value,
     request_head,
 )
+from pushprox.client.service import describe_failure
 from tests.memory import MemoryNetwork
 
 DATA = Path(__file__).parent / "data"

@@ -21,8 +21,8 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from pushprox.auth import ClientAuth
-from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
+from pushprox.shared.auth import ClientAuth
+from pushprox.shared.reload import Reloader, ReloadOnHangup, WatchFiles
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
     RawConnection,
@@ -65,10 +65,10 @@ class _Events:
         self.events.append(event)
 
     def lines(self, level: LogLevel) -> list[str]:
-        """The formatted events of ``level`` from pushprox.reload."""
+        """The formatted events of ``level`` from pushprox.shared.reload."""
         return [formatEvent(e) for e in self.events
                 if e.get("log_level") is level
-                and str(e.get("log_namespace", "")).startswith("pushprox.reload")]
+                and str(e.get("log_namespace", "")).startswith("pushprox.shared.reload")]
 
 
 class ReloaderTests(SynchronousTestCase):

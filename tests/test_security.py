@@ -39,15 +39,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
-from pushprox import tls, wire
-from pushprox.auth import ClientAuth, PasswordChecker, ScraperAuth, parse_networks
-from pushprox.client import ClientConfig, ClientService
-from pushprox.coordinator import Coordinator, Scrape
-from pushprox.metrics import ClientMetrics
-from pushprox.mtls_endpoint import require_client_certificates
-from pushprox.proxy import ProxyConfig, PushProxSite
-from pushprox.proxy_tap import Options, makeService
-from pushprox.reload import ReloadOnHangup
+from pushprox.client.service import ClientConfig, ClientService
+from pushprox.proxy.coordinator import Coordinator, Scrape
+from pushprox.proxy.site import ProxyConfig, PushProxSite
+from pushprox.proxy.tap import Options, makeService
+from pushprox.shared import tls, wire
+from pushprox.shared.auth import ClientAuth, PasswordChecker, ScraperAuth, parse_networks
+from pushprox.shared.metrics import ClientMetrics
+from pushprox.shared.reload import ReloadOnHangup
+from pushprox.shared.tls_listeners import require_client_certificates
 from tests.helpers import HTTPResponse, http_request_bytes
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki

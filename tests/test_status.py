@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.status} and its endpoints: the status page C{/} and C{/api/v1/clients}.
+Tests for L{pushprox.proxy.status} and its endpoints: the status page C{/} and C{/api/v1/clients}.
 
 The site is driven as in L{tests.test_proxy}: in-memory connections on a L{Clock}, so every
 time, duration and count on the page is exact.
@@ -18,11 +18,12 @@ import bcrypt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from pushprox import status, wire
-from pushprox.auth import PasswordChecker, ScraperAuth, parse_networks
-from pushprox.cluster.coordinator import ClusterCoordinator
-from pushprox.coordinator import ClientStatus, Coordinator, ScrapeRecord
-from pushprox.proxy import PushProxSite
+from pushprox.proxy import status
+from pushprox.proxy.cluster.coordinator import ClusterCoordinator
+from pushprox.proxy.coordinator import ClientStatus, Coordinator, ScrapeRecord
+from pushprox.proxy.site import PushProxSite
+from pushprox.shared import wire
+from pushprox.shared.auth import PasswordChecker, ScraperAuth, parse_networks
 from tests.test_proxy import ProxyTestCase, Response, post
 
 #: The proxy starts at this clock time (2023-11-14 22:13:20 UTC).

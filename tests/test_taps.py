@@ -22,22 +22,23 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import client_tap, proxy_tap
-from pushprox.client import ClientConfig, ClientService
-from pushprox.client_roster import ClientRoster
-from pushprox.config import default
-from pushprox.metrics import ProxyMetrics
-from pushprox.mtls_endpoint import (
+from pushprox.client import tap as client_tap
+from pushprox.client.outbound_proxy import HttpProxy
+from pushprox.client.roster import ClientRoster
+from pushprox.client.service import ClientConfig, ClientService
+from pushprox.proxy import tap as proxy_tap
+from pushprox.proxy.site import ConnectionRefusals, ProxyConfig
+from pushprox.proxy.tap import CoordinatorService, WatchAcceptFailures
+from pushprox.shared.config import default
+from pushprox.shared.metrics import ProxyMetrics
+from pushprox.shared.options import port_number, positive_float, positive_int
+from pushprox.shared.program import FlagListener
+from pushprox.shared.reload import ReloadOnHangup, WatchFiles
+from pushprox.shared.tls_listeners import (
     ReloadableTLSEndpoint,
     require_client_certificates,
     tls_listener,
 )
-from pushprox.options import port_number, positive_float, positive_int
-from pushprox.outbound_proxy import HttpProxy
-from pushprox.program import FlagListener
-from pushprox.proxy import ConnectionRefusals, ProxyConfig
-from pushprox.proxy_tap import CoordinatorService, WatchAcceptFailures
-from pushprox.reload import ReloadOnHangup, WatchFiles
 from tests.tlsfixtures import make_pki
 
 

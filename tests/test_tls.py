@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.tls}: configuration errors, identity checks, and real TLS handshakes
+Tests for L{pushprox.shared.tls}: configuration errors, identity checks, and real TLS handshakes
 over 127.0.0.1 with certificates made by L{tests.tlsfixtures}.
 """
 
@@ -53,7 +53,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from pushprox.tls import (
+from pushprox.shared.tls import (
     INTERMEDIATE_CIPHER_SUITES,
     ServerTLS,
     TLSProfile,

@@ -42,14 +42,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from pushprox.twisted_hooks import (
+from pushprox.proxy.channel import BodySink, LlhttpChannel, StreamingRequest, close_after
+from pushprox.shared.twisted_internals import (
     AcceptFailureObserver,
-    BodySink,
     EagerWrites,
-    LlhttpChannel,
-    StreamingRequest,
     _idle_tcp,
-    close_after,
     write_eagerly,
 )
 from tests.helpers import parse_responses
@@ -197,7 +194,7 @@ class HookTests(HookConnection):
         site.resource.requests[0].finish()
         self.assertEqual(
             site.seen, [(b"POST", b"/stream", 3), (b"GET", b"/other", 0)],
-            "twisted_hooks.StreamingRequest: the request line is no longer on the request "
+            "channel.StreamingRequest: the request line is no longer on the request "
             "(method, uri) when Request.gotLength is called",
         )
 
@@ -211,7 +208,7 @@ class HookTests(HookConnection):
         [sink] = site.sinks
         self.assertEqual(
             b"".join(sink.data), b"abcde",
-            "twisted_hooks.StreamingRequest: Request.handleContentChunk no longer "
+            "channel.StreamingRequest: Request.handleContentChunk no longer "
             "receives the decoded body",
         )
         [request] = site.resource.requests
@@ -237,7 +234,7 @@ class HookTests(HookConnection):
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(
             sink.lost,
-            "twisted_hooks.StreamingRequest: Request.connectionLost is no longer called "
+            "channel.StreamingRequest: Request.connectionLost is no longer called "
             "for a request whose body was still arriving",
         )
         self.assertFalse(request.alive)
@@ -248,7 +245,7 @@ class HookTests(HookConnection):
         channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 190 + b"\r\n\r\n")
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.LlhttpChannel: an oversized head no longer reaches "
+            "channel.LlhttpChannel: an oversized head no longer reaches "
             "headers_too_large",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
@@ -259,7 +256,7 @@ class HookTests(HookConnection):
         channel.dataReceived(b"GET /" + b"a" * 300)
         self.assertEqual(
             channel.too_large, 1,
-            "twisted_hooks.LlhttpChannel: an unfinished head past the limit is no "
+            "channel.LlhttpChannel: an unfinished head past the limit is no "
             "longer refused",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
@@ -286,7 +283,7 @@ class HookTests(HookConnection):
         module = importlib.import_module("twisted.internet._sslverify")
         self.assertTrue(
             hasattr(module, "IOpenSSLTrustRoot"),
-            "twisted_hooks.IOpenSSLTrustRoot: twisted.internet._sslverify no longer "
+            "twisted_internals.IOpenSSLTrustRoot: twisted.internet._sslverify no longer "
             "defines IOpenSSLTrustRoot; import it from its new home",
         )
 
@@ -426,7 +423,7 @@ class LlhttpChannelTests(HookConnection):
         request.finish()
         self.assertIn(b"\r\nConnection: close\r\n", transport.value())
         self.assertTrue(transport.disconnecting,
-                        "twisted_hooks.close_after: the channel no longer closes the "
+                        "channel.close_after: the channel no longer closes the "
                         "connection when its persistent flag is cleared during a request")
         self.assertEqual(len(site.resource.requests), 1)
 
@@ -705,7 +702,7 @@ class HeldWritesOverTCPTests(TestCase):
                 [channel] = self.channels
                 self.assertTrue(
                     _idle_tcp(channel.transport),
-                    "twisted_hooks._idle_tcp: tcp.Connection no longer keeps its unsent "
+                    "twisted_internals._idle_tcp: tcp.Connection no longer keeps its unsent "
                     "bytes in dataBuffer/offset/_tempDataLen; answers now take Twisted's "
                     "write (one reactor turn and two epoll_ctl calls more each)",
                 )
@@ -823,7 +820,7 @@ class WriteEagerlyTests(TestCase):
             self.assertEqual(body, b"small /eager")
             self.assertTrue(
                 b"".join(RecordingEagerWrites.written).startswith(b"GET /eager HTTP/1.1\r\n"),
-                "twisted_hooks.write_eagerly: Agent's HTTP11ClientProtocol no longer writes "
+                "twisted_internals.write_eagerly: Agent's HTTP11ClientProtocol no longer writes "
                 "its request through its transport attribute; the client's target "
                 "requests now leave a reactor turn later",
             )
@@ -914,7 +911,7 @@ class AcceptFailureTests(SynchronousTestCase):
         self.assertTrue(pending.closed, "Twisted no longer closes a connection on EMFILE")
         self.assertEqual(
             (record.peers, record.errors), (["127.0.0.1:40123"], []),
-            "twisted_hooks.AcceptFailureObserver: a Twisted port no longer logs "
+            "twisted_internals.AcceptFailureObserver: a Twisted port no longer logs "
             "'EMFILE recovery: Closed socket from {address}' for each connection it "
             "closes on EMFILE; pushprox_connections_refused_total needs another way in",
         )
@@ -924,7 +921,7 @@ class AcceptFailureTests(SynchronousTestCase):
         record = self.read_port([OSError(errno.ENFILE, "file table overflow")])
         self.assertEqual(
             (record.peers, record.errors), ([], ["ENFILE"]),
-            "twisted_hooks.AcceptFailureObserver: a Twisted port no longer logs "
+            "twisted_internals.AcceptFailureObserver: a Twisted port no longer logs "
             "'Could not accept new connection ({acceptError})'; "
             "pushprox_accept_errors_total needs another way in",
         )

@@ -18,7 +18,7 @@ import bcrypt
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.web_config import TLSServerConfig, WebConfig, load_web_config, parse_web_config
+from pushprox.shared.web_config import TLSServerConfig, WebConfig, load_web_config, parse_web_config
 from tests.harness.exporter import Page
 from tests.harness.processes import subprocess_env, twistd_argv
 from tests.harness.stack import Proxy, Stack

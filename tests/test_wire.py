@@ -1,5 +1,5 @@
 """
-Tests for L{pushprox.wire}: the scrape request in a poll answer and the response in a push.
+Tests for L{pushprox.shared.wire}: the scrape request in a poll answer and the response in a push.
 
 The recordings of the upstream Go PushProx in ``tests/data`` are the reference: what
 the Go side writes must decode to exact values, and what we write must decode back to
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox import wire
+from pushprox.shared import wire
 
 DATA = Path(__file__).parent / "data"
 GO_ID = "89b79310-9ed2-4bb2-ad6c-9c786f9485a7"

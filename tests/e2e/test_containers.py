@@ -155,7 +155,7 @@ def test_prometheus_scrapes_node_exporter_through_both_containers(
 def test_the_images_hold_the_wheel_the_tests_ran_against(images: Images) -> None:
     """pushprox in each image is the tested wheel, file for file (RECORD hashes)."""
     expected = code_lines(wheel_record(wheel()))
-    assert any(line.startswith("pushprox/cluster/") for line in expected), expected
+    assert any(line.startswith("pushprox/proxy/cluster/") for line in expected), expected
     for image in (PROXY_IMAGE, CLIENT_IMAGE):
         record = images.podman.run(
             "run", "--rm", "--network", "none", "--entrypoint", "/opt/pushprox/bin/python",

@@ -5,7 +5,7 @@ What the tests that use real sockets and real processes share.
   socket does (synchronously, or on the reactor).
 - ``processes``: programs started by a test (foreground or ``twistd`` daemons), their
   logs, and stopping them all whatever happens.
-- ``rawhttp``: HTTP requests written as bytes and responses read with ``pushprox.wire``,
+- ``rawhttp``: HTTP requests written as bytes and responses read with ``pushprox.shared.wire``,
   over a blocking socket or on the reactor.
 - ``exporter``: starting ``exporter_program.py``, a small exporter (standard library
   only, run as a script) serving given pages or a metric naming itself.

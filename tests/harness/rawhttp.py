@@ -1,6 +1,6 @@
 """
 HTTP messages as bytes: requests written by hand (proxy form included, as Prometheus sends
-them), responses read with ``pushprox.wire``, over a blocking socket or on the reactor.
+them), responses read with ``pushprox.shared.wire``, over a blocking socket or on the reactor.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from pushprox import wire
+from pushprox.shared import wire
 from tests.harness.waiting import LOCALHOST
 
 #: Recordings of the upstream Go implementation's messages.

@@ -3,17 +3,17 @@
 
 from twisted.application.service import ServiceMaker
 
-from pushprox.mtls_endpoint import MutualTLSServerParser, TLSServerParser
+from pushprox.shared.tls_listeners import MutualTLSServerParser, TLSServerParser
 
 pushprox_proxy = ServiceMaker(
     "pushprox-proxy",
-    "pushprox.proxy_tap",
+    "pushprox.proxy.tap",
     "PushProx proxy: relays Prometheus scrapes to clients behind NAT",
     "pushprox-proxy",
 )
 pushprox_client = ServiceMaker(
     "pushprox-client",
-    "pushprox.client_tap",
+    "pushprox.client.tap",
     "PushProx client: polls the proxy and scrapes local targets",
     "pushprox-client",
 )

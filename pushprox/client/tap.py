@@ -13,19 +13,20 @@ from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python import usage
 
-from pushprox import wire
-from pushprox.client import ClientService, make_connections, make_proxy_link
-from pushprox.client_names import ClientName, check_unique, parse_client_name
-from pushprox.client_roster import ClientRoster, read_targets_file
-from pushprox.config import (
+from pushprox.client.names import ClientName, check_unique, parse_client_name
+from pushprox.client.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
+from pushprox.client.roster import ClientRoster, read_targets_file
+from pushprox.client.service import ClientService, make_connections, make_proxy_link
+from pushprox.shared import wire
+from pushprox.shared.config import (
     ClientConfig,
     default,
     option_values,
     twistd_flags,
     twistd_parameters,
 )
-from pushprox.metrics import ClientMetrics
-from pushprox.options import (
+from pushprox.shared.metrics import ClientMetrics
+from pushprox.shared.options import (
     OptionValueError,
     http_url,
     key_matches_certificate,
@@ -37,8 +38,7 @@ from pushprox.options import (
     read_secret,
     readable_file,
 )
-from pushprox.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
-from pushprox.program import (
+from pushprox.shared.program import (
     ProgramOptions,
     WebConfigReload,
     add_listener,
@@ -50,8 +50,8 @@ from pushprox.program import (
     upstream_names,
     web_headers,
 )
-from pushprox.reload import Reloader
-from pushprox.web_config import WebConfig, load_web_config
+from pushprox.shared.reload import Reloader
+from pushprox.shared.web_config import WebConfig, load_web_config
 
 
 class Options(ProgramOptions):
@@ -64,7 +64,7 @@ class Options(ProgramOptions):
         "proxy.retry.max-wait": "retry-max-wait"})
     #: The variables upstream's client images read.
     environment_aliases = {"FQDN": "fqdn", "PROXY_URL": "proxy-url"}
-    sibling = "pushprox.proxy_tap.Options"
+    sibling = "pushprox.proxy.tap.Options"
     synopsis = ("--proxy-url URL [--fqdn NAME] [--allow-port PORT]... "
                 "[--tls-cacert FILE] [options]")
     longdesc = (
@@ -282,7 +282,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     proxy_policy = target_policy = None
     if urlsplit(config.proxy_url).scheme == "https" or any(
             options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
-        from pushprox import tls
+        from pushprox.shared import tls
 
         proxy_policy = tls.https_policy(
             cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
@@ -296,7 +296,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                               watch=proxy_policy.paths)
     if any(options[k] for k in ("target-tls-cacert", "target-tls-cert",
                                 "target-tls-insecure-skip-verify")):
-        from pushprox import tls
+        from pushprox.shared import tls
 
         # Targets keep Twisted's defaults: exporters may be older than the profile.
         target_policy = tls.https_policy(
@@ -321,7 +321,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if config.allow_any:
         from twisted.logger import Logger
 
-        Logger(namespace="pushprox.client").warn(
+        Logger(namespace="pushprox.client.service").warn(
             "--allow-any: this client scrapes any port and path of {fqdn} that the "
             "proxy asks for", fqdn=", ".join(
                 name.fqdn for name in [*options.names, *options.file_names]))
@@ -330,7 +330,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             continue
         from twisted.logger import Logger
 
-        Logger(namespace="pushprox.client").info(
+        Logger(namespace="pushprox.client.service").info(
             "The proxy {url} is reached through the HTTP proxy {http_proxy} ({how})",
             url=config.endpoint("", url).decode("ascii"), http_proxy=http_proxy.shown,
             how="CONNECT tunnel" if urlsplit(url).scheme == "https"
@@ -338,13 +338,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options.target_http_proxy is not None:
         from twisted.logger import Logger
 
-        Logger(namespace="pushprox.client").info(
+        Logger(namespace="pushprox.client.service").info(
             "Targets are scraped through the HTTP proxy {http_proxy} (CONNECT tunnels)",
             http_proxy=options.target_http_proxy.shown)
     if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
         from twisted.logger import Logger
 
-        Logger(namespace="pushprox.client").warn(
+        Logger(namespace="pushprox.client.service").warn(
             "This host's FQDN is {fqdn}: Prometheus must scrape it as {fqdn}, and two "
             "such clients would take each other's scrapes; give the name Prometheus uses "
             "with --fqdn", fqdn=config.fqdn)
@@ -381,12 +381,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reloader.register("--proxy-token-file/--target-bearer-token-file", use_tokens)
     if options["metrics-listen"]:
-        from pushprox.metrics import metrics_site
+        from pushprox.shared.metrics import metrics_site
 
         web: WebConfig | None = options["web-config"]
         site = metrics_site(metrics.registry)
         if web is not None:
-            from pushprox.auth import PasswordChecker, ScraperAuth
+            from pushprox.shared.auth import PasswordChecker, ScraperAuth
 
             auth = ScraperAuth(endpoint_passwords=PasswordChecker(dict(web.users))
                                if web.users else None)

@@ -23,16 +23,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from pushprox.cluster.coordinator import ClusterCoordinator
-from pushprox.cluster.forwarding import Peers
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.cluster.owners import OwnerSeal
-from pushprox.cluster.redis import RedisClient
-from pushprox.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
-from pushprox.config import ProxyConfig
-from pushprox.coordinator import Coordinator
-from pushprox.metrics import ProxyMetrics
-from pushprox.proxy import PushProxSite
+from pushprox.proxy.cluster.coordinator import ClusterCoordinator
+from pushprox.proxy.cluster.forwarding import Peers
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.proxy.cluster.owners import OwnerSeal
+from pushprox.proxy.cluster.redis import RedisClient
+from pushprox.proxy.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
+from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.site import PushProxSite
+from pushprox.shared.config import ProxyConfig
+from pushprox.shared.metrics import ProxyMetrics
 
 
 @dataclass

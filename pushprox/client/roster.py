@@ -8,7 +8,7 @@ may change them.
 once), a removed one has its service stopped (its polls are cancelled at once, so the proxy
 stops counting on it), a name whose address changed gets a new service.  A file that
 cannot be read or parsed changes nothing; ``reload`` raises ``ValueError`` with the reason,
-which ``pushprox.reload`` (SIGHUP, a changed file) logs in one line.  The roster also
+which ``pushprox.shared.reload`` (SIGHUP, a changed file) logs in one line.  The roster also
 owns the connections its services share, closed when it stops.
 """
 
@@ -21,7 +21,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from pushprox.client_names import ClientName, check_unique, parse_targets
+from pushprox.client.names import ClientName, check_unique, parse_targets
 
 
 def read_targets_file(path: str) -> list[ClientName]:
@@ -72,7 +72,7 @@ class ClientRoster(MultiService):
     def reload(self) -> None:
         """
         Re-read the targets file and apply its names.  A file that cannot be used
-        changes nothing and raises ``ValueError`` saying why (``pushprox.reload`` logs it).
+        changes nothing and raises ``ValueError`` saying why (``pushprox.shared.reload`` logs it).
         """
         path = self._targets_file
         if path is None:

@@ -5,7 +5,7 @@ The settings of both programs, with their documented defaults, in one place each
 ``ProxyConfig`` and ``ClientConfig`` are what the rest of the code reads.  A field
 made with ``option()`` is also a command-line option: its flag (the field's name in
 kebab case unless given), help text, default and parser are all here, and the twistd
-options of both programs are generated from them (``pushprox.options``).  Standard
+options of both programs are generated from them (``pushprox.shared.options``).  Standard
 library only, so that the client's import graph stays lean.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pushprox.options import naming, positive_int, seconds, target_address
+from pushprox.shared.options import naming, positive_int, seconds, target_address
 
 
 def option(default: Any, help: str, *, flag: str | None = None,

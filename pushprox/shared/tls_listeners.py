@@ -9,7 +9,7 @@ description (``PORT``, ``privateKey=``, ``certKey=``, ``extraCertChain=``,
 ``interface=``, ``backlog=``) plus ``clientCA=`` (a PEM bundle; required by
 ``pushprox-mtls:``), ``requireClientCert=yes``, ``minVersion=``, ``maxVersion=`` and
 ``cipherSuites=``, and make a listener whose
-certificates can be re-read (``pushprox.tls.ServerTLS``).  Both programs turn every
+certificates can be re-read (``pushprox.shared.tls.ServerTLS``).  Both programs turn every
 ``ssl:`` listener into one of these (``tls_listener``).  Kept free of heavy imports:
 Twisted imports it whenever it looks for endpoint plugins.
 """
@@ -28,7 +28,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from pushprox.tls import ServerTLS
+    from pushprox.shared.tls import ServerTLS
 
 PREFIX = "pushprox-mtls"
 TLS_PREFIX = "pushprox-tls"
@@ -97,7 +97,7 @@ class TLSServerParser:
     ) -> IStreamServerEndpoint:
         """An SSL endpoint with our TLS profile, asking for client certificates with
         ``clientCA``."""
-        from pushprox.tls import ServerTLS, TLSProfile, cipher_suites, tls_version
+        from pushprox.shared.tls import ServerTLS, TLSProfile, cipher_suites, tls_version
 
         options = {key: str(value) for key, value in kwargs.items()}
         port = options.pop("port", str(args[0]) if args else "8443")

@@ -23,14 +23,14 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import reflect, usage
 from twisted.python.components import Componentized
 
-from pushprox.environment import (
+from pushprox.shared.environment import (
     apply_environment,
     environment_options,
     flags_on_command_line,
     misspelt_variables,
 )
-from pushprox.logs import log_format, log_level, log_observer, twistd_log_file
-from pushprox.options import (
+from pushprox.shared.logs import log_format, log_level, log_observer, twistd_log_file
+from pushprox.shared.options import (
     OptionValueError,
     endpoint_arguments,
     naming,
@@ -38,13 +38,13 @@ from pushprox.options import (
     tls_cipher_suites,
     tls_min_version,
 )
-from pushprox.reload import Reloader, ReloadOnHangup, WatchFiles
-from pushprox.version import version_line
+from pushprox.shared.reload import Reloader, ReloadOnHangup, WatchFiles
+from pushprox.shared.version import version_line
 
 if TYPE_CHECKING:
-    from pushprox.auth import ScraperAuth
-    from pushprox.tls import ServerTLS
-    from pushprox.web_config import WebConfig
+    from pushprox.shared.auth import ScraperAuth
+    from pushprox.shared.tls import ServerTLS
+    from pushprox.shared.web_config import WebConfig
 
 #: Upstream's logging flags, the same in both programs.
 UPSTREAM_LOG_FLAGS = {"log.level": "log-level", "log.format": "log-format"}
@@ -82,7 +82,7 @@ class ProgramOptions(usage.Options):
     The options both programs share, and how their command line is read.
 
     Upstream's flag names (``upstream_flags``) are read as ours, the environment fills
-    in what the command line leaves out (``pushprox.environment``), and under twistd a
+    in what the command line leaves out (``pushprox.shared.environment``), and under twistd a
     bad option stops the program with its one-line reason instead of twistd's usage dump.
     """
 
@@ -440,7 +440,7 @@ def tls_description(settings: TLSSettings, description: str, *, client_ca: str |
     ``description`` with our TLS (``pushprox-tls:``) and ``settings`` if it is a TLS one;
     with the web configuration file's TLS, ``tcp:`` listeners become TLS ones.
     """
-    from pushprox.mtls_endpoint import tls_listener
+    from pushprox.shared.tls_listeners import tls_listener
 
     tls = web.tls if web is not None else None
     require = False
@@ -488,8 +488,8 @@ class WebConfigReload:
 
     def reload(self) -> None:
         """Read the file again; raise ValueError and change nothing if it is bad."""
-        from pushprox.auth import PasswordChecker
-        from pushprox.web_config import load_web_config
+        from pushprox.shared.auth import PasswordChecker
+        from pushprox.shared.web_config import load_web_config
 
         web = load_web_config(self._path)
         self._scraper_auth.replace_endpoint_passwords(

@@ -53,14 +53,14 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
-from pushprox import wire
-from pushprox.config import ClientConfig as ClientConfig
-from pushprox.config import KeepAliveConfig
-from pushprox.keepalive import enable_keepalive
-from pushprox.metrics import ClientMetrics
-from pushprox.outbound_proxy import HttpProxy
-from pushprox.proxy_link import ProxyLink
-from pushprox.twisted_hooks import write_eagerly
+from pushprox.client.link import ProxyLink
+from pushprox.client.outbound_proxy import HttpProxy
+from pushprox.shared import wire
+from pushprox.shared.config import ClientConfig as ClientConfig
+from pushprox.shared.config import KeepAliveConfig
+from pushprox.shared.keepalive import enable_keepalive
+from pushprox.shared.metrics import ClientMetrics
+from pushprox.shared.twisted_internals import write_eagerly
 
 USER_AGENT = b"pushprox-client/0.1.0"
 #: A poll still held this many seconds after it was written on a connection was
@@ -752,8 +752,8 @@ class CachedEndpoints:
             endpoint = self._connect_to(host, uri.port)
             if uri.scheme == b"https":
                 # Imported at the first https:// target: a client without TLS options runs
-                # without TLS libraries until then (pushprox.footprint).
-                from pushprox import tls
+                # without TLS libraries until then (pushprox.shared.footprint).
+                from pushprox.shared import tls
 
                 policy = self._policy
                 if policy is None:
@@ -779,7 +779,7 @@ class _QuietEndpoint:
 
     Every pooled connection's factory would otherwise log "Starting factory" at
     info; ``noisy`` is the public switch of any ``Factory``.  With ``eager_writes``
-    the connected protocol's transport is wrapped (``twisted_hooks.write_eagerly``):
+    the connected protocol's transport is wrapped (``twisted_internals.write_eagerly``):
     Agent writes a request without a body in one call, which then leaves at once rather
     than a reactor turn later.
     """
@@ -865,7 +865,7 @@ def make_proxy_link(reactor: Any, url: bytes, *, policy: IPolicyForHTTPS | None 
 def _tunnels(reactor: Any, http_proxy: HttpProxy) -> Callable[[str, int],
                                                                   IStreamClientEndpoint]:
     """Endpoints of a host and port through ``http_proxy``'s CONNECT tunnels."""
-    from pushprox.connect_tunnel import TunnelEndpoint
+    from pushprox.client.connect_tunnel import TunnelEndpoint
 
     def tunnel(host: str, port: int) -> IStreamClientEndpoint:
         return TunnelEndpoint(reactor, HostnameEndpoint(reactor, http_proxy.host,

@@ -44,7 +44,7 @@ from twisted.web.client import (
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from pushprox.twisted_hooks import send_now
+from pushprox.shared.twisted_internals import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 #: Status codes whose answers never have a body (RFC 9110 6.4.1).
@@ -392,7 +392,7 @@ class _Connection(Protocol):
         """Write ``exchange``'s request; its answer is awaited from now.
 
         The request's head leaves with its body's first bytes, in one ``send()`` and at
-        once (``twisted_hooks.send_now``): so the proxy reads a push in one piece.
+        once (``twisted_internals.send_now``): so the proxy reads a push in one piece.
         """
         self._gathered = []
         self._starting = True

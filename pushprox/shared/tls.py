@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 if TYPE_CHECKING:
     # Twisted exports this interface only from its private module.
-    from pushprox.twisted_hooks import IOpenSSLTrustRoot
+    from pushprox.shared.twisted_internals import IOpenSSLTrustRoot
 
 __all__ = [
     "INTERMEDIATE_CIPHER_SUITES",
@@ -512,6 +512,6 @@ def client_tls_endpoint(creator: IOpenSSLClientConnectionCreator,
 
     ``wrapClientTLS`` refuses to work when ``twisted.internet.endpoints`` was imported
     without pyOpenSSL, which the commands do when no option names TLS
-    (``pushprox.footprint``); an ``https://`` target is then scraped through this.
+    (``pushprox.shared.footprint``); an ``https://`` target is then scraped through this.
     """
     return _ClientTLSEndpoint(creator, wrapped, clock)

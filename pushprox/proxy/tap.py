@@ -12,7 +12,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogPublisher, globalLogPublisher
 from twisted.python import usage
 
-from pushprox.auth import (
+from pushprox.proxy.coordinator import Coordinator, ICoordinator
+from pushprox.proxy.site import PushProxSite
+from pushprox.shared.auth import (
     MIN_TOKEN_LENGTH,
     ClientAuth,
     PasswordChecker,
@@ -20,10 +22,9 @@ from pushprox.auth import (
     load_htpasswd,
     parse_networks,
 )
-from pushprox.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
-from pushprox.coordinator import Coordinator, ICoordinator
-from pushprox.metrics import ProxyMetrics
-from pushprox.options import (
+from pushprox.shared.config import ProxyConfig, option_values, twistd_flags, twistd_parameters
+from pushprox.shared.metrics import ProxyMetrics
+from pushprox.shared.options import (
     checked_listen_endpoint,
     http_url,
     naming,
@@ -31,7 +32,7 @@ from pushprox.options import (
     read_secret,
     readable_file,
 )
-from pushprox.program import (
+from pushprox.shared.program import (
     ProgramOptions,
     WebConfigReload,
     add_listener,
@@ -43,10 +44,9 @@ from pushprox.program import (
     upstream_names,
     web_headers,
 )
-from pushprox.proxy import PushProxSite
-from pushprox.reload import Reloader
-from pushprox.twisted_hooks import AcceptFailureObserver, AcceptFailures
-from pushprox.web_config import WebConfig, load_web_config
+from pushprox.shared.reload import Reloader
+from pushprox.shared.twisted_internals import AcceptFailureObserver, AcceptFailures
+from pushprox.shared.web_config import WebConfig, load_web_config
 
 
 def _network(value: str) -> str:
@@ -58,16 +58,16 @@ def _network(value: str) -> str:
 def _redis_url(value: str) -> str:
     """Parse a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL."""
     # Imported only when --redis is given: nothing of cluster mode is loaded without it.
-    from pushprox.cluster.routes import RedisAddress
+    from pushprox.proxy.cluster.routes import RedisAddress
 
     RedisAddress.from_url(value)
     return value
 
 
 def _certificate_names_fqdn(names: list[str], fqdn: str) -> bool:
-    """``pushprox.tls.certificate_names_fqdn``, imported when first needed: a proxy without
-    TLS never loads it (``pushprox.footprint``)."""
-    from pushprox.tls import certificate_names_fqdn
+    """``pushprox.shared.tls.certificate_names_fqdn``, imported when first needed: a proxy without
+    TLS never loads it (``pushprox.shared.footprint``)."""
+    from pushprox.shared.tls import certificate_names_fqdn
 
     return certificate_names_fqdn(names, fqdn)
 
@@ -80,7 +80,7 @@ class Options(ProgramOptions):
         "scrape.max-timeout", "scrape.default-timeout", "registration.timeout",
         "web.config.file", renamed={"web.listen-address": "listen"})
     same_as = {"port": "listen"}
-    sibling = "pushprox.client_tap.Options"
+    sibling = "pushprox.client.tap.Options"
     synopsis = ("[--listen ENDPOINT]... [--client-tokens FILE] [--scrape-auth FILE] "
                 "[options]")
     longdesc = (
@@ -205,13 +205,13 @@ class Options(ProgramOptions):
                 "base64)")
         self["redis-password"] = read_secret(self["redis-password-file"], "redis-password-file")
         if not self["peer-url"]:
-            from pushprox.cluster.service import default_peer_url
+            from pushprox.proxy.cluster.service import default_peer_url
 
             self["peer-url"] = default_peer_url(self["listen"])
             if self["peer-url"] is None:
                 raise usage.UsageError("--redis needs --peer-url when no tcp: port is listened on")
         if self["redis-ca-file"]:
-            from pushprox.cluster.routes import RedisAddress
+            from pushprox.proxy.cluster.routes import RedisAddress
 
             try:
                 RedisAddress.from_url(self["redis"], ca_file=self["redis-ca-file"])
@@ -252,8 +252,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     coordinator: ICoordinator
     if options["redis"]:
         # Imported only in cluster mode: nothing of it is loaded without --redis.
-        from pushprox.auth import PeerAuth
-        from pushprox.cluster import service as cluster_service
+        from pushprox.proxy.cluster import service as cluster_service
+        from pushprox.shared.auth import PeerAuth
 
         cluster = cluster_service.build(
             reactor, config, metrics, redis_url=options["redis"],

@@ -33,10 +33,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.cluster.owners import OwnerSeal
-from pushprox.cluster.redis import RedisClient, SentinelEndpoint, redis_endpoint, with_tls
-from pushprox.coordinator import ClientInfo
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.proxy.cluster.owners import OwnerSeal
+from pushprox.proxy.cluster.redis import RedisClient, SentinelEndpoint, redis_endpoint, with_tls
+from pushprox.proxy.coordinator import ClientInfo
 
 CLIENTS = "pushprox:clients"
 ROUTES = "pushprox:routes"
@@ -316,7 +316,7 @@ class RouteTable:
         self.on_moved: Callable[[str, str], None] | None = None
         self._subscriber = subscriber
         self._seal = seal
-        #: What this replica's scrape ids begin with (see ``pushprox.cluster.owners``).
+        #: What this replica's scrape ids begin with (see ``pushprox.proxy.cluster.owners``).
         self.scrape_id_prefix = (seal.prefix(replica_id, peer_url) if seal is not None
                                  else replica_id + ".")
         if subscriber is not None:

@@ -104,7 +104,7 @@ def _check_fields(section: Mapping[str, Any], known: frozenset[str], prefix: str
 
 
 def _tls(section: dict[str, Any], directory: str) -> TLSServerConfig | None:
-    from pushprox.tls import cipher_suites
+    from pushprox.shared.tls import cipher_suites
 
     _check_fields(section, _TLS_FIELDS, "tls_server_config.")
 

@@ -252,7 +252,7 @@ def with_tls(host: str, endpoint: IStreamClientEndpoint,
 
     trust: Any = platformTrust()
     if ca_file is not None:
-        from pushprox.tls import load_certificates
+        from pushprox.shared.tls import load_certificates
 
         trust = trustRootFromCertificates(load_certificates(ca_file))
     return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust), endpoint)

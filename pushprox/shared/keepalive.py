@@ -17,7 +17,7 @@ from typing import cast
 from twisted.internet.interfaces import ISystemHandle, ITCPTransport
 from twisted.logger import Logger
 
-from pushprox.config import KeepAliveConfig
+from pushprox.shared.config import KeepAliveConfig
 
 log = Logger()
 

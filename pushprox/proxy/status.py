@@ -6,7 +6,7 @@ The proxy's status: its clients, their polls and scrapes, as an HTML page and as
 ``render_page`` and ``render_json`` turn it into the bodies of ``GET /`` and
 ``GET /api/v1/clients``.  Pure functions of the snapshot, so that the page can be
 tested byte for byte: the resources that serve them live with the others in
-``pushprox.proxy``.
+``pushprox.proxy.site``.
 
 The page is one self-contained document: inline CSS, no script, no external asset (its
 Content-Security-Policy forbids them), every FQDN and label value escaped.  Clients'
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from pushprox.coordinator import ClientStatus, ICoordinator, ScrapeRecord
-from pushprox.metrics import ProxyMetrics
+from pushprox.proxy.coordinator import ClientStatus, ICoordinator, ScrapeRecord
+from pushprox.shared.metrics import ProxyMetrics
 
 #: Clients listed on the HTML page, failing ones first; the JSON view lists all.
 PAGE_ROWS = 1000

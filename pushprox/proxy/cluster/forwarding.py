@@ -35,12 +35,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
 from zope.interface import implementer
 
-from pushprox import wire
-from pushprox.cluster.metrics import ClusterMetrics
-from pushprox.cluster.routes import RouteTable
-from pushprox.coordinator import CoordinatorError, IScrapeAnswer, ScrapeTimeout
-from pushprox.relay import PushReply
-from pushprox.twisted_hooks import StreamingRequest
+from pushprox.proxy.channel import StreamingRequest
+from pushprox.proxy.cluster.metrics import ClusterMetrics
+from pushprox.proxy.cluster.routes import RouteTable
+from pushprox.proxy.coordinator import CoordinatorError, IScrapeAnswer, ScrapeTimeout
+from pushprox.proxy.push import PushReply
+from pushprox.shared import wire
 
 #: Largest answer to a forwarded push: empty, or one scrape request (push-poll).
 MAX_PUSH_REPLY = 256 * 1024

@@ -23,10 +23,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pushprox import wire
-from pushprox.cluster.forwarding import Peers, PeerUnreachable
-from pushprox.cluster.routes import RedisUnavailable, RouteTable
-from pushprox.coordinator import (
+from pushprox.proxy.cluster.forwarding import Peers, PeerUnreachable
+from pushprox.proxy.cluster.routes import RedisUnavailable, RouteTable
+from pushprox.proxy.coordinator import (
     ClientInfo,
     ClientStatus,
     Coordinator,
@@ -35,6 +34,7 @@ from pushprox.coordinator import (
     IScrapeAnswer,
     Scrape,
 )
+from pushprox.shared import wire
 
 #: How long to wait for a client between replicas to poll again before asking Redis
 #: again where it went.

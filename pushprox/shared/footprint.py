@@ -14,7 +14,7 @@ importable again once they are loaded.  It saves about 14 MB of RSS per process 
 cryptography's bindings with their own OpenSSL, service-identity, idna).
 
 What still needs TLS in such a process loads it on first use through public names only: the
-client's scrape of an ``https://`` target (``pushprox.tls.client_tls_endpoint``).  A process
+client's scrape of an ``https://`` target (``pushprox.shared.tls.client_tls_endpoint``).  A process
 whose options do name TLS (see ``names_tls``) imports everything as usual, as does every
 process started by ``twistd``, whose own plugins import Twisted's endpoints first.
 ``tests/test_footprint.py`` fails if a Twisted release stops falling back.

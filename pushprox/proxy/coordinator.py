@@ -34,8 +34,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface, implementer
 
-from pushprox import wire
-from pushprox.config import ProxyConfig
+from pushprox.shared import wire
+from pushprox.shared.config import ProxyConfig
 
 #: A timer firing this much before a deadline is early, not at it (float rounding).
 _EARLY = 1e-6

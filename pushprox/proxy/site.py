@@ -25,10 +25,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pushprox import status, wire
-from pushprox.auth import ClientAuth, Denied, PeerAuth, ScraperAuth
-from pushprox.config import ProxyConfig as ProxyConfig
-from pushprox.coordinator import (
+from pushprox.proxy import status
+from pushprox.proxy.channel import BodySink, LlhttpChannel, StreamingRequest, close_after
+from pushprox.proxy.coordinator import (
     ClientInfo,
     ClientStatus,
     CoordinatorError,
@@ -40,12 +39,14 @@ from pushprox.coordinator import (
     TooManyPolls,
     Waiters,
 )
-from pushprox.keepalive import enable_keepalive
-from pushprox.metrics import MetricsResource, ProxyMetrics
-from pushprox.relay import Push, PushForwarder, PushReply
-from pushprox.responses import SERVER, finish_with, scrape_answer, text_response
-from pushprox.twisted_hooks import BodySink, LlhttpChannel, StreamingRequest, close_after
-from pushprox.version import package_version
+from pushprox.proxy.push import Push, PushForwarder, PushReply
+from pushprox.proxy.responses import SERVER, finish_with, scrape_answer, text_response
+from pushprox.shared import wire
+from pushprox.shared.auth import ClientAuth, Denied, PeerAuth, ScraperAuth
+from pushprox.shared.config import ProxyConfig as ProxyConfig
+from pushprox.shared.keepalive import enable_keepalive
+from pushprox.shared.metrics import MetricsResource, ProxyMetrics
+from pushprox.shared.version import package_version
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
 #: so that Prometheus reads our 504 and its reason rather than its own timeout.
@@ -93,8 +94,9 @@ def certificate_names(request: Request) -> list[str] | None:
     """The DNS names of the verified client certificate, or None without one."""
     if getattr(request.transport, "getPeerCertificate", None) is None:
         return None
-    # Imported here: a proxy without TLS never loads pushprox.tls (pushprox.footprint).
-    from pushprox.tls import peer_names
+    # Imported here: a proxy without TLS never loads pushprox.shared.tls
+    # (pushprox.shared.footprint).
+    from pushprox.shared.tls import peer_names
 
     return peer_names(request.transport) or None
 
@@ -669,7 +671,7 @@ class ClientsResource(_Guarded):
 
 
 class StatusPageResource(_Guarded):
-    """``GET /``: the status page, for people (``pushprox.status``)."""
+    """``GET /``: the status page, for people (``pushprox.proxy.status``)."""
 
     path = "/"
     log = Logger()
@@ -854,7 +856,7 @@ class ConnectionRefusals:
 
     Twisted's ports close such a connection at once (the peer sees a reset and, if it is
     a client, retries with backoff) and log a line of their own, without a traceback;
-    ``twisted_hooks.AcceptFailureObserver`` passes those reports here.
+    ``twisted_internals.AcceptFailureObserver`` passes those reports here.
     """
 
     log = Logger()

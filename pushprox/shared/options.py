@@ -96,14 +96,14 @@ def non_negative_seconds(value: str) -> float:
 
 def tls_min_version(value: str) -> str:
     """Parse the lowest TLS version: TLS12 or TLS13 (exporter-toolkit's names)."""
-    from pushprox.tls import tls_version
+    from pushprox.shared.tls import tls_version
 
     return tls_version(value)
 
 
 def tls_cipher_suites(value: str) -> tuple[str, ...]:
     """Parse a comma-separated list of TLS 1.2 cipher suites by IANA name."""
-    from pushprox.tls import cipher_suites
+    from pushprox.shared.tls import cipher_suites
 
     return cipher_suites(value)
 
@@ -130,7 +130,7 @@ def port_number(value: str) -> int:
 
 
 #: A host name: letters, digits, '-' and '_' in dot-separated labels (the FQDN rule of
-#: the protocol, pushprox.wire).
+#: the protocol, pushprox.shared.wire).
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 

@@ -28,14 +28,14 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import INF, floatToGoString
 from twisted.web.resource import Resource
 
-from pushprox.version import build_labels
+from pushprox.shared.version import build_labels
 
 if TYPE_CHECKING:
     # The web server is imported only where a site is built: a client without
     # --metrics-listen does not pay for it.
     from twisted.web.server import Request, Site
 
-    from pushprox.auth import ScraperAuth
+    from pushprox.shared.auth import ScraperAuth
 
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
 SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -401,7 +401,7 @@ class GuardedMetricsResource(MetricsResource):
 
     def render_GET(self, request: Request) -> bytes:
         """The registry's values, once the request's credentials are checked."""
-        from pushprox.auth import Denied
+        from pushprox.shared.auth import Denied
 
         for name, value in self._headers:
             request.setHeader(name, value)

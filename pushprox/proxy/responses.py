@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from pushprox.twisted_hooks import StreamingRequest
+from pushprox.proxy.channel import StreamingRequest
 
 SERVER = b"pushprox"
 TEXT = b"text/plain; charset=utf-8"

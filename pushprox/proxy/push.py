@@ -23,11 +23,17 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from pushprox import wire
-from pushprox.auth import Denied
-from pushprox.coordinator import ForeignScrape, ICoordinator, IScrapeAnswer, Scrape, UnknownScrape
-from pushprox.responses import finish_with
-from pushprox.twisted_hooks import StreamingRequest
+from pushprox.proxy.channel import StreamingRequest
+from pushprox.proxy.coordinator import (
+    ForeignScrape,
+    ICoordinator,
+    IScrapeAnswer,
+    Scrape,
+    UnknownScrape,
+)
+from pushprox.proxy.responses import finish_with
+from pushprox.shared import wire
+from pushprox.shared.auth import Denied
 
 
 @dataclass(frozen=True)

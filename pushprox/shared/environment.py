@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.python import reflect, usage
 
-from pushprox.options import OptionValueError, did_you_mean
+from pushprox.shared.options import OptionValueError, did_you_mean
 
 PREFIX = "PUSHPROX_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
