@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.proxy import tap as proxy_tap
+from pushprox.proxy.assembly import ClusterSetup
 from pushprox.proxy.cluster.coordinator import MAX_HOPS, _hops
 from pushprox.proxy.cluster.metrics import ClusterMetrics
 from pushprox.proxy.cluster.owners import Owner, OwnerSeal
@@ -173,9 +174,9 @@ class ClusterOptionsTests(SynchronousTestCase):
         token.write_text("peer-token-0123456789abcdef\n")
         options = self.parse("--redis", "redis://r:6379/1", "--peer-token-file", str(token),
                              "--peer-url", "http://10.0.0.7:8080")
-        self.assertEqual((options["peer-token"], options["peer-url"], options["redis"]),
-                         ("peer-token-0123456789abcdef", "http://10.0.0.7:8080",
-                          "redis://r:6379/1"))
+        self.assertEqual(options.setup().cluster, ClusterSetup(
+            redis_url="redis://r:6379/1", peer_url="http://10.0.0.7:8080",
+            peer_token="peer-token-0123456789abcdef"))
 
 
 class OwnerSealTests(SynchronousTestCase):

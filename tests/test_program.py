@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from io import StringIO
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,7 @@ class EnvironmentTests(SynchronousTestCase):
             (options["max-clients"], options["listen"], options["log-scrapes"],
              options["no-metrics-endpoint"], options["scrape-max-timeout"]),
             (7, ["tcp:8081", "tcp:8082"], 1, 0, 120.0))
-        self.assertTrue(options["scraper-auth"].enabled)
+        self.assertEqual(options.setup().scrape_networks, (ip_network("10.0.0.0/8"),))
 
     def test_client_flags_and_upstream_variables(self) -> None:
         """PUSHPROX_ALLOW_ANY, repeatable ports, and upstream images' FQDN and PROXY_URL."""

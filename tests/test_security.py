@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
 from pushprox.client.service import ClientConfig, ClientService
+from pushprox.proxy import assembly
 from pushprox.proxy.coordinator import Coordinator, Scrape
 from pushprox.proxy.site import ProxyConfig, PushProxSite
 from pushprox.proxy.tap import Options, makeService
@@ -959,8 +960,8 @@ class ProxyOptionsTests(SynchronousTestCase):
         options = self.parse("--scrape-auth", htpasswd, "--client-tokens", tokens,
                              "--scrape-allow-cidr", "10.0.0.0/8",
                              "--listen", "tcp:0:interface=127.0.0.1")
-        client_auth = options["client-auth"]
-        scraper_auth = options["scraper-auth"]
+        client_auth = assembly.client_auth(options.setup())
+        scraper_auth = assembly.scraper_auth(options.setup())
         self.assertTrue(client_auth.enabled)
         self.assertTrue(scraper_auth.enabled)
         self.assertEqual(client_auth.poll_principal(FQDN, f"Bearer {TOKEN_1}".encode(), None),

@@ -27,8 +27,14 @@ from pushprox.client.outbound_proxy import HttpProxy
 from pushprox.client.roster import ClientRoster
 from pushprox.client.service import ClientConfig, ClientService
 from pushprox.proxy import tap as proxy_tap
+from pushprox.proxy.assembly import (
+    CoordinatorService,
+    ProxySetup,
+    WatchAcceptFailures,
+    client_auth,
+    scraper_auth,
+)
 from pushprox.proxy.site import ConnectionRefusals, ProxyConfig
-from pushprox.proxy.tap import CoordinatorService, WatchAcceptFailures
 from pushprox.shared.config import default
 from pushprox.shared.metrics import ProxyMetrics
 from pushprox.shared.options import port_number, positive_float, positive_int
@@ -91,8 +97,9 @@ class ProxyOptionsTests(SynchronousTestCase):
              options["max-clients"], options["max-polls-per-client"]),
             (300.0, 100, 100_000, 16),
         )
-        self.assertFalse(options["client-auth"].enabled)
-        self.assertFalse(options["scraper-auth"].enabled)
+        self.assertEqual(options.setup(), ProxySetup())
+        self.assertFalse(client_auth(options.setup()).enabled)
+        self.assertFalse(scraper_auth(options.setup()).enabled)
 
     def test_port_is_listen(self) -> None:
         """``--port tcp:8080`` (the documented form) and repeated ``--listen`` add up."""
@@ -246,7 +253,9 @@ class ProxyServiceTests(SynchronousTestCase):
                           ReloadOnHangup, WatchFiles])
         [listener] = list(IServiceCollection(children[1]))
         self.assertIsInstance(listener, FlagListener)
-        self.assertTrue(options["client-auth"].enabled)
+        self.assertIsNotNone(listener.factory.client_auth)
+        self.assertEqual(options.setup().client_tokens,
+                         {"0123456789abcdef0123": "node1.example"})
 
 
 class ClientOptionsTests(SynchronousTestCase):

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,11 +239,15 @@ class ClientAuth:
         self,
         *,
         token_file: str | None = None,
+        tokens: Mapping[str, str] | None = None,
         require_certificate: bool = False,
         names_fqdn: Callable[[list[str], str], bool] | None = None,
     ) -> None:
         self._token_file = token_file
-        self._tokens: dict[str, str] = load_tokens(token_file) if token_file else {}
+        # ``tokens``: the file as already read (``load_tokens``), so that it is read once.
+        self._tokens: dict[str, str] = (
+            dict(tokens) if tokens is not None
+            else load_tokens(token_file) if token_file else {})
         self._require_certificate = require_certificate
         self._names_fqdn = names_fqdn or (lambda names, fqdn: fqdn in names)
 

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_cluster -*-
 """
-A replica's part in the cluster: built from the options, kept alive, and drained on stop.
+A replica's part in the cluster: built from the options' values, kept alive, and drained
+on stop.
 
+``ClusterReplica`` is the proxy's ``ProxyVariant`` in cluster mode (``pushprox.proxy.assembly``):
 ``build`` makes the routing table, the peer connections and the ``ClusterCoordinator``
 from ``--redis``, ``--peer-url`` and ``--peer-token-file``.  ``HeartbeatService`` tells
 Redis every few seconds that this replica lives and learns the others.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +32,17 @@ from pushprox.proxy.cluster.metrics import ClusterMetrics
 from pushprox.proxy.cluster.owners import OwnerSeal
 from pushprox.proxy.cluster.redis import RedisClient
 from pushprox.proxy.cluster.routes import RedisAddress, RedisUnavailable, RouteTable, connect
-from pushprox.proxy.coordinator import Coordinator
+from pushprox.proxy.coordinator import Coordinator, ICoordinator
+from pushprox.proxy.push import PushForwarder
 from pushprox.proxy.site import PushProxSite
+from pushprox.shared.auth import PeerAuth
 from pushprox.shared.config import ProxyConfig
 from pushprox.shared.metrics import ProxyMetrics
 
 
 @dataclass
 class Cluster:
-    """The parts of cluster mode that the proxy's service is built from."""
+    """The parts of cluster mode that a replica's services are built from."""
 
     coordinator: ClusterCoordinator
     local: Coordinator
@@ -47,7 +52,7 @@ class Cluster:
     subscriber: RedisClient
 
 
-def default_peer_url(listen: list[str]) -> str | None:
+def default_peer_url(listen: Sequence[str]) -> str | None:
     """``http://`` + this host's FQDN + the first plain TCP port listened on, if any."""
     for description in listen:
         kind, _, rest = description.partition(":")
@@ -81,6 +86,35 @@ def build(reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *, redis_url
     coordinator = ClusterCoordinator(local, routes, peers, reactor)
     return Cluster(coordinator=coordinator, local=local, routes=routes, peers=peers,
                    redis=redis, subscriber=subscriber)
+
+
+class ClusterReplica:
+    """
+    The proxy's ``ProxyVariant`` in cluster mode: the ``ClusterCoordinator``, the peers
+    that pushes are forwarded to, the heartbeat, and listeners that drain before closing.
+    """
+
+    def __init__(self, reactor: Any, config: ProxyConfig, metrics: ProxyMetrics, *,
+                 redis_url: str, redis_password: str | None, peer_url: str,
+                 peer_token: str, redis_ca_file: str | None = None) -> None:
+        self.cluster = build(reactor, config, metrics, redis_url=redis_url,
+                             redis_password=redis_password, redis_ca_file=redis_ca_file,
+                             peer_url=peer_url, peer_token=peer_token)
+        self.coordinator: ICoordinator = self.cluster.coordinator
+        self.peer_auth: PeerAuth | None = PeerAuth(peer_token)
+        self.push_forwarder: PushForwarder | None = self.cluster.peers
+        self._reactor = reactor
+        self._grace = config.shutdown_grace
+
+    def add_services(self, service: MultiService, site: PushProxSite) -> MultiService:
+        """
+        The listeners first, so that they stop last (draining shuts the coordinator
+        down once the site is quiet), then the heartbeat, which stops first.
+        """
+        listeners = DrainingListeners(self.cluster, site, self._reactor, self._grace)
+        listeners.setServiceParent(service)
+        HeartbeatService(self.cluster).setServiceParent(service)
+        return listeners
 
 
 class HeartbeatService(Service):
@@ -119,13 +153,15 @@ class DrainingListeners(MultiService):
 
     log = Logger()
 
-    def __init__(self, cluster: Cluster, clock: Any, grace: float) -> None:
+    def __init__(self, cluster: Cluster, site: PushProxSite, clock: Any, grace: float) -> None:
         super().__init__()
         self._cluster = cluster
         self._clock = clock
         self._grace = grace
-        #: The site on these ports: its requests are answered before the process ends.
-        self.site: PushProxSite | None = None
+        #: The site on these ports: its requests are answered before the process ends,
+        #: so it counts them.
+        self.site = site
+        site.count_requests = True
 
     def stopService(self) -> Deferred[None]:
         """Withdraw, answer held polls, wait for scrapes in flight; then close the ports."""
@@ -134,8 +170,6 @@ class DrainingListeners(MultiService):
     async def _quiet(self, deadline: float) -> None:
         """Wait until every request accepted before the ports closed has its answer."""
         site = self.site
-        if site is None:
-            return
         while self._clock.seconds() < deadline:
             waiting = site.when_quiet()
             waiting.addTimeout(max(deadline - self._clock.seconds(), 0.001), self._clock)
