@@ -110,6 +110,34 @@ class TwistedFallbackTests(SynchronousTestCase):
         self.assertEqual(result.stdout.strip(), "True []")
 
 
+class ClusterModeFootprintTests(SynchronousTestCase):
+    """Nothing of ``pushprox.proxy.cluster`` is imported by a proxy assembled without --redis."""
+
+    def cluster_modules(self, *argv: str) -> list[str]:
+        """The ``pushprox.proxy.cluster`` modules loaded by parsing ``argv`` and assembling."""
+        code = (
+            "import sys\nfrom twisted.internet.testing import MemoryReactorClock\n"
+            "from pushprox.proxy import tap\noptions = tap.Options()\n"
+            f"options.parseOptions({list(argv)!r})\n"
+            "tap.makeService(options, reactor=MemoryReactorClock())\n"
+            "print(*sorted(m for m in sys.modules if m.startswith('pushprox.proxy.cluster')))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        return result.stdout.split()
+
+    def test_single_proxy_imports_no_cluster_module(self) -> None:
+        """Without --redis: none; with it (the control), the replica's service among them."""
+        self.assertEqual(self.cluster_modules("--listen", "tcp:0:interface=127.0.0.1"), [])
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        (directory / "token").write_text("peer-token-0123456789abcdef\n")
+        with_redis = self.cluster_modules(
+            "--listen", "tcp:0:interface=127.0.0.1", "--redis", "redis://127.0.0.1:1",
+            "--peer-token-file", str(directory / "token"), "--peer-url", "http://127.0.0.1:1")
+        self.assertIn("pushprox.proxy.cluster.service", with_redis)
+
+
 class CommandFootprintTests(SynchronousTestCase):
     """The commands, run for real, with and without TLS options."""
 
