@@ -24,13 +24,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.shared import metrics
+from pushprox.shared.created_series import created_series_wanted
 from pushprox.shared.metrics import (
     SCRAPE_BUCKETS,
     ClientMetrics,
     ProxyMetrics,
     ReactorCounter,
     ReactorHistogram,
-    _created_series_wanted,
 )
 
 BOUNDED = settings(max_examples=150, deadline=None, database=None)
@@ -156,9 +156,17 @@ class ExpositionTests(SynchronousTestCase):
 
     def test_created_series_follow_prometheus_client(self) -> None:
         """With prometheus-client's _created series turned off, ours are off too."""
-        if _created_series_wanted():
+        if created_series_wanted():
             prometheus_client.disable_created_metrics()
             self.addCleanup(prometheus_client.enable_created_metrics)
+        self.assertFalse(created_series_wanted(), "pushprox.shared.created_series: "
+                         "prometheus-client's Counter no longer says whether _created "
+                         "series are written")
+        prometheus_client.enable_created_metrics()
+        self.assertTrue(created_series_wanted(), "pushprox.shared.created_series: "
+                        "prometheus-client's Counter no longer says whether _created "
+                        "series are written")
+        prometheus_client.disable_created_metrics()
         shipped, reference = self.pair(ProxyMetrics)
         self.play([("request", 200, "/push", 0.01), ("scrape", 200, "success", 0.0),
                    ("duration", 0, "", 0.02)], shipped, reference)

@@ -19,7 +19,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -28,6 +27,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import INF, floatToGoString
 from twisted.web.resource import Resource
 
+from pushprox.shared.created_series import created_series_wanted
 from pushprox.shared.version import build_labels
 
 if TYPE_CHECKING:
@@ -40,19 +40,6 @@ if TYPE_CHECKING:
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
 SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                   30, 60, 120, 300)
-
-
-def _created_series_wanted() -> bool:
-    """Whether prometheus-client writes ``_created`` series in this process.
-
-    PROMETHEUS_DISABLE_CREATED_SERIES and ``disable_created_metrics()`` decide it, and
-    the library offers no public reading of that choice: a counter of its own, in no
-    registry, is asked at every collection (a few microseconds) so that ours follow the
-    library's own metrics.
-    """
-    probe = prometheus_client.Counter("pushprox_probe", "", registry=None)
-    return any(sample.name.endswith("_created")
-               for family in probe.collect() for sample in family.samples)
 
 
 class ReactorCounterSeries:
@@ -146,7 +133,7 @@ class _ReactorMetric(Collector, Generic[SeriesT, FamilyT]):
     def collect(self) -> Iterable[Metric]:
         """One family with the samples of every series, in the order they were made."""
         family = self._family()
-        created = _created_series_wanted()
+        created = created_series_wanted()
         for labelvalues, series in self._series.items():
             self._add_series(family, labelvalues, series, created)
         return [family]
