@@ -130,6 +130,7 @@ class Options(ProgramOptions):
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         web_tls = web.tls if web else None
+        tls = tls_settings(self, web)
         if self["client-ca"] and not (web_tls or any(e.startswith("ssl:")
                                                      for e in self["listen"])):
             raise usage.UsageError(f"{self.given_as('client-ca')} needs an ssl: endpoint in "
@@ -145,7 +146,7 @@ class Options(ProgramOptions):
             raise usage.UsageError(str(error)) from None
         self._setup = ProxySetup(
             listen=tuple(self["listen"]),
-            tls=tls_settings(self, web),
+            tls=tls,
             web_config_file=self["web-config-file"],
             web=web,
             client_ca=self["client-ca"],
