@@ -81,6 +81,13 @@ class UpstreamFlagTests(SynchronousTestCase):
                 registration_timeout=0.25, log_scrapes=True))
             self.assertEqual((options["log-level"], options["log-format"]), ("debug", "json"))
 
+    def test_debug_level_logs_each_scrape_in_the_client_config(self) -> None:
+        """--log.level=debug turns log_scrapes on in every name's configuration."""
+        options = parse(client_tap.Options, ["--fqdn=node1.example", "--fqdn=node2.example",
+                                             "--proxy-url=http://proxy:8080",
+                                             "--log.level=debug"])
+        self.assertEqual([config.log_scrapes for config in options.configs()], [True, True])
+
     def test_client_flags(self) -> None:
         """fqdn, proxy-url, tls.*, metrics-addr, proxy.retry.* and log.* of the Go client."""
         directory = tempfile.mkdtemp(prefix="pushprox-program-")

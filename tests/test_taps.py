@@ -423,20 +423,20 @@ class ClientHttpProxyOptionsTests(SynchronousTestCase):
         """HTTPS_PROXY for an https:// proxy URL, unless the environment is ignored."""
         self.patch_environ("HTTPS_PROXY", "http://u:p@corp:3128")
         options = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example")
-        self.assertEqual(options.http_proxies[0], HttpProxy("corp", 3128, b"Basic dTpw"))
+        self.assertEqual(options.setup().http_proxies[0], HttpProxy("corp", 3128, b"Basic dTpw"))
         ignoring = parse_client("--proxy-url", "https://pushprox/", "--fqdn", "n.example",
                                 "--ignore-proxy-environment")
-        self.assertIsNone(ignoring.http_proxies[0])
+        self.assertIsNone(ignoring.setup().http_proxies[0])
 
     def test_flag_wins(self) -> None:
         """--http-proxy (or PUSHPROX_HTTP_PROXY) over HTTP_PROXY, for loopback too."""
         self.patch_environ("HTTP_PROXY", "http://env:3128")
         options = parse_client("--proxy-url", "http://127.0.0.1:8080/", "--fqdn", "n.example",
                                "--http-proxy", "flag:3128")
-        self.assertEqual(options.http_proxies[0], HttpProxy("flag", 3128))
+        self.assertEqual(options.setup().http_proxies[0], HttpProxy("flag", 3128))
         self.patch_environ("PUSHPROX_HTTP_PROXY", "http://pushprox-env:3128")
         options = parse_client("--proxy-url", "http://pushprox/", "--fqdn", "n.example")
-        self.assertEqual(options.http_proxies[0], HttpProxy("pushprox-env", 3128))
+        self.assertEqual(options.setup().http_proxies[0], HttpProxy("pushprox-env", 3128))
 
     def test_malformed_proxy_is_a_usage_error_naming_its_source(self) -> None:
         """A proxy URL we cannot use stops the client with the variable's name."""

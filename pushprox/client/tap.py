@@ -1,22 +1,20 @@
 # -*- test-case-name: tests.test_taps -*-
-"""``twistd pushprox-client``: command-line options and the service they make."""
+"""``twistd pushprox-client``: command-line options, read and checked into values, and
+``makeService``, which hands them to ``pushprox.client.assembly``."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, DeferredList
 from twisted.python import usage
 
+from pushprox.client.assembly import ClientSetup, ClientTLS, assemble
 from pushprox.client.names import ClientName, check_unique, parse_client_name
-from pushprox.client.outbound_proxy import HttpProxy, choose_http_proxy, parse_http_proxy
-from pushprox.client.roster import ClientRoster, read_targets_file
-from pushprox.client.service import ClientService, make_connections, make_proxy_link
+from pushprox.client.outbound_proxy import choose_http_proxy, parse_http_proxy
+from pushprox.client.roster import read_targets_file
 from pushprox.shared import wire
 from pushprox.shared.config import (
     ClientConfig,
@@ -25,7 +23,6 @@ from pushprox.shared.config import (
     twistd_flags,
     twistd_parameters,
 )
-from pushprox.shared.metrics import ClientMetrics
 from pushprox.shared.options import (
     OptionValueError,
     http_url,
@@ -40,18 +37,12 @@ from pushprox.shared.options import (
 )
 from pushprox.shared.program import (
     ProgramOptions,
-    WebConfigReload,
-    add_listener,
     one_line_errors,
     program_service,
-    reload_services,
-    tls_description,
     tls_settings,
     upstream_names,
-    web_headers,
 )
-from pushprox.shared.reload import Reloader
-from pushprox.shared.web_config import WebConfig, load_web_config
+from pushprox.shared.web_config import load_web_config
 
 
 class Options(ProgramOptions):
@@ -128,14 +119,6 @@ class Options(ProgramOptions):
         self["proxy-url"] = []
         #: The names to register and where each is scraped, from --fqdn.
         self.names: list[ClientName] = []
-        #: The names of --targets-file when the client starts.
-        self.file_names: list[ClientName] = []
-        #: Whether --fqdn was left to this host's name (a warning if it is localhost).
-        self.fqdn_guessed = False
-        #: The HTTP proxy on the way to each --proxy-url, if any (--http-proxy, environment).
-        self.http_proxies: list[HttpProxy | None] = []
-        #: The HTTP proxy targets are scraped through, if asked (--target-http-proxy).
-        self.target_http_proxy: HttpProxy | None = None
 
     def opt_label(self, value: str) -> None:
         """Label NAME=VALUE that the proxy lists this client with in /clients (repeatable)."""
@@ -178,19 +161,21 @@ class Options(ProgramOptions):
         self["allow-path"].append(value)
 
     def postOptions(self) -> None:
-        """Check the combination of options."""
+        """Check the combination of options and read their files into ``setup()``."""
+        super().postOptions()
         if not self["proxy-url"]:
             raise usage.UsageError("--proxy-url is required, e.g. --proxy-url http://proxy:8080/")
         try:
-            self.http_proxies = [
+            http_proxies = tuple(
                 choose_http_proxy(url, os.environ, explicit=self["http-proxy"],
                                   use_environment=not self["ignore-proxy-environment"])
-                for url in self["proxy-url"]]
+                for url in self["proxy-url"])
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        target_http_proxy = None
         if self["target-http-proxy"]:
             try:
-                self.target_http_proxy = parse_http_proxy(self["target-http-proxy"])
+                target_http_proxy = parse_http_proxy(self["target-http-proxy"])
             except ValueError as error:
                 raise usage.UsageError(f"--target-http-proxy: {error}") from None
         for prefix in ("tls", "target-tls"):
@@ -202,13 +187,14 @@ class Options(ProgramOptions):
                 raise usage.UsageError(
                     f"{self.given_as(key)} {self[key]} is not the key of "
                     f"{self.given_as(cert)} {self[cert]}")
+        file_names: list[ClientName] = []
         if self["targets-file"]:
             try:
-                self.file_names = read_targets_file(self["targets-file"])
+                file_names = read_targets_file(self["targets-file"])
             except ValueError as error:
                 raise usage.UsageError(f"--targets-file {self['targets-file']}: {error}") from None
-        self.fqdn_guessed = not self.names and not self["targets-file"]
-        if self.fqdn_guessed:
+        fqdn_guessed = not self.names and not self["targets-file"]
+        if fqdn_guessed:
             # Looked up only when needed: a slow resolver must not delay --help.
             guessed = socket.getfqdn()
             try:
@@ -223,189 +209,83 @@ class Options(ProgramOptions):
         except ValueError as error:
             raise usage.UsageError(f"{self.given_as('fqdn')} {error}") from None
         try:
-            check_unique([*self.names, *self.file_names])
+            check_unique([*self.names, *file_names])
         except ValueError as error:
             raise usage.UsageError(
                 f"--targets-file {self['targets-file']}: {error} (with --fqdn)") from None
         if self["retry-initial-wait"] > self["retry-max-wait"]:
             raise usage.UsageError(f"{self.given_as('retry-initial-wait')} exceeds "
                                    f"{self.given_as('retry-max-wait')}")
-        for name in ("proxy-token-file", "target-bearer-token-file"):
-            self[name.removesuffix("-file")] = read_secret(self[name], name)
+        proxy_token = read_secret(self["proxy-token-file"], "proxy-token-file")
+        target_token = read_secret(self["target-bearer-token-file"], "target-bearer-token-file")
         try:
-            self["web-config"] = (load_web_config(self["web-config-file"])
-                                  if self["web-config-file"] else None)
+            web = load_web_config(self["web-config-file"]) if self["web-config-file"] else None
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
-        if self["web-config"] is not None and not self["metrics-listen"]:
+        if web is not None and not self["metrics-listen"]:
             raise usage.UsageError("--web.config.file is for --metrics-listen, which is off")
-        self["tls-settings"] = tls_settings(self, self["web-config"])
+        self._setup = ClientSetup(
+            shared=self._shared_config(proxy_token, target_token),
+            names=tuple(self.names),
+            file_names=tuple(file_names),
+            fqdn_guessed=fqdn_guessed,
+            http_proxies=http_proxies,
+            target_http_proxy=target_http_proxy,
+            proxy_tls=ClientTLS(
+                cacert=self["tls-cacert"], cert=self["tls-cert"], key=self["tls-key"],
+                insecure_skip_verify=bool(self["tls-insecure-skip-verify"]),
+                min_version=self["tls-min-version"], cipher_suites=self["tls-cipher-suites"]),
+            target_tls=ClientTLS(
+                cacert=self["target-tls-cacert"], cert=self["target-tls-cert"],
+                key=self["target-tls-key"],
+                insecure_skip_verify=bool(self["target-tls-insecure-skip-verify"])),
+            targets_file=self["targets-file"],
+            proxy_token_file=self["proxy-token-file"],
+            target_bearer_token_file=self["target-bearer-token-file"],
+            metrics_listen=self["metrics-listen"] or None,
+            tls=tls_settings(self, web),
+            web_config_file=self["web-config-file"],
+            web=web,
+            reload_interval=self["tls-reload-interval"],
+        )
 
-    def configs(self) -> list[ClientConfig]:
-        """The configuration of each name (--fqdn, then --targets-file), in order."""
-        return [self.config_for(name) for name in [*self.names, *self.file_names]]
-
-    def config(self) -> ClientConfig:
-        """The configuration of the first name (an empty FQDN when there is none yet)."""
-        every = [*self.names, *self.file_names]
-        return self.config_for(every[0] if every else ClientName(""))
-
-    def config_for(self, name: ClientName) -> ClientConfig:
-        """The configuration of the client of ``name``."""
+    def _shared_config(self, proxy_token: str | None,
+                       target_token: str | None) -> ClientConfig:
+        """The configuration every name shares (an empty FQDN: each name has its own)."""
         return ClientConfig(
             proxy_url=self["proxy-url"][0],
             proxy_urls=tuple(self["proxy-url"]) if len(self["proxy-url"]) > 1 else (),
-            fqdn=name.fqdn,
+            fqdn="",
             allow_ports=frozenset(self["allow-port"]) or default(ClientConfig, "allow_ports"),
             allow_paths=frozenset(self["allow-path"]) or default(ClientConfig, "allow_paths"),
-            proxy_token=self["proxy-token"],
-            target_bearer_token=self["target-bearer-token"],
+            proxy_token=proxy_token,
+            target_bearer_token=target_token,
             labels=tuple(self["label"]),
-            **{**option_values(ClientConfig, self),
-               **({"target_host": name.address} if name.address else {})},
+            **option_values(ClientConfig, self),
         )
+
+    def setup(self) -> ClientSetup:
+        """What the client is built from (after parsing)."""
+        return self._setup
+
+    def configs(self) -> list[ClientConfig]:
+        """The configuration of each name (--fqdn, then --targets-file), in order."""
+        return self._setup.configs()
+
+    def config(self) -> ClientConfig:
+        """The configuration of the first name (an empty FQDN when there is none yet)."""
+        every = self.configs()
+        return every[0] if every else self._setup.shared
 
 
 @one_line_errors
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     A client service for each name (--fqdn), plus the /metrics endpoint when one is
-    configured.  The names share the connections to the proxy and to targets and the
-    metrics; each keeps its own poll, so that any proxy sees ordinary clients.
+    configured (``pushprox.client.assembly``).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    config = options.config()
-    reloader = Reloader()
-    proxy_policy = target_policy = None
-    if urlsplit(config.proxy_url).scheme == "https" or any(
-            options[k] for k in ("tls-cacert", "tls-cert", "tls-insecure-skip-verify")):
-        from pushprox.shared import tls
-
-        proxy_policy = tls.https_policy(
-            cacert=options["tls-cacert"], cert=options["tls-cert"], key=options["tls-key"],
-            insecure_skip_verify=options["tls-insecure-skip-verify"],
-            profile=tls.TLSProfile(
-                min_version=options["tls-min-version"] or "TLS12",
-                cipher_suites=options["tls-cipher-suites"] or tls.INTERMEDIATE_CIPHER_SUITES),
-        )
-        if proxy_policy.paths:
-            reloader.register("--tls-cacert/--tls-cert/--tls-key", proxy_policy.reload,
-                              watch=proxy_policy.paths)
-    if any(options[k] for k in ("target-tls-cacert", "target-tls-cert",
-                                "target-tls-insecure-skip-verify")):
-        from pushprox.shared import tls
-
-        # Targets keep Twisted's defaults: exporters may be older than the profile.
-        target_policy = tls.https_policy(
-            cacert=options["target-tls-cacert"], cert=options["target-tls-cert"],
-            key=options["target-tls-key"],
-            insecure_skip_verify=options["target-tls-insecure-skip-verify"],
-        )
-        if target_policy.paths:
-            reloader.register("--target-tls-cacert/--target-tls-cert/--target-tls-key",
-                              target_policy.reload, watch=target_policy.paths)
-    proxy_link, target_agent, pools = make_connections(
-        reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
-        target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0],
-        target_http_proxy=options.target_http_proxy,
-    )
-    fallback_links = [
-        make_proxy_link(reactor, config.endpoint("poll", url), policy=proxy_policy,
-                        keepalive=config, http_proxy=http_proxy)
-        for url, http_proxy in zip(options["proxy-url"][1:], options.http_proxies[1:],
-                                   strict=True)]
-    metrics = ClientMetrics()
-    if config.allow_any:
-        from twisted.logger import Logger
-
-        Logger(namespace="pushprox.client.service").warn(
-            "--allow-any: this client scrapes any port and path of {fqdn} that the "
-            "proxy asks for", fqdn=", ".join(
-                name.fqdn for name in [*options.names, *options.file_names]))
-    for url, http_proxy in zip(options["proxy-url"], options.http_proxies, strict=True):
-        if http_proxy is None:
-            continue
-        from twisted.logger import Logger
-
-        Logger(namespace="pushprox.client.service").info(
-            "The proxy {url} is reached through the HTTP proxy {http_proxy} ({how})",
-            url=config.endpoint("", url).decode("ascii"), http_proxy=http_proxy.shown,
-            how="CONNECT tunnel" if urlsplit(url).scheme == "https"
-            else "absolute-form requests")
-    if options.target_http_proxy is not None:
-        from twisted.logger import Logger
-
-        Logger(namespace="pushprox.client.service").info(
-            "Targets are scraped through the HTTP proxy {http_proxy} (CONNECT tunnels)",
-            http_proxy=options.target_http_proxy.shown)
-    if options.fqdn_guessed and config.fqdn.lower().split(".")[0] == "localhost":
-        from twisted.logger import Logger
-
-        Logger(namespace="pushprox.client.service").warn(
-            "This host's FQDN is {fqdn}: Prometheus must scrape it as {fqdn}, and two "
-            "such clients would take each other's scrapes; give the name Prometheus uses "
-            "with --fqdn", fqdn=config.fqdn)
-    service = program_service(options)
-    #: The tokens in force, for the names added later too (token files are re-read).
-    tokens = {"proxy": options["proxy-token"], "target": options["target-bearer-token"]}
-
-    def make_client(name: ClientName) -> ClientService:
-        config = dataclasses.replace(options.config_for(name), proxy_token=tokens["proxy"],
-                                     target_bearer_token=tokens["target"])
-        return ClientService(config, reactor=reactor, proxy_link=proxy_link,
-                             fallback_links=fallback_links, target_agent=target_agent,
-                             metrics=metrics, owns_connections=False)
-
-    def close_connections() -> Deferred[Any]:
-        return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
-                             *(pool.closeCachedConnections() for pool in pools)])
-
-    roster = ClientRoster(fixed=options.names, targets_file=options["targets-file"],
-                          from_file=options.file_names, make_client=make_client,
-                          close_connections=close_connections)
-    roster.setServiceParent(service)
-    if options["targets-file"]:
-        reloader.register("--targets-file", roster.reload, watch=[options["targets-file"]])
-    if options["proxy-token-file"] or options["target-bearer-token-file"]:
-
-        def use_tokens() -> None:
-            tokens["proxy"] = read_token(options["proxy-token-file"], "proxy-token-file")
-            tokens["target"] = read_token(options["target-bearer-token-file"],
-                                          "target-bearer-token-file")
-            for client in roster.clients():
-                cast(ClientService, client).use_tokens(proxy_token=tokens["proxy"],
-                                  target_bearer_token=tokens["target"])
-
-        reloader.register("--proxy-token-file/--target-bearer-token-file", use_tokens)
-    if options["metrics-listen"]:
-        from pushprox.shared.metrics import metrics_site
-
-        web: WebConfig | None = options["web-config"]
-        site = metrics_site(metrics.registry)
-        if web is not None:
-            from pushprox.shared.auth import PasswordChecker, ScraperAuth
-
-            auth = ScraperAuth(endpoint_passwords=PasswordChecker(dict(web.users))
-                               if web.users else None)
-            headers = web_headers(web)
-            site = metrics_site(metrics.registry, auth=auth if web.users else None,
-                                headers=headers)
-            reloader.register("--web.config.file", WebConfigReload(
-                options["web-config-file"], web, headers, auth).reload)
-        add_listener(service, "metrics-listen",
-                     tls_description(options["tls-settings"], options["metrics-listen"],
-                                     web=web),
-                     site, reactor, reloader=reloader)
-    reload_services(service, reloader, reactor, options["tls-reload-interval"])
-    return service
-
-
-def read_token(path: str | None, flag: str) -> str | None:
-    """``read_secret`` for a reload: a bad file is a ValueError, not a usage error."""
-    try:
-        return read_secret(path, flag)
-    except usage.UsageError as error:
-        raise ValueError(str(error)) from None
+    return assemble(options.setup(), reactor, program_service(options))

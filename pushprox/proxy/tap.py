@@ -120,6 +120,7 @@ class Options(ProgramOptions):
 
     def postOptions(self) -> None:
         """Check the combination of options and read their files into ``setup()``."""
+        super().postOptions()
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
         if self["scrape-default-timeout"] > self["scrape-max-timeout"]:

@@ -139,6 +139,9 @@ class ProgramOptions(usage.Options):
             self._check_twistd_logging()
         except (usage.UsageError, OptionValueError) as error:
             self._refuse(str(error))
+
+    def postOptions(self) -> None:
+        """``--log-level debug`` also logs each scrape (subclasses call this first)."""
         if self["log-level"] == "debug" and "log-scrapes" in self.opts:
             self["log-scrapes"] = 1
 
