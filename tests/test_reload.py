@@ -6,7 +6,6 @@ renewed under a held poll, and SIGHUP on the real programs with good and bad fil
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import ssl
@@ -21,6 +20,7 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from pushprox.shared import wire
 from pushprox.shared.auth import ClientAuth
 from pushprox.shared.reload import Reloader, ReloadOnHangup, WatchFiles
 from tests.harness.exporter import Page
@@ -275,11 +275,10 @@ class RenewedCertificateTests(SynchronousTestCase):
                                         prometheus_headers(10.0)))
         answer = poller.read_response(timeout=10)
         self.assertEqual(answer.status, 200, answer.text)
-        match = re.search(rb"(?m)^Id: ([0-9a-f-]+)\r$", answer.body)
-        assert match is not None, answer.body
+        scrape_id = wire.decode_scrape_request(answer.body).scrape_id.encode()
         pushed_response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                            b"Content-Length: %d\r\nId: %s\r\n\r\n%s"
-                           % (len(PAGE), match.group(1), PAGE))
+                           % (len(PAGE), scrape_id, PAGE))
         poller.send(http_request_bytes("POST", "/push", [], pushed_response))
         self.assertEqual(poller.read_response(timeout=10).status, 200)
         scraped = scraper.read_response(timeout=10)

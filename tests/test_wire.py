@@ -11,16 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.shared import wire
+from tests.harness.recordings import (
+    GO_CLIENT_PUSH,
+    GO_CLIENT_PUSH_ERROR,
+    GO_PROXY_POLL_ANSWER,
+    recording,
+)
+from tests.harness.recordings import GO_ID as RECORDED_ID
 
-DATA = Path(__file__).parent / "data"
-GO_ID = "89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
+#: The scrape Id of the recordings, as decoded.
+GO_ID = RECORDED_ID.decode("ascii")
 PROMETHEUS_ACCEPT = (
     b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     b"version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -39,15 +45,11 @@ SCRAPE_REQUEST_SKIPPED = wire.HOP_BY_HOP | {
 RESPONSE_SKIPPED = wire.HOP_BY_HOP | {b"content-length", b"id"}
 
 
-def recorded(name: str) -> tuple[bytes, bytes]:
-    """The outer head and the body of a recorded upstream HTTP message."""
-    head, separator, body = (DATA / name).read_bytes().partition(b"\r\n\r\n")
-    assert separator, f"{name} has no end of headers"
-    return head, body
-
-
 def split_push_body(body: bytes) -> tuple[bytes, bytes]:
-    """A push body's response head (without the blank line) and the bytes after it."""
+    """
+    A push body's response head (without the blank line) and the bytes after it, split
+    apart from ``wire`` (which is what these tests check).
+    """
     head, separator, rest = body.partition(b"\r\n\r\n")
     assert separator, "push body has no end of headers"
     return head, rest
@@ -221,7 +223,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_poll_answer_decodes_to_scrape_request(self) -> None:
         """The Go proxy's poll answer body decodes to Prometheus' request with its Id."""
-        outer_head, body = recorded("go-proxy-poll-response.bin")
+        message = recording(GO_PROXY_POLL_ANSWER)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 356\r\n", outer_head)
         self.assertEqual(len(body), 356)
         self.assertEqual(
@@ -244,7 +247,7 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_encoded_scrape_request_matches_go_poll_answer_byte_for_byte(self) -> None:
         """Our encoding of the recorded scrape is exactly what the Go proxy wrote."""
-        _, body = recorded("go-proxy-poll-response.bin")
+        body = recording(GO_PROXY_POLL_ANSWER).body
         encoded = wire.encode_scrape_request(
             method=b"GET",
             url=b"http://localhost:9100/metrics?foo=bar",
@@ -261,7 +264,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_push_of_target_response_decodes_with_length_framing(self) -> None:
         """The Go client's push of a 1000-byte page has LENGTH framing of 1000."""
-        outer_head, body = recorded("go-client-push-request.bin")
+        message = recording(GO_CLIENT_PUSH)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 1321\r\n", outer_head)
         self.assertEqual(len(body), 1321)
         head, rest = split_push_body(body)
@@ -291,7 +295,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_push_of_scrape_error_decodes_with_body_to_end(self) -> None:
         """The Go client's synthesized HTTP/0.0 500 has TO_END framing and no length."""
-        outer_head, body = recorded("go-client-push-error.bin")
+        message = recording(GO_CLIENT_PUSH_ERROR)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 268\r\n", outer_head)
         head, rest = split_push_body(body)
         decoded = wire.decode_response_head(head)

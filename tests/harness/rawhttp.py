@@ -13,7 +13,6 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,9 +23,6 @@ from twisted.python.failure import Failure
 
 from pushprox.shared import wire
 from tests.harness.waiting import LOCALHOST
-
-#: Recordings of the upstream Go implementation's messages.
-DATA = Path(__file__).resolve().parent.parent / "data"
 
 #: ``wire.decode_response_head`` reads pushed heads, which always carry an Id; this one
 #: is appended to a plain response's head and dropped again.
