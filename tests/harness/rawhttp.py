@@ -188,8 +188,20 @@ class RawConnection:
     """A blocking client socket (TLS with ``tls``) that sends bytes and reads responses."""
 
     def __init__(self, port: int, *, host: str = LOCALHOST, timeout: float = 15.0,
-                 tls: ssl.SSLContext | None = None) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+                 tls: ssl.SSLContext | None = None,
+                 receive_buffer: int | None = None) -> None:
+        if receive_buffer is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            # Set before connecting: the window offered in the handshake depends on it.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((host, port))
+            except BaseException:
+                sock.close()
+                raise
         self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname=host)
         self._buffer = b""
 
@@ -225,6 +237,50 @@ class RawConnection:
                         f"connection closed inside a response: {self._buffer[:300]!r}"
                     ) from None
             self._buffer += data
+
+    def read_head(self, *, timeout: float = 15.0) -> HTTPResponse:
+        """
+        Read until the head of the next response has arrived: the response as far as it
+        has (the rest stays to be read, by ``read_until_closed``).
+        """
+        deadline = time.monotonic() + timeout
+        while wire.split_head(self._buffer) is None:
+            if not self._receive(deadline):
+                raise AssertionError(
+                    f"connection closed inside a response head: {self._buffer[:300]!r}")
+        return response_so_far(self._buffer)[0]
+
+    def read_until_closed(self, *, timeout: float = 15.0) -> tuple[HTTPResponse, bool]:
+        """
+        Read until the peer closes the connection: the response as far as it arrived (a
+        body cut short stays short), and whether the connection ended with a reset.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while self._receive(deadline):
+                pass
+        except ConnectionResetError:
+            reset = True
+        else:
+            reset = False
+        try:
+            response = response_so_far(self._buffer)[0]
+        except IncompleteMessage:
+            raise AssertionError(
+                f"connection closed inside a response head: {self._buffer[:300]!r}") from None
+        self._buffer = b""
+        return response, reset
+
+    def _receive(self, deadline: float) -> bool:
+        """Add what arrives before ``deadline`` to the buffer; False once the peer closed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"nothing more within the time given; "
+                                 f"got {self._buffer[:300]!r}")
+        self.sock.settimeout(left)
+        data = self.sock.recv(65536)
+        self._buffer += data
+        return bool(data)
 
     def close(self) -> None:
         """Close the socket."""
