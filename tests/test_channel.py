@@ -136,16 +136,26 @@ class HookSite(Site):
         self.sinks: list[RecordingSink] = []
 
 
-def hook_connection() -> tuple[HookSite, LimitedChannel, StringTransport]:
-    """A ``HookSite`` and one connection to it."""
+def hook_connection(
+    transport: StringTransport | None = None, *, clock: Clock | None = None
+) -> tuple[HookSite, LimitedChannel, StringTransport]:
+    """
+    A ``HookSite`` and one connection to it, over ``transport`` (a new one by default);
+    with a ``clock``, the site's idle timeout of 10 seconds runs on it.
+    """
     site = HookSite()
+    if clock is not None:
+        site.timeOut = 10
     channel = site.buildProtocol(CLIENT)
     assert isinstance(channel, LimitedChannel), (
         "channel.LlhttpChannel: Site.buildProtocol no longer builds the Site's protocol as it "
         "is; PushProxSite.protocol (our channel, without Twisted's HTTP/2 wrapper) "
         "needs another way in"
     )
-    transport = StringTransport(peerAddress=CLIENT)
+    if clock is not None:
+        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+    if transport is None:
+        transport = StringTransport(peerAddress=CLIENT)
     channel.makeConnection(transport)
     return site, channel, transport
 
@@ -217,27 +227,26 @@ class HookTests(HookConnection):
         )
         self.assertFalse(request.alive)
 
-    def test_oversized_head_reaches_our_answer(self) -> None:
-        """Headers past the limit reach headers_too_large, not Twisted's bare 400."""
+    def assert_reaches_headers_too_large(self, data: bytes, what: str) -> None:
+        """``data`` reaches headers_too_large once, and not Twisted's bare 400."""
         _, channel, transport = self.connect()
-        channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 190 + b"\r\n\r\n")
+        channel.dataReceived(data)
         self.assertEqual(
             channel.too_large, 1,
-            "channel.LlhttpChannel: an oversized head no longer reaches "
-            "headers_too_large",
+            f"channel.LlhttpChannel: {what} no longer reaches headers_too_large",
         )
         self.assertNotIn(b"400 Bad Request", transport.value())
 
+    def test_oversized_head_reaches_our_answer(self) -> None:
+        """Headers past the limit reach headers_too_large, not Twisted's bare 400."""
+        self.assert_reaches_headers_too_large(
+            b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 190 + b"\r\n\r\n",
+            "an oversized head")
+
     def test_one_line_past_the_limit_reaches_our_answer(self) -> None:
         """A single line longer than the limit is refused by us as well."""
-        _, channel, transport = self.connect()
-        channel.dataReceived(b"GET /" + b"a" * 300)
-        self.assertEqual(
-            channel.too_large, 1,
-            "channel.LlhttpChannel: an unfinished head past the limit is no "
-            "longer refused",
-        )
-        self.assertNotIn(b"400 Bad Request", transport.value())
+        self.assert_reaches_headers_too_large(b"GET /" + b"a" * 300,
+                                              "an unfinished head past the limit")
 
     def test_other_bad_requests_get_a_400(self) -> None:
         """A malformed request line that is not too large gets a 400."""
@@ -441,13 +450,7 @@ class LlhttpChannelTests(HookConnection):
     def test_idle_timeout_waits_for_the_answer(self) -> None:
         """A request held past the idle timeout keeps its connection; idleness ends it."""
         clock = Clock()
-        site = HookSite()
-        site.timeOut = 10
-        channel = site.buildProtocol(CLIENT)
-        assert isinstance(channel, LimitedChannel)
-        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
-        transport = StringTransport(peerAddress=CLIENT)
-        channel.makeConnection(transport)
+        site, channel, transport = hook_connection(clock=clock)
         channel.dataReceived(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
         clock.advance(25)
         self.assertFalse(transport.disconnecting)
@@ -460,13 +463,8 @@ class LlhttpChannelTests(HookConnection):
     def test_timed_out_connection_that_stays_is_aborted(self) -> None:
         """Idle past the timeout: closed; still there ``abortTimeout`` later: aborted."""
         clock = Clock()
-        site = HookSite()
-        site.timeOut = 10
-        channel = site.buildProtocol(CLIENT)
-        assert isinstance(channel, LimitedChannel)
-        channel.callLater = clock.callLater  # type: ignore[method-assign,assignment]
         transport = AbortCounting(peerAddress=CLIENT)
-        channel.makeConnection(transport)
+        _, channel, _ = hook_connection(transport, clock=clock)
         clock.advance(11)
         self.assertEqual((transport.disconnecting, transport.aborted), (True, 0))
         clock.advance(channel.abortTimeout or 0)
