@@ -48,6 +48,7 @@ from pushprox.shared.auth import ClientAuth, PasswordChecker, ScraperAuth, parse
 from pushprox.shared.metrics import ClientMetrics
 from pushprox.shared.reload import ReloadOnHangup
 from pushprox.shared.tls_listeners import require_client_certificates
+from tests.harness.files import FileTestCase
 from tests.helpers import HTTPResponse, http_request_bytes
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
@@ -889,18 +890,8 @@ def logged_text(event: dict[str, Any]) -> str:
 # -- the proxy's command line --
 
 
-class ProxyOptionsTests(SynchronousTestCase):
+class ProxyOptionsTests(FileTestCase):
     """twistd pushprox-proxy refuses security options it cannot honour, naming why."""
-
-    def write(self, name: str, data: str) -> str:
-        directory = getattr(self, "_directory", None)
-        if directory is None:
-            directory = self._directory = tempfile.mkdtemp(prefix="pushprox-test-options-")
-            self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        path = os.path.join(directory, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(data)
-        return path
 
     def parse(self, *argv: str) -> Options:
         options = Options()
