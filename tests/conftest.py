@@ -22,9 +22,24 @@ from typing import Any
 import pytest
 
 from tests.harness.processes import ProcessGroup
+from tests.harness.stack import Stack
 
 #: Where a fixture puts the processes of its test (the e2e ``stack``).
 PROCESS_GROUP = pytest.StashKey[ProcessGroup]()
+
+
+@pytest.fixture
+def plain_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """
+    The processes of this test (``tests.harness.stack.Stack``), their logs in its report
+    when it fails; all stopped at its end, even when it fails.
+    """
+    stack = Stack(tmp_path)
+    request.node.stash[PROCESS_GROUP] = stack
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
 
 
 def _process_group(item: pytest.Item) -> ProcessGroup | None:

@@ -12,12 +12,10 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import pytest
 
-from tests.conftest import PROCESS_GROUP
 from tests.harness.processes import Process, twistd_argv
 from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
@@ -34,19 +32,14 @@ ENCODED = "s%33cret-pw"
 
 
 @pytest.fixture
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def stack(plain_stack: Stack) -> Stack:
     """The processes of this test, tinyproxy among them; all stopped at its end."""
     if not TINYPROXY.exists():
         reason = f"{TINYPROXY} is missing (Debian package tinyproxy)"
         if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
             pytest.fail(reason + " (PUSHPROX_REQUIRE_E2E=1)", pytrace=False)
         pytest.skip(reason)
-    stack = Stack(tmp_path)
-    request.node.stash[PROCESS_GROUP] = stack
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
+    return plain_stack
 
 
 def outbound_address() -> str | None:
