@@ -187,10 +187,7 @@ class WebConfigProcessTests(SynchronousTestCase):
         and /clients, its headers go on their answers; a client polls over it; SIGHUP takes
         new users, and a bad file is refused while the old one stays.
         """
-        ca = self.stack.certificate_authority()
-        issued = ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
-        shutil.copy(issued.cert, self.directory / "server.crt")
-        shutil.copy(issued.key, self.directory / "server.key")
+        ca = self.stack.web_config_certificate(self.directory)
         alice = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode()
         web = self.directory / "web.yml"
         web.write_text(textwrap.dedent(f"""\

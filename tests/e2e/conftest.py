@@ -3,8 +3,9 @@ Fixtures for the end-to-end tests: every process a test needs, stopped at the en
 
 A test asks for ``stack`` (``tests.harness.stack.Stack``; ``plain_stack``, from
 ``tests/conftest.py``, when it starts no pushprox program, so that it runs even where the
-twistd plugins do not) and starts what it needs through it (``stack.proxy()``, ``stack.client(...)``, ``stack.node_exporter()``,
-``stack.exporter(...)``, ``stack.prometheus(...)``).  Each process runs in its own
+twistd plugins do not) and starts what it needs through it (``stack.proxy()``,
+``stack.client(...)``, ``stack.node_exporter()``, ``stack.exporter(...)``,
+``stack.prometheus(...)``).  Each process runs in its own
 directory under the test's ``tmp_path``, in its own session, logging to a file there; all
 of them are stopped when the test ends, pass or fail, and a failed test's report carries
 the tail of each log (``tests/conftest.py``).

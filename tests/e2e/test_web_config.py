@@ -8,7 +8,6 @@ discovered clients scraped through the proxy's TLS listener.
 from __future__ import annotations
 
 import base64
-import shutil
 import textwrap
 
 import bcrypt
@@ -27,11 +26,8 @@ USER, PASSWORD = "prometheus", "exporter-toolkit-style"
 def test_prometheus_reads_metrics_and_clients_through_the_web_config(stack: Stack) -> None:
     """basic_auth and tls_config in Prometheus' jobs, the web configuration file's TLS
     and users on the proxy: the proxy is up, its clients discovered and scraped."""
-    ca = stack.certificate_authority()
-    issued = ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
     directory = stack.directory("web")
-    shutil.copy(issued.cert, directory / "server.crt")
-    shutil.copy(issued.key, directory / "server.key")
+    ca = stack.web_config_certificate(directory)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     web = directory / "web.yml"
     web.write_text(textwrap.dedent(f"""\
