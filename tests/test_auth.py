@@ -29,6 +29,7 @@ from pushprox.shared.auth import (
     parse_networks,
 )
 from pushprox.shared.tls import certificate_names_fqdn
+from tests.harness.credentials import fast_hash
 from tests.harness.files import FileTestCase
 
 TOKEN_1 = "node1-token-0123456789abcdef"
@@ -45,11 +46,6 @@ def basic(user: str, password: str) -> bytes:
 def bearer(token: str) -> bytes:
     """An Authorization header value carrying a bearer token."""
     return b"Bearer " + token.encode()
-
-
-def fast_hash(password: bytes) -> bytes:
-    """A bcrypt hash with the cheapest work factor, so that tests stay fast."""
-    return bcrypt.hashpw(password, bcrypt.gensalt(rounds=4))
 
 
 @implementer(ILogObserver)

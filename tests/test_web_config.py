@@ -14,11 +14,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import bcrypt
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.shared.web_config import TLSServerConfig, WebConfig, load_web_config, parse_web_config
+from tests.harness.credentials import fast_hash, write_web_config
 from tests.harness.exporter import Page
 from tests.harness.processes import subprocess_env, twistd_argv
 from tests.harness.stack import Proxy, Stack
@@ -188,19 +188,9 @@ class WebConfigProcessTests(SynchronousTestCase):
         new users, and a bad file is refused while the old one stays.
         """
         ca = self.stack.web_config_certificate(self.directory)
-        alice = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode()
-        web = self.directory / "web.yml"
-        web.write_text(textwrap.dedent(f"""\
-            tls_server_config:
-              cert_file: server.crt
-              key_file: server.key
-            http_server_config:
-              headers:
-                X-Frame-Options: deny
-                Strict-Transport-Security: max-age=31536000
-            basic_auth_users:
-              alice: {alice}
-            """))
+        headers = {"X-Frame-Options": "deny",
+                   "Strict-Transport-Security": "max-age=31536000"}
+        web = write_web_config(self.directory, users={"alice": "wonderland"}, headers=headers)
         port = free_port()
         proxy = self.stack.start("proxy", [
             *twistd_proxy(), "--listen", f"tcp:{port}:interface=127.0.0.1",
@@ -231,8 +221,7 @@ class WebConfigProcessTests(SynchronousTestCase):
                                "--proxy", base, "--proxy-cacert", ca.cert_path)
         self.assertEqual((status, body), (200, "up_through_web_config 1\n"))
 
-        bob = bcrypt.hashpw(b"builder", bcrypt.gensalt(rounds=4)).decode()
-        web.write_text(web.read_text().replace(f"alice: {alice}", f"bob: {bob}"))
+        write_web_config(self.directory, users={"bob": "builder"}, headers=headers)
         proxy.send_signal(signal.SIGHUP)
         wait_for(lambda: "SIGHUP: reloaded" in proxy.log_text(), timeout=30,
                  what="the reload", watch=[proxy])
@@ -254,7 +243,7 @@ class WebConfigProcessTests(SynchronousTestCase):
         headers."""
         ca = self.stack.certificate_authority()
         issued = ca.issue("client", ["127.0.0.1", "localhost"], client=False)
-        hashed = bcrypt.hashpw(b"scraper", bcrypt.gensalt(rounds=4)).decode()
+        hashed = fast_hash(b"scraper").decode()
         web = self.directory / "web.yml"
         web.write_text(textwrap.dedent(f"""\
             tls_server_config:

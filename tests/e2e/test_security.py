@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
+from tests.harness.credentials import fast_hash
 from tests.harness.processes import Daemon, Process
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.waiting import wait_for
@@ -63,7 +63,7 @@ def basic_auth(password: str) -> list[tuple[str, str]]:
 def start_tls_proxy(stack: Stack, pki: PKI, extra: Sequence[str]) -> Proxy:
     """A proxy on ssl:PORT with the PKI's server certificate, --scrape-auth and ``extra``."""
     htpasswd = stack.directory("auth") / "scrapers.htpasswd"
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    hashed = fast_hash(PASSWORD.encode()).decode()
     htpasswd.write_text(f"{SCRAPER}:{hashed}\n")
     proxy = stack.proxy(
         extra=["--scrape-auth", str(htpasswd), *extra],

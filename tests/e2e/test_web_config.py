@@ -8,11 +8,10 @@ discovered clients scraped through the proxy's TLS listener.
 from __future__ import annotations
 
 import base64
-import textwrap
 
-import bcrypt
 import pytest
 
+from tests.harness.credentials import write_web_config
 from tests.harness.processes import twistd_argv
 from tests.harness.prometheus import direct_job
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
@@ -28,18 +27,8 @@ def test_prometheus_reads_metrics_and_clients_through_the_web_config(stack: Stac
     and users on the proxy: the proxy is up, its clients discovered and scraped."""
     directory = stack.directory("web")
     ca = stack.web_config_certificate(directory)
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    web = directory / "web.yml"
-    web.write_text(textwrap.dedent(f"""\
-        tls_server_config:
-          cert_file: server.crt
-          key_file: server.key
-        http_server_config:
-          headers:
-            X-Content-Type-Options: nosniff
-        basic_auth_users:
-          {USER}: {hashed}
-        """))
+    web = write_web_config(directory, users={USER: PASSWORD},
+                           headers={"X-Content-Type-Options": "nosniff"})
     port = free_port()
     process = stack.start("proxy", [*stack_twistd("pushprox-proxy"), "--web.config.file",
                                     str(web), "--listen", f"tcp:{port}:interface=127.0.0.1"])
