@@ -148,11 +148,16 @@ def own_log(process: Process | Daemon) -> str:
     )
 
 
+def start_mtls_proxy(stack: Stack) -> tuple[PKI, Proxy]:
+    """A new PKI, and a TLS proxy that wants certificates of its client CA from clients."""
+    pki = PKI(stack.directory("pki"))
+    return pki, start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
+
+
 def mtls_client_of_tls_proxy(stack: Stack) -> tuple[Proxy, Process | Daemon, str]:
     """A TLS proxy wanting client certificates, node1.example's client and its instance."""
-    pki = PKI(stack.directory("pki"))
     exporter = stack.exporter("alpha")
-    proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
+    pki, proxy = start_mtls_proxy(stack)
     client = start_client(
         stack, "client-node1", proxy, "node1.example", exporter.port,
         extra=mtls_args(pki, "node1.example"),
@@ -220,10 +225,9 @@ def test_client_certificate_for_another_fqdn_never_registers(stack: Stack) -> No
     The legitimate node2.example (same kind of certificate) registers and is up; Prometheus'
     job for node1.example is down with 404 (no client), so no scrape ever reaches the impostor.
     """
-    pki = PKI(stack.directory("pki"))
     alpha = stack.exporter("alpha")
     beta = stack.exporter("beta")
-    proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
+    pki, proxy = start_mtls_proxy(stack)
     legit = start_client(
         stack, "client-node2", proxy, "node2.example", beta.port,
         extra=mtls_args(pki, "node2.example"),
