@@ -162,12 +162,16 @@ class ParseTests(SynchronousTestCase):
 
 
 def curl(url: str, *args: str) -> tuple[int, str, str]:
-    """curl ``url``: the status, the headers and the body."""
-    done = subprocess.run(["curl", "-sS", "-D", "-", "--max-time", "20", *args, url],
-                          capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    head, _, body = done.stdout.decode("utf-8").partition("\r\n\r\n")
-    return int(head.split()[1]), head, body
+    """curl ``url``: the status curl read, the head as it arrived and the body."""
+    with tempfile.TemporaryDirectory(prefix="pushprox-curl-") as directory:
+        head, body = Path(directory) / "head", Path(directory) / "body"
+        done = subprocess.run(
+            ["curl", "-sS", "-D", str(head), "-o", str(body), "-w", "%{http_code}",
+             "--max-time", "20", *args, url],
+            capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return (int(done.stdout), head.read_bytes().decode("utf-8"),
+                body.read_bytes().decode("utf-8"))
 
 
 @pytest.mark.processes
