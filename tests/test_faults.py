@@ -29,8 +29,8 @@ from tests.harness.rawhttp import (
     HTTPResponse,
     RawConnection,
     http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
 )
 from tests.harness.stack import Stack
@@ -178,7 +178,7 @@ class BrokenPushTests(FaultTestCase):
         self.relay.command("cut up 300000")
         response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"), prometheus_headers(10.0)), 20)
+            scrape_request(self.url("/big"), 10.0), 20)
         self.relay.command("pass both")
         self.assertEqual(response.status, 200, response.headers)
         self.assertEqual(declared_length(response), len(BIG))
@@ -194,7 +194,7 @@ class BrokenPushTests(FaultTestCase):
         started = time.monotonic()
         response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"), prometheus_headers(3.0)), 20)
+            scrape_request(self.url("/big"), 3.0), 20)
         took = time.monotonic() - started
         self.relay.command("pass both")
         body = response.body
@@ -218,8 +218,7 @@ class DelayAndResetTests(FaultTestCase):
         self.assertEqual((status, body), (200, PAGES["/metrics"].body))
         response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"),
-                               [*prometheus_headers(20.0), ("Connection", "close")]),
+            scrape_request(self.url("/big"), 20.0, close=True),
             30)
         self.assertEqual(response.status, 200, response.headers)
         self.assertEqual(response.body, BIG)
@@ -258,7 +257,7 @@ class DelayAndResetTests(FaultTestCase):
         self.relay.command("throttle up 200000")
         with RawConnection(self.proxy_port, timeout=20) as connection:
             connection.send(
-                http_request_bytes("GET", self.url("/big"), prometheus_headers(15.0)))
+                scrape_request(self.url("/big"), 15.0))
             head = connection.read_head(timeout=20)
             self.relay.command("reset")
             response, _ = connection.read_until_closed(timeout=20)
@@ -302,8 +301,7 @@ class SlowScraperTests(FaultTestCase):
         # A modest receive window, as a scraper that reads slowly offers.
         with RawConnection(self.proxy_port, timeout=30,
                            receive_buffer=256 * 1024) as connection:
-            connection.send(http_request_bytes(
-                "GET", self.url("/huge"), [*prometheus_headers(60.0), ("Connection", "close")]))
+            connection.send(scrape_request(self.url("/huge"), 60.0, close=True))
             samples: list[int] = []
 
             def stalled() -> int | None:
@@ -434,7 +432,7 @@ class DescriptorExhaustionTests(SynchronousTestCase):
 
         # Serving what is open: the scrape reaches the held poll, the push comes back.
         target = f"http://held.example:{exporter.port}/metrics"
-        scraper.send(http_request_bytes("GET", target, prometheus_headers(10.0)))
+        scraper.send(scrape_request(target, 10.0))
         handed = wire.decode_scrape_request(held.read_response().body)
         self.assertEqual(handed.url, target.encode())
         page = b"served 1\n"

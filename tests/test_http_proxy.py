@@ -17,7 +17,11 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from tests.harness.processes import Process, twistd_argv
-from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
+from tests.harness.rawhttp import (
+    HTTPResponse,
+    raw_http,
+    scrape_request,
+)
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.tinyproxy import TINYPROXY, TinyProxy, start_tinyproxy
 from tests.harness.waiting import wait_for
@@ -73,8 +77,7 @@ def logged(process: Process) -> str:
 
 def scrape(proxy: Proxy, exporter_port: int, fqdn: str = FQDN) -> HTTPResponse:
     """A scrape of the exporter through ``proxy``, as Prometheus sends it."""
-    request = http_request_bytes("GET", f"http://{fqdn}:{exporter_port}/metrics",
-                                 prometheus_headers(10.0))
+    request = scrape_request(f"http://{fqdn}:{exporter_port}/metrics", 10.0)
     tls = ssl.create_default_context(cafile=proxy.ca_file) if proxy.https else None
     return raw_http(proxy.port, request, host=proxy.host, timeout=20, tls=tls)
 

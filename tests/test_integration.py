@@ -27,6 +27,7 @@ from tests.harness.rawhttp import (
     http_request_bytes,
     prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
 )
 from tests.harness.recordings import (
@@ -204,8 +205,7 @@ class UpstreamGoClientTests(IntegrationTestCase):
         self.wait_registered(proxy, "localhost")
         scraper = RawConnection(proxy.port)
         self.addCleanup(scraper.close)
-        scraper.send(http_request_bytes("GET", "http://localhost:9100/metrics?foo=bar",
-                                        prometheus_headers(10.0)))
+        scraper.send(scrape_request("http://localhost:9100/metrics?foo=bar", 10.0))
         answer = poller.read_response(timeout=10)
         self.assertEqual(answer.status, 200, answer.text)
         scrape = wire.decode_scrape_request(answer.body)
@@ -253,8 +253,7 @@ class ProxyShutdownTests(IntegrationTestCase):
         def scrape() -> RawConnection:
             connection = RawConnection(proxy.port)
             self.addCleanup(connection.close)
-            connection.send(http_request_bytes("GET", "http://pending.test:9100/metrics",
-                                               prometheus_headers(60.0)))
+            connection.send(scrape_request("http://pending.test:9100/metrics", 60.0))
             return connection
 
         handed_out = scrape()

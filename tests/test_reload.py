@@ -27,7 +27,7 @@ from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
     RawConnection,
     http_request_bytes,
-    prometheus_headers,
+    scrape_request,
 )
 from tests.harness.stack import Proxy, Stack
 from tests.harness.waiting import wait_for
@@ -271,8 +271,7 @@ class RenewedCertificateTests(SynchronousTestCase):
         scraper = RawConnection(proxy.port, tls=ssl.create_default_context(
             cafile=self.ca.cert_path))
         self.addCleanup(scraper.close)
-        scraper.send(http_request_bytes("GET", "http://held.example:9100/metrics",
-                                        prometheus_headers(10.0)))
+        scraper.send(scrape_request("http://held.example:9100/metrics", 10.0))
         answer = poller.read_response(timeout=10)
         self.assertEqual(answer.status, 200, answer.text)
         scrape_id = wire.decode_scrape_request(answer.body).scrape_id.encode()
@@ -316,7 +315,7 @@ def scrape_via_tls_proxy(proxy: Proxy, url: str) -> Any:
     """A scrape through an https proxy, as Prometheus with the proxy's CA sends it."""
     context = ssl.create_default_context(cafile=proxy.ca_file)
     with RawConnection(proxy.port, tls=context) as connection:
-        connection.send(http_request_bytes("GET", url, prometheus_headers(10.0)))
+        connection.send(scrape_request(url, 10.0))
         return connection.read_response(timeout=20)
 
 

@@ -28,7 +28,12 @@ from tests.harness.cluster import (
     start_cluster,
 )
 from tests.harness.prometheus import proxied_job
-from tests.harness.rawhttp import RawConnection, http_request_bytes, prometheus_headers
+from tests.harness.rawhttp import (
+    RawConnection,
+    http_request_bytes,
+    prometheus_headers,
+    scrape_request,
+)
 from tests.harness.recordings import GO_CLIENT_POLL, GO_CLIENT_PUSH, GO_FQDN, recording
 from tests.harness.stack import Stack
 from tests.harness.waiting import wait_for
@@ -122,8 +127,7 @@ def test_upstream_go_client_through_the_balancer(stack: Stack) -> None:
     responses = []
     for replica in cluster.replicas:
         with RawConnection(replica.port) as scraper:
-            scraper.send(http_request_bytes("GET", "http://localhost:9100/metrics?foo=bar",
-                                            prometheus_headers(10.0)))
+            scraper.send(scrape_request("http://localhost:9100/metrics?foo=bar", 10.0))
             answer = poller.read_response(timeout=10)
             assert answer.status == 200, answer.text
             scrape_id = wire.decode_scrape_request(answer.body).scrape_id.encode()

@@ -158,10 +158,8 @@ def mtls_client_of_tls_proxy(stack: Stack) -> tuple[Proxy, Process | Daemon, str
     """A TLS proxy wanting client certificates, node1.example's client and its instance."""
     exporter = stack.exporter("alpha")
     pki, proxy = start_mtls_proxy(stack)
-    client = start_client(
-        stack, "client-node1", proxy, "node1.example", exporter.port,
-        extra=mtls_args(pki, "node1.example"),
-    )  # fmt: skip
+    client = start_client(stack, "client-node1", proxy, "node1.example", exporter.port,
+                          extra=mtls_args(pki, "node1.example"))
     wait_registered(proxy, {"node1.example"}, [client])
     return proxy, client, f"node1.example:{exporter.port}"
 
@@ -228,14 +226,10 @@ def test_client_certificate_for_another_fqdn_never_registers(stack: Stack) -> No
     alpha = stack.exporter("alpha")
     beta = stack.exporter("beta")
     pki, proxy = start_mtls_proxy(stack)
-    legit = start_client(
-        stack, "client-node2", proxy, "node2.example", beta.port,
-        extra=mtls_args(pki, "node2.example"),
-    )  # fmt: skip
-    impostor = start_client(
-        stack, "impostor", proxy, "node1.example", alpha.port,
-        extra=mtls_args(pki, "node2.example"),
-    )  # fmt: skip
+    legit = start_client(stack, "client-node2", proxy, "node2.example", beta.port,
+                         extra=mtls_args(pki, "node2.example"))
+    impostor = start_client(stack, "impostor", proxy, "node1.example", alpha.port,
+                            extra=mtls_args(pki, "node2.example"))
     wait_registered(proxy, {"node2.example"}, [legit, impostor])
     refused = wait_logged(proxy.process, REFUSED_IMPOSTOR, watch=[impostor],
                           what="the proxy refusing node1.example's poll with 403")

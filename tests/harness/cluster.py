@@ -20,9 +20,8 @@ from tests.harness.processes import Process, ProcessGroup, twistd_argv
 from tests.harness.rawhttp import (
     HTTPResponse,
     RawConnection,
-    http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
 )
 from tests.harness.recordings import GO_CLIENT_POLL, GO_CLIENT_PUSH, recording
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
@@ -144,8 +143,7 @@ class Cluster:
     def scrape(self, fqdn: str, port: int, *, via: int | None = None,
                timeout: float = 5.0) -> HTTPResponse:
         """Prometheus' proxied scrape of ``fqdn:port``, through ``via`` or the balancer."""
-        request = http_request_bytes("GET", f"http://{fqdn}:{port}/metrics",
-                                     prometheus_headers(timeout))
+        request = scrape_request(f"http://{fqdn}:{port}/metrics", timeout)
         return raw_http(via or self.balancer_port, request, timeout=timeout + 5)
 
 
@@ -225,9 +223,7 @@ class ScrapeLoad:
         while not self._stop.is_set():
             fqdn = self._fqdns[turn % len(self._fqdns)]
             turn += 1
-            request = http_request_bytes(
-                "GET", f"http://{fqdn}:{self._target_port}/metrics",
-                prometheus_headers(self._timeout))
+            request = scrape_request(f"http://{fqdn}:{self._target_port}/metrics", self._timeout)
             started = time.monotonic()
             try:
                 if connection is None:

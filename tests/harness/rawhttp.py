@@ -184,6 +184,18 @@ def prometheus_headers(timeout: float = 10.0, *, gzip: bool = True) -> list[tupl
     return headers
 
 
+def scrape_request(url: str, timeout: float = 10.0, *, close: bool = False,
+                   headers: Sequence[tuple[str, str]] | None = None) -> bytes:
+    """
+    A scrape of ``url`` as Prometheus sends it to a proxy (proxy form, its headers for
+    ``timeout``, or ``headers`` instead); ``close`` asks for the connection to close after.
+    """
+    sent = prometheus_headers(timeout) if headers is None else list(headers)
+    if close:
+        sent = [*sent, ("Connection", "close")]
+    return http_request_bytes("GET", url, sent)
+
+
 class RawConnection:
     """A blocking client socket (TLS with ``tls``) that sends bytes and reads responses."""
 
@@ -326,9 +338,7 @@ def scrape_via_proxy(
     read_timeout: float | None = None,
 ) -> HTTPResponse:
     """GET ``url`` through the proxy as Prometheus does (proxy form, its headers)."""
-    request = http_request_bytes(
-        "GET", url, prometheus_headers(timeout) if headers is None else headers
-    )
+    request = scrape_request(url, timeout, headers=headers)
     return raw_http(proxy_port, request, timeout=read_timeout or timeout + 10)
 
 
