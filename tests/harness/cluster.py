@@ -18,6 +18,7 @@ from pushprox.shared import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.processes import Process, ProcessGroup, twistd_argv
 from tests.harness.rawhttp import (
+    ClosedBeforeResponse,
     HTTPResponse,
     RawConnection,
     raw_http,
@@ -228,8 +229,19 @@ class ScrapeLoad:
             try:
                 if connection is None:
                     connection = RawConnection(self._port, timeout=self._timeout + 5)
-                connection.send(request)
-                response = connection.read_response(timeout=self._timeout + 5)
+                try:
+                    connection.send(request)
+                    response = connection.read_response(timeout=self._timeout + 5)
+                except (ClosedBeforeResponse, BrokenPipeError):
+                    if not connection.responses_read:
+                        raise
+                    # As Prometheus' HTTP client (Go's net/http) does: a GET on a kept-alive
+                    # connection that the server closed before answering (it was idle to
+                    # the server when the request left) is sent again on a new connection.
+                    connection.close()
+                    connection = RawConnection(self._port, timeout=self._timeout + 5)
+                    connection.send(request)
+                    response = connection.read_response(timeout=self._timeout + 5)
                 status, text = response.status, response.text[:200]
                 if (response.header(b"connection") or b"").lower() == b"close":
                     connection.close()

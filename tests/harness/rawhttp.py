@@ -196,6 +196,10 @@ def scrape_request(url: str, timeout: float = 10.0, *, close: bool = False,
     return http_request_bytes("GET", url, sent)
 
 
+class ClosedBeforeResponse(AssertionError):
+    """The server closed or reset the connection before any byte of the next response."""
+
+
 class RawConnection:
     """A blocking client socket (TLS with ``tls``) that sends bytes and reads responses."""
 
@@ -216,6 +220,8 @@ class RawConnection:
                 raise
         self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname=host)
         self._buffer = b""
+        #: How many responses were read whole on this connection.
+        self.responses_read = 0
 
     def send(self, data: bytes) -> None:
         """Write ``data`` as is."""
@@ -231,6 +237,7 @@ class RawConnection:
                 pass
             else:
                 self._buffer = b""  # one response at a time, no pipelining
+                self.responses_read += 1
                 return response
             left = deadline - time.monotonic()
             if left <= 0:
@@ -241,8 +248,15 @@ class RawConnection:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                if self._buffer:
+                    raise
+                raise ClosedBeforeResponse("connection reset before a response") from None
+            if not data and not self._buffer:
+                raise ClosedBeforeResponse("connection closed before a response")
             if not data:
                 try:
+                    self.responses_read += 1
                     return parse_response(self._buffer, at_eof=True, head_only=head_only)
                 except IncompleteMessage:
                     raise AssertionError(
