@@ -9,19 +9,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.proxy import tap as proxy_tap
-from pushprox.proxy.assembly import ClusterSetup, WatchAcceptFailures
+from pushprox.proxy.assembly import ClusterSetup
 from pushprox.proxy.cluster.coordinator import MAX_HOPS, _hops
 from pushprox.proxy.cluster.metrics import ClusterMetrics
 from pushprox.proxy.cluster.owners import Owner, OwnerSeal
@@ -31,13 +29,11 @@ from pushprox.proxy.cluster.routes import (
     RouteTable,
     _newest_per_url,
 )
-from pushprox.proxy.cluster.service import DrainingListeners, HeartbeatService, default_peer_url
+from pushprox.proxy.cluster.service import default_peer_url
 from pushprox.proxy.coordinator import Coordinator
 from pushprox.proxy.push import Push
 from pushprox.shared.auth import Denied, PeerAuth
 from pushprox.shared.config import ProxyConfig
-from pushprox.shared.program import FlagListener
-from pushprox.shared.reload import ReloadOnHangup, WatchFiles
 
 
 class RedisAddressTests(SynchronousTestCase):
@@ -183,29 +179,7 @@ class ClusterOptionsTests(SynchronousTestCase):
             peer_token="peer-token-0123456789abcdef"))
 
 
-    def test_replica_assembled_through_its_variant(self) -> None:
-        """
-        A replica's service: the draining listeners first (they stop last), then the
-        heartbeat; its site counts requests, knows its peers and forwards pushes.
-        """
-        directory = Path(tempfile.mkdtemp())
-        self.addCleanup(shutil.rmtree, directory)
-        token = directory / "token"
-        token.write_text("peer-token-0123456789abcdef\n")
-        options = self.parse("--redis", "redis://r:6379/1", "--peer-token-file", str(token),
-                             "--peer-url", "http://10.0.0.7:8080",
-                             "--listen", "tcp:0:interface=127.0.0.1")
-        service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
-        children = list(IServiceCollection(service))
-        self.assertEqual([type(child) for child in children],
-                         [DrainingListeners, HeartbeatService, WatchAcceptFailures,
-                          ReloadOnHangup, WatchFiles])
-        [listener] = list(IServiceCollection(children[0]))
-        site = cast(DrainingListeners, children[0]).site
-        self.assertIs(cast(FlagListener, listener).factory, site)
-        self.assertEqual((site.count_requests, type(site.coordinator).__name__,
-                          type(site.push_forwarder).__name__, site.peer_auth is not None),
-                         (True, "ClusterCoordinator", "Peers", True))
+
 
 class OwnerSealTests(SynchronousTestCase):
     """The owner a scrape id names, sealed with the peer token."""

@@ -34,6 +34,7 @@ from pushprox.proxy.assembly import (
     client_auth,
     scraper_auth,
 )
+from pushprox.proxy.cluster.service import DrainingListeners, HeartbeatService
 from pushprox.proxy.site import ConnectionRefusals, ProxyConfig
 from pushprox.shared.config import default
 from pushprox.shared.metrics import ProxyMetrics
@@ -203,18 +204,24 @@ class ProxyOptionsTests(SynchronousTestCase):
         self.assertEqual(require_client_certificates("tcp:8080", pki.ca_cert), "tcp:8080")
 
 
+def proxy_services(options: proxy_tap.Options) -> list[Any]:
+    """The services ``makeService`` puts under the proxy's own, in order."""
+    return list(IServiceCollection(proxy_tap.makeService(options, reactor=MemoryReactorClock())))
+
+
+#: The services of a single proxy, in the order they start.
+SINGLE_PROXY = [CoordinatorService, MultiService, WatchAcceptFailures, ReloadOnHangup,
+                WatchFiles]
+
+
 class ProxyServiceTests(SynchronousTestCase):
     """The service ``makeService`` builds for the proxy."""
 
     def test_one_listener_per_endpoint_and_the_coordinator(self) -> None:
         """A coordinator service first (it stops last), then a listener per endpoint."""
-        options = parse_proxy("--listen", "tcp:0:interface=127.0.0.1",
-                              "--listen", "tcp:0:interface=127.0.0.1")
-        service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
-        children = list(IServiceCollection(service))
-        self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService, WatchAcceptFailures,
-                          ReloadOnHangup, WatchFiles])
+        children = proxy_services(parse_proxy("--listen", "tcp:0:interface=127.0.0.1",
+                                              "--listen", "tcp:0:interface=127.0.0.1"))
+        self.assertEqual([type(child) for child in children], SINGLE_PROXY)
         listeners = list(IServiceCollection(children[1]))
         self.assertEqual([type(child) for child in listeners],
                          [FlagListener, FlagListener])
@@ -246,17 +253,34 @@ class ProxyServiceTests(SynchronousTestCase):
             "--listen", f"ssl:0:privateKey={pki.server.key}:certKey={pki.server.cert}",
             "--client-ca", pki.ca_cert, "--client-tokens", str(tokens),
         )
-        service = proxy_tap.makeService(options, reactor=MemoryReactorClock())
-        children = list(IServiceCollection(service))
-        self.assertEqual([type(child) for child in children],
-                         [CoordinatorService, MultiService, WatchAcceptFailures,
-                          ReloadOnHangup, WatchFiles])
+        children = proxy_services(options)
+        self.assertEqual([type(child) for child in children], SINGLE_PROXY)
         [listener] = list(IServiceCollection(children[1]))
         self.assertIsInstance(listener, FlagListener)
         self.assertIsNotNone(listener.factory.client_auth)
         self.assertEqual(options.setup().client_tokens,
                          {"0123456789abcdef0123": "node1.example"})
 
+    def test_replica_assembled_through_its_variant(self) -> None:
+        """
+        A replica's service: the draining listeners first (they stop last), then the
+        heartbeat; its site counts requests, knows its peers and forwards pushes.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        token = Path(directory, "token")
+        token.write_text("peer-token-0123456789abcdef\n")
+        children = proxy_services(parse_proxy(
+            "--redis", "redis://r:6379/1", "--peer-token-file", str(token),
+            "--peer-url", "http://10.0.0.7:8080", "--listen", "tcp:0:interface=127.0.0.1"))
+        self.assertEqual([type(child) for child in children],
+                         [DrainingListeners, HeartbeatService, *SINGLE_PROXY[2:]])
+        [listener] = list(IServiceCollection(children[0]))
+        site = children[0].site
+        self.assertIs(listener.factory, site)
+        self.assertEqual((site.count_requests, type(site.coordinator).__name__,
+                          type(site.push_forwarder).__name__, site.peer_auth is not None),
+                         (True, "ClusterCoordinator", "Peers", True))
 
 class ClientOptionsTests(SynchronousTestCase):
     """``twistd pushprox-client`` options."""
