@@ -30,10 +30,8 @@ from pushprox.shared.options import read_secret
 from pushprox.shared.program import (
     ProgramService,
     TLSSettings,
-    WebConfigReload,
-    add_listener,
     reload_services,
-    tls_description,
+    serve_site,
     web_headers,
 )
 from pushprox.shared.reload import Reloader
@@ -226,6 +224,8 @@ def _add_metrics_listener(setup: ClientSetup, metrics: ClientMetrics,
 
     assert setup.metrics_listen is not None
     web = setup.web
+    auth = None
+    headers: list[tuple[bytes, bytes]] = []
     site = metrics_site(metrics.registry)
     if web is not None:
         from pushprox.shared.auth import PasswordChecker, ScraperAuth
@@ -235,12 +235,9 @@ def _add_metrics_listener(setup: ClientSetup, metrics: ClientMetrics,
         headers = web_headers(web)
         site = metrics_site(metrics.registry, auth=auth if web.users else None,
                             headers=headers)
-        if setup.web_config_file is not None:
-            reloader.register("--web.config.file", WebConfigReload(
-                setup.web_config_file, web, headers, auth).reload)
-    add_listener(service, "metrics-listen",
-                 tls_description(setup.tls, setup.metrics_listen, web=web),
-                 site, reactor, reloader=reloader)
+    serve_site(service, "metrics-listen", [setup.metrics_listen], site, reactor, reloader,
+               tls=setup.tls, web=web, web_config_file=setup.web_config_file, auth=auth,
+               headers=headers)
 
 
 def read_token(path: str | None, flag: str) -> str | None:

@@ -42,10 +42,8 @@ from pushprox.shared.metrics import ProxyMetrics
 from pushprox.shared.program import (
     ProgramService,
     TLSSettings,
-    WebConfigReload,
-    add_listener,
     reload_services,
-    tls_description,
+    serve_site,
     web_headers,
 )
 from pushprox.shared.reload import Reloader
@@ -195,13 +193,9 @@ def assemble(config: ProxyConfig, setup: ProxySetup, reactor: Any,
     )
     listeners = proxy.add_services(service, site)
     reloader = Reloader()
-    for endpoint in setup.listen:
-        description = tls_description(setup.tls, endpoint, client_ca=setup.client_ca,
-                                      web=setup.web)
-        add_listener(listeners, "listen", description, site, reactor, reloader=reloader)
-    if setup.web is not None and setup.web_config_file is not None:
-        reloader.register("--web.config.file", WebConfigReload(
-            setup.web_config_file, setup.web, site.headers, scrapers).reload)
+    serve_site(listeners, "listen", setup.listen, site, reactor, reloader, tls=setup.tls,
+               web=setup.web, web_config_file=setup.web_config_file, auth=scrapers,
+               headers=site.headers, client_ca=setup.client_ca)
     if setup.client_tokens_file:
         reloader.register("--client-tokens", clients.reload)
     if setup.scrape_auth_file:

@@ -12,7 +12,7 @@ import functools
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -571,3 +571,20 @@ class WebConfigReload:
             # The listeners were made with it; their certificate files are still re-read.
             self.log.warn("{path}: tls_server_config changed; it applies at the next "
                           "start", path=self._path)
+
+
+def serve_site(service: IService, flag: str, endpoints: Sequence[str], site: Any,
+               reactor: Any, reloader: Reloader, *, tls: TLSSettings, web: WebConfig | None,
+               web_config_file: str | None, auth: ScraperAuth | None,
+               headers: list[tuple[bytes, bytes]], client_ca: str | None = None) -> None:
+    """
+    Serve ``site`` on each of ``endpoints`` (given with ``--flag``), with ``tls`` and the
+    web configuration file's TLS; have the file's users (``auth``) and ``headers`` re-read
+    with the other files.
+    """
+    for endpoint in endpoints:
+        add_listener(service, flag, tls_description(tls, endpoint, client_ca=client_ca, web=web),
+                     site, reactor, reloader=reloader)
+    if web is not None and web_config_file is not None and auth is not None:
+        reloader.register("--web.config.file", WebConfigReload(
+            web_config_file, web, headers, auth).reload)
