@@ -13,6 +13,7 @@ whole scraped page.
 from __future__ import annotations
 
 import datetime
+import enum
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,11 +71,6 @@ class ProxyParts:
     #: Headers of every answer of the proxy's own endpoints (``--web.config.file``'s),
     #: replaced in place when the file is re-read.
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def is_push_path(path: bytes) -> bool:
-    """Whether ``path`` is the push endpoint (the only router of ``/push``)."""
-    return path == b"/push" or path.startswith(b"/push/")
 
 
 def denied_response(request: Request, denied: Denied) -> bytes:
@@ -371,11 +367,12 @@ class _Instrumented(Resource):
     """A leaf of the proxy's own endpoints, counted under its path."""
 
     isLeaf = True
-    path = ""
     log = Logger()
 
-    def __init__(self, parts: ProxyParts) -> None:
+    def __init__(self, parts: ProxyParts, path: str) -> None:
         super().__init__()
+        #: The label its requests are counted under (the endpoint's path, or ``other``).
+        self.path = path
         self._coordinator = parts.coordinator
         self._config = parts.config
         self._metrics = parts.metrics
@@ -436,11 +433,10 @@ class _Counted:
 class PollResource(_Instrumented):
     """``POST /poll``: a client waits here until a scrape for its FQDN comes."""
 
-    path = "/poll"
     log = Logger()
 
-    def __init__(self, parts: ProxyParts, client_auth: ClientAuth | None) -> None:
-        super().__init__(parts)
+    def __init__(self, parts: ProxyParts, path: str, client_auth: ClientAuth | None) -> None:
+        super().__init__(parts, path)
         self._client_auth = client_auth
 
     def render_POST(self, request: Request) -> bytes | int:
@@ -546,7 +542,6 @@ class PushResource(_Instrumented):
     load; otherwise (and always for upstream clients) it is empty.
     """
 
-    path = "/push"
     log = Logger()
 
     def render_POST(self, request: Request) -> bytes | int:
@@ -608,8 +603,8 @@ class PushResource(_Instrumented):
 class _Guarded(_Instrumented):
     """A ``GET`` endpoint behind the scrapers' checks (``--scrape-auth``, networks)."""
 
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
-        super().__init__(parts)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts, path)
         self._auth = auth
 
     def render_GET(self, request: Request) -> bytes | int:
@@ -642,8 +637,6 @@ def discovery_labels(client: ClientInfo) -> dict[str, str]:
 class ClientsResource(_Guarded):
     """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
 
-    path = "/clients"
-
     def answer(self, request: Request) -> bytes | int:
         """List every registered client as one target group."""
         listed = maybeDeferred(self._coordinator.clients)
@@ -673,11 +666,11 @@ class ClientsResource(_Guarded):
 class StatusPageResource(_Guarded):
     """``GET /``: the status page, for people (``pushprox.proxy.status``)."""
 
-    path = "/"
     log = Logger()
 
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None, started: float) -> None:
-        super().__init__(parts, auth)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None,
+                 started: float) -> None:
+        super().__init__(parts, path, auth)
         self._started = started
         self._version = package_version()
 
@@ -714,8 +707,6 @@ class StatusPageResource(_Guarded):
 class ClientsApiResource(StatusPageResource):
     """``GET /api/v1/clients``: what the status page shows, as JSON for tools."""
 
-    path = "/api/v1/clients"
-
     def body(self, request: Request, snapshot: status.ProxyStatus) -> bytes:
         """Render the JSON view."""
         request.setHeader(b"content-type", b"application/json")
@@ -726,8 +717,7 @@ class StatusResource(_Instrumented):
     """``/-/healthy`` and ``/-/ready``: a fixed text while the proxy serves."""
 
     def __init__(self, parts: ProxyParts, path: str, message: str) -> None:
-        super().__init__(parts)
-        self.path = path
+        super().__init__(parts, path)
         self._message = message
 
     def render_GET(self, request: Request) -> bytes:
@@ -739,10 +729,8 @@ class StatusResource(_Instrumented):
 class InstrumentedMetricsResource(_Guarded):
     """``/metrics`` counted like the other endpoints."""
 
-    path = "/metrics"
-
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
-        super().__init__(parts, auth)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts, path, auth)
         self._inner = MetricsResource(parts.metrics.registry)
 
     def answer(self, request: Request) -> bytes:
@@ -751,17 +739,116 @@ class InstrumentedMetricsResource(_Guarded):
 
 
 class NotFound(_Instrumented):
-    """Anything else: 404 with a hint."""
+    """Anything else: 404 with a hint naming what this port serves."""
 
-    path = "other"
+    def __init__(self, parts: ProxyParts, paths: list[str]) -> None:
+        super().__init__(parts, OTHER_LABEL)
+        self._message = ("not found: this is a PushProx proxy (use it as proxy_url; "
+                         f"endpoints {' '.join(paths)})")
 
     def render(self, request: Request) -> bytes:
         """Say what this port serves."""
         self.instrument(request)
-        return text_response(
-            request, 404, "not found: this is a PushProx proxy (use it as proxy_url; "
-            "endpoints / /poll /push /clients /api/v1/clients /metrics /-/healthy /-/ready)"
-        )
+        return text_response(request, 404, self._message)
+
+
+class Guard(enum.Enum):
+    """Who may use an endpoint, checked by its resource."""
+
+    #: Clients (``--client-auth``: tokens or certificate names).
+    CLIENTS = "clients"
+    #: Scrapers and people (``--scrape-auth``, ``--scrape-networks``).
+    SCRAPERS = "scrapers"
+    #: Anyone (health checks).
+    ANYONE = "anyone"
+
+
+@dataclass(frozen=True)
+class _Assembly:
+    """What the resources of the endpoints are made with."""
+
+    parts: ProxyParts
+    client_auth: ClientAuth | None
+    scraper_auth: ScraperAuth | None
+    #: When the proxy started (the status page says so).
+    started: float
+
+    def scrapers(self, endpoint: Endpoint) -> ScraperAuth | None:
+        """The scrapers' checks, for an endpoint guarded by them."""
+        return self.scraper_auth if endpoint.guard is Guard.SCRAPERS else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """
+    One endpoint reached by path: everything the site routes, counts and lists by.
+
+    ``ENDPOINTS`` is the one place an endpoint is declared: the resource tree, the
+    routing of the hot endpoints and the 404 text are made from it.
+    """
+
+    #: The path, and the ``path`` label its requests are counted under.
+    path: str
+    guard: Guard
+    #: Makes its resource.
+    make: Callable[[Endpoint, _Assembly], Resource]
+    #: Routed at once by its first path segment (on the path of every scrape), with any
+    #: path below it, without walking the resource tree; otherwise found in the tree.
+    hot: bool = False
+    #: The ``PushProxSite`` argument that switches it off, if one does.
+    switch: str | None = None
+    #: Its request body is handed to a ``Push`` while it arrives (hot endpoints only).
+    streams: bool = False
+
+    @property
+    def segments(self) -> list[bytes]:
+        """The path's segments, as twisted.web's tree walks them."""
+        return self.path.encode("ascii")[1:].split(b"/")
+
+
+#: The ``path`` label of requests to no endpoint.
+OTHER_LABEL = "other"
+
+#: The endpoints reached by path, in the order the 404 text lists them.  (A request
+#: in proxy form, ``GET http://target/...``, is a scrape, whatever its path.)
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: StatusPageResource(a.parts, e.path, a.scrapers(e), a.started)),
+    Endpoint("/poll", Guard.CLIENTS, hot=True,
+             make=lambda e, a: PollResource(a.parts, e.path, a.client_auth)),
+    Endpoint("/push", Guard.CLIENTS, hot=True, streams=True,
+             make=lambda e, a: PushResource(a.parts, e.path)),
+    Endpoint("/clients", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: ClientsResource(a.parts, e.path, a.scrapers(e))),
+    Endpoint("/api/v1/clients", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: ClientsApiResource(a.parts, e.path, a.scrapers(e), a.started)),
+    Endpoint("/metrics", Guard.SCRAPERS, switch="metrics_endpoint",
+             make=lambda e, a: InstrumentedMetricsResource(a.parts, e.path, a.scrapers(e))),
+    Endpoint("/-/healthy", Guard.ANYONE,
+             make=lambda e, a: StatusResource(a.parts, e.path, "Healthy")),
+    Endpoint("/-/ready", Guard.ANYONE,
+             make=lambda e, a: StatusResource(a.parts, e.path, "Ready")),
+)
+
+#: The hot endpoints by the one segment of their path.
+_HOT = {endpoint.segments[0]: endpoint for endpoint in ENDPOINTS if endpoint.hot}
+
+
+def hot_segment(path: bytes) -> bytes:
+    """The segment a hot endpoint of ``path`` would be known by: its first one (a hot
+    endpoint's path is one segment, never empty)."""
+    return path[1:].partition(b"/")[0] if path[:1] == b"/" else b""
+
+
+def hot_endpoint(path: bytes) -> Endpoint | None:
+    """The hot endpoint that serves ``path`` (its own or one below it), if one does."""
+    return _HOT.get(hot_segment(path))
+
+
+def is_push_path(path: bytes) -> bool:
+    """Whether ``path`` is served by the endpoint whose body streams to a ``Push``."""
+    endpoint = hot_endpoint(path)
+    return endpoint is not None and endpoint.streams
 
 
 class ConnectRefused(Resource):
@@ -893,6 +980,22 @@ class ConnectionRefusals:
             self.refusing = 0
 
 
+def _tree(resources: dict[str, Resource], not_found: Resource) -> Resource:
+    """The resource tree of ``resources`` by path; any other path finds ``not_found``."""
+    root = _Directory(not_found)
+    for path, resource in resources.items():
+        *directories, leaf = path.encode("ascii")[1:].split(b"/")
+        node: Resource = root
+        for name in directories:
+            child = node.children.get(name)
+            if child is None:
+                child = _Directory(not_found)
+                node.putChild(name, child)
+            node = child
+        node.putChild(leaf, resource)
+    return root
+
+
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
 
@@ -937,40 +1040,20 @@ class PushProxSite(Site):
         self._quiet = Waiters()
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
-        self._push = PushResource(parts)
-        self._poll = PollResource(parts, self.client_auth)
         self._connect = ConnectRefused()
-        root = self._tree(parts, scraper_auth, clients=clients_endpoint,
-                          metrics=metrics_endpoint)
+        switched_on = {"clients_endpoint": clients_endpoint, "metrics_endpoint": metrics_endpoint}
+        served = [endpoint for endpoint in ENDPOINTS
+                  if endpoint.switch is None or switched_on[endpoint.switch]]
+        assembly = _Assembly(parts, self.client_auth, scraper_auth, clock.seconds())
+        resources = {endpoint.path: endpoint.make(endpoint, assembly) for endpoint in served}
+        #: The hot endpoints' resources, by the one segment of their path.
+        self._hot: dict[bytes, Resource] = {
+            endpoint.segments[0]: resources[endpoint.path] for endpoint in served if endpoint.hot}
+        not_found = NotFound(parts, [endpoint.path for endpoint in ENDPOINTS])
+        root = _tree(resources, not_found)
         super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
         self.noisy = False
-
-    def _tree(self, parts: ProxyParts, scraper_auth: ScraperAuth | None, *,
-              clients: bool, metrics: bool) -> Resource:
-        """
-        The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready,
-        and the status page / with its JSON view /api/v1/clients (which go with /clients).
-        """
-        not_found = NotFound(parts)
-        root = _Directory(not_found)
-        root.putChild(b"poll", self._poll)
-        if clients:
-            root.putChild(b"clients", ClientsResource(parts, scraper_auth))
-            started = parts.clock.seconds()
-            root.putChild(b"", StatusPageResource(parts, scraper_auth, started))
-            api = _Directory(not_found)
-            version_1 = _Directory(not_found)
-            version_1.putChild(b"clients", ClientsApiResource(parts, scraper_auth, started))
-            api.putChild(b"v1", version_1)
-            root.putChild(b"api", api)
-        if metrics:
-            root.putChild(b"metrics", InstrumentedMetricsResource(parts, scraper_auth))
-        status = _Directory(not_found)
-        status.putChild(b"healthy", StatusResource(parts, "/-/healthy", "Healthy"))
-        status.putChild(b"ready", StatusResource(parts, "/-/ready", "Ready"))
-        root.putChild(b"-", status)
-        return root
 
     def start_push(self, request: Request, length: int | None) -> Push:
         """The push that ``request`` carries, authenticated before its body arrives."""
@@ -1036,12 +1119,10 @@ class PushProxSite(Site):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
-        path = request.path
-        if is_push_path(path):
-            return self._push
-        if path == b"/poll" or path.startswith(b"/poll/"):
-            # What the tree would find (a leaf), without walking it: once a scrape.
-            return self._poll
+        # A hot endpoint: what the tree would find (a leaf), without walking it.
+        hot = self._hot.get(hot_segment(request.path))
+        if hot is not None:
+            return hot
         return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Any) -> None:
