@@ -152,3 +152,20 @@ class LeanRequestTests(ProxyTestCase):
         self.assertIn(b"\r\nConnection: close\r\n", raw)
         self.assertTrue(poll.transport.disconnecting)
         self.assertEqual(self.site.in_progress, 0)
+
+    def test_expect_continue_on_a_push(self) -> None:
+        """A push with ``Expect: 100-continue`` gets its interim answer, then its own."""
+        scraper, request = self.sent_scrape()
+        body = wire.encode_response_head(status=200, reason=b"OK", headers=[],
+                                         scrape_id=request.scrape_id, length=2) + b"ok"
+        pusher = self.connect()
+        pusher.send(b"POST /push HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body))
+        self.assertEqual(pusher.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        pusher.send(body)
+        answer = pusher.transport.value()[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        response = scraper.response()
+        assert response is not None
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+        self.assertIdle()
