@@ -169,3 +169,13 @@ class LeanRequestTests(ProxyTestCase):
         assert response is not None
         self.assertEqual((response.status, response.body), (200, b"ok"))
         self.assertIdle()
+
+    def test_finish_twice_is_harmless(self) -> None:
+        """A second ``finish`` does nothing (twisted.web warns and returns too)."""
+        poll = self.poll()
+        request = poll.protocol.request
+        assert isinstance(request, HotRequest)
+        self.scrape()
+        answered = poll.transport.value()
+        request.finish()
+        self.assertEqual(poll.transport.value(), answered)

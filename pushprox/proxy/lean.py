@@ -286,11 +286,11 @@ class LeanRequest:
 
     def finish(self) -> None:
         """The response is complete: the channel may go on with the next request."""
+        if self.finished:
+            return  # as twisted.web, which only warns
         channel = self.channel
         if channel is None:
             raise RuntimeError("finish after the connection was lost")
-        if self.finished:
-            return
         if not self.startedWriting:
             self.write(b"")
         if self.chunked:
