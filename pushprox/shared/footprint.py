@@ -24,6 +24,7 @@ and the reactor's base class (which twistd imports when it installs the reactor,
 options are parsed) within it too.  That needs twistd's plugin cache (``dropin.cache``) to be
 up to date: when twistd rebuilds it, it imports every plugin of every installed package,
 Twisted's own among them, and those load pyOpenSSL and cryptography before ours runs.
+twistd's ``--reactor`` does too: it installs the reactor while twistd reads its own options.
 ``tests/test_footprint.py`` fails if a Twisted release stops falling back.
 """
 
