@@ -163,21 +163,34 @@ class CommandFootprintTests(SynchronousTestCase):
                  watch=[process])
         return process
 
-    def start_pair(self, target_port: int, client_env: dict[str, str] | None = None
-                   ) -> tuple[Process, Process, int]:
-        """A proxy and a client (fqdn 127.0.0.1) without TLS options, once registered."""
+    def start_pair(self, target_port: int, client_env: dict[str, str] | None = None,
+                   twistd: bool = False) -> tuple[Process, Process, int]:
+        """A proxy and a client (fqdn 127.0.0.1) without TLS options, once registered: the
+        commands, or under ``twistd`` with ``twistd``."""
+        def argv(program: str, args: list[str]) -> list[str]:
+            return twistd_argv(program, args) if twistd else [command(program), *args]
+
         proxy_port, metrics_port = free_port(), free_port()
-        proxy = self.start("proxy", [command("pushprox-proxy"), "--listen",
-                                     f"tcp:{proxy_port}:interface=127.0.0.1"], proxy_port)
-        client = self.start("client", [
-            command("pushprox-client"), "--fqdn", "127.0.0.1",
-            "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
+        proxy = self.start("proxy", argv("pushprox-proxy", [
+            "--listen", f"tcp:{proxy_port}:interface=127.0.0.1"]), proxy_port)
+        client = self.start("client", argv("pushprox-client", [
+            "--fqdn", "127.0.0.1", "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
             "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
-            "--allow-port", str(target_port)], metrics_port, env=client_env)
+            "--allow-port", str(target_port)]), metrics_port, env=client_env)
         wait_for(lambda: b"127.0.0.1" in raw_http(
             proxy_port, http_request_bytes("GET", "/clients", [])).body,
             timeout=20, what="the client registered", watch=[proxy, client])
         return proxy, client, proxy_port
+
+    def assert_serves_tls(self, proxy: Process, port: int, ca_cert: str) -> None:
+        """The proxy answers ``/-/healthy`` over TLS on ``port`` (verified against
+        ``ca_cert``) and has the TLS libraries mapped."""
+        context = ssl.create_default_context(cafile=ca_cert)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/-/healthy")
+        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
+        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
 
     def test_no_tls_process_maps_no_tls_library(self) -> None:
         """A plain proxy and client serve a scrape without cryptography's code mapped."""
@@ -197,12 +210,7 @@ class CommandFootprintTests(SynchronousTestCase):
             command("pushprox-proxy"), "--listen",
             f"ssl:{port}:interface=127.0.0.1:privateKey={pki.server.key}"
             f":certKey={pki.server.cert}"], port)
-        context = ssl.create_default_context(cafile=pki.ca.cert_path)
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
-        self.addCleanup(connection.close)
-        connection.request("GET", "/-/healthy")
-        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
-        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
+        self.assert_serves_tls(proxy, port, pki.ca.cert_path)
 
     def test_twistd_without_tls_maps_no_tls_library(self) -> None:
         """Under twistd, a plain proxy and client serve a scrape without cryptography's code
@@ -213,16 +221,7 @@ class CommandFootprintTests(SynchronousTestCase):
                        env=subprocess_env(), timeout=120, check=True, cwd=self.tmp)
         _, exporter_port = start_exporter(self.processes, "plain",
                                           pages={"/metrics": Page(METRICS)})
-        proxy_port, metrics_port = free_port(), free_port()
-        proxy = self.start("proxy", twistd_argv("pushprox-proxy", [
-            "--listen", f"tcp:{proxy_port}:interface=127.0.0.1"]), proxy_port)
-        client = self.start("client", twistd_argv("pushprox-client", [
-            "--fqdn", "127.0.0.1", "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
-            "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
-            "--allow-port", str(exporter_port)]), metrics_port)
-        wait_for(lambda: b"127.0.0.1" in raw_http(
-            proxy_port, http_request_bytes("GET", "/clients", [])).body,
-            timeout=20, what="the client registered", watch=[proxy, client])
+        proxy, client, proxy_port = self.start_pair(exporter_port, twistd=True)
         answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
         self.assertEqual((answer.status, answer.body), (200, METRICS))
         self.assertEqual(tls_objects_mapped(proxy.pid), [], proxy.log_text())
@@ -235,12 +234,7 @@ class CommandFootprintTests(SynchronousTestCase):
         proxy = self.start("proxy", twistd_argv("pushprox-proxy", [
             "--listen", f"pushprox-tls:{port}:interface=127.0.0.1:privateKey={pki.server.key}"
             f":certKey={pki.server.cert}"]), port)
-        context = ssl.create_default_context(cafile=pki.ca.cert_path)
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
-        self.addCleanup(connection.close)
-        connection.request("GET", "/-/healthy")
-        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
-        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
+        self.assert_serves_tls(proxy, port, pki.ca.cert_path)
 
     def test_https_target_loads_tls_on_first_use(self) -> None:
         """A client without TLS options scrapes an https:// target: TLS loads then, not
