@@ -6,13 +6,13 @@ all follow the table.
 
 from __future__ import annotations
 
-import bcrypt
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
 from pushprox.proxy import site
 from pushprox.proxy.site import ENDPOINTS, Guard, PushProxSite
 from pushprox.shared.auth import ClientAuth, PasswordChecker, ScraperAuth
+from tests.harness.credentials import fast_hash
 from tests.test_proxy import ProxyTestCase, Response, post
 from tests.test_status import NOT_FOUND
 
@@ -85,8 +85,7 @@ class EndpointTableTests(ProxyTestCase):
 
     def test_guards_are_what_the_table_says(self) -> None:
         """With client and scraper authentication on, each endpoint asks for its own."""
-        checker = PasswordChecker({SCRAPER: bcrypt.hashpw(PASSWORD.encode(),
-                                                          bcrypt.gensalt(rounds=4))})
+        checker = PasswordChecker({SCRAPER: fast_hash(PASSWORD.encode())})
         self.site = PushProxSite(
             self.coordinator, clock=self.clock, config=self.config, reactor=Clock(),
             scraper_auth=ScraperAuth(passwords=checker),

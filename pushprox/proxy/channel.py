@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_hooks,tests.test_channel_contract -*-
+# -*- test-case-name: tests.test_channel,tests.test_channel_contract,tests.test_lean -*-
 """
 The proxy's HTTP server channel.
 
