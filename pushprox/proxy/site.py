@@ -61,7 +61,7 @@ _NONE: frozenset[bytes] = frozenset()
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
 
-#: A request, twisted.web's or a lean one (what the helpers below need of either).
+#: A request, twisted.web's or a lean one (what the functions below need of either).
 AnyRequest = Request | LeanRequest
 
 
