@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.proxy.coordinator import Coordinator
-from pushprox.proxy.site import ProxyConfig, PushProxRequest, PushProxSite
+from pushprox.proxy.site import HotRequest, ProxyConfig, PushProxSite
 from pushprox.shared import wire
 from tests.harness.recordings import (
     GO_CLIENT_POLL,
@@ -667,20 +666,13 @@ class EndpointTests(ProxyTestCase):
 
 
 class WhenEndedTests(ProxyTestCase):
-    """``PushProxRequest.when_ended``: what the resources learn of a request's end."""
+    """``when_ended``: what the resources learn of a request's end."""
 
-    def held_request(self) -> PushProxRequest:
+    def held_request(self) -> HotRequest:
         """A request held open by the site (a poll waiting for a scrape)."""
-        made: list[PushProxRequest] = []
-
-        class Recorded(PushProxRequest):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                made.append(self)
-
-        self.site.requestFactory = Recorded
         self.connection = self.poll()
-        (request,) = made
+        request = self.connection.protocol.request
+        assert isinstance(request, HotRequest)
         return request
 
     def test_finish_calls_each_callback_once_in_order(self) -> None:
