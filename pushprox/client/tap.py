@@ -307,7 +307,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if target_policy.paths:
             reloader.register("--target-tls-cacert/--target-tls-cert/--target-tls-key",
                               target_policy.reload, watch=target_policy.paths)
-    proxy_link, target_agent, pools = make_connections(
+    proxy_link, target_link, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
         target_policy=target_policy, keepalive=config, http_proxy=options.http_proxies[0],
         target_http_proxy=options.target_http_proxy,
@@ -356,11 +356,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         config = dataclasses.replace(options.config_for(name), proxy_token=tokens["proxy"],
                                      target_bearer_token=tokens["target"])
         return ClientService(config, reactor=reactor, proxy_link=proxy_link,
-                             fallback_links=fallback_links, target_agent=target_agent,
+                             fallback_links=fallback_links, target_link=target_link,
                              metrics=metrics, owns_connections=False)
 
     def close_connections() -> Deferred[Any]:
         return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
+                             target_link.close(),
                              *(pool.closeCachedConnections() for pool in pools)])
 
     roster = ClientRoster(fixed=options.names, targets_file=options["targets-file"],
