@@ -19,6 +19,7 @@ the request is written until its answer is delivered or it fails; the exchange's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -47,6 +48,8 @@ from zope.interface import implementer
 from pushprox.shared.twisted_internals import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
+#: What a method, a path, a host or a header name must not hold.
+_NOT_IN_A_TOKEN = re.compile(rb"[ \r\n\0]")
 #: Status codes whose answers never have a body (RFC 9110 6.4.1).
 _NO_BODY = frozenset({204, 304})
 
@@ -110,7 +113,7 @@ def request_head(method: bytes, path: bytes, host: bytes,
     are ours and are refused if malformed.
     """
     for part in (method, path, host, *(name for name, _ in headers)):
-        if not part or any(c in part for c in (b" ", b"\r", b"\n", b"\0")):
+        if not part or _NOT_IN_A_TOKEN.search(part) is not None:
             raise ValueError(f"{part!r} is empty or holds a space or a line break")
     lines = [b"%s %s HTTP/1.1\r\n" % (method, path), b"Host: %s\r\n" % (host,)]
     lines += [b"%s: %s\r\n" % (name, _one_line(value)) for name, value in headers]
@@ -118,6 +121,8 @@ def request_head(method: bytes, path: bytes, host: bytes,
 
 
 def _one_line(value: bytes) -> bytes:
+    if b"\r" not in value and b"\n" not in value:
+        return value
     return value.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
 
 

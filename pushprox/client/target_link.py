@@ -57,6 +57,8 @@ MAX_HELD = 64 * 1024
 MAX_IDLE = 16
 #: Target hosts and ports with connections kept.
 MAX_POOLS = 256
+#: Serialized request heads kept (one per target and Prometheus job, typically).
+MAX_HEADS = 256
 
 
 class BadResponse(Exception):
@@ -102,6 +104,9 @@ class TargetLink:
         self._max_idle = max_idle
         self._max_head = max_head
         self._pools: dict[tuple[bytes, int], _Pool] = {}
+        #: Request heads serialized before: Prometheus sends the same headers each time.
+        self._heads: dict[tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...]],
+                          RequestHead] = {}
         self._closing = False
 
     def get(self, *, scheme: bytes, method: bytes, url: bytes, host: bytes, port: int,
@@ -123,10 +128,16 @@ class TargetLink:
             pool = self._pools[(host, port)] = _Pool(
                 self._endpoint(scheme, host, port), self._max_idle, self._max_head)
             pool.closing = self._closing
-        try:
-            head = request_head(method, path, host_header, headers)
-        except ValueError as error:
-            return fail(error)
+        key = (path, host_header, tuple(headers))
+        head = self._heads.get(key)
+        if head is None:
+            try:
+                head = request_head(method, path, host_header, headers)
+            except ValueError as error:
+                return fail(error)
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()
+            self._heads[key] = head
         exchange = _Exchange(head)
         exchange.deferred = Deferred(exchange.cancel)
         pool.send(exchange)
