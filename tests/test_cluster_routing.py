@@ -16,11 +16,12 @@ from pushprox.proxy.cluster.coordinator import (
     MAX_FOLLOW,
     RECALL_AFTER,
     REDIS_RETRY,
+    RETRY,
     ClusterCoordinator,
     RoutingUnavailable,
 )
 from pushprox.proxy.cluster.routes import RedisUnavailable, Route
-from pushprox.proxy.coordinator import Coordinator, IScrapeAnswer
+from pushprox.proxy.coordinator import Coordinator, IScrapeAnswer, UnknownClient
 from pushprox.shared import wire
 from pushprox.shared.config import ProxyConfig
 
@@ -161,6 +162,28 @@ class RoutingTests(SynchronousTestCase):
         self.clock.advance(RECALL_AFTER)
         self.assertEqual([(peer, hops) for peer, hops, _ in self.peers.forwarded],
                          [(THERE, 3)])
+
+    def test_routed_here_but_unknown_here_is_routed_again(self) -> None:
+        """
+        Sent here by another replica (the hop limit of routing reached) for a client that
+        never polled here: it moved on meanwhile, so Redis is asked again a moment later
+        and the scrape follows it, where a 404 would deny a client the cluster knows.
+        """
+        self.routes.answers["node1.example"] = Route(peer=THERE, known=True)
+        scraped = self.scrape(hops=2)
+        self.assertEqual((self.routes.lookups, self.peers.forwarded), (0, []))
+        self.clock.advance(RETRY)
+        self.assertEqual([(peer, hops) for peer, hops, _ in self.peers.forwarded],
+                         [(THERE, 3)])
+        self.assertNoResult(scraped)
+
+    def test_routed_here_unknown_everywhere_is_404(self) -> None:
+        """The same when the cluster does not know the client either: 404 once asked."""
+        self.routes.answers["node1.example"] = Route(peer=None, known=False)
+        scraped = self.scrape(hops=2)
+        self.clock.advance(RETRY)
+        self.assertEqual(self.failureResultOf(scraped, UnknownClient).value.status, 404)
+        self.assertTrue(self.local.is_idle())
 
     def test_following_stops_at_the_hop_limit(self) -> None:
         """A scrape that has followed its client MAX_FOLLOW times waits where it is."""

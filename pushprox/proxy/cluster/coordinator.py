@@ -110,6 +110,13 @@ class ClusterCoordinator:
         hops = _hops(wire.header_value(headers, wire.HOP_HEADER))
         if self.local.has_poll(fqdn) and not self.local.draining:
             return self.local.scrape(fqdn, method, url, headers, timeout)
+        if hops >= MAX_HOPS and not self.local.knows(fqdn) and hops < MAX_FOLLOW:
+            # Sent here by a replica that Redis sent it to, but the client never polled
+            # here: it is moving between replicas faster than the table says.  Ask again
+            # once the table has caught up, rather than answer 404 for a client the
+            # cluster knows.
+            return Deferred.fromCoroutine(
+                self._route(fqdn, method, url, list(headers), timeout, hops, settle=True))
         if hops >= MAX_HOPS:
             # Served here, whatever Redis says; but if it waits for a poll that lands
             # elsewhere, it follows.
@@ -122,14 +129,17 @@ class ClusterCoordinator:
 
     async def _route(self, fqdn: str, method: bytes, url: bytes,
                      headers: list[tuple[bytes, bytes]], timeout: float,
-                     hops: int) -> IScrapeAnswer:
+                     hops: int, settle: bool = False) -> IScrapeAnswer:
         """
         Forward to the replica Redis names; serve here when that is this one, or when the
         cluster does not know the client (404 at once, unless it polls here).  A client the
         cluster knows but that has no live route is between replicas (the one it polled
-        left or died): wait for its next poll to say where it went.
+        left or died): wait for its next poll to say where it went.  With ``settle``,
+        Redis is asked only after L{RETRY}: the scrape was routed here already.
         """
         deadline = self._clock.seconds() + timeout
+        if settle and self._clock.seconds() + RETRY < deadline:
+            await deferLater(self._clock, RETRY, lambda: None)
         while True:
             left = deadline - self._clock.seconds()
             if self.local.has_poll(fqdn) and not self.local.draining:
