@@ -364,6 +364,29 @@ class TargetLinkTests(TestCase):
         await done
         self.assertEqual(collector.data(), b"HEAD|" + big)
 
+    async def test_push_full_at_its_first_write_keeps_the_target_paused(self) -> None:
+        """A push whose transport is full with the held bytes pauses the body as it
+        starts: the target stays paused until the push resumes it."""
+        big = b"z" * (8 * 1024 * 1024)
+        self.serve(lambda target, n: target.write(ok(big)))
+        response = await self.get()
+        await deferLater(IReactorTime(reactor), 0.3, lambda: None)
+        body = response.push_body(b"HEAD|")
+
+        class Full(_Collector):
+            def write(self, data: bytes) -> None:
+                super().write(data)
+                if len(self.writes) == 1:
+                    body.pauseProducing()
+
+        collector = Full()
+        done = body.startProducing(collector)
+        await deferLater(IReactorTime(reactor), 0.2, lambda: None)
+        self.assertEqual(len(collector.writes), 1)
+        body.resumeProducing()
+        await done
+        self.assertEqual(collector.data(), b"HEAD|" + big)
+
     async def test_paused_push_pauses_the_target(self) -> None:
         """While the push is paused nothing more is read; resumed, the page completes."""
         big = b"z" * (8 * 1024 * 1024)

@@ -312,6 +312,9 @@ class TargetResponse:
         """Write the head with what has arrived of the body, then the rest as it comes."""
         self._consumer = consumer
         self._done = done = Deferred[None]()
+        if self._connection is not None:
+            # Resumed first: the write below may pause it again, for the push's sake.
+            self._connection.resume()
         held, self._held = self._held, []
         self._held_size = 0
         data = self._head + b"".join(held)
@@ -323,8 +326,6 @@ class TargetResponse:
             done.callback(None)
         elif outcome is not None:
             done.errback(cast(Failure, outcome))
-        elif self._connection is not None:
-            self._connection.resume()
         return done
 
     def pauseProducing(self) -> None:
