@@ -3,8 +3,8 @@
 The client: poll the proxy, scrape the target it names, push the answer back.
 
 ``ClientService`` keeps one long poll open to the proxy.  Each poll answer is a
-scrape request; the client checks it against its allow-list, scrapes the target with
-a plain ``Agent`` (so that compression and headers pass through untouched), and
+scrape request; the client checks it against its allow-list, scrapes the target through
+its ``TargetLink`` (so that compression and headers pass through untouched), and
 streams the target's response into a ``POST /push`` while it arrives.  It polls again
 as soon as a request arrives, so scrapes run concurrently.
 """
