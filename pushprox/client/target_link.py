@@ -31,7 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail,
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
-    IProtocol,
+    IProtocolFactory,
     IPushProducer,
     IStreamClientEndpoint,
     ITCPTransport,
@@ -44,7 +44,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from pushprox.client.link import RequestHead, request_head
+from pushprox.client.link import KeepAlivePool, RequestHead, request_head
 from pushprox.shared.twisted_internals import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -126,8 +126,8 @@ class TargetLink:
                     old.close()
                 self._pools.clear()
             pool = self._pools[(host, port)] = _Pool(
-                self._endpoint(scheme, host, port), self._max_idle, self._max_head)
-            pool.closing = self._closing
+                self._endpoint(scheme, host, port), self._max_idle, self._max_head,
+                closing=self._closing)
         key = (path, host_header, tuple(headers))
         head = self._heads.get(key)
         if head is None:
@@ -140,7 +140,7 @@ class TargetLink:
             self._heads[key] = head
         exchange = _Exchange(head)
         exchange.deferred = Deferred(exchange.cancel)
-        pool.send(exchange)
+        pool._send(exchange)
         return exchange.deferred
 
     def _through_agent(self, method: bytes, url: bytes, host_header: bytes,
@@ -165,66 +165,24 @@ class TargetLink:
 
     def idle_connections(self) -> int:
         """How many plain-HTTP connections wait for a scrape."""
-        return sum(len(pool.idle) for pool in self._pools.values())
+        return sum(len(pool._idle) for pool in self._pools.values())
 
 
-class _Pool:
+class _Pool(KeepAlivePool["_Connection"]):
     """The connections to one target host and port."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, max_idle: int, max_head: int) -> None:
-        self._endpoint = endpoint
-        self._max_idle = max_idle
+    def __init__(self, endpoint: IStreamClientEndpoint, max_idle: int, max_head: int, *,
+                 closing: bool) -> None:
+        super().__init__(endpoint, max_idle)
         self.max_head = max_head
-        self.idle: list[_Connection] = []
-        #: Connections are closed after their scrape rather than kept.
-        self.closing = False
+        self._closing = closing
 
-    def send(self, exchange: _Exchange, *, fresh: bool = False) -> None:
-        """Write ``exchange``'s request on an idle connection, else on a new one."""
-        if self.idle and not fresh:
-            self.idle.pop().send(exchange, reused=True)
-            return
-        connecting = self._endpoint.connect(_ConnectionFactory(self))
-        exchange.connecting = connecting
-        connecting.addCallbacks(self._connected, self._not_connected,
-                                callbackArgs=(exchange,), errbackArgs=(exchange,))
-
-    def _connected(self, protocol: IProtocol, exchange: _Exchange) -> None:
-        exchange.connecting = None
-        assert isinstance(protocol, _Connection)
-        if protocol.lost_reason is not None:
-            if not exchange.deferred.called:
-                exchange.deferred.errback(ResponseNeverReceived([protocol.lost_reason]))
-        elif exchange.deferred.called:
-            self.give_back(protocol)
-        else:
-            protocol.send(exchange, reused=False)
-
-    def _not_connected(self, failure: Failure, exchange: _Exchange) -> None:
-        exchange.connecting = None
-        if not exchange.deferred.called:
-            exchange.deferred.errback(failure)
-
-    def give_back(self, connection: _Connection) -> None:
-        """A connection whose scrape is over and that may serve another."""
-        if self.closing or len(self.idle) >= self._max_idle:
-            connection.close()
-        else:
-            self.idle.append(connection)
-
-    def lost(self, connection: _Connection) -> None:
-        """A connection is gone."""
-        if connection in self.idle:
-            self.idle.remove(connection)
+    def _factory(self) -> IProtocolFactory:
+        return _ConnectionFactory(self)
 
     def close(self) -> Deferred[None]:
         """Close the idle connections; later ones are closed after their scrape."""
-        self.closing = True
-        closing, self.idle = self.idle, []
-        waits = [connection.close() for connection in closing]
-        if not waits:
-            return succeed(None)
-        return DeferredList(waits).addCallback(lambda _: None)
+        return self._close_idle()
 
 
 class _Exchange:
@@ -517,7 +475,7 @@ class _Connection(Protocol):
         exchange.connection = None
         self.resume()
         if self._keep_alive and not self._stray and not self._lost and not self._until_close:
-            self._pool.give_back(self)
+            self._pool._give_back(self)
         else:
             self.close()
         response.finished()
@@ -538,7 +496,7 @@ class _Connection(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._lost = True
         self.lost_reason = reason
-        self._pool.lost(self)
+        self._pool._lost(self)
         for waiting in self._when_lost:
             waiting.callback(None)
         self._when_lost.clear()
@@ -564,7 +522,7 @@ class _Connection(Protocol):
                     and reason.check(ConnectionDone, ConnectionLost) is not None):
                 # The target closed this idle connection as the request went out.
                 exchange.retried = True
-                self._pool.send(exchange, fresh=True)
+                self._pool._send(exchange, fresh=True)
                 return
             exchange.deferred.errback(ResponseNeverReceived([reason]))
             return
