@@ -6,7 +6,7 @@ Three tiers, as pytest markers: ``in_memory`` (no socket, no process: fakes, ``C
 sockets on 127.0.0.1 or real programs: twistd, redis-server, nginx...) and ``e2e``
 (everything under ``tests/e2e``: a real Prometheus and the rest).  A test is marked
 ``processes`` by hand (on its class or module); ``e2e`` and ``in_memory`` are given here.
-An ``in_memory`` test that binds or connects a socket, or starts a process, fails, saying
+An ``in_memory`` test that makes a socket of any kind, or starts a process, fails, saying
 that it belongs to ``processes``.
 """
 
@@ -22,9 +22,24 @@ from typing import Any
 import pytest
 
 from tests.harness.processes import ProcessGroup
+from tests.harness.stack import Stack
 
 #: Where a fixture puts the processes of its test (the e2e ``stack``).
 PROCESS_GROUP = pytest.StashKey[ProcessGroup]()
+
+
+@pytest.fixture
+def plain_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """
+    The processes of this test (``tests.harness.stack.Stack``), their logs in its report
+    when it fails; all stopped at its end, even when it fails.
+    """
+    stack = Stack(tmp_path)
+    request.node.stash[PROCESS_GROUP] = stack
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
 
 
 def _process_group(item: pytest.Item) -> ProcessGroup | None:
@@ -106,11 +121,15 @@ def _refused(what: str) -> Any:
 
 @pytest.fixture(autouse=True)
 def _in_memory_only(request: pytest.FixtureRequest) -> Iterator[None]:
-    """An ``in_memory`` test may not bind or connect a socket, nor start a process."""
+    """An ``in_memory`` test may not make a socket of any kind, nor start a process."""
     if request.node.get_closest_marker("in_memory") is None:
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
+        # Any socket at all, not only one that binds or connects: a socket pair, or one
+        # that listens or sends a datagram without binding first, is a real socket too.
+        patch.setattr(socket.socket, "__init__", _refused("made a socket"))
+        patch.setattr(socket, "socketpair", _refused("made a socket pair"))
         for name in ("bind", "connect", "connect_ex"):
             patch.setattr(socket.socket, name, _refused(f"used a socket ({name})"))
         patch.setattr(subprocess.Popen, "__init__", _refused("started a process"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from tests.harness.exporter import Page, start_exporter
 from tests.harness.rawhttp import (
-    DATA,
     HTTPResponse,
     IncompleteMessage,
     RawConnection,
@@ -26,7 +25,6 @@ from tests.harness.rawhttp import (
 from tests.harness.waiting import LOCALHOST, free_port, port_open, wait_for
 
 __all__ = [
-    "DATA",
     "LOCALHOST",
     "HTTPResponse",
     "IncompleteMessage",

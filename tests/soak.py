@@ -34,8 +34,8 @@ from tests.faultrelay import FaultRelay
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
     http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
 )
 from tests.harness.stack import Client, Stack
@@ -154,8 +154,7 @@ class Soak:
         """A push cut off in the middle of its body; the scraper reads what it gets."""
         self.relay.command("cut up 100000")
         self.cuts += 1
-        request = http_request_bytes("GET", self.url(STEADY, "/large"),
-                                     prometheus_headers(5.0))
+        request = scrape_request(self.url(STEADY, "/large"), 5.0)
         try:
             with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10) as sock:
                 sock.sendall(request)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from functools import partial
 
@@ -31,6 +29,8 @@ from pushprox.shared.auth import (
     parse_networks,
 )
 from pushprox.shared.tls import certificate_names_fqdn
+from tests.harness.credentials import fast_hash
+from tests.harness.files import FileTestCase
 
 TOKEN_1 = "node1-token-0123456789abcdef"
 TOKEN_2 = "node2-token-0123456789abcdef"
@@ -48,32 +48,12 @@ def bearer(token: str) -> bytes:
     return b"Bearer " + token.encode()
 
 
-def fast_hash(password: bytes) -> bytes:
-    """A bcrypt hash with the cheapest work factor, so that tests stay fast."""
-    return bcrypt.hashpw(password, bcrypt.gensalt(rounds=4))
-
-
 @implementer(ILogObserver)
 class EventList(list[LogEvent]):
     """A log observer that keeps every event."""
 
     def __call__(self, event: LogEvent) -> None:
         self.append(event)
-
-
-class FileTestCase(SynchronousTestCase):
-    """A test case that writes small text files into its own directory."""
-
-    def write(self, name: str, text: str) -> str:
-        """Write ``text`` to a file called ``name`` and return its path."""
-        directory = getattr(self, "_directory", None)
-        if directory is None:
-            directory = self._directory = tempfile.mkdtemp(prefix="pushprox-test-auth-")
-            self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        path = os.path.join(directory, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return path
 
 
 class ParseAuthorizationTests(SynchronousTestCase):

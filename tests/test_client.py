@@ -46,7 +46,8 @@ from pushprox.proxy.coordinator import Coordinator
 from pushprox.proxy.site import PushProxSite
 from pushprox.shared import wire
 from pushprox.shared.metrics import ClientMetrics
-from tests.helpers import DATA, HTTPResponse, http_request_bytes, prometheus_headers
+from tests.harness.recordings import GO_PROXY_POLL_ANSWER, recording
+from tests.helpers import HTTPResponse, http_request_bytes, prometheus_headers
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 
 FQDN = "node1.example"
@@ -218,7 +219,7 @@ class PlanTargetTests(SynchronousTestCase):
 
     def test_upstream_proxy_poll_answer(self) -> None:
         """The scrape request in an upstream Go proxy's recorded poll answer is planned."""
-        body = (DATA / "go-proxy-poll-response.bin").read_bytes().split(b"\r\n\r\n", 1)[1]
+        body = recording(GO_PROXY_POLL_ANSWER).body
         request = wire.decode_scrape_request(body)
         target = plan_target(request, config(fqdn="localhost", target_host="127.0.0.1"))
         self.assertEqual(target.url, b"http://127.0.0.1:9100/metrics?foo=bar")

@@ -26,8 +26,8 @@ from tests.harness.rawhttp import (
     RawConnection,
     http_get,
     http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
 )
 from tests.harness.waiting import free_port, port_open, wait_for
@@ -120,8 +120,7 @@ class ForegroundCommandTests(CommandTestCase):
                                          b"held.example"))
             self.assertEqual(poll.read_response().status, 204)
         with RawConnection(port) as scrape:
-            scrape.send(http_request_bytes("GET", "http://held.example:9100/metrics",
-                                           prometheus_headers(30)))
+            scrape.send(scrape_request("http://held.example:9100/metrics", 30))
             wait_for(lambda: b"\npushprox_scrapes_queued 1.0" in raw_http(
                 port, http_request_bytes("GET", "/metrics", [])).body,
                 timeout=10, what="the scrape queued")

@@ -26,10 +26,11 @@ from pushprox.shared import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
+    HTTPResponse,
     RawConnection,
     http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
 )
 from tests.harness.stack import Stack
@@ -51,38 +52,19 @@ SILENCE = 2.0
 POLL_TIMEOUT = 2.0
 
 
-def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """Read from ``sock`` until a response head is complete: the head and what followed."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head, body
+def read_to_end(port: int, request: bytes, timeout: float) -> HTTPResponse:
+    """Send ``request`` and read until the proxy closes: the response as far as it came."""
+    with RawConnection(port, timeout=timeout) as connection:
+        connection.send(request)
+        response, _ = connection.read_until_closed(timeout=timeout)
+    return response
 
 
-def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
-    """Read until the peer closes: the bytes, and whether it ended with a reset."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, True
-        if not chunk:
-            return data, False
-        data += chunk
-
-
-def read_to_end(port: int, request: bytes, timeout: float) -> tuple[bytes, bytes]:
-    """Send ``request`` and read until the proxy closes: the head and the body bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        head, first = read_head(sock)
-        rest, _ = read_rest(sock)
-    return head, first + rest
+def declared_length(response: HTTPResponse) -> int:
+    """The Content-Length the response's head announced."""
+    declared = response.header(b"content-length")
+    assert declared is not None, response.headers
+    return int(declared)
 
 
 class FaultTestCase(SynchronousTestCase):
@@ -194,16 +176,13 @@ class BrokenPushTests(FaultTestCase):
     def test_push_cut_mid_body_reaches_the_scraper_short(self) -> None:
         """The scraper reads fewer bytes than Content-Length says; the cut is counted."""
         self.relay.command("cut up 300000")
-        head, body = read_to_end(
+        response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"), prometheus_headers(10.0)), 20)
+            scrape_request(self.url("/big"), 10.0), 20)
         self.relay.command("pass both")
-        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-        declared = re.search(rb"(?im)^content-length: (\d+)", head)
-        assert declared is not None, head
-        length = int(declared.group(1))
-        self.assertEqual(length, len(BIG))
-        self.assertLess(len(body), length)
+        self.assertEqual(response.status, 200, response.headers)
+        self.assertEqual(declared_length(response), len(BIG))
+        self.assertLess(len(response.body), len(BIG))
         self.assertEqual(self.metric("pushprox_pushes_broken_total"), 1)
         self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
         self.wait_scrapes_work("scrapes to work after the cut")
@@ -213,15 +192,16 @@ class BrokenPushTests(FaultTestCase):
         """A page that cannot cross a 20 KB/s link in time is cut off at the timeout."""
         self.relay.command("throttle up 20000")
         started = time.monotonic()
-        head, body = read_to_end(
+        response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"), prometheus_headers(3.0)), 20)
+            scrape_request(self.url("/big"), 3.0), 20)
         took = time.monotonic() - started
         self.relay.command("pass both")
-        if head.startswith(b"HTTP/1.1 200"):
+        body = response.body
+        if response.status == 200:
             self.assertLess(len(body), len(BIG))
         else:
-            self.assertRegex(head, rb"^HTTP/1.1 50[24]")
+            self.assertIn(response.status, (502, 504), response.text)
         self.assertLess(took, 10.0)
         self.wait_scrapes_work("scrapes to work after the slow link")
         self.assert_proxy_holds_nothing()
@@ -236,13 +216,12 @@ class DelayAndResetTests(FaultTestCase):
         self.relay.command("delay both 0.3")
         status, body, took = self.scrape(timeout=10.0)
         self.assertEqual((status, body), (200, PAGES["/metrics"].body))
-        head, rest = read_to_end(
+        response = read_to_end(
             self.proxy_port,
-            http_request_bytes("GET", self.url("/big"),
-                               [*prometheus_headers(20.0), ("Connection", "close")]),
+            scrape_request(self.url("/big"), 20.0, close=True),
             30)
-        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-        self.assertEqual(rest, BIG)
+        self.assertEqual(response.status, 200, response.headers)
+        self.assertEqual(response.body, BIG)
         self.relay.command("pass both")
         self.assert_proxy_holds_nothing()
         print(f"delayed link: a scrape took {took:.2f}s")
@@ -276,17 +255,16 @@ class DelayAndResetTests(FaultTestCase):
         """
         # Slow enough that the push is still running when the reset comes.
         self.relay.command("throttle up 200000")
-        with socket.create_connection(("127.0.0.1", self.proxy_port), timeout=20) as sock:
-            sock.sendall(http_request_bytes("GET", self.url("/big"), prometheus_headers(15.0)))
-            head, first = read_head(sock)
+        with RawConnection(self.proxy_port, timeout=20) as connection:
+            connection.send(
+                scrape_request(self.url("/big"), 15.0))
+            head = connection.read_head(timeout=20)
             self.relay.command("reset")
-            rest, _ = read_rest(sock)
+            response, _ = connection.read_until_closed(timeout=20)
         self.relay.command("pass both")
-        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-        declared = re.search(rb"(?im)^content-length: (\d+)", head)
-        assert declared is not None, head
-        self.assertEqual(int(declared.group(1)), len(BIG))
-        self.assertLess(len(first) + len(rest), len(BIG))
+        self.assertEqual(head.status, 200, head.headers)
+        self.assertEqual(declared_length(response), len(BIG))
+        self.assertLess(len(response.body), len(BIG))
         wait_for(lambda: self.metric("pushprox_pushes_broken_total") == 1, timeout=20,
                  what="the broken push counted", watch=[self.proxy.process])
         self.assertRegex(self.proxy_log(), f"Push of scrape .* for {FQDN} broke off")
@@ -320,13 +298,10 @@ class SlowScraperTests(FaultTestCase):
         peak_before = status_kb(proxy_pid, "VmHWM")
         self.relay.command("delay both 0.05")
         before = self.relayed_up()
-        with socket.socket() as sock:
-            # A modest receive window, as a scraper that reads slowly offers.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
-            sock.settimeout(30)
-            sock.connect(("127.0.0.1", self.proxy_port))
-            sock.sendall(http_request_bytes(
-                "GET", self.url("/huge"), [*prometheus_headers(60.0), ("Connection", "close")]))
+        # A modest receive window, as a scraper that reads slowly offers.
+        with RawConnection(self.proxy_port, timeout=30,
+                           receive_buffer=256 * 1024) as connection:
+            connection.send(scrape_request(self.url("/huge"), 60.0, close=True))
             samples: list[int] = []
 
             def stalled() -> int | None:
@@ -343,10 +318,9 @@ class SlowScraperTests(FaultTestCase):
             grown_kb = status_kb(proxy_pid, "VmHWM") - peak_before
             self.assertLess(grown_kb * 1024, len(HUGE) // 2, f"the proxy grew by {grown_kb} kB")
             self.relay.command("pass both")
-            head, first = read_head(sock)
-            rest, reset = read_rest(sock)
-        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-        self.assertEqual(first + rest, HUGE)
+            response, reset = connection.read_until_closed(timeout=30)
+        self.assertEqual(response.status, 200, response.headers)
+        self.assertEqual(response.body, HUGE)
         self.assertFalse(reset)
         self.assert_proxy_holds_nothing()
         print(f"slow scraper: the push stalled after {pushed} of {len(HUGE)} bytes, "
@@ -458,7 +432,7 @@ class DescriptorExhaustionTests(SynchronousTestCase):
 
         # Serving what is open: the scrape reaches the held poll, the push comes back.
         target = f"http://held.example:{exporter.port}/metrics"
-        scraper.send(http_request_bytes("GET", target, prometheus_headers(10.0)))
+        scraper.send(scrape_request(target, 10.0))
         handed = wire.decode_scrape_request(held.read_response().body)
         self.assertEqual(handed.url, target.encode())
         page = b"served 1\n"

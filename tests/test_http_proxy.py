@@ -12,14 +12,16 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import pytest
 
-from tests.conftest import PROCESS_GROUP
 from tests.harness.processes import Process, twistd_argv
-from tests.harness.rawhttp import HTTPResponse, http_request_bytes, prometheus_headers, raw_http
+from tests.harness.rawhttp import (
+    HTTPResponse,
+    raw_http,
+    scrape_request,
+)
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.tinyproxy import TINYPROXY, TinyProxy, start_tinyproxy
 from tests.harness.waiting import wait_for
@@ -34,19 +36,14 @@ ENCODED = "s%33cret-pw"
 
 
 @pytest.fixture
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def stack(plain_stack: Stack) -> Stack:
     """The processes of this test, tinyproxy among them; all stopped at its end."""
     if not TINYPROXY.exists():
         reason = f"{TINYPROXY} is missing (Debian package tinyproxy)"
         if os.environ.get("PUSHPROX_REQUIRE_E2E") == "1":
             pytest.fail(reason + " (PUSHPROX_REQUIRE_E2E=1)", pytrace=False)
         pytest.skip(reason)
-    stack = Stack(tmp_path)
-    request.node.stash[PROCESS_GROUP] = stack
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
+    return plain_stack
 
 
 def outbound_address() -> str | None:
@@ -80,8 +77,7 @@ def logged(process: Process) -> str:
 
 def scrape(proxy: Proxy, exporter_port: int, fqdn: str = FQDN) -> HTTPResponse:
     """A scrape of the exporter through ``proxy``, as Prometheus sends it."""
-    request = http_request_bytes("GET", f"http://{fqdn}:{exporter_port}/metrics",
-                                 prometheus_headers(10.0))
+    request = scrape_request(f"http://{fqdn}:{exporter_port}/metrics", 10.0)
     tls = ssl.create_default_context(cafile=proxy.ca_file) if proxy.https else None
     return raw_http(proxy.port, request, host=proxy.host, timeout=20, tls=tls)
 

@@ -9,7 +9,6 @@ carries the logs of all its processes (``tests/conftest.py`` reads ``self.proces
 from __future__ import annotations
 
 import gzip
-import re
 import shutil
 import signal
 import tempfile
@@ -19,16 +18,24 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from pushprox.shared import wire
 from tests.harness.exporter import Page
 from tests.harness.processes import Daemon, Process, twistd_argv
 from tests.harness.rawhttp import (
-    DATA,
     HTTPResponse,
     RawConnection,
     http_request_bytes,
     prometheus_headers,
     raw_http,
+    scrape_request,
     scrape_via_proxy,
+)
+from tests.harness.recordings import (
+    GO_CLIENT_POLL,
+    GO_CLIENT_PUSH,
+    GO_CLIENT_PUSH_ERROR,
+    Recording,
+    recording,
 )
 from tests.harness.stack import Client, Proxy, Stack
 from tests.harness.waiting import port_open, wait_for
@@ -53,17 +60,6 @@ PAGES = {
 }
 #: Differ between two requests (Date) or name the exporter library (Server): not compared.
 NOT_COMPARED = [b"date", b"server"]
-GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
-
-
-def replace_host_and_id(recorded: bytes, host: bytes, scrape_id: bytes | None = None) -> bytes:
-    """A recorded request sent to our proxy: its Host, the Id handed out, the right length."""
-    head, _, body = recorded.partition(b"\r\n\r\n")
-    head = re.sub(rb"(?m)^Host: [^\r]*", b"Host: " + host, head)
-    if scrape_id is not None:
-        body = body.replace(GO_ID, scrape_id)
-    head = re.sub(rb"(?m)^Content-Length: \d+", b"Content-Length: %d" % len(body), head)
-    return head + b"\r\n\r\n" + body
 
 
 class IntegrationTestCase(SynchronousTestCase):
@@ -196,38 +192,35 @@ class DaemonTests(IntegrationTestCase):
 class UpstreamGoClientTests(IntegrationTestCase):
     """Recorded requests of the upstream Go client work against the proxy process."""
 
-    def push_recorded(self, recording: str) -> tuple[bytes, HTTPResponse]:
+    def push_recorded(self, name: str) -> tuple[Recording, HTTPResponse]:
         """
-        Poll as the Go client, scrape as Prometheus, push the recorded ``recording`` with
+        Poll as the Go client, scrape as Prometheus, push the recording ``name`` with
         the Id handed out; returns the recording and what the scraper got.
         """
         proxy = self.processes.proxy()
         host = b"127.0.0.1:%d" % proxy.port
         poller = RawConnection(proxy.port)
         self.addCleanup(poller.close)
-        poller.send(replace_host_and_id((DATA / "go-client-poll-request.bin").read_bytes(),
-                                        host))
+        poller.send(recording(GO_CLIENT_POLL).sent_to(host))
         self.wait_registered(proxy, "localhost")
         scraper = RawConnection(proxy.port)
         self.addCleanup(scraper.close)
-        scraper.send(http_request_bytes("GET", "http://localhost:9100/metrics?foo=bar",
-                                        prometheus_headers(10.0)))
+        scraper.send(scrape_request("http://localhost:9100/metrics?foo=bar", 10.0))
         answer = poller.read_response(timeout=10)
         self.assertEqual(answer.status, 200, answer.text)
-        request_line = answer.body.split(b"\r\n", 1)[0]
-        self.assertEqual(request_line, b"GET http://localhost:9100/metrics?foo=bar HTTP/1.1")
-        match = re.search(rb"(?m)^Id: ([0-9a-f-]+)\r$", answer.body)
-        assert match is not None, answer.body
-        recorded = (DATA / recording).read_bytes()
-        poller.send(replace_host_and_id(recorded, host, match.group(1)))
+        scrape = wire.decode_scrape_request(answer.body)
+        self.assertEqual((scrape.method, scrape.url),
+                         (b"GET", b"http://localhost:9100/metrics?foo=bar"))
+        recorded = recording(name)
+        poller.send(recorded.sent_to(host, scrape.scrape_id.encode()))
         pushed = poller.read_response(timeout=10)
         self.assertEqual((pushed.status, pushed.body), (200, b""))
         return recorded, scraper.read_response(timeout=10)
 
     def test_recorded_poll_and_push(self) -> None:
         """The scraper gets the body the Go client pushed, with the target's headers."""
-        recorded, response = self.push_recorded("go-client-push-request.bin")
-        inner = recorded.split(b"\r\n\r\n", 2)[2]
+        recorded, response = self.push_recorded(GO_CLIENT_PUSH)
+        inner = recorded.inner_body
         self.assertEqual(len(inner), 1000)
         self.assertEqual((response.status, response.body), (200, inner))
         self.assertEqual(response.header(b"content-type"), b"text/plain")
@@ -238,9 +231,9 @@ class UpstreamGoClientTests(IntegrationTestCase):
 
     def test_recorded_error_push_gives_500(self) -> None:
         """The Go client's synthesized HTTP/0.0 500 reaches the scraper as a 500."""
-        recorded, response = self.push_recorded("go-client-push-error.bin")
+        recorded, response = self.push_recorded(GO_CLIENT_PUSH_ERROR)
         self.assertEqual(response.status, 500, response.text)
-        self.assertEqual(response.body, recorded.split(b"\r\n\r\n", 2)[2])
+        self.assertEqual(response.body, recorded.inner_body)
         self.assertTrue(response.body.startswith(
             b"failed to scrape http://localhost:9999/small?foo=bar: "))
 
@@ -260,8 +253,7 @@ class ProxyShutdownTests(IntegrationTestCase):
         def scrape() -> RawConnection:
             connection = RawConnection(proxy.port)
             self.addCleanup(connection.close)
-            connection.send(http_request_bytes("GET", "http://pending.test:9100/metrics",
-                                               prometheus_headers(60.0)))
+            connection.send(scrape_request("http://pending.test:9100/metrics", 60.0))
             return connection
 
         handed_out = scrape()

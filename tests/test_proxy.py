@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -24,15 +23,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushprox.proxy.coordinator import Coordinator
 from pushprox.proxy.site import ProxyConfig, PushProxRequest, PushProxSite
 from pushprox.shared import wire
+from tests.harness.recordings import (
+    GO_CLIENT_POLL,
+    GO_CLIENT_PUSH,
+    GO_CLIENT_PUSH_ERROR,
+    GO_ID,
+    recording,
+)
 from tests.helpers import response_so_far
-
-DATA = Path(__file__).parent / "data"
-GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
-
-
-def recorded_body(name: str) -> bytes:
-    """The body of a recorded upstream request or response."""
-    return (DATA / name).read_bytes().split(b"\r\n\r\n", 1)[1]
 
 
 class Response:
@@ -158,7 +156,7 @@ class ScrapeTests(ProxyTestCase):
         request = self.handed_out(poll)
         self.assertEqual(request.url, b"http://node1.example:9100/metrics?foo=bar")
         self.assertEqual(request.timeout, 9.65)
-        push = recorded_body("go-client-push-request.bin").replace(
+        push = recording(GO_CLIENT_PUSH).body.replace(
             GO_ID, request.scrape_id.encode())
         answer = self.push(push)
         self.assertEqual((answer.status, answer.body), (200, b""))
@@ -193,7 +191,7 @@ class ScrapeTests(ProxyTestCase):
     def test_upstream_error_push_relayed_as_500(self) -> None:
         """The Go client's HTTP/0.0 error push, body to the end, is relayed as a 500."""
         scraper, request = self.sent_scrape()
-        push = recorded_body("go-client-push-error.bin").replace(
+        push = recording(GO_CLIENT_PUSH_ERROR).body.replace(
             GO_ID, request.scrape_id.encode())
         self.assertEqual(self.push(push).status, 200)
         response = scraper.response()
@@ -400,7 +398,7 @@ class PollTests(ProxyTestCase):
     def test_upstream_go_poll_recording_registers(self) -> None:
         """The Go client's recorded poll registers the client it names."""
         connection = self.connect()
-        connection.send((DATA / "go-client-poll-request.bin").read_bytes())
+        connection.send(recording(GO_CLIENT_POLL).raw)
         self.assertEqual([c.fqdn for c in self.coordinator.clients()], ["localhost"])
 
 
@@ -409,7 +407,7 @@ class PushTests(ProxyTestCase):
 
     def test_unknown_id_gets_404(self) -> None:
         """A push for an id the proxy never handed out is refused."""
-        answer = self.push(recorded_body("go-client-push-request.bin"))
+        answer = self.push(recording(GO_CLIENT_PUSH).body)
         self.assertEqual(answer.status, 404)
         self.assertIn(GO_ID, answer.body)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,9 +44,9 @@ from pushprox.client.link import (
     request_head,
 )
 from pushprox.client.service import describe_failure
+from tests.harness.recordings import GO_PROXY_POLL_ANSWER, recording
 from tests.memory import MemoryNetwork
 
-DATA = Path(__file__).parent / "data"
 BOUNDED = settings(max_examples=200, deadline=None, database=None)
 
 HEAD = request_head(b"POST", b"/poll", b"proxy:8080", [(b"User-Agent", b"test/1")])
@@ -698,8 +697,8 @@ class SplitAnswerTests(SynchronousTestCase):
 
     def test_recorded_go_poll_answer_split_at_every_byte(self) -> None:
         """The Go proxy's poll answer, in two pieces cut at each byte, every time whole."""
-        data = (DATA / "go-proxy-poll-response.bin").read_bytes()
-        body = data.partition(b"\r\n\r\n")[2]
+        recorded = recording(GO_PROXY_POLL_ANSWER)
+        data, body = recorded.raw, recorded.body
         for cut in range(len(data) + 1):
             link, _, answering = feed_split(data, [cut])
             answer = self.successResultOf(answering)

@@ -6,7 +6,6 @@ renewed under a held poll, and SIGHUP on the real programs with good and bad fil
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import ssl
@@ -21,13 +20,14 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from pushprox.shared import wire
 from pushprox.shared.auth import ClientAuth
 from pushprox.shared.reload import Reloader, ReloadOnHangup, WatchFiles
 from tests.harness.exporter import Page
 from tests.harness.rawhttp import (
     RawConnection,
     http_request_bytes,
-    prometheus_headers,
+    scrape_request,
 )
 from tests.harness.stack import Proxy, Stack
 from tests.harness.waiting import wait_for
@@ -271,15 +271,13 @@ class RenewedCertificateTests(SynchronousTestCase):
         scraper = RawConnection(proxy.port, tls=ssl.create_default_context(
             cafile=self.ca.cert_path))
         self.addCleanup(scraper.close)
-        scraper.send(http_request_bytes("GET", "http://held.example:9100/metrics",
-                                        prometheus_headers(10.0)))
+        scraper.send(scrape_request("http://held.example:9100/metrics", 10.0))
         answer = poller.read_response(timeout=10)
         self.assertEqual(answer.status, 200, answer.text)
-        match = re.search(rb"(?m)^Id: ([0-9a-f-]+)\r$", answer.body)
-        assert match is not None, answer.body
+        scrape_id = wire.decode_scrape_request(answer.body).scrape_id.encode()
         pushed_response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                            b"Content-Length: %d\r\nId: %s\r\n\r\n%s"
-                           % (len(PAGE), match.group(1), PAGE))
+                           % (len(PAGE), scrape_id, PAGE))
         poller.send(http_request_bytes("POST", "/push", [], pushed_response))
         self.assertEqual(poller.read_response(timeout=10).status, 200)
         scraped = scraper.read_response(timeout=10)
@@ -317,7 +315,7 @@ def scrape_via_tls_proxy(proxy: Proxy, url: str) -> Any:
     """A scrape through an https proxy, as Prometheus with the proxy's CA sends it."""
     context = ssl.create_default_context(cafile=proxy.ca_file)
     with RawConnection(proxy.port, tls=context) as connection:
-        connection.send(http_request_bytes("GET", url, prometheus_headers(10.0)))
+        connection.send(scrape_request(url, 10.0))
         return connection.read_response(timeout=20)
 
 

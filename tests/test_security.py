@@ -23,7 +23,6 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
-import bcrypt
 import treq
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
@@ -48,6 +47,8 @@ from pushprox.shared.auth import ClientAuth, PasswordChecker, ScraperAuth, parse
 from pushprox.shared.metrics import ClientMetrics
 from pushprox.shared.reload import ReloadOnHangup
 from pushprox.shared.tls_listeners import require_client_certificates
+from tests.harness.credentials import fast_hash
+from tests.harness.files import FileTestCase
 from tests.helpers import HTTPResponse, http_request_bytes
 from tests.memory import Exchange, MemoryNetwork, TrackingClock, client_connections, stop_client
 from tests.tlsfixtures import PKI, IssuedCertificate, make_pki
@@ -582,8 +583,7 @@ class TokenTests(SecurityTestCase):
 
 def password_checker() -> PasswordChecker:
     """The scrapers' password file: prometheus with PASSWORD."""
-    return PasswordChecker({SCRAPER: bcrypt.hashpw(PASSWORD.encode(),
-                                                    bcrypt.gensalt(rounds=4))})
+    return PasswordChecker({SCRAPER: fast_hash(PASSWORD.encode())})
 
 
 class ScraperAuthTests(SecurityTestCase):
@@ -889,18 +889,8 @@ def logged_text(event: dict[str, Any]) -> str:
 # -- the proxy's command line --
 
 
-class ProxyOptionsTests(SynchronousTestCase):
+class ProxyOptionsTests(FileTestCase):
     """twistd pushprox-proxy refuses security options it cannot honour, naming why."""
-
-    def write(self, name: str, data: str) -> str:
-        directory = getattr(self, "_directory", None)
-        if directory is None:
-            directory = self._directory = tempfile.mkdtemp(prefix="pushprox-test-options-")
-            self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        path = os.path.join(directory, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(data)
-        return path
 
     def parse(self, *argv: str) -> Options:
         options = Options()
@@ -953,7 +943,7 @@ class ProxyOptionsTests(SynchronousTestCase):
 
     def test_good_security_options(self) -> None:
         """Valid files and networks turn every check on; SIGHUP reloads tokens."""
-        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+        hashed = fast_hash(b"pw").decode()
         htpasswd = self.write("htpasswd", f"prometheus:{hashed}\n")
         tokens = self.write("tokens", f"{FQDN} {TOKEN_1}\n")
         options = self.parse("--scrape-auth", htpasswd, "--client-tokens", tokens,

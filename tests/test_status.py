@@ -14,7 +14,6 @@ from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, cast
 
-import bcrypt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -24,6 +23,7 @@ from pushprox.proxy.coordinator import ClientStatus, Coordinator, ScrapeRecord
 from pushprox.proxy.site import PushProxSite
 from pushprox.shared import wire
 from pushprox.shared.auth import PasswordChecker, ScraperAuth, parse_networks
+from tests.harness.credentials import fast_hash
 from tests.test_proxy import ProxyTestCase, Response, post
 
 #: The proxy starts at this clock time (2023-11-14 22:13:20 UTC).
@@ -343,8 +343,7 @@ class AccessTests(StatusTestCase):
 
     def test_password_wanted(self) -> None:
         """With --scrape-auth: 401 and a challenge without the password or a wrong one."""
-        checker = PasswordChecker({SCRAPER: bcrypt.hashpw(PASSWORD.encode(),
-                                                          bcrypt.gensalt(rounds=4))})
+        checker = PasswordChecker({SCRAPER: fast_hash(PASSWORD.encode())})
         self.site = self.make_site(scraper_auth=ScraperAuth(passwords=checker))
         self.poll(b"node1.example")
         for path in self.PATHS:

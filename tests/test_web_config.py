@@ -14,11 +14,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import bcrypt
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.shared.web_config import TLSServerConfig, WebConfig, load_web_config, parse_web_config
+from tests.harness.credentials import fast_hash, write_web_config
 from tests.harness.exporter import Page
 from tests.harness.processes import subprocess_env, twistd_argv
 from tests.harness.stack import Proxy, Stack
@@ -162,12 +162,16 @@ class ParseTests(SynchronousTestCase):
 
 
 def curl(url: str, *args: str) -> tuple[int, str, str]:
-    """curl ``url``: the status, the headers and the body."""
-    done = subprocess.run(["curl", "-sS", "-D", "-", "--max-time", "20", *args, url],
-                          capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    head, _, body = done.stdout.decode("utf-8").partition("\r\n\r\n")
-    return int(head.split()[1]), head, body
+    """curl ``url``: the status curl read, the head as it arrived and the body."""
+    with tempfile.TemporaryDirectory(prefix="pushprox-curl-") as directory:
+        head, body = Path(directory) / "head", Path(directory) / "body"
+        done = subprocess.run(
+            ["curl", "-sS", "-D", str(head), "-o", str(body), "-w", "%{http_code}",
+             "--max-time", "20", *args, url],
+            capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return (int(done.stdout), head.read_bytes().decode("utf-8"),
+                body.read_bytes().decode("utf-8"))
 
 
 @pytest.mark.processes
@@ -187,23 +191,10 @@ class WebConfigProcessTests(SynchronousTestCase):
         and /clients, its headers go on their answers; a client polls over it; SIGHUP takes
         new users, and a bad file is refused while the old one stays.
         """
-        ca = self.stack.certificate_authority()
-        issued = ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
-        shutil.copy(issued.cert, self.directory / "server.crt")
-        shutil.copy(issued.key, self.directory / "server.key")
-        alice = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode()
-        web = self.directory / "web.yml"
-        web.write_text(textwrap.dedent(f"""\
-            tls_server_config:
-              cert_file: server.crt
-              key_file: server.key
-            http_server_config:
-              headers:
-                X-Frame-Options: deny
-                Strict-Transport-Security: max-age=31536000
-            basic_auth_users:
-              alice: {alice}
-            """))
+        ca = self.stack.web_config_certificate(self.directory)
+        headers = {"X-Frame-Options": "deny",
+                   "Strict-Transport-Security": "max-age=31536000"}
+        web = write_web_config(self.directory, users={"alice": "wonderland"}, headers=headers)
         port = free_port()
         proxy = self.stack.start("proxy", [
             *twistd_proxy(), "--listen", f"tcp:{port}:interface=127.0.0.1",
@@ -234,8 +225,7 @@ class WebConfigProcessTests(SynchronousTestCase):
                                "--proxy", base, "--proxy-cacert", ca.cert_path)
         self.assertEqual((status, body), (200, "up_through_web_config 1\n"))
 
-        bob = bcrypt.hashpw(b"builder", bcrypt.gensalt(rounds=4)).decode()
-        web.write_text(web.read_text().replace(f"alice: {alice}", f"bob: {bob}"))
+        write_web_config(self.directory, users={"bob": "builder"}, headers=headers)
         proxy.send_signal(signal.SIGHUP)
         wait_for(lambda: "SIGHUP: reloaded" in proxy.log_text(), timeout=30,
                  what="the reload", watch=[proxy])
@@ -257,7 +247,7 @@ class WebConfigProcessTests(SynchronousTestCase):
         headers."""
         ca = self.stack.certificate_authority()
         issued = ca.issue("client", ["127.0.0.1", "localhost"], client=False)
-        hashed = bcrypt.hashpw(b"scraper", bcrypt.gensalt(rounds=4)).decode()
+        hashed = fast_hash(b"scraper").decode()
         web = self.directory / "web.yml"
         web.write_text(textwrap.dedent(f"""\
             tls_server_config:

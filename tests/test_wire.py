@@ -11,16 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.shared import wire
+from tests.harness.recordings import (
+    GO_CLIENT_PUSH,
+    GO_CLIENT_PUSH_ERROR,
+    GO_PROXY_POLL_ANSWER,
+    recording,
+)
+from tests.harness.recordings import GO_ID as RECORDED_ID
 
-DATA = Path(__file__).parent / "data"
-GO_ID = "89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
+#: The scrape Id of the recordings, as decoded.
+GO_ID = RECORDED_ID.decode("ascii")
 PROMETHEUS_ACCEPT = (
     b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     b"version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -39,15 +45,11 @@ SCRAPE_REQUEST_SKIPPED = wire.HOP_BY_HOP | {
 RESPONSE_SKIPPED = wire.HOP_BY_HOP | {b"content-length", b"id"}
 
 
-def recorded(name: str) -> tuple[bytes, bytes]:
-    """The outer head and the body of a recorded upstream HTTP message."""
-    head, separator, body = (DATA / name).read_bytes().partition(b"\r\n\r\n")
-    assert separator, f"{name} has no end of headers"
-    return head, body
-
-
 def split_push_body(body: bytes) -> tuple[bytes, bytes]:
-    """A push body's response head (without the blank line) and the bytes after it."""
+    """
+    A push body's response head (without the blank line) and the bytes after it, split
+    apart from ``wire`` (which is what these tests check).
+    """
     head, separator, rest = body.partition(b"\r\n\r\n")
     assert separator, "push body has no end of headers"
     return head, rest
@@ -70,6 +72,33 @@ def refusal(decode: Callable[[bytes], object], data: bytes) -> str:
     except Exception as error:  # Anything but WireError must show up in the comparison.
         return f"{type(error).__name__}: {error}"
     return "no error"
+
+
+def head_as_encoded(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *,
+                    scrape_id: str, length: int | None) -> wire.ResponseHead:
+    """
+    The head ``encode_response_head`` writes, as decoded: ``headers``, then Content-Length
+    when there is a ``length``, then the Id.
+    """
+    length_header = [] if length is None else [(b"Content-Length", b"%d" % length)]
+    return wire.ResponseHead(
+        status=status,
+        reason=reason,
+        headers=(*headers, *length_header, (b"Id", scrape_id.encode("ascii"))),
+        scrape_id=scrape_id,
+        framing=wire.BodyFraming.TO_END if length is None else wire.BodyFraming.LENGTH,
+        length=length,
+    )
+
+
+def assert_decodes_or_refuses(decode: Callable[[bytes], object], data: bytes,
+                              kind: type) -> None:
+    """``decode`` answers ``data`` with a ``kind`` or a WireError, and with nothing else."""
+    try:
+        decoded = decode(data)
+    except wire.WireError:
+        return
+    assert isinstance(decoded, kind), decoded
 
 
 def decode_chunked(*pieces: bytes) -> tuple[bytes, bool]:
@@ -221,7 +250,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_poll_answer_decodes_to_scrape_request(self) -> None:
         """The Go proxy's poll answer body decodes to Prometheus' request with its Id."""
-        outer_head, body = recorded("go-proxy-poll-response.bin")
+        message = recording(GO_PROXY_POLL_ANSWER)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 356\r\n", outer_head)
         self.assertEqual(len(body), 356)
         self.assertEqual(
@@ -244,7 +274,7 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_encoded_scrape_request_matches_go_poll_answer_byte_for_byte(self) -> None:
         """Our encoding of the recorded scrape is exactly what the Go proxy wrote."""
-        _, body = recorded("go-proxy-poll-response.bin")
+        body = recording(GO_PROXY_POLL_ANSWER).body
         encoded = wire.encode_scrape_request(
             method=b"GET",
             url=b"http://localhost:9100/metrics?foo=bar",
@@ -261,7 +291,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_push_of_target_response_decodes_with_length_framing(self) -> None:
         """The Go client's push of a 1000-byte page has LENGTH framing of 1000."""
-        outer_head, body = recorded("go-client-push-request.bin")
+        message = recording(GO_CLIENT_PUSH)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 1321\r\n", outer_head)
         self.assertEqual(len(body), 1321)
         head, rest = split_push_body(body)
@@ -291,7 +322,8 @@ class RecordedGoMessageTests(SynchronousTestCase):
 
     def test_go_push_of_scrape_error_decodes_with_body_to_end(self) -> None:
         """The Go client's synthesized HTTP/0.0 500 has TO_END framing and no length."""
-        outer_head, body = recorded("go-client-push-error.bin")
+        message = recording(GO_CLIENT_PUSH_ERROR)
+        outer_head, body = message.head, message.body
         self.assertIn(b"\r\nContent-Length: 268\r\n", outer_head)
         head, rest = split_push_body(body)
         decoded = wire.decode_response_head(head)
@@ -563,11 +595,7 @@ class DecodeScrapeRequestTests(SynchronousTestCase):
     @given(data=st.one_of(st.binary(max_size=300), request_like_bytes()))
     def test_arbitrary_bytes_raise_only_wire_error(self, data: bytes) -> None:
         """decode_scrape_request answers any bytes with a request or a WireError."""
-        try:
-            decoded = wire.decode_scrape_request(data)
-        except wire.WireError:
-            return
-        self.assertIsInstance(decoded, wire.ScrapeRequest)
+        assert_decodes_or_refuses(wire.decode_scrape_request, data, wire.ScrapeRequest)
 
 
 class ResponseHeadTests(SynchronousTestCase):
@@ -599,19 +627,9 @@ class ResponseHeadTests(SynchronousTestCase):
         )
         self.assertEqual(
             wire.decode_response_head(encoded[:-4]),
-            wire.ResponseHead(
-                status=404,
-                reason=b"Not Found",
-                headers=(
-                    (b"Content-Type", b"text/plain"),
-                    (b"Content-Encoding", b"gzip"),
-                    (b"Content-Length", b"12"),
-                    (b"Id", b"id-7"),
-                ),
-                scrape_id="id-7",
-                framing=wire.BodyFraming.LENGTH,
-                length=12,
-            ),
+            head_as_encoded(404, b"Not Found",
+                            [(b"Content-Type", b"text/plain"), (b"Content-Encoding", b"gzip")],
+                            scrape_id="id-7", length=12),
         )
 
     def test_response_head_without_length_runs_to_end(self) -> None:
@@ -657,23 +675,13 @@ class ResponseHeadTests(SynchronousTestCase):
             b"connection refused",
         )
         head, body = split_push_body(encoded)
-        decoded = wire.decode_response_head(head)
         self.assertEqual(
-            decoded,
-            wire.ResponseHead(
-                status=500,
-                reason=b"Internal Server Error",
-                headers=(
-                    (b"Content-Type", b"text/plain; charset=utf-8"),
-                    (b"X-PushProx-Scrape-Error", b"connection refused"),
-                    (b"X-PushProx-Scrape-Error-Kind", b"unreachable"),
-                    (b"Content-Length", b"18"),
-                    (b"Id", b"id-e"),
-                ),
-                scrape_id="id-e",
-                framing=wire.BodyFraming.LENGTH,
-                length=18,
-            ),
+            wire.decode_response_head(head),
+            head_as_encoded(500, b"Internal Server Error",
+                            [(b"Content-Type", b"text/plain; charset=utf-8"),
+                             (b"X-PushProx-Scrape-Error", b"connection refused"),
+                             (b"X-PushProx-Scrape-Error-Kind", b"unreachable")],
+                            scrape_id="id-e", length=18),
         )
         self.assertEqual(body, b"connection refused")
 
@@ -771,28 +779,16 @@ class ResponseHeadTests(SynchronousTestCase):
             status=status, reason=reason, headers=headers, scrape_id=scrape_id, length=length
         )
         self.assertEqual(encoded.find(b"\r\n\r\n"), len(encoded) - 4)
-        length_header = [] if length is None else [(b"Content-Length", b"%d" % length)]
         self.assertEqual(
             wire.decode_response_head(encoded[:-4]),
-            wire.ResponseHead(
-                status=status,
-                reason=reason,
-                headers=(*headers, *length_header, (b"Id", scrape_id.encode("ascii"))),
-                scrape_id=scrape_id,
-                framing=wire.BodyFraming.TO_END if length is None else wire.BodyFraming.LENGTH,
-                length=length,
-            ),
+            head_as_encoded(status, reason, headers, scrape_id=scrape_id, length=length),
         )
 
     @BOUNDED
     @given(data=st.one_of(st.binary(max_size=300), response_head_like_bytes()))
     def test_arbitrary_bytes_raise_only_wire_error(self, data: bytes) -> None:
         """decode_response_head answers any bytes with a head or a WireError."""
-        try:
-            decoded = wire.decode_response_head(data)
-        except wire.WireError:
-            return
-        self.assertIsInstance(decoded, wire.ResponseHead)
+        assert_decodes_or_refuses(wire.decode_response_head, data, wire.ResponseHead)
 
 
 class ChunkedDecoderTests(SynchronousTestCase):

@@ -211,6 +211,12 @@ class ReactorHistogram(_ReactorMetric[ReactorHistogramSeries, HistogramMetricFam
                 series.created))
 
 
+def scrape_duration_histogram(name: str, documentation: str,
+                              registry: CollectorRegistry) -> ReactorHistogram:
+    """A histogram of scrape durations, in the buckets both programs share."""
+    return ReactorHistogram(name, documentation, buckets=SCRAPE_BUCKETS, registry=registry)
+
+
 def build_info(registry: CollectorRegistry) -> Gauge:
     """``pushprox_build_info``: 1, with the version running as labels (as Go exporters do)."""
     labels = build_labels()
@@ -247,10 +253,9 @@ class ProxyMetrics:
             "unknown_client, client_silent, timeout, client_error, queue_full, cancelled, "
             "bad_request, unauthorized, shutdown, error.",
             ["outcome"], registry=r)
-        self.scrape_duration = ReactorHistogram(
+        self.scrape_duration = scrape_duration_histogram(
             "pushprox_scrape_duration_seconds",
-            "Time from the scraper's request to the end of the relayed response.",
-            buckets=SCRAPE_BUCKETS, registry=r)
+            "Time from the scraper's request to the end of the relayed response.", r)
         self.limit_exceeded = Counter(
             "pushprox_limit_exceeded_total",
             "Requests refused because a configured limit was reached, by limit.",
@@ -359,10 +364,9 @@ class ClientMetrics:
         self.scrape_errors = counters["scrape_errors"]
         self.push_errors = counters["push_errors"]
         self.poll_errors = counters["poll_errors"]
-        self.scrape_duration = ReactorHistogram(
+        self.scrape_duration = scrape_duration_histogram(
             "pushprox_client_scrape_duration_seconds",
-            "Time from receiving a scrape request to the end of its push.",
-            buckets=SCRAPE_BUCKETS, registry=r)
+            "Time from receiving a scrape request to the end of its push.", r)
         self.proxy_url_in_use = Gauge(
             "pushprox_client_proxy_url_in_use",
             "Names of this client polling through each --proxy-url now.",

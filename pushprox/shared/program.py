@@ -16,12 +16,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
 from twisted.logger import ILogObserver, Logger
 from twisted.python import reflect, usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from pushprox.shared.environment import (
     apply_environment,
@@ -324,6 +333,62 @@ def program_service(options: ProgramOptions) -> ProgramService:
                           daemon=not twistd.get("nodaemon"))
 
 
+class BacklogAcceptingListener(Service):
+    """
+    Listens on an endpoint while running, as ``StreamServerEndpointService`` does; but
+    before its port closes, it accepts the connections waiting in the port's backlog.
+
+    Closing a listening socket resets the connections the kernel completed but the process
+    had not accepted yet; a balancer in front (nginx ``stream``, HAProxy, kube-proxy) that
+    already sent one of them a request then closes its client's connection with no answer.
+    Accepted, they are answered as any other (by a draining proxy, from another replica).
+    ``doRead`` is ``IReadDescriptor``'s: a port that provides it accepts what waits.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        #: Where it listens, and what it serves there.
+        self.endpoint, self.factory = endpoint, factory
+        self._listening: Deferred[IListeningPort] | None = None
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        """Listen now; an endpoint that cannot listen at once raises here."""
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listen, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def address(self) -> IAddress | None:
+        """The address it listens on, while it does."""
+        return None if self._port is None else self._port.getHost()
+
+    def _listen(self, port: IListeningPort) -> IListeningPort:
+        self._port = port
+        return port
+
+    def startService(self) -> None:
+        """Listen, unless ``privilegedStartService`` did."""
+        super().startService()
+        if self._listening is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Deferred[None] | None:
+        """Accept what waits in the backlog, then close the port."""
+        super().stopService()
+        listening, port = self._listening, self._port
+        self._listening = self._port = None
+        if port is None:
+            if listening is not None:
+                listening.cancel()
+                listening.addErrback(lambda _: None)
+            return None
+        if IReadDescriptor.providedBy(port):
+            port.doRead()
+        return port.stopListening()
+
+
 class FlagListener(MultiService):
     """Listens on one endpoint given by a flag; says which flag when it cannot."""
 
@@ -336,7 +401,8 @@ class FlagListener(MultiService):
         try:
             # Raises at once on a port in use, unlike a bare StreamServerEndpointService,
             # which would only log it.
-            listener = strports.service(description, factory, reactor=reactor)
+            listener = BacklogAcceptingListener(
+                endpoints.serverFromString(reactor, description), factory)
         except Exception as error:
             # Whatever the endpoint's parser raises (a TLS library's error for files
             # that do not go together, among others) is about this flag's value.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_hooks -*-
+# -*- test-case-name: tests.test_twisted_internals -*-
 """
 Every place where pushprox relies on Twisted beyond its documented interfaces.
 
@@ -7,7 +7,7 @@ waits (``send_now``), to choose how ``Agent`` writes a request (``write_eagerly`
 learn that a listening port closed a new connection at once because the process had no
 file descriptor left (``AcceptFailureObserver``); and it exports ``IOpenSSLTrustRoot``
 only from a private module.  Those hooks live here, and only here, each with a docstring
-saying why; ``tests/test_twisted_hooks.py`` checks each one against the installed
+saying why; ``tests/test_twisted_internals.py`` checks each one against the installed
 Twisted and fails with a message naming the hook when a release changes what it relies
 on.  Everything else in pushprox uses public API only.
 """

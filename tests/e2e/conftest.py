@@ -1,10 +1,11 @@
 """
 Fixtures for the end-to-end tests: every process a test needs, stopped at the end.
 
-A test asks for ``stack`` (``tests.harness.stack.Stack``; ``plain_stack`` when it starts
-no pushprox program, so that it runs even where the twistd plugins do not) and starts what
-it needs through it (``stack.proxy()``, ``stack.client(...)``, ``stack.node_exporter()``,
-``stack.exporter(...)``, ``stack.prometheus(...)``).  Each process runs in its own
+A test asks for ``stack`` (``tests.harness.stack.Stack``; ``plain_stack``, from
+``tests/conftest.py``, when it starts no pushprox program, so that it runs even where the
+twistd plugins do not) and starts what it needs through it (``stack.proxy()``,
+``stack.client(...)``, ``stack.node_exporter()``, ``stack.exporter(...)``,
+``stack.prometheus(...)``).  Each process runs in its own
 directory under the test's ``tmp_path``, in its own session, logging to a file there; all
 of them are stopped when the test ends, pass or fail, and a failed test's report carries
 the tail of each log (``tests/conftest.py``).
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROCESS_GROUP
 from tests.e2e import skip_or_fail
 from tests.harness.processes import subprocess_env, twistd_argv
 from tests.harness.prometheus import NODE_EXPORTER, PROMETHEUS
@@ -68,17 +66,6 @@ def _twistd_plugins() -> None:
                 f"`pip install --config-settings editable_mode=compat -e .`?):\n{output[-2000:]}",
                 pytrace=False,
             )
-
-
-@pytest.fixture
-def plain_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    """The processes of this test; all stopped at its end, even when it fails."""
-    stack = Stack(tmp_path)
-    request.node.stash[PROCESS_GROUP] = stack
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.fixture

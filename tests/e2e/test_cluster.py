@@ -13,13 +13,12 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from pushprox.shared import wire
 from tests.e2e import skip_or_fail
 from tests.harness.cluster import (
-    GO_FQDN,
     REDIS_CLI,
     Cluster,
     MovingClient,
@@ -29,14 +28,18 @@ from tests.harness.cluster import (
     start_cluster,
 )
 from tests.harness.prometheus import proxied_job
-from tests.harness.rawhttp import RawConnection, http_request_bytes, prometheus_headers
+from tests.harness.rawhttp import (
+    RawConnection,
+    http_request_bytes,
+    prometheus_headers,
+    scrape_request,
+)
+from tests.harness.recordings import GO_CLIENT_POLL, GO_CLIENT_PUSH, GO_FQDN, recording
 from tests.harness.stack import Stack
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
 FQDNS = ["node1.example", "node2.example", "node3.example"]
 
 
@@ -104,8 +107,7 @@ def test_upstream_go_client_through_the_balancer(stack: Stack) -> None:
     """Recorded Go client traffic: its poll on one replica, the scrape and push on others."""
     cluster = start_cluster(stack)
     host = b"127.0.0.1:%d" % cluster.balancer_port
-    poll = re.sub(rb"(?m)^Host: [^\r]*", b"Host: " + host,
-                  (DATA / "go-client-poll-request.bin").read_bytes())
+    poll = recording(GO_CLIENT_POLL).sent_to(host)
 
     def held_poll() -> RawConnection | None:
         """A poll held by some replica; as the Go client, poll again when refused."""
@@ -125,28 +127,20 @@ def test_upstream_go_client_through_the_balancer(stack: Stack) -> None:
     responses = []
     for replica in cluster.replicas:
         with RawConnection(replica.port) as scraper:
-            scraper.send(http_request_bytes("GET", "http://localhost:9100/metrics?foo=bar",
-                                            prometheus_headers(10.0)))
+            scraper.send(scrape_request("http://localhost:9100/metrics?foo=bar", 10.0))
             answer = poller.read_response(timeout=10)
             assert answer.status == 200, answer.text
-            match = re.search(rb"(?m)^Id: ([^\r]+)\r$", answer.body)
-            assert match is not None, answer.body
-            recorded = (DATA / "go-client-push-request.bin").read_bytes()
-            head, _, body = recorded.partition(b"\r\n\r\n")
-            body = body.replace(GO_ID, match.group(1))
-            head = re.sub(rb"(?m)^Host: [^\r]*", b"Host: " + host, head)
-            head = re.sub(rb"(?m)^Content-Length: \d+", b"Content-Length: %d" % len(body),
-                          head)
+            scrape_id = wire.decode_scrape_request(answer.body).scrape_id.encode()
             # The push on a new connection: the balancer may take it to any replica.
             with RawConnection(cluster.balancer_port) as pusher:
-                pusher.send(head + b"\r\n\r\n" + body)
+                pusher.send(recording(GO_CLIENT_PUSH).sent_to(host, scrape_id))
                 pushed = pusher.read_response(timeout=10)
             assert (pushed.status, pushed.body) == (200, b"")
             responses.append(scraper.read_response(timeout=10))
             # The Go client polls again after each push.
             poller.send(poll)
     poller.close()
-    inner = (DATA / "go-client-push-request.bin").read_bytes().split(b"\r\n\r\n", 2)[2]
+    inner = recording(GO_CLIENT_PUSH).inner_body
     assert [(r.status, r.body) for r in responses] == [(200, inner)] * 3
     assert forwarded(cluster) >= 2
 

@@ -27,9 +27,9 @@ from tests.harness.prometheus import proxied_job
 from tests.harness.rawhttp import (
     HTTPResponse,
     http_get,
-    http_request_bytes,
     prometheus_headers,
     raw_http,
+    scrape_request,
 )
 from tests.harness.stack import STARTUP_TIMEOUT, Stack
 from tests.harness.waiting import free_port, wait_for
@@ -167,7 +167,7 @@ def test_the_images_hold_the_wheel_the_tests_ran_against(images: Images) -> None
 
 def proxied_scrape(port: int, url: str) -> HTTPResponse:
     """Prometheus' scrape of ``url`` through the proxy on ``port``."""
-    request = http_request_bytes("GET", url, prometheus_headers(10, gzip=False))
+    request = scrape_request(url, headers=prometheus_headers(10, gzip=False))
     return raw_http(port, request, timeout=15)
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 
+from tests.harness.credentials import fast_hash
 from tests.harness.processes import Daemon, Process
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.waiting import wait_for
@@ -63,7 +63,7 @@ def basic_auth(password: str) -> list[tuple[str, str]]:
 def start_tls_proxy(stack: Stack, pki: PKI, extra: Sequence[str]) -> Proxy:
     """A proxy on ssl:PORT with the PKI's server certificate, --scrape-auth and ``extra``."""
     htpasswd = stack.directory("auth") / "scrapers.htpasswd"
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    hashed = fast_hash(PASSWORD.encode()).decode()
     htpasswd.write_text(f"{SCRAPER}:{hashed}\n")
     proxy = stack.proxy(
         extra=["--scrape-auth", str(htpasswd), *extra],
@@ -148,15 +148,18 @@ def own_log(process: Process | Daemon) -> str:
     )
 
 
+def start_mtls_proxy(stack: Stack) -> tuple[PKI, Proxy]:
+    """A new PKI, and a TLS proxy that wants certificates of its client CA from clients."""
+    pki = PKI(stack.directory("pki"))
+    return pki, start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
+
+
 def mtls_client_of_tls_proxy(stack: Stack) -> tuple[Proxy, Process | Daemon, str]:
     """A TLS proxy wanting client certificates, node1.example's client and its instance."""
-    pki = PKI(stack.directory("pki"))
     exporter = stack.exporter("alpha")
-    proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
-    client = start_client(
-        stack, "client-node1", proxy, "node1.example", exporter.port,
-        extra=mtls_args(pki, "node1.example"),
-    )  # fmt: skip
+    pki, proxy = start_mtls_proxy(stack)
+    client = start_client(stack, "client-node1", proxy, "node1.example", exporter.port,
+                          extra=mtls_args(pki, "node1.example"))
     wait_registered(proxy, {"node1.example"}, [client])
     return proxy, client, f"node1.example:{exporter.port}"
 
@@ -220,18 +223,13 @@ def test_client_certificate_for_another_fqdn_never_registers(stack: Stack) -> No
     The legitimate node2.example (same kind of certificate) registers and is up; Prometheus'
     job for node1.example is down with 404 (no client), so no scrape ever reaches the impostor.
     """
-    pki = PKI(stack.directory("pki"))
     alpha = stack.exporter("alpha")
     beta = stack.exporter("beta")
-    proxy = start_tls_proxy(stack, pki, ["--client-ca", pki.client_ca.cert_path])
-    legit = start_client(
-        stack, "client-node2", proxy, "node2.example", beta.port,
-        extra=mtls_args(pki, "node2.example"),
-    )  # fmt: skip
-    impostor = start_client(
-        stack, "impostor", proxy, "node1.example", alpha.port,
-        extra=mtls_args(pki, "node2.example"),
-    )  # fmt: skip
+    pki, proxy = start_mtls_proxy(stack)
+    legit = start_client(stack, "client-node2", proxy, "node2.example", beta.port,
+                         extra=mtls_args(pki, "node2.example"))
+    impostor = start_client(stack, "impostor", proxy, "node1.example", alpha.port,
+                            extra=mtls_args(pki, "node2.example"))
     wait_registered(proxy, {"node2.example"}, [legit, impostor])
     refused = wait_logged(proxy.process, REFUSED_IMPOSTOR, watch=[impostor],
                           what="the proxy refusing node1.example's poll with 403")

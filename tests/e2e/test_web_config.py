@@ -8,12 +8,10 @@ discovered clients scraped through the proxy's TLS listener.
 from __future__ import annotations
 
 import base64
-import shutil
-import textwrap
 
-import bcrypt
 import pytest
 
+from tests.harness.credentials import write_web_config
 from tests.harness.processes import twistd_argv
 from tests.harness.prometheus import direct_job
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
@@ -27,23 +25,10 @@ USER, PASSWORD = "prometheus", "exporter-toolkit-style"
 def test_prometheus_reads_metrics_and_clients_through_the_web_config(stack: Stack) -> None:
     """basic_auth and tls_config in Prometheus' jobs, the web configuration file's TLS
     and users on the proxy: the proxy is up, its clients discovered and scraped."""
-    ca = stack.certificate_authority()
-    issued = ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
     directory = stack.directory("web")
-    shutil.copy(issued.cert, directory / "server.crt")
-    shutil.copy(issued.key, directory / "server.key")
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    web = directory / "web.yml"
-    web.write_text(textwrap.dedent(f"""\
-        tls_server_config:
-          cert_file: server.crt
-          key_file: server.key
-        http_server_config:
-          headers:
-            X-Content-Type-Options: nosniff
-        basic_auth_users:
-          {USER}: {hashed}
-        """))
+    ca = stack.web_config_certificate(directory)
+    web = write_web_config(directory, users={USER: PASSWORD},
+                           headers={"X-Content-Type-Options": "nosniff"})
     port = free_port()
     process = stack.start("proxy", [*stack_twistd("pushprox-proxy"), "--web.config.file",
                                     str(web), "--listen", f"tcp:{port}:interface=127.0.0.1"])

@@ -6,7 +6,6 @@ A cluster of proxy replicas for the tests: a real redis-server, replicas as real
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -15,15 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pushprox.shared import wire
 from tests.faultrelay import FaultRelay
 from tests.harness.processes import Process, ProcessGroup, twistd_argv
 from tests.harness.rawhttp import (
+    ClosedBeforeResponse,
     HTTPResponse,
     RawConnection,
-    http_request_bytes,
-    prometheus_headers,
     raw_http,
+    scrape_request,
 )
+from tests.harness.recordings import GO_CLIENT_POLL, GO_CLIENT_PUSH, recording
 from tests.harness.stack import STARTUP_TIMEOUT, Proxy, Stack
 from tests.harness.waiting import free_port, port_open, wait_for
 
@@ -34,10 +35,6 @@ REDIS_SENTINEL = Path("/usr/bin/redis-sentinel")
 SENTINEL_SERVICE = "pushprox"
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 PEER_TOKEN = "peer-token-for-the-tests-0123456789"
-DATA = Path(__file__).resolve().parent.parent / "data"
-#: The FQDN and scrape id in the recorded traffic of the upstream Go client.
-GO_FQDN = "localhost"
-GO_ID = b"89b79310-9ed2-4bb2-ad6c-9c786f9485a7"
 
 
 def missing() -> list[str]:
@@ -147,8 +144,7 @@ class Cluster:
     def scrape(self, fqdn: str, port: int, *, via: int | None = None,
                timeout: float = 5.0) -> HTTPResponse:
         """Prometheus' proxied scrape of ``fqdn:port``, through ``via`` or the balancer."""
-        request = http_request_bytes("GET", f"http://{fqdn}:{port}/metrics",
-                                     prometheus_headers(timeout))
+        request = scrape_request(f"http://{fqdn}:{port}/metrics", timeout)
         return raw_http(via or self.balancer_port, request, timeout=timeout + 5)
 
 
@@ -228,15 +224,24 @@ class ScrapeLoad:
         while not self._stop.is_set():
             fqdn = self._fqdns[turn % len(self._fqdns)]
             turn += 1
-            request = http_request_bytes(
-                "GET", f"http://{fqdn}:{self._target_port}/metrics",
-                prometheus_headers(self._timeout))
+            request = scrape_request(f"http://{fqdn}:{self._target_port}/metrics", self._timeout)
             started = time.monotonic()
             try:
                 if connection is None:
                     connection = RawConnection(self._port, timeout=self._timeout + 5)
-                connection.send(request)
-                response = connection.read_response(timeout=self._timeout + 5)
+                try:
+                    connection.send(request)
+                    response = connection.read_response(timeout=self._timeout + 5)
+                except (ClosedBeforeResponse, BrokenPipeError):
+                    if not connection.responses_read:
+                        raise
+                    # As Prometheus' HTTP client (Go's net/http) does: a GET on a kept-alive
+                    # connection that the server closed before answering (it was idle to
+                    # the server when the request left) is sent again on a new connection.
+                    connection.close()
+                    connection = RawConnection(self._port, timeout=self._timeout + 5)
+                    connection.send(request)
+                    response = connection.read_response(timeout=self._timeout + 5)
                 status, text = response.status, response.text[:200]
                 if (response.header(b"connection") or b"").lower() == b"close":
                     connection.close()
@@ -268,14 +273,14 @@ class ScrapeLoad:
             return max((scrape.seconds for scrape in self.scrapes), default=0.0)
 
 
-def _recorded(name: str, host: bytes, scrape_id: bytes | None = None) -> bytes:
-    """A recorded request of the upstream Go client, sent to ``host`` for ``scrape_id``."""
-    head, _, body = (DATA / name).read_bytes().partition(b"\r\n\r\n")
-    if scrape_id is not None:
-        body = body.replace(GO_ID, scrape_id)
-    head = re.sub(rb"(?m)^Host: [^\r]*", b"Host: " + host, head)
-    head = re.sub(rb"(?m)^Content-Length: \d+", b"Content-Length: %d" % len(body), head)
-    return head + b"\r\n\r\n" + body
+def _scrape_id(answer: HTTPResponse) -> bytes | None:
+    """The Id of the scrape a poll answer carries, or None for a refusal."""
+    if answer.status != 200:
+        return None
+    try:
+        return wire.decode_scrape_request(answer.body).scrape_id.encode()
+    except wire.WireError:
+        return None
 
 
 class MovingClient:
@@ -308,7 +313,7 @@ class MovingClient:
         self._thread.join(40)
 
     def _run(self) -> None:
-        poll = _recorded("go-client-poll-request.bin", self._host)
+        poll = recording(GO_CLIENT_POLL).sent_to(self._host)
         while not self._stop.is_set():
             try:
                 with RawConnection(self._port, timeout=35) as connection:
@@ -316,18 +321,18 @@ class MovingClient:
                     answer = connection.read_response(timeout=30)
             except (OSError, AssertionError):
                 continue
-            match = re.search(rb"(?m)^Id: ([^\r]+)\r$", answer.body)
-            if answer.status != 200 or match is None:
+            scrape_id = _scrape_id(answer)
+            if scrape_id is None:
                 # A replica that has just started or is leaving: poll again, as Go does.
                 time.sleep(0.1)
                 continue
             # As the Go client: the scrape is made and pushed aside, the next poll at once.
-            threading.Thread(target=self._push, args=(match.group(1),), daemon=True).start()
+            threading.Thread(target=self._push, args=(scrape_id,), daemon=True).start()
 
     def _push(self, scrape_id: bytes) -> None:
         if self._push_delay:
             time.sleep(self._push_delay)
-        push = _recorded("go-client-push-request.bin", self._host, scrape_id)
+        push = recording(GO_CLIENT_PUSH).sent_to(self._host, scrape_id)
         try:
             with RawConnection(self._port, timeout=15) as connection:
                 connection.send(push)

@@ -13,7 +13,6 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,9 +23,6 @@ from twisted.python.failure import Failure
 
 from pushprox.shared import wire
 from tests.harness.waiting import LOCALHOST
-
-#: Recordings of the upstream Go implementation's messages.
-DATA = Path(__file__).resolve().parent.parent / "data"
 
 #: ``wire.decode_response_head`` reads pushed heads, which always carry an Id; this one
 #: is appended to a plain response's head and dropped again.
@@ -188,14 +184,44 @@ def prometheus_headers(timeout: float = 10.0, *, gzip: bool = True) -> list[tupl
     return headers
 
 
+def scrape_request(url: str, timeout: float = 10.0, *, close: bool = False,
+                   headers: Sequence[tuple[str, str]] | None = None) -> bytes:
+    """
+    A scrape of ``url`` as Prometheus sends it to a proxy (proxy form, its headers for
+    ``timeout``, or ``headers`` instead); ``close`` asks for the connection to close after.
+    """
+    sent = prometheus_headers(timeout) if headers is None else list(headers)
+    if close:
+        sent = [*sent, ("Connection", "close")]
+    return http_request_bytes("GET", url, sent)
+
+
+class ClosedBeforeResponse(AssertionError):
+    """The server closed or reset the connection before any byte of the next response."""
+
+
 class RawConnection:
     """A blocking client socket (TLS with ``tls``) that sends bytes and reads responses."""
 
     def __init__(self, port: int, *, host: str = LOCALHOST, timeout: float = 15.0,
-                 tls: ssl.SSLContext | None = None) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+                 tls: ssl.SSLContext | None = None,
+                 receive_buffer: int | None = None) -> None:
+        if receive_buffer is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            # Set before connecting: the window offered in the handshake depends on it.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((host, port))
+            except BaseException:
+                sock.close()
+                raise
         self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname=host)
         self._buffer = b""
+        #: How many responses were read whole on this connection.
+        self.responses_read = 0
 
     def send(self, data: bytes) -> None:
         """Write ``data`` as is."""
@@ -211,6 +237,7 @@ class RawConnection:
                 pass
             else:
                 self._buffer = b""  # one response at a time, no pipelining
+                self.responses_read += 1
                 return response
             left = deadline - time.monotonic()
             if left <= 0:
@@ -221,14 +248,65 @@ class RawConnection:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                if self._buffer:
+                    raise
+                raise ClosedBeforeResponse("connection reset before a response") from None
+            if not data and not self._buffer:
+                raise ClosedBeforeResponse("connection closed before a response")
             if not data:
                 try:
+                    self.responses_read += 1
                     return parse_response(self._buffer, at_eof=True, head_only=head_only)
                 except IncompleteMessage:
                     raise AssertionError(
                         f"connection closed inside a response: {self._buffer[:300]!r}"
                     ) from None
             self._buffer += data
+
+    def read_head(self, *, timeout: float = 15.0) -> HTTPResponse:
+        """
+        Read until the head of the next response has arrived: the response as far as it
+        has (the rest stays to be read, by ``read_until_closed``).
+        """
+        deadline = time.monotonic() + timeout
+        while wire.split_head(self._buffer) is None:
+            if not self._receive(deadline):
+                raise AssertionError(
+                    f"connection closed inside a response head: {self._buffer[:300]!r}")
+        return response_so_far(self._buffer)[0]
+
+    def read_until_closed(self, *, timeout: float = 15.0) -> tuple[HTTPResponse, bool]:
+        """
+        Read until the peer closes the connection: the response as far as it arrived (a
+        body cut short stays short), and whether the connection ended with a reset.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while self._receive(deadline):
+                pass
+        except ConnectionResetError:
+            reset = True
+        else:
+            reset = False
+        try:
+            response = response_so_far(self._buffer)[0]
+        except IncompleteMessage:
+            raise AssertionError(
+                f"connection closed inside a response head: {self._buffer[:300]!r}") from None
+        self._buffer = b""
+        return response, reset
+
+    def _receive(self, deadline: float) -> bool:
+        """Add what arrives before ``deadline`` to the buffer; False once the peer closed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"nothing more within the time given; "
+                                 f"got {self._buffer[:300]!r}")
+        self.sock.settimeout(left)
+        data = self.sock.recv(65536)
+        self._buffer += data
+        return bool(data)
 
     def close(self) -> None:
         """Close the socket."""
@@ -274,9 +352,7 @@ def scrape_via_proxy(
     read_timeout: float | None = None,
 ) -> HTTPResponse:
     """GET ``url`` through the proxy as Prometheus does (proxy form, its headers)."""
-    request = http_request_bytes(
-        "GET", url, prometheus_headers(timeout) if headers is None else headers
-    )
+    request = scrape_request(url, timeout, headers=headers)
     return raw_http(proxy_port, request, timeout=read_timeout or timeout + 10)
 
 

@@ -151,6 +151,17 @@ class Stack(ProcessGroup):
         """A new CA writing its files in the directory ``tls``."""
         return CertificateAuthority(str(self.directory("tls")), name)
 
+    def web_config_certificate(self, directory: Path) -> CertificateAuthority:
+        """
+        A proxy certificate for 127.0.0.1 and localhost from a new CA, as ``server.crt``
+        and ``server.key`` in ``directory`` (where a web config file names them); the CA.
+        """
+        ca = self.certificate_authority()
+        issued = ca.issue("proxy", ["127.0.0.1", "localhost"], client=False)
+        shutil.copy(issued.cert, directory / "server.crt")
+        shutil.copy(issued.key, directory / "server.key")
+        return ca
+
     # --- pushprox ---------------------------------------------------------------------------
 
     def proxy(

@@ -10,6 +10,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 #: Redis calls take well under a millisecond on a local network; seconds mean trouble.
 REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+#: The cluster's gauges: ``pushprox_cluster_<key>``, with their help texts.
+_CLUSTER_GAUGES = {
+    "redis_up": "1 while Redis answers; 0 while this replica routes only its own clients.",
+    "replicas": "Live replicas seen at the last heartbeat.",
+    "redis_connections": "Connections to Redis ready for use (2 when all is well: calls, "
+                         "and the subscription to clients' moves).",
+    "redis_connects": "Connections to Redis made since start, the first ones included (a "
+                      "count that grows means Redis or the way to it keeps dropping them).",
+    "routes": "Clients whose route this replica wrote (it saw their last poll).",
+}
+
 
 class ClusterMetrics:
     """Forwarded scrapes and pushes, Redis errors and latency, routes held."""
@@ -30,25 +41,14 @@ class ClusterMetrics:
         self.redis_latency = Histogram(
             "pushprox_cluster_redis_latency_seconds", "Time Redis took to answer a call.",
             buckets=REDIS_BUCKETS, registry=r)
-        self.redis_up = Gauge(
-            "pushprox_cluster_redis_up",
-            "1 while Redis answers; 0 while this replica routes only its own clients.",
-            registry=r)
+        gauges = {key: Gauge(f"pushprox_cluster_{key}", text, registry=r)
+                  for key, text in _CLUSTER_GAUGES.items()}
+        self.redis_up = gauges["redis_up"]
         self.redis_up.set(1)
-        self.replicas = Gauge(
-            "pushprox_cluster_replicas", "Live replicas seen at the last heartbeat.",
-            registry=r)
-        self.redis_connections = Gauge(
-            "pushprox_cluster_redis_connections",
-            "Connections to Redis ready for use (2 when all is well: calls, and the "
-            "subscription to clients' moves).", registry=r)
-        self.redis_connects = Gauge(
-            "pushprox_cluster_redis_connects",
-            "Connections to Redis made since start, the first ones included (a count "
-            "that grows means Redis or the way to it keeps dropping them).", registry=r)
-        self.routes = Gauge(
-            "pushprox_cluster_routes",
-            "Clients whose route this replica wrote (it saw their last poll).", registry=r)
+        self.replicas = gauges["replicas"]
+        self.redis_connections = gauges["redis_connections"]
+        self.redis_connects = gauges["redis_connects"]
+        self.routes = gauges["routes"]
 
     def watch_routes(self, count: Callable[[], float]) -> None:
         """Read the routes gauge at collection time."""
