@@ -447,8 +447,9 @@ class _Instrumented(Resource):
             return cast("bytes | int", super().render(request))
         except UnsupportedMethod as unsupported:
             # twisted.web lists HEAD everywhere; it is served where GET is.
+            served: list[bytes] = list(unsupported.allowedMethods)
             allowed = b", ".join(sorted(
-                method for method in unsupported.allowedMethods
+                method for method in served
                 if method != b"HEAD" or hasattr(self, "render_GET")))
             self.instrument(request)
             request.setHeader(b"allow", allowed)
