@@ -70,7 +70,8 @@ def go_error(go_dir: Path) -> str | None:
     return None
 
 
-def _client_args(nginx_port: int) -> list[str]:
+def client_args(nginx_port: int) -> list[str]:
+    """The arguments both clients share: the name polled as, and the pages allowed."""
     args = ["--fqdn", FQDN, "--allow-port", str(nginx_port), "--metrics-listen", ""]
     for page in PAGES:
         args += ["--allow-path", f"/{page}"]
@@ -119,7 +120,7 @@ def start_ours(procs: Procs, nginx_port: int, label: str, tls: Path | None = Non
                         nofile=HIGH_NOFILE)
     wait_port(port, proxy, timeout=60)
     client = procs.start(f"{name}-client", [*program("pushprox-client"), "--proxy-url", url,
-                                            *client_tls, *_client_args(nginx_port)],
+                                            *client_tls, *client_args(nginx_port)],
                          nofile=HIGH_NOFILE)  # fmt: skip
     pair = Pair(label, proxy, port, client)
     wait_scrape_ok(proxy, port, client, FQDN, nginx_port)

@@ -13,10 +13,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
+from pushprox.proxy.channel import AnswerableRequest
 from pushprox.proxy.coordinator import (
     CLIENT_MARGIN,
     ClientInfo,
@@ -60,7 +60,7 @@ class RecordingAnswer:
         self._aborted = aborted if aborted is not None else []
         self._mark = mark
 
-    def deliver(self, request: IRequest) -> None:
+    def deliver(self, request: AnswerableRequest) -> None:
         """Not used by the coordinator."""
 
     def abort(self) -> None:

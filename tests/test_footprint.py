@@ -1,7 +1,8 @@
 """
-A ``pushprox-proxy`` or ``pushprox-client`` process whose options name no TLS does not load
-pyOpenSSL, cryptography or service-identity (``pushprox.shared.footprint``): real processes, their
-``/proc/PID/maps`` read while they serve scrapes, and the Twisted fallback this relies on.
+A ``pushprox-proxy`` or ``pushprox-client`` process whose options name no TLS, as a command or
+under ``twistd``, does not load pyOpenSSL, cryptography or service-identity
+(``pushprox.shared.footprint``): real processes, their ``/proc/PID/maps`` read while they serve
+scrapes, and the Twisted fallback this relies on.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.shared.footprint import names_tls, without_tls_libraries
+from pushprox.shared.footprint import names_tls, twistd_without_tls, without_tls_libraries
 from tests.harness.exporter import Page, start_exporter
-from tests.harness.processes import Process, ProcessGroup, subprocess_env
+from tests.harness.processes import (
+    Process,
+    ProcessGroup,
+    subprocess_env,
+    twistd_argv,
+    twistd_command,
+)
 from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
 from tests.harness.waiting import free_port, port_open, wait_for
 from tests.test_commands import command
@@ -83,6 +90,35 @@ class NamesTLSTests(SynchronousTestCase):
             self.assertIs(sys.modules["OpenSSL"], OpenSSL)
 
 
+class TwistdWithoutTLSTests(SynchronousTestCase):
+    """Which twistd processes import our plugins' modules without the TLS libraries."""
+
+    TWISTD = {"twisted.scripts.twistd", "pushprox"}
+
+    def test_twistd_running_a_plain_program(self) -> None:
+        """twistd's options and ours, none naming TLS, a unit's environment file's variables."""
+        self.assertTrue(twistd_without_tls(
+            ["--pidfile=", "-n", "pushprox-proxy", "--listen", "tcp:8080"],
+            {"PUSHPROX_LOG_LEVEL": "debug"}, self.TWISTD))
+        self.assertTrue(twistd_without_tls(["-n", "pushprox-client"],
+                                           {"PUSHPROX_PROXY_URL": "http://proxy:8080/"},
+                                           self.TWISTD))
+
+    def test_tls_other_programs_or_not_twistd(self) -> None:
+        """TLS named anywhere, another twistd plugin (or none), or a process that is not
+        twistd (a test run, a program scanning plugins): everything imports as usual."""
+        self.assertFalse(twistd_without_tls(
+            ["-n", "pushprox-proxy", "--listen", "ssl:8443:privateKey=k.pem"], {},
+            self.TWISTD))
+        self.assertFalse(twistd_without_tls(["-n", "pushprox-client"],
+                                            {"PUSHPROX_PROXY_URL": "https://proxy/"},
+                                            self.TWISTD))
+        self.assertFalse(twistd_without_tls(["-n", "web", "--port", "tcp:8080"], {},
+                                            self.TWISTD))
+        self.assertFalse(twistd_without_tls(["--help"], {}, self.TWISTD))
+        self.assertFalse(twistd_without_tls(["pushprox-proxy"], {}, {"pushprox"}))
+
+
 class TwistedFallbackTests(SynchronousTestCase):
     """
     The private detail relied on: twisted.internet.posixbase, tcp, endpoints and
@@ -127,21 +163,34 @@ class CommandFootprintTests(SynchronousTestCase):
                  watch=[process])
         return process
 
-    def start_pair(self, target_port: int, client_env: dict[str, str] | None = None
-                   ) -> tuple[Process, Process, int]:
-        """A proxy and a client (fqdn 127.0.0.1) without TLS options, once registered."""
+    def start_pair(self, target_port: int, client_env: dict[str, str] | None = None,
+                   twistd: bool = False) -> tuple[Process, Process, int]:
+        """A proxy and a client (fqdn 127.0.0.1) without TLS options, once registered: the
+        commands, or under ``twistd`` with ``twistd``."""
+        def argv(program: str, args: list[str]) -> list[str]:
+            return twistd_argv(program, args) if twistd else [command(program), *args]
+
         proxy_port, metrics_port = free_port(), free_port()
-        proxy = self.start("proxy", [command("pushprox-proxy"), "--listen",
-                                     f"tcp:{proxy_port}:interface=127.0.0.1"], proxy_port)
-        client = self.start("client", [
-            command("pushprox-client"), "--fqdn", "127.0.0.1",
-            "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
+        proxy = self.start("proxy", argv("pushprox-proxy", [
+            "--listen", f"tcp:{proxy_port}:interface=127.0.0.1"]), proxy_port)
+        client = self.start("client", argv("pushprox-client", [
+            "--fqdn", "127.0.0.1", "--proxy-url", f"http://127.0.0.1:{proxy_port}/",
             "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
-            "--allow-port", str(target_port)], metrics_port, env=client_env)
+            "--allow-port", str(target_port)]), metrics_port, env=client_env)
         wait_for(lambda: b"127.0.0.1" in raw_http(
             proxy_port, http_request_bytes("GET", "/clients", [])).body,
             timeout=20, what="the client registered", watch=[proxy, client])
         return proxy, client, proxy_port
+
+    def assert_serves_tls(self, proxy: Process, port: int, ca_cert: str) -> None:
+        """The proxy answers ``/-/healthy`` over TLS on ``port`` (verified against
+        ``ca_cert``) and has the TLS libraries mapped."""
+        context = ssl.create_default_context(cafile=ca_cert)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/-/healthy")
+        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
+        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
 
     def test_no_tls_process_maps_no_tls_library(self) -> None:
         """A plain proxy and client serve a scrape without cryptography's code mapped."""
@@ -161,12 +210,31 @@ class CommandFootprintTests(SynchronousTestCase):
             command("pushprox-proxy"), "--listen",
             f"ssl:{port}:interface=127.0.0.1:privateKey={pki.server.key}"
             f":certKey={pki.server.cert}"], port)
-        context = ssl.create_default_context(cafile=pki.ca.cert_path)
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
-        self.addCleanup(connection.close)
-        connection.request("GET", "/-/healthy")
-        self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
-        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
+        self.assert_serves_tls(proxy, port, pki.ca.cert_path)
+
+    def test_twistd_without_tls_maps_no_tls_library(self) -> None:
+        """Under twistd, a plain proxy and client serve a scrape without cryptography's code
+        mapped: our plugin module and the programs' modules were imported without it."""
+        # twistd rebuilds a stale plugin cache by importing every plugin (Twisted's own load
+        # pyOpenSSL): --help brings the cache up to date first, as a first start would.
+        subprocess.run([*twistd_command(), "--help"], capture_output=True,
+                       env=subprocess_env(), timeout=120, check=True, cwd=self.tmp)
+        _, exporter_port = start_exporter(self.processes, "plain",
+                                          pages={"/metrics": Page(METRICS)})
+        proxy, client, proxy_port = self.start_pair(exporter_port, twistd=True)
+        answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
+        self.assertEqual((answer.status, answer.body), (200, METRICS))
+        self.assertEqual(tls_objects_mapped(proxy.pid), [], proxy.log_text())
+        self.assertEqual(tls_objects_mapped(client.pid), [], client.log_text())
+
+    def test_twistd_tls_listener_loads_tls(self) -> None:
+        """Under twistd, a pushprox-tls: listener keeps Twisted's TLS and serves over it."""
+        pki = make_pki(str(self.tmp / "pki"))
+        port = free_port()
+        proxy = self.start("proxy", twistd_argv("pushprox-proxy", [
+            "--listen", f"pushprox-tls:{port}:interface=127.0.0.1:privateKey={pki.server.key}"
+            f":certKey={pki.server.cert}"]), port)
+        self.assert_serves_tls(proxy, port, pki.ca.cert_path)
 
     def test_https_target_loads_tls_on_first_use(self) -> None:
         """A client without TLS options scrapes an https:// target: TLS loads then, not

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushprox.proxy.coordinator import Coordinator
-from pushprox.proxy.site import ProxyConfig, PushProxRequest, PushProxSite
+from pushprox.proxy.site import HotRequest, ProxyConfig, PushProxSite
 from pushprox.shared import wire
 from tests.harness.recordings import (
     GO_CLIENT_POLL,
@@ -594,6 +593,22 @@ class EndpointTests(ProxyTestCase):
         assert response is not None
         return response
 
+    def test_a_method_an_endpoint_does_not_serve_is_405_in_one_line(self) -> None:
+        """GET /poll, PUT /push, DELETE /clients: 405, one line, Allow; no HTML page."""
+        for method, path, allowed in [(b"GET", b"/poll", b"POST"),
+                                      (b"PUT", b"/push", b"POST"),
+                                      (b"DELETE", b"/clients", b"GET, HEAD")]:
+            connection = self.connect()
+            connection.send(method + b" " + path + b" HTTP/1.1\r\nHost: proxy\r\n"
+                            b"Content-Length: 0\r\n\r\n")
+            response = connection.response()
+            assert response is not None
+            self.assertEqual((response.status, response.headers.get(b"allow"), response.body),
+                             (405, allowed, b"%s is not served at %s: use %s\n"
+                              % (method, path, allowed)))
+            self.assertEqual(response.headers.get(b"content-type"), b"text/plain; charset=utf-8")
+        self.assertEqual(self.flushWarnings(), [])
+
     def test_clients_lists_registered_as_http_sd(self) -> None:
         """/clients is http_sd JSON with an object for labels, sorted by FQDN."""
         self.poll(b"b.example")
@@ -667,20 +682,13 @@ class EndpointTests(ProxyTestCase):
 
 
 class WhenEndedTests(ProxyTestCase):
-    """``PushProxRequest.when_ended``: what the resources learn of a request's end."""
+    """``when_ended``: what the resources learn of a request's end."""
 
-    def held_request(self) -> PushProxRequest:
+    def held_request(self) -> HotRequest:
         """A request held open by the site (a poll waiting for a scrape)."""
-        made: list[PushProxRequest] = []
-
-        class Recorded(PushProxRequest):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                made.append(self)
-
-        self.site.requestFactory = Recorded
         self.connection = self.poll()
-        (request,) = made
+        request = self.connection.protocol.request
+        assert isinstance(request, HotRequest)
         return request
 
     def test_finish_calls_each_callback_once_in_order(self) -> None:

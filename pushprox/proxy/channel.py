@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_hooks,tests.test_channel_contract -*-
+# -*- test-case-name: tests.test_channel,tests.test_channel_contract,tests.test_lean -*-
 """
 The proxy's HTTP server channel.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import httptools
 from twisted.internet import protocol
@@ -38,10 +38,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from pushprox.proxy.lean import BodySink, LeanRequest
 from pushprox.shared.twisted_internals import send_now
 
 __all__ = [
+    "AnswerableRequest",
     "BodySink",
+    "LeanRequest",
     "LlhttpChannel",
     "StreamingRequest",
     "close_after",
@@ -68,8 +71,8 @@ class _Message:
         #: Body bytes that arrived before the message's turn (pipelining).
         self.body: list[bytes] = []
         self.complete = False
-        #: The twisted.web request, once the message's turn has come.
-        self.request: HTTPRequest | None = None
+        #: The request, once the message's turn has come.
+        self.request: HTTPRequest | LeanRequest | None = None
 
 
 class _Outbox:
@@ -224,9 +227,9 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
 
     # What a connection keeps, as class defaults: a held poll's connection (one per
     # client) sets few of them.
-    #: The request twisted.web has of this connection (its body arriving, or being
-    #: answered); head-of-line, so there is never more than one.
-    request: HTTPRequest | None = None
+    #: The request of this connection (its body arriving, or being answered), twisted.web's
+    #: or a lean one; head-of-line, so there is never more than one.
+    request: HTTPRequest | LeanRequest | None = None
     #: The request's whole body has arrived and twisted.web is answering it.
     _answering = False
     #: The connection stays open after the request's answer.
@@ -395,7 +398,7 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
         """Close the connection once the request being handled is answered."""
         self._keep_alive = False
 
-    def requestDone(self, request: HTTPRequest) -> None:
+    def requestDone(self, request: HTTPRequest | LeanRequest) -> None:
         """The request is answered: the next waiting one gets its turn."""
         if request is not self.request:
             raise TypeError("requestDone of a request that is not this channel's")
@@ -599,17 +602,18 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
 
     # -- a request's turn --
 
+    def lean_request(self, method: bytes, url: bytes, version: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> LeanRequest | None:
+        """A lean request for this request line, or None for twisted.web's (override)."""
+        return None
+
     def _start(self, message: _Message) -> None:
-        """Make the twisted.web request of ``message`` and give it its head."""
-        request = self.requestFactory(self)
-        self.request = message.request = request
-        headers = request.requestHeaders
+        """Make the request of ``message`` and give it its head."""
         length: int | None = 0
         expect_continue = False
         connection: bytes | None = None
         cookies = False
         for name, value in message.headers:
-            headers.addRawHeader(name, value)
             lowered = name.lower()
             if lowered == b"content-length":
                 length = int(value)
@@ -622,15 +626,23 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
             elif lowered == b"cookie":
                 cookies = True
         version = message.version
-        # The request line, before the body: a request may choose where its body goes.
-        request.method = message.method
-        request.uri = message.url
-        request.clientproto = version
+        request: HTTPRequest | LeanRequest | None = self.lean_request(
+            message.method, message.url, version, message.headers)
+        if request is None:
+            request = self.requestFactory(self)
+            headers = request.requestHeaders
+            for name, value in message.headers:
+                headers.addRawHeader(name, value)
+            # The request line, before the body: a request may choose where its body goes.
+            request.method = message.method
+            request.uri = message.url
+            request.clientproto = version
+            if cookies:
+                request.parseCookies()
+        self.request = message.request = request
         self._keep_alive = version == b"HTTP/1.1" and not _says_close(connection)
         if connection is not None and version == b"HTTP/1.1" and not self._keep_alive:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        if cookies:
-            request.parseCookies()
         request.gotLength(length)
         if expect_continue and version == b"HTTP/1.1":
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -662,7 +674,7 @@ class LlhttpChannel(protocol.Protocol, TimeoutMixin):
             answer()
 
 
-def close_after(request: HTTPRequest) -> None:
+def close_after(request: HTTPRequest | LeanRequest) -> None:
     """
     Answer ``request`` with ``Connection: close`` and close its connection afterwards.
 
@@ -674,6 +686,10 @@ def close_after(request: HTTPRequest) -> None:
     connection, to another replica.
     """
     request.setHeader(b"connection", b"close")
+    if isinstance(request, LeanRequest):
+        if request.channel is not None:
+            request.channel.close_after_answer()
+        return
     channel = request.channel
     if isinstance(channel, LlhttpChannel):
         channel.close_after_answer()
@@ -686,16 +702,6 @@ def _says_close(connection: bytes | None) -> bool:
     if connection is None:
         return False
     return any(token.strip().lower() == b"close" for token in connection.split(b","))
-
-
-class BodySink(Protocol):
-    """Where a streamed request body goes while it arrives."""
-
-    def feed(self, data: bytes) -> None:
-        """The next bytes of the body."""
-
-    def connection_lost(self) -> None:
-        """The connection ended before the request was answered."""
 
 
 class StreamingRequest(Request):
@@ -747,3 +753,7 @@ class StreamingRequest(Request):
         super().connectionLost(reason)
 
 
+
+
+#: A request a scrape's answer is delivered to: twisted.web's (streaming) or a lean one.
+AnswerableRequest = StreamingRequest | LeanRequest

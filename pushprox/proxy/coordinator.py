@@ -31,9 +31,9 @@ from typing import TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface, implementer
 
+from pushprox.proxy.channel import AnswerableRequest
 from pushprox.shared import wire
 from pushprox.shared.config import ProxyConfig
 
@@ -125,7 +125,7 @@ class IScrapeAnswer(Interface):
     status = Attribute("The status code Prometheus gets (int).")
     failure = Attribute("The one-line reason when the answer is an error, else None.")
 
-    def deliver(request: IRequest) -> None:
+    def deliver(request: AnswerableRequest) -> None:
         """
         Answer Prometheus' ``request`` with it; the body may still be on its way.
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from pushprox.proxy.channel import StreamingRequest
+from pushprox.proxy.channel import AnswerableRequest
 from pushprox.proxy.coordinator import (
     ForeignScrape,
     ICoordinator,
@@ -126,10 +125,10 @@ class ErrorAnswer:
         self.status = status
         self.failure: str | None = message
 
-    def deliver(self, request: IRequest) -> None:
+    def deliver(self, request: AnswerableRequest) -> None:
         """Answer with the status and the line."""
         assert self.failure is not None
-        finish_with(cast(StreamingRequest, request), self.status, self.failure)
+        finish_with(request, self.status, self.failure)
 
     def write(self, data: bytes) -> None:
         """The pushed body is not relayed."""
@@ -163,14 +162,14 @@ class StreamedAnswer:
         self.status = head.status
         self._head = head
         self._throttle: PushThrottle | None = throttle
-        self._request: StreamingRequest | None = None
+        self._request: AnswerableRequest | None = None
         self._state = _Stream.WAITING
         self._pending: list[bytes] = []
         self._complete = False
 
-    def deliver(self, request: IRequest) -> None:
+    def deliver(self, request: AnswerableRequest) -> None:
         """Write the status and headers, then every body byte as it arrives."""
-        prometheus = cast(StreamingRequest, request)
+        prometheus = request
         if self._state is not _Stream.WAITING or not prometheus.alive:
             self._end()
             return
@@ -220,7 +219,7 @@ class StreamedAnswer:
         if request is not None and request.alive:
             request.loseConnection()
 
-    def _end(self) -> StreamingRequest | None:
+    def _end(self) -> AnswerableRequest | None:
         """Stop relaying; returns the request that was being answered, if any."""
         request, self._request = self._request, None
         self._state = _Stream.OVER

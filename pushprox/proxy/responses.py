@@ -6,12 +6,13 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from pushprox.proxy.channel import StreamingRequest
+from pushprox.proxy.lean import LeanRequest
 
 SERVER = b"pushprox"
 TEXT = b"text/plain; charset=utf-8"
 
 
-def text_response(request: Request, code: int, message: str) -> bytes:
+def text_response(request: Request | LeanRequest, code: int, message: str) -> bytes:
     """Set ``code`` and return ``message`` as a one-line plain-text body."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", TEXT)
@@ -19,7 +20,7 @@ def text_response(request: Request, code: int, message: str) -> bytes:
     return message.encode("utf-8") + b"\n"
 
 
-def finish_with(request: StreamingRequest, code: int, message: str) -> None:
+def finish_with(request: StreamingRequest | LeanRequest, code: int, message: str) -> None:
     """Answer a request held open with NOT_DONE_YET, unless its peer has gone."""
     if request.alive:
         body = text_response(request, code, message)
@@ -28,7 +29,7 @@ def finish_with(request: StreamingRequest, code: int, message: str) -> None:
         request.finish()
 
 
-def scrape_answer(request: Request, body: bytes) -> bytes:
+def scrape_answer(request: Request | LeanRequest, body: bytes) -> bytes:
     """Set the headers of an answer that hands a client a scrape request ``body``."""
     request.setHeader(b"content-type", TEXT)
     request.setHeader(b"content-length", b"%d" % len(body))

@@ -13,6 +13,7 @@ whole scraped page.
 from __future__ import annotations
 
 import datetime
+import enum
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -39,6 +41,7 @@ from pushprox.proxy.coordinator import (
     TooManyPolls,
     Waiters,
 )
+from pushprox.proxy.lean import LeanRequest
 from pushprox.proxy.push import Push, PushForwarder, PushReply
 from pushprox.proxy.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.shared import wire
@@ -59,6 +62,10 @@ _NONE: frozenset[bytes] = frozenset()
 EXTENSIONS = wire.encode_extensions([wire.POLL_TIMEOUT_EXTENSION, wire.PUSH_POLL_EXTENSION])
 
 
+#: A request, twisted.web's or a lean one (what the functions below need of either).
+AnyRequest = Request | LeanRequest
+
+
 @dataclass(frozen=True)
 class ProxyParts:
     """What every resource of the proxy works with."""
@@ -72,25 +79,20 @@ class ProxyParts:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-def is_push_path(path: bytes) -> bool:
-    """Whether ``path`` is the push endpoint (the only router of ``/push``)."""
-    return path == b"/push" or path.startswith(b"/push/")
-
-
-def denied_response(request: Request, denied: Denied) -> bytes:
+def denied_response(request: AnyRequest, denied: Denied) -> bytes:
     """Answer a request that failed authentication or authorization."""
     if denied.challenge is not None:
         request.setHeader(*denied.challenge)
     return text_response(request, denied.code, denied.message)
 
 
-def peer_host(request: Request) -> str | None:
+def peer_host(request: AnyRequest) -> str | None:
     """The IP address of the request's peer, if it has one."""
     host = getattr(request.getClientAddress(), "host", None)
     return host if isinstance(host, str) else None
 
 
-def certificate_names(request: Request) -> list[str] | None:
+def certificate_names(request: AnyRequest) -> list[str] | None:
     """The DNS names of the verified client certificate, or None without one."""
     if getattr(request.transport, "getPeerCertificate", None) is None:
         return None
@@ -101,7 +103,15 @@ def certificate_names(request: Request) -> list[str] | None:
     return peer_names(request.transport) or None
 
 
-def _peer(request: Request) -> str:
+def _header_lines(request: AnyRequest) -> list[tuple[bytes, bytes]]:
+    """A request's headers, one (name, value) pair per header line."""
+    if isinstance(request, LeanRequest):
+        return request.headers
+    return [(name, value) for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values]
+
+
+def _peer(request: AnyRequest) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     return f"{host}:{getattr(address, 'port', '')}" if host else str(address)
@@ -110,7 +120,7 @@ def _peer(request: Request) -> str:
 class BoundedBody:
     """A request body kept in ``request.content`` up to a limit, refused past it."""
 
-    def __init__(self, request: Request, limit: int, declared_length: int | None) -> None:
+    def __init__(self, request: AnyRequest, limit: int, declared_length: int | None) -> None:
         self._request = request
         self._limit = limit
         self._received = 0
@@ -142,10 +152,12 @@ class BoundedBody:
         """Nothing is waiting on the body."""
 
 
-class PushProxRequest(StreamingRequest):
-    """A request whose body is relayed while it arrives (a push) or kept under a limit."""
+class _ProxyRequest:
+    """What every request of the proxy offers its resources, twisted.web's or lean."""
 
     log = Logger()
+    uri: bytes
+    body_sink: BodySink | None
 
     #: What ``when_ended`` was given, in order; None once called (or while empty).
     _ended_callbacks: list[Callable[[Failure | None], object]] | None = None
@@ -174,28 +186,21 @@ class PushProxRequest(StreamingRequest):
                     self.log.failure("A callback of the end of {uri!r} failed",
                                      uri=self.uri[:200])
 
-    def finish(self) -> None:
-        """Finish the response, then tell whoever asked ``when_ended``."""
-        super().finish()
-        self._ended(None)
-
-    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
+    def _sink(self, site: PushProxSite, method: bytes, path: bytes,
+              length: int | None) -> BodySink | None:
         """A push for ``POST /push``, a size-bounded body for anything else with a body."""
-        site = cast(PushProxChannel, self.channel).site
+        request = cast("ProxyRequest", self)
         if method == b"POST" and is_push_path(path):
-            return site.start_push(self, length)
+            return site.start_push(request, length)
         if length == 0:
             return None  # no body (a scrape's GET): nothing to bound
-        return BoundedBody(self, site.config.max_request_size, length)
+        return BoundedBody(request, site.config.max_request_size, length)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def _count_broken_push(self, site: PushProxSite | None) -> None:
         """Count a push whose connection ended in the middle of its relay."""
-        channel = cast("PushProxChannel | None", self.channel)
-        super().connectionLost(reason)
-        self._ended(reason)
         push = self.push
-        if push is not None and push.broken_off and channel is not None:
-            channel.site.metrics.pushes_broken.inc()
+        if push is not None and push.broken_off and site is not None:
+            site.metrics.pushes_broken.inc()
 
     @property
     def push(self) -> Push | None:
@@ -207,6 +212,59 @@ class PushProxRequest(StreamingRequest):
         """Why this request's body was refused, if it was."""
         sink = self.body_sink
         return sink.refusal if isinstance(sink, BoundedBody) else None
+
+
+class PushProxRequest(_ProxyRequest, StreamingRequest):
+    """A request twisted.web serves: its body kept under a limit (or relayed, a push)."""
+
+    def finish(self) -> None:
+        """Finish the response, then tell whoever asked ``when_ended``."""
+        super().finish()
+        self._ended(None)
+
+    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
+        """A push for ``POST /push``, a size-bounded body for anything else with a body."""
+        return self._sink(cast(PushProxChannel, self.channel).site, method, path, length)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell whoever asked ``when_ended``; count a push broken off."""
+        channel = cast("PushProxChannel | None", self.channel)
+        super().connectionLost(reason)
+        self._ended(reason)
+        self._count_broken_push(channel.site if channel is not None else None)
+
+
+class HotRequest(_ProxyRequest, LeanRequest):
+    """
+    One of the three requests of a scrape (Prometheus' proxied GET, ``POST /poll``,
+    ``POST /push``), served without twisted.web (``pushprox.proxy.lean``).
+    """
+
+    site: PushProxSite
+
+    def finish(self) -> None:
+        """Finish the response, then tell whoever asked ``when_ended``."""
+        super().finish()
+        self._ended(None)
+
+    def sink_for(self, method: bytes, path: bytes, length: int | None) -> BodySink | None:
+        """A push for ``POST /push``, a size-bounded body for anything else with a body."""
+        return self._sink(self.site, method, path, length)
+
+    def requestReceived(self, method: bytes, uri: bytes, version: bytes) -> None:
+        """The whole request has arrived: admitted as twisted.web's are, then answered."""
+        self.site.admit(self)
+        super().requestReceived(method, uri, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell whoever asked ``when_ended``; count a push broken off."""
+        super().connectionLost(reason)
+        self._ended(reason)
+        self._count_broken_push(self.site)
+
+
+#: A request of the proxy, as its resources see it.
+ProxyRequest = PushProxRequest | HotRequest
 
 
 class ScrapeResource(Resource):
@@ -225,7 +283,7 @@ class ScrapeResource(Resource):
         self._scraper_auth = scraper_auth
         self._peer_auth = peer_auth
 
-    def render(self, request: Request) -> bytes | int:
+    def render(self, request: AnyRequest) -> bytes | int:
         """Validate the proxy request and wait for the client's answer."""
         started = self._clock.seconds()
         try:
@@ -235,21 +293,17 @@ class ScrapeResource(Resource):
             return denied_response(request, denied)
         # Only a peer may say that a scrape was forwarded already.
         dropped = _NONE if from_peer else wire.PEER_HEADERS
-        headers = [
-            (name, value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            if name.lower() not in dropped
-            for value in values
-        ]
+        headers = [(name, value) for name, value in _header_lines(request)
+                   if name.lower() not in dropped]
         deadline = timeout - min(SCRAPER_MARGIN, timeout / 10)
         answer = self._coordinator.scrape(fqdn, request.method, request.uri, headers, deadline)
-        scrape = _ProxiedScrape(cast(PushProxRequest, request), fqdn, started, answer)
+        scrape = _ProxiedScrape(cast(ProxyRequest, request), fqdn, started, answer)
         # One notification per scrape, for the answer's wait and for its relay alike.
         scrape.request.when_ended(scrape.ended)
         answer.addCallbacks(self._deliver, self._failed, (scrape,), {}, (scrape,))
         return NOT_DONE_YET
 
-    def _authorize(self, request: Request) -> bool:
+    def _authorize(self, request: AnyRequest) -> bool:
         """Whether a peer replica forwarded this scrape; raise Denied unless it may go on."""
         try:
             if self._peer_auth is not None and self._peer_auth.is_peer(
@@ -269,7 +323,7 @@ class ScrapeResource(Resource):
             self._metrics.count_scrape(denied.code, "unauthorized")
             raise
 
-    def _read_target(self, request: Request) -> tuple[str, float]:
+    def _read_target(self, request: AnyRequest) -> tuple[str, float]:
         """The FQDN and timeout of a proxy request; raises Denied for a bad one."""
         if request.method not in (b"GET", b"HEAD"):
             raise self._bad(request, 405, f"method {request.method!r} is not proxied")
@@ -287,7 +341,7 @@ class ScrapeResource(Resource):
             )
         return fqdn, min(timeout, self._config.scrape_max_timeout)
 
-    def _bad(self, request: Request, code: int, message: str) -> Denied:
+    def _bad(self, request: AnyRequest, code: int, message: str) -> Denied:
         self.log.info("Refused proxy request {uri!r} from {peer}: {status} {reason}",
                       uri=request.uri[:200], peer=_peer(request), status=code, reason=message)
         self._metrics.count_scrape(code, "bad_request")
@@ -344,7 +398,7 @@ class _ProxiedScrape:
 
     __slots__ = ("answer", "delivered", "fqdn", "request", "started")
 
-    def __init__(self, request: PushProxRequest, fqdn: str, started: float,
+    def __init__(self, request: ProxyRequest, fqdn: str, started: float,
                  answer: Deferred[IScrapeAnswer]) -> None:
         self.request = request
         self.fqdn = fqdn
@@ -371,18 +425,38 @@ class _Instrumented(Resource):
     """A leaf of the proxy's own endpoints, counted under its path."""
 
     isLeaf = True
-    path = ""
     log = Logger()
 
-    def __init__(self, parts: ProxyParts) -> None:
+    def __init__(self, parts: ProxyParts, path: str) -> None:
         super().__init__()
+        #: The label its requests are counted under (the endpoint's path, or ``other``).
+        self.path = path
         self._coordinator = parts.coordinator
         self._config = parts.config
         self._metrics = parts.metrics
         self._clock = parts.clock
         self._headers = parts.headers
 
-    def guard(self, request: Request, auth: ScraperAuth | None) -> bytes | None:
+    def render(self, request: AnyRequest) -> bytes | int:
+        """
+        As ``Resource.render``; but a method this endpoint does not serve is answered 405
+        in one line naming those it does (twisted.web would answer an HTML page, and 501
+        for a method it has never heard of).
+        """
+        try:
+            return cast("bytes | int", super().render(request))
+        except UnsupportedMethod as unsupported:
+            # twisted.web lists HEAD everywhere; it is served where GET is.
+            served: list[bytes] = list(unsupported.allowedMethods)
+            allowed = b", ".join(sorted(
+                method for method in served
+                if method != b"HEAD" or hasattr(self, "render_GET")))
+            self.instrument(request)
+            request.setHeader(b"allow", allowed)
+            return text_response(request, 405, f"{request.method.decode('latin-1')} is not "
+                                 f"served at {self.path}: use {allowed.decode('latin-1')}")
+
+    def guard(self, request: AnyRequest, auth: ScraperAuth | None) -> bytes | None:
         """A refusal body when ``auth`` does not allow this request, else None."""
         if auth is None:
             return None
@@ -392,20 +466,20 @@ class _Instrumented(Resource):
             return denied_response(request, denied)
         return None
 
-    def refuse(self, request: Request, denied: Denied, fqdn: str | None = None) -> bytes:
+    def refuse(self, request: AnyRequest, denied: Denied, fqdn: str | None = None) -> bytes:
         """Log why a request to this endpoint is refused, and answer it so."""
         what = self.path.lstrip("/") + (f" for {fqdn}" if fqdn else "")
         self.log.info("Refused {what} from {peer}: {status} {reason}", what=what,
                       peer=_peer(request), status=denied.code, reason=denied.message)
         return denied_response(request, denied)
 
-    def instrument(self, request: Request) -> _Counted:
+    def instrument(self, request: AnyRequest) -> _Counted:
         """Count this request by code and path once it ends."""
         counted = _Counted(self, request)
         request.setHeader(b"server", SERVER)
         for name, value in self._headers:
             request.setHeader(name, value)
-        cast(PushProxRequest, request).when_ended(counted.ended)
+        cast(ProxyRequest, request).when_ended(counted.ended)
         return counted
 
 
@@ -417,7 +491,7 @@ class _Counted:
 
     __slots__ = ("gone", "request", "resource", "started")
 
-    def __init__(self, resource: _Instrumented, request: Request) -> None:
+    def __init__(self, resource: _Instrumented, request: AnyRequest) -> None:
         self.resource = resource
         self.request = request
         self.started = resource._clock.seconds()
@@ -436,18 +510,17 @@ class _Counted:
 class PollResource(_Instrumented):
     """``POST /poll``: a client waits here until a scrape for its FQDN comes."""
 
-    path = "/poll"
     log = Logger()
 
-    def __init__(self, parts: ProxyParts, client_auth: ClientAuth | None) -> None:
-        super().__init__(parts)
+    def __init__(self, parts: ProxyParts, path: str, client_auth: ClientAuth | None) -> None:
+        super().__init__(parts, path)
         self._client_auth = client_auth
 
-    def render_POST(self, request: Request) -> bytes | int:
+    def render_POST(self, request: AnyRequest) -> bytes | int:
         """Register the client and hold the request until a scrape or timeout."""
         counted = self.instrument(request)
         try:
-            fqdn = self._read_fqdn(cast(PushProxRequest, request))
+            fqdn = self._read_fqdn(cast(ProxyRequest, request))
         except Denied as denied:
             return self.refuse(request, denied)
         try:
@@ -461,7 +534,7 @@ class PollResource(_Instrumented):
         deferred.addCallbacks(self._answer, self._failed, (request,), {}, (request, fqdn))
         return NOT_DONE_YET
 
-    def _read_fqdn(self, request: PushProxRequest) -> str:
+    def _read_fqdn(self, request: ProxyRequest) -> str:
         refusal = request.body_refusal
         if refusal is not None:
             self._metrics.limit_exceeded.labels("request_size").inc()
@@ -472,7 +545,7 @@ class PollResource(_Instrumented):
             raise Denied(400, f"poll body is not an FQDN: {raw[:100]!r}")
         return fqdn
 
-    def _read_timeout(self, request: Request) -> float | None:
+    def _read_timeout(self, request: AnyRequest) -> float | None:
         """How long to hold an idle poll: None (until a scrape) unless the client asks."""
         raw = request.getHeader(wire.POLL_TIMEOUT_HEADER)
         if raw is None:
@@ -482,14 +555,14 @@ class PollResource(_Instrumented):
             raise Denied(400, f"{wire.POLL_TIMEOUT_HEADER.decode()} is not a number")
         return min(max(seconds, 0.0), self._config.poll_max_timeout)
 
-    def _authenticate(self, request: Request, fqdn: str) -> str | None:
+    def _authenticate(self, request: AnyRequest, fqdn: str) -> str | None:
         if self._client_auth is None:
             return None
         return self._client_auth.poll_principal(
             fqdn, request.getHeader(b"authorization"), certificate_names(request)
         )
 
-    def _read_labels(self, request: Request) -> dict[str, str] | None:
+    def _read_labels(self, request: AnyRequest) -> dict[str, str] | None:
         raw = request.getHeader(wire.LABELS_HEADER)
         if raw is None:
             return None
@@ -498,7 +571,7 @@ class PollResource(_Instrumented):
         except wire.WireError as error:
             raise Denied(400, f"X-PushProx-Labels: {error}") from None
 
-    def _answer(self, scrape: Scrape | None, request: Request) -> None:
+    def _answer(self, scrape: Scrape | None, request: AnyRequest) -> None:
         # Set when answering, not while the poll is held: 10,000 idle polls would
         # each keep a copy in their response headers.
         request.setHeader(wire.EXTENSIONS_HEADER, EXTENSIONS)
@@ -512,13 +585,13 @@ class PollResource(_Instrumented):
                 return
             request.finish()
             return
-        if not cast(PushProxRequest, request).alive:
+        if not cast(ProxyRequest, request).alive:
             self._coordinator.requeue(scrape)
             return
         request.write(scrape_answer(request, scrape.payload(self._clock.seconds())))
         request.finish()
 
-    def _failed(self, reason: Failure, request: Request, fqdn: str) -> None:
+    def _failed(self, reason: Failure, request: AnyRequest, fqdn: str) -> None:
         error = reason.value
         if isinstance(error, CancelledError):
             return
@@ -534,7 +607,7 @@ class PollResource(_Instrumented):
         if code != 503:
             self.log.info("Poll of {fqdn}: {status} {reason}", fqdn=fqdn, status=code,
                           reason=message)
-        finish_with(cast(PushProxRequest, request), code, message)
+        finish_with(cast(ProxyRequest, request), code, message)
 
 
 class PushResource(_Instrumented):
@@ -546,13 +619,12 @@ class PushResource(_Instrumented):
     load; otherwise (and always for upstream clients) it is empty.
     """
 
-    path = "/push"
     log = Logger()
 
-    def render_POST(self, request: Request) -> bytes | int:
+    def render_POST(self, request: AnyRequest) -> bytes | int:
         """Report how the relay of this push ended."""
         counted = self.instrument(request)
-        push = cast(PushProxRequest, request).push
+        push = cast(ProxyRequest, request).push
         if push is None:  # pragma: no cover - PushProxRequest always makes one
             return text_response(request, 500, "push was not streamed")
         if push.settled is not None and not push.settled.called:
@@ -561,13 +633,13 @@ class PushResource(_Instrumented):
             return NOT_DONE_YET
         return self._answer(request, push, counted)
 
-    def _answer_later(self, request: Request, push: Push, counted: _Counted) -> None:
+    def _answer_later(self, request: AnyRequest, push: Push, counted: _Counted) -> None:
         body = self._answer(request, push, counted)
-        if isinstance(body, bytes) and cast(PushProxRequest, request).alive:
+        if isinstance(body, bytes) and cast(ProxyRequest, request).alive:
             request.write(body)
             request.finish()
 
-    def _answer(self, request: Request, push: Push, counted: _Counted) -> bytes | int:
+    def _answer(self, request: AnyRequest, push: Push, counted: _Counted) -> bytes | int:
         """The push's answer: its refusal, the owner's answer, or 200 (and push-poll)."""
         refusal = push.end()
         if push.forwarded is not None:
@@ -587,9 +659,9 @@ class PushResource(_Instrumented):
         request.setHeader(b"content-length", b"0")
         return b""
 
-    def _relay_reply(self, reply: PushReply, request: Request) -> None:
+    def _relay_reply(self, reply: PushReply, request: AnyRequest) -> None:
         """The owner's answer to a forwarded push, as the owner gave it."""
-        if not cast(PushProxRequest, request).alive:
+        if not cast(ProxyRequest, request).alive:
             return
         request.setResponseCode(reply.status)
         for name, value in wire.without(reply.headers, wire.HOP_BY_HOP | {b"content-length"}):
@@ -598,9 +670,9 @@ class PushResource(_Instrumented):
         request.write(reply.body)
         request.finish()
 
-    def _owner_unreachable(self, reason: Failure, request: Request) -> None:
+    def _owner_unreachable(self, reason: Failure, request: AnyRequest) -> None:
         self.log.warn("Forwarding a push failed: {reason}", reason=reason.getErrorMessage())
-        finish_with(cast(PushProxRequest, request), 502,
+        finish_with(cast(ProxyRequest, request), 502,
                     f"the proxy that owns this scrape could not be reached: "
                     f"{reason.getErrorMessage()}")
 
@@ -608,17 +680,17 @@ class PushResource(_Instrumented):
 class _Guarded(_Instrumented):
     """A ``GET`` endpoint behind the scrapers' checks (``--scrape-auth``, networks)."""
 
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
-        super().__init__(parts)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts, path)
         self._auth = auth
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def render_GET(self, request: AnyRequest) -> bytes | int:
         """The endpoint's answer, or the refusal."""
         self.instrument(request)
         refusal = self.guard(request, self._auth)
         return refusal if refusal is not None else self.answer(request)
 
-    def answer(self, request: Request) -> bytes | int:
+    def answer(self, request: AnyRequest) -> bytes | int:
         """What an allowed request gets (override)."""
         raise NotImplementedError
 
@@ -642,60 +714,58 @@ def discovery_labels(client: ClientInfo) -> dict[str, str]:
 class ClientsResource(_Guarded):
     """``GET /clients``: the registered clients as Prometheus http_sd/file_sd JSON."""
 
-    path = "/clients"
-
-    def answer(self, request: Request) -> bytes | int:
+    def answer(self, request: AnyRequest) -> bytes | int:
         """List every registered client as one target group."""
         listed = maybeDeferred(self._coordinator.clients)
         listed.addCallbacks(self._write, self._failed, (request,), {}, (request,))
         return NOT_DONE_YET
 
-    def _write(self, clients: list[ClientInfo], request: Request) -> None:
+    def _write(self, clients: list[ClientInfo], request: AnyRequest) -> None:
         groups = [{"targets": [client.fqdn], "labels": discovery_labels(client)}
                   for client in clients]
         body = json.dumps(groups).encode("utf-8")
-        if cast(PushProxRequest, request).alive:
+        if cast(ProxyRequest, request).alive:
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
             request.finish()
 
-    def _failed(self, reason: Failure, request: Request) -> None:
+    def _failed(self, reason: Failure, request: AnyRequest) -> None:
         if reason.check(CoordinatorError):
             message = str(reason.value)
             self.log.warn("/clients: {message}", message=message)
         else:
             message = "the clients could not be listed"
             self.log.failure("Listing the clients failed", reason)
-        finish_with(cast(PushProxRequest, request), 503, message)
+        finish_with(cast(ProxyRequest, request), 503, message)
 
 
 class StatusPageResource(_Guarded):
     """``GET /``: the status page, for people (``pushprox.proxy.status``)."""
 
-    path = "/"
     log = Logger()
 
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None, started: float) -> None:
-        super().__init__(parts, auth)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None,
+                 started: float) -> None:
+        super().__init__(parts, path, auth)
         self._started = started
         self._version = package_version()
 
-    def answer(self, request: Request) -> int:
+    def answer(self, request: AnyRequest) -> int:
         """Ask the coordinator for its clients (a shared one may take a moment)."""
         listed = maybeDeferred(self._coordinator.client_statuses)
         listed.addCallbacks(self._write, self._failed, (request,), {}, (request,))
         return NOT_DONE_YET
 
-    def body(self, request: Request, snapshot: status.ProxyStatus) -> bytes:
+    def body(self, request: AnyRequest, snapshot: status.ProxyStatus) -> bytes:
         """Render the page; nothing on it may load or run anything."""
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", status.CONTENT_SECURITY_POLICY)
         request.setHeader(b"x-content-type-options", b"nosniff")
         return status.render_page(snapshot)
 
-    def _write(self, clients: list[ClientStatus], request: Request) -> None:
-        if not cast(PushProxRequest, request).alive:
+    def _write(self, clients: list[ClientStatus], request: AnyRequest) -> None:
+        if not cast(ProxyRequest, request).alive:
             return
         snapshot = status.proxy_status(
             self._coordinator, self._metrics, clients=clients, started=self._started,
@@ -706,17 +776,15 @@ class StatusPageResource(_Guarded):
         request.write(body)
         request.finish()
 
-    def _failed(self, reason: Failure, request: Request) -> None:
+    def _failed(self, reason: Failure, request: AnyRequest) -> None:
         self.log.failure("Listing the clients for {path} failed", reason, path=self.path)
-        finish_with(cast(PushProxRequest, request), 503, "the clients could not be listed")
+        finish_with(cast(ProxyRequest, request), 503, "the clients could not be listed")
 
 
 class ClientsApiResource(StatusPageResource):
     """``GET /api/v1/clients``: what the status page shows, as JSON for tools."""
 
-    path = "/api/v1/clients"
-
-    def body(self, request: Request, snapshot: status.ProxyStatus) -> bytes:
+    def body(self, request: AnyRequest, snapshot: status.ProxyStatus) -> bytes:
         """Render the JSON view."""
         request.setHeader(b"content-type", b"application/json")
         return status.render_json(snapshot)
@@ -726,11 +794,10 @@ class StatusResource(_Instrumented):
     """``/-/healthy`` and ``/-/ready``: a fixed text while the proxy serves."""
 
     def __init__(self, parts: ProxyParts, path: str, message: str) -> None:
-        super().__init__(parts)
-        self.path = path
+        super().__init__(parts, path)
         self._message = message
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: AnyRequest) -> bytes:
         """Say that the proxy is up."""
         self.instrument(request)
         return text_response(request, 200, self._message)
@@ -739,29 +806,126 @@ class StatusResource(_Instrumented):
 class InstrumentedMetricsResource(_Guarded):
     """``/metrics`` counted like the other endpoints."""
 
-    path = "/metrics"
-
-    def __init__(self, parts: ProxyParts, auth: ScraperAuth | None = None) -> None:
-        super().__init__(parts, auth)
+    def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None = None) -> None:
+        super().__init__(parts, path, auth)
         self._inner = MetricsResource(parts.metrics.registry)
 
-    def answer(self, request: Request) -> bytes:
+    def answer(self, request: AnyRequest) -> bytes:
         """Render the proxy's metrics."""
-        return self._inner.render_GET(request)
+        return self._inner.render_GET(cast(Request, request))
 
 
 class NotFound(_Instrumented):
-    """Anything else: 404 with a hint."""
+    """Anything else: 404 with a hint naming what this port serves."""
 
-    path = "other"
+    def __init__(self, parts: ProxyParts, paths: list[str]) -> None:
+        super().__init__(parts, OTHER_LABEL)
+        self._message = ("not found: this is a PushProx proxy (use it as proxy_url; "
+                         f"endpoints {' '.join(paths)})")
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: AnyRequest) -> bytes:
         """Say what this port serves."""
         self.instrument(request)
-        return text_response(
-            request, 404, "not found: this is a PushProx proxy (use it as proxy_url; "
-            "endpoints / /poll /push /clients /api/v1/clients /metrics /-/healthy /-/ready)"
-        )
+        return text_response(request, 404, self._message)
+
+
+class Guard(enum.Enum):
+    """Who may use an endpoint, checked by its resource."""
+
+    #: Clients (``--client-auth``: tokens or certificate names).
+    CLIENTS = "clients"
+    #: Scrapers and people (``--scrape-auth``, ``--scrape-networks``).
+    SCRAPERS = "scrapers"
+    #: Anyone (health checks).
+    ANYONE = "anyone"
+
+
+@dataclass(frozen=True)
+class _Assembly:
+    """What the resources of the endpoints are made with."""
+
+    parts: ProxyParts
+    client_auth: ClientAuth | None
+    scraper_auth: ScraperAuth | None
+    #: When the proxy started (the status page says so).
+    started: float
+
+    def scrapers(self, endpoint: Endpoint) -> ScraperAuth | None:
+        """The scrapers' checks, for an endpoint guarded by them."""
+        return self.scraper_auth if endpoint.guard is Guard.SCRAPERS else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """
+    One endpoint reached by path: everything the site routes, counts and lists by.
+
+    ``ENDPOINTS`` is the one place an endpoint is declared: the resource tree, the
+    routing of the hot endpoints and the 404 text are made from it.
+    """
+
+    #: The path, and the ``path`` label its requests are counted under.
+    path: str
+    guard: Guard
+    #: Makes its resource.
+    make: Callable[[Endpoint, _Assembly], Resource]
+    #: Routed at once by its first path segment (on the path of every scrape), with any
+    #: path below it, without walking the resource tree; otherwise found in the tree.
+    hot: bool = False
+    #: The ``PushProxSite`` argument that switches it off, if one does.
+    switch: str | None = None
+    #: Its request body is handed to a ``Push`` while it arrives (hot endpoints only).
+    streams: bool = False
+
+    @property
+    def segments(self) -> list[bytes]:
+        """The path's segments, as twisted.web's tree walks them."""
+        return self.path.encode("ascii")[1:].split(b"/")
+
+
+#: The ``path`` label of requests to no endpoint.
+OTHER_LABEL = "other"
+
+#: The endpoints reached by path, in the order the 404 text lists them.  (A request
+#: in proxy form, ``GET http://target/...``, is a scrape, whatever its path.)
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: StatusPageResource(a.parts, e.path, a.scrapers(e), a.started)),
+    Endpoint("/poll", Guard.CLIENTS, hot=True,
+             make=lambda e, a: PollResource(a.parts, e.path, a.client_auth)),
+    Endpoint("/push", Guard.CLIENTS, hot=True, streams=True,
+             make=lambda e, a: PushResource(a.parts, e.path)),
+    Endpoint("/clients", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: ClientsResource(a.parts, e.path, a.scrapers(e))),
+    Endpoint("/api/v1/clients", Guard.SCRAPERS, switch="clients_endpoint",
+             make=lambda e, a: ClientsApiResource(a.parts, e.path, a.scrapers(e), a.started)),
+    Endpoint("/metrics", Guard.SCRAPERS, switch="metrics_endpoint",
+             make=lambda e, a: InstrumentedMetricsResource(a.parts, e.path, a.scrapers(e))),
+    Endpoint("/-/healthy", Guard.ANYONE,
+             make=lambda e, a: StatusResource(a.parts, e.path, "Healthy")),
+    Endpoint("/-/ready", Guard.ANYONE,
+             make=lambda e, a: StatusResource(a.parts, e.path, "Ready")),
+)
+
+#: The hot endpoints by the one segment of their path.
+_HOT = {endpoint.segments[0]: endpoint for endpoint in ENDPOINTS if endpoint.hot}
+
+
+def hot_segment(path: bytes) -> bytes:
+    """The segment a hot endpoint of ``path`` would be known by: its first one (a hot
+    endpoint's path is one segment, never empty)."""
+    return path[1:].partition(b"/")[0] if path[:1] == b"/" else b""
+
+
+def hot_endpoint(path: bytes) -> Endpoint | None:
+    """The hot endpoint that serves ``path`` (its own or one below it), if one does."""
+    return _HOT.get(hot_segment(path))
+
+
+def is_push_path(path: bytes) -> bool:
+    """Whether ``path`` is served by the endpoint whose body streams to a ``Push``."""
+    endpoint = hot_endpoint(path)
+    return endpoint is not None and endpoint.streams
 
 
 class ConnectRefused(Resource):
@@ -769,7 +933,7 @@ class ConnectRefused(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: AnyRequest) -> bytes:
         """Explain how to scrape HTTPS targets instead."""
         return text_response(
             request, 405, "CONNECT is not supported: scrape HTTPS targets with "
@@ -818,6 +982,16 @@ class PushProxChannel(LlhttpChannel):
                 return
         super().dataReceived(data)
 
+    def lean_request(self, method: bytes, url: bytes, version: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> LeanRequest | None:
+        """A ``HotRequest`` for the three requests of a scrape, None for the others."""
+        resource = self.site.hot_resource(method, url)
+        if resource is None:
+            return None
+        request = HotRequest(self, resource, method, url, version, headers)
+        request.site = self.site
+        return request
+
     def headers_too_large(self) -> None:
         """Answer 431 with the limit, and close."""
         self.site.metrics.limit_exceeded.labels("header_size").inc()
@@ -840,11 +1014,11 @@ class _Directory(Resource):
         super().__init__()
         self._not_found = not_found
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: AnyRequest) -> Resource:
         """Any child not put here."""
         return self._not_found
 
-    def render(self, request: Request) -> bytes | int:
+    def render(self, request: AnyRequest) -> bytes | int:
         """The node itself (``/api``, ``/-``) is not an endpoint either."""
         return cast(bytes, self._not_found.render(request))
 
@@ -893,6 +1067,22 @@ class ConnectionRefusals:
             self.refusing = 0
 
 
+def _tree(resources: dict[str, Resource], not_found: Resource) -> Resource:
+    """The resource tree of ``resources`` by path; any other path finds ``not_found``."""
+    root = _Directory(not_found)
+    for path, resource in resources.items():
+        *directories, leaf = path.encode("ascii")[1:].split(b"/")
+        node: Resource = root
+        for name in directories:
+            child = node.children.get(name)
+            if child is None:
+                child = _Directory(not_found)
+                node.putChild(name, child)
+            node = child
+        node.putChild(leaf, resource)
+    return root
+
+
 class PushProxSite(Site):
     """The proxy's one site: scrapes by absolute URI, pushes by path, the rest as a tree."""
 
@@ -937,42 +1127,22 @@ class PushProxSite(Site):
         self._quiet = Waiters()
         self.push_forwarder = push_forwarder
         self._scrape = ScrapeResource(parts, scraper_auth, peer_auth)
-        self._push = PushResource(parts)
-        self._poll = PollResource(parts, self.client_auth)
         self._connect = ConnectRefused()
-        root = self._tree(parts, scraper_auth, clients=clients_endpoint,
-                          metrics=metrics_endpoint)
+        switched_on = {"clients_endpoint": clients_endpoint, "metrics_endpoint": metrics_endpoint}
+        served = [endpoint for endpoint in ENDPOINTS
+                  if endpoint.switch is None or switched_on[endpoint.switch]]
+        assembly = _Assembly(parts, self.client_auth, scraper_auth, clock.seconds())
+        resources = {endpoint.path: endpoint.make(endpoint, assembly) for endpoint in served}
+        #: The hot endpoints' resources, by the one segment of their path.
+        self._hot: dict[bytes, Resource] = {
+            endpoint.segments[0]: resources[endpoint.path] for endpoint in served if endpoint.hot}
+        not_found = NotFound(parts, [endpoint.path for endpoint in ENDPOINTS])
+        root = _tree(resources, not_found)
         super().__init__(root, reactor=reactor if reactor is not None else clock)
         self.displayTracebacks = False
         self.noisy = False
 
-    def _tree(self, parts: ProxyParts, scraper_auth: ScraperAuth | None, *,
-              clients: bool, metrics: bool) -> Resource:
-        """
-        The endpoints reached by path: /poll, /clients, /metrics, /-/healthy, /-/ready,
-        and the status page / with its JSON view /api/v1/clients (which go with /clients).
-        """
-        not_found = NotFound(parts)
-        root = _Directory(not_found)
-        root.putChild(b"poll", self._poll)
-        if clients:
-            root.putChild(b"clients", ClientsResource(parts, scraper_auth))
-            started = parts.clock.seconds()
-            root.putChild(b"", StatusPageResource(parts, scraper_auth, started))
-            api = _Directory(not_found)
-            version_1 = _Directory(not_found)
-            version_1.putChild(b"clients", ClientsApiResource(parts, scraper_auth, started))
-            api.putChild(b"v1", version_1)
-            root.putChild(b"api", api)
-        if metrics:
-            root.putChild(b"metrics", InstrumentedMetricsResource(parts, scraper_auth))
-        status = _Directory(not_found)
-        status.putChild(b"healthy", StatusResource(parts, "/-/healthy", "Healthy"))
-        status.putChild(b"ready", StatusResource(parts, "/-/ready", "Ready"))
-        root.putChild(b"-", status)
-        return root
-
-    def start_push(self, request: Request, length: int | None) -> Push:
+    def start_push(self, request: AnyRequest, length: int | None) -> Push:
         """The push that ``request`` carries, authenticated before its body arrives."""
         try:
             principal, from_peer = self._push_principal(request)
@@ -985,7 +1155,7 @@ class PushProxSite(Site):
                     forwarder=None if from_peer else self.push_forwarder,
                     push_poll=request.getHeader(wire.PUSH_POLL_HEADER) is not None)
 
-    def _push_principal(self, request: Request) -> tuple[str | None, bool]:
+    def _push_principal(self, request: AnyRequest) -> tuple[str | None, bool]:
         """
         Who pushes, and whether a peer forwards it: a peer says for whom it forwards;
         a client proves who it is.
@@ -1021,27 +1191,42 @@ class PushProxSite(Site):
             self.refusals.accepted()
         return super().buildProtocol(addr)
 
-    def getResourceFor(self, request: Request) -> IResource:
-        """Route absolute-URI requests to the scrape resource, the rest by path."""
-        request.site = self
+    def hot_resource(self, method: bytes, uri: bytes) -> Resource | None:
+        """
+        The resource of a hot request (a scrape in proxy form, a ``POST`` to a hot
+        endpoint), which a ``HotRequest`` is made for; None for twisted.web's.
+        """
+        if uri[:1] != b"/":
+            if uri[:7].lower() == b"http://" or uri[:8].lower() == b"https://":
+                return self._scrape
+            return None
+        if method == b"POST":
+            return self._hot.get(hot_segment(uri.partition(b"?")[0]))
+        return None
+
+    def admit(self, request: AnyRequest) -> None:
+        """A request is about to be answered: count it while a replica drains."""
         if self.count_requests:
             self.in_progress += 1
             request.notifyFinish().addBoth(self._request_done)
             if self.coordinator.draining:
                 # Leaving: whoever sent this comes back on a new connection, elsewhere.
                 close_after(request)
+
+    def getResourceFor(self, request: AnyRequest) -> IResource:
+        """Route absolute-URI requests to the scrape resource, the rest by path."""
+        request.site = self
+        self.admit(request)
         uri = request.uri
         if uri[:1] != b"/" and (uri[:7].lower() == b"http://"
                                 or uri[:8].lower() == b"https://"):
             return self._scrape
         if request.method == b"CONNECT":
             return self._connect
-        path = request.path
-        if is_push_path(path):
-            return self._push
-        if path == b"/poll" or path.startswith(b"/poll/"):
-            # What the tree would find (a leaf), without walking it: once a scrape.
-            return self._poll
+        # A hot endpoint: what the tree would find (a leaf), without walking it.
+        hot = self._hot.get(hot_segment(request.path))
+        if hot is not None:
+            return hot
         return cast(IResource, super().getResourceFor(request))
 
     def log(self, request: Any) -> None:

@@ -1,17 +1,19 @@
 """twistd plugins (``twistd pushprox-proxy``, ``twistd pushprox-client``) and the
-``pushprox-tls:`` and ``pushprox-mtls:`` server endpoints."""
+``pushprox-tls:`` and ``pushprox-mtls:`` server endpoints.  Under twistd without TLS options
+their modules load without TLS libraries (``pushprox.shared.footprint``)."""
 
-from twisted.application.service import ServiceMaker
+from pushprox.shared.footprint import TLSFreeServiceMaker, twistd_imports
 
-from pushprox.shared.tls_listeners import MutualTLSServerParser, TLSServerParser
+with twistd_imports():
+    from pushprox.shared.tls_listeners import MutualTLSServerParser, TLSServerParser
 
-pushprox_proxy = ServiceMaker(
+pushprox_proxy = TLSFreeServiceMaker(
     "pushprox-proxy",
     "pushprox.proxy.tap",
     "PushProx proxy: relays Prometheus scrapes to clients behind NAT",
     "pushprox-proxy",
 )
-pushprox_client = ServiceMaker(
+pushprox_client = TLSFreeServiceMaker(
     "pushprox-client",
     "pushprox.client.tap",
     "PushProx client: polls the proxy and scrapes local targets",

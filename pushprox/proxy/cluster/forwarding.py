@@ -32,10 +32,10 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from pushprox.proxy.channel import StreamingRequest
+from pushprox.proxy.channel import AnswerableRequest
 from pushprox.proxy.cluster.metrics import ClusterMetrics
 from pushprox.proxy.cluster.routes import RouteTable
 from pushprox.proxy.coordinator import CoordinatorError, IScrapeAnswer, ScrapeTimeout
@@ -58,14 +58,14 @@ _CONNECTION_LOST = Failure(ConnectionLost())
 class _BodyToRequest(Protocol):
     """Writes a peer's response body into Prometheus' request while it arrives."""
 
-    def __init__(self, request: StreamingRequest) -> None:
+    def __init__(self, request: AnswerableRequest) -> None:
         self._request = request
         self._registered = False
 
     def connectionMade(self) -> None:
         if self._request.alive:
             # Prometheus reading slowly pauses the peer's connection, and so the push.
-            self._request.registerProducer(self.transport, True)
+            self._request.registerProducer(cast(IPushProducer, self.transport), True)
             self._registered = True
             self._request.notifyFinish().addErrback(lambda _: self.stop())
 
@@ -103,9 +103,9 @@ class ForwardedAnswer:
         self._response = response
         self._body: _BodyToRequest | None = None
 
-    def deliver(self, request: IRequest) -> None:
+    def deliver(self, request: AnswerableRequest) -> None:
         """Write the peer's status and headers, then its body as it arrives."""
-        prometheus = cast(StreamingRequest, request)
+        prometheus = request
         response = self._response
         prometheus.setResponseCode(response.code, response.phrase or None)
         headers = prometheus.responseHeaders
