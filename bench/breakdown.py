@@ -66,7 +66,7 @@ BUCKETS: list[tuple[str, str]] = [
      + _line_calling(epollreactor.EPollReactor.doPoll, "_poller.poll(") + r"\)"),
     # llhttp (C, under feed_data) and its callbacks in pushprox; Agent's parser.
     ("HTTP parsing", r"^LlhttpChannel\.(dataReceived|_parse|on_\w+) \(.*pushprox/proxy/channel"),
-    ("HTTP parsing", r"^_Connection\.(dataReceived|on_\w+) \(.*pushprox/client/link"),
+    ("HTTP parsing", r"^_Connection\.(dataReceived|on_\w+) \(.*pushprox/client/(target_)?link"),
     ("HTTP parsing", r"^(HTTPParser|HTTPClientParser|LineReceiver)\.\w+ \("),
     ("twisted.web Agent (requests to the target)", r"twisted/web/(client|_newclient)\.py|treq/"),
     ("twisted.web request/response", r"twisted/web/"),
@@ -80,7 +80,8 @@ BUCKETS: list[tuple[str, str]] = [
     ("pushprox: proxy resources",
      r"pushprox/proxy/(site|responses|status)\.py|pushprox/shared/auth\.py"),
     ("pushprox: wire", r"pushprox/shared/wire\.py"),
-    ("pushprox: client (and its link to the proxy)", r"pushprox/client/(service|link)\.py"),
+    ("pushprox: client (and its links to the proxy and the targets)",
+     r"pushprox/client/(service|link|target_link)\.py"),
     ("metrics", r"prometheus_client/|pushprox/shared/metrics\.py"),
     ("pushprox: other", r"pushprox/"),
 ]  # fmt: skip

@@ -46,11 +46,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.iweb import IAgent, IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from pushprox.client.link import ProxyLink
 from pushprox.client.service import ClientConfig, ClientService, make_connections
+from pushprox.client.target_link import TargetLink
 from tests.helpers import HTTPResponse, IncompleteMessage, parse_response
 
 #: Where every connection comes from and goes to.
@@ -318,8 +319,8 @@ class Exchange(Protocol):
 
 def client_connections(network: MemoryNetwork, config: ClientConfig, *,
                        proxy_policy: IPolicyForHTTPS | None = None
-                       ) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
-    """The link to ``config``'s proxy, the target agent and its pool, built by
+                       ) -> tuple[ProxyLink, TargetLink, list[HTTPConnectionPool]]:
+    """The link to ``config``'s proxy, the target link and its Agent's pool, built by
     C{make_connections} on ``network``."""
     return make_connections(network, config.endpoint("poll"), proxy_policy=proxy_policy)
 

@@ -37,11 +37,11 @@ from pushprox.client.service import (
     Backoff,
     ClientConfig,
     ClientService,
-    PushBody,
     ScrapeRefused,
     make_proxy_link,
     plan_target,
 )
+from pushprox.client.target_link import PushBody
 from pushprox.proxy.coordinator import Coordinator
 from pushprox.proxy.site import PushProxSite
 from pushprox.shared import wire
@@ -583,10 +583,10 @@ class ClientServiceTests(SynchronousTestCase):
         }
         settings.update(overrides)
         config = ClientConfig(**settings)
-        proxy_link, target_agent, pools = client_connections(self.network, config)
+        proxy_link, target_link, pools = client_connections(self.network, config)
         self.clock = TrackingClock(self.network)
         service = ClientService(config, reactor=self.clock,
-                                proxy_link=proxy_link, target_agent=target_agent,
+                                proxy_link=proxy_link, target_link=target_link,
                                 metrics=ClientMetrics(), pools=pools,
                                 rand=random.random if rand is None else rand)
         service.startService()
@@ -697,11 +697,11 @@ class ClientServiceTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         config = ClientConfig(proxy_url=f"http://127.0.0.1:{PROXY_PORT}/", fqdn=FQDN)
-        _, target_agent, pools = client_connections(self.network, config)
+        _, target_link, pools = client_connections(self.network, config)
         blackhole = Blackhole()
         clock = TrackingClock(self.network)
         service = ClientService(config, reactor=clock, proxy_link=ProxyLink(blackhole),
-                                target_agent=target_agent, metrics=ClientMetrics(),
+                                target_link=target_link, metrics=ClientMetrics(),
                                 pools=pools)
         service.startService()
         self.network.advance(60)
@@ -836,11 +836,11 @@ class ClientServiceTests(SynchronousTestCase):
             allow_ports=frozenset({TARGET_PORT}), allow_paths=frozenset({"/metrics", "/slow"}),
             retry_initial_wait=0.2, retry_max_wait=0.2, poll_timeout=2.0,
             proxy_failback_after=5.0)
-        first_link, target_agent, pools = client_connections(self.network, config)
+        first_link, target_link, pools = client_connections(self.network, config)
         second_link = make_proxy_link(self.network, config.endpoint("poll", second))
         self.clock = TrackingClock(self.network)
         service = ClientService(config, reactor=self.clock, proxy_link=first_link,
-                                fallback_links=[second_link], target_agent=target_agent,
+                                fallback_links=[second_link], target_link=target_link,
                                 metrics=ClientMetrics(), pools=pools, rand=lambda: 1.0)
         service.startService()
         self.addCleanup(self.stop, service, self.clock)

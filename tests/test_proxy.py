@@ -593,6 +593,22 @@ class EndpointTests(ProxyTestCase):
         assert response is not None
         return response
 
+    def test_a_method_an_endpoint_does_not_serve_is_405_in_one_line(self) -> None:
+        """GET /poll, PUT /push, DELETE /clients: 405, one line, Allow; no HTML page."""
+        for method, path, allowed in [(b"GET", b"/poll", b"POST"),
+                                      (b"PUT", b"/push", b"POST"),
+                                      (b"DELETE", b"/clients", b"GET, HEAD")]:
+            connection = self.connect()
+            connection.send(method + b" " + path + b" HTTP/1.1\r\nHost: proxy\r\n"
+                            b"Content-Length: 0\r\n\r\n")
+            response = connection.response()
+            assert response is not None
+            self.assertEqual((response.status, response.headers.get(b"allow"), response.body),
+                             (405, allowed, b"%s is not served at %s: use %s\n"
+                              % (method, path, allowed)))
+            self.assertEqual(response.headers.get(b"content-type"), b"text/plain; charset=utf-8")
+        self.assertEqual(self.flushWarnings(), [])
+
     def test_clients_lists_registered_as_http_sd(self) -> None:
         """/clients is http_sd JSON with an object for labels, sorted by FQDN."""
         self.poll(b"b.example")

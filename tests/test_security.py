@@ -298,12 +298,12 @@ class SecurityTestCase(SynchronousTestCase):
                 cert=None if certificate is None else certificate.cert,
                 key=None if certificate is None else certificate.key,
             )
-        proxy_link, target_agent, pools = client_connections(self.network, config,
+        proxy_link, target_link, pools = client_connections(self.network, config,
                                                             proxy_policy=policy)
         #: The timers of the client started last.
         self.clock = clock = TrackingClock(self.network)
         service = ClientService(config, reactor=clock,
-                                proxy_link=proxy_link, target_agent=target_agent,
+                                proxy_link=proxy_link, target_link=target_link,
                                 metrics=ClientMetrics(), pools=pools, rand=lambda: 1.0)
         service.startService()
         self.addCleanup(self.stop_client, service, clock)

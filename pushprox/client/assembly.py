@@ -169,7 +169,7 @@ def assemble(setup: ClientSetup, reactor: Any, service: ProgramService) -> Progr
         target_policy = _policy(
             setup.target_tls, "--target-tls-cacert/--target-tls-cert/--target-tls-key",
             reloader, profile=False)
-    proxy_link, target_agent, pools = make_connections(
+    proxy_link, target_link, pools = make_connections(
         reactor, config.endpoint("poll"), proxy_policy=proxy_policy,
         target_policy=target_policy, keepalive=config, http_proxy=setup.http_proxies[0],
         target_http_proxy=setup.target_http_proxy,
@@ -187,11 +187,12 @@ def assemble(setup: ClientSetup, reactor: Any, service: ProgramService) -> Progr
         config = dataclasses.replace(setup.config_for(name), proxy_token=tokens["proxy"],
                                      target_bearer_token=tokens["target"])
         return ClientService(config, reactor=reactor, proxy_link=proxy_link,
-                             fallback_links=fallback_links, target_agent=target_agent,
+                             fallback_links=fallback_links, target_link=target_link,
                              metrics=metrics, owns_connections=False)
 
     def close_connections() -> Deferred[Any]:
         return DeferredList([proxy_link.close(), *(link.close() for link in fallback_links),
+                             target_link.close(),
                              *(pool.closeCachedConnections() for pool in pools)])
 
     roster = ClientRoster(fixed=list(setup.names), targets_file=setup.targets_file,

@@ -19,9 +19,11 @@ the request is written until its answer is delivered or it fails; the exchange's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
+from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -30,6 +32,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IProducer,
     IProtocol,
+    IProtocolFactory,
     IStreamClientEndpoint,
     ITCPTransport,
 )
@@ -47,6 +50,8 @@ from zope.interface import implementer
 from pushprox.shared.twisted_internals import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
+#: What a method, a path, a host or a header name must not hold.
+_NOT_IN_A_TOKEN = re.compile(rb"[ \r\n\0]")
 #: Status codes whose answers never have a body (RFC 9110 6.4.1).
 _NO_BODY = frozenset({204, 304})
 
@@ -110,7 +115,7 @@ def request_head(method: bytes, path: bytes, host: bytes,
     are ours and are refused if malformed.
     """
     for part in (method, path, host, *(name for name, _ in headers)):
-        if not part or any(c in part for c in (b" ", b"\r", b"\n", b"\0")):
+        if not part or _NOT_IN_A_TOKEN.search(part) is not None:
             raise ValueError(f"{part!r} is empty or holds a space or a line break")
     lines = [b"%s %s HTTP/1.1\r\n" % (method, path), b"Host: %s\r\n" % (host,)]
     lines += [b"%s: %s\r\n" % (name, _one_line(value)) for name, value in headers]
@@ -118,10 +123,95 @@ def request_head(method: bytes, path: bytes, host: bytes,
 
 
 def _one_line(value: bytes) -> bytes:
+    if b"\r" not in value and b"\n" not in value:
+        return value
     return value.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-class ProxyLink:
+class _PooledConnection(TypingProtocol):
+    """What a pool needs of its connections."""
+
+    lost_reason: Failure | None
+
+    def send(self, exchange: Any, *, reused: bool) -> None: ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+_ConnectionT = TypeVar("_ConnectionT", bound=_PooledConnection)
+
+
+class KeepAlivePool(Generic[_ConnectionT]):
+    """
+    Keep-alive connections to one server: the idle ones, and the new ones made for
+    requests when none is idle; what ``ProxyLink`` and the target link share.
+
+    An exchange (a request across the connections it may be sent on) has a ``deferred``
+    fired exactly once, and ``connecting`` while a connection is made for it.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, max_idle: int) -> None:
+        self._endpoint = endpoint
+        self._max_idle = max_idle
+        self._idle: list[_ConnectionT] = []
+        #: Connections are closed after their request rather than kept.
+        self._closing = False
+
+    def _factory(self) -> IProtocolFactory:
+        """The factory of this pool's connections."""
+        raise NotImplementedError
+
+    def _send(self, exchange: Any, *, fresh: bool = False) -> None:
+        """Write ``exchange`` on the connection used last, else on a new one (``fresh``:
+        always on a new one)."""
+        if self._idle and not fresh:
+            self._idle.pop().send(exchange, reused=True)
+            return
+        connecting = self._endpoint.connect(self._factory())
+        exchange.connecting = connecting
+        connecting.addCallbacks(self._connected, self._not_connected,
+                                callbackArgs=(exchange,), errbackArgs=(exchange,))
+
+    def _connected(self, protocol: IProtocol, exchange: Any) -> None:
+        exchange.connecting = None
+        connection = cast(_ConnectionT, protocol)
+        if connection.lost_reason is not None:
+            # Lost before this callback ran (a TLS handshake refused at once).
+            if not exchange.deferred.called:
+                exchange.deferred.errback(ResponseNeverReceived([connection.lost_reason]))
+        elif exchange.deferred.called:
+            self._give_back(connection)
+        else:
+            connection.send(exchange, reused=False)
+
+    def _not_connected(self, failure: Failure, exchange: Any) -> None:
+        exchange.connecting = None
+        if not exchange.deferred.called:
+            exchange.deferred.errback(failure)
+
+    def _give_back(self, connection: _ConnectionT) -> None:
+        """A connection whose request is over and that may serve another."""
+        if self._closing or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def _lost(self, connection: _ConnectionT) -> None:
+        """A connection is gone."""
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def _close_idle(self) -> Deferred[None]:
+        """Close the idle connections; later ones are closed after their request."""
+        self._closing = True
+        closing, self._idle = self._idle, []
+        waits = [connection.close() for connection in closing]
+        if not waits:
+            return succeed(None)
+        return DeferredList(waits).addCallback(lambda _: None)
+
+
+class ProxyLink(KeepAlivePool["_Connection"]):
     """
     Keep-alive HTTP/1.1 connections to one server, and requests sent on them one at a time.
 
@@ -141,13 +231,10 @@ class ProxyLink:
     def __init__(self, endpoint: IStreamClientEndpoint, *, max_idle: int = 16,
                  absolute_form: bool = False,
                  proxy_authorization: bytes | None = None) -> None:
-        self._endpoint = endpoint
-        self._max_idle = max_idle
+        super().__init__(endpoint, max_idle)
         self._absolute_form = absolute_form
         self._proxy_authorization = proxy_authorization
-        self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
-        self._closing = False
 
     def head(self, method: bytes, url: bytes,
              headers: Sequence[tuple[bytes, bytes]]) -> RequestHead:
@@ -185,13 +272,7 @@ class ProxyLink:
         when the idle ones are closed.  Requests made later still work, each on a
         connection of its own that is closed after its answer.
         """
-        self._closing = True
-        closing = list(self._idle)
-        self._idle.clear()
-        waits = [connection.close() for connection in closing]
-        if not waits:
-            return succeed(None)
-        return DeferredList(waits).addCallback(lambda _: None)
+        return self._close_idle()
 
     def idle_connections(self) -> int:
         """How many connections wait for a request."""
@@ -203,46 +284,15 @@ class ProxyLink:
 
     # -- the connections' side --
 
-    def _send(self, exchange: _Exchange, *, fresh: bool = False) -> None:
-        if self._idle and not fresh:
-            self._idle.pop().send(exchange, reused=True)
-            return
-        connecting = self._endpoint.connect(_ConnectionFactory(self))
-        exchange.connecting = connecting
-
-        def connected(protocol: IProtocol) -> None:
-            exchange.connecting = None
-            assert isinstance(protocol, _Connection)
-            if protocol.lost_reason is not None:
-                # Lost before this callback ran (a TLS handshake refused at once).
-                if not exchange.deferred.called:
-                    exchange.deferred.errback(ResponseNeverReceived([protocol.lost_reason]))
-            elif exchange.deferred.called:
-                self._give_back(protocol)
-            else:
-                protocol.send(exchange, reused=False)
-
-        def failed(failure: Failure) -> None:
-            exchange.connecting = None
-            if not exchange.deferred.called:
-                exchange.deferred.errback(failure)
-
-        connecting.addCallbacks(connected, failed)
+    def _factory(self) -> IProtocolFactory:
+        return _ConnectionFactory(self)
 
     def _opened(self, connection: _Connection) -> None:
         self._open.add(connection)
 
-    def _give_back(self, connection: _Connection) -> None:
-        """A connection whose request is over and that may serve another."""
-        if self._closing or len(self._idle) >= self._max_idle:
-            connection.close()
-        else:
-            self._idle.append(connection)
-
     def _lost(self, connection: _Connection) -> None:
         self._open.discard(connection)
-        if connection in self._idle:
-            self._idle.remove(connection)
+        super()._lost(connection)
 
     def _retry(self, exchange: _Exchange) -> None:
         exchange.retried = True

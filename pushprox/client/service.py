@@ -3,8 +3,8 @@
 The client: poll the proxy, scrape the target it names, push the answer back.
 
 ``ClientService`` keeps one long poll open to the proxy.  Each poll answer is a
-scrape request; the client checks it against its allow-list, scrapes the target with
-a plain ``Agent`` (so that compression and headers pass through untouched), and
+scrape request; the client checks it against its allow-list, scrapes the target through
+its ``TargetLink`` (so that compression and headers pass through untouched), and
 streams the target's response into a ``POST /push`` while it arrives.  It polls again
 as soon as a request arrives, so scrapes run concurrently.
 """
@@ -29,32 +29,27 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone, DNSLookupError
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
-    UNKNOWN_LENGTH,
-    IAgent,
     IAgentEndpointFactory,
     IBodyProducer,
     IPolicyForHTTPS,
-    IResponse,
 )
 from zope.interface import implementer
 
 from pushprox.client.link import ProxyLink
 from pushprox.client.outbound_proxy import HttpProxy
+from pushprox.client.target_link import TargetLink
 from pushprox.shared import wire
 from pushprox.shared.config import ClientConfig as ClientConfig
 from pushprox.shared.config import KeepAliveConfig
@@ -82,7 +77,23 @@ class Target:
     """Where a checked scrape request goes: the URL to connect to, the headers to send."""
 
     url: bytes
-    headers: Headers
+    #: The ``Host`` header (as Prometheus meant it) and the other headers.
+    host_header: bytes
+    header_list: tuple[tuple[bytes, bytes], ...]
+    #: ``url``'s parts: where to connect, what to ask for there.
+    scheme: bytes = b"http"
+    host: bytes = b""
+    port: int = 80
+    path: bytes = b"/"
+
+    @property
+    def headers(self) -> Headers:
+        """Every header to send, Host among them."""
+        headers = Headers()
+        for name, value in self.header_list:
+            headers.addRawHeader(name, value)
+        headers.setRawHeaders(b"host", [self.host_header])
+        return headers
 
 
 def plan_target(request: wire.ScrapeRequest, config: ClientConfig) -> Target:
@@ -104,11 +115,15 @@ def plan_target(request: wire.ScrapeRequest, config: ClientConfig) -> Target:
     path = url.path or "/"
     if not config.allow_any:
         _check_allowed(port, path, config)
-    connect_host = config.target_host or url.hostname or ""
-    if ":" in connect_host:
-        connect_host = f"[{connect_host}]"
+    host = config.target_host or url.hostname or ""
+    connect_host = f"[{host}]" if ":" in host else host
     target_url = urlunsplit((scheme, f"{connect_host}:{port}", path, query, ""))
-    return Target(url=target_url.encode("latin-1"), headers=_target_headers(request, config))
+    origin_form = f"{path}?{query}" if query else path
+    return Target(url=target_url.encode("latin-1"),
+                  host_header=wire.url_authority(request.url),
+                  header_list=_target_headers(request, config),
+                  scheme=scheme.encode("ascii"), host=host.encode("latin-1"), port=port,
+                  path=origin_form.encode("latin-1"))
 
 
 def _check_host(url: bytes, config: ClientConfig) -> None:
@@ -142,17 +157,16 @@ def _check_allowed(port: int, path: str, config: ClientConfig) -> None:
         raise ScrapeRefused(f"path {path} is not allowed (see --allow-path)")
 
 
-def _target_headers(request: wire.ScrapeRequest, config: ClientConfig) -> Headers:
-    """Prometheus' headers for the target: Host as Prometheus meant it, our token."""
-    headers = Headers()
-    for name, value in wire.without(request.headers, wire.NOT_SENT_TO_TARGET):
-        headers.addRawHeader(name, value)
-    headers.setRawHeaders(b"host", [wire.url_authority(request.url)])
+def _target_headers(request: wire.ScrapeRequest,
+                    config: ClientConfig) -> tuple[tuple[bytes, bytes], ...]:
+    """Prometheus' headers for the target but Host, with our token."""
+    headers = wire.without(request.headers, wire.NOT_SENT_TO_TARGET)
     if config.target_bearer_token:
-        headers.setRawHeaders(
-            b"authorization", [b"Bearer " + config.target_bearer_token.encode("utf-8")]
-        )
-    return headers
+        headers = [(name, value) for name, value in headers
+                   if name.lower() != b"authorization"]
+        headers.append(
+            (b"Authorization", b"Bearer " + config.target_bearer_token.encode("utf-8")))
+    return tuple(headers)
 
 
 class Backoff:
@@ -185,85 +199,6 @@ class Backoff:
         return step * (0.5 + self._rand() / 2)
 
 
-class _BodyRelay(Protocol):
-    """
-    Writes a target's response body into a push request while it arrives.
-
-    The push's head goes with the body's first bytes (or alone at its end, when the
-    body is empty): one write, so that the request leaves in one packet.
-    """
-
-    def __init__(self, consumer: IConsumer, done: Deferred[None], head: bytes) -> None:
-        self._consumer = consumer
-        self._done = done
-        self._head = head
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._head:
-            data = self._head + data
-            self._head = b""
-        self._consumer.write(data)
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        if self._done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            if self._head:
-                self._consumer.write(self._head)
-                self._head = b""
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-
-@implementer(IBodyProducer)
-class PushBody:
-    """
-    A push body: the serialized response head, then the target's body streamed.
-
-    The push connection's transport pauses and resumes this producer when the
-    proxy reads slowly; that pauses and resumes the target's connection in turn,
-    so the client holds no more than a socket buffer of the page.
-    """
-
-    def __init__(self, head: bytes, response: IResponse) -> None:
-        self._head = head
-        self._response = response
-        self._relay: _BodyRelay | None = None
-        body_length = response.length
-        self.length: int | object = (
-            UNKNOWN_LENGTH if body_length is UNKNOWN_LENGTH else len(head) + int(body_length)
-        )
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """Write the head, then relay the body."""
-        done: Deferred[None] = Deferred()
-        self._relay = _BodyRelay(consumer, done, self._head)
-        self._response.deliverBody(self._relay)
-        return done
-
-    def _target(self) -> Any:
-        return None if self._relay is None else self._relay.transport
-
-    def pauseProducing(self) -> None:
-        """Stop reading from the target while the proxy catches up."""
-        target = self._target()
-        if target is not None:
-            target.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """Read from the target again."""
-        target = self._target()
-        if target is not None:
-            target.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """The push was cancelled: drop the target's connection with it."""
-        target = self._target()
-        if target is not None:
-            target.stopProducing()
-
-
 class ClientService(Service):
     """Polls the proxy, scrapes targets, pushes their responses; retries with backoff."""
 
@@ -275,7 +210,7 @@ class ClientService(Service):
         *,
         reactor: IReactorTime,
         proxy_link: ProxyLink,
-        target_agent: IAgent,
+        target_link: TargetLink,
         metrics: ClientMetrics | None = None,
         pools: Iterable[HTTPConnectionPool] = (),
         rand: Callable[[], float] = random.random,
@@ -285,7 +220,7 @@ class ClientService(Service):
         self.config = config
         self.metrics = metrics or ClientMetrics()
         self._clock = reactor
-        self._target_agent = target_agent
+        self._target_link = target_link
         self._pools = list(pools)
         #: Whether stopping closes the links and pools (else their owner does).
         self._owns_connections = owns_connections
@@ -479,23 +414,20 @@ class ClientService(Service):
     async def _scrape(self, run: _ScrapeRun) -> None:
         request = run.request
         target = plan_target(request, self.config)
-        response = await self._target_agent.request(
-            request.method, target.url, target.headers, None
-        )
-        length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+        response = await self._target_link.get(
+            scheme=target.scheme, method=request.method, url=target.url, host=target.host,
+            port=target.port, path=target.path, host_header=target.host_header,
+            headers=target.header_list)
         head = wire.encode_response_head(
-            status=response.code,
-            reason=response.phrase,
-            headers=[
-                (name, value)
-                for name, values in response.headers.getAllRawHeaders()
-                for value in values
-            ],
-            scrape_id=request.scrape_id,
-            length=length,
-        )
+            status=response.code, reason=response.phrase, headers=response.headers,
+            scrape_id=request.scrape_id, length=response.body_length)
         run.pushing = True
-        await self._push(request, run.route, PushBody(head, response))
+        try:
+            await self._push(request, run.route, response.push_body(head))
+        finally:
+            # A push that failed or was cut off before reading the body leaves the
+            # target's connection to nobody.
+            response.discard()
         if self.config.log_scrapes:
             self.log.info("Scraped {url} for scrape {scrape_id}: {status}",
                           url=request.url.decode("latin-1"), scrape_id=request.scrape_id,
@@ -608,6 +540,7 @@ class ClientService(Service):
             if not self._owns_connections:
                 return succeed(None)
             return DeferredList([*(route.link.close() for route in self._routes),
+                                 self._target_link.close(),
                                  *(pool.closeCachedConnections() for pool in self._pools)])
 
         first.addCallback(close)
@@ -745,12 +678,15 @@ class CachedEndpoints:
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         """The endpoint for ``uri``'s scheme, host and port."""
-        key = (uri.scheme, uri.host, uri.port)
+        return self.endpoint(uri.scheme, uri.host, uri.port)
+
+    def endpoint(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
+        """The endpoint for a URL's ``scheme``, ``host`` and ``port``."""
+        key = (scheme, host, port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = self._connect_to(host, uri.port)
-            if uri.scheme == b"https":
+            endpoint = self._connect_to(host.decode("ascii"), port)
+            if scheme == b"https":
                 # Imported at the first https:// target: a client without TLS options runs
                 # without TLS libraries until then (pushprox.shared.footprint).
                 from pushprox.shared import tls
@@ -758,12 +694,12 @@ class CachedEndpoints:
                 policy = self._policy
                 if policy is None:
                     policy = self._policy = tls.https_policy(cacert=None, cert=None, key=None)
-                endpoint = tls.client_tls_endpoint(policy.creatorForNetloc(uri.host, uri.port),
+                endpoint = tls.client_tls_endpoint(policy.creatorForNetloc(host, port),
                                                    endpoint, clock=self._reactor)
-            elif uri.scheme != b"http":
+            elif scheme != b"http":
                 from twisted.web.error import SchemeNotSupported
 
-                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+                raise SchemeNotSupported(f"unsupported scheme {scheme!r}")
             if len(self._endpoints) >= self.MAX_ENDPOINTS:
                 self._endpoints.clear()
             endpoint = _QuietEndpoint(endpoint, self._keepalive, self._eager_writes)
@@ -818,10 +754,10 @@ def make_connections(
     keepalive: KeepAliveConfig | None = None,
     http_proxy: HttpProxy | None = None,
     target_http_proxy: HttpProxy | None = None,
-) -> tuple[ProxyLink, IAgent, list[HTTPConnectionPool]]:
+) -> tuple[ProxyLink, TargetLink, list[HTTPConnectionPool]]:
     """
-    The link to the proxy at ``proxy_url`` (with ``keepalive``), an Agent with a
-    persistent pool for the targets, and that pool.
+    The link to the proxy at ``proxy_url`` (with ``keepalive``), the link to the
+    targets (with an Agent for ``https://`` targets) and that Agent's persistent pool.
 
     The link connects through the endpoint Agent would use for that URL: the same
     TLS policy, certificate and name checks, and TCP keepalive.  With ``http_proxy``
@@ -835,11 +771,12 @@ def make_connections(
                            http_proxy=http_proxy)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
-    target_endpoints = CachedEndpoints(
-        reactor, target_policy, eager_writes=True,
-        connect_to=None if target_http_proxy is None else _tunnels(reactor, target_http_proxy))
+    connect_to = None if target_http_proxy is None else _tunnels(reactor, target_http_proxy)
+    target_endpoints = CachedEndpoints(reactor, target_policy, eager_writes=True,
+                                       connect_to=connect_to)
     target_agent = Agent.usingEndpointFactory(reactor, target_endpoints, pool=pool)
-    return link, target_agent, [pool]
+    plain_endpoints = CachedEndpoints(reactor, target_policy, connect_to=connect_to)
+    return link, TargetLink(plain_endpoints.endpoint, target_agent), [pool]
 
 
 def make_proxy_link(reactor: Any, url: bytes, *, policy: IPolicyForHTTPS | None = None,

@@ -23,6 +23,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -435,6 +436,25 @@ class _Instrumented(Resource):
         self._metrics = parts.metrics
         self._clock = parts.clock
         self._headers = parts.headers
+
+    def render(self, request: AnyRequest) -> bytes | int:
+        """
+        As ``Resource.render``; but a method this endpoint does not serve is answered 405
+        in one line naming those it does (twisted.web would answer an HTML page, and 501
+        for a method it has never heard of).
+        """
+        try:
+            return cast("bytes | int", super().render(request))
+        except UnsupportedMethod as unsupported:
+            # twisted.web lists HEAD everywhere; it is served where GET is.
+            served: list[bytes] = list(unsupported.allowedMethods)
+            allowed = b", ".join(sorted(
+                method for method in served
+                if method != b"HEAD" or hasattr(self, "render_GET")))
+            self.instrument(request)
+            request.setHeader(b"allow", allowed)
+            return text_response(request, 405, f"{request.method.decode('latin-1')} is not "
+                                 f"served at {self.path}: use {allowed.decode('latin-1')}")
 
     def guard(self, request: AnyRequest, auth: ScraperAuth | None) -> bytes | None:
         """A refusal body when ``auth`` does not allow this request, else None."""
