@@ -211,6 +211,102 @@ class KeepAlivePool(Generic[_ConnectionT]):
         return DeferredList(waits).addCallback(lambda _: None)
 
 
+_PoolT = TypeVar("_PoolT", bound="KeepAlivePool[Any]")
+
+
+class LlhttpConnection(Protocol, Generic[_PoolT]):
+    """
+    One kept-alive HTTP/1.1 connection of a ``KeepAlivePool`` whose responses llhttp
+    parses: what the links to the proxy and to the targets share.  It keeps the state of
+    the response being read (status line, headers, framing, whether it is complete or
+    failed), feeds llhttp, and ends the connection (lost, aborted or closed); the
+    subclass says what becomes of a response's head and body.
+    """
+
+    def __init__(self, pool: _PoolT) -> None:
+        self._pool = pool
+        self._parser = HttpResponseParser(self)
+        #: Has served a request before this one.
+        self._reused = False
+        self._lost = False
+        #: Why the connection ended, once it has.
+        self.lost_reason: Failure | None = None
+        self._when_lost: list[Deferred[None]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """Ready to read a new response."""
+        self._phrase = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        #: Bytes received while the head was not complete.
+        self._head_size = 0
+        self._code = 0
+        self._answering = False
+        self._headers_done = False
+        self._until_close = False
+        self._complete = False
+        self._keep_alive = False
+        #: Bytes that are not part of the current response arrived.
+        self._stray = False
+        self._error: Exception | None = None
+
+    def _expecting(self) -> bool:
+        """Whether a response is awaited now."""
+        raise NotImplementedError
+
+    def connectionMade(self) -> None:
+        # Requests leave whole or in body-sized pieces, which must not wait for the
+        # server's delayed ACK (Nagle's algorithm held a push's last piece up to 40 ms).
+        tcp_transport = ITCPTransport(self.transport, None)
+        if tcp_transport is not None:
+            tcp_transport.setTcpNoDelay(True)
+
+    def on_message_begin(self) -> None:
+        if not self._expecting() or self._complete:
+            self._stray = True
+            raise _Stop()
+        self._answering = True
+
+    def on_status(self, status: bytes) -> None:
+        self._phrase += status
+
+    def _feed(self, data: bytes, malformed: Callable[[str], Exception]) -> None:
+        """Parse ``data``; a malformed response sets ``_error`` to ``malformed(reason)``."""
+        if not self._headers_done:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as error:
+            if self._complete:
+                self._stray = True
+            elif self._error is None:
+                self._error = malformed(str(error))
+
+    def _gone(self, reason: Failure) -> None:
+        """The connection ended: out of the pool, and whoever waits for its end told."""
+        self._lost = True
+        self.lost_reason = reason
+        self._pool._lost(self)
+        for waiting in self._when_lost:
+            waiting.callback(None)
+        self._when_lost.clear()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a cancelled or failed request, a rogue server)."""
+        if self.transport is not None and not self._lost:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    def close(self) -> Deferred[None]:
+        """Close the connection politely; fires once it is closed."""
+        if self._lost:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._when_lost.append(waiting)
+        assert self.transport is not None
+        self.transport.loseConnection()
+        return waiting
+
+
 class ProxyLink(KeepAlivePool["_Connection"]):
     """
     Keep-alive HTTP/1.1 connections to one server, and requests sent on them one at a time.
@@ -285,7 +381,7 @@ class ProxyLink(KeepAlivePool["_Connection"]):
     # -- the connections' side --
 
     def _factory(self) -> IProtocolFactory:
-        return _ConnectionFactory(self)
+        return QuietFactory(lambda: _Connection(self))
 
     def _opened(self, connection: _Connection) -> None:
         self._open.add(connection)
@@ -325,13 +421,7 @@ class _Exchange:
 
     def cancel(self, deferred: Deferred[ProxyAnswer]) -> None:
         """Fail with CancelledError, then stop connecting or drop the connection."""
-        connecting, connection = self.connecting, self.connection
-        # Failed first, so that whatever the abort sets off cannot fire it otherwise.
-        deferred.errback(Failure(CancelledError()))
-        if connecting is not None:
-            connecting.cancel()
-        elif connection is not None:
-            connection.abort()
+        cancel_exchange(deferred, self.connecting, self.connection)
 
     def replayable(self) -> bool:
         """Whether the body can be sent again from its start."""
@@ -370,63 +460,56 @@ class _BodyWriter:
         self._connection.write(data)
 
 
-class _ConnectionFactory(Factory):
-    """Builds the link's connections; quiet, since a pool opens many."""
+class QuietFactory(Factory):
+    """Builds a pool's connections with ``build``; quiet, since a pool opens many."""
 
     noisy = False
 
-    def __init__(self, link: ProxyLink) -> None:
-        self._link = link
+    def __init__(self, build: Callable[[], Protocol]) -> None:
+        self._build = build
 
-    def buildProtocol(self, addr: Any) -> _Connection:
-        return _Connection(self._link)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._build()
 
 
-class _Connection(Protocol):
+def cancel_exchange(deferred: Deferred[Any], connecting: Deferred[Any] | None,
+                    connection: LlhttpConnection[Any] | None) -> None:
+    """
+    Cancel a request: fail it with CancelledError, then stop connecting for it or drop
+    the connection it was written on.
+    """
+    # Failed first, so that whatever the abort sets off cannot fire it otherwise.
+    deferred.errback(Failure(CancelledError()))
+    if connecting is not None:
+        connecting.cancel()
+    elif connection is not None:
+        connection.abort()
+
+
+class _Connection(LlhttpConnection[ProxyLink]):
     """One connection to the proxy: writes a request, parses its answer with llhttp."""
 
     def __init__(self, link: ProxyLink) -> None:
-        self._link = link
-        self._parser = HttpResponseParser(self)
         self._exchange: _Exchange | None = None
         self._writer: _BodyWriter | None = None
-        #: Has served a request before this one.
-        self._reused = False
-        self._lost = False
-        #: Why the connection ended, once it has.
-        self.lost_reason: Failure | None = None
-        self._when_lost: list[Deferred[None]] = []
         #: Request bytes gathered while a request is being started, sent as one.
         self._gathered: list[bytes] | None = None
         self._starting = False
-        self._reset()
+        super().__init__(link)
 
     def _reset(self) -> None:
-        self._phrase = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        super()._reset()
         self._parts: list[bytes] = []
         self._size = 0
-        #: Bytes received while the head was not complete.
-        self._head_size = 0
-        self._code = 0
-        self._answering = False
-        self._headers_done = False
-        self._until_close = False
-        self._complete = False
-        self._keep_alive = False
-        #: Bytes that are not part of the current answer arrived.
-        self._stray = False
-        self._error: Exception | None = None
+
+    def _expecting(self) -> bool:
+        return self._exchange is not None
 
     # -- sending --
 
     def connectionMade(self) -> None:
-        # Requests leave whole or in body-sized pieces, which must not wait for the
-        # proxy's delayed ACK (Nagle's algorithm held a push's last piece up to 40 ms).
-        tcp_transport = ITCPTransport(self.transport, None)
-        if tcp_transport is not None:
-            tcp_transport.setTcpNoDelay(True)
-        self._link._opened(self)
+        super().connectionMade()
+        self._pool._opened(self)
 
     def write(self, data: bytes) -> None:
         """Request bytes: gathered while a request is being started, else sent now."""
@@ -524,15 +607,6 @@ class _Connection(Protocol):
 
     # -- the answer, from llhttp --
 
-    def on_message_begin(self) -> None:
-        if self._exchange is None or self._complete:
-            self._stray = True
-            raise _Stop()
-        self._answering = True
-
-    def on_status(self, status: bytes) -> None:
-        self._phrase += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
@@ -569,15 +643,7 @@ class _Connection(Protocol):
             # Nothing was asked: a server that talks out of turn is not trusted again.
             self.abort()
             return
-        if not self._headers_done:
-            self._head_size += len(data)
-        try:
-            self._parser.feed_data(data)
-        except (HttpParserError, HttpParserUpgrade) as error:
-            if self._complete:
-                self._stray = True
-            elif self._error is None:
-                self._error = BadAnswer(f"malformed answer from the proxy: {error}")
+        self._feed(data, lambda reason: BadAnswer(f"malformed answer from the proxy: {reason}"))
         if not self._headers_done and self._head_size > exchange.limit:
             # Header lines without end: the limit holds for them too.
             self._error = self._error or AnswerTooLarge(
@@ -606,7 +672,7 @@ class _Connection(Protocol):
         # Given back before the answer goes out, so that the request its caller makes
         # next finds this connection idle.
         if self._keep_alive and not self._stray and not self._lost:
-            self._link._give_back(self)
+            self._pool._give_back(self)
         else:
             self.close()
         if not exchange.deferred.called:
@@ -623,12 +689,7 @@ class _Connection(Protocol):
         self._deliver()
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._lost = True
-        self.lost_reason = reason
-        self._link._lost(self)
-        for waiting in self._when_lost:
-            waiting.callback(None)
-        self._when_lost.clear()
+        self._gone(reason)
         exchange = self._exchange
         if exchange is None:
             return
@@ -651,7 +712,7 @@ class _Connection(Protocol):
                 # The server closed this idle connection as the request went out.
                 exchange.producing = False
                 exchange.body_done = False
-                self._link._retry(exchange)
+                self._pool._retry(exchange)
                 return
             exchange.deferred.errback(ResponseNeverReceived([reason]))
             return
@@ -673,18 +734,7 @@ class _Connection(Protocol):
     def abort(self) -> None:
         """Drop the connection at once (a cancelled or failed request, a rogue server)."""
         self._stop_body(stop_producer=True)
-        if self.transport is not None and not self._lost:
-            cast(ITCPTransport, self.transport).abortConnection()
-
-    def close(self) -> Deferred[None]:
-        """Close the connection politely; fires once it is closed."""
-        if self._lost:
-            return succeed(None)
-        waiting: Deferred[None] = Deferred()
-        self._when_lost.append(waiting)
-        assert self.transport is not None
-        self.transport.loseConnection()
-        return waiting
+        super().abort()
 
 
 class _Stop(Exception):

@@ -26,17 +26,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IProtocolFactory,
     IPushProducer,
     IStreamClientEndpoint,
-    ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
@@ -44,7 +42,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from pushprox.client.link import KeepAlivePool, RequestHead, request_head
+from pushprox.client.link import (
+    KeepAlivePool,
+    LlhttpConnection,
+    QuietFactory,
+    RequestHead,
+    cancel_exchange,
+    request_head,
+)
 from pushprox.shared.twisted_internals import send_now
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -178,7 +183,7 @@ class _Pool(KeepAlivePool["_Connection"]):
         self._closing = closing
 
     def _factory(self) -> IProtocolFactory:
-        return _ConnectionFactory(self)
+        return QuietFactory(lambda: _Connection(self))
 
     def close(self) -> Deferred[None]:
         """Close the idle connections; later ones are closed after their scrape."""
@@ -202,24 +207,7 @@ class _Exchange:
 
     def cancel(self, deferred: Deferred[ScrapedResponse]) -> None:
         """Fail with CancelledError, then stop connecting or drop the connection."""
-        connecting, connection = self.connecting, self.connection
-        deferred.errback(Failure(CancelledError()))
-        if connecting is not None:
-            connecting.cancel()
-        elif connection is not None:
-            connection.abort()
-
-
-class _ConnectionFactory(Factory):
-    """Builds a pool's connections; quiet, since a pool opens many."""
-
-    noisy = False
-
-    def __init__(self, pool: _Pool) -> None:
-        self._pool = pool
-
-    def buildProtocol(self, addr: Any) -> _Connection:
-        return _Connection(self._pool)
+        cancel_exchange(deferred, self.connecting, self.connection)
 
 
 _FINISHED = object()
@@ -330,42 +318,17 @@ class TargetResponse:
             self._done.errback(failure)
 
 
-class _Connection(Protocol):
+class _Connection(LlhttpConnection["_Pool"]):
     """One connection to a target: writes a scrape's request, parses its response."""
 
     def __init__(self, pool: _Pool) -> None:
-        self._pool = pool
-        self._parser = HttpResponseParser(self)
         self._exchange: _Exchange | None = None
         self._response: TargetResponse | None = None
-        #: Has served a scrape before this one.
-        self._reused = False
-        self._lost = False
         self._paused = False
-        #: Why the connection ended, once it has.
-        self.lost_reason: Failure | None = None
-        self._when_lost: list[Deferred[None]] = []
-        self._reset()
+        super().__init__(pool)
 
-    def _reset(self) -> None:
-        self._phrase = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._code = 0
-        self._answering = False
-        self._headers_done = False
-        self._until_close = False
-        self._complete = False
-        self._keep_alive = False
-        #: Bytes that are not part of the current response arrived.
-        self._stray = False
-        self._error: Exception | None = None
-
-    def connectionMade(self) -> None:
-        # A request leaves whole; it must not wait for the target's delayed ACK.
-        tcp_transport = ITCPTransport(self.transport, None)
-        if tcp_transport is not None:
-            tcp_transport.setTcpNoDelay(True)
+    def _expecting(self) -> bool:
+        return self._exchange is not None
 
     def send(self, exchange: _Exchange, *, reused: bool) -> None:
         """Write ``exchange``'s request (one ``send()``, at once); its response is awaited."""
@@ -390,15 +353,6 @@ class _Connection(Protocol):
             cast(IPushProducer, self.transport).resumeProducing()
 
     # -- the response, from llhttp --
-
-    def on_message_begin(self) -> None:
-        if self._exchange is None or self._complete:
-            self._stray = True
-            raise _Stop()
-        self._answering = True
-
-    def on_status(self, status: bytes) -> None:
-        self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -446,15 +400,8 @@ class _Connection(Protocol):
             self.abort()
             return
         answered = self._headers_done
-        if not answered:
-            self._head_size += len(data)
-        try:
-            self._parser.feed_data(data)
-        except (HttpParserError, HttpParserUpgrade) as error:
-            if self._complete:
-                self._stray = True
-            elif self._error is None:
-                self._error = BadResponse(f"malformed response from the target: {error}")
+        self._feed(data, lambda reason: BadResponse(
+            f"malformed response from the target: {reason}"))
         if not self._headers_done and self._head_size > self._pool.max_head:
             self._error = self._error or BadResponse(
                 f"response head exceeds {self._pool.max_head} bytes")
@@ -494,12 +441,7 @@ class _Connection(Protocol):
             response.failed(reason)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        self._lost = True
-        self.lost_reason = reason
-        self._pool._lost(self)
-        for waiting in self._when_lost:
-            waiting.callback(None)
-        self._when_lost.clear()
+        self._gone(reason)
         exchange = self._exchange
         if exchange is None:
             return
@@ -527,28 +469,6 @@ class _Connection(Protocol):
             exchange.deferred.errback(ResponseNeverReceived([reason]))
             return
         exchange.deferred.errback(ResponseFailed([reason]))
-
-    # -- ending --
-
-    def abort(self) -> None:
-        """Drop the connection at once (a cancelled or failed scrape, a rogue target)."""
-        if self.transport is not None and not self._lost:
-            cast(ITCPTransport, self.transport).abortConnection()
-
-    def close(self) -> Deferred[None]:
-        """Close the connection politely; fires once it is closed."""
-        if self._lost:
-            return succeed(None)
-        waiting: Deferred[None] = Deferred()
-        self._when_lost.append(waiting)
-        assert self.transport is not None
-        self.transport.loseConnection()
-        return waiting
-
-
-class _Stop(Exception):
-    """Raised in a parser callback to stop llhttp."""
-
 
 class _AgentResponse:
     """An ``Agent`` response (an ``https://`` target, a ``HEAD`` scrape) as the push needs it."""
