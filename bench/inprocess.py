@@ -95,10 +95,12 @@ TARGET_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\
 PUSH_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
 
-class Target(Protocol):
+class Peer(Protocol):
     buffer = b""
     def connectionMade(self):
         self.transport.setTcpNoDelay(True)
+
+class Target(Peer):
     def dataReceived(self, data):
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
@@ -107,10 +109,7 @@ class Target(Protocol):
 
 state = {"ready": 1, "held": None}
 
-class Proxy(Protocol):
-    buffer = b""
-    def connectionMade(self):
-        self.transport.setTcpNoDelay(True)
+class Proxy(Peer):
     def dataReceived(self, data):
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
