@@ -32,6 +32,7 @@ from twisted.python import reflect, usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
+from pushprox.shared.allocator import give_back_freed_memory
 from pushprox.shared.environment import (
     apply_environment,
     environment_options,
@@ -282,8 +283,11 @@ class ProgramService(MultiService):
 
     Under twistd, its ``--log-level``/``--log-format`` observer becomes the application's
     ``ILogObserver``, the component twistd logs to; in the foreground a listener that
-    cannot start ends the program with one line instead of a traceback.
+    cannot start ends the program with one line instead of a traceback. Once started, it
+    gives back to the system the memory that start-up freed (``pushprox.shared.allocator``).
     """
+
+    log = Logger()
 
     def __init__(self, *, log_observer: ILogObserver | None = None,
                  exit_on_startup_error: bool = False, daemon: bool = False) -> None:
@@ -308,6 +312,15 @@ class ProgramService(MultiService):
         if self._log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        """Start the services, then give the memory that start-up freed back to the system."""
+        super().startService()
+        given = give_back_freed_memory()
+        if given is not None:
+            self.log.debug("Gave back {kb} kB that start-up freed (VmRSS {before} kB, now "
+                           "{after} kB)", kb=given.kb, before=given.rss_before_kb,
+                           after=given.rss_after_kb)
 
     def privilegedStartService(self) -> None:
         """Start the listeners; in the foreground, a failure is said in one line."""

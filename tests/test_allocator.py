@@ -1,0 +1,176 @@
+"""
+Once started, both programs give back to the system the memory that start-up freed
+(``pushprox.shared.allocator``): in this process, and in real ``pushprox-proxy`` and
+``pushprox-client`` processes, as commands and under ``twistd``, that serve a scrape after it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushprox.shared import allocator
+from pushprox.shared.allocator import GivenBack, give_back_freed_memory, glibc_malloc_trim
+from tests.harness.exporter import Page, start_exporter
+from tests.harness.processes import Process, ProcessGroup, twistd_argv
+from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
+from tests.harness.waiting import free_port, port_open, wait_for
+from tests.test_commands import command
+
+METRICS = b"allocator_test_up 1\n"
+#: The debug line each program logs once it has given the memory back.
+GAVE_BACK = re.compile(r"Gave back (-?\d+) kB that start-up freed "
+                       r"\(VmRSS (\d+) kB, now (\d+) kB\)")
+ON_GLIBC = glibc_malloc_trim() is not None and allocator.rss_kb() is not None
+
+
+def recording(calls: list[int]) -> Callable[[int], int]:
+    """A ``malloc_trim`` that notes the padding it is asked for in ``calls``."""
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    return trim
+
+
+class GiveBackTests(SynchronousTestCase):
+    """``give_back_freed_memory`` in this process."""
+
+    def test_the_rss_does_not_grow(self) -> None:
+        """On glibc, the RSS after the collection and the trim is not above the one before."""
+        if not ON_GLIBC:
+            raise pytest.skip.Exception("glibc's malloc_trim and /proc are needed")
+        given = give_back_freed_memory()
+        assert given is not None
+        self.assertLessEqual(given.rss_after_kb, given.rss_before_kb)
+        self.assertEqual(given.kb, given.rss_before_kb - given.rss_after_kb)
+
+    def test_trim_is_asked_to_keep_no_padding(self) -> None:
+        """``malloc_trim`` is called once, with 0: every free page may go, not just the top's."""
+        if allocator.rss_kb() is None:
+            raise pytest.skip.Exception("/proc is needed")
+        calls: list[int] = []
+        self.assertIsInstance(give_back_freed_memory(lambda: recording(calls)), GivenBack)
+        self.assertEqual(calls, [0])
+
+    def test_without_glibc_nothing_is_done(self) -> None:
+        """Another C library has no ``malloc_trim``: no collection, no trim, None."""
+        collections: list[int] = []
+
+        def collect() -> int:
+            collections.append(1)
+            return 0
+
+        self.patch(gc, "collect", collect)
+        self.assertIsNone(give_back_freed_memory(lambda: None))
+        self.assertEqual(collections, [])
+
+    def test_glibc_is_told_by_confstr(self) -> None:
+        """musl and macOS know no ``CS_GNU_LIBC_VERSION``: no trim is looked for."""
+
+        def unknown(name: str) -> str:
+            raise ValueError(f"unrecognized configuration name {name}")
+
+        self.patch(os, "confstr", unknown)
+        self.assertIsNone(glibc_malloc_trim())
+        self.patch(os, "confstr", lambda name: None)
+        self.assertIsNone(glibc_malloc_trim())
+
+    def test_without_proc_nothing_is_said(self) -> None:
+        """Where ``/proc`` does not say the RSS, the trim is made and None returned."""
+        self.patch(allocator, "STATUS", Path(tempfile.gettempdir()) / "no-such-status-file")
+        calls: list[int] = []
+        self.assertIsNone(give_back_freed_memory(lambda: recording(calls)))
+        self.assertEqual(calls, [0])
+
+
+@pytest.mark.processes
+class ProgramsGiveBackTests(SynchronousTestCase):
+    """Real programs log what they gave back once started, and serve scrapes after it."""
+
+    def setUp(self) -> None:
+        if not ON_GLIBC:
+            raise pytest.skip.Exception("glibc's malloc_trim and /proc are needed")
+        tmp = Path(tempfile.mkdtemp(prefix="pushprox-allocator-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        self.processes = ProcessGroup(tmp)
+        self.addCleanup(self.processes.stop_all)
+
+    def start(self, name: str, argv: list[str], port: int) -> Process:
+        """Start a program and wait until it accepts connections on ``port``."""
+        process = self.processes.start(name, argv)
+        wait_for(lambda: port_open(port), timeout=30, what=f"{name} on port {port}",
+                 watch=[process])
+        return process
+
+    def given_back(self, process: Process) -> list[tuple[int, int, int]]:
+        """(kB given back, VmRSS before, VmRSS after) of each such line the program logged."""
+        return [(int(m[1]), int(m[2]), int(m[3]))
+                for m in GAVE_BACK.finditer(process.log_text())]
+
+    def serve_a_scrape(self, proxy_argv: list[str], client_argv: list[str],
+                       log: list[str]) -> tuple[Process, Process]:
+        """Start the proxy and its client, scrape the exporter through them, stop them
+        (twistd ends by the signal that stopped it, the commands with 0)."""
+        _, exporter_port = start_exporter(self.processes, "pages",
+                                          pages={"/metrics": Page(METRICS)})
+        proxy_port, metrics_port = free_port(), free_port()
+        proxy = self.start("proxy", [*proxy_argv, "--listen", f"tcp:{proxy_port}"
+                                     ":interface=127.0.0.1", *log], proxy_port)
+        client = self.start("client", [
+            *client_argv, "--fqdn=127.0.0.1", f"--proxy-url=http://127.0.0.1:{proxy_port}",
+            f"--metrics-addr=127.0.0.1:{metrics_port}", "--proxy.retry.initial-wait=100ms",
+            "--allow-port", str(exporter_port), *log], metrics_port)
+        wait_for(lambda: b"127.0.0.1" in raw_http(
+            proxy_port, http_request_bytes("GET", "/clients", [])).body,
+            timeout=20, what="the client registered", watch=[proxy, client])
+        answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
+        self.assertEqual((answer.status, answer.body), (200, METRICS))
+        self.assertIn(client.stop(), (0, -15))
+        self.assertIn(proxy.stop(), (0, -15))
+        return proxy, client
+
+    def assert_given_back_once(self, process: Process) -> None:
+        """One line, and the RSS after the trim is not above the RSS before it."""
+        [(kb, before, after)] = self.given_back(process)
+        self.assertLessEqual(after, before)
+        self.assertEqual(kb, before - after)
+
+    def test_commands(self) -> None:
+        """``pushprox-proxy`` and ``pushprox-client`` each give back once, then serve."""
+        proxy, client = self.serve_a_scrape(
+            [command("pushprox-proxy")], [command("pushprox-client")],
+            ["--log.level=debug", "--log.format=json"])
+        for process in (proxy, client):
+            self.assert_given_back_once(process)
+            lines: list[dict[str, Any]] = [json.loads(line) for line in
+                                           process.log_text().splitlines()
+                                           if not line.startswith("=== ")]
+            [line] = [line for line in lines if line["message"].startswith("Gave back")]
+            self.assertEqual((line["level"], line["logger"]),
+                             ("debug", "pushprox.shared.program.ProgramService"))
+
+    def test_under_twistd(self) -> None:
+        """Under ``twistd -n`` too: each program gives back once, then serves."""
+        proxy, client = self.serve_a_scrape(
+            twistd_argv("pushprox-proxy", []), twistd_argv("pushprox-client", []),
+            ["--log-level", "debug"])
+        for process in (proxy, client):
+            self.assert_given_back_once(process)
+
+    def test_not_said_above_debug(self) -> None:
+        """At the default level the programs say nothing of it."""
+        proxy, client = self.serve_a_scrape(
+            [command("pushprox-proxy")], [command("pushprox-client")], [])
+        self.assertEqual((self.given_back(proxy), self.given_back(client)), ([], []))
