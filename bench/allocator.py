@@ -133,8 +133,7 @@ def measure(variants: list[str], rounds: int, seconds: int) -> None:
                 reading = (wait_rss_stable(pair.proxy.pid), wait_rss_stable(pair.client.pid))
                 rss.setdefault((variant, moment), []).append(reading)
                 print(f"round {number + 1}, {variant:14} RSS {moment:14} proxy "
-                      f"{reading[0] / 1024:.1f} MB, client {reading[1] / 1024:.1f} MB",
-                      flush=True)
+                      f"{reading[0]} kB, client {reading[1]} kB", flush=True)
 
             for variant in order:
                 note(variant, MOMENTS[0])
@@ -160,7 +159,7 @@ def measure(variants: list[str], rounds: int, seconds: int) -> None:
                 procs.stop(pair.proxy)
     finally:
         procs.stop_all()
-    print(f"\nmedians of {rounds} rounds; VmRSS in MB, proxy / client; wrk -t1 runs of "
+    print(f"\nmedians of {rounds} rounds; VmRSS in MB (MiB), proxy / client; wrk -t1 runs of "
           f"{seconds} s in proxy form, 1 KB page")
     print("| variant | " + " | ".join(f"after {m}" for m in MOMENTS)
           + " | CPU per scrape, c1 | CPU per scrape, c8 |")
@@ -170,7 +169,7 @@ def measure(variants: list[str], rounds: int, seconds: int) -> None:
         for moment in MOMENTS:
             proxy_kb, client_kb = (statistics.median(c) for c in zip(*rss[(variant, moment)],
                                                                       strict=True))
-            cells.append(f"{proxy_kb / 1024:.1f} / {client_kb / 1024:.1f}")
+            cells.append(f"{proxy_kb / 1024:.2f} / {client_kb / 1024:.2f}")
         for conns in (1, 8):
             proxy_us, client_us = (statistics.median(c) for c in zip(*cpu[(variant, conns)],
                                                                       strict=True))
