@@ -210,6 +210,33 @@ class StandardLibraryTLSTests(SynchronousTestCase):
         ])
 
 
+class UnneededModulesTests(SynchronousTestCase):
+    """Modules that only an error or a question needs are not imported by a start."""
+
+    def test_programs_import_neither_importlib_metadata_nor_difflib(self) -> None:
+        """Both programs assembled (not started) and their version asked:
+        ``importlib.metadata`` (the version is read from the metadata file), ``difflib`` (for
+        misspelt names) and Twisted's plugins (for endpoint types other than Twisted's own,
+        given where an address could be) stay out."""
+        code = (
+            "import sys\nfrom twisted.internet import reactor\n"
+            "from pushprox.proxy import tap as proxy\nfrom pushprox.client import tap as client\n"
+            "from pushprox.shared.version import package_version\n"
+            "options = proxy.Options()\n"
+            "options.parseOptions(['--listen', 'tcp:8080', '--listen', '127.0.0.1:8081'])\n"
+            "proxy.makeService(options, reactor=reactor)\n"
+            "options = client.Options()\n"
+            "options.parseOptions(['--proxy-url', 'http://127.0.0.1:1/'])\n"
+            "client.makeService(options, reactor=reactor)\n"
+            "print(package_version() != 'unknown',\n"
+            "      [m for m in ('importlib.metadata', 'difflib', 'twisted.plugins.twisted_core')\n"
+            "       if m in sys.modules])\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stdout.strip(), "True []", result.stderr)
+
+
 class ClusterModeFootprintTests(SynchronousTestCase):
     """Nothing of ``pushprox.proxy.cluster`` is imported by a proxy assembled without --redis."""
 
