@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.shared.footprint import names_tls, twistd_without_tls, without_tls_libraries
+from pushprox.shared.footprint import DeferredSSL, names_tls, without_tls_libraries
+from pushprox.shared.twistd_footprint import twistd_without_tls
 from tests.harness.exporter import Page, start_exporter
 from tests.harness.processes import (
     Process,
@@ -41,11 +42,17 @@ METRICS = b"footprint_test_up 1\n"
 TLS_OBJECTS = ("cryptography", "_cffi_backend", "/OpenSSL/", "service_identity")
 
 
-def tls_objects_mapped(pid: int) -> list[str]:
-    """The files of ``TLS_OBJECTS`` that process ``pid`` has mapped."""
+#: The shared objects of OpenSSL itself and of the standard library's bindings to it
+#: (``ssl`` and ``hashlib``'s ``_hashlib``).
+OPENSSL_OBJECTS = ("/libcrypto.", "/libssl.", "/_ssl.", "/_hashlib.")
+
+
+def tls_objects_mapped(pid: int, objects: tuple[str, ...] = TLS_OBJECTS) -> list[str]:
+    """The files of ``objects`` (by default ``TLS_OBJECTS``) that process ``pid`` has
+    mapped."""
     paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
              if len(line.split()) >= 6}
-    return sorted(p for p in paths if any(name in p for name in TLS_OBJECTS))
+    return sorted(p for p in paths if any(name in p for name in objects))
 
 
 class NamesTLSTests(SynchronousTestCase):
@@ -146,6 +153,90 @@ class TwistedFallbackTests(SynchronousTestCase):
         self.assertEqual(result.stdout.strip(), "True []")
 
 
+class StandardLibraryTLSTests(SynchronousTestCase):
+    """
+    The standard library's ``ssl`` and ``_hashlib`` (and OpenSSL's libraries with them) stay
+    out of the programs' imports, prometheus-client imported with ``DeferredSSL``; once the
+    block ends they work as usual, through the stand-in too.  A release of prometheus-client
+    that reads more of ``ssl`` when imported, or of Twisted that needs ``ssl``, fails here.
+    """
+
+    def test_protocol_numbers_are_ssl_s(self) -> None:
+        """The stand-in's default arguments are the real protocol constants' values."""
+        names = DeferredSSL.IMPORT_TIME_NAMES
+        self.assertEqual(names["PROTOCOL_TLS_CLIENT"], ssl.PROTOCOL_TLS_CLIENT)
+        self.assertEqual(names["PROTOCOL_TLS_SERVER"], ssl.PROTOCOL_TLS_SERVER)
+
+    def test_programs_import_without_openssl(self) -> None:
+        """Both programs, the reactor and a /metrics page rendered: no OpenSSL mapped, no
+        ``ssl`` or ``_hashlib``; afterwards ``ssl``, ``hashlib`` and an HTTPS request made
+        with ``http.client`` (which holds the stand-in) work, against a real server."""
+        directory = Path(tempfile.mkdtemp(prefix="pushprox-footprint-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        processes = ProcessGroup(directory)
+        self.addCleanup(processes.stop_all)
+        pki = make_pki(str(directory / "pki"))
+        _, port = start_exporter(processes, "tls", pages={"/metrics": Page(METRICS)},
+                                 tls=(pki.server.cert, pki.server.key))
+        code = (
+            "import sys\nfrom pushprox.shared.footprint import without_tls_libraries\n"
+            "with without_tls_libraries():\n"
+            "    import pushprox.proxy.tap, pushprox.client.tap\n"
+            "    from twisted.internet import reactor\n"
+            "import prometheus_client\n"
+            "counter = prometheus_client.Counter('footprint_test', '', registry=None)\n"
+            "registry = prometheus_client.CollectorRegistry()\nregistry.register(counter)\n"
+            "page = prometheus_client.generate_latest(registry)\n"
+            "maps = open('/proc/self/maps').read()\n"
+            f"print([name for name in {OPENSSL_OBJECTS!r} if name in maps],\n"
+            "      [m for m in ('ssl', '_ssl', '_hashlib') if m in sys.modules],\n"
+            "      b'footprint_test_total 0.0' in page)\n"
+            "import hashlib, http.client, ssl\n"
+            "print(hashlib.sha256(b'pushprox').hexdigest()[:12])\n"
+            f"context = ssl.create_default_context(cafile={pki.ca.cert_path!r})\n"
+            f"connection = http.client.HTTPSConnection('127.0.0.1', {port}, context=context)\n"
+            "connection.request('GET', '/metrics')\n"
+            "print(connection.getresponse().read(), type(http.client.ssl).__name__,\n"
+            "      prometheus_client.exposition.ssl.PROTOCOL_TLS_SERVER is\n"
+            "      ssl.PROTOCOL_TLS_SERVER)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stderr, "")
+        self.assertEqual(result.stdout.splitlines(), [
+            "[] [] True",
+            "eec9b7bc27c3",
+            f"{METRICS!r} DeferredSSL True",
+        ])
+
+
+class UnneededModulesTests(SynchronousTestCase):
+    """Modules that only an error or a question needs are not imported by a start."""
+
+    def test_programs_import_neither_importlib_metadata_nor_difflib(self) -> None:
+        """Both programs assembled (not started) and their version asked:
+        ``importlib.metadata`` (the version is read from the metadata file), ``difflib`` (for
+        misspelt names) and Twisted's plugins (for endpoint types other than Twisted's own,
+        given where an address could be) stay out."""
+        code = (
+            "import sys\nfrom twisted.internet import reactor\n"
+            "from pushprox.proxy import tap as proxy\nfrom pushprox.client import tap as client\n"
+            "from pushprox.shared.version import package_version\n"
+            "options = proxy.Options()\n"
+            "options.parseOptions(['--listen', 'tcp:8080', '--listen', '127.0.0.1:8081'])\n"
+            "proxy.makeService(options, reactor=reactor)\n"
+            "options = client.Options()\n"
+            "options.parseOptions(['--proxy-url', 'http://127.0.0.1:1/'])\n"
+            "client.makeService(options, reactor=reactor)\n"
+            "print(package_version() != 'unknown',\n"
+            "      [m for m in ('importlib.metadata', 'difflib', 'twisted.plugins.twisted_core')\n"
+            "       if m in sys.modules])\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stdout.strip(), "True []", result.stderr)
+
+
 class ClusterModeFootprintTests(SynchronousTestCase):
     """Nothing of ``pushprox.proxy.cluster`` is imported by a proxy assembled without --redis."""
 
@@ -199,6 +290,7 @@ class CommandFootprintTests(SynchronousTestCase):
             return twistd_argv(program, args) if twistd else [command(program), *args]
 
         proxy_port, metrics_port = free_port(), free_port()
+        self.client_metrics_port = metrics_port
         proxy = self.start("proxy", argv("pushprox-proxy", [
             "--listen", f"tcp:{proxy_port}:interface=127.0.0.1"]), proxy_port)
         client = self.start("client", argv("pushprox-client", [
@@ -221,14 +313,19 @@ class CommandFootprintTests(SynchronousTestCase):
         self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
 
     def test_no_tls_process_maps_no_tls_library(self) -> None:
-        """A plain proxy and client serve a scrape without cryptography's code mapped."""
+        """A plain proxy and client serve a scrape and their metrics without cryptography's
+        code mapped, nor OpenSSL's."""
         _, exporter_port = start_exporter(self.processes, "plain",
                                           pages={"/metrics": Page(METRICS)})
         proxy, client, proxy_port = self.start_pair(exporter_port)
         answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
         self.assertEqual((answer.status, answer.body), (200, METRICS))
-        self.assertEqual(tls_objects_mapped(proxy.pid), [])
-        self.assertEqual(tls_objects_mapped(client.pid), [])
+        for port in (proxy_port, self.client_metrics_port):  # prometheus-client renders
+            page = raw_http(port, http_request_bytes("GET", "/metrics", []))
+            self.assertIn(b"pushprox_build_info{", page.body)
+        for process in (proxy, client):
+            self.assertEqual(tls_objects_mapped(process.pid), [])
+            self.assertEqual(tls_objects_mapped(process.pid, OPENSSL_OBJECTS), [])
 
     def test_tls_listener_loads_tls(self) -> None:
         """With an ssl: endpoint the proxy keeps Twisted's TLS and serves over it."""

@@ -107,6 +107,30 @@ def test_version_of_the_commands_and_the_twistd_plugins(program: str) -> None:
                             r"\(Python [\d.]+\S*, Twisted [\w.]+\)\n", done.stdout)
 
 
+def test_the_version_is_read_as_importlib_metadata_reads_it(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The version read from the metadata file is the one ``importlib.metadata`` gives;
+    the first ``sys.path`` directory holding pushprox's metadata wins, in either form, and
+    without any it is ``unknown``."""
+    assert package_version() == distribution("pushprox").version
+    find = package_version.__wrapped__
+    wheel_form, egg_form, empty = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    (wheel_form / "pushprox-9.8.7.dist-info").mkdir(parents=True)
+    (wheel_form / "pushprox-9.8.7.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pushprox\nVersion: 9.8.7\n\nVersion: 0\n")
+    (egg_form / "pushprox.egg-info").mkdir(parents=True)
+    (egg_form / "pushprox.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: pushprox\nVersion: 1.2.3.dev4\n")
+    empty.mkdir()
+    monkeypatch.setattr(sys, "path", [str(empty), str(wheel_form), str(egg_form)])
+    assert find() == "9.8.7"
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(egg_form)])
+    assert find() == "1.2.3.dev4"
+    monkeypatch.setattr(sys, "path", [str(empty)])
+    assert find() == "unknown"
+
+
 def test_build_info_says_the_same_version_in_both_programs() -> None:
     """``pushprox_build_info`` of the proxy and of the client: 1, labelled with the version."""
     for metrics in (ProxyMetrics(), ClientMetrics()):

@@ -1,46 +1,63 @@
 # -*- test-case-name: tests.test_footprint -*-
 """
-Keeping what TLS needs (pyOpenSSL, cryptography, service-identity) out of a ``pushprox-proxy``
-or ``pushprox-client`` process whose options name no TLS.
+Keeping what TLS needs out of a ``pushprox-proxy`` or ``pushprox-client`` process whose
+options name no TLS (``names_tls``): Twisted's TLS (pyOpenSSL, cryptography, service-identity,
+about 14 MB of RSS) and the standard library's (``ssl`` and ``_hashlib``, which load OpenSSL's
+libssl and libcrypto, about 4.5 MB).  ``without_tls_libraries`` is the block the programs'
+modules are imported in.
 
 Twisted loads pyOpenSSL as soon as its networking is imported: ``twisted.internet.posixbase``,
 ``twisted.internet.tcp``, ``twisted.internet.endpoints`` and ``twisted.web.client`` each try
 ``import OpenSSL`` when they are imported and, when that raises ``ImportError``, carry on
 without their TLS support (``listenSSL``, ``startTLS``, ``wrapClientTLS``,
 ``BrowserLikePolicyForHTTPS``).  That fallback, meant for installations without pyOpenSSL, is
-the private detail used here: while the commands import their modules, ``OpenSSL`` is made
-unimportable (``None`` in ``sys.modules``, the documented way to make an import fail); it is
-importable again once they are loaded.  It saves about 14 MB of RSS per process (pyOpenSSL,
-cryptography's bindings with their own OpenSSL, service-identity, idna).
+the private detail used here: within the block ``OpenSSL`` is unimportable (``None`` in
+``sys.modules``, the documented way to make an import fail).
 
-What still needs TLS in such a process loads it on first use through public names only: the
-client's scrape of an ``https://`` target (``pushprox.shared.tls.client_tls_endpoint``).  A process
-whose options do name TLS (see ``names_tls``) imports everything as usual.
+The standard library's modules that Twisted imports (``twisted.python.compat`` imports
+``http.cookiejar``, hence ``urllib.request``, ``http.client`` and ``hashlib``; Twisted's
+Deferreds import ``asyncio``) carry on without ``ssl`` too, and ``hashlib`` without
+``_hashlib`` uses the interpreter's built-in hashes.  prometheus-client does not: its
+``exposition`` module imports ``ssl`` and ``urllib.request.HTTPSHandler`` whatever is used of
+it, and evaluates four of ``ssl``'s names in its function signatures.  So it is imported first,
+with ``DeferredSSL`` standing for ``ssl``: the four names for the import, then the real
+module's, imported on first use.  ``tests/test_footprint.py`` fails if a release of Twisted or
+prometheus-client needs more.
 
-The same holds under ``twistd pushprox-proxy`` and ``twistd pushprox-client``
-(``twistd_without_tls``): the plugin module imports its endpoint parsers (and with them
-Twisted's endpoints) within the block, and ``TLSFreeServiceMaker`` imports the program's module
-and the reactor's base class (which twistd imports when it installs the reactor, after the
-options are parsed) within it too.  That needs twistd's plugin cache (``dropin.cache``) to be
-up to date: when twistd rebuilds it, it imports every plugin of every installed package,
-Twisted's own among them, and those load pyOpenSSL and cryptography before ours runs.
-twistd's ``--reactor`` does too: it installs the reactor while twistd reads its own options.
-``tests/test_footprint.py`` fails if a Twisted release stops falling back.
+Once the block ends, everything is importable again: what still needs TLS in such a process
+loads it on first use (the client's scrape of an ``https://`` target,
+``pushprox.shared.tls.client_tls_endpoint``).  A process whose options do name TLS imports
+everything as usual.  This module imports nothing but the standard library, so that the block
+can begin before anything imports Twisted; ``pushprox.shared.twistd_footprint`` does the same
+for the programs under twistd, where twistd has imported ``ssl`` and ``hashlib`` already.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
+import importlib.util
 import sys
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from types import ModuleType
 from typing import Any
-
-from twisted.application.service import ServiceMaker
 
 #: The module whose import Twisted's networking modules try, and fall back from.
 BLOCKED_MODULE = "OpenSSL"
+#: The standard library's binding of OpenSSL's hashes, which ``hashlib`` and ``hmac`` fall back
+#: from to the interpreter's built-in hashes (``BUILTIN_HASHES``).
+HASHLIB_OPENSSL = "_hashlib"
+#: The built-in hash modules behind ``hashlib``'s always-available algorithms (md5, sha1, the
+#: sha2 family in one module from Python 3.12 on, blake2, sha3): ``HASHLIB_OPENSSL`` is blocked
+#: only where all of them are built, since ``hashlib`` logs an error for each algorithm it
+#: finds in neither.
+BUILTIN_HASHES = ("_md5", "_sha1", *(("_sha2",) if sys.version_info >= (3, 12)
+                                     else ("_sha256", "_sha512")), "_blake2", "_sha3")
+#: The standard library's TLS module.
+SSL_MODULE = "ssl"
+#: The library imported with ``DeferredSSL`` standing for ``ssl``: its ``exposition`` module
+#: imports ``ssl`` (and ``urllib.request.HTTPSHandler``) whatever is used of it.
+NEEDS_SSL_NAMES = "prometheus_client"
 
 #: Words in an argument or a PUSHPROX_* variable that may mean TLS: flags and variables
 #: (--tls-cert, --target-tls-cacert, --tls.cacert, --client-ca), endpoint descriptions
@@ -57,14 +74,6 @@ ENVIRONMENT_PREFIX = "PUSHPROX_"
 #: variables need none: they name proxies reached over plain HTTP, the only kind supported.
 OTHER_VARIABLES = frozenset({"PROXY_URL"})
 
-#: twistd's module, imported in every process that twistd runs.
-TWISTD_MODULE = "twisted.scripts.twistd"
-#: Our programs as twistd subcommands (the plugins' tap names).
-TWISTD_PROGRAMS = frozenset({"pushprox-proxy", "pushprox-client"})
-#: The reactors' base class, which tries ``import OpenSSL`` (for ``listenSSL``) when imported:
-#: under twistd it is imported when the reactor is installed, after the program's module.
-REACTOR_BASE = "twisted.internet.posixbase"
-
 
 def names_tls(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     """Whether a command line or the environment (``PUSHPROX_*``, ``PROXY_URL``) may ask
@@ -76,47 +85,88 @@ def names_tls(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return any(tls_word in word.lower() for word in words for tls_word in TLS_WORDS)
 
 
+class DeferredSSL(ModuleType):
+    """
+    Stands for the standard library's ``ssl`` in the modules imported while
+    ``NEEDS_SSL_NAMES`` is (``http.client``, ``urllib.request`` and prometheus-client's
+    ``exposition``): every attribute is the real module's, which is imported on first use.
+
+    While that library is imported it also holds the names its function signatures evaluate
+    (``IMPORT_TIME_NAMES``): placeholders for the two annotations, and for the two default
+    arguments the protocol numbers that ``ssl.SSLContext`` takes as they are.
+    """
+
+    #: What prometheus-client's ``exposition`` module reads of ``ssl`` when it is imported.
+    #: The protocol numbers are ``ssl.PROTOCOL_TLS_CLIENT`` and ``ssl.PROTOCOL_TLS_SERVER``
+    #: (an ``IntEnum``); ``tests/test_footprint.py`` compares them with the real ones.
+    IMPORT_TIME_NAMES: dict[str, object] = {
+        "SSLContext": type("SSLContext", (), {}),
+        "TLSVersion": type("TLSVersion", (), {}),
+        "PROTOCOL_TLS_CLIENT": 16,
+        "PROTOCOL_TLS_SERVER": 17,
+    }
+
+    def __init__(self) -> None:
+        super().__init__(SSL_MODULE, self.__doc__)
+        self.__dict__.update(self.IMPORT_TIME_NAMES)
+
+    def forward(self) -> None:
+        """From now on every attribute is the real module's: drop the import-time names."""
+        for name in self.IMPORT_TIME_NAMES:
+            self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(SSL_MODULE) is self:  # asked while it stands in sys.modules
+            del sys.modules[SSL_MODULE]
+        return getattr(importlib.import_module(SSL_MODULE), name)
+
+
 @contextmanager
-def without_tls_libraries() -> Iterator[None]:
-    """Within the block, ``import OpenSSL`` fails (see the module docstring); after it, it
-    works again.  Nothing is blocked if pyOpenSSL is already imported."""
-    if BLOCKED_MODULE in sys.modules:
+def _blocked(name: str) -> Iterator[None]:
+    """Within the block, ``import name`` fails (``None`` in ``sys.modules``, the documented
+    way); after it, it works again.  Nothing is blocked if ``name`` is already imported."""
+    if name in sys.modules:
         yield
         return
-    sys.modules[BLOCKED_MODULE] = None  # type: ignore[assignment]
+    sys.modules[name] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if sys.modules.get(BLOCKED_MODULE, ...) is None:
-            del sys.modules[BLOCKED_MODULE]
+        if sys.modules.get(name, ...) is None:
+            del sys.modules[name]
 
 
-def twistd_without_tls(argv: Sequence[str], environ: Mapping[str, str],
-                       modules: Collection[str]) -> bool:
-    """Whether this process is twistd (``modules`` holds ``TWISTD_MODULE``) running one of
-    our programs with a command line (``argv``, twistd's options and ours) and environment
-    that name no TLS."""
-    return (TWISTD_MODULE in modules and any(word in TWISTD_PROGRAMS for word in argv)
-            and not names_tls(argv, environ))
+def _import_with_deferred_ssl(name: str) -> None:
+    """Import module ``name`` with ``DeferredSSL`` for ``ssl``, which then forwards."""
+    standin = DeferredSSL()
+    sys.modules[SSL_MODULE] = standin
+    try:
+        importlib.import_module(name)
+    finally:
+        standin.forward()
+        if sys.modules.get(SSL_MODULE) is standin:
+            del sys.modules[SSL_MODULE]
 
 
-def twistd_imports() -> AbstractContextManager[None]:
-    """``without_tls_libraries()`` in a process that ``twistd_without_tls`` describes (read
-    from ``sys.argv``, ``os.environ`` and ``sys.modules``), else a block that does nothing."""
-    if twistd_without_tls(sys.argv[1:], os.environ, sys.modules):
-        return without_tls_libraries()
-    return nullcontext()
+def _builtin_hashes_present() -> bool:
+    """Whether every module of ``BUILTIN_HASHES`` can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in BUILTIN_HASHES)
 
 
-class TLSFreeServiceMaker(ServiceMaker):
-    """twistd's ``ServiceMaker`` whose program module, and the reactors' base class, are
-    imported within ``twistd_imports()``: without TLS libraries when twistd runs the program
-    with options that name no TLS."""
-
-    @property
-    def options(self) -> Any:
-        """The program's ``Options`` class, its module imported as the class docstring says."""
-        with twistd_imports():
-            module = importlib.import_module(self.module)
-            importlib.import_module(REACTOR_BASE)
-        return module.Options
+@contextmanager
+def without_tls_libraries() -> Iterator[None]:
+    """
+    Within the block, the TLS libraries are not imported (see the module docstring): ``import
+    OpenSSL`` and ``import ssl`` fail, ``hashlib`` uses the built-in hashes, and
+    prometheus-client is imported first, with ``DeferredSSL``.  After the block, all import
+    as usual.  What is already imported stays as it is.
+    """
+    with ExitStack() as stack:
+        stack.enter_context(_blocked(BLOCKED_MODULE))
+        if _builtin_hashes_present():
+            stack.enter_context(_blocked(HASHLIB_OPENSSL))
+        if SSL_MODULE not in sys.modules:
+            if NEEDS_SSL_NAMES not in sys.modules:
+                _import_with_deferred_ssl(NEEDS_SSL_NAMES)
+            stack.enter_context(_blocked(SSL_MODULE))
+        yield

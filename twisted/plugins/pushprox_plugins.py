@@ -1,8 +1,8 @@
 """twistd plugins (``twistd pushprox-proxy``, ``twistd pushprox-client``) and the
 ``pushprox-tls:`` and ``pushprox-mtls:`` server endpoints.  Under twistd without TLS options
-their modules load without TLS libraries (``pushprox.shared.footprint``)."""
+their modules load without TLS libraries (``pushprox.shared.twistd_footprint``)."""
 
-from pushprox.shared.footprint import TLSFreeServiceMaker, twistd_imports
+from pushprox.shared.twistd_footprint import TLSFreeServiceMaker, twistd_imports
 
 with twistd_imports():
     from pushprox.shared.tls_listeners import MutualTLSServerParser, TLSServerParser
