@@ -8,8 +8,8 @@ Each round starts one proxy and one client per variant, all at once, on the same
 (the bench's 1 KB page), and reads each program's VmRSS (once settled) after start
 (registered, one scrape), after a second of scrapes (wrk -c1), after SECONDS of wrk -c1
 and after SECONDS more of wrk -c8, with the CPU time (utime + stime) of the proxy and the
-client per scrape in those two runs; the variants' order turns every round, reversed every
-other one.  Then the medians of the rounds.
+client per scrape in those two runs; the variants' order turns every round (each variant
+runs first in turn).  Then the medians of the rounds.
 
 The variants (``VARIANTS``):
 
@@ -113,7 +113,6 @@ def measure(variants: list[str], rounds: int, seconds: int) -> None:
         for number in range(rounds):
             turn = number % len(variants)
             order = variants[turn:] + variants[:turn]
-            order = order if number % 2 == 0 else order[::-1]
             pairs: dict[str, Pair] = {}
             for variant in order:
                 port = free_port()
