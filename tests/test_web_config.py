@@ -248,18 +248,21 @@ class WebConfigProcessTests(SynchronousTestCase):
         new users and headers."""
         ca = self.stack.certificate_authority()
         issued = ca.issue("client", ["127.0.0.1", "localhost"], client=False)
-        hashed = fast_hash(b"scraper").decode()
         web = self.directory / "web.yml"
-        web.write_text(textwrap.dedent(f"""\
-            tls_server_config:
-              cert_file: {issued.cert}
-              key_file: {issued.key}
-            http_server_config:
-              headers:
-                X-Content-Type-Options: nosniff
-            basic_auth_users:
-              prometheus: {hashed}
-            """))
+
+        def write(header: str, user: str, password: bytes) -> None:
+            web.write_text(textwrap.dedent(f"""\
+                tls_server_config:
+                  cert_file: {issued.cert}
+                  key_file: {issued.key}
+                http_server_config:
+                  headers:
+                    {header}
+                basic_auth_users:
+                  {user}: {fast_hash(password).decode()}
+                """))
+
+        write("X-Content-Type-Options: nosniff", "prometheus", b"scraper")
         proxy = self.stack.proxy()
         port = free_port()
         client = self.stack.client(proxy, "node1.example", [9100], extra=[
@@ -287,16 +290,7 @@ class WebConfigProcessTests(SynchronousTestCase):
         self.assertEqual((status, body), (200, head))
         self.assertIn("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n", head)
 
-        web.write_text(textwrap.dedent(f"""\
-            tls_server_config:
-              cert_file: {issued.cert}
-              key_file: {issued.key}
-            http_server_config:
-              headers:
-                X-Frame-Options: deny
-            basic_auth_users:
-              bob: {fast_hash(b"builder").decode()}
-            """))
+        write("X-Frame-Options: deny", "bob", b"builder")
         client.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "SIGHUP: reloaded" in client.process.log_text(), timeout=30,
                  what="the reload", watch=[client.process])
