@@ -71,8 +71,10 @@ def go_error(go_dir: Path) -> str | None:
 
 
 def client_args(nginx_port: int) -> list[str]:
-    """The arguments both clients share: the name polled as, and the pages allowed."""
-    args = ["--fqdn", FQDN, "--allow-port", str(nginx_port), "--metrics-listen", ""]
+    """Our client's arguments: the name polled as, the pages allowed, and its /metrics on a
+    port of its own, as Go's client serves its own (`--metrics-addr`)."""
+    args = ["--fqdn", FQDN, "--allow-port", str(nginx_port),
+            "--metrics-listen", f"tcp:{free_port()}:interface=127.0.0.1"]
     for page in PAGES:
         args += ["--allow-path", f"/{page}"]
     return args
