@@ -236,6 +236,41 @@ class UnneededModulesTests(SynchronousTestCase):
                                 env=subprocess_env(), timeout=60, check=True)
         self.assertEqual(result.stdout.strip(), "True []", result.stderr)
 
+    def test_client_metrics_listener_imports_no_web_server(self) -> None:
+        """The client assembled and started, its /metrics listener listening and answering:
+        ``twisted.web.server`` (and the Perspective Broker, templates and XML parser it
+        imports) stays out; ``twisted.web.http``, which serves the listener, is in."""
+        port = free_port()
+        code = (
+            "import sys\nfrom twisted.internet import reactor\n"
+            "from pushprox.client import tap\noptions = tap.Options()\n"
+            "options.parseOptions(['--proxy-url', 'http://127.0.0.1:1/',\n"
+            f"                      '--metrics-listen', 'tcp:{port}:interface=127.0.0.1'])\n"
+            "service = tap.makeService(options, reactor=reactor)\n"
+            "service.privilegedStartService()\nservice.startService()\n"
+            "def ask():\n"
+            "    import socket\n"
+            f"    with socket.create_connection(('127.0.0.1', {port})) as s:\n"
+            "        s.sendall(b'GET /metrics HTTP/1.0\\r\\n\\r\\n')\n"
+            "        answer = b''\n"
+            "        while chunk := s.recv(65536):\n"
+            "            answer += chunk\n"
+            "    reactor.callFromThread(report, answer)\n"
+            "def report(answer):\n"
+            "    print(answer.split(b'\\r\\n')[0].decode(),\n"
+            "          b'pushprox_client_scrapes_total' in answer)\n"
+            "    print([m for m in ('twisted.web.server', 'twisted.spread.pb', 'xml.sax',\n"
+            "                       'twisted.web.template') if m in sys.modules],\n"
+            "          'twisted.web.http' in sys.modules)\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(reactor.callInThread, ask)\n"
+            "reactor.callLater(30, reactor.stop)\nreactor.run()\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=subprocess_env(), timeout=60, check=True)
+        self.assertEqual(result.stdout.splitlines(), ["HTTP/1.0 200 OK True", "[] True"],
+                         result.stderr)
+
 
 class ClusterModeFootprintTests(SynchronousTestCase):
     """Nothing of ``pushprox.proxy.cluster`` is imported by a proxy assembled without --redis."""

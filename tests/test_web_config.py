@@ -244,21 +244,25 @@ class WebConfigProcessTests(SynchronousTestCase):
 
     def test_the_clients_metrics_listener_from_the_file(self) -> None:
         """The client's --metrics-listen serves TLS, wants the file's users, sends its
-        headers."""
+        headers on every answer (a 404 and a 405 in one line, HEAD's head); SIGHUP takes
+        new users and headers."""
         ca = self.stack.certificate_authority()
         issued = ca.issue("client", ["127.0.0.1", "localhost"], client=False)
-        hashed = fast_hash(b"scraper").decode()
         web = self.directory / "web.yml"
-        web.write_text(textwrap.dedent(f"""\
-            tls_server_config:
-              cert_file: {issued.cert}
-              key_file: {issued.key}
-            http_server_config:
-              headers:
-                X-Content-Type-Options: nosniff
-            basic_auth_users:
-              prometheus: {hashed}
-            """))
+
+        def write(header: str, user: str, password: bytes) -> None:
+            web.write_text(textwrap.dedent(f"""\
+                tls_server_config:
+                  cert_file: {issued.cert}
+                  key_file: {issued.key}
+                http_server_config:
+                  headers:
+                    {header}
+                basic_auth_users:
+                  {user}: {fast_hash(password).decode()}
+                """))
+
+        write("X-Content-Type-Options: nosniff", "prometheus", b"scraper")
         proxy = self.stack.proxy()
         port = free_port()
         client = self.stack.client(proxy, "node1.example", [9100], extra=[
@@ -273,6 +277,28 @@ class WebConfigProcessTests(SynchronousTestCase):
         self.assertEqual(status, 200, body)
         self.assertIn("X-Content-Type-Options: nosniff\r\n", head)
         self.assertIn("pushprox_client_scrapes_total", body)
+        base = f"https://127.0.0.1:{port}"
+        status, head, body = curl(base + "/other", *trust)
+        self.assertEqual((status, body), (404, "not found: this is a PushProx client's "
+                                               "metrics listener (endpoint /metrics)\n"))
+        self.assertIn("X-Content-Type-Options: nosniff\r\n", head)
+        status, head, body = curl(url, *trust, "-X", "POST", "-d", "x=1")
+        self.assertEqual((status, body), (405, "POST is not served at /metrics: use GET, HEAD\n"))
+        self.assertIn("Allow: GET, HEAD\r\n", head)
+        # curl -I writes the head where the body would go: HEAD's answer is its head alone.
+        status, head, body = curl(url, *trust, "-I", "-u", "prometheus:scraper")
+        self.assertEqual((status, body), (200, head))
+        self.assertIn("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n", head)
+
+        write("X-Frame-Options: deny", "bob", b"builder")
+        client.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: reloaded" in client.process.log_text(), timeout=30,
+                 what="the reload", watch=[client.process])
+        self.assertEqual(curl(url, *trust, "-u", "prometheus:scraper")[0], 401)
+        status, head, body = curl(url, *trust, "-u", "bob:builder")
+        self.assertEqual(status, 200, body)
+        self.assertIn("X-Frame-Options: deny\r\n", head)
+        self.assertNotIn("X-Content-Type-Options", head)
 
     def test_a_bad_file_stops_the_start_in_one_line(self) -> None:
         """An unknown field: the proxy does not start, and says which field."""

@@ -221,24 +221,25 @@ def assemble(setup: ClientSetup, reactor: Any, service: ProgramService) -> Progr
 def _add_metrics_listener(setup: ClientSetup, metrics: ClientMetrics,
                           service: ProgramService, reloader: Reloader, reactor: Any) -> None:
     """Serve the client's own ``/metrics`` on ``--metrics-listen``."""
-    from pushprox.shared.metrics import metrics_site
+    from pushprox.client.metrics_listener import MetricsListenerFactory, MetricsPage
 
     assert setup.metrics_listen is not None
     web = setup.web
     auth = None
     headers: list[tuple[bytes, bytes]] = []
-    site = metrics_site(metrics.registry)
+    page = MetricsPage(metrics.registry)
     if web is not None:
         from pushprox.shared.auth import PasswordChecker, ScraperAuth
 
         auth = ScraperAuth(endpoint_passwords=PasswordChecker(dict(web.users))
                            if web.users else None)
         headers = web_headers(web)
-        site = metrics_site(metrics.registry, auth=auth if web.users else None,
-                            headers=headers)
-    serve_site(service, "metrics-listen", [setup.metrics_listen], site, reactor, reloader,
-               tls=setup.tls, web=web, web_config_file=setup.web_config_file, auth=auth,
-               headers=headers)
+        # Users added when the file is re-read apply at the next start (WebConfigReload).
+        page = MetricsPage(metrics.registry, auth=auth if web.users else None,
+                           headers=headers)
+    serve_site(service, "metrics-listen", [setup.metrics_listen],
+               MetricsListenerFactory(page, reactor), reactor, reloader, tls=setup.tls,
+               web=web, web_config_file=setup.web_config_file, auth=auth, headers=headers)
 
 
 def read_token(path: str | None, flag: str) -> str | None:

@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.test_proxy -*-
-"""The proxy's own plain-text answers: one line saying what happened, and its status."""
+"""
+The proxy's own plain-text answers: one line saying what happened, and its status (the
+line and its headers are ``pushprox.shared.answers``', which the client's answers share).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,9 @@ from twisted.web.server import Request
 
 from pushprox.proxy.channel import StreamingRequest
 from pushprox.proxy.lean import LeanRequest
-
-SERVER = b"pushprox"
-TEXT = b"text/plain; charset=utf-8"
-
-
-def text_response(request: Request | LeanRequest, code: int, message: str) -> bytes:
-    """Set ``code`` and return ``message`` as a one-line plain-text body."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", TEXT)
-    request.setHeader(b"server", SERVER)
-    return message.encode("utf-8") + b"\n"
+from pushprox.shared.answers import SERVER as SERVER
+from pushprox.shared.answers import TEXT as TEXT
+from pushprox.shared.answers import text_response as text_response
 
 
 def finish_with(request: StreamingRequest | LeanRequest, code: int, message: str) -> None:

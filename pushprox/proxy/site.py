@@ -45,10 +45,11 @@ from pushprox.proxy.lean import LeanRequest
 from pushprox.proxy.push import Push, PushForwarder, PushReply
 from pushprox.proxy.responses import SERVER, finish_with, scrape_answer, text_response
 from pushprox.shared import wire
+from pushprox.shared.answers import denied_response, not_allowed_response, peer_host, refusal
 from pushprox.shared.auth import ClientAuth, Denied, PeerAuth, ScraperAuth
 from pushprox.shared.config import ProxyConfig as ProxyConfig
 from pushprox.shared.keepalive import enable_keepalive
-from pushprox.shared.metrics import MetricsResource, ProxyMetrics
+from pushprox.shared.metrics import ProxyMetrics, metrics_answer
 from pushprox.shared.version import package_version
 
 #: Answer this long (at most a tenth of the timeout) before the scraper's own deadline,
@@ -77,19 +78,6 @@ class ProxyParts:
     #: Headers of every answer of the proxy's own endpoints (``--web.config.file``'s),
     #: replaced in place when the file is re-read.
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def denied_response(request: AnyRequest, denied: Denied) -> bytes:
-    """Answer a request that failed authentication or authorization."""
-    if denied.challenge is not None:
-        request.setHeader(*denied.challenge)
-    return text_response(request, denied.code, denied.message)
-
-
-def peer_host(request: AnyRequest) -> str | None:
-    """The IP address of the request's peer, if it has one."""
-    host = getattr(request.getClientAddress(), "host", None)
-    return host if isinstance(host, str) else None
 
 
 def certificate_names(request: AnyRequest) -> list[str] | None:
@@ -448,23 +436,10 @@ class _Instrumented(Resource):
         except UnsupportedMethod as unsupported:
             # twisted.web lists HEAD everywhere; it is served where GET is.
             served: list[bytes] = list(unsupported.allowedMethods)
-            allowed = b", ".join(sorted(
-                method for method in served
-                if method != b"HEAD" or hasattr(self, "render_GET")))
             self.instrument(request)
-            request.setHeader(b"allow", allowed)
-            return text_response(request, 405, f"{request.method.decode('latin-1')} is not "
-                                 f"served at {self.path}: use {allowed.decode('latin-1')}")
-
-    def guard(self, request: AnyRequest, auth: ScraperAuth | None) -> bytes | None:
-        """A refusal body when ``auth`` does not allow this request, else None."""
-        if auth is None:
-            return None
-        try:
-            auth.check(peer_host(request), request.getHeader(b"authorization"), proxy=False)
-        except Denied as denied:
-            return denied_response(request, denied)
-        return None
+            return not_allowed_response(request, self.path, [
+                method for method in served
+                if method != b"HEAD" or hasattr(self, "render_GET")])
 
     def refuse(self, request: AnyRequest, denied: Denied, fqdn: str | None = None) -> bytes:
         """Log why a request to this endpoint is refused, and answer it so."""
@@ -687,8 +662,8 @@ class _Guarded(_Instrumented):
     def render_GET(self, request: AnyRequest) -> bytes | int:
         """The endpoint's answer, or the refusal."""
         self.instrument(request)
-        refusal = self.guard(request, self._auth)
-        return refusal if refusal is not None else self.answer(request)
+        refused = refusal(request, self._auth)
+        return refused if refused is not None else self.answer(request)
 
     def answer(self, request: AnyRequest) -> bytes | int:
         """What an allowed request gets (override)."""
@@ -803,16 +778,17 @@ class StatusResource(_Instrumented):
         return text_response(request, 200, self._message)
 
 
-class InstrumentedMetricsResource(_Guarded):
-    """``/metrics`` counted like the other endpoints."""
+class InstrumentedMetricsResource(_Instrumented):
+    """``/metrics`` counted like the other endpoints, behind the scrapers' checks."""
 
     def __init__(self, parts: ProxyParts, path: str, auth: ScraperAuth | None = None) -> None:
-        super().__init__(parts, path, auth)
-        self._inner = MetricsResource(parts.metrics.registry)
+        super().__init__(parts, path)
+        self._auth = auth
 
-    def answer(self, request: AnyRequest) -> bytes:
-        """Render the proxy's metrics."""
-        return self._inner.render_GET(cast(Request, request))
+    def render_GET(self, request: AnyRequest) -> bytes:
+        """The proxy's metrics, or the refusal (decided where the client's are)."""
+        self.instrument(request)
+        return metrics_answer(request, self._metrics.registry, self._auth)
 
 
 class NotFound(_Instrumented):

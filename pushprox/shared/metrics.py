@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Metric definitions of the proxy and the client, and the ``/metrics`` resource.
+Metric definitions of the proxy and the client, and what ``/metrics`` answers.
 
 Each service gets its own ``CollectorRegistry`` (never the global one), so that
 several services in one process, and tests, do not share counters.  Names that the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -25,16 +25,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import INF, floatToGoString
-from twisted.web.resource import Resource
 
+from pushprox.shared.answers import Answerable, refusal
 from pushprox.shared.created_series import created_series_wanted
 from pushprox.shared.version import build_labels
 
 if TYPE_CHECKING:
-    # The web server is imported only where a site is built: a client without
-    # --metrics-listen does not pay for it.
-    from twisted.web.server import Request, Site
-
     from pushprox.shared.auth import ScraperAuth
 
 #: Buckets for scrape durations: from a local 1 ms scrape to a 5 minute timeout.
@@ -360,74 +356,18 @@ class ClientMetrics:
             ["url"], registry=r)
 
 
-class MetricsResource(Resource):
-    """Renders one registry in the exposition format the scraper asks for."""
-
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        """Encode the registry's current values."""
-        accept = request.getHeader(b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        return encoder(self._registry)
-
-
-class GuardedMetricsResource(MetricsResource):
+def metrics_answer(request: Answerable, registry: CollectorRegistry,
+                   auth: ScraperAuth | None) -> bytes:
     """
-    ``MetricsResource`` behind the web configuration file's users and headers: ``auth``
-    checks ``Authorization`` (401 with a challenge, one line), ``headers`` go on every
-    answer (a list changed in place when the file is re-read).
+    The answer to ``GET /metrics``, set on ``request``: the refusal when ``auth`` (the
+    scrapers' checks, the web configuration file's users) does not allow it, else the
+    registry's values in the exposition format the ``Accept`` header asks for.  The one
+    place that decides it, for the proxy's endpoint and the client's listener.
     """
-
-    def __init__(self, registry: CollectorRegistry, *, auth: ScraperAuth | None,
-                 headers: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(registry)
-        self._auth = auth
-        self._headers = headers
-
-    def render_GET(self, request: Request) -> bytes:
-        """The registry's values, once the request's credentials are checked."""
-        from pushprox.shared.auth import Denied
-
-        for name, value in self._headers:
-            request.setHeader(name, value)
-        if self._auth is not None:
-            peer = request.getClientAddress()
-            try:
-                self._auth.check(getattr(peer, "host", None),
-                                 request.getHeader(b"authorization"), proxy=False)
-            except Denied as denied:
-                request.setResponseCode(denied.code)
-                if denied.challenge is not None:
-                    request.setHeader(*denied.challenge)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                return denied.message.encode("utf-8") + b"\n"
-        return super().render_GET(request)
-
-
-def metrics_site(registry: CollectorRegistry, *, auth: ScraperAuth | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> Site:
-    """
-    A site that serves ``/metrics`` of one registry and logs no access lines; with
-    ``auth`` or ``headers`` (the web configuration file's), guarded and headed by them.
-    """
-    from twisted.web.server import Site
-
-    class MetricsSite(Site):
-        noisy = False
-
-        def log(self, request: Any) -> None:
-            """Scrapes of the client's metrics are not worth a log line each."""
-
-    root = Resource()
-    if auth is None and headers is None:
-        root.putChild(b"metrics", MetricsResource(registry))
-    else:
-        root.putChild(b"metrics", GuardedMetricsResource(
-            registry, auth=auth, headers=headers if headers is not None else []))
-    return MetricsSite(root)
+    refused = refusal(request, auth)
+    if refused is not None:
+        return refused
+    accept = request.getHeader(b"accept")
+    encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+    request.setHeader(b"content-type", content_type.encode("ascii"))
+    return encoder(registry)
