@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.shared import allocator
+from pushprox.shared import allocator, program
 from pushprox.shared.allocator import GivenBack, give_back_freed_memory, glibc_malloc_trim
+from pushprox.shared.program import ProgramService
 from tests.harness.exporter import Page, start_exporter
 from tests.harness.processes import Process, ProcessGroup, twistd_argv
 from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
@@ -93,6 +96,37 @@ class GiveBackTests(SynchronousTestCase):
         calls: list[int] = []
         self.assertIsNone(give_back_freed_memory(lambda: recording(calls)))
         self.assertEqual(calls, [0])
+
+
+class ProgramServiceTests(SynchronousTestCase):
+    """``ProgramService`` gives back once its reactor runs, not before, and says how much."""
+
+    def test_given_back_once_the_reactor_runs(self) -> None:
+        """Started, nothing yet; once the reactor runs, one call and one debug event."""
+        calls: list[int] = []
+
+        def give_back() -> GivenBack:
+            calls.append(1)
+            return GivenBack(41836, 40912)
+
+        self.patch(program, "give_back_freed_memory", give_back)
+        reactor = MemoryReactor()
+        ProgramService(reactor=reactor).startService()
+        self.assertEqual(calls, [])
+        with capturedLogs() as events:
+            reactor.run()
+        self.assertEqual(calls, [1])
+        [event] = [e for e in events if e.get("log_namespace", "").endswith("ProgramService")]
+        self.assertEqual((event["log_level"], formatEvent(event)),
+                         (LogLevel.debug, "Gave back 924 kB that start-up freed "
+                                          "(VmRSS 41836 kB, now 40912 kB)"))
+
+    def test_without_a_reactor_nothing_is_given_back(self) -> None:
+        """A ``ProgramService`` made without a reactor (as tests make them) leaves it."""
+        calls: list[int] = []
+        self.patch(program, "give_back_freed_memory", lambda: calls.append(1))
+        ProgramService().startService()
+        self.assertEqual(calls, [])
 
 
 @pytest.mark.processes

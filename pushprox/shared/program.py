@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
     IReadDescriptor,
     IStreamServerEndpoint,
 )
@@ -283,15 +284,18 @@ class ProgramService(MultiService):
 
     Under twistd, its ``--log-level``/``--log-format`` observer becomes the application's
     ``ILogObserver``, the component twistd logs to; in the foreground a listener that
-    cannot start ends the program with one line instead of a traceback. Once started, it
-    gives back to the system the memory that start-up freed (``pushprox.shared.allocator``).
+    cannot start ends the program with one line instead of a traceback. Once its reactor
+    runs, it gives back to the system the memory that start-up freed
+    (``pushprox.shared.allocator``).
     """
 
     log = Logger()
 
     def __init__(self, *, log_observer: ILogObserver | None = None,
-                 exit_on_startup_error: bool = False, daemon: bool = False) -> None:
+                 exit_on_startup_error: bool = False, daemon: bool = False,
+                 reactor: IReactorCore | None = None) -> None:
         super().__init__()
+        self._reactor = reactor
         self._log_observer = log_observer
         self._exit_on_startup_error = exit_on_startup_error
         self._daemon = daemon
@@ -314,8 +318,14 @@ class ProgramService(MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
-        """Start the services, then give the memory that start-up freed back to the system."""
+        """Start the services; once the reactor runs, give the memory that start-up freed
+        back to the system."""
         super().startService()
+        if self._reactor is not None:
+            # Once running: a SIGTERM meanwhile then stops the program as any other does.
+            self._reactor.callWhenRunning(self._give_back_freed_memory)
+
+    def _give_back_freed_memory(self) -> None:
         given = give_back_freed_memory()
         if given is not None:
             self.log.debug("Gave back {kb} kB that start-up freed (VmRSS {before} kB, now "
@@ -335,18 +345,22 @@ class ProgramService(MultiService):
             raise SystemExit(1) from None
 
 
-def program_service(options: ProgramOptions) -> ProgramService:
-    """An empty ``ProgramService`` for these options, under twistd or not."""
+def program_service(options: ProgramOptions, reactor: IReactorCore | None = None
+                    ) -> ProgramService:
+    """
+    An empty ``ProgramService`` for these options, under twistd or not; with ``reactor``, it
+    gives back what start-up freed once that reactor runs.
+    """
     twistd = options.twistd_options()
     if twistd is None:
-        return ProgramService()
+        return ProgramService(reactor=reactor)
     observer = None
     if options["log-level"] or options["log-format"]:
         observer = log_observer(twistd_log_file(twistd), level=options["log-level"] or "debug",
                                 format=options["log-format"] or "text")
     return ProgramService(log_observer=observer,
                           exit_on_startup_error=bool(twistd.get("nodaemon")),
-                          daemon=not twistd.get("nodaemon"))
+                          daemon=not twistd.get("nodaemon"), reactor=reactor)
 
 
 class BacklogAcceptingListener(Service):
