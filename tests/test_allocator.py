@@ -10,7 +10,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +24,10 @@ from pushprox.shared import allocator, program
 from pushprox.shared.allocator import GivenBack, give_back_freed_memory, glibc_malloc_trim
 from pushprox.shared.program import ProgramService
 from tests.harness.exporter import Page, start_exporter
-from tests.harness.processes import Process, ProcessGroup, twistd_argv
+from tests.harness.processes import Process, twistd_argv
 from tests.harness.rawhttp import http_request_bytes, raw_http, scrape_via_proxy
-from tests.harness.waiting import free_port, port_open, wait_for
-from tests.test_commands import command
+from tests.harness.waiting import free_port, wait_for
+from tests.test_commands import CommandTestCase, command
 
 METRICS = b"allocator_test_up 1\n"
 #: The debug line each program logs once it has given the memory back.
@@ -130,23 +129,13 @@ class ProgramServiceTests(SynchronousTestCase):
 
 
 @pytest.mark.processes
-class ProgramsGiveBackTests(SynchronousTestCase):
+class ProgramsGiveBackTests(CommandTestCase):
     """Real programs log what they gave back once started, and serve scrapes after it."""
 
     def setUp(self) -> None:
         if not ON_GLIBC:
             raise pytest.skip.Exception("glibc's malloc_trim and /proc are needed")
-        tmp = Path(tempfile.mkdtemp(prefix="pushprox-allocator-"))
-        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
-        self.processes = ProcessGroup(tmp)
-        self.addCleanup(self.processes.stop_all)
-
-    def start(self, name: str, argv: list[str], port: int) -> Process:
-        """Start a program and wait until it accepts connections on ``port``."""
-        process = self.processes.start(name, argv)
-        wait_for(lambda: port_open(port), timeout=30, what=f"{name} on port {port}",
-                 watch=[process])
-        return process
+        super().setUp()
 
     def given_back(self, process: Process) -> list[tuple[int, int, int]]:
         """(kB given back, VmRSS before, VmRSS after) of each such line the program logged."""

@@ -55,6 +55,12 @@ def tls_objects_mapped(pid: int, objects: tuple[str, ...] = TLS_OBJECTS) -> list
     return sorted(p for p in paths if any(name in p for name in objects))
 
 
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (its imports its own), which must succeed."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60, check=True)
+
+
 class NamesTLSTests(SynchronousTestCase):
     """Which command lines and environments keep the TLS libraries."""
 
@@ -87,8 +93,7 @@ class NamesTLSTests(SynchronousTestCase):
                 "    try:\n        import OpenSSL\n    except ImportError:\n"
                 "        print('blocked')\n"
                 "import OpenSSL\nprint('loaded', 'OpenSSL' in sys.modules)\n")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         self.assertEqual(result.stdout.split(), ["blocked", "loaded", "True"])
         # In this process pyOpenSSL is already loaded: the block changes nothing.
         import OpenSSL
@@ -148,8 +153,7 @@ class TwistedFallbackTests(SynchronousTestCase):
             "             ('OpenSSL', 'cryptography', 'service_identity',\n"
             "              'pushprox.shared.tls')))\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         self.assertEqual(result.stdout.strip(), "True []")
 
 
@@ -200,8 +204,7 @@ class StandardLibraryTLSTests(SynchronousTestCase):
             "      prometheus_client.exposition.ssl.PROTOCOL_TLS_SERVER is\n"
             "      ssl.PROTOCOL_TLS_SERVER)\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         self.assertEqual(result.stderr, "")
         self.assertEqual(result.stdout.splitlines(), [
             "[] [] True",
@@ -232,8 +235,7 @@ class UnneededModulesTests(SynchronousTestCase):
             "      [m for m in ('importlib.metadata', 'difflib', 'twisted.plugins.twisted_core')\n"
             "       if m in sys.modules])\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         self.assertEqual(result.stdout.strip(), "True []", result.stderr)
 
     def test_client_metrics_listener_imports_no_web_server(self) -> None:
@@ -266,8 +268,7 @@ class UnneededModulesTests(SynchronousTestCase):
             "reactor.callWhenRunning(reactor.callInThread, ask)\n"
             "reactor.callLater(30, reactor.stop)\nreactor.run()\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         self.assertEqual(result.stdout.splitlines(), ["HTTP/1.0 200 OK True", "[] True"],
                          result.stderr)
 
@@ -284,8 +285,7 @@ class ClusterModeFootprintTests(SynchronousTestCase):
             "tap.makeService(options, reactor=MemoryReactorClock())\n"
             "print(*sorted(m for m in sys.modules if m.startswith('pushprox.proxy.cluster')))\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=subprocess_env(), timeout=60, check=True)
+        result = run_python(code)
         return result.stdout.split()
 
     def test_single_proxy_imports_no_cluster_module(self) -> None:
