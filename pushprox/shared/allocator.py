@@ -20,13 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Where the kernel says how much of this process is resident (Linux only).
+#: Where the kernel counts this process's resident pages exactly, by walking its page
+#: tables (Linux 4.14 and later).
+SMAPS_ROLLUP = Path("/proc/self/smaps_rollup")
+#: Where older kernels say it; this ``VmRSS`` is the kernel's running count, which lags the
+#: page tables by up to a few dozen pages per CPU.
 STATUS = Path("/proc/self/status")
 
 
 @dataclass(frozen=True)
 class GivenBack:
-    """The process's VmRSS in kB before the collection and the trim, and after them."""
+    """The process's RSS in kB before the collection and the trim, and after them."""
 
     rss_before_kb: int
     rss_after_kb: int
@@ -52,14 +56,18 @@ def glibc_malloc_trim() -> Callable[[int], int] | None:
 
 
 def rss_kb() -> int | None:
-    """This process's VmRSS in kB, None where ``/proc`` does not say."""
-    try:
-        with STATUS.open() as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
+    """
+    This process's RSS in kB: exact from ``smaps_rollup``, else the kernel's running
+    ``VmRSS``; None where ``/proc`` says neither.
+    """
+    for path, field in ((SMAPS_ROLLUP, "Rss:"), (STATUS, "VmRSS:")):
+        try:
+            with path.open() as lines:
+                for line in lines:
+                    if line.startswith(field):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
     return None
 
 

@@ -328,7 +328,7 @@ class ProgramService(MultiService):
     def _give_back_freed_memory(self) -> None:
         given = give_back_freed_memory()
         if given is not None:
-            self.log.debug("Gave back {kb} kB that start-up freed (VmRSS {before} kB, now "
+            self.log.debug("Gave back {kb} kB that start-up freed (RSS {before} kB, now "
                            "{after} kB)", kb=given.kb, before=given.rss_before_kb,
                            after=given.rss_after_kb)
 
