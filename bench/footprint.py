@@ -5,10 +5,11 @@
 
 Runs a child interpreter that imports the program's module and the reactor the way
 ``pushprox-proxy`` / ``pushprox-client`` do with ARGS (without the TLS libraries unless ARGS
-name TLS), then prints its VmRSS and what makes it up: the mapped files by resident size
-(``/proc/self/smaps``), anonymous memory and Python's allocator arenas.  A second child, with
-``PYTHONTRACEMALLOC`` on (whose bookkeeping makes its own RSS meaningless), prints the Python
-objects allocated by each package's code, by the innermost frame outside the import machinery.
+name TLS, without asyncio), then prints its VmRSS and what makes it up: the mapped files by
+resident size (``/proc/self/smaps``), anonymous memory and Python's allocator arenas.  A second
+child, with ``PYTHONTRACEMALLOC`` on (whose bookkeeping makes its own RSS meaningless), prints
+the Python objects allocated by each package's code, by the innermost frame outside the import
+machinery.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import sys
 
 IMPORTS = r'''
 import collections, importlib, os, sys, tempfile, tracemalloc
-from pushprox.shared.footprint import names_tls, without_tls_libraries
-from contextlib import nullcontext
+from pushprox.shared.footprint import program_imports
 
 side, argv = sys.argv[1], sys.argv[2:]
-blocked = nullcontext() if names_tls(argv, os.environ) else without_tls_libraries()
-with blocked:
+with program_imports(argv, os.environ):
     importlib.import_module(f"pushprox.{side}.tap")
     from twisted.internet import reactor  # noqa: F401
 '''

@@ -15,10 +15,9 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from pushprox.shared.footprint import names_tls, without_tls_libraries
+from pushprox.shared.footprint import program_imports
 
 if TYPE_CHECKING:  # imported for real in start(), once the options are known
     from twisted.application.service import IService
@@ -28,11 +27,9 @@ if TYPE_CHECKING:  # imported for real in start(), once the options are known
 
 def start(tap: str, argv: list[str] | None = None) -> None:
     """Import the program's module ``tap`` (without TLS libraries unless its options may
-    need them, see ``pushprox.shared.footprint``) and run it."""
+    need them, and without ``asyncio``: see ``pushprox.shared.footprint``) and run it."""
     argv = sys.argv[1:] if argv is None else argv
-    imports: AbstractContextManager[None] = (
-        nullcontext() if names_tls(argv, os.environ) else without_tls_libraries())
-    with imports:
+    with program_imports(argv, os.environ):
         module = importlib.import_module(tap)
         from twisted.internet import reactor  # noqa: F401  (installed here, TLS-free too)
     run(module.Options(), module.makeService, argv)

@@ -1,24 +1,31 @@
 """
 A ``pushprox-proxy`` or ``pushprox-client`` process whose options name no TLS, as a command or
-under ``twistd``, does not load pyOpenSSL, cryptography or service-identity
-(``pushprox.shared.footprint``): real processes, their ``/proc/PID/maps`` read while they serve
-scrapes, and the Twisted fallback this relies on.
+under ``twistd``, does not load pyOpenSSL, cryptography or service-identity, and as a command
+not ``asyncio`` either (``pushprox.shared.footprint``): real processes, their
+``/proc/PID/maps`` read while they serve scrapes, and the Twisted fallback this relies on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import shutil
 import ssl
 import subprocess
 import sys
 import tempfile
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushprox.shared.footprint import DeferredSSL, names_tls, without_tls_libraries
+from pushprox.shared.footprint import (
+    DeferredSSL,
+    iscoroutine,
+    names_tls,
+    without_tls_libraries,
+)
 from pushprox.shared.twistd_footprint import twistd_without_tls
 from tests.harness.exporter import Page, start_exporter
 from tests.harness.processes import (
@@ -45,6 +52,8 @@ TLS_OBJECTS = ("cryptography", "_cffi_backend", "/OpenSSL/", "service_identity")
 #: The shared objects of OpenSSL itself and of the standard library's bindings to it
 #: (``ssl`` and ``hashlib``'s ``_hashlib``).
 OPENSSL_OBJECTS = ("/libcrypto.", "/libssl.", "/_ssl.", "/_hashlib.")
+#: The shared object of ``asyncio``'s accelerator, where it is not built into the interpreter.
+ASYNCIO_OBJECTS = () if "_asyncio" in sys.builtin_module_names else ("/_asyncio.",)
 
 
 def tls_objects_mapped(pid: int, objects: tuple[str, ...] = TLS_OBJECTS) -> list[str]:
@@ -219,6 +228,65 @@ class StandardLibraryTLSTests(SynchronousTestCase):
         ])
 
 
+class AsyncioTests(SynchronousTestCase):
+    """
+    ``asyncio`` stays out of the programs' imports, Twisted's Deferreds imported with
+    ``DeferredAsyncio``; they work as before, with the real ``asyncio`` too once something
+    imports it.  A release of Twisted that takes more of ``asyncio``, or imports it elsewhere,
+    fails here.
+    """
+
+    def test_iscoroutine_is_asyncio_s(self) -> None:
+        """The stand-in's ``iscoroutine`` says what ``asyncio.iscoroutine`` says."""
+
+        async def coroutine_function() -> None:
+            pass
+
+        def generator_function() -> Generator[None, None, None]:
+            yield None
+
+        class AwaitableOnly:
+            def __await__(self) -> Generator[None, None, None]:
+                yield None
+
+        coroutine, generator = coroutine_function(), generator_function()
+        self.addCleanup(coroutine.close)
+        candidates: list[object] = [coroutine, generator, AwaitableOnly(), None, b"page",
+                                    coroutine_function, [coroutine]]
+        self.assertEqual([iscoroutine(c) for c in candidates],
+                         [asyncio.iscoroutine(c) for c in candidates])
+
+    def test_programs_import_without_asyncio(self) -> None:
+        """Both programs and the reactor imported as the commands do, with TLS options and
+        without: no ``asyncio``; coroutines and generators still run as Deferreds; then with
+        the real ``asyncio``, a Deferred becomes a Future and a Future a Deferred."""
+        code = (
+            "import sys\nfrom pushprox.shared.footprint import program_imports\n"
+            "for argv in ([], ['--tls-cert', 'cert.pem']):\n"
+            "    with program_imports(argv, {}):\n"
+            "        import pushprox.proxy.tap, pushprox.client.tap\n"
+            "        from twisted.internet import reactor\n"
+            "    print('asyncio' in sys.modules, '_asyncio' in sys.modules)\n"
+            "from twisted.internet import defer\n"
+            "async def answer():\n    return await defer.succeed(42)\n"
+            "@defer.inlineCallbacks\ndef doubled():\n"
+            "    return (yield defer.ensureDeferred(answer())) * 2\n"
+            "results = []\ndoubled().addCallback(results.append)\n"
+            "print(results, 'asyncio' in sys.modules)\n"
+            "import asyncio\nloop = asyncio.new_event_loop()\n"
+            "future = defer.succeed('as future').asFuture(loop)\n"
+            "print(loop.run_until_complete(future))\n"
+            "future = loop.create_future()\n"
+            "defer.Deferred.fromFuture(future).addCallback(results.append)\n"
+            "future.set_result('from future')\nloop.run_until_complete(asyncio.sleep(0))\n"
+            "loop.close()\nprint(results[-1])\n"
+        )
+        result = run_python(code)
+        self.assertEqual(result.stderr, "")
+        self.assertEqual(result.stdout.splitlines(), [
+            "False False", "False False", "[84] False", "as future", "from future"])
+
+
 class UnneededModulesTests(SynchronousTestCase):
     """Modules that only an error or a question needs are not imported by a start."""
 
@@ -355,7 +423,7 @@ class CommandFootprintTests(SynchronousTestCase):
 
     def test_no_tls_process_maps_no_tls_library(self) -> None:
         """A plain proxy and client serve a scrape and their metrics without cryptography's
-        code mapped, nor OpenSSL's."""
+        code mapped, nor OpenSSL's, nor asyncio's."""
         _, exporter_port = start_exporter(self.processes, "plain",
                                           pages={"/metrics": Page(METRICS)})
         proxy, client, proxy_port = self.start_pair(exporter_port)
@@ -367,6 +435,7 @@ class CommandFootprintTests(SynchronousTestCase):
         for process in (proxy, client):
             self.assertEqual(tls_objects_mapped(process.pid), [])
             self.assertEqual(tls_objects_mapped(process.pid, OPENSSL_OBJECTS), [])
+            self.assertEqual(tls_objects_mapped(process.pid, ASYNCIO_OBJECTS), [])
 
     def test_tls_listener_loads_tls(self) -> None:
         """With an ssl: endpoint the proxy keeps Twisted's TLS and serves over it."""

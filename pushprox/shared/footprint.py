@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_footprint -*-
 """
-Keeping what TLS needs out of a ``pushprox-proxy`` or ``pushprox-client`` process whose
-options name no TLS (``names_tls``): Twisted's TLS (pyOpenSSL, cryptography, service-identity,
-about 14 MB of RSS) and the standard library's (``ssl`` and ``_hashlib``, which load OpenSSL's
-libssl and libcrypto, about 4.5 MB).  ``without_tls_libraries`` is the block the programs'
-modules are imported in.
+Keeping out of a ``pushprox-proxy`` or ``pushprox-client`` process what it does not use.
+``program_imports`` is the block the commands import the programs' modules in.
+
+What TLS needs, when the options name no TLS (``names_tls``): Twisted's TLS (pyOpenSSL,
+cryptography, service-identity, about 14 MB of RSS) and the standard library's (``ssl`` and
+``_hashlib``, which load OpenSSL's libssl and libcrypto, about 4.5 MB):
+``without_tls_libraries``.
 
 Twisted loads pyOpenSSL as soon as its networking is imported: ``twisted.internet.posixbase``,
 ``twisted.internet.tcp``, ``twisted.internet.endpoints`` and ``twisted.web.client`` each try
@@ -24,6 +26,17 @@ with ``DeferredSSL`` standing for ``ssl``: the four names for the import, then t
 module's, imported on first use.  ``tests/test_footprint.py`` fails if a release of Twisted or
 prometheus-client needs more.
 
+``asyncio`` (29 modules, with ``concurrent.futures`` and ``subprocess`` about 2 MB), which
+nothing of the programs runs: Twisted's Deferreds import it for three names only, two of them
+in annotations that are never evaluated (``from __future__ import annotations``) and
+``iscoroutine``, called on what a coroutine or generator gives ``ensureDeferred`` and
+``inlineCallbacks``.  ``without_asyncio`` imports ``twisted.internet.defer`` with
+``DeferredAsyncio`` standing for ``asyncio``: placeholders for the two annotations and
+``iscoroutine`` (the standard library's own test, without ``asyncio``).  Any other name
+Twisted may take from it is the real module's, imported then; ``tests/test_footprint.py`` fails
+if a release of Twisted does so, or imports ``asyncio`` elsewhere.  Afterwards ``import
+asyncio`` gives the real module: ``Deferred.asFuture`` and ``fromFuture`` work as before.
+
 Once the block ends, everything is importable again: what still needs TLS in such a process
 loads it on first use (the client's scrape of an ``https://`` target,
 ``pushprox.shared.tls.client_tls_endpoint``).  A process whose options do name TLS imports
@@ -37,10 +50,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from types import ModuleType
-from typing import Any
+from types import CoroutineType, GeneratorType, ModuleType
+from typing import Any, ClassVar
 
 #: The module whose import Twisted's networking modules try, and fall back from.
 BLOCKED_MODULE = "OpenSSL"
@@ -58,6 +71,14 @@ SSL_MODULE = "ssl"
 #: The library imported with ``DeferredSSL`` standing for ``ssl``: its ``exposition`` module
 #: imports ``ssl`` (and ``urllib.request.HTTPSHandler``) whatever is used of it.
 NEEDS_SSL_NAMES = "prometheus_client"
+
+#: The standard library's event loop, which only ``ASYNCIO_IMPORTER`` imports in our programs.
+ASYNCIO_MODULE = "asyncio"
+#: Twisted's Deferreds: imported with ``DeferredAsyncio`` standing for ``asyncio``.
+ASYNCIO_IMPORTER = "twisted.internet.defer"
+#: What ``asyncio.iscoroutine`` accepts: coroutines, and until Python 3.12 generators too.
+COROUTINE_TYPES: tuple[type, ...] = (CoroutineType, Coroutine, *(
+    (GeneratorType,) if sys.version_info < (3, 12) else ()))
 
 #: Words in an argument or a PUSHPROX_* variable that may mean TLS: flags and variables
 #: (--tls-cert, --target-tls-cacert, --tls.cacert, --client-ca), endpoint descriptions
@@ -85,7 +106,46 @@ def names_tls(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return any(tls_word in word.lower() for word in words for tls_word in TLS_WORDS)
 
 
-class DeferredSSL(ModuleType):
+def iscoroutine(candidate: object) -> bool:
+    """``asyncio.iscoroutine`` without ``asyncio``: whether ``candidate`` is a coroutine
+    (or, before Python 3.12, a generator)."""
+    return isinstance(candidate, COROUTINE_TYPES)
+
+
+def _annotation(name: str) -> type:
+    """A class named ``name`` that stands in annotations only (subscriptable, as generic
+    classes are)."""
+    return type(name, (), {"__class_getitem__": classmethod(lambda cls, item: cls)})
+
+
+class StandIn(ModuleType):
+    """
+    Stands for a module (``MODULE``) while another is imported: it holds the names that
+    import reads (``IMPORT_TIME_NAMES``); every other attribute is the real module's, which is
+    imported on first use, and after ``forward()`` every attribute is.
+    """
+
+    MODULE: ClassVar[str]
+    IMPORT_TIME_NAMES: ClassVar[dict[str, object]]
+
+    def __init__(self) -> None:
+        super().__init__(self.MODULE, self.__doc__)
+        self.__dict__.update(self.IMPORT_TIME_NAMES)
+
+    def forward(self) -> None:
+        """From now on every attribute is the real module's: drop the import-time names."""
+        for name in self.IMPORT_TIME_NAMES:
+            self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # the import system's questions (``__path__``: a package?)
+            raise AttributeError(name)
+        if sys.modules.get(self.MODULE) is self:  # asked while it stands in sys.modules
+            del sys.modules[self.MODULE]
+        return getattr(importlib.import_module(self.MODULE), name)
+
+
+class DeferredSSL(StandIn):
     """
     Stands for the standard library's ``ssl`` in the modules imported while
     ``NEEDS_SSL_NAMES`` is (``http.client``, ``urllib.request`` and prometheus-client's
@@ -96,29 +156,30 @@ class DeferredSSL(ModuleType):
     arguments the protocol numbers that ``ssl.SSLContext`` takes as they are.
     """
 
+    MODULE = SSL_MODULE
     #: What prometheus-client's ``exposition`` module reads of ``ssl`` when it is imported.
     #: The protocol numbers are ``ssl.PROTOCOL_TLS_CLIENT`` and ``ssl.PROTOCOL_TLS_SERVER``
     #: (an ``IntEnum``); ``tests/test_footprint.py`` compares them with the real ones.
-    IMPORT_TIME_NAMES: dict[str, object] = {
+    IMPORT_TIME_NAMES = {
         "SSLContext": type("SSLContext", (), {}),
         "TLSVersion": type("TLSVersion", (), {}),
         "PROTOCOL_TLS_CLIENT": 16,
         "PROTOCOL_TLS_SERVER": 17,
     }
 
-    def __init__(self) -> None:
-        super().__init__(SSL_MODULE, self.__doc__)
-        self.__dict__.update(self.IMPORT_TIME_NAMES)
 
-    def forward(self) -> None:
-        """From now on every attribute is the real module's: drop the import-time names."""
-        for name in self.IMPORT_TIME_NAMES:
-            self.__dict__.pop(name, None)
+class DeferredAsyncio(StandIn):
+    """
+    Stands for ``asyncio`` while Twisted's Deferreds (``ASYNCIO_IMPORTER``) are imported:
+    placeholders for the two names their annotations use, and ``iscoroutine``.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        if sys.modules.get(SSL_MODULE) is self:  # asked while it stands in sys.modules
-            del sys.modules[SSL_MODULE]
-        return getattr(importlib.import_module(SSL_MODULE), name)
+    MODULE = ASYNCIO_MODULE
+    IMPORT_TIME_NAMES = {
+        "AbstractEventLoop": _annotation("AbstractEventLoop"),
+        "Future": _annotation("Future"),
+        "iscoroutine": iscoroutine,
+    }
 
 
 @contextmanager
@@ -136,16 +197,15 @@ def _blocked(name: str) -> Iterator[None]:
             del sys.modules[name]
 
 
-def _import_with_deferred_ssl(name: str) -> None:
-    """Import module ``name`` with ``DeferredSSL`` for ``ssl``, which then forwards."""
-    standin = DeferredSSL()
-    sys.modules[SSL_MODULE] = standin
+def _import_with(standin: StandIn, name: str) -> None:
+    """Import module ``name`` with ``standin`` for its module, which then forwards."""
+    sys.modules[standin.MODULE] = standin
     try:
         importlib.import_module(name)
     finally:
         standin.forward()
-        if sys.modules.get(SSL_MODULE) is standin:
-            del sys.modules[SSL_MODULE]
+        if sys.modules.get(standin.MODULE) is standin:
+            del sys.modules[standin.MODULE]
 
 
 def _builtin_hashes_present() -> bool:
@@ -167,6 +227,28 @@ def without_tls_libraries() -> Iterator[None]:
             stack.enter_context(_blocked(HASHLIB_OPENSSL))
         if SSL_MODULE not in sys.modules:
             if NEEDS_SSL_NAMES not in sys.modules:
-                _import_with_deferred_ssl(NEEDS_SSL_NAMES)
+                _import_with(DeferredSSL(), NEEDS_SSL_NAMES)
             stack.enter_context(_blocked(SSL_MODULE))
+        yield
+
+
+@contextmanager
+def without_asyncio() -> Iterator[None]:
+    """
+    Imports Twisted's Deferreds with ``DeferredAsyncio`` for ``asyncio`` (see the module
+    docstring), then runs the block; nothing is done if either is imported already.
+    """
+    if ASYNCIO_MODULE not in sys.modules and ASYNCIO_IMPORTER not in sys.modules:
+        _import_with(DeferredAsyncio(), ASYNCIO_IMPORTER)
+    yield
+
+
+@contextmanager
+def program_imports(argv: Sequence[str], environ: Mapping[str, str]) -> Iterator[None]:
+    """The block a command imports its program in: without the TLS libraries unless
+    ``argv`` or ``environ`` name TLS, and without ``asyncio``."""
+    with ExitStack() as stack:
+        if not names_tls(argv, environ):
+            stack.enter_context(without_tls_libraries())
+        stack.enter_context(without_asyncio())
         yield
