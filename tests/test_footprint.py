@@ -76,6 +76,14 @@ def run_python(code: str, *, without_pushprox_variables: bool = False
                           env=env, timeout=60, check=True)
 
 
+def printed_lines(code: str) -> list[str]:
+    """The lines ``code`` printed in a fresh interpreter, which must have written nothing to
+    its standard error."""
+    result = run_python(code)
+    assert result.stderr == "", result.stderr
+    return result.stdout.splitlines()
+
+
 class NamesTLSTests(SynchronousTestCase):
     """Which command lines and environments keep the TLS libraries."""
 
@@ -219,9 +227,7 @@ class StandardLibraryTLSTests(SynchronousTestCase):
             "      prometheus_client.exposition.ssl.PROTOCOL_TLS_SERVER is\n"
             "      ssl.PROTOCOL_TLS_SERVER)\n"
         )
-        result = run_python(code)
-        self.assertEqual(result.stderr, "")
-        self.assertEqual(result.stdout.splitlines(), [
+        self.assertEqual(printed_lines(code), [
             "[] [] True",
             "eec9b7bc27c3",
             f"{METRICS!r} DeferredSSL True",
@@ -281,9 +287,7 @@ class AsyncioTests(SynchronousTestCase):
             "future.set_result('from future')\nloop.run_until_complete(asyncio.sleep(0))\n"
             "loop.close()\nprint(results[-1])\n"
         )
-        result = run_python(code)
-        self.assertEqual(result.stderr, "")
-        self.assertEqual(result.stdout.splitlines(), [
+        self.assertEqual(printed_lines(code), [
             "False False", "False False", "[84] False", "as future", "from future"])
 
 
