@@ -263,16 +263,17 @@ class AsyncioTests(SynchronousTestCase):
                          [asyncio.iscoroutine(c) for c in candidates])
 
     def test_programs_import_without_asyncio(self) -> None:
-        """Both programs and the reactor imported as the commands do, with TLS options and
-        without: no ``asyncio``; coroutines and generators still run as Deferreds; then with
-        the real ``asyncio``, a Deferred becomes a Future and a Future a Deferred."""
+        """Both programs and the reactor imported as the commands do, without TLS options
+        and with them (each in a fresh interpreter): no ``asyncio``; coroutines and
+        generators still run as Deferreds; then with the real ``asyncio``, a Deferred becomes
+        a Future and a Future a Deferred."""
         code = (
             "import sys\nfrom pushprox.shared.footprint import program_imports\n"
-            "for argv in ([], ['--tls-cert', 'cert.pem']):\n"
-            "    with program_imports(argv, {}):\n"
-            "        import pushprox.proxy.tap, pushprox.client.tap\n"
-            "        from twisted.internet import reactor\n"
-            "    print('asyncio' in sys.modules, '_asyncio' in sys.modules)\n"
+            "with program_imports(ARGV, {}):\n"
+            "    import pushprox.proxy.tap, pushprox.client.tap\n"
+            "    from twisted.internet import reactor\n"
+            "print('asyncio' in sys.modules, '_asyncio' in sys.modules,\n"
+            "      'OpenSSL' in sys.modules)\n"
             "from twisted.internet import defer\n"
             "async def answer():\n    return await defer.succeed(42)\n"
             "@defer.inlineCallbacks\ndef doubled():\n"
@@ -287,8 +288,9 @@ class AsyncioTests(SynchronousTestCase):
             "future.set_result('from future')\nloop.run_until_complete(asyncio.sleep(0))\n"
             "loop.close()\nprint(results[-1])\n"
         )
-        self.assertEqual(printed_lines(code), [
-            "False False", "False False", "[84] False", "as future", "from future"])
+        for argv, tls in (([], False), (["--tls-cert", "cert.pem"], True)):
+            self.assertEqual(printed_lines(code.replace("ARGV", repr(argv))), [
+                f"False False {tls}", "[84] False", "as future", "from future"])
 
 
 class UnneededModulesTests(SynchronousTestCase):
