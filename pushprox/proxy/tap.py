@@ -217,4 +217,4 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return assemble(options.config(), options.setup(), reactor, program_service(options, reactor))
+    return assemble(options.config(), options.setup(), reactor, program_service(options))

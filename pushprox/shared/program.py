@@ -24,7 +24,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
-    IReactorCore,
     IReadDescriptor,
     IStreamServerEndpoint,
 )
@@ -33,7 +32,6 @@ from twisted.python import reflect, usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
-from pushprox.shared.allocator import give_back_freed_memory
 from pushprox.shared.environment import (
     apply_environment,
     environment_options,
@@ -284,18 +282,12 @@ class ProgramService(MultiService):
 
     Under twistd, its ``--log-level``/``--log-format`` observer becomes the application's
     ``ILogObserver``, the component twistd logs to; in the foreground a listener that
-    cannot start ends the program with one line instead of a traceback. Once its reactor
-    runs, it gives back to the system the memory that start-up freed
-    (``pushprox.shared.allocator``).
+    cannot start ends the program with one line instead of a traceback.
     """
 
-    log = Logger()
-
     def __init__(self, *, log_observer: ILogObserver | None = None,
-                 exit_on_startup_error: bool = False, daemon: bool = False,
-                 reactor: IReactorCore | None = None) -> None:
+                 exit_on_startup_error: bool = False, daemon: bool = False) -> None:
         super().__init__()
-        self._reactor = reactor
         self._log_observer = log_observer
         self._exit_on_startup_error = exit_on_startup_error
         self._daemon = daemon
@@ -317,21 +309,6 @@ class ProgramService(MultiService):
             parent.setComponent(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
 
-    def startService(self) -> None:
-        """Start the services; once the reactor runs, give the memory that start-up freed
-        back to the system."""
-        super().startService()
-        if self._reactor is not None:
-            # Once running: a SIGTERM meanwhile then stops the program as any other does.
-            self._reactor.callWhenRunning(self._give_back_freed_memory)
-
-    def _give_back_freed_memory(self) -> None:
-        given = give_back_freed_memory()
-        if given is not None:
-            self.log.debug("Gave back {kb} kB that start-up freed (RSS {before} kB, now "
-                           "{after} kB)", kb=given.kb, before=given.rss_before_kb,
-                           after=given.rss_after_kb)
-
     def privilegedStartService(self) -> None:
         """Start the listeners; in the foreground, a failure is said in one line."""
         try:
@@ -345,22 +322,18 @@ class ProgramService(MultiService):
             raise SystemExit(1) from None
 
 
-def program_service(options: ProgramOptions, reactor: IReactorCore | None = None
-                    ) -> ProgramService:
-    """
-    An empty ``ProgramService`` for these options, under twistd or not; with ``reactor``, it
-    gives back what start-up freed once that reactor runs.
-    """
+def program_service(options: ProgramOptions) -> ProgramService:
+    """An empty ``ProgramService`` for these options, under twistd or not."""
     twistd = options.twistd_options()
     if twistd is None:
-        return ProgramService(reactor=reactor)
+        return ProgramService()
     observer = None
     if options["log-level"] or options["log-format"]:
         observer = log_observer(twistd_log_file(twistd), level=options["log-level"] or "debug",
                                 format=options["log-format"] or "text")
     return ProgramService(log_observer=observer,
                           exit_on_startup_error=bool(twistd.get("nodaemon")),
-                          daemon=not twistd.get("nodaemon"), reactor=reactor)
+                          daemon=not twistd.get("nodaemon"))
 
 
 class BacklogAcceptingListener(Service):
