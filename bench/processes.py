@@ -120,8 +120,9 @@ def compile_bytecode(env: dict[str, str]) -> None:
     """
     Write the bytecode of the checkouts on ``env``'s PYTHONPATH (their ``pushprox`` and
     ``twisted`` folders), once a run.  A child that compiled its modules as it started would
-    hold, and give back, memory that an installed package never takes (pip compiles it when
-    installing), and with ``PYTHONDONTWRITEBYTECODE`` set it would compile them at every start.
+    hold memory that an installed package never takes (the compiler's, freed but kept in
+    glibc's heap; pip writes the bytecode when it installs), and with
+    ``PYTHONDONTWRITEBYTECODE`` set it would compile them at every start.
     """
     for entry in env.get("PYTHONPATH", "").split(os.pathsep):
         if not entry or entry in _COMPILED:
