@@ -56,7 +56,7 @@ OPENSSL_OBJECTS = ("/libcrypto.", "/libssl.", "/_ssl.", "/_hashlib.")
 ASYNCIO_OBJECTS = () if "_asyncio" in sys.builtin_module_names else ("/_asyncio.",)
 
 
-def tls_objects_mapped(pid: int, objects: tuple[str, ...] = TLS_OBJECTS) -> list[str]:
+def objects_mapped(pid: int, objects: tuple[str, ...] = TLS_OBJECTS) -> list[str]:
     """The files of ``objects`` (by default ``TLS_OBJECTS``) that process ``pid`` has
     mapped."""
     paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
@@ -425,7 +425,7 @@ class CommandFootprintTests(SynchronousTestCase):
         self.addCleanup(connection.close)
         connection.request("GET", "/-/healthy")
         self.assertEqual(connection.getresponse().status, 200, proxy.log_text())
-        self.assertNotEqual(tls_objects_mapped(proxy.pid), [])
+        self.assertNotEqual(objects_mapped(proxy.pid), [])
 
     def test_no_tls_process_maps_no_tls_library(self) -> None:
         """A plain proxy and client serve a scrape and their metrics without cryptography's
@@ -439,9 +439,9 @@ class CommandFootprintTests(SynchronousTestCase):
             page = raw_http(port, http_request_bytes("GET", "/metrics", []))
             self.assertIn(b"pushprox_build_info{", page.body)
         for process in (proxy, client):
-            self.assertEqual(tls_objects_mapped(process.pid), [])
-            self.assertEqual(tls_objects_mapped(process.pid, OPENSSL_OBJECTS), [])
-            self.assertEqual(tls_objects_mapped(process.pid, ASYNCIO_OBJECTS), [])
+            self.assertEqual(objects_mapped(process.pid), [])
+            self.assertEqual(objects_mapped(process.pid, OPENSSL_OBJECTS), [])
+            self.assertEqual(objects_mapped(process.pid, ASYNCIO_OBJECTS), [])
 
     def test_tls_listener_loads_tls(self) -> None:
         """With an ssl: endpoint the proxy keeps Twisted's TLS and serves over it."""
@@ -465,8 +465,8 @@ class CommandFootprintTests(SynchronousTestCase):
         proxy, client, proxy_port = self.start_pair(exporter_port, twistd=True)
         answer = scrape_via_proxy(proxy_port, f"http://127.0.0.1:{exporter_port}/metrics")
         self.assertEqual((answer.status, answer.body), (200, METRICS))
-        self.assertEqual(tls_objects_mapped(proxy.pid), [], proxy.log_text())
-        self.assertEqual(tls_objects_mapped(client.pid), [], client.log_text())
+        self.assertEqual(objects_mapped(proxy.pid), [], proxy.log_text())
+        self.assertEqual(objects_mapped(client.pid), [], client.log_text())
 
     def test_twistd_tls_listener_loads_tls(self) -> None:
         """Under twistd, a pushprox-tls: listener keeps Twisted's TLS and serves over it."""
@@ -488,9 +488,9 @@ class CommandFootprintTests(SynchronousTestCase):
         # file SSL_CERT_FILE names.
         env = {"SSL_CERT_FILE": pki.ca.cert_path}
         _, client, proxy_port = self.start_pair(exporter_port, client_env=env)
-        self.assertEqual(tls_objects_mapped(client.pid), [])
+        self.assertEqual(objects_mapped(client.pid), [])
         url = f"http://127.0.0.1:{exporter_port}/metrics?_scheme=https"
         answer = scrape_via_proxy(proxy_port, url)
         self.assertEqual((answer.status, answer.body), (200, METRICS), client.log_text())
-        self.assertNotEqual(tls_objects_mapped(client.pid), [])
+        self.assertNotEqual(objects_mapped(client.pid), [])
 

@@ -30,7 +30,7 @@ prometheus-client needs more.
 nothing of the programs runs: Twisted's Deferreds import it for three names only, two of them
 in annotations that are never evaluated (``from __future__ import annotations``) and
 ``iscoroutine``, called on what a coroutine or generator gives ``ensureDeferred`` and
-``inlineCallbacks``.  ``without_asyncio`` imports ``twisted.internet.defer`` with
+``inlineCallbacks``.  ``import_deferreds`` imports ``twisted.internet.defer`` with
 ``DeferredAsyncio`` standing for ``asyncio``: placeholders for the two annotations and
 ``iscoroutine`` (the standard library's own test, without ``asyncio``).  Any other name
 Twisted may take from it is the real module's, imported then; ``tests/test_footprint.py`` fails
@@ -51,7 +51,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from types import CoroutineType, GeneratorType, ModuleType
 from typing import Any, ClassVar
 
@@ -232,23 +232,19 @@ def without_tls_libraries() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def without_asyncio() -> Iterator[None]:
+def import_deferreds() -> None:
     """
-    Imports Twisted's Deferreds with ``DeferredAsyncio`` for ``asyncio`` (see the module
-    docstring), then runs the block; nothing is done if either is imported already.
+    Import Twisted's Deferreds with ``DeferredAsyncio`` for ``asyncio`` (see the module
+    docstring); nothing is done if either is imported already.
     """
     if ASYNCIO_MODULE not in sys.modules and ASYNCIO_IMPORTER not in sys.modules:
         _import_with(DeferredAsyncio(), ASYNCIO_IMPORTER)
-    yield
 
 
 @contextmanager
 def program_imports(argv: Sequence[str], environ: Mapping[str, str]) -> Iterator[None]:
     """The block a command imports its program in: without the TLS libraries unless
-    ``argv`` or ``environ`` name TLS, and without ``asyncio``."""
-    with ExitStack() as stack:
-        if not names_tls(argv, environ):
-            stack.enter_context(without_tls_libraries())
-        stack.enter_context(without_asyncio())
+    ``argv`` or ``environ`` name TLS, and with the Deferreds imported without ``asyncio``."""
+    with nullcontext() if names_tls(argv, environ) else without_tls_libraries():
+        import_deferreds()
         yield
